@@ -1,0 +1,186 @@
+/**
+ * The typed face of the native addon (native/vhost_rt.cc). The addon is a flat
+ * set of syscall wrappers over numbers and buffers; all policy lives in
+ * TypeScript. Every failing call throws a {@link SystemError} whose `code` is
+ * errno's name (`EINVAL`), with `errno` and `syscall` set, like Node's own.
+ *
+ * The addon is context-aware: it loads in the main thread and in every
+ * worker_thread, and each thread's {@link FdWatcher}s run on that thread's own
+ * libuv loop.
+ */
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { SystemError } from './errors.js';
+
+/** Bits of {@link FdWatcher.start}'s `events`, and of what its callback receives. */
+export const POLL_READABLE = 1;
+export const POLL_WRITABLE = 2;
+/** Set in the callback's `events` when the peer hung up or the fd is in error. */
+export const POLL_DISCONNECT = 4;
+
+/**
+ * Readiness watcher over one fd (a libuv `uv_poll_t` on the calling thread's
+ * loop). While started it keeps the thread's loop alive. The callback receives
+ * the POLL_* bits that are ready, or a negative errno value on error.
+ */
+export interface FdWatcher {
+  start(events: number): void;
+  stop(): void;
+  /** Stops and releases the handle; the fd itself is not closed. Idempotent. */
+  close(): void;
+}
+
+/**
+ * Maps small integers to the base addresses of SharedArrayBuffers (guest RAM
+ * regions, or any other SAB), so that iovec tables can name memory as
+ * (buffer index, offset, length) and the native side builds real pointers.
+ * Holds a reference to every buffer it was given until `set` replaces them,
+ * so memory stays mapped while an I/O that uses it is in flight.
+ */
+export interface BufferTable {
+  set(buffers: SharedArrayBuffer[]): void;
+  readonly length: number;
+}
+
+/** Layout of one entry in the `ops` Float64Array of {@link AioContext.submit}. */
+export const AIO_OP_STRIDE = 6;
+/** Field offsets inside one ops entry. */
+export const AIO_OP = { opcode: 0, fd: 1, offset: 2, firstIov: 3, iovCount: 4, userData: 5 } as const;
+/** Opcodes of ops entries; values are the kernel's IOCB_CMD_*. */
+export const AIO_CMD = { PREAD: 0, PWRITE: 1, FSYNC: 2, FDSYNC: 3, PREADV: 7, PWRITEV: 8 } as const;
+/** Layout of one entry in an iovec Float64Array: [bufferIndex, byteOffset, byteLength]. */
+export const IOV_STRIDE = 3;
+
+/**
+ * A Linux AIO context (io_setup) whose completions are signalled on an eventfd
+ * (IOCB_FLAG_RESFD). Iocbs and iovecs live in native memory allocated once in
+ * the constructor: submit and getEvents allocate nothing.
+ */
+export interface AioContext {
+  /**
+   * Builds `count` iocbs from `ops` (AIO_OP_STRIDE doubles each) whose iovecs are
+   * read from `iovs` (IOV_STRIDE doubles each, indexes into `table`), and hands
+   * them to one io_submit. Every iovec is bounds-checked against its buffer before
+   * anything is submitted (RangeError otherwise). Returns how many the kernel
+   * took (it may take fewer than `count`); EAGAIN throws.
+   */
+  submit(table: BufferTable, ops: Float64Array, count: number, iovs: Float64Array): number;
+  /**
+   * Reaps up to `max` completions without blocking (io_getevents with min 0).
+   * Writes pairs [userData, result] into `out`; result is bytes transferred or
+   * -errno. Returns the number of pairs written.
+   */
+  getEvents(out: Float64Array, max: number): number;
+  /** io_destroy; waits for in-flight iocbs as the kernel does. Idempotent. */
+  destroy(): void;
+}
+
+export interface SchedParams {
+  policy: number;
+  priority: number;
+}
+
+export interface NativeConstants {
+  O_DIRECT: number;
+  SCHED_OTHER: number;
+  SCHED_FIFO: number;
+  SCHED_RR: number;
+  SCHED_BATCH: number;
+  SCHED_IDLE: number;
+  MCL_CURRENT: number;
+  MCL_FUTURE: number;
+  FALLOC_FL_KEEP_SIZE: number;
+  FALLOC_FL_PUNCH_HOLE: number;
+  FALLOC_FL_ZERO_RANGE: number;
+}
+
+/** Everything the addon exports. */
+export interface NativeBinding {
+  constants: NativeConstants;
+  /** Called once per thread by this module: errors are built as `new cls(message)`. */
+  setErrorClass(cls: new (message: string) => Error): void;
+
+  // Unix sockets. All fds are created O_NONBLOCK | O_CLOEXEC.
+  /** socket + bind + listen on a filesystem path; the caller removes stale files. */
+  unixListen(path: string, backlog: number): number;
+  /** socket + connect to a filesystem path; the returned fd is non-blocking. */
+  unixConnect(path: string): number;
+  /** accept4; returns -1 when no connection is pending (EAGAIN). */
+  accept(listenFd: number): number;
+  /**
+   * recvmsg into `buf`, collecting SCM_RIGHTS fds (received fds are O_CLOEXEC).
+   * Returns null on EAGAIN; bytes 0 means the peer closed.
+   */
+  recvMsg(fd: number, buf: Uint8Array): { bytes: number; fds: number[] } | null;
+  /** sendmsg of all of `buf` with `fds` attached as SCM_RIGHTS (MSG_NOSIGNAL). */
+  sendMsg(fd: number, buf: Uint8Array, fds: number[]): void;
+  close(fd: number): void;
+
+  // Memory.
+  /** memfd_create(name, MFD_CLOEXEC) + ftruncate(size). */
+  memfdCreate(name: string, size: number): number;
+  /**
+   * mmap(NULL, size, PROT_READ|PROT_WRITE, MAP_SHARED, fd, offset) exposed as a
+   * SharedArrayBuffer over the mapping itself (an external V8 backing store), so
+   * it can be posted to worker threads and every thread sees the same pages.
+   * munmap happens when the last reference in any thread is collected.
+   */
+  mmapShared(fd: number, size: number, offset: number): SharedArrayBuffer;
+
+  // eventfd. Created EFD_NONBLOCK | EFD_CLOEXEC.
+  eventfd(initval: number): number;
+  /** Returns the counter (and resets it), or 0 when it was 0 (EAGAIN). */
+  eventfdRead(fd: number): number;
+  eventfdWrite(fd: number, value: number): void;
+
+  FdWatcher: new (fd: number, callback: (events: number) => void) => FdWatcher;
+
+  // Block I/O.
+  BufferTable: new () => BufferTable;
+  AioContext: new (depth: number, eventfd: number, maxIovs: number) => AioContext;
+  /** Synchronous preadv/pwritev over iovecs of a BufferTable (baseline engines). */
+  preadv(fd: number, table: BufferTable, iovs: Float64Array, firstIov: number, iovCount: number, offset: number): number;
+  pwritev(fd: number, table: BufferTable, iovs: Float64Array, firstIov: number, iovCount: number, offset: number): number;
+  /** fdatasync on the libuv threadpool; callback(err, 0) on this thread's loop. */
+  fdatasyncAsync(fd: number, callback: (err: Error | null, result: number) => void): void;
+  /** fallocate on the libuv threadpool; callback(err, 0) on this thread's loop. */
+  fallocateAsync(
+    fd: number,
+    mode: number,
+    offset: number,
+    length: number,
+    callback: (err: Error | null, result: number) => void,
+  ): void;
+  /** Logical block size of the device under an open fd (BLKSSZGET, or st_blksize for files, capped to 4096). */
+  blockSize(fd: number): number;
+
+  // Real-time knobs. tid 0 means the calling thread.
+  gettid(): number;
+  schedSetScheduler(tid: number, policy: number, priority: number): void;
+  schedGetScheduler(tid: number): SchedParams;
+  schedGetPriorityMax(policy: number): number;
+  schedSetAffinity(tid: number, cpus: number[]): void;
+  schedGetAffinity(tid: number): number[];
+  /** setpriority(PRIO_PROCESS, tid, nice). */
+  setNice(tid: number, nice: number): void;
+  mlockall(flags: number): void;
+}
+
+const here = dirname(fileURLToPath(import.meta.url));
+// Compiled code runs from dist/src/, sources from src/ under vitest: both are
+// found by walking up to the folder that holds native/.
+const root = here.includes('/dist/') ? join(here, '..', '..') : join(here, '..');
+const require = createRequire(import.meta.url);
+
+function load(): NativeBinding {
+  const binding = require(join(root, 'native', 'build', 'Release', 'vhost_rt.node')) as NativeBinding;
+  binding.setErrorClass(SystemError);
+  return binding;
+}
+
+/** The addon, loaded once per thread. */
+export const native: NativeBinding = load();
+
+/** Project root (the folder holding package.json), for locating compiled workers. */
+export const projectRoot = root;
