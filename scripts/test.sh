@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: set-up (idempotent), lint, build, vitest.
+# Prints vitest's own summary and then one plain "N passed, N failed" line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+echo "== lint (biome)"
+npx --no-install biome check src test bench scripts
+echo "== tests (vitest)"
+mkdir -p .cache
+status=0
+npx --no-install vitest run --reporter=default --reporter=json --outputFile=.cache/vitest-results.json "$@" || status=$?
+node -e '
+  const r = JSON.parse(require("fs").readFileSync(".cache/vitest-results.json", "utf8"));
+  const skipped = r.numPendingTests + r.numTodoTests;
+  console.log(`vitest: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${skipped} skipped`);
+' || true
+exit "$status"

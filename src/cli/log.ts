@@ -1,0 +1,9 @@
+/** The daemon's log: one line per event on stderr, with a timestamp and level. */
+import type { Logger } from '../vhost-user/connection.js';
+
+export function stderrLogger(prefix: string, quiet = false): Logger {
+  return (level, message) => {
+    if (quiet && level === 'info') return;
+    process.stderr.write(`${new Date().toISOString()} ${prefix} ${level}: ${message}\n`);
+  };
+}

@@ -1,0 +1,33 @@
+/** Options of a virtio-blk device, as the CLI and embedders give them. */
+import type { IoEngineName } from '../../io/engine.js';
+import type { RtOptions } from '../../rt/index.js';
+
+export interface BlkOptions {
+  image: string;
+  readonly: boolean;
+  queues: number;
+  queueSize: number;
+  aio: IoEngineName;
+  direct: boolean;
+  /** GET_ID answer; at most 20 bytes are sent. */
+  serial: string;
+}
+
+/** What the main thread hands a blk worker at start. */
+export interface BlkWorkerInit {
+  options: BlkOptions;
+  rt: RtOptions;
+  /** StatCounters buffer shared with the main thread. */
+  statsBuffer: SharedArrayBuffer;
+}
+
+/** Checks the numbers that do not depend on the image; throws RangeError naming the option. */
+export function validateBlkOptions(o: BlkOptions): void {
+  if (!Number.isInteger(o.queues) || o.queues < 1 || o.queues > 64) {
+    throw new RangeError(`--queues ${o.queues}: must be an integer in 1..64`);
+  }
+  const q = o.queueSize;
+  if (!Number.isInteger(q) || q < 4 || q > 1024 || (q & (q - 1)) !== 0) {
+    throw new RangeError(`--queue-size ${q}: must be a power of two in 4..1024`);
+  }
+}

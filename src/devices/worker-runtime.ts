@@ -1,0 +1,158 @@
+/**
+ * The part of every device worker that is not the device: it answers the
+ * control plane's commands, owns the kick watchers (on this thread's own libuv
+ * loop, so a kick never touches the main thread) and rings the call eventfds.
+ */
+import { parentPort } from 'node:worker_threads';
+import { VhostRtError } from '../errors.js';
+import { type FdWatcher, native, POLL_READABLE } from '../native.js';
+import { GuestMemory, type MemoryRegion, SplitVirtqueue } from '../virtio/index.js';
+import type { WorkerCommand, WorkerReply } from './messages.js';
+import type { QueueDevice } from './queue-device.js';
+
+/** Posts a message to the main thread; a worker never writes to a file or terminal itself. */
+export function post(message: WorkerReply): void {
+  parentPort?.postMessage(message);
+}
+
+/**
+ * Forwards warnings with a budget, so that a hostile guest cannot turn the log
+ * into a denial of service: at most `perSecond` lines, then a count.
+ */
+export function rateLimitedWarn(perSecond = 10): (message: string) => void {
+  let windowStart = 0;
+  let sent = 0;
+  let suppressed = 0;
+  return (message) => {
+    const now = Date.now();
+    if (now - windowStart >= 1000) {
+      if (suppressed > 0) post({ kind: 'log', level: 'warn', message: `${suppressed} similar warnings suppressed` });
+      windowStart = now;
+      sent = 0;
+      suppressed = 0;
+    }
+    if (sent++ < perSecond) post({ kind: 'log', level: 'warn', message });
+    else suppressed++;
+  };
+}
+
+interface QueueWiring {
+  kick: FdWatcher | null;
+  callFd: number;
+}
+
+export class WorkerRuntime {
+  private memory: GuestMemory | null = null;
+  private readonly wiring: QueueWiring[];
+  private closing = false;
+
+  constructor(
+    private readonly device: QueueDevice,
+    numQueues: number,
+    private readonly maxSegments: number,
+  ) {
+    this.wiring = Array.from({ length: numQueues }, () => ({ kick: null, callFd: -1 }));
+  }
+
+  /** Rings queue `index`'s call eventfd (the guest's interrupt). */
+  notify(index: number): void {
+    const fd = this.wiring[index]?.callFd ?? -1;
+    if (fd >= 0) native.eventfdWrite(fd, 1);
+  }
+
+  /** Serves commands from the main thread until shutdown. */
+  listen(): void {
+    parentPort?.on('message', (cmd: WorkerCommand) => {
+      this.handle(cmd).then(
+        (value) => post({ kind: 'reply', id: cmd.id, ok: true, value }),
+        (err: unknown) => post(errorReply(cmd.id, err)),
+      );
+    });
+  }
+
+  private async handle(cmd: WorkerCommand): Promise<number> {
+    switch (cmd.op) {
+      case 'memory':
+        return this.setMemory(cmd.regions);
+      case 'start-queue':
+        return this.startQueue(cmd);
+      case 'set-call':
+        this.queue(cmd.index).callFd = cmd.fd;
+        return 0;
+      case 'enable':
+        this.queue(cmd.index);
+        this.device.setEnabled(cmd.index, cmd.enabled);
+        return 0;
+      case 'stop-queue':
+        return this.stopQueue(cmd.index);
+      case 'shutdown':
+        return this.shutdown();
+    }
+  }
+
+  private setMemory(regions: MemoryRegion[]): number {
+    this.memory = new GuestMemory(regions);
+    this.device.setMemory(this.memory);
+    return 0;
+  }
+
+  private startQueue(cmd: WorkerCommand & { op: 'start-queue' }): number {
+    const w = this.queue(cmd.index);
+    if (this.memory === null) throw new VhostRtError('ERR_NO_MEMORY', 'ring started before any memory table');
+    const vq = new SplitVirtqueue(this.memory, cmd.config, this.maxSegments);
+    vq.lastAvailIdx = cmd.lastAvailIdx;
+    vq.usedIdx = readUsedIdx(this.memory, cmd.config.usedRing);
+    w.callFd = cmd.callFd;
+    w.kick?.close();
+    this.device.startQueue(cmd.index, vq);
+    const kickFd = cmd.kickFd;
+    w.kick = new native.FdWatcher(kickFd, () => {
+      // Reading resets the counter: any number of kicks since the last read
+      // is one batch.
+      native.eventfdRead(kickFd);
+      this.device.kick(cmd.index);
+    });
+    w.kick.start(POLL_READABLE);
+    return 0;
+  }
+
+  private async stopQueue(index: number): Promise<number> {
+    const w = this.queue(index);
+    w.kick?.close();
+    w.kick = null;
+    return this.device.stopQueue(index);
+  }
+
+  private async shutdown(): Promise<number> {
+    if (this.closing) return 0;
+    this.closing = true;
+    for (const w of this.wiring) {
+      w.kick?.close();
+      w.kick = null;
+    }
+    await this.device.close();
+    parentPort?.close();
+    return 0;
+  }
+
+  private queue(index: number): QueueWiring {
+    const w = this.wiring[index];
+    if (w === undefined) {
+      throw new VhostRtError('ERR_QUEUE_INDEX', `queue index ${index} is outside 0..${this.wiring.length - 1}`);
+    }
+    return w;
+  }
+}
+
+/** used.idx is where the driver expects us to continue: read it from the ring itself (§2.7.8). */
+function readUsedIdx(memory: GuestMemory, usedRing: number): number {
+  const idx = new Uint8Array(2);
+  memory.read(usedRing + 2, idx);
+  return idx[0] | (idx[1] << 8);
+}
+
+function errorReply(id: number, err: unknown): WorkerReply {
+  const code = (err as { code?: string }).code ?? 'ERR_WORKER';
+  const message = err instanceof Error ? err.message : String(err);
+  return { kind: 'reply', id, ok: false, code, message };
+}

@@ -1,0 +1,60 @@
+/**
+ * One interface for every block I/O engine (STYLE.md §10). A device worker
+ * stages iovecs and operations, submits the whole batch with one call, and
+ * receives completions in batches through its handler. A failure never throws
+ * out of the engine's completion path: it hands the request back with a
+ * negative errno as its result.
+ */
+
+/** Operations a block device asks of an engine. */
+export const IoOp = { READ: 0, WRITE: 1, FLUSH: 2, DISCARD: 3, WRITE_ZEROES: 4 } as const;
+export type IoOpCode = (typeof IoOp)[keyof typeof IoOp];
+
+/** Called once per finished operation: `result` is bytes transferred, 0, or -errno. */
+export type IoCompletion = (userData: number, result: number) => void;
+
+/** Names of the engines that `--aio` accepts. */
+export const IO_ENGINE_NAMES = ['linux-aio'] as const;
+export type IoEngineName = (typeof IO_ENGINE_NAMES)[number];
+
+export interface IoEngineOptions {
+  /** Image file to serve. */
+  path: string;
+  readonly: boolean;
+  /** Ask for O_DIRECT; engines fall back to buffered I/O with a warning where refused. */
+  direct: boolean;
+  /** Most operations in flight at once (sum over all queues of the device). */
+  depth: number;
+  /** Most iovecs staged in one batch. */
+  maxIovs: number;
+  /** Where warnings go (the worker forwards them to the main thread's log). */
+  warn: (message: string) => void;
+}
+
+export interface IoEngine {
+  readonly name: IoEngineName;
+  /** True when the image is open with O_DIRECT. */
+  readonly direct: boolean;
+  /** Image size in bytes at open time. */
+  readonly sizeBytes: number;
+  /** Alignment O_DIRECT needs for offsets, lengths and buffer addresses. */
+  readonly alignment: number;
+  /** Operations submitted and not yet completed. */
+  readonly inFlight: number;
+  /** Iovecs staged for the next submit. */
+  readonly stagedIovs: number;
+  /** Guest RAM (or any SharedArrayBuffers) that iovecs index into. */
+  setBuffers(buffers: SharedArrayBuffer[]): void;
+  /** Stages one iovec; false when the staging table is full (submit, then retry). */
+  addIov(buffer: number, offset: number, length: number): boolean;
+  /** Stages a read or write over iovecs [firstIov, firstIov + iovCount); false when full. */
+  queueReadWrite(op: IoOpCode, fileOffset: number, firstIov: number, iovCount: number, userData: number): boolean;
+  /** Flush, discard or write-zeroes: these run off the worker thread and complete like the rest. */
+  queueSlowOp(op: IoOpCode, fileOffset: number, length: number, userData: number): void;
+  /** Submits every staged operation with one native call. */
+  submit(): void;
+  /** Installs the completion handler and the end-of-batch hook; called once by the device. */
+  onComplete(handler: IoCompletion, batchDone: () => void): void;
+  /** Stops watching for completions and closes the image; call when inFlight is 0. */
+  close(): void;
+}

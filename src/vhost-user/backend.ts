@@ -1,0 +1,433 @@
+/**
+ * The back-end side of the vhost-user protocol (docs/interop/vhost-user.rst):
+ * one handler per front-end request, named after the spec, over the state of
+ * one connection — negotiated features, the memory table and the vrings. It
+ * knows nothing of device types: it drives a {@link VhostUserDevice}.
+ *
+ * Every file descriptor a message carries is either kept by a handler (and
+ * closed when replaced or at reset) or closed right after the message.
+ */
+import { VhostRtError } from '../errors.js';
+import { native } from '../native.js';
+import {
+  featureBit,
+  GuestMemory,
+  type MemoryRegion,
+  VIRTIO_F_VERSION_1,
+  VIRTIO_RING_F_EVENT_IDX,
+  VIRTIO_RING_F_INDIRECT_DESC,
+} from '../virtio/index.js';
+import {
+  type ConfigPayload,
+  decodeConfig,
+  decodeMemoryTable,
+  decodeMemRegion,
+  decodeU64,
+  decodeVringAddr,
+  decodeVringFd,
+  decodeVringState,
+  encodeConfig,
+  encodeU64,
+  encodeVringState,
+  type MemRegionWire,
+  type VringAddr,
+} from './codec.js';
+import type { VhostUserDevice } from './device-backend.js';
+import { MAX_CONFIG_SIZE, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES } from './protocol.js';
+
+/** A request that the back-end refuses; the connection logs it and fails the reply. */
+export class RequestError extends VhostRtError {}
+
+/** One received message: payload plus the fds that came with it (ownership passes to the handler). */
+export interface IncomingMessage {
+  request: number;
+  flags: number;
+  payload: Uint8Array;
+  fds: number[];
+}
+
+/** Memory slots offered through GET_MAX_MEM_SLOTS. */
+export const MAX_MEM_SLOTS = 32;
+
+const BASE_PROTOCOL_FEATURES =
+  featureBit(ProtocolFeature.MQ) |
+  featureBit(ProtocolFeature.REPLY_ACK) |
+  featureBit(ProtocolFeature.CONFIGURE_MEM_SLOTS);
+
+const TRANSPORT_FEATURES =
+  featureBit(VIRTIO_F_VERSION_1) |
+  featureBit(VIRTIO_RING_F_INDIRECT_DESC) |
+  featureBit(VIRTIO_RING_F_EVENT_IDX) |
+  featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
+
+interface Vring {
+  num: number;
+  base: number;
+  addr: VringAddr | null;
+  kickFd: number;
+  callFd: number;
+  errFd: number;
+  enabled: boolean;
+  started: boolean;
+}
+
+function newVring(): Vring {
+  return { num: 0, base: 0, addr: null, kickFd: -1, callFd: -1, errFd: -1, enabled: false, started: false };
+}
+
+interface MappedRegion extends MemoryRegion {}
+
+export class VhostUserBackend {
+  private features = 0n;
+  private protocolFeatures = 0n;
+  private owner = false;
+  private regions: MappedRegion[] = [];
+  private memory: GuestMemory | null = null;
+  private vrings: Vring[];
+  /** Feature bits offered in GET_FEATURES. */
+  readonly offeredFeatures: bigint;
+  /** Protocol feature bits offered in GET_PROTOCOL_FEATURES. */
+  readonly offeredProtocolFeatures: bigint;
+
+  constructor(private readonly device: VhostUserDevice) {
+    this.offeredFeatures = device.deviceFeatures | TRANSPORT_FEATURES;
+    this.offeredProtocolFeatures = BASE_PROTOCOL_FEATURES | device.protocolFeatures;
+    this.vrings = Array.from({ length: device.numQueues }, newVring);
+  }
+
+  /** True once REPLY_ACK was negotiated: NEED_REPLY messages then get an ack. */
+  get replyAck(): boolean {
+    return (this.protocolFeatures & featureBit(ProtocolFeature.REPLY_ACK)) !== 0n;
+  }
+
+  /**
+   * Handles one message. Returns the reply payload for requests that have
+   * one, or undefined. Throws (ProtocolError, RequestError) on refusal.
+   */
+  async handle(msg: IncomingMessage): Promise<Uint8Array | undefined> {
+    switch (msg.request) {
+      case Request.GET_FEATURES:
+        return encodeU64(this.offeredFeatures);
+      case Request.SET_FEATURES:
+        return this.setFeatures(msg);
+      case Request.GET_PROTOCOL_FEATURES:
+        return encodeU64(this.offeredProtocolFeatures);
+      case Request.SET_PROTOCOL_FEATURES:
+        return this.setProtocolFeatures(msg);
+      case Request.SET_OWNER:
+        this.owner = true;
+        return undefined;
+      case Request.RESET_OWNER:
+        await this.reset();
+        return undefined;
+      case Request.GET_QUEUE_NUM:
+        return encodeU64(BigInt(this.device.numQueues));
+      case Request.GET_MAX_MEM_SLOTS:
+        return encodeU64(BigInt(MAX_MEM_SLOTS));
+      case Request.SET_MEM_TABLE:
+        return this.setMemTable(msg);
+      case Request.ADD_MEM_REG:
+        return this.addMemReg(msg);
+      case Request.REM_MEM_REG:
+        return this.remMemReg(msg);
+      case Request.SET_VRING_NUM:
+        return this.setVringNum(msg);
+      case Request.SET_VRING_ADDR:
+        return this.setVringAddr(msg);
+      case Request.SET_VRING_BASE:
+        return this.setVringBase(msg);
+      case Request.GET_VRING_BASE:
+        return this.getVringBase(msg);
+      case Request.SET_VRING_KICK:
+        return this.setVringKick(msg);
+      case Request.SET_VRING_CALL:
+        return this.setVringCall(msg);
+      case Request.SET_VRING_ERR:
+        return this.setVringErr(msg);
+      case Request.SET_VRING_ENABLE:
+        return this.setVringEnable(msg);
+      case Request.GET_CONFIG:
+        return this.getConfig(msg);
+      case Request.SET_CONFIG:
+        return this.setConfig(msg);
+      default:
+        throw new RequestError('VHOST_USER_UNSUPPORTED', 'request not supported by this back-end');
+    }
+  }
+
+  private setFeatures(msg: IncomingMessage): undefined {
+    const f = decodeU64(msg.payload);
+    const unknown = f & ~this.offeredFeatures;
+    if (unknown !== 0n) {
+      throw new RequestError('VHOST_USER_BAD_FEATURES', `features 0x${unknown.toString(16)} were never offered`);
+    }
+    this.features = f;
+    return undefined;
+  }
+
+  private setProtocolFeatures(msg: IncomingMessage): undefined {
+    const f = decodeU64(msg.payload);
+    const unknown = f & ~this.offeredProtocolFeatures;
+    if (unknown !== 0n) {
+      throw new RequestError(
+        'VHOST_USER_BAD_FEATURES',
+        `protocol features 0x${unknown.toString(16)} were never offered`,
+      );
+    }
+    this.protocolFeatures = f;
+    return undefined;
+  }
+
+  private has(bit: number): boolean {
+    return (this.features & featureBit(bit)) !== 0n;
+  }
+
+  // --- memory -------------------------------------------------------------
+
+  private async setMemTable(msg: IncomingMessage): Promise<undefined> {
+    const wire = decodeMemoryTable(msg.payload);
+    expectFds(msg, wire.length, 'SET_MEM_TABLE');
+    const mapped = wire.map((r, i) => mapRegion(r, msg.fds[i]));
+    msg.fds.length = 0;
+    await this.installRegions(mapped);
+    return undefined;
+  }
+
+  private async addMemReg(msg: IncomingMessage): Promise<undefined> {
+    const r = decodeMemRegion(msg.payload);
+    expectFds(msg, 1, 'ADD_MEM_REG');
+    if (this.regions.length >= MAX_MEM_SLOTS) {
+      throw new RequestError('VHOST_USER_NO_SLOT', `all ${MAX_MEM_SLOTS} memory slots are in use`);
+    }
+    const mapped = mapRegion(r, msg.fds[0]);
+    msg.fds.length = 0;
+    await this.installRegions([...this.regions, mapped]);
+    return undefined;
+  }
+
+  private async remMemReg(msg: IncomingMessage): Promise<undefined> {
+    const r = decodeMemRegion(msg.payload);
+    const keep = this.regions.filter(
+      (m) => !(m.guestPhysAddr === r.guestPhysAddr && m.size === r.size && m.userAddr === r.userAddr),
+    );
+    if (keep.length === this.regions.length) {
+      throw new RequestError('VHOST_USER_NO_REGION', `no region at guest address 0x${r.guestPhysAddr.toString(16)}`);
+    }
+    await this.installRegions(keep);
+    return undefined;
+  }
+
+  /** Validates the table (GuestMemory refuses overlaps), then hands it to the device. */
+  private async installRegions(regions: MappedRegion[]): Promise<void> {
+    this.memory = new GuestMemory(regions);
+    this.regions = regions;
+    await this.device.setMemory(regions);
+  }
+
+  // --- vrings -------------------------------------------------------------
+
+  private vring(index: number): Vring {
+    const v = this.vrings[index];
+    if (v === undefined) {
+      throw new RequestError('VHOST_USER_BAD_INDEX', `vring index ${index} is outside 0..${this.vrings.length - 1}`);
+    }
+    return v;
+  }
+
+  private setVringNum(msg: IncomingMessage): undefined {
+    const { index, num } = decodeVringState(msg.payload);
+    const v = this.vring(index);
+    const max = this.device.maxQueueSize;
+    if (num < 1 || num > max || (num & (num - 1)) !== 0) {
+      throw new RequestError('VHOST_USER_BAD_VALUE', `vring ${index} size ${num} is not a power of two in 1..${max}`);
+    }
+    v.num = num;
+    return undefined;
+  }
+
+  private setVringAddr(msg: IncomingMessage): undefined {
+    const a = decodeVringAddr(msg.payload);
+    const v = this.vring(a.index);
+    // A running ring keeps its addresses; QEMU re-sends them only to toggle dirty logging.
+    if (!v.started) v.addr = a;
+    return undefined;
+  }
+
+  private setVringBase(msg: IncomingMessage): undefined {
+    const { index, num } = decodeVringState(msg.payload);
+    const v = this.vring(index);
+    if (num > 0xffff) throw new RequestError('VHOST_USER_BAD_VALUE', `vring ${index} base ${num} exceeds 16 bits`);
+    v.base = num;
+    return undefined;
+  }
+
+  private async getVringBase(msg: IncomingMessage): Promise<Uint8Array> {
+    const { index } = decodeVringState(msg.payload);
+    const v = this.vring(index);
+    if (v.started) {
+      v.base = await this.device.stopQueue(index);
+      v.started = false;
+    }
+    closeFd(v.kickFd);
+    v.kickFd = -1;
+    return encodeVringState({ index, num: v.base });
+  }
+
+  private async setVringKick(msg: IncomingMessage): Promise<undefined> {
+    const { index, noFd } = decodeVringFd(msg.payload);
+    const v = this.vring(index);
+    if (noFd) throw new RequestError('VHOST_USER_UNSUPPORTED', `vring ${index}: polling without a kick fd`);
+    expectFds(msg, 1, 'SET_VRING_KICK');
+    if (v.started) {
+      v.base = await this.device.stopQueue(index);
+      v.started = false;
+    }
+    closeFd(v.kickFd);
+    v.kickFd = msg.fds.pop()!;
+    // Without VHOST_USER_F_PROTOCOL_FEATURES a ring starts enabled (spec, "Ring states").
+    if (!this.has(VHOST_USER_F_PROTOCOL_FEATURES)) v.enabled = true;
+    await this.startVring(index, v);
+    return undefined;
+  }
+
+  private async startVring(index: number, v: Vring): Promise<void> {
+    if (v.addr === null || v.num === 0) {
+      throw new RequestError('VHOST_USER_RING_UNSET', `vring ${index} kicked before its size and addresses were set`);
+    }
+    const memory = this.memory;
+    if (memory === null) throw new RequestError('VHOST_USER_NO_MEMORY', `vring ${index} started without a memory table`);
+    const config = {
+      size: v.num,
+      descTable: translate(memory, v.addr.descUserAddr, 16 * v.num, index, 'descriptor table'),
+      availRing: translate(memory, v.addr.availUserAddr, 6 + 2 * v.num, index, 'avail ring'),
+      usedRing: translate(memory, v.addr.usedUserAddr, 6 + 8 * v.num, index, 'used ring'),
+      eventIdx: this.has(VIRTIO_RING_F_EVENT_IDX),
+      indirect: this.has(VIRTIO_RING_F_INDIRECT_DESC),
+    };
+    await this.device.startQueue(index, {
+      config,
+      lastAvailIdx: v.base,
+      kickFd: v.kickFd,
+      callFd: v.callFd,
+      enabled: v.enabled,
+    });
+    v.started = true;
+  }
+
+  private async setVringCall(msg: IncomingMessage): Promise<undefined> {
+    const { index, noFd } = decodeVringFd(msg.payload);
+    const v = this.vring(index);
+    expectFds(msg, noFd ? 0 : 1, 'SET_VRING_CALL');
+    const old = v.callFd;
+    v.callFd = noFd ? -1 : msg.fds.pop()!;
+    // The worker must stop using the old eventfd before it is closed.
+    if (v.started) await this.device.setCall(index, v.callFd);
+    closeFd(old);
+    return undefined;
+  }
+
+  private setVringErr(msg: IncomingMessage): undefined {
+    const { index, noFd } = decodeVringFd(msg.payload);
+    const v = this.vring(index);
+    expectFds(msg, noFd ? 0 : 1, 'SET_VRING_ERR');
+    closeFd(v.errFd);
+    v.errFd = noFd ? -1 : msg.fds.pop()!;
+    return undefined;
+  }
+
+  private async setVringEnable(msg: IncomingMessage): Promise<undefined> {
+    const { index, num } = decodeVringState(msg.payload);
+    const v = this.vring(index);
+    if (num > 1) throw new RequestError('VHOST_USER_BAD_VALUE', `vring ${index} enable value ${num} is not 0 or 1`);
+    v.enabled = num === 1;
+    if (v.started) await this.device.setEnabled(index, v.enabled);
+    return undefined;
+  }
+
+  // --- config space -------------------------------------------------------
+
+  private getConfig(msg: IncomingMessage): Uint8Array {
+    const c = decodeConfig(msg.payload);
+    checkConfigRange(c);
+    return encodeConfig({ ...c, data: this.device.getConfig(c.offset, c.size) });
+  }
+
+  private setConfig(msg: IncomingMessage): undefined {
+    const c = decodeConfig(msg.payload);
+    checkConfigRange(c);
+    if (!this.device.setConfig(c.offset, c.data)) {
+      throw new RequestError('VHOST_USER_READONLY_CONFIG', `config bytes ${c.offset}..${c.offset + c.size} are read-only`);
+    }
+    return undefined;
+  }
+
+  // --- lifetime -----------------------------------------------------------
+
+  /**
+   * Stops every ring (completing what is in flight) and forgets the
+   * connection's state; the device itself stays, ready for the next front end.
+   */
+  async reset(): Promise<void> {
+    for (let i = 0; i < this.vrings.length; i++) {
+      const v = this.vrings[i];
+      if (v.started) await this.device.stopQueue(i);
+      closeFd(v.kickFd);
+      closeFd(v.callFd);
+      closeFd(v.errFd);
+    }
+    this.vrings = Array.from({ length: this.device.numQueues }, newVring);
+    this.features = 0n;
+    this.protocolFeatures = 0n;
+    this.owner = false;
+    this.regions = [];
+    this.memory = null;
+  }
+
+  /** A snapshot for stats and logs. */
+  describe(): { owner: boolean; features: string; regions: number; startedRings: number } {
+    return {
+      owner: this.owner,
+      features: `0x${this.features.toString(16)}`,
+      regions: this.regions.length,
+      startedRings: this.vrings.filter((v) => v.started).length,
+    };
+  }
+}
+
+function expectFds(msg: IncomingMessage, count: number, what: string): void {
+  if (msg.fds.length !== count) {
+    throw new RequestError('VHOST_USER_BAD_FD_COUNT', `${what} carries ${msg.fds.length} fds, expected ${count}`);
+  }
+}
+
+/**
+ * Maps a region from file offset 0 so that buffer[mmapOffset] is its first
+ * byte; the fd is closed once mapped (the mapping keeps the memory alive).
+ */
+function mapRegion(r: MemRegionWire, fd: number): MappedRegion {
+  if (r.size <= 0) throw new RequestError('VHOST_USER_BAD_VALUE', 'memory region of size 0');
+  try {
+    const buffer = native.mmapShared(fd, r.mmapOffset + r.size, 0);
+    return { ...r, buffer };
+  } finally {
+    native.close(fd);
+  }
+}
+
+function translate(memory: GuestMemory, uva: number, len: number, index: number, what: string): number {
+  const gpa = memory.uvaToGpa(uva, len);
+  if (gpa < 0) {
+    throw new RequestError('VHOST_USER_BAD_ADDRESS', `vring ${index} ${what} at 0x${uva.toString(16)} is not in guest memory`);
+  }
+  return gpa;
+}
+
+function checkConfigRange(c: ConfigPayload): void {
+  if (c.offset + c.size > MAX_CONFIG_SIZE) {
+    throw new RequestError('VHOST_USER_BAD_VALUE', `config range ${c.offset}+${c.size} exceeds ${MAX_CONFIG_SIZE} bytes`);
+  }
+}
+
+function closeFd(fd: number): void {
+  if (fd >= 0) native.close(fd);
+}

@@ -1,0 +1,86 @@
+/**
+ * A listening vhost-user socket serving one front end at a time. A second
+ * front end waits in the listen backlog until the first has gone and the
+ * device has been reset, so a restarted QEMU simply reconnects.
+ */
+import { lstatSync, unlinkSync } from 'node:fs';
+import { ConfigError } from '../errors.js';
+import { type FdWatcher, native, POLL_READABLE } from '../native.js';
+import { VhostUserBackend } from './backend.js';
+import { type Logger, VhostUserConnection } from './connection.js';
+import type { VhostUserDevice } from './device-backend.js';
+
+/** Removes a stale socket file; refuses to touch anything that is not a socket. */
+function clearSocketPath(path: string): void {
+  let st: ReturnType<typeof lstatSync>;
+  try {
+    st = lstatSync(path);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw new ConfigError(`--socket-path ${path}: exists and is not a socket`);
+  unlinkSync(path);
+}
+
+export class VhostUserServer {
+  private readonly listenFd: number;
+  private readonly watcher: FdWatcher;
+  private connection: VhostUserConnection | null = null;
+  private closed = false;
+  /** Front ends served so far. */
+  connections = 0;
+
+  constructor(
+    readonly path: string,
+    private readonly device: VhostUserDevice,
+    private readonly log: Logger,
+  ) {
+    clearSocketPath(path);
+    try {
+      this.listenFd = native.unixListen(path, 4);
+    } catch (err) {
+      throw new ConfigError(`--socket-path ${path}: cannot listen (${(err as { code?: string }).code})`, {
+        cause: err,
+      });
+    }
+    this.watcher = new native.FdWatcher(this.listenFd, () => this.accept());
+    this.watcher.start(POLL_READABLE);
+  }
+
+  private accept(): void {
+    if (this.connection !== null || this.closed) return;
+    const fd = native.accept(this.listenFd);
+    if (fd < 0) return;
+    this.connections++;
+    this.log('info', `front end connected on ${this.path}`);
+    // Stop watching while one front end is served; the next waits in the backlog.
+    this.watcher.stop();
+    const conn = new VhostUserConnection(fd, new VhostUserBackend(this.device), this.log);
+    this.connection = conn;
+    void conn.done.then(() => {
+      this.connection = null;
+      if (!this.closed) {
+        this.watcher.start(POLL_READABLE);
+        this.accept();
+      }
+    });
+  }
+
+  /** Stops accepting, closes the current connection (completing its I/O) and removes the socket. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.watcher.close();
+    native.close(this.listenFd);
+    try {
+      unlinkSync(this.path);
+    } catch {
+      // Already gone: nothing to clean.
+    }
+    const conn = this.connection;
+    if (conn !== null) {
+      conn.close('daemon shutting down');
+      await conn.done;
+    }
+  }
+}
