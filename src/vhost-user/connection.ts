@@ -4,10 +4,10 @@
  * order (a request is answered before the next is looked at, as the protocol
  * requires), and writes replies and REPLY_ACK acks.
  *
- * Stream sockets deliver fds with the first byte of the sendmsg that carried
- * them, and the kernel never merges such a segment into an earlier read, so
- * the fds of one recvmsg belong to the message starting at that read's first
- * byte.
+ * A unix stream socket may glue the bytes of several sendmsg calls into one
+ * read, and the fds of the last of them come with it; so, as libvhost-user
+ * does, each read asks for no more than the rest of the current message (its
+ * header, then its payload), and every fd received belongs to that message.
  */
 import { classifyErrno, VhostRtError } from '../errors.js';
 import { type FdWatcher, native, POLL_READABLE } from '../native.js';
@@ -27,16 +27,13 @@ const HAS_REPLY = new Set<number>([
   Request.GET_MAX_MEM_SLOTS,
 ]);
 
-const READ_CHUNK = 64 * 1024;
-
 export class VhostUserConnection {
   private readonly watcher: FdWatcher;
-  private readonly chunk = new Uint8Array(READ_CHUNK);
-  private pending = new Uint8Array(0);
-  /** fds received, keyed by the stream offset of the read they came with. */
-  private fdQueue: { at: number; fds: number[] }[] = [];
-  /** Stream offset of pending[0]. */
-  private consumed = 0;
+  private readonly header = new Uint8Array(HEADER_SIZE);
+  private headerHave = 0;
+  private current: { request: number; flags: number; payload: Uint8Array; have: number } | null =
+    null;
+  private currentFds: number[] = [];
   private queue: IncomingMessage[] = [];
   private busy = false;
   private closed = false;
@@ -60,57 +57,61 @@ export class VhostUserConnection {
     if (this.closed) return;
     if (events < 0) return this.close(`socket error (${-events})`);
     for (;;) {
+      const target =
+        this.current === null
+          ? this.header.subarray(this.headerHave)
+          : this.current.payload.subarray(this.current.have);
       let got: { bytes: number; fds: number[] } | null;
       try {
-        got = native.recvMsg(this.fd, this.chunk);
+        got = native.recvMsg(this.fd, target);
       } catch (err) {
         const code = (err as { code?: string }).code;
-        if (classifyErrno(code) === 'retry') return;
+        if (classifyErrno(code) === 'retry') break;
         return this.close(`receive failed (${code})`);
       }
       if (got === null) break;
       if (got.bytes === 0) return this.close('front end disconnected');
-      this.append(got.bytes, got.fds);
-    }
-    this.parse();
-  }
-
-  private append(bytes: number, fds: number[]): void {
-    if (fds.length > 0) this.fdQueue.push({ at: this.consumed + this.pending.length, fds });
-    const next = new Uint8Array(this.pending.length + bytes);
-    next.set(this.pending);
-    next.set(this.chunk.subarray(0, bytes), this.pending.length);
-    this.pending = next;
-  }
-
-  private parse(): void {
-    while (this.pending.length >= HEADER_SIZE) {
-      let header: ReturnType<typeof decodeHeader>;
-      try {
-        header = decodeHeader(this.pending);
-      } catch (err) {
-        // A header we cannot trust leaves no way to find the next message.
-        return this.close(`unusable message header: ${(err as Error).message}`);
-      }
-      const total = HEADER_SIZE + header.size;
-      if (this.pending.length < total) break;
-      const fds = this.takeFds(this.consumed);
-      const payload = this.pending.slice(HEADER_SIZE, total);
-      this.pending = this.pending.subarray(total);
-      this.consumed += total;
-      this.queue.push({ request: header.request, flags: header.flags, payload, fds });
+      this.currentFds.push(...got.fds);
+      if (!this.advance(got.bytes)) return;
     }
     void this.pump();
   }
 
-  private takeFds(at: number): number[] {
-    const out: number[] = [];
-    while (this.fdQueue.length > 0 && this.fdQueue[0].at <= at) {
-      const entry = this.fdQueue.shift()!;
-      if (entry.at === at) out.push(...entry.fds);
-      else for (const fd of entry.fds) native.close(fd); // fds of a message we could not place
+  /** Accounts for `bytes` just read; queues the message once complete. False when the stream is unusable. */
+  private advance(bytes: number): boolean {
+    if (this.current !== null) {
+      this.current.have += bytes;
+    } else {
+      this.headerHave += bytes;
+      if (this.headerHave < HEADER_SIZE) return true;
+      let h: ReturnType<typeof decodeHeader>;
+      try {
+        h = decodeHeader(this.header);
+      } catch (err) {
+        // A header we cannot trust leaves no way to find the next message.
+        this.close(`unusable message header: ${(err as Error).message}`);
+        return false;
+      }
+      this.current = {
+        request: h.request,
+        flags: h.flags,
+        payload: new Uint8Array(h.size),
+        have: 0,
+      };
     }
-    return out;
+    const c = this.current;
+    if (c.have === c.payload.length) {
+      this.queue.push({
+        request: c.request,
+        flags: c.flags,
+        payload: c.payload,
+        fds: this.currentFds,
+      });
+      this.current = null;
+      this.headerHave = 0;
+      this.currentFds = [];
+    }
+    return true;
   }
 
   /** Runs queued messages one at a time. */
@@ -148,7 +149,11 @@ export class VhostUserConnection {
   private send(request: number, payload: Uint8Array | undefined): void {
     if (this.closed) return;
     try {
-      native.sendMsg(this.fd, encodeMessage(request, HeaderFlag.VERSION | HeaderFlag.REPLY, payload), []);
+      native.sendMsg(
+        this.fd,
+        encodeMessage(request, HeaderFlag.VERSION | HeaderFlag.REPLY, payload),
+        [],
+      );
     } catch (err) {
       this.close(`reply to ${requestName(request)} failed (${(err as { code?: string }).code})`);
     }
@@ -161,16 +166,18 @@ export class VhostUserConnection {
     this.log('info', `connection closed: ${reason}`);
     this.watcher.close();
     native.close(this.fd);
-    for (const entry of this.fdQueue) for (const fd of entry.fds) native.close(fd);
+    for (const fd of this.currentFds) native.close(fd);
     for (const msg of this.queue) for (const fd of msg.fds) native.close(fd);
-    this.fdQueue = [];
+    this.currentFds = [];
     this.queue = [];
     const waitIdle = async () => {
       while (this.busy) await new Promise((r) => setTimeout(r, 1));
     };
     void waitIdle()
       .then(() => this.backend.reset())
-      .catch((err: unknown) => this.log('error', `reset after disconnect failed: ${(err as Error).message}`))
+      .catch((err: unknown) =>
+        this.log('error', `reset after disconnect failed: ${(err as Error).message}`),
+      )
       .finally(() => this.resolveDone());
   }
 }

@@ -1,0 +1,85 @@
+/**
+ * Runs the real `vhost-rt` command (compiled CLI) as a child process, the way
+ * a user does, and waits for its "ready" line.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(fileURLToPath(new URL('.', import.meta.url)), '..', '..');
+/** Compiled CLI entry, wherever this helper runs from (src under vitest, dist when compiled). */
+export const CLI = join(root.replace(/\/dist$/, ''), 'dist', 'src', 'cli', 'main.js');
+
+export interface Daemon {
+  proc: ChildProcess;
+  /** Everything the daemon wrote to stderr so far. */
+  log(): string;
+  /** Sends `signal` and resolves with the exit code and the whole log. */
+  stop(signal?: NodeJS.Signals): Promise<{ code: number | null; log: string }>;
+}
+
+export interface RunResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the CLI to completion (for flag errors and --help). */
+export function runCli(args: string[], timeoutMs = 20_000): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    proc.stdout.on('data', (d) => {
+      stdout += d;
+    });
+    proc.stderr.on('data', (d) => {
+      stderr += d;
+    });
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL');
+      reject(
+        new Error(`vhost-rt ${args.join(' ')} did not exit within ${timeoutMs} ms:\n${stderr}`),
+      );
+    }, timeoutMs);
+    proc.on('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** Starts `vhost-rt ARGS` and resolves once it logged "ready". */
+export function startDaemon(args: string[], timeoutMs = 20_000): Promise<Daemon> {
+  const proc = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let text = '';
+  const exited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
+  const daemon: Daemon = {
+    proc,
+    log: () => text,
+    stop: async (signal = 'SIGTERM') => {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+      const code = await exited;
+      return { code, log: text };
+    },
+  };
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL');
+      reject(new Error(`vhost-rt did not become ready within ${timeoutMs} ms:\n${text}`));
+    }, timeoutMs);
+    const onData = (d: Buffer) => {
+      text += d.toString();
+      if (/\bready\b/.test(text)) {
+        clearTimeout(timer);
+        resolve(daemon);
+      }
+    };
+    proc.stderr.on('data', onData);
+    proc.stdout.on('data', onData);
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`vhost-rt exited (${code}) before ready:\n${text}`));
+    });
+  });
+}
