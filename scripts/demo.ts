@@ -5,9 +5,9 @@
  */
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { projectRoot } from '../src/native.js';
 import { startDaemon } from '../test/support/daemon.js';
 import { ensureGuestImage, parseDdThroughput, runGuest } from '../test/support/qemu.js';
-import { projectRoot } from '../src/native.js';
 
 const MiB = 1024 * 1024;
 const GREETING = 'Hello from the host, through vhost-rt!';
@@ -42,29 +42,52 @@ async function main(): Promise<void> {
   writeFileSync(image, disk);
 
   console.log(`vhost-rt demo: serving ${image} (128 MiB) on ${socket} with 2 queues`);
-  const daemon = await startDaemon(['blk', '--socket-path', socket, '--image', image, '--queues', '2', '--serial', 'demo-disk']);
+  const daemon = await startDaemon([
+    'blk',
+    '--socket-path',
+    socket,
+    '--image',
+    image,
+    '--queues',
+    '2',
+    '--serial',
+    'demo-disk',
+  ]);
   console.log('vhost-rt is ready; booting a QEMU (TCG) guest with vhost-user-blk-pci ...');
   let guest: Awaited<ReturnType<typeof runGuest>>;
   try {
-    guest = await runGuest({ script: GUEST_SCRIPT, blk: [{ socket, queues: 2 }], cpus: 2, timeoutMs: 180_000 });
+    guest = await runGuest({
+      script: GUEST_SCRIPT,
+      blk: [{ socket, queues: 2 }],
+      cpus: 2,
+      timeoutMs: 180_000,
+    });
   } finally {
     await daemon.stop('SIGTERM');
   }
   const log = daemon.log();
   const stats = Object.fromEntries(
-    [...(/stats: ([^\n]*)/.exec(log)?.[1] ?? '').matchAll(/(\w+)=(\d+)/g)].map((m) => [m[1], Number(m[2])]),
+    [...(/stats: ([^\n]*)/.exec(log)?.[1] ?? '').matchAll(/(\w+)=(\d+)/g)].map((m) => [
+      m[1],
+      Number(m[2]),
+    ]),
   );
   const worker = /worker tid (\d+) policy (\S+) priority (\d+) cpus (\S+)/.exec(log);
   const dd = parseDdThroughput(guest.output);
 
   console.log('\n== What happened');
-  console.log(`guest booted in ${(guest.bootMs / 1000).toFixed(1)} s, ran its script, powered off (exit ${guest.exitCode})`);
+  console.log(
+    `guest booted in ${(guest.bootMs / 1000).toFixed(1)} s, ran its script, powered off (exit ${guest.exitCode})`,
+  );
   console.log(
     `guest saw /dev/vda: ${Number(field(guest.output, 'DISK_SECTORS')) / 2048} MiB, ` +
       `${field(guest.output, 'DISK_QUEUES')} queues, serial "${field(guest.output, 'DISK_SERIAL')}"`,
   );
   console.log(`guest read the host's greeting: "${field(guest.output, 'GREETING')}"`);
-  for (const r of dd) console.log(`guest dd ${r.label.padEnd(16)} ${r.mbPerSec.toFixed(1).padStart(7)} MB/s${r.rc ? ' (FAILED)' : ''}`);
+  for (const r of dd)
+    console.log(
+      `guest dd ${r.label.padEnd(16)} ${r.mbPerSec.toFixed(1).padStart(7)} MB/s${r.rc ? ' (FAILED)' : ''}`,
+    );
   console.log(`read-back of 32 MiB written with O_DIRECT: ${field(guest.output, 'VERIFY')}`);
   console.log(
     `daemon served ${stats.requests ?? '?'} requests in ${stats.kicks ?? '?'} batches: ` +
@@ -72,9 +95,12 @@ async function main(): Promise<void> {
       `${stats.interrupts ?? '?'} interrupts, ${stats.ioErrors ?? '?'} I/O errors`,
   );
   if (worker) {
-    console.log(`device worker thread: tid ${worker[1]}, policy ${worker[2]}, priority ${worker[3]}, cpus ${worker[4]}`);
+    console.log(
+      `device worker thread: tid ${worker[1]}, policy ${worker[2]}, priority ${worker[3]}, cpus ${worker[4]}`,
+    );
   }
-  const ok = guest.exitCode === 0 && field(guest.output, 'VERIFY') === 'ok' && dd.every((r) => r.rc === 0);
+  const ok =
+    guest.exitCode === 0 && field(guest.output, 'VERIFY') === 'ok' && dd.every((r) => r.rc === 0);
   console.log(ok ? '\ndemo finished: OK' : '\ndemo finished: FAILED');
   if (!ok) {
     console.log(guest.output);

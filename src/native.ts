@@ -46,7 +46,14 @@ export interface BufferTable {
 /** Layout of one entry in the `ops` Float64Array of {@link AioContext.submit}. */
 export const AIO_OP_STRIDE = 6;
 /** Field offsets inside one ops entry. */
-export const AIO_OP = { opcode: 0, fd: 1, offset: 2, firstIov: 3, iovCount: 4, userData: 5 } as const;
+export const AIO_OP = {
+  opcode: 0,
+  fd: 1,
+  offset: 2,
+  firstIov: 3,
+  iovCount: 4,
+  userData: 5,
+} as const;
 /** Opcodes of ops entries; values are the kernel's IOCB_CMD_*. */
 export const AIO_CMD = { PREAD: 0, PWRITE: 1, FSYNC: 2, FDSYNC: 3, PREADV: 7, PWRITEV: 8 } as const;
 /** Layout of one entry in an iovec Float64Array: [bufferIndex, byteOffset, byteLength]. */
@@ -140,8 +147,22 @@ export interface NativeBinding {
   BufferTable: new () => BufferTable;
   AioContext: new (depth: number, eventfd: number, maxIovs: number) => AioContext;
   /** Synchronous preadv/pwritev over iovecs of a BufferTable (baseline engines). */
-  preadv(fd: number, table: BufferTable, iovs: Float64Array, firstIov: number, iovCount: number, offset: number): number;
-  pwritev(fd: number, table: BufferTable, iovs: Float64Array, firstIov: number, iovCount: number, offset: number): number;
+  preadv(
+    fd: number,
+    table: BufferTable,
+    iovs: Float64Array,
+    firstIov: number,
+    iovCount: number,
+    offset: number,
+  ): number;
+  pwritev(
+    fd: number,
+    table: BufferTable,
+    iovs: Float64Array,
+    firstIov: number,
+    iovCount: number,
+    offset: number,
+  ): number;
   /** fdatasync on the libuv threadpool; callback(err, 0) on this thread's loop. */
   fdatasyncAsync(fd: number, callback: (err: Error | null, result: number) => void): void;
   /** fallocate on the libuv threadpool; callback(err, 0) on this thread's loop. */
@@ -174,7 +195,9 @@ const root = here.includes('/dist/') ? join(here, '..', '..') : join(here, '..')
 const require = createRequire(import.meta.url);
 
 function load(): NativeBinding {
-  const binding = require(join(root, 'native', 'build', 'Release', 'vhost_rt.node')) as NativeBinding;
+  const binding = require(
+    join(root, 'native', 'build', 'Release', 'vhost_rt.node'),
+  ) as NativeBinding;
   binding.setErrorClass(SystemError);
   return binding;
 }

@@ -3,10 +3,16 @@
  * wrong flag or value becomes a ConfigError whose one-line message names it.
  */
 import { parseArgs } from 'node:util';
+import type { BlkOptions } from '../devices/blk/options.js';
 import { ConfigError } from '../errors.js';
 import { parseEngineName } from '../io/index.js';
-import { parseCpuList, RT_POLICIES, type RtOptions, type RtPolicy, validateRtOptions } from '../rt/index.js';
-import type { BlkOptions } from '../devices/blk/options.js';
+import {
+  parseCpuList,
+  RT_POLICIES,
+  type RtOptions,
+  type RtPolicy,
+  validateRtOptions,
+} from '../rt/index.js';
 
 export const HELP = `vhost-rt — real-time-aware virtio device back ends over vhost-user
 
@@ -82,7 +88,8 @@ function parseRt(v: Record<string, string | boolean | undefined>): RtOptions {
   }
   const rt: RtOptions = {};
   if (policy !== undefined) rt.policy = policy as RtPolicy;
-  if (v['rt-priority'] !== undefined) rt.priority = integer('rt-priority', v['rt-priority'] as string, 0);
+  if (v['rt-priority'] !== undefined)
+    rt.priority = integer('rt-priority', v['rt-priority'] as string, 0);
   if (v.cpus !== undefined) rt.cpus = parseCpuList(v.cpus as string);
   if (v.mlock === true) rt.mlock = true;
   return validateRtOptions(rt);
@@ -117,7 +124,8 @@ function parseBlk(args: string[]): Command {
 /** Parses argv (without node and the script). */
 export function parseCommand(argv: string[]): Command {
   const [sub, ...rest] = argv;
-  if (sub === undefined || sub === '--help' || sub === '-h' || sub === 'help') return { command: 'help' };
+  if (sub === undefined || sub === '--help' || sub === '-h' || sub === 'help')
+    return { command: 'help' };
   if (sub === 'blk') return parseBlk(rest);
   throw new ConfigError(`unknown command '${sub}' (try: vhost-rt --help)`);
 }

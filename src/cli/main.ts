@@ -19,9 +19,10 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    const known = err instanceof ConfigError || err instanceof RangeError || err instanceof VhostRtError;
+    const known =
+      err instanceof ConfigError || err instanceof RangeError || err instanceof VhostRtError;
     const message = err instanceof Error ? err.message : String(err);
-    process.stderr.write(`vhost-rt: ${known ? message : (err as Error).stack ?? message}\n`);
+    process.stderr.write(`vhost-rt: ${known ? message : ((err as Error).stack ?? message)}\n`);
     process.exitCode = 2;
   },
 );

@@ -11,7 +11,11 @@ import type { Logger } from '../vhost-user/connection.js';
 import type { ThreadInfo, WorkerCommand, WorkerReply } from './messages.js';
 
 /** Distributive Omit, so each command variant keeps its own fields. */
-type CommandBody = WorkerCommand extends infer C ? (C extends WorkerCommand ? Omit<C, 'id'> : never) : never;
+type CommandBody = WorkerCommand extends infer C
+  ? C extends WorkerCommand
+    ? Omit<C, 'id'>
+    : never
+  : never;
 
 /** Absolute path of a compiled worker entry, e.g. `devices/blk/worker.js`. */
 export function workerPath(relative: string): string {
@@ -26,12 +30,20 @@ export interface StartedWorker {
 export class WorkerHost {
   private readonly worker: Worker;
   private nextId = 1;
-  private readonly waiting = new Map<number, { resolve: (v: number) => void; reject: (e: Error) => void }>();
+  private readonly waiting = new Map<
+    number,
+    { resolve: (v: number) => void; reject: (e: Error) => void }
+  >();
   private exited = false;
   /** Resolves with the thread's description once the device is ready to serve. */
   readonly ready: Promise<StartedWorker>;
 
-  constructor(entry: string, workerData: unknown, private readonly log: Logger, private readonly name: string) {
+  constructor(
+    entry: string,
+    workerData: unknown,
+    private readonly log: Logger,
+    private readonly name: string,
+  ) {
     this.worker = new Worker(workerPath(entry), { workerData });
     this.ready = new Promise((resolve, reject) => {
       this.worker.on('message', (m: WorkerReply) => this.onMessage(m, resolve, reject));
@@ -43,7 +55,11 @@ export class WorkerHost {
     });
   }
 
-  private onMessage(m: WorkerReply, resolve: (s: StartedWorker) => void, reject: (e: Error) => void): void {
+  private onMessage(
+    m: WorkerReply,
+    resolve: (s: StartedWorker) => void,
+    reject: (e: Error) => void,
+  ): void {
     switch (m.kind) {
       case 'ready':
         resolve({ thread: m.thread, info: m.info });
@@ -73,7 +89,10 @@ export class WorkerHost {
 
   /** Sends one command and resolves with the worker's answer. */
   request(cmd: CommandBody): Promise<number> {
-    if (this.exited) return Promise.reject(new VhostRtError('ERR_WORKER_EXITED', `${this.name} worker has exited`));
+    if (this.exited)
+      return Promise.reject(
+        new VhostRtError('ERR_WORKER_EXITED', `${this.name} worker has exited`),
+      );
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.waiting.set(id, { resolve, reject });

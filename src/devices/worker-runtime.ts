@@ -26,7 +26,8 @@ export function rateLimitedWarn(perSecond = 10): (message: string) => void {
   return (message) => {
     const now = Date.now();
     if (now - windowStart >= 1000) {
-      if (suppressed > 0) post({ kind: 'log', level: 'warn', message: `${suppressed} similar warnings suppressed` });
+      if (suppressed > 0)
+        post({ kind: 'log', level: 'warn', message: `${suppressed} similar warnings suppressed` });
       windowStart = now;
       sent = 0;
       suppressed = 0;
@@ -98,7 +99,8 @@ export class WorkerRuntime {
 
   private startQueue(cmd: WorkerCommand & { op: 'start-queue' }): number {
     const w = this.queue(cmd.index);
-    if (this.memory === null) throw new VhostRtError('ERR_NO_MEMORY', 'ring started before any memory table');
+    if (this.memory === null)
+      throw new VhostRtError('ERR_NO_MEMORY', 'ring started before any memory table');
     const vq = new SplitVirtqueue(this.memory, cmd.config, this.maxSegments);
     vq.lastAvailIdx = cmd.lastAvailIdx;
     vq.usedIdx = readUsedIdx(this.memory, cmd.config.usedRing);
@@ -120,7 +122,10 @@ export class WorkerRuntime {
     const w = this.queue(index);
     w.kick?.close();
     w.kick = null;
-    return this.device.stopQueue(index);
+    const lastAvailIdx = await this.device.stopQueue(index);
+    // The backend may close the call fd once the ring is stopped; forget it so a reused fd number is never signalled.
+    w.callFd = -1;
+    return lastAvailIdx;
   }
 
   private async shutdown(): Promise<number> {
@@ -138,7 +143,10 @@ export class WorkerRuntime {
   private queue(index: number): QueueWiring {
     const w = this.wiring[index];
     if (w === undefined) {
-      throw new VhostRtError('ERR_QUEUE_INDEX', `queue index ${index} is outside 0..${this.wiring.length - 1}`);
+      throw new VhostRtError(
+        'ERR_QUEUE_INDEX',
+        `queue index ${index} is outside 0..${this.wiring.length - 1}`,
+      );
     }
     return w;
   }

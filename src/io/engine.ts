@@ -48,7 +48,13 @@ export interface IoEngine {
   /** Stages one iovec; false when the staging table is full (submit, then retry). */
   addIov(buffer: number, offset: number, length: number): boolean;
   /** Stages a read or write over iovecs [firstIov, firstIov + iovCount); false when full. */
-  queueReadWrite(op: IoOpCode, fileOffset: number, firstIov: number, iovCount: number, userData: number): boolean;
+  queueReadWrite(
+    op: IoOpCode,
+    fileOffset: number,
+    firstIov: number,
+    iovCount: number,
+    userData: number,
+  ): boolean;
   /** Flush, discard or write-zeroes: these run off the worker thread and complete like the rest. */
   queueSlowOp(op: IoOpCode, fileOffset: number, length: number, userData: number): void;
   /** Submits every staged operation with one native call. */

@@ -41,7 +41,8 @@ export function openImage(
     closeSync(bufferedFd);
     throw new ConfigError(`--image ${path}: not a regular file or block device`);
   }
-  if (!direct) return { fd: bufferedFd, bufferedFd, direct: false, sizeBytes: st.size, alignment: 1 };
+  if (!direct)
+    return { fd: bufferedFd, bufferedFd, direct: false, sizeBytes: st.size, alignment: 1 };
   try {
     const fd = openSync(path, access | native.constants.O_DIRECT);
     return { fd, bufferedFd, direct: true, sizeBytes: st.size, alignment: native.blockSize(fd) };

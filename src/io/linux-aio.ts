@@ -79,7 +79,13 @@ export class LinuxAioEngine implements IoEngine {
     return true;
   }
 
-  queueReadWrite(op: IoOpCode, fileOffset: number, firstIov: number, iovCount: number, userData: number): boolean {
+  queueReadWrite(
+    op: IoOpCode,
+    fileOffset: number,
+    firstIov: number,
+    iovCount: number,
+    userData: number,
+  ): boolean {
     if (this.stagedOps + this.inFlight >= this.maxOps) return false;
     const o = this.stagedOps * AIO_OP_STRIDE;
     this.ops[o + AIO_OP.opcode] = op === IoOp.WRITE ? AIO_CMD.PWRITEV : AIO_CMD.PREADV;
@@ -119,7 +125,13 @@ export class LinuxAioEngine implements IoEngine {
     const c = native.constants;
     if (op === IoOp.FLUSH) native.fdatasyncAsync(fd, done);
     else if (op === IoOp.DISCARD) {
-      native.fallocateAsync(fd, c.FALLOC_FL_PUNCH_HOLE | c.FALLOC_FL_KEEP_SIZE, fileOffset, length, done);
+      native.fallocateAsync(
+        fd,
+        c.FALLOC_FL_PUNCH_HOLE | c.FALLOC_FL_KEEP_SIZE,
+        fileOffset,
+        length,
+        done,
+      );
     } else native.fallocateAsync(fd, c.FALLOC_FL_ZERO_RANGE, fileOffset, length, done);
   }
 

@@ -33,7 +33,12 @@ import {
   type VringAddr,
 } from './codec.js';
 import type { VhostUserDevice } from './device-backend.js';
-import { MAX_CONFIG_SIZE, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES } from './protocol.js';
+import {
+  MAX_CONFIG_SIZE,
+  ProtocolFeature,
+  Request,
+  VHOST_USER_F_PROTOCOL_FEATURES,
+} from './protocol.js';
 
 /** A request that the back-end refuses; the connection logs it and fails the reply. */
 export class RequestError extends VhostRtError {}
@@ -72,7 +77,16 @@ interface Vring {
 }
 
 function newVring(): Vring {
-  return { num: 0, base: 0, addr: null, kickFd: -1, callFd: -1, errFd: -1, enabled: false, started: false };
+  return {
+    num: 0,
+    base: 0,
+    addr: null,
+    kickFd: -1,
+    callFd: -1,
+    errFd: -1,
+    enabled: false,
+    started: false,
+  };
 }
 
 interface MappedRegion extends MemoryRegion {}
@@ -159,7 +173,10 @@ export class VhostUserBackend {
     const f = decodeU64(msg.payload);
     const unknown = f & ~this.offeredFeatures;
     if (unknown !== 0n) {
-      throw new RequestError('VHOST_USER_BAD_FEATURES', `features 0x${unknown.toString(16)} were never offered`);
+      throw new RequestError(
+        'VHOST_USER_BAD_FEATURES',
+        `features 0x${unknown.toString(16)} were never offered`,
+      );
     }
     this.features = f;
     return undefined;
@@ -208,10 +225,14 @@ export class VhostUserBackend {
   private async remMemReg(msg: IncomingMessage): Promise<undefined> {
     const r = decodeMemRegion(msg.payload);
     const keep = this.regions.filter(
-      (m) => !(m.guestPhysAddr === r.guestPhysAddr && m.size === r.size && m.userAddr === r.userAddr),
+      (m) =>
+        !(m.guestPhysAddr === r.guestPhysAddr && m.size === r.size && m.userAddr === r.userAddr),
     );
     if (keep.length === this.regions.length) {
-      throw new RequestError('VHOST_USER_NO_REGION', `no region at guest address 0x${r.guestPhysAddr.toString(16)}`);
+      throw new RequestError(
+        'VHOST_USER_NO_REGION',
+        `no region at guest address 0x${r.guestPhysAddr.toString(16)}`,
+      );
     }
     await this.installRegions(keep);
     return undefined;
@@ -229,7 +250,10 @@ export class VhostUserBackend {
   private vring(index: number): Vring {
     const v = this.vrings[index];
     if (v === undefined) {
-      throw new RequestError('VHOST_USER_BAD_INDEX', `vring index ${index} is outside 0..${this.vrings.length - 1}`);
+      throw new RequestError(
+        'VHOST_USER_BAD_INDEX',
+        `vring index ${index} is outside 0..${this.vrings.length - 1}`,
+      );
     }
     return v;
   }
@@ -239,7 +263,10 @@ export class VhostUserBackend {
     const v = this.vring(index);
     const max = this.device.maxQueueSize;
     if (num < 1 || num > max || (num & (num - 1)) !== 0) {
-      throw new RequestError('VHOST_USER_BAD_VALUE', `vring ${index} size ${num} is not a power of two in 1..${max}`);
+      throw new RequestError(
+        'VHOST_USER_BAD_VALUE',
+        `vring ${index} size ${num} is not a power of two in 1..${max}`,
+      );
     }
     v.num = num;
     return undefined;
@@ -256,7 +283,8 @@ export class VhostUserBackend {
   private setVringBase(msg: IncomingMessage): undefined {
     const { index, num } = decodeVringState(msg.payload);
     const v = this.vring(index);
-    if (num > 0xffff) throw new RequestError('VHOST_USER_BAD_VALUE', `vring ${index} base ${num} exceeds 16 bits`);
+    if (num > 0xffff)
+      throw new RequestError('VHOST_USER_BAD_VALUE', `vring ${index} base ${num} exceeds 16 bits`);
     v.base = num;
     return undefined;
   }
@@ -276,7 +304,8 @@ export class VhostUserBackend {
   private async setVringKick(msg: IncomingMessage): Promise<undefined> {
     const { index, noFd } = decodeVringFd(msg.payload);
     const v = this.vring(index);
-    if (noFd) throw new RequestError('VHOST_USER_UNSUPPORTED', `vring ${index}: polling without a kick fd`);
+    if (noFd)
+      throw new RequestError('VHOST_USER_UNSUPPORTED', `vring ${index}: polling without a kick fd`);
     expectFds(msg, 1, 'SET_VRING_KICK');
     if (v.started) {
       v.base = await this.device.stopQueue(index);
@@ -292,10 +321,17 @@ export class VhostUserBackend {
 
   private async startVring(index: number, v: Vring): Promise<void> {
     if (v.addr === null || v.num === 0) {
-      throw new RequestError('VHOST_USER_RING_UNSET', `vring ${index} kicked before its size and addresses were set`);
+      throw new RequestError(
+        'VHOST_USER_RING_UNSET',
+        `vring ${index} kicked before its size and addresses were set`,
+      );
     }
     const memory = this.memory;
-    if (memory === null) throw new RequestError('VHOST_USER_NO_MEMORY', `vring ${index} started without a memory table`);
+    if (memory === null)
+      throw new RequestError(
+        'VHOST_USER_NO_MEMORY',
+        `vring ${index} started without a memory table`,
+      );
     const config = {
       size: v.num,
       descTable: translate(memory, v.addr.descUserAddr, 16 * v.num, index, 'descriptor table'),
@@ -338,7 +374,11 @@ export class VhostUserBackend {
   private async setVringEnable(msg: IncomingMessage): Promise<undefined> {
     const { index, num } = decodeVringState(msg.payload);
     const v = this.vring(index);
-    if (num > 1) throw new RequestError('VHOST_USER_BAD_VALUE', `vring ${index} enable value ${num} is not 0 or 1`);
+    if (num > 1)
+      throw new RequestError(
+        'VHOST_USER_BAD_VALUE',
+        `vring ${index} enable value ${num} is not 0 or 1`,
+      );
     v.enabled = num === 1;
     if (v.started) await this.device.setEnabled(index, v.enabled);
     return undefined;
@@ -356,7 +396,10 @@ export class VhostUserBackend {
     const c = decodeConfig(msg.payload);
     checkConfigRange(c);
     if (!this.device.setConfig(c.offset, c.data)) {
-      throw new RequestError('VHOST_USER_READONLY_CONFIG', `config bytes ${c.offset}..${c.offset + c.size} are read-only`);
+      throw new RequestError(
+        'VHOST_USER_READONLY_CONFIG',
+        `config bytes ${c.offset}..${c.offset + c.size} are read-only`,
+      );
     }
     return undefined;
   }
@@ -396,7 +439,10 @@ export class VhostUserBackend {
 
 function expectFds(msg: IncomingMessage, count: number, what: string): void {
   if (msg.fds.length !== count) {
-    throw new RequestError('VHOST_USER_BAD_FD_COUNT', `${what} carries ${msg.fds.length} fds, expected ${count}`);
+    throw new RequestError(
+      'VHOST_USER_BAD_FD_COUNT',
+      `${what} carries ${msg.fds.length} fds, expected ${count}`,
+    );
   }
 }
 
@@ -414,17 +460,29 @@ function mapRegion(r: MemRegionWire, fd: number): MappedRegion {
   }
 }
 
-function translate(memory: GuestMemory, uva: number, len: number, index: number, what: string): number {
+function translate(
+  memory: GuestMemory,
+  uva: number,
+  len: number,
+  index: number,
+  what: string,
+): number {
   const gpa = memory.uvaToGpa(uva, len);
   if (gpa < 0) {
-    throw new RequestError('VHOST_USER_BAD_ADDRESS', `vring ${index} ${what} at 0x${uva.toString(16)} is not in guest memory`);
+    throw new RequestError(
+      'VHOST_USER_BAD_ADDRESS',
+      `vring ${index} ${what} at 0x${uva.toString(16)} is not in guest memory`,
+    );
   }
   return gpa;
 }
 
 function checkConfigRange(c: ConfigPayload): void {
   if (c.offset + c.size > MAX_CONFIG_SIZE) {
-    throw new RequestError('VHOST_USER_BAD_VALUE', `config range ${c.offset}+${c.size} exceeds ${MAX_CONFIG_SIZE} bytes`);
+    throw new RequestError(
+      'VHOST_USER_BAD_VALUE',
+      `config range ${c.offset}+${c.size} exceeds ${MAX_CONFIG_SIZE} bytes`,
+    );
   }
 }
 

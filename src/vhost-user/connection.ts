@@ -55,7 +55,10 @@ export class VhostUserConnection {
 
   private onReadable(events: number): void {
     if (this.closed) return;
-    if (events < 0) return this.close(`socket error (${-events})`);
+    if (events < 0) {
+      this.close(`socket error (${-events})`);
+      return;
+    }
     for (;;) {
       const target =
         this.current === null
@@ -67,10 +70,14 @@ export class VhostUserConnection {
       } catch (err) {
         const code = (err as { code?: string }).code;
         if (classifyErrno(code) === 'retry') break;
-        return this.close(`receive failed (${code})`);
+        this.close(`receive failed (${code})`);
+        return;
       }
       if (got === null) break;
-      if (got.bytes === 0) return this.close('front end disconnected');
+      if (got.bytes === 0) {
+        this.close('front end disconnected');
+        return;
+      }
       this.currentFds.push(...got.fds);
       if (!this.advance(got.bytes)) return;
     }

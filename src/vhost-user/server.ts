@@ -39,9 +39,12 @@ export class VhostUserServer {
     try {
       this.listenFd = native.unixListen(path, 4);
     } catch (err) {
-      throw new ConfigError(`--socket-path ${path}: cannot listen (${(err as { code?: string }).code})`, {
-        cause: err,
-      });
+      throw new ConfigError(
+        `--socket-path ${path}: cannot listen (${(err as { code?: string }).code})`,
+        {
+          cause: err,
+        },
+      );
     }
     this.watcher = new native.FdWatcher(this.listenFd, () => this.accept());
     this.watcher.start(POLL_READABLE);

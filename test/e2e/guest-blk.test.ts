@@ -5,7 +5,7 @@
  * QEMU then reuses the same running daemon.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, openSync, readSync, rmSync, writeFileSync, closeSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -14,7 +14,6 @@ import { ensureGuestImage, runGuest } from '../support/qemu.js';
 
 const MiB = 1024 * 1024;
 const IMAGE_BYTES = 64 * MiB;
-const HOST_PATTERN_OFFSET = 0;
 const GUEST_PATTERN_OFFSET = 8 * MiB;
 
 function md5(data: Uint8Array): string {
@@ -98,7 +97,12 @@ describe.each([
   });
 
   it('reads the host pattern, writes with O_DIRECT, and the image matches', async () => {
-    const result = await runGuest({ script: guestScript(cpus), blk: [{ socket, queues }], cpus, timeoutMs: 120_000 });
+    const result = await runGuest({
+      script: guestScript(cpus),
+      blk: [{ socket, queues }],
+      cpus,
+      timeoutMs: 120_000,
+    });
     expect(result.exitCode, result.output).toBe(0);
     expect(field(result.output, 'QUEUES')).toBe(String(queues));
     expect(field(result.output, 'SERIAL')).toBe('e2e-disk');

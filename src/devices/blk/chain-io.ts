@@ -18,7 +18,13 @@ export interface ChainCursor {
  * (readable part: 0; writable part: chain.firstWritable). Returns false when
  * the part is shorter than `pos`.
  */
-export function seek(chain: DescriptorChain, first: number, end: number, pos: number, cursor: ChainCursor): boolean {
+export function seek(
+  chain: DescriptorChain,
+  first: number,
+  end: number,
+  pos: number,
+  cursor: ChainCursor,
+): boolean {
   let rest = pos;
   for (let s = first; s < end; s++) {
     const len = chain.length[s];
@@ -44,7 +50,11 @@ export function copyFromChain(
 ): boolean {
   if (!seek(chain, 0, chain.firstWritable, pos, cursor)) return false;
   let done = 0;
-  for (let s = cursor.segment, w = cursor.within; s < chain.firstWritable && done < out.length; s++, w = 0) {
+  for (
+    let s = cursor.segment, w = cursor.within;
+    s < chain.firstWritable && done < out.length;
+    s++, w = 0
+  ) {
     const take = Math.min(chain.length[s] - w, out.length - done);
     const start = chain.offset[s] + w;
     out.set(memory[chain.region[s]].subarray(start, start + take), done);
@@ -63,7 +73,11 @@ export function copyToChain(
 ): number {
   if (!seek(chain, chain.firstWritable, chain.segments, pos, cursor)) return 0;
   let done = 0;
-  for (let s = cursor.segment, w = cursor.within; s < chain.segments && done < data.length; s++, w = 0) {
+  for (
+    let s = cursor.segment, w = cursor.within;
+    s < chain.segments && done < data.length;
+    s++, w = 0
+  ) {
     const take = Math.min(chain.length[s] - w, data.length - done);
     memory[chain.region[s]].set(data.subarray(done, done + take), chain.offset[s] + w);
     done += take;

@@ -89,7 +89,12 @@ export const MAX_DISCARD_SECTORS = (1 << 30) >>> SECTOR_SHIFT;
 /** The virtio-blk device feature bits this implementation honours for `g`. */
 export function blkDeviceFeatures(g: BlkGeometry): bigint {
   let f = 0n;
-  for (const bit of [BlkFeature.SEG_MAX, BlkFeature.BLK_SIZE, BlkFeature.FLUSH, BlkFeature.TOPOLOGY]) {
+  for (const bit of [
+    BlkFeature.SEG_MAX,
+    BlkFeature.BLK_SIZE,
+    BlkFeature.FLUSH,
+    BlkFeature.TOPOLOGY,
+  ]) {
     f |= 1n << BigInt(bit);
   }
   if (g.numQueues > 1) f |= 1n << BigInt(BlkFeature.MQ);

@@ -9,7 +9,12 @@
  */
 import { type IoEngine, IoOp, type IoOpCode } from '../../io/engine.js';
 import type { StatCounters } from '../../locking/index.js';
-import { DescriptorChain, type GuestMemory, QueueBrokenError, type SplitVirtqueue } from '../../virtio/index.js';
+import {
+  DescriptorChain,
+  type GuestMemory,
+  QueueBrokenError,
+  type SplitVirtqueue,
+} from '../../virtio/index.js';
 import type { QueueDevice } from '../queue-device.js';
 import { type ChainCursor, copyFromChain, copyToChain, seek, stageIovecs } from './chain-io.js';
 import {
@@ -105,7 +110,14 @@ export class BlkDevice implements QueueDevice {
     for (let q = 0; q < n; q++) {
       this.freeSlots.push(Int32Array.from({ length: this.slotsPerQueue }, (_, i) => i));
       this.freeCount[q] = this.slotsPerQueue;
-      this.queues.push({ vq: null, enabled: false, inFlight: 0, dirty: false, broken: false, onIdle: null });
+      this.queues.push({
+        vq: null,
+        enabled: false,
+        inFlight: 0,
+        dirty: false,
+        broken: false,
+        onIdle: null,
+      });
     }
     // A chain may be split at region boundaries: allow a few more segments than descriptors.
     this.chain = new DescriptorChain(options.geometry.segMax + 2 + 16);
@@ -289,8 +301,10 @@ export class BlkDevice implements QueueDevice {
     const flags = v.getUint32(12, true);
     const offset = sector * SECTOR_SIZE;
     const length = sectors * SECTOR_SIZE;
-    if (flags & ~WRITE_ZEROES_FLAG_UNMAP || (op === IoOp.DISCARD && flags !== 0)) return BlkStatus.UNSUPP;
-    if (sectors > MAX_DISCARD_SECTORS || offset + length > this.capacityBytes) return this.ioError();
+    if (flags & ~WRITE_ZEROES_FLAG_UNMAP || (op === IoOp.DISCARD && flags !== 0))
+      return BlkStatus.UNSUPP;
+    if (sectors > MAX_DISCARD_SECTORS || offset + length > this.capacityBytes)
+      return this.ioError();
     if (length === 0) return BlkStatus.OK;
     const unmap = flags & WRITE_ZEROES_FLAG_UNMAP;
     this.engine.queueSlowOp(unmap ? IoOp.DISCARD : op, offset, length, id);
@@ -299,7 +313,13 @@ export class BlkDevice implements QueueDevice {
 
   private getId(id: number): number {
     const room = this.chain.writableBytes - 1;
-    const n = copyToChain(this.chain, this.bytes, 0, this.serial.subarray(0, Math.min(room, BLK_ID_BYTES)), this.cursor);
+    const n = copyToChain(
+      this.chain,
+      this.bytes,
+      0,
+      this.serial.subarray(0, Math.min(room, BLK_ID_BYTES)),
+      this.cursor,
+    );
     // The spec asks for a NUL-padded 20-byte answer; pad whatever room is left.
     const pad = Math.min(room, BLK_ID_BYTES) - n;
     if (pad > 0) copyToChain(this.chain, this.bytes, n, new Uint8Array(pad), this.cursor);
@@ -314,7 +334,8 @@ export class BlkDevice implements QueueDevice {
 
   private complete(id: number, result: number): void {
     const type = this.slotType[id];
-    const expected = type === BlkRequestType.IN || type === BlkRequestType.OUT ? this.slotDataLen[id] : 0;
+    const expected =
+      type === BlkRequestType.IN || type === BlkRequestType.OUT ? this.slotDataLen[id] : 0;
     if (result < 0 || result !== expected) {
       this.stats.add(BlkStat.ioErrors, 1);
       this.finish(id, BlkStatus.IOERR, 0);
@@ -375,7 +396,8 @@ export class BlkDevice implements QueueDevice {
 
   private queue(index: number): QueueState {
     const q = this.queues[index];
-    if (q === undefined) throw new RangeError(`queue index ${index} is outside 0..${this.queues.length - 1}`);
+    if (q === undefined)
+      throw new RangeError(`queue index ${index} is outside 0..${this.queues.length - 1}`);
     return q;
   }
 

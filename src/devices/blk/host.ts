@@ -4,11 +4,11 @@
  */
 import { StatCounters } from '../../locking/index.js';
 import type { RtOptions } from '../../rt/index.js';
-import { featureBit } from '../../virtio/index.js';
 import type { Logger } from '../../vhost-user/connection.js';
 import type { QueueStart, VhostUserDevice } from '../../vhost-user/device-backend.js';
 import { ProtocolFeature } from '../../vhost-user/protocol.js';
 import type { MemoryRegion } from '../../virtio/index.js';
+import { featureBit } from '../../virtio/index.js';
 import type { ThreadInfo } from '../messages.js';
 import { WorkerHost } from '../worker-host.js';
 import { type BlkGeometry, blkDeviceFeatures, encodeBlkConfig } from './config.js';
@@ -60,7 +60,8 @@ export class BlkDeviceHost implements VhostUserDevice {
 
   getConfig(offset: number, size: number): Uint8Array {
     const out = new Uint8Array(size);
-    if (offset < this.config.length) out.set(this.config.subarray(offset, Math.min(offset + size, this.config.length)));
+    if (offset < this.config.length)
+      out.set(this.config.subarray(offset, Math.min(offset + size, this.config.length)));
     return out;
   }
 

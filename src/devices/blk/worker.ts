@@ -44,7 +44,12 @@ function start(init: BlkWorkerInit): void {
   });
   runtime = new WorkerRuntime(device, o.queues, o.queueSize + 16);
   runtime.listen();
-  const info = { sizeBytes: engine.sizeBytes, direct: engine.direct, alignment: engine.alignment, engine: engine.name };
+  const info = {
+    sizeBytes: engine.sizeBytes,
+    direct: engine.direct,
+    alignment: engine.alignment,
+    engine: engine.name,
+  };
   post({ kind: 'ready', thread: describeThread(), info });
 }
 
