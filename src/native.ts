@@ -173,7 +173,7 @@ export interface NativeBinding {
     length: number,
     callback: (err: Error | null, result: number) => void,
   ): void;
-  /** Logical block size of the device under an open fd (BLKSSZGET, or st_blksize for files, capped to 4096). */
+  /** O_DIRECT alignment under an open fd: BLKSSZGET for block devices, statx DIO alignment (else 512) for files; at most 4096. */
   blockSize(fd: number): number;
 
   // Real-time knobs. tid 0 means the calling thread.
@@ -186,6 +186,11 @@ export interface NativeBinding {
   /** setpriority(PRIO_PROCESS, tid, nice). */
   setNice(tid: number, nice: number): void;
   mlockall(flags: number): void;
+  /**
+   * munlockall. V8 aborts the process when it tears down a thread while memory
+   * is locked, so whoever called mlockall calls this before any thread ends.
+   */
+  munlockall(): void;
 }
 
 const here = dirname(fileURLToPath(import.meta.url));

@@ -51,6 +51,8 @@ export class WorkerRuntime {
     private readonly device: QueueDevice,
     numQueues: number,
     private readonly maxSegments: number,
+    /** Runs after the device closed, before the thread ends (e.g. munlockall). */
+    private readonly beforeExit: () => void = () => {},
   ) {
     this.wiring = Array.from({ length: numQueues }, () => ({ kick: null, callFd: -1 }));
   }
@@ -136,6 +138,7 @@ export class WorkerRuntime {
       w.kick = null;
     }
     await this.device.close();
+    this.beforeExit();
     parentPort?.close();
     return 0;
   }

@@ -1,0 +1,115 @@
+// Real-time knobs of one thread: scheduling policy and priority, CPU affinity,
+// nice value, memory locking. A tid of 0 means the calling thread, as the
+// kernel's own calls take it.
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "args.h"
+#include "errors.h"
+#include "modules.h"
+
+namespace vhost_rt {
+
+static Napi::Value Gettid(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(gettid()));
+}
+
+static Napi::Value SchedSetScheduler(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  pid_t tid = static_cast<pid_t>(ArgInteger(info, 0, "tid", 0, INT32_MAX));
+  int policy = ArgInt32(info, 1, "policy");
+  sched_param param{};
+  param.sched_priority = ArgInt32(info, 2, "priority");
+  // The raw syscall acts on exactly one thread (glibc's wrapper does the same
+  // on Linux, but says "process").
+  if (syscall(SYS_sched_setscheduler, tid, policy, &param) < 0) {
+    ThrowErrno(env, "sched_setscheduler", errno);
+  }
+  return env.Undefined();
+}
+
+static Napi::Value SchedGetScheduler(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  pid_t tid = static_cast<pid_t>(ArgInteger(info, 0, "tid", 0, INT32_MAX));
+  int policy = static_cast<int>(syscall(SYS_sched_getscheduler, tid));
+  if (policy < 0) ThrowErrno(env, "sched_getscheduler", errno);
+  sched_param param{};
+  if (syscall(SYS_sched_getparam, tid, &param) < 0) ThrowErrno(env, "sched_getparam", errno);
+  Napi::Object result = Napi::Object::New(env);
+  // SCHED_RESET_ON_FORK is a flag, not a policy.
+  result.Set("policy", Napi::Number::New(env, policy & ~SCHED_RESET_ON_FORK));
+  result.Set("priority", Napi::Number::New(env, param.sched_priority));
+  return result;
+}
+
+static Napi::Value SchedGetPriorityMax(const Napi::CallbackInfo& info) {
+  int max = sched_get_priority_max(ArgInt32(info, 0, "policy"));
+  if (max < 0) ThrowErrno(info.Env(), "sched_get_priority_max", errno);
+  return Napi::Number::New(info.Env(), max);
+}
+
+static Napi::Value SchedSetAffinity(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  pid_t tid = static_cast<pid_t>(ArgInteger(info, 0, "tid", 0, INT32_MAX));
+  Napi::Array cpus = ArgArray(info, 1, "cpus");
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (uint32_t i = 0; i < cpus.Length(); i++) {
+    CPU_SET(ElementInteger(env, cpus, i, "cpus", 0, CPU_SETSIZE - 1), &set);
+  }
+  if (sched_setaffinity(tid, sizeof set, &set) < 0) ThrowErrno(env, "sched_setaffinity", errno);
+  return env.Undefined();
+}
+
+static Napi::Value SchedGetAffinity(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  pid_t tid = static_cast<pid_t>(ArgInteger(info, 0, "tid", 0, INT32_MAX));
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(tid, sizeof set, &set) < 0) ThrowErrno(env, "sched_getaffinity", errno);
+  Napi::Array cpus = Napi::Array::New(env);
+  uint32_t n = 0;
+  for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+    if (CPU_ISSET(cpu, &set)) cpus.Set(n++, Napi::Number::New(env, cpu));
+  }
+  return cpus;
+}
+
+static Napi::Value SetNice(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto tid = static_cast<id_t>(ArgInteger(info, 0, "tid", 0, INT32_MAX));
+  int nice = static_cast<int>(ArgInteger(info, 1, "nice", -20, 19));
+  // On Linux PRIO_PROCESS with a tid sets that one thread's nice value.
+  if (setpriority(PRIO_PROCESS, tid, nice) < 0) ThrowErrno(env, "setpriority", errno);
+  return env.Undefined();
+}
+
+static Napi::Value Mlockall(const Napi::CallbackInfo& info) {
+  if (mlockall(ArgInt32(info, 0, "flags")) < 0) ThrowErrno(info.Env(), "mlockall", errno);
+  return info.Env().Undefined();
+}
+
+// V8 aborts when it releases the memory of a thread it is shutting down while
+// that memory is locked (madvise(MADV_DONTNEED) fails with EINVAL), so every
+// thread that locked memory unlocks it before it ends.
+static Napi::Value Munlockall(const Napi::CallbackInfo& info) {
+  if (munlockall() < 0) ThrowErrno(info.Env(), "munlockall", errno);
+  return info.Env().Undefined();
+}
+
+void InitRt(Napi::Env env, Napi::Object exports) {
+  Export(env, exports, "gettid", Gettid);
+  Export(env, exports, "schedSetScheduler", SchedSetScheduler);
+  Export(env, exports, "schedGetScheduler", SchedGetScheduler);
+  Export(env, exports, "schedGetPriorityMax", SchedGetPriorityMax);
+  Export(env, exports, "schedSetAffinity", SchedSetAffinity);
+  Export(env, exports, "schedGetAffinity", SchedGetAffinity);
+  Export(env, exports, "setNice", SetNice);
+  Export(env, exports, "mlockall", Mlockall);
+  Export(env, exports, "munlockall", Munlockall);
+}
+
+}  // namespace vhost_rt

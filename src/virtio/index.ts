@@ -1,0 +1,11 @@
+/** The virtio layer: guest memory translation, the split virtqueue, feature bits. */
+export * from './descriptor-chain.js';
+export * from './errors.js';
+export * from './features.js';
+export * from './guest-memory.js';
+export * from './split-ring.js';
+export {
+  DEFAULT_MAX_SEGMENTS,
+  type SplitQueueConfig,
+  SplitVirtqueue,
+} from './virtqueue.js';

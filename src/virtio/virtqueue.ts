@@ -1,0 +1,503 @@
+/**
+ * The device side of a split virtqueue (virtio 1.x §2.7), hardened against a
+ * hostile guest:
+ *
+ * - ring-level violations (avail.idx running ahead, a head out of range, rings
+ *   outside guest memory or misaligned) throw {@link QueueBrokenError}; the
+ *   device stops the queue;
+ * - chain-level violations never throw: `pop()` returns the head with
+ *   `chain.error` set, and the device completes it with used length 0;
+ * - every guest index is reduced mod size or range-checked before use, every
+ *   guest address goes through GuestMemory's bounds checks, and every guest
+ *   field is read exactly once, so a guest rewriting rings concurrently cannot
+ *   make a value differ between its check and its use.
+ *
+ * Memory ordering: JS `Atomics.load` / `Atomics.store` are sequentially
+ * consistent. A load is at least an acquire and a store at least a release,
+ * and a store followed by a load of another location is ordered (a full
+ * fence: xchg/mfence on x86, stlr+ldar on arm64). Each use below says which
+ * guest access it orders against. Rings are little-endian; typed-array views
+ * use host order, so the host must be little-endian (checked at construction).
+ */
+import type { DescriptorChain } from './descriptor-chain.js';
+import { ChainErrorCode, QueueBrokenError, QueueErrorCode } from './errors.js';
+import type { GuestMemory } from './guest-memory.js';
+import {
+  AVAIL_ALIGN,
+  AVAIL_FLAGS,
+  AVAIL_IDX,
+  AVAIL_RING,
+  availRingBytes,
+  availUsedEventOffset,
+  DESC_ADDR,
+  DESC_ALIGN,
+  DESC_FLAGS,
+  DESC_LEN,
+  DESC_NEXT,
+  DESC_SIZE,
+  descTableBytes,
+  isValidQueueSize,
+  MAX_INDIRECT_ENTRIES,
+  USED_ALIGN,
+  USED_FLAGS,
+  USED_IDX,
+  USED_RING,
+  usedAvailEventOffset,
+  usedRingBytes,
+  VIRTQ_AVAIL_F_NO_INTERRUPT,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_WRITE,
+  VIRTQ_USED_F_NO_NOTIFY,
+  vringNeedEvent,
+} from './split-ring.js';
+
+export { DescriptorChain } from './descriptor-chain.js';
+
+/** Where the three parts of a split queue live (guest-physical) and what was negotiated. */
+export interface SplitQueueConfig {
+  /** Queue size: a power of two in 1..32768 (SET_VRING_NUM). */
+  size: number;
+  /** Guest-physical address of the descriptor table (16-byte aligned). */
+  descTable: number;
+  /** Guest-physical address of the avail ring (2-byte aligned). */
+  availRing: number;
+  /** Guest-physical address of the used ring (4-byte aligned). */
+  usedRing: number;
+  /** VIRTIO_RING_F_EVENT_IDX negotiated: used_event / avail_event replace the flags. */
+  eventIdx: boolean;
+  /** VIRTIO_RING_F_INDIRECT_DESC negotiated. */
+  indirect: boolean;
+  /** VIRTIO_F_NOTIFY_ON_EMPTY negotiated: interrupt when the ring runs empty despite suppression. */
+  notifyOnEmpty?: boolean;
+}
+
+/** Segment limit per chain when the constructor is not given one (QEMU's VIRTQUEUE_MAX_SIZE). */
+export const DEFAULT_MAX_SEGMENTS = 1024;
+
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+const TWO_POW_32 = 2 ** 32;
+const U32_MAX = 0xffffffff;
+// Element indexes of the u16 / u32 views below (byte offsets / element size).
+const AVAIL_FLAGS_U16 = AVAIL_FLAGS / 2;
+const AVAIL_IDX_U16 = AVAIL_IDX / 2;
+const AVAIL_RING_U16 = AVAIL_RING / 2;
+const USED_FLAGS_U16 = USED_FLAGS / 2;
+const USED_IDX_U16 = USED_IDX / 2;
+
+/** Where a ring landed: region index and byte offset in that region's buffer. */
+interface RingLocation {
+  region: number;
+  offset: number;
+}
+
+/**
+ * One split virtqueue, used by a single thread (the device worker). Typical
+ * loop after a kick:
+ *
+ * ```ts
+ * for (;;) {
+ *   q.setNotification(false);           // no kicks while draining
+ *   while (q.pop(chain)) submit(chain);  // chain.error !== null: q.addUsed(chain.head, 0)
+ *   q.setNotification(true);
+ *   if (q.pending() === 0) break;       // else a chain slipped in before kicks were back on
+ * }
+ * // on completions: q.addUsed(head, written) per request, then once per batch:
+ * q.publishUsed();
+ * if (q.needsInterrupt()) signal(callFd);
+ * ```
+ */
+export class SplitVirtqueue {
+  /** Queue size (number of descriptors and ring slots). */
+  readonly size: number;
+  /** Guest-physical addresses of the three parts. */
+  readonly descTable: number;
+  readonly availRing: number;
+  readonly usedRing: number;
+  /** Negotiated ring features. */
+  readonly eventIdx: boolean;
+  readonly indirect: boolean;
+  readonly notifyOnEmpty: boolean;
+
+  private readonly mask: number;
+  private readonly maxSegments: number;
+  private memory!: GuestMemory;
+  // Views of the rings, rebuilt by mapRings() for every memory table.
+  private descView!: DataView;
+  private descBase = 0;
+  /** avail ring as u16: flags, idx, ring[size], used_event. */
+  private avail!: Uint16Array;
+  /** used ring header as u16: flags, idx. */
+  private usedHeader!: Uint16Array;
+  /** used ring elements as u32 pairs: id, len. */
+  private usedElems!: Uint32Array;
+  /** used.avail_event (empty view without EVENT_IDX). */
+  private availEvent!: Uint16Array;
+  private usedEventIndex = 0;
+
+  private lastAvail = 0;
+  /** Last avail.idx read from the guest; entries up to it are already ordered by that read. */
+  private shadowAvail = 0;
+  private used = 0;
+  /** used idx at the last needsInterrupt(); invalid after a reset of the indexes. */
+  private signalledUsed = 0;
+  private signalledValid = false;
+  private notifyEnabled = true;
+
+  // The descriptor being walked, as scalars, so reading one allocates nothing.
+  private dAddr = 0;
+  private dLen = 0;
+  private dFlags = 0;
+  private dNext = 0;
+  private seenWritable = false;
+  private segmentLimit = 0;
+
+  /**
+   * @param maxSegments upper bound on segments per chain (the chain's own capacity also applies).
+   * @throws QueueBrokenError VIRTQ_BAD_SIZE, VIRTQ_RING_UNMAPPED or VIRTQ_RING_MISALIGNED.
+   */
+  constructor(memory: GuestMemory, config: SplitQueueConfig, maxSegments = DEFAULT_MAX_SEGMENTS) {
+    if (!LITTLE_ENDIAN) throw new Error('SplitVirtqueue needs a little-endian host');
+    if (!isValidQueueSize(config.size)) {
+      throw new QueueBrokenError(
+        QueueErrorCode.BAD_SIZE,
+        `queue size ${config.size} is not a power of two in 1..32768`,
+      );
+    }
+    if (!Number.isInteger(maxSegments) || maxSegments < 1) {
+      throw new RangeError(`maxSegments must be a positive integer, got ${maxSegments}`);
+    }
+    this.size = config.size;
+    this.mask = config.size - 1;
+    this.descTable = config.descTable;
+    this.availRing = config.availRing;
+    this.usedRing = config.usedRing;
+    this.eventIdx = config.eventIdx;
+    this.indirect = config.indirect;
+    this.notifyOnEmpty = config.notifyOnEmpty ?? false;
+    this.maxSegments = maxSegments;
+    this.mapRings(memory);
+  }
+
+  /** Switches to a new memory table; re-validates and re-maps the rings (throws like the constructor). */
+  setMemory(memory: GuestMemory): void {
+    this.mapRings(memory);
+  }
+
+  /** The device's next avail index, u16 free-running (SET_VRING_BASE / GET_VRING_BASE). */
+  get lastAvailIdx(): number {
+    return this.lastAvail;
+  }
+
+  set lastAvailIdx(value: number) {
+    this.lastAvail = checkU16('lastAvailIdx', value);
+    this.shadowAvail = this.lastAvail;
+  }
+
+  /** The device's next used index, u16 free-running; setting it forgets the interrupt history. */
+  get usedIdx(): number {
+    return this.used;
+  }
+
+  set usedIdx(value: number) {
+    this.used = checkU16('usedIdx', value);
+    this.signalledUsed = this.used;
+    this.signalledValid = false;
+  }
+
+  /** Heads the driver made available that the device has not popped. */
+  pending(): number {
+    return (this.loadAvailIdx() - this.lastAvail) & 0xffff;
+  }
+
+  /**
+   * Pops the next chain into `chain`. Returns false when the ring is empty. A
+   * chain-level violation still returns true, with `chain.error` set.
+   * @throws QueueBrokenError VIRTQ_AVAIL_AHEAD or VIRTQ_BAD_HEAD.
+   */
+  pop(chain: DescriptorChain): boolean {
+    if (!this.hasAvailable()) return false;
+    // Plain read: ordered after the Atomics.load of avail.idx that covered this slot.
+    const head = this.avail[AVAIL_RING_U16 + (this.lastAvail & this.mask)];
+    if (head >= this.size) {
+      throw new QueueBrokenError(
+        QueueErrorCode.BAD_HEAD,
+        `avail ring slot ${this.lastAvail & this.mask} names head ${head}, queue size ${this.size}`,
+      );
+    }
+    this.lastAvail = (this.lastAvail + 1) & 0xffff;
+    this.walk(head, chain);
+    return true;
+  }
+
+  /** Writes one used element and publishes used.idx. */
+  pushUsed(head: number, len: number): void {
+    this.addUsed(head, len);
+    this.publishUsed();
+  }
+
+  /** Writes one used element without publishing it; {@link publishUsed} ends a batch. */
+  addUsed(head: number, len: number): void {
+    if (head >>> 0 !== head || head >= this.size) {
+      throw new RangeError(`used head must be an integer in 0..${this.size - 1}, got ${head}`);
+    }
+    if (len >>> 0 !== len) throw new RangeError(`used len must be a u32, got ${len}`);
+    const slot = (this.used & this.mask) * 2;
+    this.usedElems[slot] = head;
+    this.usedElems[slot + 1] = len;
+    this.used = (this.used + 1) & 0xffff;
+  }
+
+  /** Publishes every element added so far by storing used.idx. */
+  publishUsed(): void {
+    // Release: the used elements written above become visible to a driver that
+    // reads used.idx before them. Seq-cst, so it is also the store half of the
+    // store→load fence needsInterrupt() relies on.
+    Atomics.store(this.usedHeader, USED_IDX_U16, this.used);
+  }
+
+  /**
+   * Whether the driver wants an interrupt for the used elements published since
+   * the last call (§2.7.10): EVENT_IDX's used_event, else avail.flags'
+   * NO_INTERRUPT. Call once after a batch; nothing new published means false.
+   */
+  needsInterrupt(): boolean {
+    const newIdx = this.used;
+    const oldIdx = this.signalledUsed;
+    const valid = this.signalledValid;
+    this.signalledUsed = newIdx;
+    this.signalledValid = true;
+    if (newIdx === oldIdx) return false;
+    if (this.notifyOnEmpty && this.pending() === 0) return true;
+    // Both loads below follow the seq-cst store of used.idx in publishUsed():
+    // the full fence that pairs with the driver writing used_event / flags and
+    // then reading used.idx, so one side always sees the other's update.
+    if (!this.eventIdx) {
+      return (Atomics.load(this.avail, AVAIL_FLAGS_U16) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
+    }
+    // Without a trustworthy old index (after a reset) interrupt to be safe.
+    return !valid || vringNeedEvent(Atomics.load(this.avail, this.usedEventIndex), newIdx, oldIdx);
+  }
+
+  /**
+   * Asks the driver to kick (true) or not to bother (false): used.flags
+   * NO_NOTIFY, or with EVENT_IDX avail_event. After enabling, call
+   * {@link pending} again: a chain published just before may have sent no kick.
+   */
+  setNotification(enabled: boolean): void {
+    this.notifyEnabled = enabled;
+    if (this.eventIdx) {
+      // With EVENT_IDX, disabling leaves avail_event behind the driver, which then stops kicking.
+      if (enabled) this.publishAvailEvent();
+      return;
+    }
+    // Seq-cst store: ordered before the next Atomics.load of avail.idx (full
+    // fence), pairing with the driver's store of avail.idx then load of flags.
+    Atomics.store(this.usedHeader, USED_FLAGS_U16, enabled ? 0 : VIRTQ_USED_F_NO_NOTIFY);
+  }
+
+  /** used.idx as stored in guest memory (for reconnects: the device's view may be behind). */
+  readUsedIdx(): number {
+    return Atomics.load(this.usedHeader, USED_IDX_U16);
+  }
+
+  /** avail.idx as stored in guest memory, unchecked (for diagnostics and inflight recovery). */
+  readAvailIdx(): number {
+    return Atomics.load(this.avail, AVAIL_IDX_U16);
+  }
+
+  /** Whether a chain is available, publishing avail_event before reporting the ring empty. */
+  private hasAvailable(): boolean {
+    if (this.lastAvail !== this.shadowAvail) return true;
+    if (this.loadAvailIdx() !== this.lastAvail) return true;
+    if (!this.eventIdx || !this.notifyEnabled) return false;
+    // With EVENT_IDX avail_event must name the next slot before the device
+    // sleeps, or the driver never kicks again; then look once more.
+    this.publishAvailEvent();
+    return this.loadAvailIdx() !== this.lastAvail;
+  }
+
+  private publishAvailEvent(): void {
+    // Seq-cst store then the seq-cst load of avail.idx that follows (full
+    // fence): pairs with the driver storing avail.idx then loading avail_event.
+    Atomics.store(this.availEvent, 0, this.lastAvail);
+  }
+
+  /** Reads avail.idx into the shadow. @throws QueueBrokenError VIRTQ_AVAIL_AHEAD. */
+  private loadAvailIdx(): number {
+    // Acquire: avail ring entries and descriptors are read after this load,
+    // and the driver wrote them before storing avail.idx.
+    const idx = Atomics.load(this.avail, AVAIL_IDX_U16);
+    if (((idx - this.lastAvail) & 0xffff) > this.size) {
+      throw new QueueBrokenError(
+        QueueErrorCode.AVAIL_AHEAD,
+        `avail.idx ${idx} is more than ${this.size} ahead of last_avail_idx ${this.lastAvail}`,
+      );
+    }
+    this.shadowAvail = idx;
+    return idx;
+  }
+
+  private walk(head: number, chain: DescriptorChain): void {
+    chain.reset(head);
+    this.seenWritable = false;
+    this.segmentLimit = Math.min(this.maxSegments, chain.capacity);
+    const error = this.walkTable(chain, this.descView, this.descBase, this.size, head, false);
+    if (error !== null) chain.fail(error);
+  }
+
+  /**
+   * Follows a chain through one descriptor table (`entries` long, at buffer
+   * offset `base` of `view`). More steps than entries means a loop.
+   */
+  private walkTable(
+    chain: DescriptorChain,
+    view: DataView,
+    base: number,
+    entries: number,
+    first: number,
+    inIndirect: boolean,
+  ): string | null {
+    let index = first;
+    for (let count = 1; ; count++) {
+      if (count > entries) return ChainErrorCode.CHAIN_TOO_LONG;
+      this.readDescriptor(view, base + index * DESC_SIZE);
+      chain.descriptors++;
+      const flags = this.dFlags;
+      if ((flags & VIRTQ_DESC_F_INDIRECT) !== 0) {
+        return inIndirect ? ChainErrorCode.NESTED_INDIRECT : this.walkIndirect(chain, flags);
+      }
+      const error = this.addBuffer(chain, (flags & VIRTQ_DESC_F_WRITE) !== 0);
+      if (error !== null) return error;
+      if ((flags & VIRTQ_DESC_F_NEXT) === 0) return null;
+      if (this.dNext >= entries) return ChainErrorCode.NEXT_OUT_OF_RANGE;
+      index = this.dNext;
+    }
+  }
+
+  /**
+   * Enters the indirect table the current descriptor points at (§2.7.5.3). Its
+   * WRITE flag is ignored, as the spec requires; NEXT with INDIRECT is refused.
+   * The table must lie inside one region (drivers allocate it contiguously).
+   */
+  private walkIndirect(chain: DescriptorChain, flags: number): string | null {
+    const len = this.dLen;
+    if (!this.indirect || (flags & VIRTQ_DESC_F_NEXT) !== 0) return ChainErrorCode.BAD_INDIRECT;
+    if (len === 0 || len % DESC_SIZE !== 0 || len / DESC_SIZE > MAX_INDIRECT_ENTRIES) {
+      return ChainErrorCode.BAD_INDIRECT;
+    }
+    const region = this.memory.findRegion(this.dAddr, len);
+    if (region < 0) return ChainErrorCode.DESC_UNMAPPED;
+    const base = this.memory.bufferOffset(region, this.dAddr);
+    return this.walkTable(chain, this.memory.views[region], base, len / DESC_SIZE, 0, true);
+  }
+
+  /**
+   * Reads the descriptor at byte `offset` of `view` (the caller bounds-checked
+   * it). Each field is read once into a scalar: a guest rewriting it meanwhile
+   * cannot make a checked value differ from a used one.
+   */
+  private readDescriptor(view: DataView, offset: number): void {
+    const lo = view.getUint32(offset + DESC_ADDR, true);
+    const hi = view.getUint32(offset + DESC_ADDR + 4, true);
+    // Above 2^53 the sum rounds, but it then lies beyond every region (GuestMemory
+    // caps region ends at 2^53 - 1), so translation rejects it all the same.
+    this.dAddr = hi * TWO_POW_32 + lo;
+    this.dLen = view.getUint32(offset + DESC_LEN, true);
+    this.dFlags = view.getUint16(offset + DESC_FLAGS, true);
+    this.dNext = view.getUint16(offset + DESC_NEXT, true);
+  }
+
+  /** Checks order and total length, then translates the current descriptor's buffer. */
+  private addBuffer(chain: DescriptorChain, writable: boolean): string | null {
+    if (writable) this.seenWritable = true;
+    else if (this.seenWritable) return ChainErrorCode.READ_AFTER_WRITE;
+    if (chain.readableBytes + chain.writableBytes + this.dLen > U32_MAX) {
+      return ChainErrorCode.LEN_OVERFLOW;
+    }
+    return this.translate(chain, this.dAddr, this.dLen, writable);
+  }
+
+  /**
+   * Appends `[gpa, gpa + len)` as segments, one per region it crosses. A zero
+   * length adds nothing and touches no memory, so its address is not checked.
+   */
+  private translate(
+    chain: DescriptorChain,
+    gpa: number,
+    len: number,
+    writable: boolean,
+  ): string | null {
+    let at = gpa;
+    let left = len;
+    while (left > 0) {
+      const region = this.memory.regionAt(at);
+      if (region < 0) return ChainErrorCode.DESC_UNMAPPED;
+      if (chain.segments >= this.segmentLimit) return ChainErrorCode.CHAIN_TOO_LONG;
+      const n = Math.min(left, this.memory.regionEnd(region) - at);
+      chain.addSegment(region, this.memory.bufferOffset(region, at), n, writable);
+      at += n;
+      left -= n;
+    }
+    return null;
+  }
+
+  /** Validates all three rings against `memory`, then (only then) switches the views. */
+  private mapRings(memory: GuestMemory): void {
+    const size = this.size;
+    const desc = locateRing(memory, this.descTable, descTableBytes(size), DESC_ALIGN, 'desc');
+    const availBytes = availRingBytes(size, this.eventIdx);
+    const avail = locateRing(memory, this.availRing, availBytes, AVAIL_ALIGN, 'avail');
+    const usedBytes = usedRingBytes(size, this.eventIdx);
+    const used = locateRing(memory, this.usedRing, usedBytes, USED_ALIGN, 'used');
+    this.memory = memory;
+    this.descView = memory.views[desc.region];
+    this.descBase = desc.offset;
+    this.avail = new Uint16Array(memory.buffers[avail.region], avail.offset, availBytes / 2);
+    this.usedEventIndex = availUsedEventOffset(size) / 2;
+    const usedBuffer = memory.buffers[used.region];
+    this.usedHeader = new Uint16Array(usedBuffer, used.offset, USED_RING / 2);
+    this.usedElems = new Uint32Array(usedBuffer, used.offset + USED_RING, 2 * size);
+    const eventOffset = used.offset + usedAvailEventOffset(size);
+    this.availEvent = new Uint16Array(usedBuffer, eventOffset, this.eventIdx ? 1 : 0);
+  }
+}
+
+/**
+ * Finds the region wholly holding a ring part and checks the §2.7 alignment,
+ * both of the guest address and of the offset in the mapping (typed views
+ * need the latter).
+ */
+function locateRing(
+  memory: GuestMemory,
+  gpa: number,
+  bytes: number,
+  align: number,
+  what: string,
+): RingLocation {
+  if (Number.isSafeInteger(gpa) && gpa % align !== 0) misaligned(what, gpa, align);
+  const region = Number.isSafeInteger(gpa) ? memory.findRegion(gpa, bytes) : -1;
+  if (region < 0) {
+    throw new QueueBrokenError(
+      QueueErrorCode.RING_UNMAPPED,
+      `${what} ring at 0x${gpa.toString(16)} (${bytes} bytes) is not inside one memory region`,
+    );
+  }
+  const offset = memory.bufferOffset(region, gpa);
+  if (offset % align !== 0) misaligned(what, gpa, align);
+  return { region, offset };
+}
+
+function misaligned(what: string, gpa: number, align: number): never {
+  throw new QueueBrokenError(
+    QueueErrorCode.RING_MISALIGNED,
+    `${what} ring at 0x${gpa.toString(16)} is not ${align}-byte aligned (in guest or in the mapping)`,
+  );
+}
+
+function checkU16(name: string, value: number): number {
+  if (!Number.isInteger(value) || value < 0 || value > 0xffff) {
+    throw new RangeError(`${name} must be an integer in 0..65535, got ${value}`);
+  }
+  return value;
+}

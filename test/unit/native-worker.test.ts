@@ -1,0 +1,110 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { afterAll, describe, expect, it } from 'vitest';
+import { native, projectRoot } from '../../src/native.js';
+
+const fixture = join(projectRoot, 'test', 'fixtures', 'native-worker.mjs');
+const dir = mkdtempSync(join(tmpdir(), 'vhost-rt-native-worker-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+interface Started {
+  worker: Worker;
+  /**
+   * Listened for from the start: a worker that posts and ends at once may emit
+   * 'exit' right after 'message', before an awaiting caller could subscribe.
+   */
+  exited: Promise<number>;
+}
+
+/** Starts the fixture in `mode`; with `first`, resolves once the worker posted it. */
+async function startWorker(mode: string, data: object, first?: string): Promise<Started> {
+  const worker = new Worker(fixture, { workerData: { mode, ...data } });
+  const exited = new Promise<number>((resolve) => worker.once('exit', resolve));
+  if (first === undefined) return { worker, exited };
+  await new Promise<void>((resolve, reject) => {
+    worker.once('error', reject);
+    worker.once('message', (m) => (m === first ? resolve() : reject(new Error(String(m)))));
+  });
+  return { worker, exited };
+}
+
+function nextMessage<T>(worker: Worker): Promise<T> {
+  return new Promise((resolve, reject) => {
+    worker.once('message', resolve);
+    worker.once('error', reject);
+  });
+}
+
+describe('addon inside worker_threads', () => {
+  it('runs an FdWatcher on the worker loop while main uses the addon too', async () => {
+    const efd = native.eventfd(0);
+    const { worker, exited } = await startWorker('watch', { fd: efd }, 'ready');
+    const report = nextMessage<{ events: number; value: number; tid: number }>(worker);
+    native.eventfdWrite(efd, 9);
+    const { events, value, tid } = await report;
+    expect(events).toBe(1);
+    expect(value).toBe(9);
+    expect(tid).not.toBe(native.gettid());
+    expect(await exited).toBe(0);
+    native.close(efd);
+  });
+
+  it('shares mmapShared pages with a worker through postMessage', async () => {
+    const fd = native.memfdCreate('shared', 4096);
+    const sab = native.mmapShared(fd, 4096, 0);
+    const bytes = new Uint8Array(sab);
+    bytes.set([1, 2, 3, 4]);
+    const { worker, exited } = await startWorker('shared', { sab });
+    const { seen } = await nextMessage<{ seen: number[] }>(worker);
+    expect(seen).toEqual([1, 2, 3, 4]);
+    expect(Array.from(bytes.subarray(4, 8))).toEqual([0xca, 0xfe, 0xba, 0xbe]);
+    // A second mapping of the same memfd sees what the worker wrote.
+    const again = new Uint8Array(native.mmapShared(fd, 4096, 0));
+    expect(Array.from(again.subarray(0, 8))).toEqual([1, 2, 3, 4, 0xca, 0xfe, 0xba, 0xbe]);
+    expect(await exited).toBe(0);
+    native.close(fd);
+  });
+
+  it('terminates a worker that still has open watchers without crashing', async () => {
+    const efd = native.eventfd(0);
+    const { worker } = await startWorker('leak', { fd: efd }, 'ready');
+    await worker.terminate();
+    const second = await startWorker('unclosed', { fd: efd }, 'done');
+    expect(await second.exited).toBe(0);
+    native.close(efd);
+  });
+
+  it('reports an exception thrown by a watcher callback as the worker error', async () => {
+    const efd = native.eventfd(0);
+    const { worker } = await startWorker('throwing', { fd: efd }, 'ready');
+    const failed = new Promise<Error>((resolve) => worker.once('error', resolve));
+    native.eventfdWrite(efd, 1);
+    expect((await failed).message).toBe('thrown in FdWatcher callback');
+    native.close(efd);
+  });
+
+  it('completes a large sendMsg across partial writes while a worker drains', async () => {
+    const path = join(dir, 'big.sock');
+    const listener = native.unixListen(path, 1);
+    const client = native.unixConnect(path);
+    const server = native.accept(listener);
+    const total = 4 << 20;
+    const { worker } = await startWorker('drain', { fd: server, total }, 'ready');
+    const report = nextMessage<{ received: number; sum: number; fds: number[] }>(worker);
+    const payload = new Uint8Array(total);
+    let sum = 0;
+    for (let i = 0; i < total; i++) {
+      payload[i] = (i * 7) & 0xff;
+      sum = (sum + payload[i]) % 1000000007;
+    }
+    const efd = native.eventfd(0);
+    native.sendMsg(client, payload, [efd]);
+    const got = await report;
+    expect(got.received).toBe(total);
+    expect(got.sum).toBe(sum);
+    expect(got.fds).toHaveLength(1);
+    for (const fd of [...got.fds, efd, client, server, listener]) native.close(fd);
+  });
+});
