@@ -1,5 +1,6 @@
 /** `vhost-rt blk`: one virtio-blk device on one vhost-user socket. */
 import { BlkDeviceHost } from '../devices/blk/host.js';
+import { unlockMemory } from '../rt/index.js';
 import { VhostUserServer } from '../vhost-user/server.js';
 import type { BlkCommand } from './args.js';
 import { stderrLogger } from './log.js';
@@ -12,6 +13,8 @@ function formatStats(stats: Record<string, number>): string {
 
 export async function runBlk(cmd: BlkCommand): Promise<void> {
   const log = stderrLogger('vhost-rt[blk]', cmd.quiet);
+  // mlockall is process-wide and V8 aborts when a thread ends with memory locked: unlock on the way out.
+  if (cmd.rt.mlock) process.once('exit', unlockMemory);
   const device = await BlkDeviceHost.start(cmd.blk, cmd.rt, log);
   let server: VhostUserServer;
   try {

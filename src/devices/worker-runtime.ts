@@ -51,8 +51,6 @@ export class WorkerRuntime {
     private readonly device: QueueDevice,
     numQueues: number,
     private readonly maxSegments: number,
-    /** Runs after the device closed, before the thread ends (e.g. munlockall). */
-    private readonly beforeExit: () => void = () => {},
   ) {
     this.wiring = Array.from({ length: numQueues }, () => ({ kick: null, callFd: -1 }));
   }
@@ -138,7 +136,6 @@ export class WorkerRuntime {
       w.kick = null;
     }
     await this.device.close();
-    this.beforeExit();
     parentPort?.close();
     return 0;
   }

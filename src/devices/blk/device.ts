@@ -47,6 +47,10 @@ export interface BlkDeviceOptions {
 }
 
 const U32 = 0x1_0000_0000;
+/** Returned by the start functions when the engine owns the request until it completes. */
+const STARTED = -1;
+/** Returned for a chain that cannot even carry a status: used length 0, no status byte. */
+const UNUSABLE = -2;
 
 interface QueueState {
   vq: SplitVirtqueue | null;
@@ -211,7 +215,8 @@ export class BlkDevice implements QueueDevice {
     q.inFlight++;
     this.inFlight++;
     const status = this.start(id);
-    if (status >= 0) this.finish(id, status, status === BlkStatus.OK ? this.slotDataLen[id] : 0);
+    if (status !== STARTED)
+      this.finish(id, status, status === BlkStatus.OK ? this.slotDataLen[id] : 0);
   }
 
   /** The status byte is the chain's last device-writable byte (§5.2.6). */
@@ -226,7 +231,7 @@ export class BlkDevice implements QueueDevice {
     this.statusOffset[id] = chain.offset[this.cursor.segment] + this.cursor.within;
   }
 
-  /** Starts request `id`; returns a status when it finished at once, or -1 when the engine has it. */
+  /** Starts request `id`; returns a status (or UNUSABLE) when it finished at once, STARTED when the engine has it. */
   private start(id: number): number {
     const chain = this.chain;
     if (chain.error !== null) return this.badChain(chain.error);
@@ -243,7 +248,7 @@ export class BlkDevice implements QueueDevice {
         return this.startReadWrite(id, IoOp.WRITE, sector);
       case BlkRequestType.FLUSH:
         this.engine.queueSlowOp(IoOp.FLUSH, 0, 0, id);
-        return -1;
+        return STARTED;
       case BlkRequestType.GET_ID:
         return this.getId(id);
       case BlkRequestType.DISCARD:
@@ -259,7 +264,7 @@ export class BlkDevice implements QueueDevice {
   private badChain(code: string): number {
     this.stats.add(BlkStat.badChains, 1);
     this.warn(`malformed request dropped: ${code}`);
-    return -2;
+    return UNUSABLE;
   }
 
   private startReadWrite(id: number, op: IoOpCode, sector: number): number {
@@ -286,7 +291,7 @@ export class BlkDevice implements QueueDevice {
       this.engine.submit();
       return this.startReadWrite(id, op, sector);
     }
-    return -1;
+    return STARTED;
   }
 
   private startDiscard(id: number, op: IoOpCode): number {
@@ -308,7 +313,7 @@ export class BlkDevice implements QueueDevice {
     if (length === 0) return BlkStatus.OK;
     const unmap = flags & WRITE_ZEROES_FLAG_UNMAP;
     this.engine.queueSlowOp(unmap ? IoOp.DISCARD : op, offset, length, id);
-    return -1;
+    return STARTED;
   }
 
   private getId(id: number): number {
@@ -348,7 +353,7 @@ export class BlkDevice implements QueueDevice {
 
   /**
    * Writes the status byte (the last device-writable byte) and returns the
-   * chain. `status` -2 means the chain was unusable: used length 0, no status.
+   * chain. `status` UNUSABLE means the chain could not carry one: used length 0.
    */
   private finish(id: number, status: number, dataWritten: number): void {
     const queue = Math.floor(id / this.slotsPerQueue);

@@ -5,7 +5,6 @@
  */
 import { workerData } from 'node:worker_threads';
 import { createEngine } from '../../io/index.js';
-import { native } from '../../native.js';
 import { StatCounters } from '../../locking/index.js';
 import { applyRtOptions, describeThread } from '../../rt/index.js';
 import { post, rateLimitedWarn, WorkerRuntime } from '../worker-runtime.js';
@@ -43,11 +42,8 @@ function start(init: BlkWorkerInit): void {
     stats,
     warn,
   });
-  // V8 aborts if a thread ends while memory is locked: unlock before this one does.
-  const unlock = () => {
-    if (init.rt.mlock) native.munlockall();
-  };
-  runtime = new WorkerRuntime(device, o.queues, o.queueSize + 16, unlock);
+  // applyRtOptions' lockMemory unlocks on this thread's exit: V8 aborts if a thread ends with memory locked.
+  runtime = new WorkerRuntime(device, o.queues, o.queueSize + 16);
   runtime.listen();
   const info = {
     sizeBytes: engine.sizeBytes,

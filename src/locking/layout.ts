@@ -1,0 +1,94 @@
+/**
+ * The one place that names every shared-memory slot of src/locking's
+ * structures. Each structure is a SharedArrayBuffer viewed as an Int32Array
+ * (indexes below are Int32 element indexes unless a name ends in `_BYTES`).
+ * Nothing else in the project hard-codes these numbers: code that posts a
+ * structure to another thread posts the SharedArrayBuffer, and the receiving
+ * side's `attach()` re-derives everything from this module.
+ */
+
+/** Bytes in a cache line on the x86-64 and arm64 machines we run on. */
+export const CACHE_LINE_BYTES = 64;
+/** Int32 slots in one cache line. */
+const LINE = CACHE_LINE_BYTES / Int32Array.BYTES_PER_ELEMENT;
+
+// ───────────────────────────── Mutex ─────────────────────────────
+// A mutex is one Int32 slot anywhere in any SharedArrayBuffer (devices put
+// them inside their own state blocks); these are the values it holds.
+
+/** Mutex state: nobody holds the lock. */
+export const MUTEX_UNLOCKED = 0;
+/** Mutex state: held, and no thread is (known to be) sleeping on it. */
+export const MUTEX_LOCKED = 1;
+/** Mutex state: held, and a thread may be sleeping in Atomics.wait: unlock must notify. */
+export const MUTEX_CONTENDED = 2;
+/** Int32 slots one mutex occupies. */
+export const MUTEX_SLOTS = 1;
+
+// ─────────────────────────── SpscByteRing ───────────────────────────
+// Header of three cache lines, then the data area. Slots are grouped by the
+// thread that writes them so the producer's stores and the consumer's stores
+// never bounce the same line: line 0 is immutable after create, line 1 is
+// written only by the producer, line 2 only by the consumer.
+
+/** Written at create; attach() refuses buffers without it. ASCII 'RING'. */
+export const RING_MAGIC_VALUE = 0x52494e47;
+export const RING = {
+  /** Line 0, immutable: {@link RING_MAGIC_VALUE}. */
+  MAGIC: 0,
+  /** Line 0, immutable: data-area size in bytes, a power of two. */
+  CAPACITY: 1,
+  /**
+   * Line 1, producer-written: free-running u32 count of bytes ever written
+   * (stored as int32, read back with `>>> 0`). Position in the data area is
+   * `HEAD & (capacity - 1)`. Publishing it publishes the bytes before it.
+   * Also the futex word the consumer sleeps on in waitReadable().
+   */
+  HEAD: LINE,
+  /** Line 1, producer-written: highest fill level (bytes) ever seen after a write. */
+  HIGH_WATER: LINE + 1,
+  /** Line 1, producer-written: 1 while the producer sleeps in waitWritable(), else 0. */
+  PRODUCER_WAITING: LINE + 2,
+  /**
+   * Line 2, consumer-written: free-running u32 count of bytes ever read.
+   * Publishing it hands the space before it back to the producer. Also the
+   * futex word the producer sleeps on in waitWritable().
+   */
+  TAIL: 2 * LINE,
+  /** Line 2, consumer-written: 1 while the consumer sleeps in waitReadable(), else 0. */
+  CONSUMER_WAITING: 2 * LINE + 1,
+} as const;
+/** Bytes before the data area (three cache lines). */
+export const RING_HEADER_BYTES = 3 * CACHE_LINE_BYTES;
+/** Largest ring: free-running u32 indexes need capacity <= 2^31; we stay well below. */
+export const RING_MAX_CAPACITY = 2 ** 30;
+
+// ─────────────────────────── StatCounters ───────────────────────────
+// A seqlock-protected block of 64-bit counters, each two Int32 halves.
+// Slot 0 is the sequence (odd while the single writer is mid-update).
+
+/** Written at create; attach() refuses buffers without it. ASCII 'STAT'. */
+export const COUNTERS_MAGIC_VALUE = 0x53544154;
+export const COUNTERS = {
+  /** Seqlock sequence: even = stable, odd = writer mid-update. Bumped twice per update. */
+  SEQ: 0,
+  /** Immutable: {@link COUNTERS_MAGIC_VALUE}. */
+  MAGIC: 1,
+  /** Immutable: number of counters in the block. */
+  COUNT: 2,
+  /** Reserved (zero); keeps the counter array 8-byte aligned. */
+  RESERVED: 3,
+  /** First counter; counter i occupies FIRST + i * STRIDE + {LO, HI}. */
+  FIRST: 4,
+  /** Int32 slots per counter. */
+  STRIDE: 2,
+  /** Offset of a counter's low 32 bits (unsigned, stored as int32). */
+  LO: 0,
+  /** Offset of a counter's high bits (signed int32: value = HI * 2^32 + LO). */
+  HI: 1,
+} as const;
+
+/** Bytes of a counter block holding `count` counters. */
+export function countersByteLength(count: number): number {
+  return (COUNTERS.FIRST + count * COUNTERS.STRIDE) * Int32Array.BYTES_PER_ELEMENT;
+}

@@ -1,0 +1,164 @@
+/**
+ * Applies {@link RtOptions} to the CALLING thread through the native addon.
+ * Device workers call {@link applyRtOptions} first thing, the logger thread
+ * calls {@link lowerToBackground}; the main thread keeps its defaults.
+ * On Linux scheduling policy, priority, nice value and affinity are
+ * per-thread (tid 0 = the calling thread), so one worker's settings never
+ * leak into another's. mlockall is the exception: it is process-wide.
+ */
+import { readFileSync } from 'node:fs';
+import { ConfigError, SystemError } from '../errors.js';
+import { native } from '../native.js';
+import { RT_FLAGS, type RtOptions, type RtPolicy, validateRtOptions } from './options.js';
+
+/** What the kernel says about one thread's real-time state. */
+export interface ThreadRtState {
+  /** Kernel thread id (gettid). */
+  tid: number;
+  /** Policy name as in {@link RtPolicy} ('deadline' or 'unknown(N)' for others). */
+  policy: string;
+  /** Static priority: 1..99 under fifo/rr, 0 otherwise. */
+  priority: number;
+  /** CPUs the thread may run on, ascending. */
+  cpus: number[];
+}
+
+/** Which background setting {@link lowerToBackground} obtained. */
+export type BackgroundMode = 'idle' | 'nice';
+
+/** The nice value used when SCHED_IDLE is refused: the lowest there is. */
+export const BACKGROUND_NICE = 19;
+/** Per thread (module state is per isolate): the 'exit' listener of lockMemory is registered. */
+let unlockOnExitInstalled = false;
+/** sched_getscheduler may report this flag OR-ed into the policy. */
+const SCHED_RESET_ON_FORK = 0x40000000;
+/** SCHED_DEADLINE, which this project never sets but may find on a thread. */
+const SCHED_DEADLINE = 6;
+
+/**
+ * Validates `o` and applies it to the calling thread: affinity first (so the
+ * thread is on its CPUs before it may outrank anything there), then
+ * {@link lockMemory} (its page faults taken at normal priority; read its
+ * hazard note), then the scheduling policy. `mlock: false` does not unlock:
+ * the lock is process-wide and another device may want it. Returns the
+ * thread's resulting state.
+ * A refusal by the kernel throws a {@link ConfigError} naming the option, with
+ * the {@link SystemError} as `cause`.
+ */
+export function applyRtOptions(o: RtOptions): ThreadRtState {
+  const v = validateRtOptions(o);
+  const cpus = v.cpus;
+  if (cpus !== undefined) {
+    const what = `${RT_FLAGS.cpus} ${cpus.join(',')}`;
+    kernel(what, 'sched_setaffinity', () => native.schedSetAffinity(0, cpus));
+  }
+  if (v.mlock === true) lockMemory();
+  const policy = v.policy;
+  if (policy !== undefined) {
+    const what = `${RT_FLAGS.policy} ${policy}`;
+    const number = policyNumber(policy);
+    kernel(what, 'sched_setscheduler', () => native.schedSetScheduler(0, number, v.priority ?? 0));
+  }
+  return describeThread();
+}
+
+/**
+ * mlockall(MCL_CURRENT | MCL_FUTURE): every page of the process, now and
+ * later, stays in RAM, so no thread stalls on a page fault. Process-wide.
+ *
+ * Hazard (Node 20 / V8 11): V8 aborts the whole process when it tears down
+ * an isolate — a worker_thread ending, or the process exiting — while memory
+ * is locked (its madvise(MADV_DONTNEED) fails with EINVAL and V8 CHECKs it).
+ * So this also registers, once per calling thread, a `process` 'exit'
+ * listener that calls {@link unlockMemory}: a thread that locked memory
+ * unlocks it (for the whole process) as it ends normally. Not covered, and
+ * the caller's duty: `worker.terminate()` runs no listener in the worker, so
+ * call {@link unlockMemory} before terminating a worker while memory is
+ * locked, and re-lock afterwards if other threads still want it.
+ * Throws a {@link ConfigError} naming --mlock if the kernel refuses.
+ */
+export function lockMemory(): void {
+  const flags = native.constants.MCL_CURRENT | native.constants.MCL_FUTURE;
+  kernel(RT_FLAGS.mlock, 'mlockall', () => native.mlockall(flags));
+  if (!unlockOnExitInstalled) {
+    unlockOnExitInstalled = true;
+    process.once('exit', unlockMemory);
+  }
+}
+
+/** munlockall: releases the process-wide memory lock; see {@link lockMemory} for when. */
+export function unlockMemory(): void {
+  native.munlockall();
+}
+
+/** Whether any memory of this process is locked now (VmLck in /proc/self/status). */
+export function isMemoryLocked(): boolean {
+  const match = /^VmLck:\s+(\d+)/m.exec(readFileSync('/proc/self/status', 'utf8'));
+  return match !== null && Number(match[1]) > 0;
+}
+
+/** The calling thread's tid, policy, priority and affinity, as the kernel reports them. */
+export function describeThread(): ThreadRtState {
+  const { policy, priority } = native.schedGetScheduler(0);
+  return {
+    tid: native.gettid(),
+    policy: policyName(policy),
+    priority,
+    cpus: native.schedGetAffinity(0).sort((a, b) => a - b),
+  };
+}
+
+/**
+ * Makes the calling thread (the logger) yield to everything else: SCHED_IDLE,
+ * or nice 19 if the kernel refuses that (e.g. a seccomp or container policy).
+ * Returns which one it got. Lowering one's own priority is always allowed,
+ * so a failure of the fallback too is thrown as the SystemError it is.
+ */
+export function lowerToBackground(): BackgroundMode {
+  try {
+    native.schedSetScheduler(0, native.constants.SCHED_IDLE, 0);
+    return 'idle';
+  } catch (err) {
+    if (!(err instanceof SystemError)) throw err;
+  }
+  native.setNice(0, BACKGROUND_NICE);
+  return 'nice';
+}
+
+/** Maps a CLI policy name to the kernel's SCHED_* number. */
+export function policyNumber(policy: RtPolicy): number {
+  const c = native.constants;
+  const numbers = {
+    fifo: c.SCHED_FIFO,
+    rr: c.SCHED_RR,
+    other: c.SCHED_OTHER,
+    batch: c.SCHED_BATCH,
+    idle: c.SCHED_IDLE,
+  };
+  return numbers[policy];
+}
+
+/** Maps a kernel SCHED_* number (as sched_getscheduler returns it) to a policy name. */
+export function policyName(policy: number): string {
+  const c = native.constants;
+  const base = policy & ~SCHED_RESET_ON_FORK;
+  const names: Record<number, string> = {
+    [c.SCHED_OTHER]: 'other',
+    [c.SCHED_FIFO]: 'fifo',
+    [c.SCHED_RR]: 'rr',
+    [c.SCHED_BATCH]: 'batch',
+    [c.SCHED_IDLE]: 'idle',
+    [SCHED_DEADLINE]: 'deadline',
+  };
+  return names[base] ?? `unknown(${policy})`;
+}
+
+/** Runs one system call; an errno becomes a ConfigError naming the option `what`. */
+function kernel(what: string, syscall: string, call: () => void): void {
+  try {
+    call();
+  } catch (err) {
+    if (!(err instanceof SystemError)) throw err;
+    throw new ConfigError(`${what}: the kernel refused ${syscall} (${err.code})`, { cause: err });
+  }
+}
