@@ -1,53 +1,175 @@
-/** `vhost-rt blk`: one virtio-blk device on one vhost-user socket. */
-import { BlkDeviceHost } from '../devices/blk/host.js';
+/**
+ * `vhost-rt blk`: virtio-blk devices, each on its own vhost-user socket and
+ * (unless --single-thread) its own worker thread.
+ */
+import { BlkDeviceSet, type BlkDeviceSpec } from '../devices/blk/host.js';
+import { ConfigError } from '../errors.js';
+import { parseEngineName } from '../io/index.js';
 import { unlockMemory } from '../rt/index.js';
 import { VhostUserServer } from '../vhost-user/server.js';
-import type { BlkCommand } from './args.js';
+import type { CliCommand } from './command.js';
+import {
+  type FlagValues,
+  integerFlag,
+  optionalString,
+  parseFlags,
+  parseRtFlags,
+  RT_FLAG_OPTIONS,
+  RT_HELP,
+  requiredFlag,
+  specToArgs,
+} from './flags.js';
 import { stderrLogger } from './log.js';
+import { formatStats, type RunningService, serveUntilSignal } from './service.js';
 
-function formatStats(stats: Record<string, number>): string {
-  return Object.entries(stats)
-    .map(([k, v]) => `${k}=${v}`)
-    .join(' ');
+const DEVICE_FLAGS = {
+  'socket-path': { type: 'string' },
+  image: { type: 'string' },
+  readonly: { type: 'boolean' },
+  queues: { type: 'string' },
+  'queue-size': { type: 'string' },
+  aio: { type: 'string' },
+  'no-direct': { type: 'boolean' },
+  serial: { type: 'string' },
+  ...RT_FLAG_OPTIONS,
+} as const;
+
+const COMMAND_FLAGS = {
+  ...DEVICE_FLAGS,
+  device: { type: 'string', multiple: true },
+  'single-thread': { type: 'boolean' },
+  quiet: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+const HELP = `vhost-rt blk — virtio-blk devices over vhost-user (QEMU: -device vhost-user-blk-pci)
+
+Usage:
+  vhost-rt blk --socket-path SOCK --image FILE [options]
+  vhost-rt blk --device socket-path=SOCK,image=FILE[,option...] [--device ...] [options]
+
+Device options (as flags for one device, or as key[=value] inside --device):
+  --socket-path SOCK   Unix socket to listen on (a stale socket file is replaced;
+                       any other existing file is an error)
+  --image FILE         disk image (regular file or block device) to serve
+  --readonly           refuse writes (the guest sees VIRTIO_BLK_F_RO)
+  --queues N           request queues, 1..64 (default 1)
+  --queue-size N       largest ring size, a power of two in 4..1024 (default 256)
+  --aio ENGINE         I/O engine: linux-aio (default linux-aio)
+  --no-direct          do not open the image with O_DIRECT
+  --serial ID          answer to VIRTIO_BLK_T_GET_ID, up to 20 bytes (default vhost-rt)
+
+${RT_HELP}
+Process options:
+  --device SPEC        one more device; flags given outside --device are its defaults
+  --single-thread      serve every device from one worker thread (a VMM main loop,
+                       for comparison); the first device's RT options apply to it
+  --quiet              log warnings and errors only
+  --help               this text
+
+The daemon prints a line containing "ready" once its sockets listen, and on
+SIGINT or SIGTERM completes in-flight requests, removes its sockets and prints
+its counters. SIGUSR1 prints the counters at any time.
+`;
+
+function deviceSpec(v: FlagValues, fallbackSerial: string): BlkDeviceSpec {
+  return {
+    options: {
+      image: requiredFlag('image', v.image),
+      readonly: v.readonly === true,
+      queues: integerFlag('queues', v.queues, 1),
+      queueSize: integerFlag('queue-size', v['queue-size'], 256),
+      aio: parseEngineName(optionalString(v.aio) ?? 'linux-aio'),
+      direct: v['no-direct'] !== true,
+      serial: optionalString(v.serial) ?? fallbackSerial,
+    },
+    rt: parseRtFlags(v),
+  };
 }
 
-export async function runBlk(cmd: BlkCommand): Promise<void> {
-  const log = stderrLogger('vhost-rt[blk]', cmd.quiet);
+interface BlkPlan {
+  devices: { socketPath: string; spec: BlkDeviceSpec }[];
+  singleThread: boolean;
+  quiet: boolean;
+}
+
+/** Parses `vhost-rt blk` arguments; exported for tests. */
+export function parseBlkArgs(args: string[]): BlkPlan | 'help' {
+  const v = parseFlags('blk', args, COMMAND_FLAGS);
+  if (v.help === true) return 'help';
+  const specs = (v.device as string[] | undefined) ?? [];
+  const defaults = Object.fromEntries(Object.entries(v).filter(([k]) => k in DEVICE_FLAGS));
+  const perDevice =
+    specs.length === 0
+      ? [v]
+      : specs.map((s) => ({
+          ...defaults,
+          ...parseFlags('blk --device', specToArgs(s), DEVICE_FLAGS),
+        }));
+  const devices = perDevice.map((d, i) => ({
+    socketPath: requiredFlag('socket-path', d['socket-path']),
+    spec: deviceSpec(d, specs.length > 1 ? `vhost-rt-${i}` : 'vhost-rt'),
+  }));
+  const sockets = new Set(devices.map((d) => d.socketPath));
+  if (sockets.size !== devices.length)
+    throw new ConfigError('--socket-path: two devices share one socket');
+  return { devices, singleThread: v['single-thread'] === true, quiet: v.quiet === true };
+}
+
+async function run(argv: string[]): Promise<number> {
+  const plan = parseBlkArgs(argv);
+  if (plan === 'help') {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  const log = stderrLogger('vhost-rt[blk]', plan.quiet);
   // mlockall is process-wide and V8 aborts when a thread ends with memory locked: unlock on the way out.
-  if (cmd.rt.mlock) process.once('exit', unlockMemory);
-  const device = await BlkDeviceHost.start(cmd.blk, cmd.rt, log);
-  let server: VhostUserServer;
+  if (plan.devices.some((d) => d.spec.rt.mlock)) process.once('exit', unlockMemory);
+  const set = await BlkDeviceSet.start(
+    plan.devices.map((d) => d.spec),
+    plan.singleThread,
+    log,
+  );
+  const servers: VhostUserServer[] = [];
   try {
-    server = new VhostUserServer(cmd.socketPath, device, log);
+    for (const [i, d] of plan.devices.entries())
+      servers.push(new VhostUserServer(d.socketPath, set.devices[i], log));
   } catch (err) {
-    await device.shutdown();
+    await Promise.all(servers.map((s) => s.close()));
+    await set.shutdown();
     throw err;
   }
-  const t = device.thread;
-  const e = device.engineInfo;
-  log(
-    'info',
-    `ready: socket ${cmd.socketPath}, image ${cmd.blk.image} (${e.sizeBytes} bytes, ${e.engine}, ` +
-      `${e.direct ? 'O_DIRECT' : 'buffered'}), ${cmd.blk.queues} queue(s), worker tid ${t.tid} ` +
-      `policy ${t.policy} priority ${t.priority} cpus ${t.cpus.join(',')}`,
-  );
-  process.on('SIGUSR1', () => log('info', `stats: ${formatStats(device.stats.snapshot())}`));
-  await new Promise<void>((resolve) => {
-    let stopping = false;
-    const stop = (signal: string) => {
-      if (stopping) return;
-      stopping = true;
-      log('info', `${signal}: completing in-flight requests`);
-      void server
-        .close()
-        .then(() => device.shutdown())
-        .then(() => {
-          log('info', `stats: ${formatStats(device.stats.snapshot())}`);
-          log('info', `served ${server.connections} front end(s); exiting`);
-          resolve();
-        });
-    };
-    process.once('SIGINT', () => stop('SIGINT'));
-    process.once('SIGTERM', () => stop('SIGTERM'));
-  });
+  const service: RunningService = {
+    readyLines: () =>
+      set.devices.map((dev, i) => {
+        const e = dev.engineInfo;
+        const t = dev.thread;
+        return (
+          `ready: socket ${servers[i].path}, image ${dev.options.image} (${e.sizeBytes} bytes, ${e.engine}, ` +
+          `${e.direct ? 'O_DIRECT' : 'buffered'}), ${dev.numQueues} queue(s), worker tid ${t.tid} ` +
+          `policy ${t.policy} priority ${t.priority} cpus ${t.cpus.join(',')}`
+        );
+      }),
+    statsLine: () =>
+      set.devices
+        .map(
+          (dev, i) =>
+            `${set.devices.length > 1 ? `[${i}] ` : ''}${formatStats(dev.stats.snapshot())}`,
+        )
+        .join(' | '),
+    close: async () => {
+      await Promise.all(servers.map((s) => s.close()));
+      await set.shutdown();
+      log('info', `served ${servers.reduce((n, s) => n + s.connections, 0)} front end(s); exiting`);
+    },
+  };
+  await serveUntilSignal(service, log);
+  return 0;
 }
+
+export const blkCommand: CliCommand = {
+  name: 'blk',
+  summary: 'serve virtio-blk devices (QEMU: -device vhost-user-blk-pci)',
+  help: HELP,
+  run,
+};

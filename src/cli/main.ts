@@ -1,17 +1,32 @@
 #!/usr/bin/env node
-/** The `vhost-rt` command. */
+/** The `vhost-rt` command: one subcommand per device kind. */
 import { ConfigError, VhostRtError } from '../errors.js';
-import { HELP, parseCommand } from './args.js';
-import { runBlk } from './blk.js';
+import { blkCommand } from './blk.js';
+import type { CliCommand } from './command.js';
+
+const COMMANDS: readonly CliCommand[] = [blkCommand];
+
+function topHelp(): string {
+  const lines = COMMANDS.map((c) => `  vhost-rt ${c.name.padEnd(8)} ${c.summary}`);
+  const details = COMMANDS.map((c) => c.help).join('\n');
+  return `vhost-rt — real-time-aware virtio device back ends over vhost-user
+
+Commands:
+${lines.join('\n')}
+
+${details}`;
+}
 
 async function main(argv: string[]): Promise<number> {
-  const cmd = parseCommand(argv);
-  if (cmd.command === 'help') {
-    process.stdout.write(HELP);
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(topHelp());
     return 0;
   }
-  await runBlk(cmd);
-  return 0;
+  const command = COMMANDS.find((c) => c.name === name);
+  if (command === undefined)
+    throw new ConfigError(`unknown command '${name}' (try: vhost-rt --help)`);
+  return command.run(rest);
 }
 
 main(process.argv.slice(2)).then(

@@ -5,21 +5,28 @@
  */
 import type { MemoryRegion, SplitQueueConfig } from '../virtio/index.js';
 
-export type WorkerCommand =
-  | { op: 'memory'; id: number; regions: MemoryRegion[] }
+/**
+ * Commands to one device of a worker: `device` indexes the worker's devices
+ * (one per worker normally, all of them in --single-thread mode).
+ */
+export type DeviceCommand =
+  | { op: 'memory'; id: number; device: number; regions: MemoryRegion[] }
   | {
       op: 'start-queue';
       id: number;
+      device: number;
       index: number;
       config: SplitQueueConfig;
       lastAvailIdx: number;
       kickFd: number;
       callFd: number;
     }
-  | { op: 'set-call'; id: number; index: number; fd: number }
-  | { op: 'enable'; id: number; index: number; enabled: boolean }
-  | { op: 'stop-queue'; id: number; index: number }
-  | { op: 'shutdown'; id: number };
+  | { op: 'set-call'; id: number; device: number; index: number; fd: number }
+  | { op: 'enable'; id: number; device: number; index: number; enabled: boolean }
+  | { op: 'stop-queue'; id: number; device: number; index: number };
+
+/** Everything the main thread sends a worker: device commands, or shutting the whole thread down. */
+export type WorkerCommand = DeviceCommand | { op: 'shutdown'; id: number };
 
 export interface ThreadInfo {
   tid: number;

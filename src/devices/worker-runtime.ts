@@ -7,7 +7,7 @@ import { parentPort } from 'node:worker_threads';
 import { VhostRtError } from '../errors.js';
 import { type FdWatcher, native, POLL_READABLE } from '../native.js';
 import { GuestMemory, type MemoryRegion, SplitVirtqueue } from '../virtio/index.js';
-import type { WorkerCommand, WorkerReply } from './messages.js';
+import type { DeviceCommand, WorkerCommand, WorkerReply } from './messages.js';
 import type { QueueDevice } from './queue-device.js';
 
 /** Posts a message to the main thread; a worker never writes to a file or terminal itself. */
@@ -42,10 +42,10 @@ interface QueueWiring {
   callFd: number;
 }
 
-export class WorkerRuntime {
+/** One device inside a worker: its memory table, kick watchers and call fds. */
+export class DeviceRuntime {
   private memory: GuestMemory | null = null;
   private readonly wiring: QueueWiring[];
-  private closing = false;
 
   constructor(
     private readonly device: QueueDevice,
@@ -61,17 +61,8 @@ export class WorkerRuntime {
     if (fd >= 0) native.eventfdWrite(fd, 1);
   }
 
-  /** Serves commands from the main thread until shutdown. */
-  listen(): void {
-    parentPort?.on('message', (cmd: WorkerCommand) => {
-      this.handle(cmd).then(
-        (value) => post({ kind: 'reply', id: cmd.id, ok: true, value }),
-        (err: unknown) => post(errorReply(cmd.id, err)),
-      );
-    });
-  }
-
-  private async handle(cmd: WorkerCommand): Promise<number> {
+  /** Carries out one command from the main thread. */
+  async handle(cmd: DeviceCommand): Promise<number> {
     switch (cmd.op) {
       case 'memory':
         return this.setMemory(cmd.regions);
@@ -86,8 +77,6 @@ export class WorkerRuntime {
         return 0;
       case 'stop-queue':
         return this.stopQueue(cmd.index);
-      case 'shutdown':
-        return this.shutdown();
     }
   }
 
@@ -97,7 +86,7 @@ export class WorkerRuntime {
     return 0;
   }
 
-  private startQueue(cmd: WorkerCommand & { op: 'start-queue' }): number {
+  private startQueue(cmd: DeviceCommand & { op: 'start-queue' }): number {
     const w = this.queue(cmd.index);
     if (this.memory === null)
       throw new VhostRtError('ERR_NO_MEMORY', 'ring started before any memory table');
@@ -128,16 +117,13 @@ export class WorkerRuntime {
     return lastAvailIdx;
   }
 
-  private async shutdown(): Promise<number> {
-    if (this.closing) return 0;
-    this.closing = true;
+  /** Stops watching kicks, completes in-flight requests and closes the device. */
+  async close(): Promise<void> {
     for (const w of this.wiring) {
       w.kick?.close();
       w.kick = null;
     }
     await this.device.close();
-    parentPort?.close();
-    return 0;
   }
 
   private queue(index: number): QueueWiring {
@@ -150,6 +136,36 @@ export class WorkerRuntime {
     }
     return w;
   }
+}
+
+/**
+ * Serves the main thread's commands for the devices of this worker until it
+ * asks the thread to shut down. Commands run one at a time per device as the
+ * main thread awaits each; kicks and completions interleave freely.
+ */
+export function serveDevices(devices: readonly DeviceRuntime[]): void {
+  let closing = false;
+  const run = async (cmd: WorkerCommand): Promise<number> => {
+    if (cmd.op === 'shutdown') {
+      if (closing) return 0;
+      closing = true;
+      for (const d of devices) await d.close();
+      return 0;
+    }
+    const device = devices[cmd.device];
+    if (device === undefined)
+      throw new VhostRtError('ERR_DEVICE_INDEX', `no device ${cmd.device} in this worker`);
+    return device.handle(cmd);
+  };
+  parentPort?.on('message', (cmd: WorkerCommand) => {
+    run(cmd).then(
+      (value) => {
+        post({ kind: 'reply', id: cmd.id, ok: true, value });
+        if (cmd.op === 'shutdown') parentPort?.close();
+      },
+      (err: unknown) => post(errorReply(cmd.id, err)),
+    );
+  });
 }
 
 /** used.idx is where the driver expects us to continue: read it from the ring itself (§2.7.8). */

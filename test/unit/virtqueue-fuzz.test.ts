@@ -330,9 +330,10 @@ describe('split queue against a guest racing on its own descriptors', () => {
     const chain = new DescriptorChain(256);
     const q = new SplitVirtqueue(mem, drv.config({ indirect: true }), 256);
     let popped = 0;
+    let broken: unknown = null;
     const until = Date.now() + 1000;
     try {
-      while (Date.now() < until) {
+      while (Date.now() < until && broken === null) {
         for (let h = 0; h < 4; h++) {
           const head = rng.below(QUEUE_SIZE);
           if (rng.chance(0.5)) {
@@ -341,11 +342,19 @@ describe('split queue against a guest racing on its own descriptors', () => {
           }
           drv.publish(head);
         }
-        while (q.pop(chain)) {
-          checkChain(chain, mem, 256);
-          deviceWrites(chain, mem);
-          q.pushUsed(chain.head, 0);
-          popped++;
+        try {
+          while (q.pop(chain)) {
+            checkChain(chain, mem, 256);
+            deviceWrites(chain, mem);
+            q.pushUsed(chain.head, 0);
+            popped++;
+          }
+        } catch (err) {
+          // A chain may legitimately name the guest's own avail ring as a
+          // writable buffer; the device's write then breaks the ring, and the
+          // only acceptable outcome is the named ring-level error.
+          if (!(err instanceof QueueBrokenError)) throw err;
+          broken = err;
         }
         q.needsInterrupt();
         while (drv.popUsed() !== null);
@@ -355,6 +364,6 @@ describe('split queue against a guest racing on its own descriptors', () => {
       await worker.terminate();
     }
     expectGuardsIntact(ram);
-    expect(popped).toBeGreaterThan(1000);
+    expect(popped).toBeGreaterThan(broken === null ? 1000 : 0);
   });
 });

@@ -1,14 +1,14 @@
 /**
- * The main thread's side of a virtio-blk device: features and config space
- * for the vhost-user backend, and commands forwarded to the device's worker.
+ * The main thread's side of virtio-blk devices: features and config space for
+ * the vhost-user backend, and commands forwarded to the worker that holds the
+ * device (its own, or a shared one in --single-thread mode).
  */
 import { StatCounters } from '../../locking/index.js';
 import type { RtOptions } from '../../rt/index.js';
 import type { Logger } from '../../vhost-user/connection.js';
 import type { QueueStart, VhostUserDevice } from '../../vhost-user/device-backend.js';
 import { ProtocolFeature } from '../../vhost-user/protocol.js';
-import type { MemoryRegion } from '../../virtio/index.js';
-import { featureBit } from '../../virtio/index.js';
+import { featureBit, type MemoryRegion } from '../../virtio/index.js';
 import type { ThreadInfo } from '../messages.js';
 import { WorkerHost } from '../worker-host.js';
 import { type BlkGeometry, blkDeviceFeatures, encodeBlkConfig } from './config.js';
@@ -23,8 +23,10 @@ export class BlkDeviceHost implements VhostUserDevice {
   readonly maxQueueSize: number;
   private readonly config: Uint8Array;
 
-  private constructor(
+  constructor(
     private readonly worker: WorkerHost,
+    private readonly index: number,
+    readonly options: BlkOptions,
     readonly geometry: BlkGeometry,
     readonly thread: ThreadInfo,
     readonly engineInfo: Record<string, number | string | boolean>,
@@ -34,28 +36,6 @@ export class BlkDeviceHost implements VhostUserDevice {
     this.maxQueueSize = geometry.segMax + 2;
     this.deviceFeatures = blkDeviceFeatures(geometry);
     this.config = encodeBlkConfig(geometry);
-  }
-
-  /** Starts the device's worker thread and waits until the image is open. */
-  static async start(options: BlkOptions, rt: RtOptions, log: Logger): Promise<BlkDeviceHost> {
-    validateBlkOptions(options);
-    const stats = StatCounters.create(BLK_STAT_NAMES);
-    const init: BlkWorkerInit = { options, rt, statsBuffer: stats.buffer };
-    const worker = new WorkerHost('devices/blk/worker.js', init, log, 'blk');
-    try {
-      const { thread, info } = await worker.ready;
-      const geometry: BlkGeometry = {
-        imageBytes: Number(info.sizeBytes),
-        blockSize: 512,
-        numQueues: options.queues,
-        segMax: options.queueSize - 2,
-        readonly: options.readonly,
-      };
-      return new BlkDeviceHost(worker, geometry, thread, info, stats);
-    } catch (err) {
-      await worker.terminate();
-      throw err;
-    }
   }
 
   getConfig(offset: number, size: number): Uint8Array {
@@ -71,12 +51,13 @@ export class BlkDeviceHost implements VhostUserDevice {
   }
 
   async setMemory(regions: MemoryRegion[]): Promise<void> {
-    await this.worker.request({ op: 'memory', regions });
+    await this.worker.request({ op: 'memory', device: this.index, regions });
   }
 
   async startQueue(index: number, s: QueueStart): Promise<void> {
     await this.worker.request({
       op: 'start-queue',
+      device: this.index,
       index,
       config: s.config,
       lastAvailIdx: s.lastAvailIdx,
@@ -87,19 +68,95 @@ export class BlkDeviceHost implements VhostUserDevice {
   }
 
   async setCall(index: number, fd: number): Promise<void> {
-    await this.worker.request({ op: 'set-call', index, fd });
+    await this.worker.request({ op: 'set-call', device: this.index, index, fd });
   }
 
   async setEnabled(index: number, enabled: boolean): Promise<void> {
-    await this.worker.request({ op: 'enable', index, enabled });
+    await this.worker.request({ op: 'enable', device: this.index, index, enabled });
   }
 
   stopQueue(index: number): Promise<number> {
-    return this.worker.request({ op: 'stop-queue', index });
+    return this.worker.request({ op: 'stop-queue', device: this.index, index });
+  }
+}
+
+/** One device to start: its options and the RT options of the thread that serves it. */
+export interface BlkDeviceSpec {
+  options: BlkOptions;
+  rt: RtOptions;
+}
+
+/** Running blk devices and the worker threads that serve them. */
+export class BlkDeviceSet {
+  private constructor(
+    readonly devices: BlkDeviceHost[],
+    private readonly workers: WorkerHost[],
+  ) {}
+
+  /**
+   * Starts one worker per device, or one worker for all of them when
+   * `singleThread` is set (then the first device's RT options apply to it).
+   */
+  static async start(
+    specs: BlkDeviceSpec[],
+    singleThread: boolean,
+    log: Logger,
+  ): Promise<BlkDeviceSet> {
+    for (const s of specs) validateBlkOptions(s.options);
+    const stats = specs.map(() => StatCounters.create(BLK_STAT_NAMES));
+    const groups = singleThread ? [specs.map((_, i) => i)] : specs.map((_, i) => [i]);
+    const workers = groups.map((group, w) => {
+      const init: BlkWorkerInit = {
+        devices: group.map((i) => ({ options: specs[i].options, statsBuffer: stats[i].buffer })),
+        rt: specs[group[0]].rt,
+      };
+      return new WorkerHost(
+        'devices/blk/worker.js',
+        init,
+        log,
+        groups.length > 1 ? `blk${w}` : 'blk',
+      );
+    });
+    try {
+      const started = await Promise.all(workers.map((w) => w.ready));
+      const devices: BlkDeviceHost[] = [];
+      groups.forEach((group, w) => {
+        group.forEach((i, slot) => {
+          const info = started[w].info;
+          const engineInfo = {
+            sizeBytes: info[`${slot}.sizeBytes`],
+            direct: info[`${slot}.direct`],
+            alignment: info[`${slot}.alignment`],
+            engine: info[`${slot}.engine`],
+          };
+          const o = specs[i].options;
+          const geometry: BlkGeometry = {
+            imageBytes: Number(engineInfo.sizeBytes),
+            blockSize: 512,
+            numQueues: o.queues,
+            segMax: o.queueSize - 2,
+            readonly: o.readonly,
+          };
+          devices[i] = new BlkDeviceHost(
+            workers[w],
+            slot,
+            o,
+            geometry,
+            started[w].thread,
+            engineInfo,
+            stats[i],
+          );
+        });
+      });
+      return new BlkDeviceSet(devices, workers);
+    } catch (err) {
+      await Promise.all(workers.map((w) => w.terminate()));
+      throw err;
+    }
   }
 
-  /** Completes in-flight I/O, closes the image and ends the worker thread. */
-  shutdown(): Promise<void> {
-    return this.worker.shutdown();
+  /** Completes in-flight I/O, closes the images and ends the worker threads. */
+  async shutdown(): Promise<void> {
+    await Promise.all(this.workers.map((w) => w.shutdown()));
   }
 }

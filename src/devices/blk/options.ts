@@ -13,12 +13,17 @@ export interface BlkOptions {
   serial: string;
 }
 
-/** What the main thread hands a blk worker at start. */
-export interface BlkWorkerInit {
+/** One device of a blk worker. */
+export interface BlkDeviceInit {
   options: BlkOptions;
-  rt: RtOptions;
   /** StatCounters buffer shared with the main thread. */
   statsBuffer: SharedArrayBuffer;
+}
+
+/** What the main thread hands a blk worker at start: its devices and the thread's RT options. */
+export interface BlkWorkerInit {
+  devices: BlkDeviceInit[];
+  rt: RtOptions;
 }
 
 /** Checks the numbers that do not depend on the image; throws RangeError naming the option. */

@@ -1,0 +1,89 @@
+/**
+ * Flag parsing shared by every subcommand: a wrong flag or value becomes a
+ * one-line ConfigError naming it.
+ */
+import { type ParseArgsConfig, parseArgs } from 'node:util';
+import { ConfigError } from '../errors.js';
+import {
+  parseCpuList,
+  RT_POLICIES,
+  type RtOptions,
+  type RtPolicy,
+  validateRtOptions,
+} from '../rt/options.js';
+
+export type FlagValues = Record<string, string | boolean | string[] | boolean[] | undefined>;
+
+/** parseArgs with strict checking; its errors become ConfigErrors naming the command. */
+export function parseFlags(
+  command: string,
+  args: string[],
+  options: ParseArgsConfig['options'],
+): FlagValues {
+  try {
+    return parseArgs({ args, options, strict: true, allowPositionals: false }).values as FlagValues;
+  } catch (err) {
+    throw new ConfigError(`vhost-rt ${command}: ${(err as Error).message.split('\n')[0]}`);
+  }
+}
+
+export function integerFlag(flag: string, value: unknown, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'string' || !/^\d+$/.test(value))
+    throw new ConfigError(`--${flag} ${String(value)}: not a whole number`);
+  return Number(value);
+}
+
+export function requiredFlag(flag: string, value: unknown): string {
+  if (typeof value !== 'string' || value === '') throw new ConfigError(`--${flag} is required`);
+  return value;
+}
+
+export function optionalString(value: unknown): string | undefined {
+  return typeof value === 'string' ? value : undefined;
+}
+
+/** The RT flags every device command accepts. */
+export const RT_FLAG_OPTIONS = {
+  'rt-policy': { type: 'string' },
+  'rt-priority': { type: 'string' },
+  cpus: { type: 'string' },
+  mlock: { type: 'boolean' },
+} as const;
+
+export const RT_HELP = `Real-time options (apply to the device's worker thread):
+  --rt-policy POLICY   scheduling policy: fifo, rr, other, batch or idle
+  --rt-priority N      priority for fifo/rr, 1..99
+  --cpus LIST          CPU affinity, e.g. 0 or 0-1,3
+  --mlock              lock all current and future memory (mlockall)
+`;
+
+/** Reads the RT flags out of parsed values; a value the kernel would refuse is caught later, naming the flag. */
+export function parseRtFlags(v: FlagValues): RtOptions {
+  const policy = optionalString(v['rt-policy']);
+  if (policy !== undefined && !(RT_POLICIES as readonly string[]).includes(policy)) {
+    throw new ConfigError(`--rt-policy ${policy}: choose one of ${RT_POLICIES.join(', ')}`);
+  }
+  const rt: RtOptions = {};
+  if (policy !== undefined) rt.policy = policy as RtPolicy;
+  if (v['rt-priority'] !== undefined) rt.priority = integerFlag('rt-priority', v['rt-priority'], 0);
+  const cpus = optionalString(v.cpus);
+  if (cpus !== undefined) rt.cpus = parseCpuList(cpus, '--cpus');
+  if (v.mlock === true) rt.mlock = true;
+  return validateRtOptions(rt);
+}
+
+/**
+ * Splits a `key=value,key,...` device spec into flag values, so the same
+ * parser checks `--device` specs and plain flags.
+ */
+export function specToArgs(spec: string): string[] {
+  const args: string[] = [];
+  for (const part of spec.split(',')) {
+    if (part === '') continue;
+    const eq = part.indexOf('=');
+    if (eq < 0) args.push(`--${part}`);
+    else args.push(`--${part.slice(0, eq)}`, part.slice(eq + 1));
+  }
+  return args;
+}
