@@ -38,6 +38,8 @@ Addon::Addon(Napi::Env env, Napi::Object exports) {
   InitMemory(env, exports);
   InitFileIo(env, exports);
   InitRt(env, exports);
+  InitUring(env, exports);
+  InitNet(env, exports);
   bufferTableCtor = Napi::Persistent(BufferTable::Define(env));
   exports.Set("BufferTable", bufferTableCtor.Value());
   exports.Set("FdWatcher", FdWatcher::Define(env));

@@ -13,6 +13,8 @@
         'aio.cc',
         'fileio.cc',
         'rt.cc',
+        'uring.cc',
+        'net.cc',
       ],
       'include_dirs': ["<!(node -p \"require('node-addon-api').include_dir\")"],
       'defines': [
@@ -24,6 +26,7 @@
       'cflags!': ['-fno-exceptions'],
       'cflags_cc!': ['-fno-exceptions', '-fno-rtti'],
       'cflags_cc': ['-std=gnu++17', '-Wall', '-Wextra', '-Wno-unused-parameter'],
+      'libraries': ['-luring'],
     },
   ],
 }

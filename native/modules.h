@@ -10,6 +10,8 @@ void InitSockets(Napi::Env env, Napi::Object exports);
 void InitMemory(Napi::Env env, Napi::Object exports);
 void InitFileIo(Napi::Env env, Napi::Object exports);
 void InitRt(Napi::Env env, Napi::Object exports);
+void InitUring(Napi::Env env, Napi::Object exports);
+void InitNet(Napi::Env env, Napi::Object exports);
 
 /** exports[name] = a function wrapping `fn`. */
 inline void Export(Napi::Env env, Napi::Object exports, const char* name,
