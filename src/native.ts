@@ -191,6 +191,10 @@ export interface NativeBinding {
    * is locked, so whoever called mlockall calls this before any thread ends.
    */
   munlockall(): void;
+
+  // --- io_uring (issue 3) ---
+
+  // --- net: TAP devices (issue 5) ---
 }
 
 const here = dirname(fileURLToPath(import.meta.url));
