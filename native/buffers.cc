@@ -14,6 +14,7 @@ Napi::Function BufferTable::Define(Napi::Env env) {
                      {
                          InstanceMethod<&BufferTable::Set>("set"),
                          InstanceAccessor<&BufferTable::GetLength>("length"),
+                         InstanceMethod<&BufferTable::BaseAlignment>("baseAlignment"),
                      });
 }
 
@@ -52,6 +53,18 @@ Napi::Value BufferTable::Set(const Napi::CallbackInfo& info) {
 
 Napi::Value BufferTable::GetLength(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(entries_.size()));
+}
+
+// O_DIRECT cares about the address of every buffer, not its offset inside a
+// SharedArrayBuffer: report how aligned the base address of entry i is.
+Napi::Value BufferTable::BaseAlignment(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t index = ArgSize(info, 0, "index");
+  if (static_cast<size_t>(index) >= entries_.size()) ThrowRangeError(env, "index is outside the table");
+  auto addr = reinterpret_cast<uintptr_t>(entries_[static_cast<size_t>(index)].base);
+  uintptr_t align = 4096;
+  while (align > 1 && addr % align != 0) align >>= 1;
+  return Napi::Number::New(env, static_cast<double>(align));
 }
 
 static std::string OwnerPrefix(long owner) {

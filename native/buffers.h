@@ -37,6 +37,7 @@ class BufferTable : public Napi::ObjectWrap<BufferTable> {
 
   Napi::Value Set(const Napi::CallbackInfo& info);
   Napi::Value GetLength(const Napi::CallbackInfo& info);
+  Napi::Value BaseAlignment(const Napi::CallbackInfo& info);
   void BuildOne(Napi::Env env, const double* entry, size_t index, struct iovec* out,
                 long owner) const;
 

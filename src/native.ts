@@ -41,6 +41,8 @@ export interface FdWatcher {
 export interface BufferTable {
   set(buffers: SharedArrayBuffer[]): void;
   readonly length: number;
+  /** Largest power of two (at most 4096) dividing the base address of entry `index`. */
+  baseAlignment(index: number): number;
 }
 
 /** Layout of one entry in the `ops` Float64Array of {@link AioContext.submit}. */
@@ -193,8 +195,48 @@ export interface NativeBinding {
   munlockall(): void;
 
   // --- io_uring (issue 3) ---
+  /**
+   * An io_uring (liburing) with AioContext's shape. `sqpollIdleMs` -1 means no
+   * SQPOLL; otherwise a kernel thread polls the SQ ring and sleeps after that
+   * many idle milliseconds. Throws the SystemError of io_uring_setup (EPERM,
+   * EINVAL, ENOMEM...) when the kernel refuses.
+   */
+  UringContext: new (
+    depth: number,
+    eventfd: number,
+    maxIovs: number,
+    sqpollIdleMs: number,
+  ) => UringContext;
 
   // --- net: TAP devices (issue 5) ---
+  /**
+   * Opens (creating it if absent) the TAP device `name` (empty: the kernel picks
+   * one) with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, sets the virtio-net header size
+   * (TUNSETVNETHDRSZ, 10 or 12) and the offloads the kernel may send us
+   * (TUNSETOFFLOAD, TUN_F_* bits; 0: fully checksummed, unsegmented frames), and
+   * brings the link up (SIOCSIFFLAGS). The fd is O_NONBLOCK | O_CLOEXEC.
+   */
+  tapOpen(name: string, vnetHdrSize: number, offload: number): { fd: number; name: string };
+  /**
+   * One readv: the virtio-net header into `hdr`, the frame into
+   * `data[offset, offset + maxLength)`. Returns the frame's length (without the
+   * header), or -1 when nothing is pending (EAGAIN).
+   */
+  tapRead(fd: number, hdr: Uint8Array, data: Uint8Array, offset: number, maxLength: number): number;
+  /**
+   * One writev of one frame: `hdr`, then `data[off1, off1 + len1)` and
+   * `data[off2, off2 + len2)` (len2 0: one part). Returns bytes written, header
+   * included, or -1 when the device's queue is full (EAGAIN).
+   */
+  tapWrite(
+    fd: number,
+    hdr: Uint8Array,
+    data: Uint8Array,
+    off1: number,
+    len1: number,
+    off2: number,
+    len2: number,
+  ): number;
 }
 
 const here = dirname(fileURLToPath(import.meta.url));

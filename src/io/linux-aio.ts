@@ -46,6 +46,8 @@ export class LinuxAioEngine implements IoEngine {
   private readonly events = new Float64Array(REAP_BATCH * 2);
   private readonly maxOps: number;
   private stagedOps = 0;
+  /** Alignment of each buffer's base address (mmapped guest RAM: a page). */
+  private bufferAlignment = new Int32Array(0);
   private handler: IoCompletion = () => {};
   private batchDone: () => void = () => {};
   private closed = false;
@@ -67,6 +69,7 @@ export class LinuxAioEngine implements IoEngine {
 
   setBuffers(buffers: SharedArrayBuffer[]): void {
     this.table.set(buffers);
+    this.bufferAlignment = Int32Array.from(buffers, (_, i) => this.table.baseAlignment(i));
   }
 
   addIov(buffer: number, offset: number, length: number): boolean {
@@ -101,14 +104,15 @@ export class LinuxAioEngine implements IoEngine {
   /**
    * O_DIRECT needs offset, every length and every buffer address aligned; a
    * request that is not goes to the buffered descriptor instead of failing.
-   * Mappings are page aligned, so a buffer offset's alignment is the address's.
    */
   private fdFor(fileOffset: number, firstIov: number, iovCount: number): number {
     const a = this.alignment;
     if (!this.direct || fileOffset % a !== 0) return this.image.bufferedFd;
     for (let i = firstIov; i < firstIov + iovCount; i++) {
       const b = i * IOV_STRIDE;
-      if (this.iovs[b + 1] % a !== 0 || this.iovs[b + 2] % a !== 0) return this.image.bufferedFd;
+      const baseAligned = this.bufferAlignment[this.iovs[b]] >= a;
+      if (!baseAligned || this.iovs[b + 1] % a !== 0 || this.iovs[b + 2] % a !== 0)
+        return this.image.bufferedFd;
     }
     return this.image.fd;
   }
