@@ -59,6 +59,8 @@ interface QueueState {
   /** Used entries pushed since the last notification decision. */
   dirty: boolean;
   broken: boolean;
+  /** Chains were left in the ring because every slot was busy: pop again when one frees. */
+  starved: boolean;
   onIdle: (() => void) | null;
 }
 
@@ -120,6 +122,7 @@ export class BlkDevice implements QueueDevice {
         inFlight: 0,
         dirty: false,
         broken: false,
+        starved: false,
         onIdle: null,
       });
     }
@@ -201,6 +204,7 @@ export class BlkDevice implements QueueDevice {
       vq.setNotification(true);
       if (this.freeCount[index] === 0 || vq.pending() === 0) break;
     }
+    q.starved = this.freeCount[index] === 0 && vq.pending() > 0;
     if (popped > 0) {
       this.stats.add(BlkStat.requests, popped);
       this.stats.add(BlkStat.kicks, 1);
@@ -374,6 +378,9 @@ export class BlkDevice implements QueueDevice {
   private endCompletionBatch(): void {
     if (this.inFlight === 0 && this.retired.length > 0) this.retired = [];
     this.flushNotifications();
+    for (let i = 0; i < this.queues.length; i++) {
+      if (this.queues[i].starved) this.kick(i);
+    }
   }
 
   /** One interrupt per queue per batch, and only when the driver asked for it (EVENT_IDX). */
