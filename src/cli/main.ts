@@ -1,10 +1,18 @@
 #!/usr/bin/env node
 /** The `vhost-rt` command: one subcommand per device kind. */
 import { ConfigError, VhostRtError } from '../errors.js';
+import { attachCommand } from './attach.js';
 import { blkCommand } from './blk.js';
 import type { CliCommand } from './command.js';
+import { consoleCommand } from './console.js';
+import { serialCommand } from './serial.js';
 
-const COMMANDS: readonly CliCommand[] = [blkCommand];
+const COMMANDS: readonly CliCommand[] = [
+  blkCommand,
+  serialCommand,
+  consoleCommand,
+  attachCommand,
+];
 
 function topHelp(): string {
   const lines = COMMANDS.map((c) => `  vhost-rt ${c.name.padEnd(8)} ${c.summary}`);

@@ -27,13 +27,15 @@ import {
   decodeVringFd,
   decodeVringState,
   encodeConfig,
+  encodeMessage,
   encodeU64,
   encodeVringState,
   type MemRegionWire,
   type VringAddr,
 } from './codec.js';
-import type { VhostUserDevice } from './device-backend.js';
+import type { BackendRequestSender, VhostUserDevice } from './device-backend.js';
 import {
+  BackendRequest,
   MAX_CONFIG_SIZE,
   ProtocolFeature,
   Request,
@@ -98,6 +100,8 @@ export class VhostUserBackend {
   private regions: MappedRegion[] = [];
   private memory: GuestMemory | null = null;
   private vrings: Vring[];
+  /** The front end's end of the BACKEND_REQ channel (SET_BACKEND_REQ_FD), or -1. */
+  private backendReqFd = -1;
   /** Feature bits offered in GET_FEATURES. */
   readonly offeredFeatures: bigint;
   /** Protocol feature bits offered in GET_PROTOCOL_FEATURES. */
@@ -164,6 +168,8 @@ export class VhostUserBackend {
         return this.getConfig(msg);
       case Request.SET_CONFIG:
         return this.setConfig(msg);
+      case Request.SET_BACKEND_REQ_FD:
+        return this.setBackendReqFd(msg);
       default:
         throw new RequestError('VHOST_USER_UNSUPPORTED', 'request not supported by this back-end');
     }
@@ -404,6 +410,41 @@ export class VhostUserBackend {
     return undefined;
   }
 
+  // --- back-end requests --------------------------------------------------
+
+  /** Keeps the channel fd and lends the device a sender over it (spec: "Back-end communication"). */
+  private setBackendReqFd(msg: IncomingMessage): undefined {
+    expectFds(msg, 1, 'SET_BACKEND_REQ_FD');
+    if ((this.offeredProtocolFeatures & featureBit(ProtocolFeature.BACKEND_REQ)) === 0n) {
+      throw new RequestError('VHOST_USER_UNSUPPORTED', 'BACKEND_REQ was not offered');
+    }
+    this.closeBackendReq();
+    const fd = msg.fds.pop()!;
+    this.backendReqFd = fd;
+    this.device.setBackendChannel?.(this.backendSender(fd));
+    return undefined;
+  }
+
+  /**
+   * A sender bound to one fd: once the channel is closed or replaced it
+   * does nothing. No NEED_REPLY: nothing ever reads this socket's replies.
+   */
+  private backendSender(fd: number): BackendRequestSender {
+    return {
+      configChange: () => {
+        if (this.backendReqFd !== fd) return;
+        native.sendMsg(fd, encodeMessage(BackendRequest.CONFIG_CHANGE_MSG, 0), []);
+      },
+    };
+  }
+
+  private closeBackendReq(): void {
+    if (this.backendReqFd < 0) return;
+    this.device.setBackendChannel?.(null);
+    closeFd(this.backendReqFd);
+    this.backendReqFd = -1;
+  }
+
   // --- lifetime -----------------------------------------------------------
 
   /**
@@ -418,6 +459,7 @@ export class VhostUserBackend {
       closeFd(v.callFd);
       closeFd(v.errFd);
     }
+    this.closeBackendReq();
     this.vrings = Array.from({ length: this.device.numQueues }, newVring);
     this.features = 0n;
     this.protocolFeatures = 0n;

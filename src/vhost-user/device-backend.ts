@@ -15,6 +15,15 @@ export interface QueueStart {
   enabled: boolean;
 }
 
+/**
+ * The back-end-to-front-end channel (VHOST_USER_PROTOCOL_F_BACKEND_REQ), as a
+ * device host may use it while a front end is connected.
+ */
+export interface BackendRequestSender {
+  /** Sends VHOST_USER_BACKEND_CONFIG_CHANGE_MSG: the driver re-reads the config space. */
+  configChange(): void;
+}
+
 export interface VhostUserDevice {
   /** Device type name for logs ('blk'). */
   readonly kind: string;
@@ -35,4 +44,11 @@ export interface VhostUserDevice {
   setEnabled(index: number, enabled: boolean): Promise<void>;
   /** Completes in-flight requests, stops the ring, resolves to the last avail index. */
   stopQueue(index: number): Promise<number>;
+  /**
+   * Optional: devices that notify the driver on their own (config changes)
+   * implement it and add ProtocolFeature.BACKEND_REQ to {@link protocolFeatures}.
+   * Called with the channel after SET_BACKEND_REQ_FD, and with null when the
+   * front end goes away or replaces it.
+   */
+  setBackendChannel?(channel: BackendRequestSender | null): void;
 }

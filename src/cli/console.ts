@@ -1,0 +1,187 @@
+/**
+ * `vhost-rt console`: a virtio-console device over vhost-user (port 0 is the
+ * console; more ports with MULTIPORT), its output through the decoupled
+ * logging path.
+ */
+import { ConsoleService, type ConsoleSpec } from '../devices/console/host.js';
+import type { ConsolePortOptions } from '../devices/console/options.js';
+import { ConfigError } from '../errors.js';
+import { describeSink, parseRingPolicy } from '../logger/index.js';
+import { unlockMemory } from '../rt/index.js';
+import { VhostUserServer } from '../vhost-user/server.js';
+import type { CliCommand } from './command.js';
+import {
+  type FlagValues,
+  integerFlag,
+  optionalString,
+  parseFlags,
+  parseRtFlags,
+  RT_FLAG_OPTIONS,
+  RT_HELP,
+  requiredFlag,
+} from './flags.js';
+import { stderrLogger } from './log.js';
+import {
+  inputBufferFlag,
+  LOG_FLAG_OPTIONS,
+  LOG_HELP,
+  logSinksFlag,
+  ringSizeFlag,
+} from './serial.js';
+import { formatStats, serveUntilSignal } from './service.js';
+
+const FLAGS = {
+  'socket-path': { type: 'string' },
+  ports: { type: 'string' },
+  port: { type: 'string', multiple: true },
+  'port-input': { type: 'string', multiple: true },
+  multiport: { type: 'boolean' },
+  size: { type: 'string' },
+  'queue-size': { type: 'string' },
+  ...LOG_FLAG_OPTIONS,
+  ...RT_FLAG_OPTIONS,
+  quiet: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+const HELP = `vhost-rt console — virtio-console over vhost-user (console port 0, optional named ports)
+
+Usage:
+  vhost-rt console --socket-path SOCK [--log SINK] [--ports N] [--port NAME=SINK ...] [options]
+
+  --socket-path SOCK   vhost-user socket to listen on
+  --ports N            ports in all (default 1; more than 1 offers MULTIPORT)
+  --port NAME=SINK     one more named port (guest: /dev/virtio-ports/NAME), its output
+                       to SINK (same forms as --log); ports are numbered 1.. in order
+  --port-input NAME=SOCK  an input socket for named port NAME
+  --multiport          offer MULTIPORT (control queues) even with one port
+  --size COLSxROWS     console size in the config space (default 80x25); SIGWINCH
+                       resizes to the daemon's own terminal when stdout is a TTY
+  --queue-size N       largest ring size, a power of two in 4..1024 (default 256)
+${LOG_HELP}  (--log and --input belong to port 0, the console)
+
+${RT_HELP}
+  --quiet              log warnings and errors only
+  --help               this text
+
+Offers VERSION_1, EVENT_IDX, INDIRECT_DESC, F_SIZE, F_EMERG_WRITE (routed to port 0's
+log) and, with several ports, F_MULTIPORT. SIGUSR1 prints per-port counters
+(bytesIn, bytesOut, bytesDropped, ringHighWater, ...); SIGINT/SIGTERM drain and exit.
+`;
+
+function parseSize(value: unknown): { cols: number; rows: number } {
+  if (value === undefined) return { cols: 80, rows: 25 };
+  const m = typeof value === 'string' ? /^(\d+)x(\d+)$/.exec(value) : null;
+  if (m === null) throw new ConfigError(`--size ${String(value)}: expected COLSxROWS, e.g. 80x25`);
+  return { cols: Number(m[1]), rows: Number(m[2]) };
+}
+
+function pairs(flag: string, list: unknown): [string, string][] {
+  return ((list as string[] | undefined) ?? []).map((text) => {
+    const eq = text.indexOf('=');
+    if (eq <= 0 || eq === text.length - 1)
+      throw new ConfigError(`--${flag} ${text}: expected NAME=VALUE`);
+    return [text.slice(0, eq), text.slice(eq + 1)];
+  });
+}
+
+function portList(v: FlagValues): ConsolePortOptions[] {
+  const named = pairs('port', v.port);
+  const inputs = new Map(pairs('port-input', v['port-input']));
+  const total = Math.max(integerFlag('ports', v.ports, 1), 1 + named.length);
+  const main = logSinksFlag(v);
+  const ports: ConsolePortOptions[] = [
+    { name: null, sinks: main, inputPath: optionalString(v.input) },
+  ];
+  for (const [name, sink] of named) {
+    ports.push({ name, sinks: logSinksFlag(v, [sink]), inputPath: inputs.get(name) });
+    inputs.delete(name);
+  }
+  for (const name of inputs.keys()) throw new ConfigError(`--port-input ${name}: no such --port`);
+  while (ports.length < total) ports.push({ name: null, sinks: main });
+  return ports;
+}
+
+/** Parses `vhost-rt console` arguments; exported for tests. */
+export function parseConsoleArgs(
+  args: string[],
+): (ConsoleSpec & { socketPath: string; quiet: boolean }) | 'help' {
+  const v = parseFlags('console', args, FLAGS);
+  if (v.help === true) return 'help';
+  const ports = portList(v);
+  const size = parseSize(v.size);
+  return {
+    socketPath: requiredFlag('socket-path', v['socket-path']),
+    options: {
+      ports,
+      multiport: ports.length > 1 || v.multiport === true,
+      cols: size.cols,
+      rows: size.rows,
+      policy: parseRingPolicy(optionalString(v.policy) ?? 'lossless'),
+      ringBytes: ringSizeFlag(v['ring-size']),
+      inputBufferBytes: inputBufferFlag(v),
+      queueSize: integerFlag('queue-size', v['queue-size'], 256),
+    },
+    rt: parseRtFlags(v),
+    quiet: v.quiet === true,
+  };
+}
+
+async function run(argv: string[]): Promise<number> {
+  const spec = parseConsoleArgs(argv);
+  if (spec === 'help') {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  const log = stderrLogger('vhost-rt[console]', spec.quiet);
+  if (spec.rt.mlock) process.once('exit', unlockMemory);
+  const service = await ConsoleService.start(spec, log);
+  let server: VhostUserServer;
+  try {
+    server = new VhostUserServer(spec.socketPath, service.device, log);
+  } catch (err) {
+    await service.shutdown();
+    throw err;
+  }
+  const onWinch = () => {
+    if (process.stdout.isTTY) service.device.resize(process.stdout.columns, process.stdout.rows);
+  };
+  process.on('SIGWINCH', onWinch);
+  const t = service.device.thread;
+  const lt = service.loggerThread;
+  const o = spec.options;
+  await serveUntilSignal(
+    {
+      readyLines: () => [
+        `ready: console socket ${server.path}, ${o.ports.length} port(s)` +
+          `${o.multiport ? ' (multiport)' : ''}, size ${o.cols}x${o.rows}, policy ${o.policy}, ` +
+          `ring ${o.ringBytes} bytes, worker tid ${t.tid} policy ${t.policy} priority ` +
+          `${t.priority}, logger tid ${lt.thread.tid} ${lt.background}`,
+        ...o.ports.map(
+          (p, i) =>
+            `port ${i}${p.name === null ? '' : ` '${p.name}'`}: log ` +
+            `${p.sinks.map(describeSink).join(' + ')}${p.inputPath ? `, input ${p.inputPath}` : ''}`,
+        ),
+      ],
+      statsLine: () =>
+        [
+          formatStats(service.deviceStats.snapshot()),
+          ...o.ports.map((_, i) => `[port ${i}] ${formatStats(service.portSnapshot(i))}`),
+        ].join(' | '),
+      close: async () => {
+        process.off('SIGWINCH', onWinch);
+        await server.close();
+        await service.shutdown();
+      },
+    },
+    log,
+  );
+  return 0;
+}
+
+export const consoleCommand: CliCommand = {
+  name: 'console',
+  summary: 'serve a virtio-console device (ports, multiport) over vhost-user',
+  help: HELP,
+  run,
+};
