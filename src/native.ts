@@ -206,7 +206,22 @@ export interface NativeBinding {
     eventfd: number,
     maxIovs: number,
     sqpollIdleMs: number,
-  ) => UringContext;
+  ) => {
+    /**
+     * Checks all `count` ops (AIO_OP layout, URING_CMD opcodes; FALLOCATE
+     * carries mode and length in the firstIov and iovCount fields), builds their
+     * iovecs into native memory, queues one SQE each and submits them with one
+     * io_uring_enter. Returns count: an op the kernel refuses completes with
+     * -errno. RangeError before anything is queued when an entry is invalid.
+     */
+    submit(table: BufferTable, ops: Float64Array, count: number, iovs: Float64Array): number;
+    /** Reaps up to `max` CQEs without blocking into [userData, result] pairs. */
+    getEvents(out: Float64Array, max: number): number;
+    /** Unregisters the eventfd and tears the ring down. Idempotent. */
+    destroy(): void;
+    /** True when the ring was set up with IORING_SETUP_SQPOLL. */
+    readonly sqpoll: boolean;
+  };
 
   // --- net: TAP devices (issue 5) ---
   /**

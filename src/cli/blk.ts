@@ -3,8 +3,15 @@
  * (unless --single-thread) its own worker thread.
  */
 import { BlkDeviceSet, type BlkDeviceSpec } from '../devices/blk/host.js';
+import { MAX_POLL_US } from '../devices/blk/options.js';
 import { ConfigError } from '../errors.js';
-import { parseEngineName } from '../io/index.js';
+import {
+  IO_ENGINE_NAMES,
+  parseEngineName,
+  parseThreadPolicy,
+  validateAioThreads,
+  validateEngineOptions,
+} from '../io/index.js';
 import { unlockMemory } from '../rt/index.js';
 import { VhostUserServer } from '../vhost-user/server.js';
 import type { CliCommand } from './command.js';
@@ -31,6 +38,10 @@ const DEVICE_FLAGS = {
   aio: { type: 'string' },
   'no-direct': { type: 'boolean' },
   serial: { type: 'string' },
+  'uring-sqpoll': { type: 'boolean' },
+  'aio-threads': { type: 'string' },
+  'aio-threads-policy': { type: 'string' },
+  'poll-us': { type: 'string' },
   ...RT_FLAG_OPTIONS,
 } as const;
 
@@ -55,7 +66,26 @@ Device options (as flags for one device, or as key[=value] inside --device):
   --readonly           refuse writes (the guest sees VIRTIO_BLK_F_RO)
   --queues N           request queues, 1..64 (default 1)
   --queue-size N       largest ring size, a power of two in 4..1024 (default 256)
-  --aio ENGINE         I/O engine: linux-aio (default linux-aio)
+  --aio ENGINE         I/O engine (default linux-aio):
+                         linux-aio  Linux AIO (io_submit), eventfd completions
+                         io_uring   io_uring (liburing), registered eventfd; flush,
+                                    discard and write-zeroes go through the ring too
+                         threads    a pool of threads doing preadv/pwritev ("threaded
+                                    AIO"); completions can queue up behind each other
+                         sync       preadv/pwritev on the device worker itself: BLOCKS
+                                    the worker on every I/O; a baseline for benchmarks
+  --uring-sqpoll       io_uring: a kernel thread polls the submission ring
+                       (IORING_SETUP_SQPOLL); an error names this flag if the
+                       kernel refuses
+  --aio-threads N      threads: pool size, 1..256 (default 4)
+  --aio-threads-policy POLICY[:PRIO]
+                       threads: scheduling of the pool threads: fifo:PRIO or
+                       rr:PRIO (PRIO 1..99), other, batch or idle (default:
+                       the device worker's, which --rt-policy sets); pools
+                       are shared by the devices of one worker thread
+  --poll-us N          after each batch keep polling the rings for up to N
+                       microseconds before sleeping on the kick eventfd (kicks
+                       off meanwhile); trades CPU for latency; 0..${MAX_POLL_US} (default 0)
   --no-direct          do not open the image with O_DIRECT
   --serial ID          answer to VIRTIO_BLK_T_GET_ID, up to 20 bytes (default vhost-rt)
 
@@ -72,6 +102,25 @@ SIGINT or SIGTERM completes in-flight requests, removes its sockets and prints
 its counters. SIGUSR1 prints the counters at any time.
 `;
 
+/** The engine flags of one device, checked against the chosen engine. */
+function engineFlags(
+  v: FlagValues,
+): Pick<BlkDeviceSpec['options'], 'aio' | 'uringSqpoll' | 'aioThreads' | 'aioThreadsPolicy'> {
+  const aio = parseEngineName(optionalString(v.aio) ?? IO_ENGINE_NAMES[0]);
+  const policy = optionalString(v['aio-threads-policy']);
+  const o = {
+    aio,
+    uringSqpoll: v['uring-sqpoll'] === true,
+    aioThreads:
+      v['aio-threads'] === undefined
+        ? undefined
+        : validateAioThreads(integerFlag('aio-threads', v['aio-threads'], 0)),
+    aioThreadsPolicy: policy === undefined ? undefined : parseThreadPolicy(policy),
+  };
+  validateEngineOptions(aio, o);
+  return o;
+}
+
 function deviceSpec(v: FlagValues, fallbackSerial: string): BlkDeviceSpec {
   return {
     options: {
@@ -79,9 +128,10 @@ function deviceSpec(v: FlagValues, fallbackSerial: string): BlkDeviceSpec {
       readonly: v.readonly === true,
       queues: integerFlag('queues', v.queues, 1),
       queueSize: integerFlag('queue-size', v['queue-size'], 256),
-      aio: parseEngineName(optionalString(v.aio) ?? 'linux-aio'),
+      ...engineFlags(v),
       direct: v['no-direct'] !== true,
       serial: optionalString(v.serial) ?? fallbackSerial,
+      pollUs: integerFlag('poll-us', v['poll-us'], 0),
     },
     rt: parseRtFlags(v),
   };

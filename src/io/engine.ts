@@ -5,6 +5,7 @@
  * out of the engine's completion path: it hands the request back with a
  * negative errno as its result.
  */
+import type { RtPolicy } from '../rt/options.js';
 
 /** Operations a block device asks of an engine. */
 export const IoOp = { READ: 0, WRITE: 1, FLUSH: 2, DISCARD: 3, WRITE_ZEROES: 4 } as const;
@@ -13,8 +14,12 @@ export type IoOpCode = (typeof IoOp)[keyof typeof IoOp];
 /** Called once per finished operation: `result` is bytes transferred, 0, or -errno. */
 export type IoCompletion = (userData: number, result: number) => void;
 
-/** Names of the engines that `--aio` accepts. */
-export const IO_ENGINE_NAMES = ['linux-aio'] as const;
+/**
+ * Names of the engines that `--aio` accepts: Linux AIO, io_uring, a piscina
+ * pool of threads doing preadv/pwritev ("threaded AIO"), and preadv/pwritev on
+ * the device worker itself (a baseline that blocks the worker).
+ */
+export const IO_ENGINE_NAMES = ['linux-aio', 'io_uring', 'threads', 'sync'] as const;
 export type IoEngineName = (typeof IO_ENGINE_NAMES)[number];
 
 export interface IoEngineOptions {
@@ -29,7 +34,22 @@ export interface IoEngineOptions {
   maxIovs: number;
   /** Where warnings go (the worker forwards them to the main thread's log). */
   warn: (message: string) => void;
+  /** io_uring: let a kernel thread poll the submission ring (IORING_SETUP_SQPOLL). */
+  uringSqpoll?: boolean;
+  /** threads: pool size (default {@link DEFAULT_AIO_THREADS}). */
+  aioThreads?: number;
+  /** threads: scheduling policy and priority of the pool threads (default: inherited). */
+  aioThreadsPolicy?: ThreadPolicy;
 }
+
+/** Scheduling of engine-owned threads, as `--aio-threads-policy POLICY[:PRIO]` gives it. */
+export interface ThreadPolicy {
+  policy: RtPolicy;
+  priority?: number;
+}
+
+/** Pool size of the threads engine when `--aio-threads` is not given. */
+export const DEFAULT_AIO_THREADS = 4;
 
 export interface IoEngine {
   readonly name: IoEngineName;
@@ -61,6 +81,11 @@ export interface IoEngine {
   submit(): void;
   /** Installs the completion handler and the end-of-batch hook; called once by the device. */
   onComplete(handler: IoCompletion, batchDone: () => void): void;
+  /**
+   * Optional: delivers completions that are already ready without waiting for
+   * the completion eventfd (busy polling, `--poll-us`). Cheap when nothing is ready.
+   */
+  poll?(): void;
   /** Stops watching for completions and closes the image; call when inFlight is 0. */
   close(): void;
 }

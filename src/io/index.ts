@@ -1,15 +1,23 @@
 /** I/O engines behind one interface, chosen per device with `--aio`. */
 import { ConfigError } from '../errors.js';
+import { RT_POLICIES, type RtPolicy } from '../rt/options.js';
 import {
   IO_ENGINE_NAMES,
   type IoEngine,
   type IoEngineName,
   type IoEngineOptions,
+  type ThreadPolicy,
 } from './engine.js';
+import { UringEngine } from './io-uring.js';
 import { LinuxAioEngine } from './linux-aio.js';
+import { SyncEngine } from './sync.js';
+import { MAX_AIO_THREADS, ThreadsEngine } from './threads.js';
 
 export * from './engine.js';
+export { SQPOLL_IDLE_MS, URING_CMD, URING_OP, UringEngine, UringSetupError } from './io-uring.js';
 export { LinuxAioEngine } from './linux-aio.js';
+export { SyncEngine } from './sync.js';
+export { MAX_AIO_THREADS, ThreadsEngine } from './threads.js';
 
 /** Checks an `--aio` value. */
 export function parseEngineName(value: string): IoEngineName {
@@ -19,10 +27,62 @@ export function parseEngineName(value: string): IoEngineName {
   );
 }
 
+/** Checks an `--aio-threads` pool size. */
+export function validateAioThreads(n: number): number {
+  if (!Number.isInteger(n) || n < 1 || n > MAX_AIO_THREADS)
+    throw new ConfigError(`--aio-threads ${n}: must be an integer in 1..${MAX_AIO_THREADS}`);
+  return n;
+}
+
+/** Parses `--aio-threads-policy POLICY[:PRIO]` (fifo/rr need a priority in 1..99, others none). */
+export function parseThreadPolicy(value: string): ThreadPolicy {
+  const flag = '--aio-threads-policy';
+  const [name, prio, extra] = value.split(':');
+  if (extra !== undefined || !(RT_POLICIES as readonly string[]).includes(name))
+    throw new ConfigError(
+      `${flag} ${value}: expected POLICY[:PRIO], POLICY one of ${RT_POLICIES.join(', ')}`,
+    );
+  const policy = name as RtPolicy;
+  const realTime = policy === 'fifo' || policy === 'rr';
+  if (prio === undefined) {
+    if (realTime)
+      throw new ConfigError(`${flag} ${value}: ${policy} needs a priority (${policy}:1..99)`);
+    return { policy };
+  }
+  const priority = /^\d+$/.test(prio) ? Number(prio) : Number.NaN;
+  const ok = realTime ? priority >= 1 && priority <= 99 : priority === 0;
+  if (!ok)
+    throw new ConfigError(
+      `${flag} ${value}: priority must be ${realTime ? '1..99' : '0'} for ${policy}`,
+    );
+  return { policy, priority };
+}
+
+/** Refuses engine options that do not apply to the chosen engine, naming the flag. */
+export function validateEngineOptions(name: IoEngineName, o: Partial<IoEngineOptions>): void {
+  if (o.uringSqpoll === true && name !== 'io_uring')
+    throw new ConfigError(`--uring-sqpoll: only applies to --aio io_uring (not ${name})`);
+  if (name === 'threads') {
+    if (o.aioThreads !== undefined) validateAioThreads(o.aioThreads);
+    return;
+  }
+  if (o.aioThreads !== undefined)
+    throw new ConfigError(`--aio-threads: only applies to --aio threads (not ${name})`);
+  if (o.aioThreadsPolicy !== undefined)
+    throw new ConfigError(`--aio-threads-policy: only applies to --aio threads (not ${name})`);
+}
+
 /** Opens the image with the named engine. */
 export function createEngine(name: IoEngineName, options: IoEngineOptions): IoEngine {
+  validateEngineOptions(name, options);
   switch (name) {
     case 'linux-aio':
       return new LinuxAioEngine(options);
+    case 'io_uring':
+      return new UringEngine(options);
+    case 'threads':
+      return new ThreadsEngine(options);
+    case 'sync':
+      return new SyncEngine(options);
   }
 }

@@ -152,20 +152,27 @@ export class LinuxAioEngine implements IoEngine {
   /**
    * io_submit stops at the first iocb it cannot take; that one is handed back
    * with its errno and the rest are submitted again, so one bad request never
-   * holds up the others.
+   * holds up the others. A RangeError means the native side refused an entry
+   * before submitting anything: the ops are then submitted one by one, so
+   * only the bad one fails.
    */
-  private submitFrom(first: number): number {
-    const count = this.stagedOps - first;
+  private submitFrom(first: number, limit = this.stagedOps - first): number {
     const ops = first === 0 ? this.ops : this.ops.subarray(first * AIO_OP_STRIDE);
     try {
-      const n = this.ctx.submit(this.table, ops, count, this.iovs);
+      const n = this.ctx.submit(this.table, ops, limit, this.iovs);
       this.inFlight += n;
       if (n > 0) return n;
       this.failOp(first, 11 /* EAGAIN */);
     } catch (err) {
+      if (err instanceof RangeError && limit > 1) return this.submitEach(first, limit);
       this.failOp(first, (err as { errno?: number }).errno ?? 22);
     }
     return 1;
+  }
+
+  private submitEach(first: number, count: number): number {
+    for (let i = first; i < first + count; i++) this.submitFrom(i, 1);
+    return count;
   }
 
   private failOp(index: number, errno: number): void {

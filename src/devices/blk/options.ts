@@ -1,5 +1,5 @@
 /** Options of a virtio-blk device, as the CLI and embedders give them. */
-import type { IoEngineName } from '../../io/engine.js';
+import type { IoEngineName, ThreadPolicy } from '../../io/engine.js';
 import type { RtOptions } from '../../rt/index.js';
 
 export interface BlkOptions {
@@ -11,7 +11,22 @@ export interface BlkOptions {
   direct: boolean;
   /** GET_ID answer; at most 20 bytes are sent. */
   serial: string;
+  /** io_uring only: a kernel thread polls the submission ring (IORING_SETUP_SQPOLL). */
+  uringSqpoll?: boolean;
+  /** threads only: pool size. */
+  aioThreads?: number;
+  /** threads only: scheduling of the pool threads. */
+  aioThreadsPolicy?: ThreadPolicy;
+  /**
+   * Adaptive polling: after a batch (of kicks or of completions) the worker
+   * keeps checking the avail rings for up to this many microseconds, with
+   * kicks turned off, before it sleeps on the kick eventfds. 0: never poll.
+   */
+  pollUs?: number;
 }
+
+/** Largest `--poll-us` accepted: a second of spinning is a configuration mistake. */
+export const MAX_POLL_US = 1_000_000;
 
 /** One device of a blk worker. */
 export interface BlkDeviceInit {
@@ -34,5 +49,9 @@ export function validateBlkOptions(o: BlkOptions): void {
   const q = o.queueSize;
   if (!Number.isInteger(q) || q < 4 || q > 1024 || (q & (q - 1)) !== 0) {
     throw new RangeError(`--queue-size ${q}: must be a power of two in 4..1024`);
+  }
+  const p = o.pollUs ?? 0;
+  if (!Number.isInteger(p) || p < 0 || p > MAX_POLL_US) {
+    throw new RangeError(`--poll-us ${p}: must be an integer in 0..${MAX_POLL_US}`);
   }
 }

@@ -25,6 +25,9 @@ function openDevice(
     depth: o.queues * o.queueSize,
     maxIovs: o.queueSize * (o.queueSize + 2),
     warn: (message) => post({ kind: 'log', level: 'warn', message: `${name}: ${message}` }),
+    uringSqpoll: o.uringSqpoll,
+    aioThreads: o.aioThreads,
+    aioThreadsPolicy: o.aioThreadsPolicy,
   });
   let runtime: DeviceRuntime | null = null;
   const device = new BlkDevice({
@@ -42,7 +45,10 @@ function openDevice(
     stats: StatCounters.attach(init.statsBuffer, BLK_STAT_NAMES),
     warn: rateLimitedWarn(),
   });
-  runtime = new DeviceRuntime(device, o.queues, o.queueSize + 16);
+  runtime = new DeviceRuntime(device, o.queues, o.queueSize + 16, {
+    pollUs: o.pollUs ?? 0,
+    reap: engine.poll === undefined ? undefined : () => engine.poll?.(),
+  });
   return {
     runtime,
     info: {
@@ -50,6 +56,7 @@ function openDevice(
       direct: engine.direct,
       alignment: engine.alignment,
       engine: engine.name,
+      pollUs: o.pollUs ?? 0,
     },
   };
 }

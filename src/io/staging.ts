@@ -1,0 +1,134 @@
+/**
+ * What the io_uring, threads and sync engines share: the staging tables (iovecs
+ * and ops in the AIO_OP layout of src/native.ts, allocated once), the O_DIRECT
+ * fallback to the buffered descriptor, and the completion hooks. Each engine
+ * supplies its own submit.
+ */
+import { AIO_CMD, AIO_OP, AIO_OP_STRIDE, IOV_STRIDE } from '../native.js';
+import {
+  type IoCompletion,
+  type IoEngine,
+  type IoEngineName,
+  type IoEngineOptions,
+  IoOp,
+  type IoOpCode,
+} from './engine.js';
+import { closeImage, type OpenImage, openImage } from './image.js';
+
+/** errno values the engines hand back themselves. */
+export const Errno = { EIO: 5, EBADF: 9, EAGAIN: 11, EINVAL: 22 } as const;
+
+/** The errno of a caught SystemError (EIO when it carries none). */
+export function errnoOf(err: unknown): number {
+  const errno = (err as { errno?: number }).errno;
+  return typeof errno === 'number' && errno > 0 ? errno : Errno.EIO;
+}
+
+export abstract class StagingEngine implements IoEngine {
+  abstract readonly name: IoEngineName;
+  readonly direct: boolean;
+  readonly sizeBytes: number;
+  readonly alignment: number;
+  inFlight = 0;
+  stagedIovs = 0;
+
+  protected readonly image: OpenImage;
+  protected readonly iovs: Float64Array;
+  /** Staged ops, AIO_OP_STRIDE doubles each. */
+  protected readonly ops: Float64Array;
+  protected readonly maxOps: number;
+  protected stagedOps = 0;
+  protected handler: IoCompletion = () => {};
+  protected batchDone: () => void = () => {};
+  protected closed = false;
+
+  constructor(options: IoEngineOptions) {
+    this.image = openImage(options.path, options.readonly, options.direct, options.warn);
+    this.direct = this.image.direct;
+    this.sizeBytes = this.image.sizeBytes;
+    this.alignment = this.image.alignment;
+    this.maxOps = options.depth;
+    this.iovs = new Float64Array(options.maxIovs * IOV_STRIDE);
+    this.ops = new Float64Array(options.depth * AIO_OP_STRIDE);
+  }
+
+  abstract setBuffers(buffers: SharedArrayBuffer[]): void;
+  abstract queueSlowOp(op: IoOpCode, fileOffset: number, length: number, userData: number): void;
+  abstract submit(): void;
+
+  addIov(buffer: number, offset: number, length: number): boolean {
+    const i = this.stagedIovs * IOV_STRIDE;
+    if (i >= this.iovs.length) return false;
+    this.iovs[i] = buffer;
+    this.iovs[i + 1] = offset;
+    this.iovs[i + 2] = length;
+    this.stagedIovs++;
+    return true;
+  }
+
+  queueReadWrite(
+    op: IoOpCode,
+    fileOffset: number,
+    firstIov: number,
+    iovCount: number,
+    userData: number,
+  ): boolean {
+    const cmd = op === IoOp.WRITE ? AIO_CMD.PWRITEV : AIO_CMD.PREADV;
+    const fd = this.fdFor(fileOffset, firstIov, iovCount);
+    return this.stageOp(cmd, fd, fileOffset, firstIov, iovCount, userData);
+  }
+
+  /** Appends one op entry; false when staged plus in-flight ops would exceed the depth. */
+  protected stageOp(
+    cmd: number,
+    fd: number,
+    offset: number,
+    a: number,
+    b: number,
+    userData: number,
+  ): boolean {
+    if (this.stagedOps + this.inFlight >= this.maxOps) return false;
+    const o = this.stagedOps * AIO_OP_STRIDE;
+    this.ops[o + AIO_OP.opcode] = cmd;
+    this.ops[o + AIO_OP.fd] = fd;
+    this.ops[o + AIO_OP.offset] = offset;
+    this.ops[o + AIO_OP.firstIov] = a;
+    this.ops[o + AIO_OP.iovCount] = b;
+    this.ops[o + AIO_OP.userData] = userData;
+    this.stagedOps++;
+    return true;
+  }
+
+  /**
+   * O_DIRECT needs offset, every length and every buffer address aligned; a
+   * request that is not goes to the buffered descriptor instead of failing.
+   * Mappings are page aligned, so a buffer offset's alignment is the address's.
+   */
+  protected fdFor(fileOffset: number, firstIov: number, iovCount: number): number {
+    const a = this.alignment;
+    if (!this.direct || fileOffset % a !== 0) return this.image.bufferedFd;
+    for (let i = firstIov; i < firstIov + iovCount; i++) {
+      const b = i * IOV_STRIDE;
+      if (this.iovs[b + 1] % a !== 0 || this.iovs[b + 2] % a !== 0) return this.image.bufferedFd;
+    }
+    return this.image.fd;
+  }
+
+  /** Forgets what is staged (after a submit). */
+  protected clearStaged(): void {
+    this.stagedOps = 0;
+    this.stagedIovs = 0;
+  }
+
+  onComplete(handler: IoCompletion, batchDone: () => void): void {
+    this.handler = handler;
+    this.batchDone = batchDone;
+  }
+
+  /** Closes the image; subclasses release their own resources first. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    closeImage(this.image);
+  }
+}
