@@ -1,8 +1,122 @@
-// Network syscalls (TAP devices): filled in by the virtio-net work.
+// TAP devices for the network switch's uplink port: open /dev/net/tun as a
+// TAP with a virtio-net header in front of every frame (IFF_VNET_HDR), set
+// the header size and the offloads the kernel may hand us, bring the link up,
+// and move frames with readv / writev. Every fd is O_NONBLOCK | O_CLOEXEC;
+// EAGAIN is a return value (-1), not an exception, because a port worker
+// polls the fd on its own loop and must never block.
+#include <fcntl.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "args.h"
+#include "errors.h"
 #include "modules.h"
 
 namespace vhost_rt {
 
-void InitNet(Napi::Env env, Napi::Object exports) {}
+/** Closes `fd` after a failed `syscall` and throws that failure's errno. */
+[[noreturn]] static void CloseAndThrowNet(Napi::Env env, int fd, const char* syscall) {
+  int err = errno;
+  close(fd);
+  ThrowErrno(env, syscall, err);
+}
+
+/** SIOCGIFFLAGS / SIOCSIFFLAGS need any socket of the interface's namespace. */
+static void BringUp(Napi::Env env, const char* name) {
+  int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (sock < 0) ThrowErrno(env, "socket", errno);
+  ifreq ifr{};
+  // ifr is zeroed, so copying at most IFNAMSIZ - 1 bytes leaves a terminating NUL.
+  std::memcpy(ifr.ifr_name, name, strnlen(name, IFNAMSIZ - 1));
+  if (ioctl(sock, SIOCGIFFLAGS, &ifr) < 0) CloseAndThrowNet(env, sock, "ioctl(SIOCGIFFLAGS)");
+  ifr.ifr_flags |= IFF_UP;
+  if (ioctl(sock, SIOCSIFFLAGS, &ifr) < 0) CloseAndThrowNet(env, sock, "ioctl(SIOCSIFFLAGS)");
+  close(sock);
+}
+
+// tapOpen(name, vnetHdrSize, offload) -> { fd, name }
+static Napi::Value TapOpen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name = ArgString(info, 0, "name");
+  int hdrSize = static_cast<int>(ArgInteger(info, 1, "vnetHdrSize", 10, 12));
+  unsigned offload = static_cast<unsigned>(ArgInteger(info, 2, "offload", 0, 0xff));
+  if (name.size() >= IFNAMSIZ) ThrowRangeError(env, "name must be at most 15 bytes");
+  int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) ThrowErrno(env, "open(/dev/net/tun)", errno);
+  ifreq ifr{};
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+  std::memcpy(ifr.ifr_name, name.data(), name.size());
+  if (ioctl(fd, TUNSETIFF, &ifr) < 0) CloseAndThrowNet(env, fd, "ioctl(TUNSETIFF)");
+  if (ioctl(fd, TUNSETVNETHDRSZ, &hdrSize) < 0) CloseAndThrowNet(env, fd, "ioctl(TUNSETVNETHDRSZ)");
+  if (ioctl(fd, TUNSETOFFLOAD, offload) < 0) CloseAndThrowNet(env, fd, "ioctl(TUNSETOFFLOAD)");
+  try {
+    BringUp(env, ifr.ifr_name);
+  } catch (...) {
+    close(fd);
+    throw;
+  }
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("fd", Napi::Number::New(env, fd));
+  out.Set("name", Napi::String::New(env, ifr.ifr_name));
+  return out;
+}
+
+// tapRead(fd, hdr, data, offset, maxLength) -> frame bytes after the header, -1 on EAGAIN
+static Napi::Value TapRead(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt32(info, 0, "fd");
+  Napi::Uint8Array hdr = ArgUint8Array(info, 1, "hdr");
+  Napi::Uint8Array data = ArgUint8Array(info, 2, "data");
+  int64_t off = ArgSize(info, 3, "offset");
+  int64_t len = ArgSize(info, 4, "maxLength");
+  if (off + len > static_cast<int64_t>(data.ByteLength()))
+    ThrowRangeError(env, "offset + maxLength exceeds data");
+  iovec iov[2] = {{hdr.Data(), hdr.ByteLength()}, {data.Data() + off, static_cast<size_t>(len)}};
+  ssize_t n;
+  do {
+    n = readv(fd, iov, 2);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return Napi::Number::New(env, -1);
+  if (n < 0) ThrowErrno(env, "readv", errno);
+  int64_t body = n - static_cast<int64_t>(hdr.ByteLength());
+  return Napi::Number::New(env, body < 0 ? 0 : static_cast<double>(body));
+}
+
+// tapWrite(fd, hdr, data, off1, len1, off2, len2) -> bytes written, -1 on EAGAIN
+static Napi::Value TapWrite(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt32(info, 0, "fd");
+  Napi::Uint8Array hdr = ArgUint8Array(info, 1, "hdr");
+  Napi::Uint8Array data = ArgUint8Array(info, 2, "data");
+  int64_t off1 = ArgSize(info, 3, "off1");
+  int64_t len1 = ArgSize(info, 4, "len1");
+  int64_t off2 = ArgSize(info, 5, "off2");
+  int64_t len2 = ArgSize(info, 6, "len2");
+  int64_t size = static_cast<int64_t>(data.ByteLength());
+  if (off1 + len1 > size || off2 + len2 > size) ThrowRangeError(env, "a part exceeds data");
+  // A frame stored across the end of a ring is two parts: one writev, one frame.
+  iovec iov[3] = {{hdr.Data(), hdr.ByteLength()},
+                  {data.Data() + off1, static_cast<size_t>(len1)},
+                  {data.Data() + off2, static_cast<size_t>(len2)}};
+  ssize_t n;
+  do {
+    n = writev(fd, iov, len2 > 0 ? 3 : 2);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return Napi::Number::New(env, -1);
+  if (n < 0) ThrowErrno(env, "writev", errno);
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
+void InitNet(Napi::Env env, Napi::Object exports) {
+  Export(env, exports, "tapOpen", TapOpen);
+  Export(env, exports, "tapRead", TapRead);
+  Export(env, exports, "tapWrite", TapWrite);
+}
 
 }  // namespace vhost_rt

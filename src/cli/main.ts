@@ -5,6 +5,7 @@ import { attachCommand } from './attach.js';
 import { blkCommand } from './blk.js';
 import type { CliCommand } from './command.js';
 import { consoleCommand } from './console.js';
+import { netCommand } from './net.js';
 import { serialCommand } from './serial.js';
 
 const COMMANDS: readonly CliCommand[] = [
@@ -12,6 +13,7 @@ const COMMANDS: readonly CliCommand[] = [
   serialCommand,
   consoleCommand,
   attachCommand,
+  netCommand,
 ];
 
 function topHelp(): string {

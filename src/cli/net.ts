@@ -1,0 +1,172 @@
+/**
+ * `vhost-rt net`: an L2 learning switch whose ports are virtio-net devices on
+ * vhost-user sockets and, optionally, a TAP uplink; each port on its own
+ * worker thread.
+ */
+import { describePort, NetSwitch } from '../devices/net/host.js';
+import type { NetOptions, NetPortSpec } from '../devices/net/options.js';
+import { ConfigError } from '../errors.js';
+import { parseMac } from '../net/mac-table.js';
+import { DEFAULT_AGEING_MS, DEFAULT_MAC_CAPACITY } from '../net/switch-port.js';
+import { unlockMemory } from '../rt/index.js';
+import { VhostUserServer } from '../vhost-user/server.js';
+import type { CliCommand } from './command.js';
+import {
+  integerFlag,
+  optionalString,
+  parseFlags,
+  parseRtFlags,
+  RT_FLAG_OPTIONS,
+  RT_HELP,
+} from './flags.js';
+import { stderrLogger } from './log.js';
+import { formatStats, type RunningService, serveUntilSignal } from './service.js';
+
+const FLAGS = {
+  'socket-path': { type: 'string', multiple: true },
+  tap: { type: 'string' },
+  queues: { type: 'string' },
+  'queue-size': { type: 'string' },
+  'mac-base': { type: 'string' },
+  'ring-bytes': { type: 'string' },
+  'ageing-ms': { type: 'string' },
+  quiet: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+  ...RT_FLAG_OPTIONS,
+} as const;
+
+const HELP = `vhost-rt net — an L2 switch of virtio-net ports over vhost-user
+              (QEMU: -netdev vhost-user,chardev=...  -device virtio-net-pci,netdev=...)
+
+Usage:
+  vhost-rt net --socket-path SOCK [--socket-path SOCK2 ...] [--tap NAME] [options]
+
+Ports (each served by its own worker thread; frames cross between them through
+lock-free per-pair rings, a full ring drops its own frames, counted):
+  --socket-path SOCK   one vhost-user port per flag (a stale socket file is replaced)
+  --tap NAME           one more port bound to the TAP device NAME (created if
+                       absent, brought up, IFF_VNET_HDR); needs CAP_NET_ADMIN
+Options:
+  --queues N           queue pairs per vhost-user port, 1..16 (default 1)
+  --queue-size N       largest ring size, a power of two in 4..1024 (default 256)
+  --mac-base MAC       MAC of the first port's config space; port i gets MAC + i
+                       (default 52:54:00:12:34:00; QEMU uses its own -device mac=)
+  --ring-bytes N       bytes of each port-to-port ring (default 1048576)
+  --ageing-ms N        MAC ageing time (default 300000)
+
+${RT_HELP}
+Process options:
+  --quiet              log warnings and errors only
+  --help               this text
+
+No checksum or segmentation offloads are offered. The daemon prints a line
+containing "ready" once its sockets listen; SIGUSR1 prints per-port counters
+(packets, bytes, drops); SIGINT / SIGTERM remove the sockets and exit.
+`;
+
+/** What `vhost-rt net` was asked to run. */
+export interface NetPlan {
+  ports: NetPortSpec[];
+  options: NetOptions;
+  quiet: boolean;
+}
+
+/** Port `i`'s MAC: the base plus `i` in the low 24 bits. */
+function macFor(base: Uint8Array, i: number): Uint8Array {
+  const mac = Uint8Array.from(base);
+  const low = (((mac[3] << 16) | (mac[4] << 8) | mac[5]) + i) & 0xffffff;
+  mac[3] = low >> 16;
+  mac[4] = (low >> 8) & 0xff;
+  mac[5] = low & 0xff;
+  return mac;
+}
+
+/** Parses `vhost-rt net` arguments; exported for tests. */
+export function parseNetArgs(args: string[]): NetPlan | 'help' {
+  const v = parseFlags('net', args, FLAGS);
+  if (v.help === true) return 'help';
+  const sockets = (v['socket-path'] as string[] | undefined) ?? [];
+  const tap = optionalString(v.tap);
+  if (sockets.length === 0 && tap === undefined)
+    throw new ConfigError('--socket-path (or --tap) is required');
+  if (new Set(sockets).size !== sockets.length)
+    throw new ConfigError('--socket-path: two ports share one socket');
+  const base = parseMac(optionalString(v['mac-base']) ?? '52:54:00:12:34:00', '--mac-base');
+  if ((base[0] & 1) !== 0) throw new ConfigError('--mac-base: a multicast address');
+  const ports: NetPortSpec[] = sockets.map((socketPath, i) => ({
+    kind: 'vhost-user',
+    socketPath,
+    mac: macFor(base, i),
+  }));
+  if (tap !== undefined) ports.push({ kind: 'tap', name: tap });
+  return {
+    ports,
+    options: {
+      queuePairs: integerFlag('queues', v.queues, 1),
+      queueSize: integerFlag('queue-size', v['queue-size'], 256),
+      ringBytes: integerFlag('ring-bytes', v['ring-bytes'], 1 << 20),
+      ageingMs: integerFlag('ageing-ms', v['ageing-ms'], DEFAULT_AGEING_MS),
+      macCapacity: DEFAULT_MAC_CAPACITY,
+      rt: parseRtFlags(v),
+    },
+    quiet: v.quiet === true,
+  };
+}
+
+function statsLine(sw: NetSwitch): string {
+  return sw.ports
+    .map((p) => {
+      const s = sw.snapshot(p.index);
+      const drops = s.ringDrops + s.malformed + s.rxDropsDown + s.rxDropsBadBuffers + s.rxDropsFull;
+      return `[${p.index}] packets=${s.txPackets + s.rxPackets} bytes=${s.txBytes + s.rxBytes} drops=${drops} ${formatStats(s)}`;
+    })
+    .join(' | ');
+}
+
+async function run(argv: string[]): Promise<number> {
+  const plan = parseNetArgs(argv);
+  if (plan === 'help') {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  const log = stderrLogger('vhost-rt[net]', plan.quiet);
+  // mlockall is process-wide and V8 aborts when a thread ends with memory locked: unlock on the way out.
+  if (plan.options.rt.mlock) process.once('exit', unlockMemory);
+  const sw = await NetSwitch.start(plan.ports, plan.options, log);
+  const servers: VhostUserServer[] = [];
+  try {
+    for (const p of sw.ports) {
+      if (p.device !== null && p.spec.kind === 'vhost-user')
+        servers.push(new VhostUserServer(p.spec.socketPath, p.device, log));
+    }
+  } catch (err) {
+    await Promise.all(servers.map((s) => s.close()));
+    await sw.shutdown();
+    throw err;
+  }
+  const service: RunningService = {
+    readyLines: () =>
+      sw.ports.map((p) => {
+        const t = p.thread;
+        return (
+          `ready: port ${p.index} ${describePort(p)}, ${plan.options.queuePairs} queue pair(s), ` +
+          `worker tid ${t.tid} policy ${t.policy} priority ${t.priority} cpus ${t.cpus.join(',')}`
+        );
+      }),
+    statsLine: () => statsLine(sw),
+    close: async () => {
+      await Promise.all(servers.map((s) => s.close()));
+      await sw.shutdown();
+      log('info', `served ${servers.reduce((n, s) => n + s.connections, 0)} front end(s); exiting`);
+    },
+  };
+  await serveUntilSignal(service, log);
+  return 0;
+}
+
+export const netCommand: CliCommand = {
+  name: 'net',
+  summary: 'serve an L2 switch of virtio-net ports (QEMU: -netdev vhost-user) and a TAP uplink',
+  help: HELP,
+  run,
+};

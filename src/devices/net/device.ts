@@ -1,0 +1,458 @@
+/**
+ * The virtio-net device model (virtio 1.x §5.1) of one switch port.
+ * Transport-agnostic: it is handed virtqueues and guest memory, forwards what
+ * the driver transmits into the switch, and delivers what the switch holds
+ * for it into the driver's receive buffers.
+ *
+ * Queues: receiveq N = 2N, transmitq N = 2N + 1, then the control queue
+ * (§5.1.2, control.ts). Every frame carries
+ * the 12-byte virtio_net_hdr (VERSION_1). No offload is offered, so a
+ * transmitted header must say "no checksum to complete, no segmentation";
+ * anything else is malformed. Received frames larger than one buffer are
+ * spread over several (MRG_RXBUF) and num_buffers says how many.
+ *
+ * Processing is synchronous on the port's worker: nothing is ever in flight,
+ * so stopping a queue is immediate. Work per wake-up is bounded by a budget,
+ * and what is left continues on the next loop turn, so a busy queue cannot
+ * starve the others or the control commands.
+ */
+import type { StatCounters } from '../../locking/index.js';
+import type { PacketRing } from '../../net/packet-ring.js';
+import type { SwitchPort } from '../../net/switch-port.js';
+import {
+  DescriptorChain,
+  type GuestMemory,
+  QueueBrokenError,
+  type SplitVirtqueue,
+} from '../../virtio/index.js';
+import type { QueueDevice } from '../queue-device.js';
+import { type ByteLocation, locateWritable, readFromChain, writeToChain } from './chain-copy.js';
+import {
+  MAX_FRAME,
+  MIN_FRAME,
+  NET_HDR_NUM_BUFFERS,
+  NET_HDR_SIZE,
+  netQueueCount,
+} from './config.js';
+import { CTRL_ERR, RxFilter } from './control.js';
+import { NetStat } from './stats.js';
+
+/** Signals the driver that queue `index` has new used buffers (the call eventfd). */
+export type Notify = (queue: number) => void;
+
+export interface NetDeviceOptions {
+  queuePairs: number;
+  /** The port's MAC (config space), the receive filter's primary address. */
+  mac: Uint8Array;
+  /** Largest ring size: bounds the chains merged into one received frame. */
+  queueSize: number;
+  switchPort: SwitchPort;
+  notify: Notify;
+  stats: StatCounters;
+  /** Reports guest protocol violations (rate limiting is the caller's business). */
+  warn: (message: string) => void;
+  /** Largest frame accepted from the driver (default {@link MAX_FRAME}). */
+  maxFrame?: number;
+  /** Called once by {@link NetDevice.close}, e.g. to stop the port's doorbell watcher. */
+  onClose?: () => void;
+}
+
+/** Chains popped per wake-up before yielding to the loop. */
+const BUDGET = 256;
+
+interface QueueState {
+  vq: SplitVirtqueue | null;
+  enabled: boolean;
+  broken: boolean;
+  dirty: boolean;
+}
+
+const DELIVERED = 0;
+const NO_BUFFERS = 1;
+const BAD_BUFFERS = 2;
+
+export class NetDevice implements QueueDevice {
+  private readonly sp: SwitchPort;
+  private readonly notify: Notify;
+  private readonly stats: StatCounters;
+  private readonly warn: (message: string) => void;
+  private readonly maxFrame: number;
+  private readonly queues: QueueState[];
+  private readonly chain: DescriptorChain;
+  private readonly header = new Uint8Array(NET_HDR_SIZE);
+  private readonly addresses = new Uint8Array(12);
+  private readonly numBuffersAt: ByteLocation[] = [
+    { region: -1, offset: 0 },
+    { region: -1, offset: 0 },
+  ];
+  /** Heads and used lengths of the chains holding the frame being received. */
+  private readonly rxHeads: Int32Array;
+  private readonly rxLens: Int32Array;
+  private bytes: readonly Uint8Array[] = [];
+  private onClose: (() => void) | undefined;
+  private rxScheduled = false;
+  private readonly txScheduled: boolean[];
+  /** Index of the control queue. */
+  private readonly ctrlIndex: number;
+  /** Receive mode and MAC filter set through the control queue. */
+  readonly filter: RxFilter;
+  /** Scratch for one control command's payload (a full MAC table fits). */
+  private readonly ctrlData = new Uint8Array(1024);
+  private readonly ctrlAck = new Uint8Array(1);
+  private readonly runReceive = (): void => {
+    this.rxScheduled = false;
+    this.receive();
+  };
+
+  constructor(options: NetDeviceOptions) {
+    this.sp = options.switchPort;
+    this.notify = options.notify;
+    this.stats = options.stats;
+    this.warn = options.warn;
+    this.maxFrame = options.maxFrame ?? MAX_FRAME;
+    this.onClose = options.onClose;
+    const n = netQueueCount(options.queuePairs);
+    this.ctrlIndex = n - 1;
+    this.filter = new RxFilter(options.mac, options.queuePairs);
+    this.queues = Array.from({ length: n }, () => ({
+      vq: null,
+      enabled: false,
+      broken: false,
+      dirty: false,
+    }));
+    this.txScheduled = this.queues.map(() => false);
+    this.chain = new DescriptorChain(options.queueSize + 16);
+    this.rxHeads = new Int32Array(options.queueSize);
+    this.rxLens = new Int32Array(options.queueSize);
+  }
+
+  setMemory(memory: GuestMemory): void {
+    this.bytes = memory.bytes;
+    for (const q of this.queues) q.vq?.setMemory(memory);
+  }
+
+  startQueue(index: number, vq: SplitVirtqueue): void {
+    const q = this.queue(index);
+    q.vq = vq;
+    q.broken = false;
+    q.dirty = false;
+  }
+
+  setEnabled(index: number, enabled: boolean): void {
+    this.queue(index).enabled = enabled;
+    if (enabled) this.kick(index);
+  }
+
+  stopQueue(index: number): Promise<number> {
+    const q = this.queue(index);
+    const last = q.vq?.lastAvailIdx ?? 0;
+    q.vq = null;
+    q.enabled = false;
+    return Promise.resolve(last);
+  }
+
+  async close(): Promise<void> {
+    for (let i = 0; i < this.queues.length; i++) await this.stopQueue(i);
+    this.onClose?.();
+    this.onClose = undefined;
+  }
+
+  /** The driver kicked: transmit on odd queues, new receive buffers on even ones, or a command. */
+  kick(index: number): void {
+    if (index === this.ctrlIndex) this.control();
+    else if (index % 2 === 1) this.transmit(index);
+    else this.receive();
+  }
+
+  // --- control queue ---------------------------------------------------------
+
+  private control(): void {
+    const q = this.queues[this.ctrlIndex];
+    if (q.vq === null || !q.enabled || q.broken) return;
+    this.stats.beginBatch();
+    try {
+      while (q.vq.pop(this.chain)) {
+        q.vq.addUsed(this.chain.head, this.command());
+        q.dirty = true;
+      }
+      q.vq.publishUsed();
+    } catch (err) {
+      this.breakQueue(this.ctrlIndex, q, err);
+    } finally {
+      this.flush(this.ctrlIndex, q);
+      this.stats.endBatch();
+    }
+  }
+
+  /**
+   * One command: `{u8 class, u8 command}` and its data in the readable part,
+   * the ack byte as the last writable byte. Returns the used length.
+   */
+  private command(): number {
+    const chain = this.chain;
+    const length = chain.readableBytes - 2;
+    if (chain.error !== null || chain.writableBytes < 1) {
+      this.stats.add(NetStat.ctrlErrors, 1);
+      this.warn(`control command dropped: ${chain.error ?? 'no room for the ack'}`);
+      return 0;
+    }
+    let ack = CTRL_ERR;
+    if (length >= 0 && length <= this.ctrlData.length) {
+      readFromChain(chain, this.bytes, 0, this.ctrlAck, 0, 1);
+      const cls = this.ctrlAck[0];
+      readFromChain(chain, this.bytes, 1, this.ctrlAck, 0, 1);
+      readFromChain(chain, this.bytes, 2, this.ctrlData, 0, length);
+      ack = this.filter.command(cls, this.ctrlAck[0], this.ctrlData, length);
+    }
+    this.stats.add(NetStat.ctrlCommands, 1);
+    if (ack === CTRL_ERR) this.stats.add(NetStat.ctrlErrors, 1);
+    this.ctrlAck[0] = ack;
+    writeToChain(chain, this.bytes, chain.writableBytes - 1, this.ctrlAck, 0, 1);
+    return 1;
+  }
+
+  /** Another port rang this port's doorbell: frames wait in the incoming rings. */
+  doorbell(): void {
+    this.receive();
+  }
+
+  // --- transmit: driver → switch ---------------------------------------------
+
+  private transmit(index: number): void {
+    const q = this.queues[index];
+    if (q === undefined || q.vq === null || !q.enabled || q.broken) return;
+    this.sp.beginBatch();
+    // One seqlock section for the whole batch: readers see its counters together.
+    this.stats.beginBatch();
+    let more = false;
+    try {
+      more = this.drainTx(q.vq);
+    } catch (err) {
+      this.breakQueue(index, q, err);
+    } finally {
+      this.sp.endBatch();
+      this.flush(index, q);
+      this.stats.endBatch();
+    }
+    if (more) this.scheduleTx(index);
+  }
+
+  /** Pops up to BUDGET chains; returns true when the budget ran out first. */
+  private drainTx(vq: SplitVirtqueue): boolean {
+    let popped = 0;
+    for (;;) {
+      vq.setNotification(false);
+      while (vq.pop(this.chain)) {
+        this.transmitChain();
+        vq.addUsed(this.chain.head, 0);
+        if (++popped >= BUDGET) break;
+      }
+      if (popped >= BUDGET) break;
+      // Kicks back on, then look once more: a chain published in between
+      // would otherwise wait for a kick that never comes.
+      vq.setNotification(true);
+      if (vq.pending() === 0) break;
+    }
+    if (popped > 0) {
+      vq.publishUsed();
+      this.stats.add(NetStat.kicks, 1);
+    }
+    return popped >= BUDGET;
+  }
+
+  private scheduleTx(index: number): void {
+    if (this.txScheduled[index]) return;
+    this.txScheduled[index] = true;
+    setImmediate(() => {
+      this.txScheduled[index] = false;
+      this.transmit(index);
+    });
+  }
+
+  /** Validates one transmitted chain and forwards its frame. */
+  private transmitChain(): void {
+    const chain = this.chain;
+    const length = chain.readableBytes - NET_HDR_SIZE;
+    if (chain.error !== null || length < MIN_FRAME || length > this.maxFrame) {
+      this.malformed(chain.error ?? `frame of ${length} bytes`);
+      return;
+    }
+    readFromChain(chain, this.bytes, 0, this.header, 0, NET_HDR_SIZE);
+    // flags and gso_type: without CSUM / HOST_TSO* negotiated both must be 0.
+    if (this.header[0] !== 0 || this.header[1] !== 0) {
+      this.malformed(`header flags ${this.header[0]} gso_type ${this.header[1]}`);
+      return;
+    }
+    readFromChain(chain, this.bytes, NET_HDR_SIZE, this.addresses, 0, 12);
+    const n = this.sp.route(this.addresses, 0);
+    for (let t = 0; t < n; t++) this.forwardTo(this.sp.targets[t], length);
+    this.stats.add(NetStat.txPackets, 1);
+    this.stats.add(NetStat.txBytes, length);
+  }
+
+  /** Copies the current chain's frame straight from guest memory into the ring towards `dst`. */
+  private forwardTo(dst: number, length: number): void {
+    const ring = this.sp.out[dst];
+    if (ring === null) return;
+    const at = ring.reserve(length);
+    if (at < 0) return;
+    readFromChain(this.chain, this.bytes, NET_HDR_SIZE, ring.data, at, length);
+    ring.commit(length);
+    this.sp.sent(dst);
+  }
+
+  private malformed(what: string): void {
+    this.stats.add(NetStat.malformed, 1);
+    this.warn(`malformed frame dropped: ${what}`);
+  }
+
+  // --- receive: switch → driver ----------------------------------------------
+
+  /** Delivers frames from every incoming ring until they are empty, buffers run out, or the budget. */
+  private receive(): void {
+    const index = this.rxQueue();
+    const q = index < 0 ? null : this.queues[index];
+    this.sp.beginBatch();
+    this.stats.beginBatch();
+    let delivered = 0;
+    try {
+      for (let src = 0; src < this.sp.ports && delivered < BUDGET; src++) {
+        const ring = this.sp.in[src];
+        if (ring !== null) delivered += this.drainRing(src, ring, q);
+      }
+    } catch (err) {
+      if (q === null) throw err;
+      this.breakQueue(index, q, err);
+    } finally {
+      if (q !== null) {
+        q.vq?.publishUsed();
+        this.flush(index, q);
+      }
+      this.stats.endBatch();
+    }
+    if (delivered >= BUDGET) this.scheduleRx();
+  }
+
+  /** Moves frames from one ring to the driver; returns how many. */
+  private drainRing(src: number, ring: PacketRing, q: QueueState | null): number {
+    let n = 0;
+    for (let length = ring.peek(); length >= 0 && n < BUDGET; length = ring.peek()) {
+      this.sp.learnFrom(src, ring.data, ring.frameOffset);
+      const accepted = this.filter.accepts(ring.data, ring.frameOffset);
+      const result =
+        q === null || !accepted
+          ? BAD_BUFFERS
+          : this.deliver(q, ring.data, ring.frameOffset, length);
+      if (result === NO_BUFFERS) return n;
+      if (q === null) this.stats.add(NetStat.rxDropsDown, 1);
+      else if (!accepted) this.stats.add(NetStat.rxFiltered, 1);
+      ring.release();
+      n++;
+    }
+    return n;
+  }
+
+  private scheduleRx(): void {
+    if (this.rxScheduled) return;
+    this.rxScheduled = true;
+    setImmediate(this.runReceive);
+  }
+
+  /** The receive queue frames go to: the first enabled, unbroken one; -1 when the link is down. */
+  private rxQueue(): number {
+    for (let i = 0; i < this.ctrlIndex; i += 2) {
+      const q = this.queues[i];
+      if (q.vq !== null && q.enabled && !q.broken) return i;
+    }
+    return -1;
+  }
+
+  /**
+   * Writes header + frame into as many receive chains as it takes. Nothing
+   * is published until the whole frame is placed; when buffers run out the
+   * ring is rewound to where the frame started and the frame waits.
+   */
+  private deliver(q: QueueState, data: Uint8Array, offset: number, length: number): number {
+    const vq = q.vq as SplitVirtqueue;
+    const start = vq.lastAvailIdx;
+    let written = 0;
+    let count = 0;
+    while (written < length || count === 0) {
+      if (count === this.rxHeads.length || !vq.pop(this.chain)) {
+        vq.lastAvailIdx = start;
+        return NO_BUFFERS;
+      }
+      const used = this.fillChain(count, data, offset + written, length - written);
+      if (used < 0) return this.dropBadBuffers(q, count);
+      this.rxHeads[count] = this.chain.head;
+      this.rxLens[count] = used;
+      written += count === 0 ? used - NET_HDR_SIZE : used;
+      count++;
+    }
+    this.writeNumBuffers(count);
+    for (let i = 0; i < count; i++) vq.addUsed(this.rxHeads[i], this.rxLens[i]);
+    q.dirty = true;
+    this.stats.add(NetStat.rxPackets, 1);
+    this.stats.add(NetStat.rxBytes, length);
+    return DELIVERED;
+  }
+
+  /** Fills the popped chain; returns the bytes written, or -1 for an unusable chain. */
+  private fillChain(count: number, data: Uint8Array, from: number, left: number): number {
+    const chain = this.chain;
+    if (chain.error !== null || chain.writableBytes === 0) return -1;
+    if (count > 0) return writeToChain(chain, this.bytes, 0, data, from, left);
+    if (chain.writableBytes < NET_HDR_SIZE) return -1;
+    this.header.fill(0);
+    writeToChain(chain, this.bytes, 0, this.header, 0, NET_HDR_SIZE);
+    locateWritable(chain, NET_HDR_NUM_BUFFERS, this.numBuffersAt[0]);
+    locateWritable(chain, NET_HDR_NUM_BUFFERS + 1, this.numBuffersAt[1]);
+    return NET_HDR_SIZE + writeToChain(chain, this.bytes, NET_HDR_SIZE, data, from, left);
+  }
+
+  /** num_buffers (le16) in the first chain's header, which may straddle two buffers. */
+  private writeNumBuffers(count: number): void {
+    const lo = this.numBuffersAt[0];
+    const hi = this.numBuffersAt[1];
+    this.bytes[lo.region][lo.offset] = count & 0xff;
+    this.bytes[hi.region][hi.offset] = count >> 8;
+  }
+
+  /** An unusable receive chain: return it and the frame's earlier chains empty, drop the frame. */
+  private dropBadBuffers(q: QueueState, count: number): number {
+    const vq = q.vq as SplitVirtqueue;
+    for (let i = 0; i < count; i++) vq.addUsed(this.rxHeads[i], 0);
+    vq.addUsed(this.chain.head, 0);
+    q.dirty = true;
+    this.stats.add(NetStat.rxDropsBadBuffers, 1);
+    this.warn(`receive buffer unusable: ${this.chain.error ?? 'too small for the header'}`);
+    return BAD_BUFFERS;
+  }
+
+  // --- common ----------------------------------------------------------------
+
+  /** One interrupt per queue per batch, and only when the driver asked for it (EVENT_IDX). */
+  private flush(index: number, q: QueueState): void {
+    if (q.vq === null) return;
+    if (!q.dirty && index % 2 === 0) return;
+    q.dirty = false;
+    if (q.vq.needsInterrupt()) {
+      this.stats.add(NetStat.interrupts, 1);
+      this.notify(index);
+    }
+  }
+
+  private breakQueue(index: number, q: QueueState, err: unknown): void {
+    if (!(err instanceof QueueBrokenError)) throw err;
+    q.broken = true;
+    this.stats.add(NetStat.brokenQueues, 1);
+    this.warn(`queue ${index} stopped: ${err.message} (${err.code})`);
+  }
+
+  private queue(index: number): QueueState {
+    const q = this.queues[index];
+    if (q === undefined)
+      throw new RangeError(`queue index ${index} is outside 0..${this.queues.length - 1}`);
+    return q;
+  }
+}

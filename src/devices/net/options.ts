@@ -1,0 +1,46 @@
+/** Options of the network switch's ports, as the CLI and embedders give them. */
+
+import type { SwitchPortInit } from '../../net/switch-port.js';
+import type { RtOptions } from '../../rt/index.js';
+
+/** One port: a vhost-user virtio-net device, or a TAP device. */
+export type NetPortSpec =
+  | { kind: 'vhost-user'; socketPath: string; mac: Uint8Array }
+  | { kind: 'tap'; name: string };
+
+/** Switch-wide options. */
+export interface NetOptions {
+  /** Queue pairs per vhost-user port, 1..16. */
+  queuePairs: number;
+  /** Largest ring size a front end may ask for (power of two, 4..1024). */
+  queueSize: number;
+  /** Data bytes of each port-to-port packet ring (power of two). */
+  ringBytes: number;
+  ageingMs: number;
+  macCapacity: number;
+  rt: RtOptions;
+}
+
+/** What one port worker is started with. */
+export interface NetWorkerInit {
+  spec: NetPortSpec;
+  options: NetOptions;
+  switchPort: SwitchPortInit;
+  statsBuffer: SharedArrayBuffer;
+}
+
+/** Checks the numbers; throws RangeError naming the option. */
+export function validateNetOptions(o: NetOptions): void {
+  if (!Number.isInteger(o.queuePairs) || o.queuePairs < 1 || o.queuePairs > 16) {
+    throw new RangeError(`--queues ${o.queuePairs}: must be an integer in 1..16`);
+  }
+  const q = o.queueSize;
+  if (!Number.isInteger(q) || q < 4 || q > 1024 || (q & (q - 1)) !== 0) {
+    throw new RangeError(`--queue-size ${q}: must be a power of two in 4..1024`);
+  }
+  const r = o.ringBytes;
+  if (!Number.isInteger(r) || r < 65536 || r > 2 ** 28 || (r & (r - 1)) !== 0) {
+    throw new RangeError(`--ring-bytes ${r}: must be a power of two in 64 KiB..256 MiB`);
+  }
+  if (!(o.ageingMs > 0)) throw new RangeError(`--ageing-ms ${o.ageingMs}: must be > 0`);
+}

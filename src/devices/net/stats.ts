@@ -1,0 +1,30 @@
+/** Names of the per-port counters a net port worker keeps in shared memory. */
+export const NET_STAT_NAMES = [
+  /** Frames and bytes the port's peer sent into the switch. */
+  'txPackets',
+  'txBytes',
+  /** Frames and bytes the switch delivered to the port's peer. */
+  'rxPackets',
+  'rxBytes',
+  'kicks',
+  'interrupts',
+  /** Frames from the peer dropped as malformed (short, too long, bad header, bad chain). */
+  'malformed',
+  /** Frames for the peer dropped because it had no enabled receive queue (link down). */
+  'rxDropsDown',
+  /** Frames for the peer dropped because its receive buffers were unusable. */
+  'rxDropsBadBuffers',
+  /** Frames the peer could not take (TAP queue full). */
+  'rxDropsFull',
+  /** Frames for the peer its receive filter refused (control queue RX mode / MAC table). */
+  'rxFiltered',
+  /** Control-queue commands handled, and those answered with an error. */
+  'ctrlCommands',
+  'ctrlErrors',
+  'brokenQueues',
+] as const;
+
+/** Index of each counter in {@link NET_STAT_NAMES}. */
+export const NetStat = Object.fromEntries(NET_STAT_NAMES.map((name, i) => [name, i])) as {
+  readonly [K in (typeof NET_STAT_NAMES)[number]]: number;
+};

@@ -1,0 +1,211 @@
+/**
+ * A lock-free single-producer / single-consumer ring of Ethernet frames in a
+ * SharedArrayBuffer: how a frame crosses from one switch port's worker thread
+ * to another's. The switch keeps one ring per ordered pair of ports
+ * (source → destination), so every ring has exactly one writer thread (the
+ * source port) and one reader thread (the destination port) and needs no lock.
+ *
+ * Records are `[u32 length][frame, padded to 4 bytes]` and never wrap: when a
+ * record does not fit before the end of the data area, the producer writes a
+ * WRAP marker and starts again at offset 0. A frame is therefore always
+ * contiguous, so the consumer copies it straight into guest memory (or hands
+ * it to writev) with no staging copy, and the producer copies a frame straight
+ * out of guest memory into {@link PacketRing.data}.
+ *
+ * Indexes are free-running u32 byte counts (HEAD written only by the
+ * producer, TAIL only by the consumer); the capacity is a power of two, so
+ * `index & mask` is the position and the u32 wrap-around is exact.
+ *
+ * A full ring drops the frame on the producer side and counts it in DROPS
+ * (producer-written): a stalled consumer loses its own traffic and never
+ * blocks the port that sends to it.
+ */
+import { VhostRtError } from '../errors.js';
+
+/** Int32 slots of the ring header. */
+export const PACKET_RING = {
+  /** Producer's free-running byte index. */
+  HEAD: 0,
+  /** Consumer's free-running byte index. */
+  TAIL: 1,
+  /** Frames the producer dropped because the ring was full. */
+  DROPS: 2,
+  /** Data-area size in bytes. */
+  CAPACITY: 3,
+  /** PACKET_RING_MAGIC once initialised. */
+  MAGIC: 4,
+} as const;
+
+/** Bytes before the data area (a multiple of 8, room for the slots above). */
+export const PACKET_RING_HEADER_BYTES = 32;
+const MAGIC = 0x706b7472; // 'pktr'
+/** Length word of a record that only says "continue at offset 0". */
+const WRAP = 0xffffffff;
+const RECORD_HEADER = 4;
+
+/** Errors of the packet ring; `code` is stable. */
+export class PacketRingError extends VhostRtError {}
+
+function align4(n: number): number {
+  return (n + 3) & ~3;
+}
+
+/** One ring; each thread holds its own handle on the shared buffer. */
+export class PacketRing {
+  /** The data area: frames live at `data[frameOffset, frameOffset + length)`. */
+  readonly data: Uint8Array;
+  readonly capacity: number;
+  private readonly header: Int32Array;
+  private readonly words: DataView;
+  private readonly mask: number;
+  /** Producer: reservation in progress (position of its length word), -1 none. */
+  private reservedPos = -1;
+  private reservedAdvance = 0;
+  /** Consumer: where the frame returned by {@link peek} starts, and its record size. */
+  frameOffset = 0;
+  private peekedAdvance = 0;
+
+  private constructor(readonly buffer: SharedArrayBuffer) {
+    this.header = new Int32Array(buffer, 0, PACKET_RING_HEADER_BYTES / 4);
+    this.capacity = this.header[PACKET_RING.CAPACITY];
+    this.mask = this.capacity - 1;
+    this.data = new Uint8Array(buffer, PACKET_RING_HEADER_BYTES, this.capacity);
+    this.words = new DataView(buffer, PACKET_RING_HEADER_BYTES, this.capacity);
+  }
+
+  /** A new empty ring with `capacity` data bytes: a power of two in 4 KiB..256 MiB. */
+  static create(capacity: number): PacketRing {
+    if (!Number.isInteger(capacity) || capacity < 4096 || capacity > 2 ** 28) {
+      throw new RangeError(`PacketRing capacity ${capacity} must be an integer in 4096..2^28`);
+    }
+    if ((capacity & (capacity - 1)) !== 0) {
+      throw new RangeError(`PacketRing capacity ${capacity} must be a power of two`);
+    }
+    const buffer = new SharedArrayBuffer(PACKET_RING_HEADER_BYTES + capacity);
+    const header = new Int32Array(buffer, 0, PACKET_RING_HEADER_BYTES / 4);
+    header[PACKET_RING.CAPACITY] = capacity;
+    // Plain stores: the buffer reaches another thread only through
+    // postMessage, which orders them before the receiver's attach().
+    header[PACKET_RING.MAGIC] = MAGIC;
+    return new PacketRing(buffer);
+  }
+
+  /** A handle on a ring created by {@link create} (in this or another thread). */
+  static attach(buffer: SharedArrayBuffer): PacketRing {
+    if (!(buffer instanceof SharedArrayBuffer) || buffer.byteLength < PACKET_RING_HEADER_BYTES) {
+      throw new PacketRingError('PACKET_RING_BAD_LAYOUT', 'not a packet ring buffer');
+    }
+    const header = new Int32Array(buffer, 0, PACKET_RING_HEADER_BYTES / 4);
+    const capacity = header[PACKET_RING.CAPACITY];
+    if (
+      header[PACKET_RING.MAGIC] !== MAGIC ||
+      buffer.byteLength !== PACKET_RING_HEADER_BYTES + capacity
+    ) {
+      throw new PacketRingError('PACKET_RING_BAD_LAYOUT', 'packet ring header is inconsistent');
+    }
+    return new PacketRing(buffer);
+  }
+
+  /** Largest frame a ring of this capacity can take. */
+  get maxFrame(): number {
+    return this.capacity / 4;
+  }
+
+  /** Frames dropped because the ring was full (any thread; a snapshot). */
+  get drops(): number {
+    // Pairs with the producer's store in reserve(): a statistic, no data depends on it.
+    return Atomics.load(this.header, PACKET_RING.DROPS) >>> 0;
+  }
+
+  /** Bytes in use (any thread; a snapshot). */
+  get fill(): number {
+    // Two loads, each of the other side's published index: a snapshot only.
+    return (
+      (Atomics.load(this.header, PACKET_RING.HEAD) -
+        Atomics.load(this.header, PACKET_RING.TAIL)) >>>
+      0
+    );
+  }
+
+  /**
+   * Producer: reserves room for a frame of `length` bytes and returns the
+   * offset in {@link data} to copy it to, or -1 when the ring is full (the
+   * drop is counted). Follow with {@link commit}.
+   */
+  reserve(length: number): number {
+    if (length > this.maxFrame || length < 0) return this.drop();
+    // Our own index: current without synchronisation beyond program order.
+    const head = Atomics.load(this.header, PACKET_RING.HEAD);
+    // Acquire: the consumer finished reading every byte before TAIL ahead of
+    // its seq-cst store in release(), so that space is really free.
+    const used = (head - Atomics.load(this.header, PACKET_RING.TAIL)) >>> 0;
+    const pos = head & this.mask;
+    const record = RECORD_HEADER + align4(length);
+    const pad = pos + record > this.capacity ? this.capacity - pos : 0;
+    if (used + pad + record > this.capacity) return this.drop();
+    if (pad > 0) this.words.setUint32(pos, WRAP, true);
+    const at = pad > 0 ? 0 : pos;
+    this.reservedPos = at;
+    this.reservedAdvance = pad + record;
+    return at + RECORD_HEADER;
+  }
+
+  /** Producer: publishes the frame reserved last, `length` bytes long. */
+  commit(length: number): void {
+    if (this.reservedPos < 0) {
+      throw new PacketRingError('PACKET_RING_NO_RESERVATION', 'commit without reserve');
+    }
+    this.words.setUint32(this.reservedPos, length, true);
+    const head = Atomics.load(this.header, PACKET_RING.HEAD);
+    // Release: the frame bytes, its length word and any WRAP marker were
+    // written above, before this seq-cst store; the consumer's load of HEAD
+    // in peek() that sees it therefore sees them.
+    Atomics.store(this.header, PACKET_RING.HEAD, (head + this.reservedAdvance) | 0);
+    this.reservedPos = -1;
+  }
+
+  private drop(): number {
+    // Producer-only counter: load+store cannot race with another writer.
+    // The store publishes the count to readers of `drops`.
+    Atomics.store(
+      this.header,
+      PACKET_RING.DROPS,
+      (Atomics.load(this.header, PACKET_RING.DROPS) + 1) | 0,
+    );
+    return -1;
+  }
+
+  /**
+   * Consumer: the length of the oldest frame (it starts at
+   * {@link frameOffset}), or -1 when the ring is empty. The frame stays until
+   * {@link release}.
+   */
+  peek(): number {
+    // Acquire: pairs with the seq-cst store of HEAD in commit(); every record
+    // before that index is fully written.
+    const head = Atomics.load(this.header, PACKET_RING.HEAD);
+    let tail = Atomics.load(this.header, PACKET_RING.TAIL); // our own index
+    if (head === tail) return -1;
+    let pos = tail & this.mask;
+    let length = this.words.getUint32(pos, true);
+    let skip = 0;
+    if (length === WRAP) {
+      skip = this.capacity - pos;
+      tail = (tail + skip) | 0;
+      pos = 0;
+      length = this.words.getUint32(0, true);
+    }
+    this.frameOffset = pos + RECORD_HEADER;
+    this.peekedAdvance = skip + RECORD_HEADER + align4(length);
+    return length;
+  }
+
+  /** Consumer: frees the frame returned by the last {@link peek}. */
+  release(): void {
+    const tail = Atomics.load(this.header, PACKET_RING.TAIL);
+    // Release: our reads of the frame happen before this seq-cst store; the
+    // producer reuses the space only after its load of TAIL in reserve() sees it.
+    Atomics.store(this.header, PACKET_RING.TAIL, (tail + this.peekedAdvance) | 0);
+    this.peekedAdvance = 0;
+  }
+}
