@@ -91,7 +91,18 @@ function newVring(): Vring {
   };
 }
 
-interface MappedRegion extends MemoryRegion {}
+interface MappedRegion extends MemoryRegion {
+  /**
+   * How many ADD_MEM_REG messages announced this very region: QEMU drives a
+   * multi-queue-pair net device as one vhost device per pair over one socket,
+   * and each adds the same regions. REM_MEM_REG unmaps on the last removal.
+   */
+  refs: number;
+}
+
+function sameRegion(a: MemRegionWire, b: MemRegionWire): boolean {
+  return a.guestPhysAddr === b.guestPhysAddr && a.size === b.size && a.userAddr === b.userAddr;
+}
 
 export class VhostUserBackend {
   private features = 0n;
@@ -219,6 +230,11 @@ export class VhostUserBackend {
   private async addMemReg(msg: IncomingMessage): Promise<undefined> {
     const r = decodeMemRegion(msg.payload);
     expectFds(msg, 1, 'ADD_MEM_REG');
+    const known = this.regions.find((m) => sameRegion(m, r));
+    if (known !== undefined) {
+      known.refs++;
+      return undefined; // the fd is closed with the message's other unused fds
+    }
     if (this.regions.length >= MAX_MEM_SLOTS) {
       throw new RequestError('VHOST_USER_NO_SLOT', `all ${MAX_MEM_SLOTS} memory slots are in use`);
     }
@@ -230,17 +246,15 @@ export class VhostUserBackend {
 
   private async remMemReg(msg: IncomingMessage): Promise<undefined> {
     const r = decodeMemRegion(msg.payload);
-    const keep = this.regions.filter(
-      (m) =>
-        !(m.guestPhysAddr === r.guestPhysAddr && m.size === r.size && m.userAddr === r.userAddr),
-    );
-    if (keep.length === this.regions.length) {
+    const known = this.regions.find((m) => sameRegion(m, r));
+    if (known === undefined) {
       throw new RequestError(
         'VHOST_USER_NO_REGION',
         `no region at guest address 0x${r.guestPhysAddr.toString(16)}`,
       );
     }
-    await this.installRegions(keep);
+    if (--known.refs > 0) return undefined;
+    await this.installRegions(this.regions.filter((m) => m !== known));
     return undefined;
   }
 
@@ -496,7 +510,7 @@ function mapRegion(r: MemRegionWire, fd: number): MappedRegion {
   if (r.size <= 0) throw new RequestError('VHOST_USER_BAD_VALUE', 'memory region of size 0');
   try {
     const buffer = native.mmapShared(fd, r.mmapOffset + r.size, 0);
-    return { ...r, buffer };
+    return { ...r, buffer, refs: 1 };
   } finally {
     native.close(fd);
   }
