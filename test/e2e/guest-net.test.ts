@@ -40,24 +40,26 @@ function writeInitrd(path: string, script: string): void {
   appendFileSync(path, Buffer.concat([pad, gzipSync(run)]));
 }
 
-/** Boots a guest with one vhost-user NIC on `socket` running `script`. */
-function boot(name: string, socket: string, mac: string, script: string): Guest {
+/** Boots a guest with one vhost-user NIC (`pairs` queue pairs) on `socket` running `script`. */
+function boot(name: string, socket: string, mac: string, script: string, pairs = 1): Guest {
   const initrd = join(dir, `${name}.initrd`);
   writeInitrd(initrd, script);
   const args = guestQemuArgs(
     {
       script,
       memMb: 256,
+      // Linux uses min(queue pairs, online CPUs) pairs.
+      cpus: pairs,
       extraArgs: [
         '-chardev',
         `socket,id=n0,path=${socket},reconnect=1`,
         '-netdev',
-        'vhost-user,id=n0,chardev=n0',
+        pairs > 1 ? `vhost-user,id=n0,chardev=n0,queues=${pairs}` : 'vhost-user,id=n0,chardev=n0',
         '-device',
         // vectors=0 (INTx): QEMU 7.2 under TCG segfaults in virtio_pci_vector_unmask when
         // a vhost-backed virtio-net unmasks its MSI-X vectors (no irqfd), whatever the
         // back end; INTx avoids that path. romfile= skips the unused iPXE ROM.
-        `virtio-net-pci,netdev=n0,mac=${mac},romfile=,vectors=0`,
+        `virtio-net-pci,netdev=n0,mac=${mac},romfile=,vectors=0${pairs > 1 ? ',mq=on' : ''}`,
       ],
     },
     initrd,
@@ -188,6 +190,40 @@ sleep 600
     // Real Linux guests never send a frame the switch must call malformed.
     expect(stats?.log).not.toMatch(/malformed=[1-9]/);
   }, 300_000);
+});
+
+describe('two guests with two queue pairs each', () => {
+  it('negotiate multiqueue with QEMU (one vhost device per pair on one socket) and ping both ways', async () => {
+    const sa = join(dir, 'mq-a.sock');
+    const sb = join(dir, 'mq-b.sock');
+    const mq = await startDaemon([
+      'net',
+      '--socket-path',
+      sa,
+      '--socket-path',
+      sb,
+      '--queues',
+      '2',
+    ]);
+    try {
+      const script = (me: string, peer: string, tag: string) => `${netUp(me)}
+echo "${tag}_QUEUES $(ls -d /sys/class/net/eth0/queues/rx-* | wc -l)"
+${waitPeer(peer)}
+ping -c 5 -i 0.2 ${peer} | grep -o '[0-9]*% packet loss' | sed 's/^/${tag}_LOSS /'
+sleep 600
+`;
+      const a = boot('mqa', sa, MAC_A, script(IP_A, IP_B, 'MQA'), 2);
+      const b = boot('mqb', sb, MAC_B, script(IP_B, IP_A, 'MQB'), 2);
+      guests.push(a, b);
+      expect((await a.waitFor(/MQA_QUEUES (\d+)/, 90_000))[1]).toBe('2');
+      expect((await a.waitFor(/MQA_LOSS (\d+)%/, 90_000))[1]).toBe('0');
+      expect((await b.waitFor(/MQB_LOSS (\d+)%/, 60_000))[1]).toBe('0');
+      await Promise.all([kill(a), kill(b)]);
+    } finally {
+      await mq.stop();
+    }
+    expect(mq.log()).not.toMatch(/ADD_MEM_REG|GUEST_MEM_OVERLAP/);
+  }, 240_000);
 });
 
 describe('a guest and the host through the TAP uplink', () => {
