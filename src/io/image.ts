@@ -3,7 +3,7 @@
  * allowed, a buffered descriptor beside it for requests whose buffers O_DIRECT
  * cannot take (misaligned guest memory), and the size.
  */
-import { closeSync, constants, fstatSync, openSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
 import { ConfigError } from '../errors.js';
 import { native } from '../native.js';
 
@@ -27,6 +27,16 @@ function openOrExplain(path: string, flags: number): number {
   }
 }
 
+/**
+ * fstat reports 0 bytes for a block device; sysfs knows its size in 512-byte
+ * sectors (whatever its logical block size).
+ */
+function blockDeviceBytes(rdev: number): number {
+  const major = (rdev >>> 8) & 0xfff;
+  const minor = (rdev & 0xff) | ((rdev >>> 12) & 0xfff00);
+  return Number(readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'utf8').trim()) * 512;
+}
+
 /** Opens `path`; refuses anything but a regular file or block device. */
 export function openImage(
   path: string,
@@ -41,15 +51,15 @@ export function openImage(
     closeSync(bufferedFd);
     throw new ConfigError(`--image ${path}: not a regular file or block device`);
   }
-  if (!direct)
-    return { fd: bufferedFd, bufferedFd, direct: false, sizeBytes: st.size, alignment: 1 };
+  const size = st.isBlockDevice() ? blockDeviceBytes(st.rdev) : st.size;
+  if (!direct) return { fd: bufferedFd, bufferedFd, direct: false, sizeBytes: size, alignment: 1 };
   try {
     const fd = openSync(path, access | native.constants.O_DIRECT);
-    return { fd, bufferedFd, direct: true, sizeBytes: st.size, alignment: native.blockSize(fd) };
+    return { fd, bufferedFd, direct: true, sizeBytes: size, alignment: native.blockSize(fd) };
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
     warn(`--image ${path}: O_DIRECT refused (${code}); falling back to buffered I/O`);
-    return { fd: bufferedFd, bufferedFd, direct: false, sizeBytes: st.size, alignment: 1 };
+    return { fd: bufferedFd, bufferedFd, direct: false, sizeBytes: size, alignment: 1 };
   }
 }
 

@@ -176,6 +176,30 @@ describe('vhost-rt blk lifecycle', () => {
     expect(code).toBe(0);
   });
 
+  it('serves a block device with its real size (a loop device)', async () => {
+    const backing = join(dir, 'loop-backing.img');
+    writeFileSync(backing, Buffer.alloc(8 * 1024 * 1024, 0x42));
+    const loop = spawnSync('losetup', ['--find', '--show', backing], { encoding: 'utf8' });
+    expect(loop.status, loop.stderr).toBe(0);
+    const dev = loop.stdout.trim();
+    const socket = join(dir, 'loop.sock');
+    try {
+      const daemon = await startDaemon(['blk', '--socket-path', socket, '--image', dev]);
+      const driver = await BlkDriver.create({ socketPath: socket });
+      try {
+        expect(driver.config.capacity).toBe(BigInt((8 * 1024 * 1024) / 512));
+        const back = await driver.read(100, 4096);
+        expect(back.status).toBe(BlkStatus.OK);
+        expect(back.data?.every((b) => b === 0x42)).toBe(true);
+      } finally {
+        await driver.close();
+        await daemon.stop();
+      }
+    } finally {
+      spawnSync('losetup', ['-d', dev]);
+    }
+  });
+
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     it(`completes, prints its counters and removes its socket on ${signal}`, async () => {
       const socket = join(dir, `${signal}.sock`);
