@@ -10,6 +10,7 @@
 #include "args.h"
 #include "errors.h"
 #include "modules.h"
+#include "v8_bridge.h"
 
 namespace vhost_rt {
 
@@ -100,6 +101,22 @@ static Napi::Value Munlockall(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// Locks the pages of one SharedArrayBuffer (guest RAM) into memory. The JS
+// heap itself is never locked: V8 returns freed heap pages with
+// madvise(MADV_DONTNEED), which fails on locked pages, and V8 aborts on that.
+// Invariant: the buffer's backing store is alive for the whole call (the JS
+// value holds it); the lock ends by itself when the mapping is unmapped.
+static Napi::Value MlockBuffer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  v8::Local<v8::Value> v = ToV8(info[0]);
+  if (!v->IsSharedArrayBuffer()) ThrowTypeError(env, "buffer must be a SharedArrayBuffer");
+  std::shared_ptr<v8::BackingStore> store = v.As<v8::SharedArrayBuffer>()->GetBackingStore();
+  if (store->ByteLength() > 0 && mlock(store->Data(), store->ByteLength()) < 0) {
+    ThrowErrno(env, "mlock", errno);
+  }
+  return env.Undefined();
+}
+
 void InitRt(Napi::Env env, Napi::Object exports) {
   Export(env, exports, "gettid", Gettid);
   Export(env, exports, "schedSetScheduler", SchedSetScheduler);
@@ -109,6 +126,7 @@ void InitRt(Napi::Env env, Napi::Object exports) {
   Export(env, exports, "schedGetAffinity", SchedGetAffinity);
   Export(env, exports, "setNice", SetNice);
   Export(env, exports, "mlockall", Mlockall);
+  Export(env, exports, "mlockBuffer", MlockBuffer);
   Export(env, exports, "munlockall", Munlockall);
 }
 

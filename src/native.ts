@@ -193,6 +193,11 @@ export interface NativeBinding {
    * is locked, so whoever called mlockall calls this before any thread ends.
    */
   munlockall(): void;
+  /**
+   * mlock of one SharedArrayBuffer's pages (guest RAM). Unlike mlockall this
+   * leaves the JS heap alone, which V8 must be able to madvise away.
+   */
+  mlockBuffer(buffer: SharedArrayBuffer): void;
 
   // --- io_uring (issue 3) ---
   /**

@@ -12,7 +12,6 @@ import {
   validateAioThreads,
   validateEngineOptions,
 } from '../io/index.js';
-import { unlockMemory } from '../rt/index.js';
 import { VhostUserServer } from '../vhost-user/server.js';
 import type { CliCommand } from './command.js';
 import {
@@ -173,8 +172,6 @@ async function run(argv: string[]): Promise<number> {
     return 0;
   }
   const log = stderrLogger('vhost-rt[blk]', plan.quiet);
-  // mlockall is process-wide and V8 aborts when a thread ends with memory locked: unlock on the way out.
-  if (plan.devices.some((d) => d.spec.rt.mlock)) process.once('exit', unlockMemory);
   const set = await BlkDeviceSet.start(
     plan.devices.map((d) => d.spec),
     plan.singleThread,

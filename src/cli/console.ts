@@ -7,7 +7,6 @@ import { ConsoleService, type ConsoleSpec } from '../devices/console/host.js';
 import type { ConsolePortOptions } from '../devices/console/options.js';
 import { ConfigError } from '../errors.js';
 import { describeSink, parseRingPolicy } from '../logger/index.js';
-import { unlockMemory } from '../rt/index.js';
 import { VhostUserServer } from '../vhost-user/server.js';
 import type { CliCommand } from './command.js';
 import {
@@ -134,7 +133,6 @@ async function run(argv: string[]): Promise<number> {
     return 0;
   }
   const log = stderrLogger('vhost-rt[console]', spec.quiet);
-  if (spec.rt.mlock) process.once('exit', unlockMemory);
   const service = await ConsoleService.start(spec, log);
   let server: VhostUserServer;
   try {

@@ -55,7 +55,8 @@ export const RT_HELP = `Real-time options (apply to the device's worker thread):
   --rt-policy POLICY   scheduling policy: fifo, rr, other, batch or idle
   --rt-priority N      priority for fifo/rr, 1..99
   --cpus LIST          CPU affinity, e.g. 0 or 0-1,3
-  --mlock              lock all current and future memory (mlockall)
+  --mlock              lock the guest RAM this device serves (mlock), so the data
+                       path never page-faults on it
 `;
 
 /** Reads the RT flags out of parsed values; a value the kernel would refuse is caught later, naming the flag. */

@@ -3,7 +3,8 @@ import type { Logger } from '../vhost-user/connection.js';
 
 export function stderrLogger(prefix: string, quiet = false): Logger {
   return (level, message) => {
-    if (quiet && level === 'info') return;
+    // --quiet keeps the ready line: scripts wait for it.
+    if (quiet && level === 'info' && !message.startsWith('ready')) return;
     process.stderr.write(`${new Date().toISOString()} ${prefix} ${level}: ${message}\n`);
   };
 }

@@ -8,7 +8,6 @@ import type { NetOptions, NetPortSpec } from '../devices/net/options.js';
 import { ConfigError } from '../errors.js';
 import { parseMac } from '../net/mac-table.js';
 import { DEFAULT_AGEING_MS, DEFAULT_MAC_CAPACITY } from '../net/switch-port.js';
-import { unlockMemory } from '../rt/index.js';
 import { VhostUserServer } from '../vhost-user/server.js';
 import type { CliCommand } from './command.js';
 import {
@@ -130,8 +129,6 @@ async function run(argv: string[]): Promise<number> {
     return 0;
   }
   const log = stderrLogger('vhost-rt[net]', plan.quiet);
-  // mlockall is process-wide and V8 aborts when a thread ends with memory locked: unlock on the way out.
-  if (plan.options.rt.mlock) process.once('exit', unlockMemory);
   const sw = await NetSwitch.start(plan.ports, plan.options, log);
   const servers: VhostUserServer[] = [];
   try {

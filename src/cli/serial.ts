@@ -14,7 +14,6 @@ import {
   parseSinkSpec,
   type SinkSpec,
 } from '../logger/index.js';
-import { unlockMemory } from '../rt/index.js';
 import type { CliCommand } from './command.js';
 import {
   type FlagValues,
@@ -148,7 +147,6 @@ async function run(argv: string[]): Promise<number> {
     return 0;
   }
   const log = stderrLogger('vhost-rt[serial]', spec.quiet);
-  if (spec.rt.mlock) process.once('exit', unlockMemory);
   const service = await SerialService.start(spec, log);
   const t = service.thread;
   const lt = service.loggerThread;

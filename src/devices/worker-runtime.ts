@@ -6,6 +6,7 @@
 import { parentPort } from 'node:worker_threads';
 import { VhostRtError } from '../errors.js';
 import { type FdWatcher, native, POLL_READABLE } from '../native.js';
+import { guestMemoryLockRequested, lockGuestMemory } from '../rt/index.js';
 import {
   GuestMemory,
   type MemoryRegion,
@@ -219,8 +220,11 @@ export class DeviceRuntime {
   }
 
   private setMemory(regions: MemoryRegion[]): number {
-    this.memory = new GuestMemory(regions);
-    this.device.setMemory(this.memory);
+    const memory = new GuestMemory(regions);
+    // --mlock: fault guest RAM in and pin it now, on the control path, so no request ever waits on it.
+    if (guestMemoryLockRequested()) lockGuestMemory(memory.buffers);
+    this.memory = memory;
+    this.device.setMemory(memory);
     return 0;
   }
 

@@ -30,6 +30,8 @@ export type BackgroundMode = 'idle' | 'nice';
 export const BACKGROUND_NICE = 19;
 /** Per thread (module state is per isolate): the 'exit' listener of lockMemory is registered. */
 let unlockOnExitInstalled = false;
+/** Per thread: --mlock was asked for, so the guest RAM this thread serves gets locked. */
+let guestMemoryLock = false;
 /** sched_getscheduler may report this flag OR-ed into the policy. */
 const SCHED_RESET_ON_FORK = 0x40000000;
 /** SCHED_DEADLINE, which this project never sets but may find on a thread. */
@@ -37,11 +39,14 @@ const SCHED_DEADLINE = 6;
 
 /**
  * Validates `o` and applies it to the calling thread: affinity first (so the
- * thread is on its CPUs before it may outrank anything there), then
- * {@link lockMemory} (its page faults taken at normal priority; read its
- * hazard note), then the scheduling policy. `mlock: false` does not unlock:
- * the lock is process-wide and another device may want it. Returns the
- * thread's resulting state.
+ * thread is on its CPUs before it may outrank anything there), then the
+ * scheduling policy. `mlock` is recorded: the device runtime of this thread
+ * then locks every guest-memory region it is given ({@link lockGuestMemory}),
+ * so the data path never page-faults on guest RAM. The process is NOT
+ * mlockall'ed: V8 returns freed heap pages with madvise(MADV_DONTNEED),
+ * which fails on locked pages, and V8 aborts the process on that failure
+ * (seen here under load: a crash in the sweeper's DiscardUnusedMemory).
+ * Returns the thread's resulting state.
  * A refusal by the kernel throws a {@link ConfigError} naming the option, with
  * the {@link SystemError} as `cause`.
  */
@@ -52,7 +57,7 @@ export function applyRtOptions(o: RtOptions): ThreadRtState {
     const what = `${RT_FLAGS.cpus} ${cpus.join(',')}`;
     kernel(what, 'sched_setaffinity', () => native.schedSetAffinity(0, cpus));
   }
-  if (v.mlock === true) lockMemory();
+  if (v.mlock === true) guestMemoryLock = true;
   const policy = v.policy;
   if (policy !== undefined) {
     const what = `${RT_FLAGS.policy} ${policy}`;
@@ -62,7 +67,23 @@ export function applyRtOptions(o: RtOptions): ThreadRtState {
   return describeThread();
 }
 
+/** Whether this thread was asked (--mlock) to lock the guest memory it serves. */
+export function guestMemoryLockRequested(): boolean {
+  return guestMemoryLock;
+}
+
 /**
+ * Locks the pages of each buffer (guest RAM regions) into memory. A refusal
+ * (RLIMIT_MEMLOCK without CAP_IPC_LOCK, say) is a ConfigError naming --mlock.
+ */
+export function lockGuestMemory(buffers: readonly SharedArrayBuffer[]): void {
+  for (const b of buffers) kernel(RT_FLAGS.mlock, 'mlock', () => native.mlockBuffer(b));
+}
+
+/**
+ * Not used by the daemon (see {@link applyRtOptions}); kept for embedders
+ * that run no JavaScript on the locked process's hot threads.
+ *
  * mlockall(MCL_CURRENT | MCL_FUTURE): every page of the process, now and
  * later, stays in RAM, so no thread stalls on a page fault. Process-wide.
  *

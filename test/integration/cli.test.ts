@@ -4,7 +4,7 @@
  * and a clean shutdown on SIGINT/SIGTERM that removes the socket.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -172,6 +172,14 @@ describe('vhost-rt blk lifecycle', () => {
     expect(mainPolicy).toMatch(/SCHED_OTHER/);
     const workerPolicy = spawnSync('chrt', ['-p', ready![1]], { encoding: 'utf8' }).stdout;
     expect(workerPolicy).toMatch(/SCHED_FIFO/);
+    // --mlock pins the guest RAM a front end hands over (not the JS heap: V8 cannot run locked).
+    const lockedKb = () =>
+      Number(/VmLck:\s+(\d+)/.exec(readFileSync(`/proc/${daemon.proc.pid}/status`, 'utf8'))?.[1]);
+    expect(lockedKb()).toBe(0);
+    const driver = await BlkDriver.create({ socketPath: socket });
+    expect((await driver.read(0, 4096)).status).toBe(BlkStatus.OK);
+    expect(lockedKb()).toBeGreaterThanOrEqual(32 * 1024);
+    await driver.close();
     const { code } = await daemon.stop('SIGTERM');
     expect(code).toBe(0);
   });
