@@ -13,7 +13,7 @@
 
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
-import { appendFile, copyFile, mkdtemp, rm } from 'node:fs/promises';
+import { appendFile, copyFile, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -42,6 +42,22 @@ export interface GuestOptions {
   extraArgs?: string[];
   /** Virtual CPUs; default 1. */
   cpus?: number;
+  /**
+   * Extra host files copied into the guest's root file system (e.g. a program and its shared
+   * libraries), in an uncompressed archive appended to the per-run initramfs. Parent
+   * directories are created. Default: none (the initramfs is exactly as without this option).
+   */
+  files?: GuestFile[];
+}
+
+/** A host file to put into the guest. */
+export interface GuestFile {
+  /** Path on the host (read at boot time; symlinks are followed). */
+  source: string;
+  /** Absolute path inside the guest, e.g. /opt/fio/bin/fio. */
+  path: string;
+  /** Permission bits; default 0o755. */
+  mode?: number;
 }
 
 /** Outcome of a guest run that reached the end of its script. */
@@ -188,8 +204,24 @@ export function newcArchive(entries: readonly CpioEntry[]): Buffer {
   return Buffer.concat(parts);
 }
 
+/** newc entries for `files` and every parent directory they need (parents first). */
+export async function guestFileEntries(files: readonly GuestFile[]): Promise<CpioEntry[]> {
+  const dirs = new Set<string>();
+  const entries: CpioEntry[] = [];
+  for (const f of files) {
+    const parts = f.path.replace(/^\/+/, '').split('/');
+    for (let i = 1; i < parts.length; i++) dirs.add(parts.slice(0, i).join('/'));
+    const data = await readFile(f.source);
+    entries.push({ name: parts.join('/'), mode: 0o100000 | (f.mode ?? 0o755), data });
+  }
+  const dirEntries = [...dirs]
+    .sort()
+    .map((name) => ({ name, mode: 0o40755, data: Buffer.alloc(0) }));
+  return [...dirEntries, ...entries];
+}
+
 /** Writes base initramfs + (aligned) gzip'd archive holding /run.sh into `path`. */
-async function writeInitrd(path: string, script: string): Promise<void> {
+async function writeInitrd(path: string, script: string, files?: GuestFile[]): Promise<void> {
   const base = join(guestImageDir(), 'initramfs.cpio.gz');
   await copyFile(base, path);
   const run = newcArchive([{ name: 'run.sh', mode: 0o100755, data: Buffer.from(script) }]);
@@ -197,6 +229,14 @@ async function writeInitrd(path: string, script: string): Promise<void> {
   const baseSize = statSync(base).size;
   const pad = Buffer.alloc((4 - (baseSize % 4)) % 4);
   await appendFile(path, Buffer.concat([pad, gzipSync(run)]));
+  if (files && files.length > 0) await appendFiles(path, files);
+}
+
+/** Appends `files` as an uncompressed archive at a 4-byte boundary (big binaries gzip slowly). */
+async function appendFiles(path: string, files: GuestFile[]): Promise<void> {
+  const archive = newcArchive(await guestFileEntries(files));
+  const pad = Buffer.alloc((4 - (statSync(path).size % 4)) % 4);
+  await appendFile(path, Buffer.concat([pad, archive]));
 }
 
 /** QEMU's option parser treats ',' as a separator; ',,' is a literal comma. */
@@ -333,7 +373,7 @@ export async function runGuest(options: GuestOptions): Promise<GuestResult> {
   const tmp = await mkdtemp(join(tmpdir(), 'vhost-rt-guest-'));
   try {
     const initrd = join(tmp, 'initrd');
-    await writeInitrd(initrd, options.script);
+    await writeInitrd(initrd, options.script, options.files);
     const timeoutMs = options.timeoutMs ?? 60_000;
     const run = spawnQemu(guestQemuArgs(options, initrd), timeoutMs);
     const reaped = await run.reaped;
