@@ -84,6 +84,7 @@ export class UringEngine extends StagingEngine {
 
   setBuffers(buffers: SharedArrayBuffer[]): void {
     this.table.set(buffers);
+    this.noteBufferAlignment(this.table);
   }
 
   queueSlowOp(op: IoOpCode, fileOffset: number, length: number, userData: number): void {

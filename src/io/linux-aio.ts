@@ -6,60 +6,32 @@
  * libuv's thread pool and complete through the same handler.
  */
 import {
-  AIO_CMD,
   AIO_OP,
   AIO_OP_STRIDE,
   type AioContext,
   type BufferTable,
   type FdWatcher,
-  IOV_STRIDE,
   native,
   POLL_READABLE,
 } from '../native.js';
-import {
-  type IoCompletion,
-  type IoEngine,
-  type IoEngineOptions,
-  IoOp,
-  type IoOpCode,
-} from './engine.js';
-import { closeImage, type OpenImage, openImage } from './image.js';
+import type { IoEngineOptions, IoOpCode } from './engine.js';
+import { runSlowOp } from './slow-ops.js';
+import { Errno, errnoOf, StagingEngine } from './staging.js';
 
 /** Most completions reaped per io_getevents call. */
 const REAP_BATCH = 256;
 
-export class LinuxAioEngine implements IoEngine {
+export class LinuxAioEngine extends StagingEngine {
   readonly name = 'linux-aio' as const;
-  readonly direct: boolean;
-  readonly sizeBytes: number;
-  readonly alignment: number;
-  inFlight = 0;
-  stagedIovs = 0;
 
-  private readonly image: OpenImage;
   private readonly eventFd: number;
   private readonly ctx: AioContext;
   private readonly table: BufferTable;
   private readonly watcher: FdWatcher;
-  private readonly iovs: Float64Array;
-  private readonly ops: Float64Array;
   private readonly events = new Float64Array(REAP_BATCH * 2);
-  private readonly maxOps: number;
-  private stagedOps = 0;
-  /** Alignment of each buffer's base address (mmapped guest RAM: a page). */
-  private bufferAlignment = new Int32Array(0);
-  private handler: IoCompletion = () => {};
-  private batchDone: () => void = () => {};
-  private closed = false;
 
   constructor(options: IoEngineOptions) {
-    this.image = openImage(options.path, options.readonly, options.direct, options.warn);
-    this.direct = this.image.direct;
-    this.sizeBytes = this.image.sizeBytes;
-    this.alignment = this.image.alignment;
-    this.maxOps = options.depth;
-    this.iovs = new Float64Array(options.maxIovs * IOV_STRIDE);
-    this.ops = new Float64Array(options.depth * AIO_OP_STRIDE);
+    super(options);
     this.eventFd = native.eventfd(0);
     this.ctx = new native.AioContext(options.depth, this.eventFd, options.maxIovs);
     this.table = new native.BufferTable();
@@ -69,84 +41,23 @@ export class LinuxAioEngine implements IoEngine {
 
   setBuffers(buffers: SharedArrayBuffer[]): void {
     this.table.set(buffers);
-    this.bufferAlignment = Int32Array.from(buffers, (_, i) => this.table.baseAlignment(i));
-  }
-
-  addIov(buffer: number, offset: number, length: number): boolean {
-    const i = this.stagedIovs * IOV_STRIDE;
-    if (i >= this.iovs.length) return false;
-    this.iovs[i] = buffer;
-    this.iovs[i + 1] = offset;
-    this.iovs[i + 2] = length;
-    this.stagedIovs++;
-    return true;
-  }
-
-  queueReadWrite(
-    op: IoOpCode,
-    fileOffset: number,
-    firstIov: number,
-    iovCount: number,
-    userData: number,
-  ): boolean {
-    if (this.stagedOps + this.inFlight >= this.maxOps) return false;
-    const o = this.stagedOps * AIO_OP_STRIDE;
-    this.ops[o + AIO_OP.opcode] = op === IoOp.WRITE ? AIO_CMD.PWRITEV : AIO_CMD.PREADV;
-    this.ops[o + AIO_OP.fd] = this.fdFor(fileOffset, firstIov, iovCount);
-    this.ops[o + AIO_OP.offset] = fileOffset;
-    this.ops[o + AIO_OP.firstIov] = firstIov;
-    this.ops[o + AIO_OP.iovCount] = iovCount;
-    this.ops[o + AIO_OP.userData] = userData;
-    this.stagedOps++;
-    return true;
-  }
-
-  /**
-   * O_DIRECT needs offset, every length and every buffer address aligned; a
-   * request that is not goes to the buffered descriptor instead of failing.
-   */
-  private fdFor(fileOffset: number, firstIov: number, iovCount: number): number {
-    const a = this.alignment;
-    if (!this.direct || fileOffset % a !== 0) return this.image.bufferedFd;
-    for (let i = firstIov; i < firstIov + iovCount; i++) {
-      const b = i * IOV_STRIDE;
-      const baseAligned = this.bufferAlignment[this.iovs[b]] >= a;
-      if (!baseAligned || this.iovs[b + 1] % a !== 0 || this.iovs[b + 2] % a !== 0)
-        return this.image.bufferedFd;
-    }
-    return this.image.fd;
+    this.noteBufferAlignment(this.table);
   }
 
   queueSlowOp(op: IoOpCode, fileOffset: number, length: number, userData: number): void {
     this.inFlight++;
-    const done = (err: Error | null) => {
+    runSlowOp(this.image.bufferedFd, op, fileOffset, length, (result) => {
       this.inFlight--;
       if (this.closed) return;
-      this.handler(userData, err ? -((err as { errno?: number }).errno ?? 5) : 0);
+      this.handler(userData, result);
       this.batchDone();
-    };
-    const fd = this.image.bufferedFd;
-    const c = native.constants;
-    if (op === IoOp.FLUSH) native.fdatasyncAsync(fd, done);
-    else if (op === IoOp.DISCARD) {
-      native.fallocateAsync(
-        fd,
-        c.FALLOC_FL_PUNCH_HOLE | c.FALLOC_FL_KEEP_SIZE,
-        fileOffset,
-        length,
-        done,
-      );
-    } else native.fallocateAsync(fd, c.FALLOC_FL_ZERO_RANGE, fileOffset, length, done);
+    });
   }
 
   submit(): void {
     let first = 0;
-    while (first < this.stagedOps) {
-      const taken = this.submitFrom(first);
-      first += taken;
-    }
-    this.stagedOps = 0;
-    this.stagedIovs = 0;
+    while (first < this.stagedOps) first += this.submitFrom(first);
+    this.clearStaged();
   }
 
   /**
@@ -162,10 +73,10 @@ export class LinuxAioEngine implements IoEngine {
       const n = this.ctx.submit(this.table, ops, limit, this.iovs);
       this.inFlight += n;
       if (n > 0) return n;
-      this.failOp(first, 11 /* EAGAIN */);
+      this.failOp(first, Errno.EAGAIN);
     } catch (err) {
       if (err instanceof RangeError && limit > 1) return this.submitEach(first, limit);
-      this.failOp(first, (err as { errno?: number }).errno ?? 22);
+      this.failOp(first, err instanceof RangeError ? Errno.EINVAL : errnoOf(err));
     }
     return 1;
   }
@@ -178,11 +89,6 @@ export class LinuxAioEngine implements IoEngine {
   private failOp(index: number, errno: number): void {
     this.handler(this.ops[index * AIO_OP_STRIDE + AIO_OP.userData], -errno);
     this.batchDone();
-  }
-
-  onComplete(handler: IoCompletion, batchDone: () => void): void {
-    this.handler = handler;
-    this.batchDone = batchDone;
   }
 
   /** Drains the completion eventfd and every ready event, then ends the batch once. */
@@ -199,12 +105,11 @@ export class LinuxAioEngine implements IoEngine {
     if (reaped > 0) this.batchDone();
   }
 
-  close(): void {
+  override close(): void {
     if (this.closed) return;
-    this.closed = true;
     this.watcher.close();
     this.ctx.destroy();
     native.close(this.eventFd);
-    closeImage(this.image);
+    super.close();
   }
 }

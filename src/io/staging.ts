@@ -4,7 +4,7 @@
  * fallback to the buffered descriptor, and the completion hooks. Each engine
  * supplies its own submit.
  */
-import { AIO_CMD, AIO_OP, AIO_OP_STRIDE, IOV_STRIDE } from '../native.js';
+import { AIO_CMD, AIO_OP, AIO_OP_STRIDE, type BufferTable, IOV_STRIDE, native } from '../native.js';
 import {
   type IoCompletion,
   type IoEngine,
@@ -38,6 +38,11 @@ export abstract class StagingEngine implements IoEngine {
   protected readonly ops: Float64Array;
   protected readonly maxOps: number;
   protected stagedOps = 0;
+  /**
+   * Alignment of each buffer's base address: O_DIRECT cares about addresses,
+   * and only mmapped guest RAM is known to start on a page.
+   */
+  protected bufferAlignment = new Int32Array(0);
   protected handler: IoCompletion = () => {};
   protected batchDone: () => void = () => {};
   protected closed = false;
@@ -99,17 +104,33 @@ export abstract class StagingEngine implements IoEngine {
     return true;
   }
 
+  /** Records the base-address alignment of the buffers `table` holds (call from setBuffers). */
+  protected noteBufferAlignment(table: BufferTable): void {
+    this.bufferAlignment = Int32Array.from({ length: table.length }, (_, i) =>
+      table.baseAlignment(i),
+    );
+  }
+
+  /** The same for engines that keep no BufferTable on this thread. */
+  protected noteBufferAlignmentOf(buffers: SharedArrayBuffer[]): void {
+    const table = new native.BufferTable();
+    table.set(buffers);
+    this.noteBufferAlignment(table);
+  }
+
   /**
    * O_DIRECT needs offset, every length and every buffer address aligned; a
    * request that is not goes to the buffered descriptor instead of failing.
-   * Mappings are page aligned, so a buffer offset's alignment is the address's.
    */
   protected fdFor(fileOffset: number, firstIov: number, iovCount: number): number {
     const a = this.alignment;
     if (!this.direct || fileOffset % a !== 0) return this.image.bufferedFd;
     for (let i = firstIov; i < firstIov + iovCount; i++) {
       const b = i * IOV_STRIDE;
-      if (this.iovs[b + 1] % a !== 0 || this.iovs[b + 2] % a !== 0) return this.image.bufferedFd;
+      const baseAligned = this.bufferAlignment[this.iovs[b]] >= a;
+      if (!baseAligned || this.iovs[b + 1] % a !== 0 || this.iovs[b + 2] % a !== 0) {
+        return this.image.bufferedFd;
+      }
     }
     return this.image.fd;
   }

@@ -24,6 +24,7 @@ export class SyncEngine extends StagingEngine {
 
   setBuffers(buffers: SharedArrayBuffer[]): void {
     this.table.set(buffers);
+    this.noteBufferAlignment(this.table);
   }
 
   queueSlowOp(op: IoOpCode, fileOffset: number, length: number, userData: number): void {

@@ -125,6 +125,7 @@ export class ThreadsEngine extends StagingEngine {
 
   setBuffers(buffers: SharedArrayBuffer[]): void {
     this.memory = { gen: nextGeneration++, buffers };
+    this.noteBufferAlignmentOf(buffers);
     this.carryBuffers = 2 * this.threads;
   }
 
