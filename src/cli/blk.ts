@@ -12,7 +12,6 @@ import {
   validateAioThreads,
   validateEngineOptions,
 } from '../io/index.js';
-import { VhostUserServer } from '../vhost-user/server.js';
 import type { CliCommand } from './command.js';
 import {
   type FlagValues,
@@ -26,7 +25,13 @@ import {
   specToArgs,
 } from './flags.js';
 import { stderrLogger } from './log.js';
-import { formatStats, type RunningService, serveUntilSignal } from './service.js';
+import {
+  describeWorker,
+  formatStats,
+  type RunningService,
+  ServerSet,
+  serveUntilSignal,
+} from './service.js';
 
 const DEVICE_FLAGS = {
   'socket-path': { type: 'string' },
@@ -177,24 +182,18 @@ async function run(argv: string[]): Promise<number> {
     plan.singleThread,
     log,
   );
-  const servers: VhostUserServer[] = [];
-  try {
-    for (const [i, d] of plan.devices.entries())
-      servers.push(new VhostUserServer(d.socketPath, set.devices[i], log));
-  } catch (err) {
-    await Promise.all(servers.map((s) => s.close()));
-    await set.shutdown();
-    throw err;
-  }
+  const servers = await ServerSet.listen(
+    plan.devices.map((d, i) => ({ path: d.socketPath, device: set.devices[i] })),
+    log,
+    () => set.shutdown(),
+  );
   const service: RunningService = {
     readyLines: () =>
       set.devices.map((dev, i) => {
         const e = dev.engineInfo;
-        const t = dev.thread;
         return (
-          `ready: socket ${servers[i].path}, image ${dev.options.image} (${e.sizeBytes} bytes, ${e.engine}, ` +
-          `${e.direct ? 'O_DIRECT' : 'buffered'}), ${dev.numQueues} queue(s), worker tid ${t.tid} ` +
-          `policy ${t.policy} priority ${t.priority} cpus ${t.cpus.join(',')}`
+          `ready: socket ${plan.devices[i].socketPath}, image ${dev.options.image} (${e.sizeBytes} bytes, ${e.engine}, ` +
+          `${e.direct ? 'O_DIRECT' : 'buffered'}), ${dev.numQueues} queue(s), ${describeWorker(dev.thread)}`
         );
       }),
     statsLine: () =>
@@ -205,9 +204,8 @@ async function run(argv: string[]): Promise<number> {
         )
         .join(' | '),
     close: async () => {
-      await Promise.all(servers.map((s) => s.close()));
+      await servers.close(log);
       await set.shutdown();
-      log('info', `served ${servers.reduce((n, s) => n + s.connections, 0)} front end(s); exiting`);
     },
   };
   await serveUntilSignal(service, log);

@@ -7,7 +7,6 @@ import { ConsoleService, type ConsoleSpec } from '../devices/console/host.js';
 import type { ConsolePortOptions } from '../devices/console/options.js';
 import { ConfigError } from '../errors.js';
 import { describeSink, parseRingPolicy } from '../logger/index.js';
-import { VhostUserServer } from '../vhost-user/server.js';
 import type { CliCommand } from './command.js';
 import {
   type FlagValues,
@@ -27,7 +26,7 @@ import {
   logSinksFlag,
   ringSizeFlag,
 } from './serial.js';
-import { formatStats, serveUntilSignal } from './service.js';
+import { formatStats, ServerSet, serveUntilSignal } from './service.js';
 
 const FLAGS = {
   'socket-path': { type: 'string' },
@@ -134,13 +133,11 @@ async function run(argv: string[]): Promise<number> {
   }
   const log = stderrLogger('vhost-rt[console]', spec.quiet);
   const service = await ConsoleService.start(spec, log);
-  let server: VhostUserServer;
-  try {
-    server = new VhostUserServer(spec.socketPath, service.device, log);
-  } catch (err) {
-    await service.shutdown();
-    throw err;
-  }
+  const servers = await ServerSet.listen(
+    [{ path: spec.socketPath, device: service.device }],
+    log,
+    () => service.shutdown(),
+  );
   const onWinch = () => {
     if (process.stdout.isTTY) service.device.resize(process.stdout.columns, process.stdout.rows);
   };
@@ -151,7 +148,7 @@ async function run(argv: string[]): Promise<number> {
   await serveUntilSignal(
     {
       readyLines: () => [
-        `ready: console socket ${server.path}, ${o.ports.length} port(s)` +
+        `ready: console socket ${spec.socketPath}, ${o.ports.length} port(s)` +
           `${o.multiport ? ' (multiport)' : ''}, size ${o.cols}x${o.rows}, policy ${o.policy}, ` +
           `ring ${o.ringBytes} bytes, worker tid ${t.tid} policy ${t.policy} priority ` +
           `${t.priority}, logger tid ${lt.thread.tid} ${lt.background}`,
@@ -168,7 +165,7 @@ async function run(argv: string[]): Promise<number> {
         ].join(' | '),
       close: async () => {
         process.off('SIGWINCH', onWinch);
-        await server.close();
+        await servers.close(log);
         await service.shutdown();
       },
     },

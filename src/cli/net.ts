@@ -8,7 +8,6 @@ import type { NetOptions, NetPortSpec } from '../devices/net/options.js';
 import { ConfigError } from '../errors.js';
 import { parseMac } from '../net/mac-table.js';
 import { DEFAULT_AGEING_MS, DEFAULT_MAC_CAPACITY } from '../net/switch-port.js';
-import { VhostUserServer } from '../vhost-user/server.js';
 import type { CliCommand } from './command.js';
 import {
   integerFlag,
@@ -19,7 +18,13 @@ import {
   RT_HELP,
 } from './flags.js';
 import { stderrLogger } from './log.js';
-import { formatStats, type RunningService, serveUntilSignal } from './service.js';
+import {
+  describeWorker,
+  formatStats,
+  type RunningService,
+  ServerSet,
+  serveUntilSignal,
+} from './service.js';
 
 const FLAGS = {
   'socket-path': { type: 'string', multiple: true },
@@ -130,31 +135,26 @@ async function run(argv: string[]): Promise<number> {
   }
   const log = stderrLogger('vhost-rt[net]', plan.quiet);
   const sw = await NetSwitch.start(plan.ports, plan.options, log);
-  const servers: VhostUserServer[] = [];
-  try {
-    for (const p of sw.ports) {
-      if (p.device !== null && p.spec.kind === 'vhost-user')
-        servers.push(new VhostUserServer(p.spec.socketPath, p.device, log));
-    }
-  } catch (err) {
-    await Promise.all(servers.map((s) => s.close()));
-    await sw.shutdown();
-    throw err;
-  }
+  const servers = await ServerSet.listen(
+    sw.ports.flatMap((p) =>
+      p.device !== null && p.spec.kind === 'vhost-user'
+        ? [{ path: p.spec.socketPath, device: p.device }]
+        : [],
+    ),
+    log,
+    () => sw.shutdown(),
+  );
   const service: RunningService = {
     readyLines: () =>
-      sw.ports.map((p) => {
-        const t = p.thread;
-        return (
+      sw.ports.map(
+        (p) =>
           `ready: port ${p.index} ${describePort(p)}, ${plan.options.queuePairs} queue pair(s), ` +
-          `worker tid ${t.tid} policy ${t.policy} priority ${t.priority} cpus ${t.cpus.join(',')}`
-        );
-      }),
+          describeWorker(p.thread),
+      ),
     statsLine: () => statsLine(sw),
     close: async () => {
-      await Promise.all(servers.map((s) => s.close()));
+      await servers.close(log);
       await sw.shutdown();
-      log('info', `served ${servers.reduce((n, s) => n + s.connections, 0)} front end(s); exiting`);
     },
   };
   await serveUntilSignal(service, log);

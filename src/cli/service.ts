@@ -3,7 +3,10 @@
  * SIGUSR1, and on SIGINT/SIGTERM stop accepting, complete in-flight work,
  * print the counters and return.
  */
+import type { ThreadInfo } from '../devices/messages.js';
 import type { Logger } from '../vhost-user/connection.js';
+import type { VhostUserDevice } from '../vhost-user/device-backend.js';
+import { VhostUserServer } from '../vhost-user/server.js';
 
 export interface RunningService {
   /** Lines logged once everything listens; the first contains "ready". */
@@ -41,4 +44,41 @@ export async function serveUntilSignal(service: RunningService, log: Logger): Pr
     process.once('SIGTERM', () => stop('SIGTERM'));
   });
   process.off('SIGUSR1', onUsr1);
+}
+
+/** "worker tid N policy P priority N cpus L", as every ready line reports a worker thread. */
+export function describeWorker(t: ThreadInfo): string {
+  return `worker tid ${t.tid} policy ${t.policy} priority ${t.priority} cpus ${t.cpus.join(',')}`;
+}
+
+/** The vhost-user sockets of one daemon, opened together and closed together. */
+export class ServerSet {
+  private constructor(readonly servers: VhostUserServer[]) {}
+
+  /**
+   * Listens on every socket; if one cannot be opened, closes those already
+   * open, runs `release` (the devices' shutdown) and rethrows.
+   */
+  static async listen(
+    entries: readonly { path: string; device: VhostUserDevice }[],
+    log: Logger,
+    release: () => Promise<void>,
+  ): Promise<ServerSet> {
+    const servers: VhostUserServer[] = [];
+    try {
+      for (const e of entries) servers.push(new VhostUserServer(e.path, e.device, log));
+    } catch (err) {
+      await Promise.all(servers.map((s) => s.close()));
+      await release();
+      throw err;
+    }
+    return new ServerSet(servers);
+  }
+
+  /** Closes every socket (completing in-flight requests) and logs how many front ends were served. */
+  async close(log: Logger): Promise<void> {
+    await Promise.all(this.servers.map((s) => s.close()));
+    const served = this.servers.reduce((n, s) => n + s.connections, 0);
+    log('info', `served ${served} front end(s); exiting`);
+  }
 }
