@@ -6,15 +6,7 @@
  * per I/O engine (`--aio`), and its core once more with the engine variants
  * (SQPOLL, adaptive polling, a pinned thread pool).
  */
-import {
-  closeSync,
-  mkdtempSync,
-  openSync,
-  readSync,
-  rmSync,
-  truncateSync,
-  writeFileSync,
-} from 'node:fs';
+import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -35,38 +27,12 @@ import {
   SECTOR_SIZE,
   segment,
 } from '../frontend/index.js';
+import { onDisk, pattern, same } from '../support/bytes.js';
 import { type Daemon, startDaemon } from '../support/daemon.js';
 
 const MiB = 1024 * 1024;
 const IMAGE_BYTES = 64 * MiB;
 const VIRTQ_DESC_F_WRITE = true;
-
-function pattern(seed: number, length: number): Uint8Array {
-  const out = new Uint8Array(length);
-  let x = (seed * 2654435761) >>> 0 || 1;
-  for (let i = 0; i < length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    out[i] = x & 0xff;
-  }
-  return out;
-}
-
-function same(a: Uint8Array | undefined, b: Uint8Array): boolean {
-  return a !== undefined && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(b);
-}
-
-function onDisk(image: string, offset: number, length: number): Uint8Array {
-  const fd = openSync(image, 'r');
-  try {
-    const out = new Uint8Array(length);
-    readSync(fd, out, 0, length, offset);
-    return out;
-  } finally {
-    closeSync(fd);
-  }
-}
 
 let dir: string;
 const daemons: Daemon[] = [];

@@ -31,37 +31,11 @@ import {
   SECTOR_SIZE,
   type WireMessage,
 } from '../frontend/index.js';
+import { diff, pattern } from '../support/bytes.js';
 import { storageDaemonArgs } from '../support/qemu.js';
 
 const MiB = 1024 * 1024;
 const IMAGE_BYTES = 64 * MiB;
-
-/** Deterministic bytes, different per seed. */
-function pattern(seed: number, length: number): Uint8Array {
-  const out = new Uint8Array(length);
-  let x = (seed * 2654435761) >>> 0 || 1;
-  for (let i = 0; i < length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    out[i] = x & 0xff;
-  }
-  return out;
-}
-
-/**
- * 'equal', or where two byte arrays first differ. vitest's deep equality walks
- * typed arrays element by element, which takes seconds on megabytes.
- */
-function diff(actual: Uint8Array | undefined, expected: Uint8Array): string {
-  if (!actual) return 'no data';
-  if (Buffer.from(actual.buffer, actual.byteOffset, actual.byteLength).equals(expected))
-    return 'equal';
-  if (actual.byteLength !== expected.byteLength)
-    return `${actual.byteLength} bytes, expected ${expected.byteLength}`;
-  const at = actual.findIndex((b, i) => b !== expected[i]);
-  return `first difference at byte ${at}: ${actual[at]} != ${expected[at]}`;
-}
 
 /** Bytes of the image file as they are on disk. */
 async function imageBytes(path: string, offset: number, length: number): Promise<Uint8Array> {
