@@ -6,77 +6,42 @@
 import { StatCounters } from '../../locking/index.js';
 import type { RtOptions } from '../../rt/index.js';
 import type { Logger } from '../../vhost-user/connection.js';
-import type { QueueStart, VhostUserDevice } from '../../vhost-user/device-backend.js';
 import { ProtocolFeature } from '../../vhost-user/protocol.js';
-import { featureBit, type MemoryRegion } from '../../virtio/index.js';
+import { featureBit } from '../../virtio/index.js';
 import type { ThreadInfo } from '../messages.js';
+import { WorkerDeviceHost } from '../worker-device-host.js';
 import { WorkerHost } from '../worker-host.js';
 import { type BlkGeometry, blkDeviceFeatures, encodeBlkConfig } from './config.js';
 import { type BlkOptions, type BlkWorkerInit, validateBlkOptions } from './options.js';
 import { BLK_STAT_NAMES } from './stats.js';
 
-export class BlkDeviceHost implements VhostUserDevice {
+export class BlkDeviceHost extends WorkerDeviceHost {
   readonly kind = 'blk';
   readonly deviceFeatures: bigint;
   readonly protocolFeatures = featureBit(ProtocolFeature.CONFIG);
   readonly numQueues: number;
   readonly maxQueueSize: number;
-  private readonly config: Uint8Array;
+  protected readonly config: Uint8Array;
 
   constructor(
-    private readonly worker: WorkerHost,
-    private readonly index: number,
+    worker: WorkerHost,
+    index: number,
     readonly options: BlkOptions,
     readonly geometry: BlkGeometry,
     readonly thread: ThreadInfo,
     readonly engineInfo: Record<string, number | string | boolean>,
     readonly stats: StatCounters,
   ) {
+    super(worker, index);
     this.numQueues = geometry.numQueues;
     this.maxQueueSize = geometry.segMax + 2;
     this.deviceFeatures = blkDeviceFeatures(geometry);
     this.config = encodeBlkConfig(geometry);
   }
 
-  getConfig(offset: number, size: number): Uint8Array {
-    const out = new Uint8Array(size);
-    if (offset < this.config.length)
-      out.set(this.config.subarray(offset, Math.min(offset + size, this.config.length)));
-    return out;
-  }
-
   setConfig(_offset: number, _data: Uint8Array): boolean {
     // CONFIG_WCE is not offered, so no field of virtio_blk_config is writable.
     return false;
-  }
-
-  async setMemory(regions: MemoryRegion[]): Promise<void> {
-    await this.worker.request({ op: 'memory', device: this.index, regions });
-  }
-
-  async startQueue(index: number, s: QueueStart): Promise<void> {
-    await this.worker.request({
-      op: 'start-queue',
-      device: this.index,
-      index,
-      config: s.config,
-      lastAvailIdx: s.lastAvailIdx,
-      kickFd: s.kickFd,
-      callFd: s.callFd,
-    });
-    if (s.enabled) await this.setEnabled(index, true);
-  }
-
-  async setCall(index: number, fd: number): Promise<void> {
-    await this.worker.request({ op: 'set-call', device: this.index, index, fd });
-  }
-
-  async setEnabled(index: number, enabled: boolean): Promise<void> {
-    await this.worker.request({ op: 'enable', device: this.index, index, enabled });
-  }
-
-  stopQueue(index: number): Promise<number> {
-    return this.worker.request({ op: 'stop-queue', device: this.index, index });
   }
 }
 

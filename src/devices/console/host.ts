@@ -15,14 +15,11 @@ import {
 import { native } from '../../native.js';
 import type { RtOptions } from '../../rt/index.js';
 import type { Logger } from '../../vhost-user/connection.js';
-import type {
-  BackendRequestSender,
-  QueueStart,
-  VhostUserDevice,
-} from '../../vhost-user/device-backend.js';
+import type { BackendRequestSender } from '../../vhost-user/device-backend.js';
 import { ProtocolFeature } from '../../vhost-user/protocol.js';
-import { featureBit, type MemoryRegion } from '../../virtio/index.js';
+import { featureBit } from '../../virtio/index.js';
 import type { ThreadInfo } from '../messages.js';
+import { WorkerDeviceHost } from '../worker-device-host.js';
 import { WorkerHost } from '../worker-host.js';
 import {
   COMMAND_RECORD_BYTES,
@@ -46,14 +43,14 @@ export interface ConsoleSpec {
   rt: RtOptions;
 }
 
-export class ConsoleDeviceHost implements VhostUserDevice {
+export class ConsoleDeviceHost extends WorkerDeviceHost {
   readonly kind = 'console';
   readonly deviceFeatures: bigint;
   readonly protocolFeatures =
     featureBit(ProtocolFeature.CONFIG) | featureBit(ProtocolFeature.BACKEND_REQ);
   readonly numQueues: number;
   readonly maxQueueSize: number;
-  private config: Uint8Array;
+  protected config: Uint8Array;
   private channel: BackendRequestSender | null = null;
   private readonly commands: SpscByteRing;
   private readonly record = new Uint8Array(COMMAND_RECORD_BYTES);
@@ -61,25 +58,19 @@ export class ConsoleDeviceHost implements VhostUserDevice {
   configChanges = 0;
 
   constructor(
-    private readonly worker: WorkerHost,
+    worker: WorkerHost,
     private readonly doorbellFd: number,
     commands: SharedArrayBuffer,
     readonly options: ConsoleOptions,
     readonly thread: ThreadInfo,
   ) {
+    super(worker);
     const o = options;
     this.deviceFeatures = consoleDeviceFeatures(o.multiport);
     this.numQueues = consoleQueueCount(o.ports.length, o.multiport);
     this.maxQueueSize = o.queueSize;
     this.config = encodeConsoleConfig(o.cols, o.rows, o.ports.length);
     this.commands = SpscByteRing.attach(commands);
-  }
-
-  getConfig(offset: number, size: number): Uint8Array {
-    const out = new Uint8Array(size);
-    if (offset < this.config.length)
-      out.set(this.config.subarray(offset, Math.min(offset + size, this.config.length)));
-    return out;
   }
 
   /** Only emerg_wr is writable: its low byte goes to port 0's log (F_EMERG_WRITE, §5.3.4). */
@@ -121,35 +112,6 @@ export class ConsoleDeviceHost implements VhostUserDevice {
     // The ring's seq-cst HEAD store publishes the record before the eventfd write wakes the worker.
     if (!this.commands.writeAll(this.record)) throw new RangeError('console command ring full');
     native.eventfdWrite(this.doorbellFd, 1);
-  }
-
-  async setMemory(regions: MemoryRegion[]): Promise<void> {
-    await this.worker.request({ op: 'memory', device: 0, regions });
-  }
-
-  async startQueue(index: number, s: QueueStart): Promise<void> {
-    await this.worker.request({
-      op: 'start-queue',
-      device: 0,
-      index,
-      config: s.config,
-      lastAvailIdx: s.lastAvailIdx,
-      kickFd: s.kickFd,
-      callFd: s.callFd,
-    });
-    if (s.enabled) await this.setEnabled(index, true);
-  }
-
-  async setCall(index: number, fd: number): Promise<void> {
-    await this.worker.request({ op: 'set-call', device: 0, index, fd });
-  }
-
-  async setEnabled(index: number, enabled: boolean): Promise<void> {
-    await this.worker.request({ op: 'enable', device: 0, index, enabled });
-  }
-
-  stopQueue(index: number): Promise<number> {
-    return this.worker.request({ op: 'stop-queue', device: 0, index });
   }
 }
 

@@ -11,9 +11,8 @@ import { formatMac } from '../../net/mac-table.js';
 import type { PacketRing } from '../../net/packet-ring.js';
 import { createSwitchRings } from '../../net/switch-port.js';
 import type { Logger } from '../../vhost-user/connection.js';
-import type { QueueStart, VhostUserDevice } from '../../vhost-user/device-backend.js';
-import type { MemoryRegion } from '../../virtio/index.js';
 import type { ThreadInfo } from '../messages.js';
+import { WorkerDeviceHost } from '../worker-device-host.js';
 import { WorkerHost } from '../worker-host.js';
 import { encodeNetConfig, type NetGeometry, netDeviceFeatures, netQueueCount } from './config.js';
 import {
@@ -25,64 +24,29 @@ import {
 import { NET_STAT_NAMES } from './stats.js';
 
 /** A vhost-user port as the protocol layer sees it: features, config, and commands to its worker. */
-export class NetDeviceHost implements VhostUserDevice {
+export class NetDeviceHost extends WorkerDeviceHost {
   readonly kind = 'net';
   readonly deviceFeatures: bigint;
   readonly protocolFeatures = 0n;
   readonly numQueues: number;
   readonly maxQueueSize: number;
-  private readonly config: Uint8Array;
+  protected readonly config: Uint8Array;
 
   constructor(
-    private readonly worker: WorkerHost,
+    worker: WorkerHost,
     readonly geometry: NetGeometry,
     queueSize: number,
   ) {
+    super(worker);
     this.numQueues = netQueueCount(geometry.queuePairs);
     this.maxQueueSize = queueSize;
     this.deviceFeatures = netDeviceFeatures(geometry);
     this.config = encodeNetConfig(geometry);
   }
 
-  getConfig(offset: number, size: number): Uint8Array {
-    const out = new Uint8Array(size);
-    if (offset < this.config.length)
-      out.set(this.config.subarray(offset, Math.min(offset + size, this.config.length)));
-    return out;
-  }
-
   setConfig(_offset: number, _data: Uint8Array): boolean {
     // The MAC is writable only through the control queue, which the VMM owns.
     return false;
-  }
-
-  async setMemory(regions: MemoryRegion[]): Promise<void> {
-    await this.worker.request({ op: 'memory', device: 0, regions });
-  }
-
-  async startQueue(index: number, s: QueueStart): Promise<void> {
-    await this.worker.request({
-      op: 'start-queue',
-      device: 0,
-      index,
-      config: s.config,
-      lastAvailIdx: s.lastAvailIdx,
-      kickFd: s.kickFd,
-      callFd: s.callFd,
-    });
-    if (s.enabled) await this.setEnabled(index, true);
-  }
-
-  async setCall(index: number, fd: number): Promise<void> {
-    await this.worker.request({ op: 'set-call', device: 0, index, fd });
-  }
-
-  async setEnabled(index: number, enabled: boolean): Promise<void> {
-    await this.worker.request({ op: 'enable', device: 0, index, enabled });
-  }
-
-  stopQueue(index: number): Promise<number> {
-    return this.worker.request({ op: 'stop-queue', device: 0, index });
   }
 }
 
