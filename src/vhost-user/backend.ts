@@ -7,6 +7,7 @@
  * Every file descriptor a message carries is either kept by a handler (and
  * closed when replaced or at reset) or closed right after the message.
  */
+import { fstatSync } from 'node:fs';
 import { VhostRtError } from '../errors.js';
 import { native } from '../native.js';
 import {
@@ -222,7 +223,6 @@ export class VhostUserBackend {
     const wire = decodeMemoryTable(msg.payload);
     expectFds(msg, wire.length, 'SET_MEM_TABLE');
     const mapped = wire.map((r, i) => mapRegion(r, msg.fds[i]));
-    msg.fds.length = 0;
     await this.installRegions(mapped);
     return undefined;
   }
@@ -239,7 +239,6 @@ export class VhostUserBackend {
       throw new RequestError('VHOST_USER_NO_SLOT', `all ${MAX_MEM_SLOTS} memory slots are in use`);
     }
     const mapped = mapRegion(r, msg.fds[0]);
-    msg.fds.length = 0;
     await this.installRegions([...this.regions, mapped]);
     return undefined;
   }
@@ -508,12 +507,18 @@ function expectFds(msg: IncomingMessage, count: number, what: string): void {
  */
 function mapRegion(r: MemRegionWire, fd: number): MappedRegion {
   if (r.size <= 0) throw new RequestError('VHOST_USER_BAD_VALUE', 'memory region of size 0');
-  try {
-    const buffer = native.mmapShared(fd, r.mmapOffset + r.size, 0);
-    return { ...r, buffer, refs: 1 };
-  } finally {
-    native.close(fd);
+  // A region that claims more than its file holds would map pages with no
+  // backing, and the first guest buffer there would kill the daemon with SIGBUS.
+  const st = fstatSync(fd);
+  if (st.isFile() && st.size < r.mmapOffset + r.size) {
+    throw new RequestError(
+      'VHOST_USER_BAD_REGION',
+      `region at guest address 0x${r.guestPhysAddr.toString(16)} claims ${r.mmapOffset + r.size} bytes of a ${st.size}-byte file`,
+    );
   }
+  // The fd stays in the message and is closed with it: the mapping outlives it.
+  const buffer = native.mmapShared(fd, r.mmapOffset + r.size, 0);
+  return { ...r, buffer, refs: 1 };
 }
 
 function translate(

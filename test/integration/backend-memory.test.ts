@@ -8,7 +8,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BlkDriver, BlkStatus } from '../frontend/index.js';
+import { native } from '../../src/native.js';
+import { encodeMemRegion, encodeU64 } from '../../src/vhost-user/codec.js';
+import { ProtocolFeature, Request } from '../../src/vhost-user/protocol.js';
+import { BlkDriver, BlkStatus, FrontendConnection } from '../frontend/index.js';
 import { type Daemon, startDaemon } from '../support/daemon.js';
 
 describe('vhost-user memory slots', () => {
@@ -42,5 +45,42 @@ describe('vhost-user memory slots', () => {
       await d.close();
     }
     expect(daemon.log()).not.toMatch(/ADD_MEM_REG|REM_MEM_REG/);
+  });
+
+  it('refuses a region larger than the file behind it, and keeps serving', async () => {
+    const conn = await FrontendConnection.connect(socket, { replyTimeoutMs: 5000 });
+    const fd = native.memfdCreate('short', 1024 * 1024);
+    try {
+      await conn.request(
+        Request.SET_PROTOCOL_FEATURES,
+        encodeU64(1n << BigInt(ProtocolFeature.REPLY_ACK)),
+      );
+      conn.replyAck = true;
+      const region = {
+        guestPhysAddr: 0,
+        size: 16 * 1024 * 1024,
+        userAddr: 0x7f0000000000,
+        mmapOffset: 0,
+      };
+      const outcome = await conn
+        .request(Request.ADD_MEM_REG, encodeMemRegion(region), [fd], { needReply: true })
+        .then(
+          () => 'ack',
+          (e: { code?: string }) => e.code,
+        );
+      expect(outcome).toBe('FRONTEND_NACK');
+    } finally {
+      native.close(fd);
+      conn.close();
+    }
+    expect(daemon.log()).toMatch(
+      /claims 16777216 bytes of a 1048576-byte file \(VHOST_USER_BAD_REGION\)/,
+    );
+    const d = await BlkDriver.create({ socketPath: socket });
+    try {
+      expect((await d.flush()).status).toBe(BlkStatus.OK);
+    } finally {
+      await d.close();
+    }
   });
 });
