@@ -41,7 +41,8 @@ async function main(argv: string[]): Promise<number> {
 
 main(process.argv.slice(2)).then(
   (code) => {
-    process.exitCode = code;
+    // A failure found while serving (a worker died) has already set a non-zero status.
+    process.exitCode = process.exitCode || code;
   },
   (err: unknown) => {
     const known =

@@ -4,6 +4,7 @@
  * print the counters and return.
  */
 import type { ThreadInfo } from '../devices/messages.js';
+import { onWorkerFailure } from '../devices/worker-host.js';
 import type { Logger } from '../vhost-user/connection.js';
 import type { VhostUserDevice } from '../vhost-user/device-backend.js';
 import { VhostUserServer } from '../vhost-user/server.js';
@@ -29,6 +30,7 @@ export async function serveUntilSignal(service: RunningService, log: Logger): Pr
   for (const line of service.readyLines()) log('info', line);
   const onUsr1 = () => log('info', `stats: ${service.statsLine()}`);
   process.on('SIGUSR1', onUsr1);
+  let unwatch: () => void = () => {};
   await new Promise<void>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {
@@ -42,7 +44,16 @@ export async function serveUntilSignal(service: RunningService, log: Logger): Pr
     };
     process.once('SIGINT', () => stop('SIGINT'));
     process.once('SIGTERM', () => stop('SIGTERM'));
+    unwatch = onWorkerFailure((err) => {
+      log(
+        'error',
+        `${err.message}: stopping (exit status 1) so that a supervisor can restart the daemon`,
+      );
+      process.exitCode = 1;
+      stop('worker failure');
+    });
   });
+  unwatch();
   process.off('SIGUSR1', onUsr1);
 }
 

@@ -27,6 +27,20 @@ export interface StartedWorker {
   info: Record<string, number | string | boolean>;
 }
 
+/** Called when a device worker ends without being asked to (a bug: an uncaught exception). */
+export type WorkerFailureListener = (error: Error) => void;
+const failureListeners = new Set<WorkerFailureListener>();
+
+/**
+ * Registers `listener` for any worker of this process that dies unasked; the
+ * daemon uses it to stop and exit non-zero so a supervisor can restart it
+ * (QEMU's `reconnect=` then reattaches). Returns the unregister function.
+ */
+export function onWorkerFailure(listener: WorkerFailureListener): () => void {
+  failureListeners.add(listener);
+  return () => failureListeners.delete(listener);
+}
+
 export class WorkerHost {
   private readonly worker: Worker;
   private nextId = 1;
@@ -35,6 +49,8 @@ export class WorkerHost {
     { resolve: (v: number) => void; reject: (e: Error) => void }
   >();
   private exited = false;
+  /** Set once shutdown or terminate was asked for: an exit is then expected. */
+  private stopping = false;
   /** Resolves with the thread's description once the device is ready to serve. */
   readonly ready: Promise<StartedWorker>;
 
@@ -83,6 +99,7 @@ export class WorkerHost {
     this.exited = true;
     const err = new VhostRtError('ERR_WORKER_EXITED', `${this.name} worker exited (code ${code})`);
     reject(err);
+    if (!this.stopping) for (const listener of failureListeners) listener(err);
     for (const w of this.waiting.values()) w.reject(err);
     this.waiting.clear();
   }
@@ -102,6 +119,7 @@ export class WorkerHost {
 
   /** Asks the worker to finish in-flight I/O and exit; resolves when it has. */
   async shutdown(): Promise<void> {
+    this.stopping = true;
     if (this.exited) return;
     const exited = new Promise<void>((resolve) => this.worker.once('exit', () => resolve()));
     await this.request({ op: 'shutdown' }).catch(() => undefined);
@@ -110,6 +128,7 @@ export class WorkerHost {
 
   /** Force-stops the thread (used when start-up failed). */
   async terminate(): Promise<void> {
+    this.stopping = true;
     if (!this.exited) await this.worker.terminate();
   }
 }
