@@ -28,8 +28,6 @@ export const URING_CMD = { FDSYNC: 3, PREADV: 7, PWRITEV: 8, FALLOCATE: 100 } as
 /** FALLOCATE entries carry mode and length in the firstIov and iovCount fields. */
 export const URING_OP = { mode: 3, length: 4 } as const;
 
-/** Most completions reaped per getEvents call. */
-const REAP_BATCH = 256;
 /** How long the SQPOLL kernel thread spins on an idle ring before it sleeps. */
 export const SQPOLL_IDLE_MS = 50;
 
@@ -62,7 +60,6 @@ export class UringEngine extends StagingEngine {
   private readonly ring: UringContext;
   private readonly table: BufferTable;
   private readonly watcher: FdWatcher;
-  private readonly events = new Float64Array(REAP_BATCH * 2);
   /** errno of a failed io_uring_enter; non-zero: the ring takes no more work. */
   private broken = 0;
 
@@ -151,15 +148,7 @@ export class UringEngine extends StagingEngine {
   /** Reaps whatever the CQ ring holds (userspace only: no system call). */
   poll(): void {
     if (this.closed) return;
-    let reaped = 0;
-    for (;;) {
-      const n = this.ring.getEvents(this.events, REAP_BATCH);
-      for (let i = 0; i < n; i++) this.handler(this.events[2 * i], this.events[2 * i + 1]);
-      this.inFlight -= n;
-      reaped += n;
-      if (n < REAP_BATCH) break;
-    }
-    if (reaped > 0) this.batchDone();
+    this.deliverCompletions(this.ring);
   }
 
   override close(): void {

@@ -18,9 +18,6 @@ import type { IoEngineOptions, IoOpCode } from './engine.js';
 import { runSlowOp } from './slow-ops.js';
 import { Errno, errnoOf, StagingEngine } from './staging.js';
 
-/** Most completions reaped per io_getevents call. */
-const REAP_BATCH = 256;
-
 export class LinuxAioEngine extends StagingEngine {
   readonly name = 'linux-aio' as const;
 
@@ -28,7 +25,6 @@ export class LinuxAioEngine extends StagingEngine {
   private readonly ctx: AioContext;
   private readonly table: BufferTable;
   private readonly watcher: FdWatcher;
-  private readonly events = new Float64Array(REAP_BATCH * 2);
 
   constructor(options: IoEngineOptions) {
     super(options);
@@ -94,15 +90,7 @@ export class LinuxAioEngine extends StagingEngine {
   /** Drains the completion eventfd and every ready event, then ends the batch once. */
   private reap(): void {
     native.eventfdRead(this.eventFd);
-    let reaped = 0;
-    for (;;) {
-      const n = this.ctx.getEvents(this.events, REAP_BATCH);
-      for (let i = 0; i < n; i++) this.handler(this.events[2 * i], this.events[2 * i + 1]);
-      this.inFlight -= n;
-      reaped += n;
-      if (n < REAP_BATCH) break;
-    }
-    if (reaped > 0) this.batchDone();
+    this.deliverCompletions(this.ctx);
   }
 
   override close(): void {

@@ -24,6 +24,14 @@ export function errnoOf(err: unknown): number {
   return typeof errno === 'number' && errno > 0 ? errno : Errno.EIO;
 }
 
+/** Most completions reaped per native call. */
+export const REAP_BATCH = 256;
+
+/** A native completion queue: writes [userData, result] pairs, returns how many. */
+export interface CompletionSource {
+  getEvents(out: Float64Array, max: number): number;
+}
+
 export abstract class StagingEngine implements IoEngine {
   abstract readonly name: IoEngineName;
   readonly direct: boolean;
@@ -38,6 +46,8 @@ export abstract class StagingEngine implements IoEngine {
   protected readonly ops: Float64Array;
   protected readonly maxOps: number;
   protected stagedOps = 0;
+  /** Reaped [userData, result] pairs, reused by every reap. */
+  private readonly events = new Float64Array(REAP_BATCH * 2);
   /**
    * Alignment of each buffer's base address: O_DIRECT cares about addresses,
    * and only mmapped guest RAM is known to start on a page.
@@ -133,6 +143,23 @@ export abstract class StagingEngine implements IoEngine {
       }
     }
     return this.image.fd;
+  }
+
+  /**
+   * Hands every completion `source` has ready to the handler, REAP_BATCH at
+   * a time, then ends the batch once. Returns how many were reaped.
+   */
+  protected deliverCompletions(source: CompletionSource): number {
+    let reaped = 0;
+    for (;;) {
+      const n = source.getEvents(this.events, REAP_BATCH);
+      for (let i = 0; i < n; i++) this.handler(this.events[2 * i], this.events[2 * i + 1]);
+      this.inFlight -= n;
+      reaped += n;
+      if (n < REAP_BATCH) break;
+    }
+    if (reaped > 0) this.batchDone();
+    return reaped;
   }
 
   /** Forgets what is staged (after a submit). */
