@@ -9,13 +9,17 @@
  */
 import { type IoEngine, IoOp, type IoOpCode } from '../../io/engine.js';
 import type { StatCounters } from '../../locking/index.js';
-import {
-  DescriptorChain,
-  type GuestMemory,
-  QueueBrokenError,
-  type SplitVirtqueue,
-} from '../../virtio/index.js';
+import { DescriptorChain, type GuestMemory, type SplitVirtqueue } from '../../virtio/index.js';
 import type { QueueDevice } from '../queue-device.js';
+import {
+  breakRing,
+  newRingState,
+  notifyDirty,
+  type RingState,
+  ringAt,
+  setRingsMemory,
+  startRing,
+} from '../rings.js';
 import { type ChainCursor, copyFromChain, copyToChain, seek, stageIovecs } from './chain-io.js';
 import {
   BLK_ID_BYTES,
@@ -52,13 +56,8 @@ const STARTED = -1;
 /** Returned for a chain that cannot even carry a status: used length 0, no status byte. */
 const UNUSABLE = -2;
 
-interface QueueState {
-  vq: SplitVirtqueue | null;
-  enabled: boolean;
+interface QueueState extends RingState {
   inFlight: number;
-  /** Used entries pushed since the last notification decision. */
-  dirty: boolean;
-  broken: boolean;
   /** Chains were left in the ring because every slot was busy: pop again when one frees. */
   starved: boolean;
   onIdle: (() => void) | null;
@@ -116,15 +115,7 @@ export class BlkDevice implements QueueDevice {
     for (let q = 0; q < n; q++) {
       this.freeSlots.push(Int32Array.from({ length: this.slotsPerQueue }, (_, i) => i));
       this.freeCount[q] = this.slotsPerQueue;
-      this.queues.push({
-        vq: null,
-        enabled: false,
-        inFlight: 0,
-        dirty: false,
-        broken: false,
-        starved: false,
-        onIdle: null,
-      });
+      this.queues.push({ ...newRingState(), inFlight: 0, starved: false, onIdle: null });
     }
     // A chain may be split at region boundaries: allow a few more segments than descriptors.
     this.chain = new DescriptorChain(options.geometry.segMax + 2 + 16);
@@ -140,15 +131,12 @@ export class BlkDevice implements QueueDevice {
     this.memory = memory;
     this.bytes = memory.bytes;
     this.engine.setBuffers(memory.buffers);
-    for (const q of this.queues) q.vq?.setMemory(memory);
+    setRingsMemory(this.queues, memory);
   }
 
   /** Starts serving queue `index` with `vq`; processing waits for {@link setEnabled}. */
   startQueue(index: number, vq: SplitVirtqueue): void {
-    const q = this.queue(index);
-    q.vq = vq;
-    q.broken = false;
-    q.dirty = false;
+    startRing(this.queue(index), vq);
   }
 
   setEnabled(index: number, enabled: boolean): void {
@@ -179,10 +167,8 @@ export class BlkDevice implements QueueDevice {
     try {
       this.drain(index, q, q.vq);
     } catch (err) {
-      if (!(err instanceof QueueBrokenError)) throw err;
-      q.broken = true;
+      breakRing(q, index, err, this.warn);
       this.stats.add(BlkStat.brokenQueues, 1);
-      this.warn(`queue ${index} stopped: ${err.message} (${err.code})`);
     }
     this.engine.submit();
     this.flushNotifications();
@@ -383,17 +369,9 @@ export class BlkDevice implements QueueDevice {
     }
   }
 
-  /** One interrupt per queue per batch, and only when the driver asked for it (EVENT_IDX). */
   private flushNotifications(): void {
-    for (let i = 0; i < this.queues.length; i++) {
-      const q = this.queues[i];
-      if (!q.dirty || q.vq === null) continue;
-      q.dirty = false;
-      if (q.vq.needsInterrupt()) {
-        this.stats.add(BlkStat.interrupts, 1);
-        this.notify(i);
-      }
-    }
+    const sent = notifyDirty(this.queues, this.notify);
+    if (sent > 0) this.stats.add(BlkStat.interrupts, sent);
   }
 
   private takeSlot(queue: number): number {
@@ -407,10 +385,7 @@ export class BlkDevice implements QueueDevice {
   }
 
   private queue(index: number): QueueState {
-    const q = this.queues[index];
-    if (q === undefined)
-      throw new RangeError(`queue index ${index} is outside 0..${this.queues.length - 1}`);
-    return q;
+    return ringAt(this.queues, index);
   }
 
   /** Completes everything in flight, stops every queue and closes the engine. */

@@ -8,13 +8,18 @@
  */
 import type { StatCounters } from '../../locking/index.js';
 import { type OutputStream, PortStat } from '../../logger/index.js';
-import {
-  DescriptorChain,
-  type GuestMemory,
-  QueueBrokenError,
-  type SplitVirtqueue,
-} from '../../virtio/index.js';
+import { DescriptorChain, type GuestMemory, type SplitVirtqueue } from '../../virtio/index.js';
 import type { QueueDevice } from '../queue-device.js';
+import {
+  breakRing,
+  newRingState,
+  notifyDirty,
+  type RingState,
+  ringAt,
+  ringUsable,
+  setRingsMemory,
+  startRing,
+} from '../rings.js';
 import type { InputBuffer } from '../serial/input-buffer.js';
 import {
   CONTROL_HEADER_SIZE,
@@ -53,12 +58,7 @@ export interface ConsoleDeviceOptions {
   warn: (message: string) => void;
 }
 
-interface QueueState {
-  vq: SplitVirtqueue | null;
-  enabled: boolean;
-  dirty: boolean;
-  broken: boolean;
-}
+type QueueState = RingState;
 
 interface PortState {
   io: ConsolePortIo;
@@ -119,12 +119,7 @@ export class ConsoleDevice implements QueueDevice {
       guestOpen: !o.multiport,
     }));
     const n = consoleQueueCount(o.ports.length, o.multiport);
-    this.queues = Array.from({ length: n }, () => ({
-      vq: null,
-      enabled: false,
-      dirty: false,
-      broken: false,
-    }));
+    this.queues = Array.from({ length: n }, newRingState);
     const slots = CONTROL_SLOTS_PER_PORT * o.ports.length + 16;
     this.ctlEvent = new Uint16Array(slots);
     this.ctlId = new Uint32Array(slots);
@@ -134,14 +129,11 @@ export class ConsoleDevice implements QueueDevice {
 
   setMemory(memory: GuestMemory): void {
     this.bytes = memory.bytes;
-    for (const q of this.queues) q.vq?.setMemory(memory);
+    setRingsMemory(this.queues, memory);
   }
 
   startQueue(index: number, vq: SplitVirtqueue): void {
-    const q = this.queue(index);
-    q.vq = vq;
-    q.broken = false;
-    q.dirty = false;
+    startRing(this.queue(index), vq);
   }
 
   setEnabled(index: number, enabled: boolean): void {
@@ -491,8 +483,7 @@ export class ConsoleDevice implements QueueDevice {
   }
 
   private usable(index: number): boolean {
-    const q = this.queues[index];
-    return q !== undefined && q.vq !== null && q.enabled && !q.broken;
+    return ringUsable(this.queues, index);
   }
 
   /**
@@ -508,30 +499,17 @@ export class ConsoleDevice implements QueueDevice {
       else if (index === rxQueueOf(portOfQueue(index))) this.deliverInput(portOfQueue(index));
       else this.transmit(portOfQueue(index));
     } catch (err) {
-      if (!(err instanceof QueueBrokenError)) throw err;
-      this.queues[index].broken = true;
+      breakRing(this.queues[index], index, err, this.warn);
       this.stats.add(ConsoleStat.brokenQueues, 1);
-      this.warn(`queue ${index} stopped: ${err.message} (${err.code})`);
     }
   }
 
-  /** One interrupt per queue per batch, and only when the driver asked for it (EVENT_IDX). */
   private flushNotifications(): void {
-    for (let i = 0; i < this.queues.length; i++) {
-      const q = this.queues[i];
-      if (!q.dirty || q.vq === null) continue;
-      q.dirty = false;
-      if (q.vq.needsInterrupt()) {
-        this.stats.add(ConsoleStat.interrupts, 1);
-        this.notify(i);
-      }
-    }
+    const sent = notifyDirty(this.queues, this.notify);
+    if (sent > 0) this.stats.add(ConsoleStat.interrupts, sent);
   }
 
   private queue(index: number): QueueState {
-    const q = this.queues[index];
-    if (q === undefined)
-      throw new RangeError(`queue index ${index} is outside 0..${this.queues.length - 1}`);
-    return q;
+    return ringAt(this.queues, index);
   }
 }

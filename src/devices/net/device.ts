@@ -19,13 +19,16 @@
 import type { StatCounters } from '../../locking/index.js';
 import type { PacketRing } from '../../net/packet-ring.js';
 import type { SwitchPort } from '../../net/switch-port.js';
-import {
-  DescriptorChain,
-  type GuestMemory,
-  QueueBrokenError,
-  type SplitVirtqueue,
-} from '../../virtio/index.js';
+import { DescriptorChain, type GuestMemory, type SplitVirtqueue } from '../../virtio/index.js';
 import type { QueueDevice } from '../queue-device.js';
+import {
+  breakRing,
+  newRingState,
+  type RingState,
+  ringAt,
+  setRingsMemory,
+  startRing,
+} from '../rings.js';
 import { type ByteLocation, locateWritable, readFromChain, writeToChain } from './chain-copy.js';
 import {
   MAX_FRAME,
@@ -60,12 +63,7 @@ export interface NetDeviceOptions {
 /** Chains popped per wake-up before yielding to the loop. */
 const BUDGET = 256;
 
-interface QueueState {
-  vq: SplitVirtqueue | null;
-  enabled: boolean;
-  broken: boolean;
-  dirty: boolean;
-}
+type QueueState = RingState;
 
 const DELIVERED = 0;
 const NO_BUFFERS = 1;
@@ -114,12 +112,7 @@ export class NetDevice implements QueueDevice {
     const n = netQueueCount(options.queuePairs);
     this.ctrlIndex = n - 1;
     this.filter = new RxFilter(options.mac, options.queuePairs);
-    this.queues = Array.from({ length: n }, () => ({
-      vq: null,
-      enabled: false,
-      broken: false,
-      dirty: false,
-    }));
+    this.queues = Array.from({ length: n }, newRingState);
     this.txScheduled = this.queues.map(() => false);
     this.chain = new DescriptorChain(options.queueSize + 16);
     this.rxHeads = new Int32Array(options.queueSize);
@@ -128,14 +121,11 @@ export class NetDevice implements QueueDevice {
 
   setMemory(memory: GuestMemory): void {
     this.bytes = memory.bytes;
-    for (const q of this.queues) q.vq?.setMemory(memory);
+    setRingsMemory(this.queues, memory);
   }
 
   startQueue(index: number, vq: SplitVirtqueue): void {
-    const q = this.queue(index);
-    q.vq = vq;
-    q.broken = false;
-    q.dirty = false;
+    startRing(this.queue(index), vq);
   }
 
   setEnabled(index: number, enabled: boolean): void {
@@ -443,16 +433,11 @@ export class NetDevice implements QueueDevice {
   }
 
   private breakQueue(index: number, q: QueueState, err: unknown): void {
-    if (!(err instanceof QueueBrokenError)) throw err;
-    q.broken = true;
+    breakRing(q, index, err, this.warn);
     this.stats.add(NetStat.brokenQueues, 1);
-    this.warn(`queue ${index} stopped: ${err.message} (${err.code})`);
   }
 
   private queue(index: number): QueueState {
-    const q = this.queues[index];
-    if (q === undefined)
-      throw new RangeError(`queue index ${index} is outside 0..${this.queues.length - 1}`);
-    return q;
+    return ringAt(this.queues, index);
   }
 }
