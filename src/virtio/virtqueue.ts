@@ -96,12 +96,11 @@ interface RingLocation {
  * loop after a kick:
  *
  * ```ts
- * for (;;) {
+ * do {
  *   q.setNotification(false);           // no kicks while draining
  *   while (q.pop(chain)) submit(chain);  // chain.error !== null: q.addUsed(chain.head, 0)
- *   q.setNotification(true);
- *   if (q.pending() === 0) break;       // else a chain slipped in before kicks were back on
- * }
+ * } while (q.enableNotification());     // a chain slipped in before kicks were back on
+ * // (drainQueue() in drain.ts is this loop with a budget and a way to stop early)
  * // on completions: q.addUsed(head, written) per request, then once per batch:
  * q.publishUsed();
  * if (q.needsInterrupt()) signal(callFd);
@@ -294,6 +293,34 @@ export class SplitVirtqueue {
     // Seq-cst store: ordered before the next Atomics.load of avail.idx (full
     // fence), pairing with the driver's store of avail.idx then load of flags.
     Atomics.store(this.usedHeader, USED_FLAGS_U16, enabled ? 0 : VIRTQ_USED_F_NO_NOTIFY);
+  }
+
+  /**
+   * Turns kicks back on and says whether more work arrived meanwhile: true
+   * when chains are available, and the caller must pop again rather than
+   * sleep, because a chain the driver published while kicks were off may have
+   * come with no kick. The end of every drain:
+   *
+   * ```ts
+   * do {
+   *   q.setNotification(false);
+   *   while (q.pop(chain)) handle(chain);
+   * } while (q.enableNotification());
+   * ```
+   *
+   * Goes through {@link setNotification}, so a subclass that overrides it
+   * (the worker runtime's adaptive poller keeps kicks off) still decides.
+   *
+   * Memory ordering: setNotification(true) ends in a seq-cst store (used.flags,
+   * or avail_event with EVENT_IDX) and pending() starts with the seq-cst load
+   * of avail.idx: a full fence between them. The driver does the mirror image
+   * (store avail.idx, fence, load used.flags / avail_event), so either it sees
+   * kicks enabled and kicks, or this load sees its new avail.idx.
+   * @throws QueueBrokenError VIRTQ_AVAIL_AHEAD, as pending() does.
+   */
+  enableNotification(): boolean {
+    this.setNotification(true);
+    return this.pending() > 0;
   }
 
   /** used.idx as stored in guest memory (for reconnects: the device's view may be behind). */
