@@ -12,19 +12,6 @@ export const CACHE_LINE_BYTES = 64;
 /** Int32 slots in one cache line. */
 const LINE = CACHE_LINE_BYTES / Int32Array.BYTES_PER_ELEMENT;
 
-// ───────────────────────────── Mutex ─────────────────────────────
-// A mutex is one Int32 slot anywhere in any SharedArrayBuffer (devices put
-// them inside their own state blocks); these are the values it holds.
-
-/** Mutex state: nobody holds the lock. */
-export const MUTEX_UNLOCKED = 0;
-/** Mutex state: held, and no thread is (known to be) sleeping on it. */
-export const MUTEX_LOCKED = 1;
-/** Mutex state: held, and a thread may be sleeping in Atomics.wait: unlock must notify. */
-export const MUTEX_CONTENDED = 2;
-/** Int32 slots one mutex occupies. */
-export const MUTEX_SLOTS = 1;
-
 // ─────────────────────────── SpscByteRing ───────────────────────────
 // Header of three cache lines, then the data area. Slots are grouped by the
 // thread that writes them so the producer's stores and the consumer's stores
@@ -92,3 +79,39 @@ export const COUNTERS = {
 export function countersByteLength(count: number): number {
   return (COUNTERS.FIRST + count * COUNTERS.STRIDE) * Int32Array.BYTES_PER_ELEMENT;
 }
+
+// ─────────────────────────── PacketRing (src/net) ───────────────────────────
+// One ring per ordered pair of switch ports: the source port's worker is the
+// only producer, the destination port's worker the only consumer. Header of
+// three cache lines, then the data area of `[u32 length][frame]` records.
+// Grouped by writer like SpscByteRing's: line 0 is immutable after create,
+// line 1 is written only by the producer (HEAD, DROPS), line 2 only by the
+// consumer (TAIL), so a port sending and a port receiving at full rate never
+// write the same cache line.
+
+/** Written at create; attach() refuses buffers without it. ASCII 'pktr'. */
+export const PACKET_RING_MAGIC_VALUE = 0x706b7472;
+export const PACKET_RING = {
+  /** Line 0, immutable: {@link PACKET_RING_MAGIC_VALUE}. */
+  MAGIC: 0,
+  /** Line 0, immutable: data-area size in bytes, a power of two. */
+  CAPACITY: 1,
+  /**
+   * Line 1, producer-written: free-running u32 count of record bytes ever
+   * committed (stored as int32). Publishing it publishes every record before it.
+   */
+  HEAD: LINE,
+  /** Line 1, producer-written: frames dropped because the ring was full (u32, wraps). */
+  DROPS: LINE + 1,
+  /**
+   * Line 2, consumer-written: free-running u32 count of record bytes ever
+   * released. Publishing it hands the space before it back to the producer.
+   */
+  TAIL: 2 * LINE,
+} as const;
+/** Bytes before the data area (three cache lines). */
+export const PACKET_RING_HEADER_BYTES = 3 * CACHE_LINE_BYTES;
+/** Smallest data area: a few full-size frames. */
+export const PACKET_RING_MIN_CAPACITY = 4096;
+/** Largest data area (256 MiB): far below the 2^31 that free-running u32 indexes allow. */
+export const PACKET_RING_MAX_CAPACITY = 2 ** 28;

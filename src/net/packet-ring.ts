@@ -14,34 +14,31 @@
  *
  * Indexes are free-running u32 byte counts (HEAD written only by the
  * producer, TAIL only by the consumer); the capacity is a power of two, so
- * `index & mask` is the position and the u32 wrap-around is exact.
+ * `index & mask` is the position and the u32 wrap-around is exact. The header
+ * slots are named in src/locking/layout.ts (PACKET_RING): HEAD and DROPS on
+ * the producer's cache line, TAIL on the consumer's, so the two threads never
+ * write the same line.
  *
  * A full ring drops the frame on the producer side and counts it in DROPS
  * (producer-written): a stalled consumer loses its own traffic and never
  * blocks the port that sends to it.
+ *
+ * The hot path (reserve, commit, peek, release) allocates nothing: it works
+ * on views made once per handle and returns plain numbers.
  */
 import { VhostRtError } from '../errors.js';
+import {
+  PACKET_RING,
+  PACKET_RING_HEADER_BYTES,
+  PACKET_RING_MAGIC_VALUE,
+  PACKET_RING_MAX_CAPACITY,
+  PACKET_RING_MIN_CAPACITY,
+} from '../locking/layout.js';
 
-/** Int32 slots of the ring header. */
-export const PACKET_RING = {
-  /** Producer's free-running byte index. */
-  HEAD: 0,
-  /** Consumer's free-running byte index. */
-  TAIL: 1,
-  /** Frames the producer dropped because the ring was full. */
-  DROPS: 2,
-  /** Data-area size in bytes. */
-  CAPACITY: 3,
-  /** PACKET_RING_MAGIC once initialised. */
-  MAGIC: 4,
-} as const;
-
-/** Bytes before the data area (a multiple of 8, room for the slots above). */
-export const PACKET_RING_HEADER_BYTES = 32;
-const MAGIC = 0x706b7472; // 'pktr'
 /** Length word of a record that only says "continue at offset 0". */
 const WRAP = 0xffffffff;
 const RECORD_HEADER = 4;
+const HEADER_SLOTS = PACKET_RING_HEADER_BYTES / Int32Array.BYTES_PER_ELEMENT;
 
 /** Errors of the packet ring; `code` is stable. */
 export class PacketRingError extends VhostRtError {}
@@ -61,32 +58,48 @@ export class PacketRing {
   /** Producer: reservation in progress (position of its length word), -1 none. */
   private reservedPos = -1;
   private reservedAdvance = 0;
+  /**
+   * Producer: the last TAIL loaded. The consumer only moves TAIL forward, so
+   * this under-states the free space; it is reloaded only when the ring looks
+   * full, so a producer reads the consumer's cache line once per many frames.
+   */
+  private tailSeen: number;
   /** Consumer: where the frame returned by {@link peek} starts, and its record size. */
   frameOffset = 0;
   private peekedAdvance = 0;
+  /** Consumer: the last HEAD loaded; reloaded only when everything before it is consumed. */
+  private headSeen: number;
 
   private constructor(readonly buffer: SharedArrayBuffer) {
-    this.header = new Int32Array(buffer, 0, PACKET_RING_HEADER_BYTES / 4);
+    this.header = new Int32Array(buffer, 0, HEADER_SLOTS);
     this.capacity = this.header[PACKET_RING.CAPACITY];
     this.mask = this.capacity - 1;
     this.data = new Uint8Array(buffer, PACKET_RING_HEADER_BYTES, this.capacity);
     this.words = new DataView(buffer, PACKET_RING_HEADER_BYTES, this.capacity);
+    // Acquire loads: whatever the other side published before this handle
+    // existed (nothing, unless a ring is re-attached) is visible.
+    this.tailSeen = Atomics.load(this.header, PACKET_RING.TAIL);
+    this.headSeen = Atomics.load(this.header, PACKET_RING.HEAD);
   }
 
   /** A new empty ring with `capacity` data bytes: a power of two in 4 KiB..256 MiB. */
   static create(capacity: number): PacketRing {
-    if (!Number.isInteger(capacity) || capacity < 4096 || capacity > 2 ** 28) {
+    if (
+      !Number.isInteger(capacity) ||
+      capacity < PACKET_RING_MIN_CAPACITY ||
+      capacity > PACKET_RING_MAX_CAPACITY
+    ) {
       throw new RangeError(`PacketRing capacity ${capacity} must be an integer in 4096..2^28`);
     }
     if ((capacity & (capacity - 1)) !== 0) {
       throw new RangeError(`PacketRing capacity ${capacity} must be a power of two`);
     }
     const buffer = new SharedArrayBuffer(PACKET_RING_HEADER_BYTES + capacity);
-    const header = new Int32Array(buffer, 0, PACKET_RING_HEADER_BYTES / 4);
+    const header = new Int32Array(buffer, 0, HEADER_SLOTS);
     header[PACKET_RING.CAPACITY] = capacity;
     // Plain stores: the buffer reaches another thread only through
     // postMessage, which orders them before the receiver's attach().
-    header[PACKET_RING.MAGIC] = MAGIC;
+    header[PACKET_RING.MAGIC] = PACKET_RING_MAGIC_VALUE;
     return new PacketRing(buffer);
   }
 
@@ -95,10 +108,10 @@ export class PacketRing {
     if (!(buffer instanceof SharedArrayBuffer) || buffer.byteLength < PACKET_RING_HEADER_BYTES) {
       throw new PacketRingError('PACKET_RING_BAD_LAYOUT', 'not a packet ring buffer');
     }
-    const header = new Int32Array(buffer, 0, PACKET_RING_HEADER_BYTES / 4);
+    const header = new Int32Array(buffer, 0, HEADER_SLOTS);
     const capacity = header[PACKET_RING.CAPACITY];
     if (
-      header[PACKET_RING.MAGIC] !== MAGIC ||
+      header[PACKET_RING.MAGIC] !== PACKET_RING_MAGIC_VALUE ||
       buffer.byteLength !== PACKET_RING_HEADER_BYTES + capacity
     ) {
       throw new PacketRingError('PACKET_RING_BAD_LAYOUT', 'packet ring header is inconsistent');
@@ -136,13 +149,16 @@ export class PacketRing {
     if (length > this.maxFrame || length < 0) return this.drop();
     // Our own index: current without synchronisation beyond program order.
     const head = Atomics.load(this.header, PACKET_RING.HEAD);
-    // Acquire: the consumer finished reading every byte before TAIL ahead of
-    // its seq-cst store in release(), so that space is really free.
-    const used = (head - Atomics.load(this.header, PACKET_RING.TAIL)) >>> 0;
     const pos = head & this.mask;
     const record = RECORD_HEADER + align4(length);
     const pad = pos + record > this.capacity ? this.capacity - pos : 0;
-    if (used + pad + record > this.capacity) return this.drop();
+    if (((head - this.tailSeen) >>> 0) + pad + record > this.capacity) {
+      // Acquire: the consumer finished reading every byte before TAIL ahead
+      // of its seq-cst store in release(), so that space is really free.
+      // (Space freed by an older TAIL was ordered by the load that saw it.)
+      this.tailSeen = Atomics.load(this.header, PACKET_RING.TAIL);
+      if (((head - this.tailSeen) >>> 0) + pad + record > this.capacity) return this.drop();
+    }
     if (pad > 0) this.words.setUint32(pos, WRAP, true);
     const at = pad > 0 ? 0 : pos;
     this.reservedPos = at;
@@ -181,11 +197,14 @@ export class PacketRing {
    * {@link release}.
    */
   peek(): number {
-    // Acquire: pairs with the seq-cst store of HEAD in commit(); every record
-    // before that index is fully written.
-    const head = Atomics.load(this.header, PACKET_RING.HEAD);
     let tail = Atomics.load(this.header, PACKET_RING.TAIL); // our own index
-    if (head === tail) return -1;
+    if (tail === this.headSeen) {
+      // Acquire: pairs with the seq-cst store of HEAD in commit(); every
+      // record before that index is fully written. (Records before an older
+      // HEAD were ordered by the load that saw it.)
+      this.headSeen = Atomics.load(this.header, PACKET_RING.HEAD);
+      if (tail === this.headSeen) return -1;
+    }
     let pos = tail & this.mask;
     let length = this.words.getUint32(pos, true);
     let skip = 0;
