@@ -3,15 +3,17 @@
  * ageing. Each port worker owns one and nobody else touches it, which is why
  * the switch needs no shared forwarding table and no lock (see switch-port.ts).
  *
- * Addresses are keyed as one number (48 bits fit a double exactly); entries
- * live in preallocated typed arrays, and the Map from key to entry allocates
- * only when a new address is learnt (never per frame). The table is bounded:
- * when it is full an expired entry is reused, else the address is not learnt
- * and its frames are flooded (a guest spraying source addresses cannot grow
- * the daemon's memory).
+ * Entries live in preallocated typed arrays, an address as its high 16 and
+ * low 32 bits, found through an open-addressing hash index that is a typed
+ * array too; the table reads addresses straight from the frame and keeps the
+ * batch's time itself. So learning and looking up allocate nothing and pass
+ * no double between calls (a Map keyed by 48-bit numbers cost a heap number
+ * per frame). The table is bounded: when it is full an expired entry is
+ * reused, else the address is not learnt and its frames are flooded (a guest
+ * spraying source addresses cannot grow the daemon's memory).
  */
 
-/** Key of the MAC address at `bytes[offset, offset + 6)`. */
+/** The MAC address at `bytes[offset, offset + 6)` as one number (48 bits fit a double exactly). */
 export function macKey(bytes: Uint8Array, offset: number): number {
   return (
     (bytes[offset] * 0x100 + bytes[offset + 1]) * 0x1_0000_0000 +
@@ -46,12 +48,45 @@ export function formatMac(bytes: Uint8Array, offset = 0): string {
 /** Result of {@link MacTable.lookup} for an address with no live entry: flood. */
 export const UNKNOWN_PORT = -1;
 
+/** Multiplier of the index hash (2^32 / golden ratio). */
+const HASH_MULTIPLIER = 0x9e3779b1;
+
+/** High 16 bits of the MAC address at `bytes[offset, offset + 6)`. */
+function macHigh(bytes: Uint8Array, offset: number): number {
+  return (bytes[offset] << 8) | bytes[offset + 1];
+}
+
+/** Low 32 bits of the MAC address at `bytes[offset, offset + 6)`, as an int32. */
+function macLow(bytes: Uint8Array, offset: number): number {
+  return (
+    (bytes[offset + 2] << 24) |
+    (bytes[offset + 3] << 16) |
+    (bytes[offset + 4] << 8) |
+    bytes[offset + 5]
+  );
+}
+
 export class MacTable {
-  private readonly index = new Map<number, number>();
-  private readonly keys: Float64Array;
+  /**
+   * Time (ms) that {@link learn} stamps entries with and {@link lookup} ages
+   * them by. The owner sets it once per batch of frames; keeping it here
+   * rather than passing it means no double crosses a call per frame.
+   */
+  now = 0;
+  /** Entry i's address: high 16 bits, low 32 bits (as int32). */
+  private readonly keyHigh: Int32Array;
+  private readonly keyLow: Int32Array;
   private readonly ports: Int32Array;
   private readonly seen: Float64Array;
   private used = 0;
+  /**
+   * Hash index: entry + 1 per bucket, 0 for empty; linear probing with
+   * backward-shift deletion (no tombstones). At least twice as many buckets
+   * as entries, so a probe always ends at an empty bucket.
+   */
+  private readonly buckets: Int32Array;
+  private readonly bucketMask: number;
+  private held = 0;
 
   /**
    * @param capacity most addresses held (1..65536)
@@ -65,43 +100,56 @@ export class MacTable {
       throw new RangeError(`MacTable capacity ${capacity} must be an integer in 1..65536`);
     }
     if (!(ageingMs > 0)) throw new RangeError(`MacTable ageingMs ${ageingMs} must be > 0`);
-    this.keys = new Float64Array(capacity);
+    this.keyHigh = new Int32Array(capacity);
+    this.keyLow = new Int32Array(capacity);
     this.ports = new Int32Array(capacity);
     this.seen = new Float64Array(capacity);
+    let buckets = 2;
+    while (buckets < 2 * capacity) buckets *= 2;
+    this.buckets = new Int32Array(buckets);
+    this.bucketMask = buckets - 1;
   }
 
-  /** Addresses currently held (expired ones included until reused or swept). */
+  /** Addresses currently held (expired ones included until reused). */
   get size(): number {
-    return this.index.size;
+    return this.held;
   }
 
-  /** Records that `key` was seen behind `port` at time `now` (ms). */
-  learn(key: number, port: number, now: number): void {
-    const slot = this.index.get(key);
-    if (slot !== undefined) {
-      this.ports[slot] = port;
-      this.seen[slot] = now;
+  /** Records that the address at `bytes[offset, offset + 6)` is behind `port`, as of {@link now}. */
+  learn(bytes: Uint8Array, offset: number, port: number): void {
+    const high = macHigh(bytes, offset);
+    const low = macLow(bytes, offset);
+    const held = this.buckets[this.find(high, low)];
+    if (held !== 0) {
+      this.ports[held - 1] = port;
+      this.seen[held - 1] = this.now;
       return;
     }
     let free: number;
     if (this.used < this.capacity) {
       free = this.used++;
     } else {
-      free = this.expiredSlot(now);
+      free = this.expiredSlot();
       if (free < 0) return;
-      this.index.delete(this.keys[free]);
+      this.unindex(this.find(this.keyHigh[free], this.keyLow[free]));
     }
-    this.keys[free] = key;
+    this.keyHigh[free] = high;
+    this.keyLow[free] = low;
     this.ports[free] = port;
-    this.seen[free] = now;
-    this.index.set(key, free);
+    this.seen[free] = this.now;
+    // Found again: unindexing may have moved the empty bucket the first probe ended at.
+    this.buckets[this.find(high, low)] = free + 1;
+    this.held++;
   }
 
-  /** The port behind `key`, or {@link UNKNOWN_PORT} when unknown or aged out. */
-  lookup(key: number, now: number): number {
-    const slot = this.index.get(key);
-    if (slot === undefined || now - this.seen[slot] > this.ageingMs) return UNKNOWN_PORT;
-    return this.ports[slot];
+  /**
+   * The port behind the address at `bytes[offset, offset + 6)`, or
+   * {@link UNKNOWN_PORT} when it is unknown or aged out as of {@link now}.
+   */
+  lookup(bytes: Uint8Array, offset: number): number {
+    const held = this.buckets[this.find(macHigh(bytes, offset), macLow(bytes, offset))];
+    if (held === 0 || this.now - this.seen[held - 1] > this.ageingMs) return UNKNOWN_PORT;
+    return this.ports[held - 1];
   }
 
   /** Forgets every address learnt behind `port` (its peer went away). */
@@ -109,8 +157,44 @@ export class MacTable {
     for (let i = 0; i < this.used; i++) if (this.ports[i] === port) this.seen[i] = -Infinity;
   }
 
-  private expiredSlot(now: number): number {
-    for (let i = 0; i < this.used; i++) if (now - this.seen[i] > this.ageingMs) return i;
+  /** The bucket holding the address, or the empty bucket where its probe ends. */
+  private find(high: number, low: number): number {
+    let b = this.home(high, low);
+    for (let e = this.buckets[b]; e !== 0; e = this.buckets[b]) {
+      if (this.keyLow[e - 1] === low && this.keyHigh[e - 1] === high) return b;
+      b = (b + 1) & this.bucketMask;
+    }
+    return b;
+  }
+
+  /** First bucket probed for an address: a multiplicative hash of its two halves. */
+  private home(high: number, low: number): number {
+    let h = Math.imul(low ^ Math.imul(high, HASH_MULTIPLIER), HASH_MULTIPLIER);
+    h ^= h >>> 16;
+    return h & this.bucketMask;
+  }
+
+  /** Empties `bucket` and shifts back the entries whose probe passed it (linear probing's delete). */
+  private unindex(bucket: number): void {
+    const mask = this.bucketMask;
+    let hole = bucket;
+    this.buckets[hole] = 0;
+    this.held--;
+    for (let b = (hole + 1) & mask; this.buckets[b] !== 0; b = (b + 1) & mask) {
+      const e = this.buckets[b] - 1;
+      const home = this.home(this.keyHigh[e], this.keyLow[e]);
+      // The entry at b may fill the hole unless its home lies cyclically in (hole, b].
+      const stays = hole <= b ? hole < home && home <= b : hole < home || home <= b;
+      if (stays) continue;
+      this.buckets[hole] = this.buckets[b];
+      this.buckets[b] = 0;
+      hole = b;
+    }
+  }
+
+  /** First entry aged out as of {@link now}, or -1. */
+  private expiredSlot(): number {
+    for (let i = 0; i < this.used; i++) if (this.now - this.seen[i] > this.ageingMs) return i;
     return -1;
   }
 }

@@ -17,9 +17,15 @@
  *   once per batch; the destination drains its incoming rings on its own loop.
  * - A full ring drops the frame on the producer side (counted in the ring):
  *   a stalled port loses its own traffic and never blocks a sender.
+ *
+ * The port is what its peer (the virtio-net device, the TAP peer) sees of the
+ * switch: it implements {@link NetBackendPort}, and rings, port numbers and
+ * the table stay private to it.
  */
 import { native } from '../native.js';
-import { isGroupAddress, MacTable, macKey, UNKNOWN_PORT } from './mac-table.js';
+import type { NetBackendPort } from './backend-port.js';
+import { copyBytes } from './copy.js';
+import { isGroupAddress, MacTable, UNKNOWN_PORT } from './mac-table.js';
 import { PacketRing } from './packet-ring.js';
 
 /** What a port worker is handed at start: its rings and the doorbells of all ports. */
@@ -43,34 +49,114 @@ export const DEFAULT_AGEING_MS = 300_000;
 /** Default bound on learnt addresses per port. */
 export const DEFAULT_MAC_CAPACITY = 4096;
 
-export class SwitchPort {
+const NO_BYTES = new Uint8Array(0);
+
+/**
+ * Frames taken from one incoming ring before the next source's turn: long
+ * enough that looking at idle rings costs little per frame, short enough that
+ * a busy sender cannot starve the others (the batch budget of a peer is larger).
+ */
+export const RX_BURST = 32;
+
+/** One port of the switch, as its own worker sees it; see the module comment. */
+export class SwitchPort implements NetBackendPort {
+  /** This port's index. */
   readonly port: number;
+  /** Ports in the switch. */
   readonly ports: number;
-  /** Rings by destination / by source; null on the diagonal. */
-  readonly out: readonly (PacketRing | null)[];
-  readonly in: readonly (PacketRing | null)[];
-  /** Filled by {@link route}: destination ports of the current frame. */
-  readonly targets: Int32Array;
+  /** This port's private MAC learning table. */
   readonly table: MacTable;
-  /** Time of the current batch (ms), read once per batch rather than per frame. */
-  now = 0;
   private readonly doorbells: readonly number[];
+  /** 1 for every port sent a frame since the last doorbells. */
   private readonly pending: Uint8Array;
+  /** Rings by destination port; null on the diagonal. */
+  private readonly out: readonly (PacketRing | null)[];
+  /** Destination ports of the frame being routed. */
+  private readonly targets: Int32Array;
+  /** The reservations of the frame being transmitted: destination, ring, offset. */
+  private readonly reservedDst: Int32Array;
+  private readonly reservedRing: (PacketRing | null)[];
+  private readonly reservedAt: Int32Array;
+  private reservedCount = 0;
+  private reservedLength = 0;
+  /** Incoming rings (the non-null ones) and the port each comes from. */
+  private readonly inRings: readonly PacketRing[];
+  private readonly inSources: Int32Array;
+  /** Incoming ring peek() looks at first, and frames taken from it in a row. */
+  private rxNext = 0;
+  private rxTaken = 0;
+  /** Incoming ring of the frame returned by peek(); -1 none. */
+  private rxPeeked = -1;
+  private txData: Uint8Array = NO_BYTES;
+  private txAt = 0;
+  private rxData: Uint8Array = NO_BYTES;
+  private rxAt = 0;
 
   constructor(init: SwitchPortInit) {
     this.port = init.port;
     this.ports = init.doorbells.length;
     this.out = init.outRings.map((b) => (b === null ? null : PacketRing.attach(b)));
-    this.in = init.inRings.map((b) => (b === null ? null : PacketRing.attach(b)));
+    const sources = init.inRings.flatMap((b, src) => (b === null ? [] : [src]));
+    this.inRings = sources.map((src) => PacketRing.attach(init.inRings[src] as SharedArrayBuffer));
+    this.inSources = Int32Array.from(sources);
     this.doorbells = init.doorbells;
     this.targets = new Int32Array(this.ports);
+    this.reservedDst = new Int32Array(this.ports);
+    this.reservedRing = Array.from({ length: this.ports }, () => null);
+    this.reservedAt = new Int32Array(this.ports);
     this.pending = new Uint8Array(this.ports);
     this.table = new MacTable(init.macCapacity, init.ageingMs);
   }
 
-  /** Starts a batch of frames: samples the clock once. */
   beginBatch(): void {
-    this.now = performance.now();
+    // The clock is read once per batch rather than per frame.
+    this.table.now = performance.now();
+  }
+
+  // --- transmit: this port's peer → other ports ------------------------------
+
+  reserve(addresses: Uint8Array, offset: number, length: number): number {
+    const n = this.route(addresses, offset);
+    let count = 0;
+    for (let t = 0; t < n; t++) {
+      const ring = this.out[this.targets[t]];
+      if (ring === null) continue;
+      // A full ring counts its own drop; the other destinations still get the frame.
+      const at = ring.reserve(length);
+      if (at < 0) continue;
+      this.reservedDst[count] = this.targets[t];
+      this.reservedRing[count] = ring;
+      this.reservedAt[count] = at;
+      count++;
+    }
+    this.reservedCount = count;
+    this.reservedLength = length;
+    if (count > 0) {
+      this.txData = (this.reservedRing[0] as PacketRing).data;
+      this.txAt = this.reservedAt[0];
+    }
+    return count;
+  }
+
+  get txBytes(): Uint8Array {
+    return this.txData;
+  }
+
+  get txOffset(): number {
+    return this.txAt;
+  }
+
+  commit(): void {
+    const length = this.reservedLength;
+    for (let i = this.reservedCount - 1; i >= 0; i--) {
+      const ring = this.reservedRing[i] as PacketRing;
+      // The caller wrote the frame into reservation 0 only: copy it into the others.
+      if (i > 0) copyBytes(this.txData, this.txAt, ring.data, this.reservedAt[i], length);
+      ring.commit(length);
+      this.reservedRing[i] = null;
+      this.pending[this.reservedDst[i]] = 1;
+    }
+    this.reservedCount = 0;
   }
 
   /**
@@ -79,10 +165,10 @@ export class SwitchPort {
    * destination is behind this very port). `bytes[off, off + 12)` holds the
    * destination and source addresses.
    */
-  route(bytes: Uint8Array, off: number): number {
-    this.table.learn(macKey(bytes, off + 6), this.port, this.now);
+  private route(bytes: Uint8Array, off: number): number {
+    this.table.learn(bytes, off + 6, this.port);
     if (!isGroupAddress(bytes, off)) {
-      const dst = this.table.lookup(macKey(bytes, off), this.now);
+      const dst = this.table.lookup(bytes, off);
       if (dst === this.port) return 0;
       if (dst !== UNKNOWN_PORT) {
         this.targets[0] = dst;
@@ -99,14 +185,45 @@ export class SwitchPort {
     return n;
   }
 
-  /** Learns the source address of a frame that arrived on the ring from port `src`. */
-  learnFrom(src: number, bytes: Uint8Array, frameOffset: number): void {
-    this.table.learn(macKey(bytes, frameOffset + 6), src, this.now);
+  // --- receive: other ports → this port's peer -------------------------------
+
+  peek(): number {
+    const rings = this.inRings;
+    for (let k = 0; k < rings.length; k++) {
+      const i = this.rxNext;
+      const length = rings[i].peek();
+      if (length >= 0) {
+        this.rxPeeked = i;
+        this.rxData = rings[i].data;
+        this.rxAt = rings[i].frameOffset;
+        return length;
+      }
+      this.rxNext = i + 1 === rings.length ? 0 : i + 1;
+      this.rxTaken = 0;
+    }
+    this.rxPeeked = -1;
+    return -1;
   }
 
-  /** Notes that a frame was committed to the ring towards `dst`. */
-  sent(dst: number): void {
-    this.pending[dst] = 1;
+  get rxBytes(): Uint8Array {
+    return this.rxData;
+  }
+
+  get rxOffset(): number {
+    return this.rxAt;
+  }
+
+  release(): void {
+    const i = this.rxPeeked;
+    if (i < 0) return;
+    // The frame arrived from port inSources[i]: its source address lives there.
+    this.table.learn(this.rxData, this.rxAt + 6, this.inSources[i]);
+    this.inRings[i].release();
+    this.rxPeeked = -1;
+    if (++this.rxTaken < RX_BURST) return;
+    // The next source's turn: a busy sender cannot starve the others.
+    this.rxNext = i + 1 === this.inRings.length ? 0 : i + 1;
+    this.rxTaken = 0;
   }
 
   /** Ends a batch: one doorbell per destination that received frames. */
@@ -118,28 +235,6 @@ export class SwitchPort {
       // store (commit) precedes it, and the consumer reads HEAD after being woken.
       native.eventfdWrite(this.doorbells[p], 1);
     }
-  }
-
-  /**
-   * Forwards one frame held in `src[off, off + length)` to every target of
-   * {@link route}; returns how many rings took it (the others counted a drop).
-   */
-  forwardBytes(src: Uint8Array, off: number, length: number): number {
-    const n = this.route(src, off);
-    let taken = 0;
-    for (let t = 0; t < n; t++) {
-      const dst = this.targets[t];
-      const ring = this.out[dst];
-      if (ring === null) continue;
-      const at = ring.reserve(length);
-      if (at < 0) continue;
-      if (length < 64) for (let i = 0; i < length; i++) ring.data[at + i] = src[off + i];
-      else ring.data.set(src.subarray(off, off + length), at);
-      ring.commit(length);
-      this.sent(dst);
-      taken++;
-    }
-    return taken;
   }
 }
 

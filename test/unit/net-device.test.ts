@@ -9,6 +9,7 @@ import { NetDevice } from '../../src/devices/net/device.js';
 import { NET_STAT_NAMES, NetStat } from '../../src/devices/net/stats.js';
 import { StatCounters } from '../../src/locking/index.js';
 import { native } from '../../src/native.js';
+import type { NetBackendPort } from '../../src/net/backend-port.js';
 import { createSwitchRings, SwitchPort } from '../../src/net/switch-port.js';
 import { SplitVirtqueue } from '../../src/virtio/index.js';
 import { VIRTQ_DESC_F_NEXT } from '../../src/virtio/split-ring.js';
@@ -50,7 +51,7 @@ function makeSwitch(): Port[] {
       queuePairs: 1,
       mac: Uint8Array.from([2, 0, 0, 0, 0, 0x10 + port]),
       queueSize: 16,
-      switchPort: sp,
+      port: sp,
       notify: (q) => interrupts.push(q),
       stats,
       warn: () => {},
@@ -152,6 +153,90 @@ describe('NetDevice', () => {
     const lens = [b.rx.popUsed()?.len, b.rx.popUsed()?.len, b.rx.popUsed()?.len];
     expect(lens).toEqual([100, 100, 12]);
     expect(b.stats.get(NetStat.rxPackets)).toBe(1);
+  });
+
+  it('talks only to its NetBackendPort: one reservation per frame, one copy, one batch per kick', async () => {
+    /** A port with no switch behind it: records what is sent, hands out what `waiting` holds. */
+    class FakePort implements NetBackendPort {
+      txBytes = new Uint8Array(4096);
+      txOffset = 100;
+      rxBytes = new Uint8Array(0);
+      rxOffset = 0;
+      readonly sent: Uint8Array[] = [];
+      readonly waiting: Uint8Array[] = [];
+      readonly calls: string[] = [];
+      private length = 0;
+      beginBatch(): void {
+        this.calls.push('begin');
+      }
+      reserve(addresses: Uint8Array, offset: number, length: number): number {
+        this.calls.push(`reserve ${addresses.subarray(offset, offset + 12).join(',')} ${length}`);
+        this.length = length;
+        return 3; // as for a flood to three ports: the device still copies once
+      }
+      commit(): void {
+        this.calls.push('commit');
+        this.sent.push(this.txBytes.slice(this.txOffset, this.txOffset + this.length));
+      }
+      peek(): number {
+        if (this.waiting.length === 0) return -1;
+        this.rxBytes = this.waiting[0];
+        return this.rxBytes.length;
+      }
+      release(): void {
+        this.calls.push('release');
+        this.waiting.shift();
+      }
+      endBatch(): void {
+        this.calls.push('end');
+      }
+    }
+    const ram = new GuestRam([{ guestPhysAddr: 0, size: 1 << 20 }]);
+    const memory = ram.toGuestMemory();
+    const rx = new DriverQueue(ram, 16, { eventIdx: true });
+    const tx = new DriverQueue(ram, 16, { eventIdx: true });
+    const port = new FakePort();
+    const dev = new NetDevice({
+      queuePairs: 1,
+      mac: Uint8Array.from([2, 0, 0, 0, 0, 0x20]),
+      queueSize: 16,
+      port,
+      notify: () => {},
+      stats: StatCounters.create(NET_STAT_NAMES),
+      warn: () => {},
+    });
+    dev.setMemory(memory);
+    dev.startQueue(0, new SplitVirtqueue(memory, rx.config({}), 32));
+    dev.startQueue(1, new SplitVirtqueue(memory, tx.config({}), 32));
+    dev.setEnabled(0, true);
+    dev.setEnabled(1, true);
+    const p = packet(200);
+    const gpa = ram.alloc(p.length, 16);
+    ram.write(gpa, p);
+    tx.addChain([
+      { addr: gpa, len: 20, write: false },
+      { addr: gpa + 20, len: p.length - 20, write: false },
+    ]);
+    port.calls.length = 0;
+    dev.kick(1);
+    expect(port.calls).toEqual([
+      `begin`,
+      `reserve ${p.subarray(HDR, HDR + 12).join(',')} 200`,
+      'commit',
+      'end',
+    ]);
+    expect(port.sent).toEqual([p.subarray(HDR)]);
+    // Receive: the frame the port holds goes into the posted buffer, then is released.
+    const incoming = packet(90).subarray(HDR);
+    port.waiting.push(incoming);
+    const buf = ram.alloc(1530, 16);
+    rx.addChain([{ addr: buf, len: 1530, write: true }]);
+    port.calls.length = 0;
+    dev.doorbell();
+    expect(rx.popUsed()?.len).toBe(HDR + 90);
+    expect(ram.read(buf + HDR, 90)).toEqual(incoming);
+    expect(port.calls).toEqual(['begin', 'release', 'end']);
+    await dev.close();
   });
 
   it('stops a queue and reports where it stopped', async () => {

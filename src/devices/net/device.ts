@@ -1,8 +1,9 @@
 /**
  * The virtio-net device model (virtio 1.x §5.1) of one switch port.
  * Transport-agnostic: it is handed virtqueues and guest memory, forwards what
- * the driver transmits into the switch, and delivers what the switch holds
- * for it into the driver's receive buffers.
+ * the driver transmits into its {@link NetBackendPort}, and delivers what the
+ * port holds for it into the driver's receive buffers. It knows nothing of
+ * the switch behind the port: no ring, no port number, no forwarding table.
  *
  * Queues: receiveq N = 2N, transmitq N = 2N + 1, then the control queue
  * (§5.1.2, control.ts). Every frame carries
@@ -17,8 +18,7 @@
  * starve the others or the control commands.
  */
 import type { StatCounters } from '../../locking/index.js';
-import type { PacketRing } from '../../net/packet-ring.js';
-import type { SwitchPort } from '../../net/switch-port.js';
+import type { NetBackendPort } from '../../net/backend-port.js';
 import { DescriptorChain, type GuestMemory, type SplitVirtqueue } from '../../virtio/index.js';
 import type { QueueDevice } from '../queue-device.js';
 import {
@@ -49,14 +49,15 @@ export interface NetDeviceOptions {
   mac: Uint8Array;
   /** Largest ring size: bounds the chains merged into one received frame. */
   queueSize: number;
-  switchPort: SwitchPort;
+  /** What carries the port's frames (a switch port): the device touches nothing else of the switch. */
+  port: NetBackendPort;
   notify: Notify;
   stats: StatCounters;
   /** Reports guest protocol violations (rate limiting is the caller's business). */
   warn: (message: string) => void;
   /** Largest frame accepted from the driver (default {@link MAX_FRAME}). */
   maxFrame?: number;
-  /** Called once by {@link NetDevice.close}, e.g. to stop the port's doorbell watcher. */
+  /** Called once by {@link NetDevice.close}, e.g. to stop the port's doorbell watcher (PortRuntime.close). */
   onClose?: () => void;
 }
 
@@ -70,7 +71,7 @@ const NO_BUFFERS = 1;
 const BAD_BUFFERS = 2;
 
 export class NetDevice implements QueueDevice {
-  private readonly sp: SwitchPort;
+  private readonly port: NetBackendPort;
   private readonly notify: Notify;
   private readonly stats: StatCounters;
   private readonly warn: (message: string) => void;
@@ -103,7 +104,7 @@ export class NetDevice implements QueueDevice {
   };
 
   constructor(options: NetDeviceOptions) {
-    this.sp = options.switchPort;
+    this.port = options.port;
     this.notify = options.notify;
     this.stats = options.stats;
     this.warn = options.warn;
@@ -201,7 +202,7 @@ export class NetDevice implements QueueDevice {
     return 1;
   }
 
-  /** Another port rang this port's doorbell: frames wait in the incoming rings. */
+  /** Another port rang this port's doorbell (PortPeer): frames wait in the backend port. */
   doorbell(): void {
     this.receive();
   }
@@ -211,7 +212,7 @@ export class NetDevice implements QueueDevice {
   private transmit(index: number): void {
     const q = this.queues[index];
     if (q === undefined || q.vq === null || !q.enabled || q.broken) return;
-    this.sp.beginBatch();
+    this.port.beginBatch();
     // One seqlock section for the whole batch: readers see its counters together.
     this.stats.beginBatch();
     let more = false;
@@ -220,7 +221,7 @@ export class NetDevice implements QueueDevice {
     } catch (err) {
       this.breakQueue(index, q, err);
     } finally {
-      this.sp.endBatch();
+      this.port.endBatch();
       this.flush(index, q);
       this.stats.endBatch();
     }
@@ -274,21 +275,14 @@ export class NetDevice implements QueueDevice {
       return;
     }
     readFromChain(chain, this.bytes, NET_HDR_SIZE, this.addresses, 0, 12);
-    const n = this.sp.route(this.addresses, 0);
-    for (let t = 0; t < n; t++) this.forwardTo(this.sp.targets[t], length);
+    // Once out of guest memory, straight into the port, whatever the number
+    // of destinations (the port duplicates a flooded frame on commit).
+    if (this.port.reserve(this.addresses, 0, length) > 0) {
+      readFromChain(chain, this.bytes, NET_HDR_SIZE, this.port.txBytes, this.port.txOffset, length);
+      this.port.commit();
+    }
     this.stats.add(NetStat.txPackets, 1);
     this.stats.add(NetStat.txBytes, length);
-  }
-
-  /** Copies the current chain's frame straight from guest memory into the ring towards `dst`. */
-  private forwardTo(dst: number, length: number): void {
-    const ring = this.sp.out[dst];
-    if (ring === null) return;
-    const at = ring.reserve(length);
-    if (at < 0) return;
-    readFromChain(this.chain, this.bytes, NET_HDR_SIZE, ring.data, at, length);
-    ring.commit(length);
-    this.sp.sent(dst);
   }
 
   private malformed(what: string): void {
@@ -298,18 +292,15 @@ export class NetDevice implements QueueDevice {
 
   // --- receive: switch → driver ----------------------------------------------
 
-  /** Delivers frames from every incoming ring until they are empty, buffers run out, or the budget. */
+  /** Delivers the port's frames until none is left, buffers run out, or the budget. */
   private receive(): void {
     const index = this.rxQueue();
     const q = index < 0 ? null : this.queues[index];
-    this.sp.beginBatch();
+    this.port.beginBatch();
     this.stats.beginBatch();
     let delivered = 0;
     try {
-      for (let src = 0; src < this.sp.ports && delivered < BUDGET; src++) {
-        const ring = this.sp.in[src];
-        if (ring !== null) delivered += this.drainRing(src, ring, q);
-      }
+      delivered = this.drainPort(q);
     } catch (err) {
       if (q === null) throw err;
       this.breakQueue(index, q, err);
@@ -318,25 +309,27 @@ export class NetDevice implements QueueDevice {
         q.vq?.publishUsed();
         this.flush(index, q);
       }
+      this.port.endBatch();
       this.stats.endBatch();
     }
     if (delivered >= BUDGET) this.scheduleRx();
   }
 
-  /** Moves frames from one ring to the driver; returns how many. */
-  private drainRing(src: number, ring: PacketRing, q: QueueState | null): number {
+  /** Moves frames from the port to the driver, up to BUDGET; returns how many left the port. */
+  private drainPort(q: QueueState | null): number {
+    const port = this.port;
     let n = 0;
-    for (let length = ring.peek(); length >= 0 && n < BUDGET; length = ring.peek()) {
-      this.sp.learnFrom(src, ring.data, ring.frameOffset);
-      const accepted = this.filter.accepts(ring.data, ring.frameOffset);
+    for (let length = port.peek(); length >= 0 && n < BUDGET; length = port.peek()) {
+      const accepted = this.filter.accepts(port.rxBytes, port.rxOffset);
       const result =
         q === null || !accepted
           ? BAD_BUFFERS
-          : this.deliver(q, ring.data, ring.frameOffset, length);
+          : this.deliver(q, port.rxBytes, port.rxOffset, length);
+      // No buffers: the frame stays in the port (peek returns it again) until the driver posts some.
       if (result === NO_BUFFERS) return n;
       if (q === null) this.stats.add(NetStat.rxDropsDown, 1);
       else if (!accepted) this.stats.add(NetStat.rxFiltered, 1);
-      ring.release();
+      port.release();
       n++;
     }
     return n;

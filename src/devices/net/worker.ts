@@ -1,86 +1,83 @@
 /**
  * Entry point of one switch port's worker thread: a vhost-user virtio-net
- * device or the TAP uplink. It applies the RT options to itself, attaches
- * its packet rings, watches its doorbell and serves the port; the main
- * thread only sends it control commands.
+ * device or the TAP uplink. It applies the RT options to itself and builds a
+ * {@link PortRuntime} (the port's rings and doorbell watcher), then hosts the
+ * port's peer on it: the virtio-net device, served as a device like any
+ * other, or the TAP peer, which has no queues and only ever gets `shutdown`.
+ * The main thread only sends it control commands.
  */
-import { workerData } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 import { StatCounters } from '../../locking/index.js';
-import { native, POLL_READABLE } from '../../native.js';
-import { SwitchPort } from '../../net/switch-port.js';
-import { TapPort } from '../../net/tap-port.js';
+import { PortRuntime } from '../../net/port-runtime.js';
+import { TapPeer } from '../../net/tap-peer.js';
 import { applyRtOptions, describeThread } from '../../rt/index.js';
+import type { WorkerCommand } from '../messages.js';
 import { DeviceRuntime, post, rateLimitedWarn, serveDevices } from '../worker-runtime.js';
 import { netQueueCount } from './config.js';
 import { NetDevice } from './device.js';
 import type { NetWorkerInit } from './options.js';
-import { NET_STAT_NAMES } from './stats.js';
+import { NET_STAT_NAMES, NetStat } from './stats.js';
 
-interface OpenedPort {
-  runtime: DeviceRuntime;
-  doorbell: () => void;
-  info: Record<string, number | string | boolean>;
-}
-
-function openVhostUser(
-  init: NetWorkerInit,
-  sp: SwitchPort,
-  stats: StatCounters,
-  onClose: () => void,
-): OpenedPort {
+/** Hosts the virtio-net device on the port; the generic device runtime serves its commands. */
+function serveVhostUser(init: NetWorkerInit, ports: PortRuntime, stats: StatCounters): void {
   const o = init.options;
-  let runtime: DeviceRuntime | null = null;
   if (init.spec.kind !== 'vhost-user') throw new TypeError('not a vhost-user port');
+  let runtime: DeviceRuntime | null = null;
   const device = new NetDevice({
     queuePairs: o.queuePairs,
     mac: init.spec.mac,
     queueSize: o.queueSize,
-    switchPort: sp,
+    port: ports.port,
     notify: (queue) => runtime?.notify(queue),
     stats,
     warn: rateLimitedWarn(),
-    onClose,
+    // The doorbell watcher keeps the thread's loop alive: it stops when the device closes.
+    onClose: () => ports.close(),
   });
   runtime = new DeviceRuntime(device, netQueueCount(o.queuePairs), o.queueSize + 16);
-  return { runtime, doorbell: () => device.doorbell(), info: {} };
+  ports.host(device);
+  serveDevices([runtime]);
+  post({ kind: 'ready', thread: describeThread(), info: {} });
 }
 
-function openTap(
-  name: string,
-  sp: SwitchPort,
-  stats: StatCounters,
-  onClose: () => void,
-): OpenedPort {
-  const tap = new TapPort(name, sp, stats, rateLimitedWarn(), onClose);
-  return {
-    runtime: new DeviceRuntime(tap, 0, 1),
-    doorbell: () => tap.doorbell(),
-    info: { tap: tap.name },
-  };
+/** Hosts the TAP peer on the port; the thread answers `shutdown` by closing it. */
+function serveTap(name: string, ports: PortRuntime, stats: StatCounters): void {
+  const tap = new TapPeer({
+    name,
+    port: ports.port,
+    stats,
+    counters: NetStat,
+    warn: rateLimitedWarn(),
+    onClose: () => ports.close(),
+  });
+  ports.host(tap);
+  parentPort?.on('message', (cmd: WorkerCommand) => {
+    if (cmd.op !== 'shutdown') {
+      const message = `a TAP port has no device to take '${cmd.op}'`;
+      post({ kind: 'reply', id: cmd.id, ok: false, code: 'ERR_DEVICE_INDEX', message });
+      return;
+    }
+    // close() is idempotent: a repeated shutdown is answered the same way.
+    void tap.close().then(() => {
+      post({ kind: 'reply', id: cmd.id, ok: true, value: 0 });
+      parentPort?.close();
+    });
+  });
+  post({ kind: 'ready', thread: describeThread(), info: { tap: tap.name } });
 }
 
 function start(init: NetWorkerInit): void {
   // applyRtOptions' lockMemory unlocks on this thread's exit: V8 aborts if a thread ends with memory locked.
   applyRtOptions(init.options.rt);
-  const sp = new SwitchPort(init.switchPort);
+  const ports = new PortRuntime(init.switchPort);
   const stats = StatCounters.attach(init.statsBuffer, NET_STAT_NAMES);
-  const bell = init.switchPort.doorbells[init.switchPort.port];
-  let port: OpenedPort | null = null;
-  const watcher = new native.FdWatcher(bell, () => {
-    // Reading resets the counter before the rings are drained: a frame
-    // committed after this read rings again, so none is left unnoticed.
-    native.eventfdRead(bell);
-    port?.doorbell();
-  });
-  // The watcher keeps the thread's loop alive: it stops when the port closes.
-  const onClose = () => watcher.close();
-  port =
-    init.spec.kind === 'tap'
-      ? openTap(init.spec.name, sp, stats, onClose)
-      : openVhostUser(init, sp, stats, onClose);
-  watcher.start(POLL_READABLE);
-  serveDevices([port.runtime]);
-  post({ kind: 'ready', thread: describeThread(), info: port.info });
+  try {
+    if (init.spec.kind === 'tap') serveTap(init.spec.name, ports, stats);
+    else serveVhostUser(init, ports, stats);
+  } catch (err) {
+    ports.close();
+    throw err;
+  }
 }
 
 try {

@@ -1,0 +1,92 @@
+/**
+ * What a network device model needs from whatever carries its frames: the
+ * one interface between a frame's producer or consumer (the virtio-net device,
+ * the TAP peer) and the switch. The device never sees a ring, a port number
+ * or the forwarding table: learning MAC addresses, choosing destinations,
+ * flooding and counting drops stay behind this interface (see SwitchPort).
+ *
+ * Shape of one batch (one wake-up of the port's worker):
+ *
+ * ```ts
+ * port.beginBatch();
+ * // transmit: one reservation per frame
+ * if (port.reserve(addresses, 0, length) > 0) {
+ *   copy(frame → port.txBytes at port.txOffset, length);
+ *   port.commit();
+ * }
+ * // receive: frames wait until released
+ * for (let len = port.peek(); len >= 0; len = port.peek()) {
+ *   deliver(port.rxBytes, port.rxOffset, len); // or stop, leaving it queued
+ *   port.release();
+ * }
+ * port.endBatch(); // doorbells of the ports that received frames
+ * ```
+ *
+ * Nothing here allocates, and the caller copies a frame once: a frame for
+ * several destinations is written into the first reservation only and the
+ * port duplicates it into the others on {@link NetBackendPort.commit}, so a
+ * flooded frame is read out of guest memory once, not once per destination.
+ *
+ * Used by one thread only (the port's worker); the methods are not reentrant.
+ */
+export interface NetBackendPort {
+  /**
+   * Starts a batch: samples the clock the port ages and learns addresses by,
+   * once per batch rather than per frame. Call before any reserve or peek.
+   */
+  beginBatch(): void;
+
+  /**
+   * Routes a frame and reserves room for it at every destination.
+   * `addresses[offset, offset + 12)` holds its destination and source MAC
+   * addresses (the first 12 bytes of the Ethernet header; the source is
+   * learnt as behind this port); `length` is the whole frame's size.
+   *
+   * Returns how many destinations took a reservation. 0: nothing to write —
+   * the frame is filtered (its destination is behind this very port) or
+   * every destination was full (each such drop is counted by the port).
+   * Otherwise the caller writes the whole frame, once, to
+   * {@link txBytes}`[txOffset, txOffset + length)` and calls {@link commit}
+   * before the next reserve.
+   */
+  reserve(addresses: Uint8Array, offset: number, length: number): number;
+
+  /** Where to write the frame reserved last (valid until {@link commit}). */
+  readonly txBytes: Uint8Array;
+
+  /** Offset of the reserved frame in {@link txBytes}. */
+  readonly txOffset: number;
+
+  /**
+   * Publishes the frame reserved last to every destination that took a
+   * reservation (copying it into the others) and notes their doorbells for
+   * {@link endBatch}. Does nothing when the last reserve returned 0.
+   */
+  commit(): void;
+
+  /**
+   * The length of the next frame waiting for this port's peer, or -1 when
+   * none waits. The frame is at {@link rxBytes}`[rxOffset, rxOffset + length)`
+   * and stays there — a second peek returns it again — until {@link release}.
+   * Frames from one source keep their order; sources take turns.
+   */
+  peek(): number;
+
+  /** Bytes holding the frame returned by the last {@link peek} (valid until {@link release}). */
+  readonly rxBytes: Uint8Array;
+
+  /** Offset of that frame in {@link rxBytes}. */
+  readonly rxOffset: number;
+
+  /**
+   * Consumes the frame returned by the last {@link peek} (delivered, filtered
+   * or dropped: the caller counts which) and frees its space for the sender.
+   */
+  release(): void;
+
+  /**
+   * Ends a batch: rings the doorbell of every port that was sent frames
+   * since {@link beginBatch}, once each.
+   */
+  endBatch(): void;
+}
