@@ -10,11 +10,11 @@ import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_pr
 import { appendFileSync, copyFileSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Daemon, startDaemon } from '../support/daemon.js';
 import { guestImageDir, guestQemuArgs, newcArchive } from '../support/qemu.js';
+import { waitFor } from '../support/wait.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vhost-rt-net-e2e-'));
 const SOCK_A = join(dir, 'a.sock');
@@ -246,7 +246,7 @@ describe('a guest and the host through the TAP uplink', () => {
     execFileSync('ip', ['netns', 'add', ns]);
     tapDaemon = await startDaemon(['net', '--socket-path', sock, '--tap', tap]);
     // The ready lines may arrive in more than one chunk.
-    for (let i = 0; i < 50 && !tapDaemon.log().includes(`tap ${tap}`); i++) await sleep(100);
+    await waitFor(() => tapDaemon?.log().includes(`tap ${tap}`), 'the TAP ready line', 5000);
     expect(tapDaemon.log()).toContain(`tap ${tap}`);
     // Moving a link to another namespace takes it down: bring it up there, with an address.
     execFileSync('ip', ['link', 'set', tap, 'netns', ns]);

@@ -10,11 +10,11 @@
  * unsolicited message) ends the connection, because the stream can no longer
  * be trusted to be in step.
  */
-import { setTimeout as sleep } from 'node:timers/promises';
 import { classifyErrno } from '../../src/errors.js';
 import { type FdWatcher, native, POLL_DISCONNECT, POLL_READABLE } from '../../src/native.js';
 import { decodeU64, encodeMessage, ProtocolError } from '../../src/vhost-user/codec.js';
 import { HeaderFlag, requestName } from '../../src/vhost-user/protocol.js';
+import { WaitTimeoutError, waitFor } from '../support/wait.js';
 import { FrontendError } from './errors.js';
 import { MessageReader, type WireMessage } from './framing.js';
 import { closeAll, pumpSocket } from './socket-io.js';
@@ -72,20 +72,25 @@ export class FrontendConnection {
     path: string,
     options: ConnectionOptions & { connectTimeoutMs?: number } = {},
   ): Promise<FrontendConnection> {
-    const deadline = Date.now() + (options.connectTimeoutMs ?? 10_000);
-    for (;;) {
+    let refused: unknown;
+    const attempt = () => {
       try {
-        return new FrontendConnection(native.unixConnect(path), options);
+        return { fd: native.unixConnect(path) };
       } catch (err) {
-        const code = (err as { code?: string }).code ?? '';
-        if (!NOT_LISTENING.has(code)) throw err;
-        if (Date.now() > deadline) {
-          throw new FrontendError('FRONTEND_DISCONNECTED', `no back-end accepts on ${path}`, {
-            cause: err,
-          });
-        }
-        await sleep(20);
+        if (!NOT_LISTENING.has((err as { code?: string }).code ?? '')) throw err;
+        refused = err;
+        return null;
       }
+    };
+    const timeoutMs = options.connectTimeoutMs ?? 10_000;
+    try {
+      const { fd } = await waitFor(attempt, `a back-end accepting on ${path}`, timeoutMs);
+      return new FrontendConnection(fd, options);
+    } catch (err) {
+      if (!(err instanceof WaitTimeoutError)) throw err;
+      throw new FrontendError('FRONTEND_DISCONNECTED', `no back-end accepts on ${path}`, {
+        cause: refused ?? err,
+      });
     }
   }
 

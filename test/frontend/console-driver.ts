@@ -7,7 +7,6 @@
  * RESIZE, PORT_REMOVE).
  */
 import type { DriverBuffer } from '../support/driver-queue.js';
-import { FrontendError } from './errors.js';
 import { GuestHeap } from './guest-heap.js';
 import { bitsOf, Vmm, type VmmOptions, type VmmQueue } from './vmm.js';
 
@@ -223,15 +222,6 @@ export class ConsoleDriver {
   /** Text received on `port` so far. */
   text(port: number): string {
     return this.ports[port].received.toString('latin1');
-  }
-
-  /** Resolves once `predicate` holds, polling; rejects after `timeoutMs`. */
-  async waitFor(what: string, predicate: () => boolean, timeoutMs = 10_000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    while (!predicate()) {
-      if (Date.now() > deadline) throw new FrontendError('FRONTEND_TIMEOUT', `waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, 5));
-    }
   }
 
   async close(): Promise<void> {

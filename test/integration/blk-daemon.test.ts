@@ -29,6 +29,7 @@ import {
 } from '../frontend/index.js';
 import { onDisk, pattern, same } from '../support/bytes.js';
 import { type Daemon, startDaemon } from '../support/daemon.js';
+import { waitFor } from '../support/wait.js';
 
 const MiB = 1024 * 1024;
 const IMAGE_BYTES = 64 * MiB;
@@ -70,6 +71,16 @@ async function serve(
   ]);
   daemons.push(daemon);
   return { socket, image, daemon };
+}
+
+/** True once the peer of the non-blocking socket `fd` has closed it (end of stream or reset). */
+function hungUp(fd: number): boolean {
+  try {
+    return native.recvMsg(fd, new Uint8Array(256))?.bytes === 0;
+  } catch (err) {
+    if ((err as { code?: string }).code === 'ECONNRESET') return true;
+    throw err;
+  }
 }
 
 async function withDriver(
@@ -374,11 +385,13 @@ describe.each(ENGINES)('--aio %s', (engine) => {
       new DataView(bad.buffer, bad.byteOffset).setUint32(8, 1 << 30, true);
       const fd = native.unixConnect(socket);
       native.sendMsg(fd, bad, []);
-      await new Promise((r) => setTimeout(r, 200));
+      await waitFor(() => hungUp(fd), 'the daemon to drop the connection');
       native.close(fd);
       await withDriver(socket, {}, async (d) => {
         expect((await d.flush()).status).toBe(BlkStatus.OK);
       });
+      // The reason reaches us through the daemon's stderr pipe, maybe after the hang-up.
+      await waitFor(() => daemon.log().includes('unusable message header'), 'the logged reason');
       expect(daemon.log()).toMatch(/unusable message header/);
     });
   });

@@ -10,7 +10,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConsoleDriver, ControlEvent } from '../frontend/console-driver.js';
-import { CLI, type Daemon, runCli, startDaemon } from '../support/daemon.js';
+import { CLI, type Daemon, daemonStats, runCli, startDaemon } from '../support/daemon.js';
+import { waitFor } from '../support/wait.js';
 
 let dir: string;
 let daemon: Daemon;
@@ -37,14 +38,6 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function until(what: string, predicate: () => boolean): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
 const fileText = (name: string) => {
   try {
     return readFileSync(join(dir, name), 'utf8');
@@ -57,8 +50,9 @@ describe('vhost-rt console daemon', () => {
   it('prints its ports in the ready lines and documents every flag', async () => {
     expect(daemon.log()).toMatch(/ready: console socket .*2 port\(s\) \(multiport\), size 100x30/);
     // startDaemon returns at the first ready line; the per-port lines follow it.
-    await until('port lines', () =>
-      /port 1 'org.vhost-rt.data': log file:.*data\.log/.test(daemon.log()),
+    await waitFor(
+      () => /port 1 'org.vhost-rt.data': log file:.*data\.log/.test(daemon.log()),
+      'port lines',
     );
     const help = await runCli(['console', '--help']);
     expect(help.code).toBe(0);
@@ -69,29 +63,29 @@ describe('vhost-rt console daemon', () => {
   it('serves both ports, types through attach, survives a malformed control message', async () => {
     const d = await ConsoleDriver.create({ socketPath: join(dir, 'c.sock'), ports: 2 });
     try {
-      await until('ports open', () => d.ports.every((p) => p.hostOpen));
+      await waitFor(() => d.ports.every((p) => p.hostOpen), 'ports open');
       expect(d.ports[1].name).toBe('org.vhost-rt.data');
       await d.write(0, Buffer.from('console says hi\n'));
       await d.write(1, Buffer.from('data port\n'));
-      await until('logs', () => fileText('port0.log') === 'console says hi\n');
-      await until('data log', () => fileText('data.log') === 'data port\n');
+      await waitFor(() => fileText('port0.log') === 'console says hi\n', 'logs');
+      await waitFor(() => fileText('data.log') === 'data port\n', 'data log');
 
       const attach = spawn(process.execPath, [CLI, 'attach', join(dir, 'port0.in')], {
         stdio: ['pipe', 'ignore', 'inherit'],
       });
       attach.stdin.end('typed\n');
-      await until('typed input', () => d.text(0) === 'typed\n');
+      await waitFor(() => d.text(0) === 'typed\n', 'typed input');
 
       await d.sendRawControl(Uint8Array.of(9, 9));
       await d.sendControl(5, ControlEvent.PORT_READY, 1);
-      await until('warning', () => (daemon.log().match(/CONSOLE_BAD_CONTROL/g) ?? []).length >= 2);
+      await waitFor(
+        () => (daemon.log().match(/CONSOLE_BAD_CONTROL/g) ?? []).length >= 2,
+        'warning',
+      );
       await d.write(0, Buffer.from('after\n'));
-      await until('still serving', () => fileText('port0.log').endsWith('after\n'));
+      await waitFor(() => fileText('port0.log').endsWith('after\n'), 'still serving');
 
-      const before = daemon.log().length;
-      daemon.proc.kill('SIGUSR1');
-      await until('stats', () => daemon.log().slice(before).includes('stats:'));
-      const stats = daemon.log().slice(before);
+      const stats = await daemonStats(daemon);
       expect(stats).toMatch(/badControl=2/);
       expect(stats).toMatch(/\[port 0\] bytesIn=6 bytesOut=22 bytesDropped=0/);
       expect(stats).toMatch(/\[port 1\] bytesIn=0 bytesOut=10 .*ringHighWater=10/);

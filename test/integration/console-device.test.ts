@@ -16,6 +16,7 @@ import { parseSinkSpec } from '../../src/logger/index.js';
 import { ProtocolFeature } from '../../src/vhost-user/protocol.js';
 import { VhostUserServer } from '../../src/vhost-user/server.js';
 import { ConsoleDriver, ConsoleFeature, ControlEvent } from '../frontend/console-driver.js';
+import { waitFor } from '../support/wait.js';
 
 let dir: string;
 const logs: string[] = [];
@@ -89,14 +90,15 @@ function lines(from: number, count: number): string {
 }
 
 async function waitFile(path: string, predicate: (text: string) => boolean): Promise<string> {
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const text = existsSync(path) ? readFileSync(path, 'latin1') : '';
-    if (predicate(text)) return text;
-    if (Date.now() > deadline)
-      throw new Error(`${path} never matched; it holds ${text.length} bytes`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
+  let text = '';
+  await waitFor(
+    () => {
+      text = existsSync(path) ? readFileSync(path, 'latin1') : '';
+      return predicate(text);
+    },
+    () => `${path} to match (it holds ${text.length} bytes)`,
+  );
+  return text;
 }
 
 describe('virtio-console, single port', () => {
@@ -117,7 +119,7 @@ describe('virtio-console, single port', () => {
       await waitFile(join(dir, 'single.log'), (t) => t === text);
       const client = await attach(join(dir, 'single.in'));
       client.write('hello guest\n');
-      await d.waitFor('input on port 0', () => d.text(0) === 'hello guest\n');
+      await waitFor(() => d.text(0) === 'hello guest\n', 'input on port 0');
       client.end();
       await d.emergencyWrite('!'.charCodeAt(0));
       await waitFile(join(dir, 'single.log'), (t) => t === `${text}!`);
@@ -138,7 +140,7 @@ describe('virtio-console, single port', () => {
     try {
       expect(d.vmm.hasProtocolFeature(ProtocolFeature.BACKEND_REQ)).toBe(true);
       r.service.device.resize(132, 50);
-      await d.waitFor('CONFIG_CHANGE_MSG', () => d.vmm.backendChannel?.configChanges === 1);
+      await waitFor(() => d.vmm.backendChannel?.configChanges === 1, 'CONFIG_CHANGE_MSG');
       expect(await d.readConfig()).toEqual({ cols: 132, rows: 50, maxPorts: 1 });
     } finally {
       await d.close();
@@ -155,12 +157,12 @@ describe('virtio-console, single port', () => {
       const client = await attach(join(dir, 'norx.in'));
       const input = Buffer.from(lines(0, 300));
       client.write(input);
-      await d.waitFor('refusal', () => r.service.portSnapshot(0).inputRefused > 0);
-      await d.waitFor('notice', () => client.got().includes('input bytes refused'));
+      await waitFor(() => r.service.portSnapshot(0).inputRefused > 0, 'refusal');
+      await waitFor(() => client.got().includes('input bytes refused'), 'notice');
       expect(r.service.portSnapshot(0).inputRefused).toBe(input.length - 1024);
       expect(d.text(0)).toBe('');
       d.postReceive(0, 4);
-      await d.waitFor('held input', () => d.ports[0].received.length === 1024);
+      await waitFor(() => d.ports[0].received.length === 1024, 'held input');
       expect(d.text(0)).toBe(input.subarray(0, 1024).toString('latin1'));
       expect(r.service.portSnapshot(0).bytesIn).toBe(1024);
       client.end();
@@ -184,7 +186,7 @@ describe('virtio-console, multiport', () => {
     try {
       expect(d.vmm.hasFeature(ConsoleFeature.MULTIPORT)).toBe(true);
       expect((await d.readConfig()).maxPorts).toBe(3);
-      await d.waitFor('ports open', () => d.ports.every((p) => p.added && p.hostOpen));
+      await waitFor(() => d.ports.every((p) => p.added && p.hostOpen), 'ports open');
       expect(d.ports.map((p) => p.name)).toEqual([null, 'org.vhost-rt.one', 'two']);
       expect(d.ports.map((p) => p.console)).toEqual([true, false, false]);
       await Promise.all([
@@ -197,20 +199,20 @@ describe('virtio-console, multiport', () => {
       await waitFile(join(dir, 'mp2.log'), (t) => t === 'to two\n');
       const client = await attach(join(dir, 'mp1.in'));
       client.write('input for one');
-      await d.waitFor('input on port 1', () => d.text(1) === 'input for one');
+      await waitFor(() => d.text(1) === 'input for one', 'input on port 1');
       expect(d.text(0)).toBe('');
       client.end();
 
       r.service.device.resize(90, 30);
-      await d.waitFor('RESIZE', () => d.control.some((m) => m.event === ControlEvent.RESIZE));
+      await waitFor(() => d.control.some((m) => m.event === ControlEvent.RESIZE), 'RESIZE');
       const resize = d.control.find((m) => m.event === ControlEvent.RESIZE);
       expect(resize?.id).toBe(0);
       expect(Array.from(resize?.payload ?? [])).toEqual([90, 0, 30, 0]);
 
       r.service.device.setPortPresent(2, false);
-      await d.waitFor('PORT_REMOVE', () => d.ports[2].removed);
+      await waitFor(() => d.ports[2].removed, 'PORT_REMOVE');
       r.service.device.setPortPresent(2, true);
-      await d.waitFor('PORT_ADD again', () => !d.ports[2].removed && d.ports[2].added);
+      await waitFor(() => !d.ports[2].removed && d.ports[2].added, 'PORT_ADD again');
       expect(d.violations).toEqual([]);
     } finally {
       await d.close();
@@ -224,14 +226,14 @@ describe('virtio-console, multiport', () => {
     });
     const d = await ConsoleDriver.create({ socketPath: r.socketPath, ports: 2 });
     try {
-      await d.waitFor('ports open', () => d.ports.every((p) => p.hostOpen));
+      await waitFor(() => d.ports.every((p) => p.hostOpen), 'ports open');
       logs.length = 0;
       await d.sendRawControl(Uint8Array.of(1, 2, 3));
       await d.sendControl(0, ControlEvent.PORT_ADD, 0);
       await d.sendControl(99, ControlEvent.PORT_OPEN, 1);
       await d.sendControl(1, ControlEvent.PORT_OPEN, 7);
-      await d.waitFor('counted', () => r.service.deviceStats.snapshot().badControl === 4);
-      await d.waitFor('warned', () => logs.some((l) => l.includes('CONSOLE_BAD_CONTROL')));
+      await waitFor(() => r.service.deviceStats.snapshot().badControl === 4, 'counted');
+      await waitFor(() => logs.some((l) => l.includes('CONSOLE_BAD_CONTROL')), 'warned');
       expect(logs.join('\n')).toMatch(/3 bytes, a control message has at least 8/);
       expect(logs.join('\n')).toMatch(/PORT_ADD is not an event a driver sends/);
       expect(logs.join('\n')).toMatch(/no port 99/);

@@ -13,7 +13,8 @@ import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Daemon, startDaemon } from '../support/daemon.js';
+import { type Daemon, daemonStats, startDaemon } from '../support/daemon.js';
+import { waitFor } from '../support/wait.js';
 
 let dir: string;
 let daemon: Daemon;
@@ -66,8 +67,6 @@ function readFifo(): Buffer {
   return Buffer.concat(parts);
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 describe('vhost-rt serial', () => {
   it('lossless: a stalled sink pushes back on the UART, then every byte arrives in order', async () => {
     const qemu = await open(join(dir, 'uart.sock'));
@@ -75,22 +74,26 @@ describe('vhost-rt serial', () => {
     for (let i = 0; i < 40_000; i++) text += `uart line ${String(i).padStart(6, '0')}\n`;
     const data = Buffer.from(text);
     qemu.write(data);
-    await sleep(1000);
-    // Ring (4 KiB) and pipe (64 KiB) are full: the rest waits on the writer's side.
+    // The worker counts ringFull when it stops reading the chardev: from then on it reads
+    // nothing until the FIFO is read, and ring (4 KiB) + pipe (64 KiB) + socket buffers hold
+    // far less than the data, so the rest waits on the writer's side.
+    await waitFor(
+      async () => Number(/ringFull=(\d+)/.exec(await daemonStats(daemon))?.[1]) > 0,
+      'the serial worker to stall on its full ring',
+    );
     expect(qemu.writableLength).toBeGreaterThan(0);
     let got = Buffer.alloc(0);
-    const deadline = Date.now() + 20_000;
-    while (got.length < data.length && Date.now() < deadline) {
-      got = Buffer.concat([got, readFifo()]);
-      await sleep(5);
-    }
+    await waitFor(
+      () => {
+        got = Buffer.concat([got, readFifo()]);
+        return got.length >= data.length;
+      },
+      `all ${data.length} bytes through the FIFO`,
+      20_000,
+    );
     expect(got.length).toBe(data.length);
     expect(got.equals(data)).toBe(true);
-    const before = daemon.log().length;
-    daemon.proc.kill('SIGUSR1');
-    const until = Date.now() + 5000;
-    while (!daemon.log().slice(before).includes('stats:') && Date.now() < until) await sleep(10);
-    const stats = daemon.log().slice(before);
+    const stats = await daemonStats(daemon);
     expect(stats).toMatch(new RegExp(`bytesOut=${data.length} bytesDropped=0`));
     expect(Number(/ringFull=(\d+)/.exec(stats)?.[1])).toBeGreaterThan(0);
     expect(stats).toMatch(/ringHighWater=4096/);
@@ -104,15 +107,22 @@ describe('vhost-rt serial', () => {
       qemu.on('data', (d) => {
         received += d.toString();
       });
-      await sleep(100);
+      // The worker reads output only from the QEMU it serves: once this connection's
+      // output reaches the log, the worker has accepted it (and dropped the one before).
+      const hello = `uart connection ${round}\n`;
+      qemu.write(hello);
+      let logged = '';
+      await waitFor(() => {
+        logged += readFifo().toString();
+        return logged.includes(hello);
+      }, hello.trim());
+      const keys = `keys ${round}\n`;
       const typist = await open(join(dir, 'uart.in'));
-      typist.write(`keys ${round}\n`);
-      const deadline = Date.now() + 5000;
-      while (received !== `keys ${round}\n` && Date.now() < deadline) await sleep(10);
-      expect(received).toBe(`keys ${round}\n`);
+      typist.write(keys);
+      await waitFor(() => received.length >= keys.length, `${keys.trim()} at the chardev`, 5000);
+      expect(received).toBe(keys);
       typist.destroy();
       qemu.destroy();
-      await sleep(100);
     }
   });
 
@@ -122,8 +132,7 @@ describe('vhost-rt serial', () => {
     try {
       const qemu = await open(sock);
       qemu.end('to stdout\n');
-      const deadline = Date.now() + 5000;
-      while (!d.log().includes('to stdout\n') && Date.now() < deadline) await sleep(10);
+      await waitFor(() => d.log().includes('to stdout\n'), 'the output on stdout', 5000);
     } finally {
       const { code, log } = await d.stop();
       expect(code).toBe(0);

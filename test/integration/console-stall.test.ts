@@ -18,6 +18,7 @@ import type { RingPolicy } from '../../src/logger/index.js';
 import { parseSinkSpec } from '../../src/logger/index.js';
 import { VhostUserServer } from '../../src/vhost-user/server.js';
 import { ConsoleDriver } from '../frontend/console-driver.js';
+import { waitFor } from '../support/wait.js';
 
 const STALL_MS = 2000;
 const CHUNK = 100;
@@ -87,23 +88,26 @@ async function stalledRun(policy: RingPolicy, ringBytes: number) {
     }
     const allDoneAt = Date.now();
     const sunkWhileStalled = service.streams[0].loggerStats.snapshot().sinkBytes;
-    // Keep the FIFO unread for the whole stall window.
+    // Keep the FIFO unread for the whole stall window: this wait is the stall under test
+    // (the sink is slow for STALL_MS), not a synchronisation.
     await new Promise((r) => setTimeout(r, Math.max(0, stallEnds - Date.now())));
-    let got = readAvailable(reader);
-    const deadline = Date.now() + 10_000;
+    let got = Buffer.alloc(0);
+    const drain = (done: () => boolean) => () => {
+      got = Buffer.concat([got, readAvailable(reader)]);
+      return done();
+    };
     const stats = () => service.portSnapshot(0);
     const target = () => CHUNKS * CHUNK - stats().bytesDropped;
-    while (Date.now() < deadline && got.length < target()) {
-      await new Promise((r) => setTimeout(r, 10));
-      got = Buffer.concat([got, readAvailable(reader)]);
-    }
+    await waitFor(
+      drain(() => got.length >= target()),
+      () => `the output through the FIFO (${got.length} of ${target()} bytes)`,
+    );
     if (policy === 'drop') {
       await d.write(0, Buffer.from(AFTER));
-      const until = Date.now() + 10_000;
-      while (Date.now() < until && !got.includes(AFTER)) {
-        await new Promise((r) => setTimeout(r, 10));
-        got = Buffer.concat([got, readAvailable(reader)]);
-      }
+      await waitFor(
+        drain(() => got.includes(AFTER)),
+        'the line written after the stall',
+      );
     }
     return { allDoneAt, stallEnds, sunkWhileStalled, got, expected, stats: stats() };
   } finally {

@@ -14,7 +14,6 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, open, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type FdWatcher, native, POLL_READABLE } from '../../src/native.js';
 import { encodeMessage, encodeU64 } from '../../src/vhost-user/codec.js';
@@ -33,6 +32,7 @@ import {
 } from '../frontend/index.js';
 import { diff, pattern } from '../support/bytes.js';
 import { storageDaemonArgs } from '../support/qemu.js';
+import { waitFor } from '../support/wait.js';
 
 const MiB = 1024 * 1024;
 const IMAGE_BYTES = 64 * MiB;
@@ -76,13 +76,15 @@ class Qsd {
     child.stderr?.on('data', (b: Buffer) => {
       this.stderr += b.toString();
     });
-    const deadline = Date.now() + 10_000;
-    while (!existsSync(this.socket)) {
-      if (child.exitCode !== null || Date.now() > deadline) {
-        throw new Error(`qemu-storage-daemon did not export ${this.socket}: ${this.stderr}`);
-      }
-      await sleep(20);
-    }
+    await waitFor(
+      () => {
+        if (child.exitCode !== null) {
+          throw new Error(`qemu-storage-daemon exited without exporting: ${this.stderr}`);
+        }
+        return existsSync(this.socket);
+      },
+      () => `qemu-storage-daemon to export ${this.socket}: ${this.stderr}`,
+    );
   }
 
   async stop(): Promise<void> {

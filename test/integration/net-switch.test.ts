@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ethFrame, macBytes, NET_HDR_BYTES, NetDriver } from '../frontend/net-driver.js';
-import { type Daemon, startDaemon } from '../support/daemon.js';
+import { type Daemon, daemonStats, startDaemon } from '../support/daemon.js';
+import { waitFor } from '../support/wait.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vhost-rt-net-'));
 const sock = (p: string) => join(dir, `${p}.sock`);
@@ -26,17 +27,24 @@ let d: NetDriver;
 
 /** Asks the daemon for its counters (SIGUSR1) and returns port `port`'s. */
 async function portStats(port: number): Promise<Record<string, number>> {
-  const before = daemon.log().length;
-  daemon.proc.kill('SIGUSR1');
-  for (let i = 0; i < 100 && !daemon.log().slice(before).includes('stats:'); i++) await sleep(20);
-  const line =
-    daemon
-      .log()
-      .slice(before)
-      .split('\n')
-      .find((l) => l.includes('stats:')) ?? '';
+  const line = await daemonStats(daemon);
   const part = line.split(' | ').find((p) => p.includes(`[${port}] `)) ?? '';
   return Object.fromEntries([...part.matchAll(/(\w+)=(\d+)/g)].map((m) => [m[1], Number(m[2])]));
+}
+
+/**
+ * Proves that nothing more reached `port` than it had received before: sends
+ * `sentinel` from `from` to it, waits for the sentinel, and returns what came
+ * in since `start` (the sentinel last). Anything a frame sent earlier would have
+ * delivered to `port` was committed to its rings before the sentinel was sent.
+ */
+async function upToSentinel(from: NetDriver, port: NetDriver, start: number, sentinel: Uint8Array) {
+  await from.send(sentinel);
+  await waitFor(
+    () => port.received.slice(start).some((f) => Buffer.from(sentinel).equals(f.frame)),
+    'the sentinel frame',
+  );
+  return port.received.slice(start);
 }
 
 /** Sends `frames` from `from` in batches, waiting until `to` has received them all. */
@@ -79,8 +87,9 @@ describe('vhost-rt net switch', () => {
     expect(atA.frame).toEqual(Buffer.from(frame));
     expect(atC.frame).toEqual(Buffer.from(frame));
     expect(atA.header.subarray(0, 10)).toEqual(new Uint8Array(10));
-    await sleep(100);
-    expect(b.received).toHaveLength(0);
+    // C learnt B from the broadcast: its unicast to B is the sentinel, and B got nothing before it.
+    const atB = await upToSentinel(c, b, 0, ethFrame(MAC.b, MAC.c, 60, 0x51));
+    expect(atB).toHaveLength(1);
   });
 
   it('learns addresses: a unicast reply goes to its port only', async () => {
@@ -88,8 +97,9 @@ describe('vhost-rt net switch', () => {
     // A answers B (learnt from B's broadcast); B answers A, learnt from that reply.
     await pump(a, b, [ethFrame(MAC.b, MAC.a, 100, 1)]);
     await pump(b, a, [ethFrame(MAC.a, MAC.b, 100, 2)]);
-    await sleep(100);
-    expect(c.received.length).toBe(cBefore);
+    // B learnt C from the first test's sentinel: its unicast to C is the sentinel here.
+    const atC = await upToSentinel(b, c, cBefore, ethFrame(MAC.c, MAC.b, 60, 0x52));
+    expect(atC).toHaveLength(1);
   });
 
   it('carries every frame size from 60 bytes to the maximum, byte for byte', async () => {
@@ -115,13 +125,17 @@ describe('vhost-rt net switch', () => {
 
   it('forgets an address after the ageing time and floods again', async () => {
     await pump(c, a, [ethFrame(MAC.a, MAC.c, 64, 9)]); // A learns C
+    // Earlier tests flooded frames to B too: once a sentinel has followed them, B is settled.
+    await upToSentinel(a, b, b.received.length, ethFrame(MAC.b, MAC.a, 64, 0x54));
     const bBefore = b.received.length;
     await pump(a, c, [ethFrame(MAC.c, MAC.a, 64, 10)]);
-    await sleep(100);
-    expect(b.received.length).toBe(bBefore); // known: C only
+    // A's sentinel to B takes the ring a flooded copy of frame 10 would have taken.
+    const atB = await upToSentinel(a, b, bBefore, ethFrame(MAC.b, MAC.a, 64, 0x53));
+    expect(atB).toHaveLength(1); // known: C only
+    // Not a synchronisation: letting the ageing time pass is what this test is about.
     await sleep(AGEING_MS + 200);
     await pump(a, c, [ethFrame(MAC.c, MAC.a, 64, 11)]);
-    await b.waitReceived(bBefore + 1); // aged out: flooded to B too
+    await b.waitReceived(bBefore + 2); // aged out: flooded to B too (after the sentinel)
   });
 
   it('drops malformed frames, counts them, and keeps forwarding', async () => {
@@ -177,13 +191,14 @@ describe('the control queue', () => {
       ];
       for (const f of frames) await a.send(f);
       const got = await e.waitReceived(3);
-      await sleep(100);
-      expect(e.received.map((f) => f.frame.length)).toEqual([70, 72, 74]);
+      // A frame in the table, sent after the filtered ones on the same ring, is the sentinel.
+      await upToSentinel(a, e, 0, ethFrame('02:00:00:00:00:0e', MAC.a, 76, 7));
+      expect(e.received.map((f) => f.frame.length)).toEqual([70, 72, 74, 76]);
       expect(got).toHaveLength(3);
       expect((await portStats(4)).rxFiltered).toBe(2);
       expect(await e.command(0, 0, Uint8Array.of(1))).toBe(OK); // promiscuous again
       await a.send(ethFrame('02:00:00:00:00:99', MAC.a, 75, 6));
-      expect((await e.waitReceived(4))[3].frame.length).toBe(75);
+      expect((await e.waitReceived(5))[4].frame.length).toBe(75);
       expect(e.violations).toEqual([]);
     } finally {
       await e.close();

@@ -5,6 +5,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { waitFor } from './wait.js';
 
 const root = join(fileURLToPath(new URL('.', import.meta.url)), '..', '..');
 /** Compiled CLI entry, wherever this helper runs from (src under vitest, dist when compiled). */
@@ -82,4 +83,18 @@ export function startDaemon(args: string[], timeoutMs = 20_000): Promise<Daemon>
       reject(new Error(`vhost-rt exited (${code}) before ready:\n${text}`));
     });
   });
+}
+
+/**
+ * Asks a running daemon for its counters (SIGUSR1) and resolves with the whole
+ * `stats:` line it logs in answer (a complete line: the log may arrive in chunks).
+ */
+export function daemonStats(daemon: Daemon, timeoutMs = 5000): Promise<string> {
+  const before = daemon.log().length;
+  daemon.proc.kill('SIGUSR1');
+  return waitFor(
+    () => /[^\n]*stats:[^\n]*\n/.exec(daemon.log().slice(before))?.[0],
+    'the stats line the daemon logs on SIGUSR1',
+    timeoutMs,
+  );
 }

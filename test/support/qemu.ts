@@ -19,6 +19,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import { VhostRtError } from '../../src/errors.js';
+import { waitFor } from './wait.js';
 
 /** One vhost-user-blk-pci device whose backend listens on a unix socket. */
 export interface GuestBlk {
@@ -468,16 +469,17 @@ export function storageDaemonArgs(options: StorageDaemonOptions): string[] {
 
 /** Resolves once `path` exists; rejects if `child` exits first or `timeoutMs` passes. */
 async function waitForSocket(child: ChildProcess, path: string, timeoutMs: number) {
-  const deadline = performance.now() + timeoutMs;
-  while (!existsSync(path)) {
+  const exists = () => {
+    if (existsSync(path)) return true;
     if (child.exitCode !== null || child.signalCode !== null) {
       throw new StorageDaemonError(`qemu-storage-daemon exited (${child.exitCode})`);
     }
-    if (performance.now() > deadline) {
-      throw new StorageDaemonError(`no socket ${path} after ${timeoutMs} ms`);
-    }
-    await new Promise((r) => setTimeout(r, 20));
-  }
+    return false;
+  };
+  await waitFor(exists, `the socket ${path}`, timeoutMs).catch((err: unknown) => {
+    if (err instanceof StorageDaemonError) throw err;
+    throw new StorageDaemonError(`no socket ${path} after ${timeoutMs} ms`);
+  });
 }
 
 /** Sends SIGTERM, escalates to SIGKILL after 5 s, and resolves once the child is reaped. */

@@ -14,6 +14,7 @@ import { OutputStream, PORT_STAT_NAMES, type RingPolicy } from '../../src/logger
 import { SplitVirtqueue } from '../../src/virtio/virtqueue.js';
 import { DriverQueue } from '../support/driver-queue.js';
 import { GuestRam } from '../support/guest-ram.js';
+import { waitFor } from '../support/wait.js';
 
 function setup(policy: RingPolicy, ringBytes: number, inputBytes = 256) {
   const ram = new GuestRam([{ guestPhysAddr: 0, size: 1 << 20 }]);
@@ -84,7 +85,8 @@ describe('ConsoleDevice transmitq', () => {
     expect(s.portStats.snapshot().ringFull).toBe(1);
     expect(s.read()).toBe('0123456789abcdef');
     s.ring.notifyWriterIfWaiting();
-    await new Promise((r) => setTimeout(r, 20));
+    // The device resumes on its own loop turn, and writes the held chain's rest in one go.
+    await waitFor(() => s.ring.readable > 0, 'the held chain to resume');
     expect(s.read()).toBe('ghij');
     expect(s.drivers[1].popUsed()).not.toBeNull();
     expect(s.portStats.snapshot().bytesOut).toBe(20);

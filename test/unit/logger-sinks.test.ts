@@ -11,13 +11,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SpscByteRing } from '../../src/locking/index.js';
 import { createLogStream, LoggerThread, parseSinkSpec } from '../../src/logger/index.js';
 import { FileSink, openSink, SocketSink } from '../../src/logger/sink.js';
+import { waitFor } from '../support/wait.js';
 
 let dir: string;
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'vhost-rt-sinks-'));
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
 const enc = (s: string) => Buffer.from(s);
 
 describe('FileSink', () => {
@@ -69,25 +69,21 @@ function reader(path: string): Promise<{ socket: Socket; text: () => string }> {
   });
 }
 
-async function until(predicate: () => boolean): Promise<void> {
-  const deadline = Date.now() + 5000;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error('timed out');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
 describe('SocketSink', () => {
   it('streams to every reader attached, from the moment each attaches', async () => {
     const path = join(dir, 'live.sock');
     const sink = await SocketSink.listen({ kind: 'socket', path });
     const a = await reader(path);
-    await until(() => sink.readerCount === 1);
+    await waitFor(() => sink.readerCount === 1, 'the first reader', 5000);
     await sink.write(enc('first\n'), 6);
     const b = await reader(path);
-    await until(() => sink.readerCount === 2);
+    await waitFor(() => sink.readerCount === 2, 'the second reader', 5000);
     await sink.write(enc('second\n'), 7);
-    await until(() => a.text() === 'first\nsecond\n' && b.text() === 'second\n');
+    await waitFor(
+      () => a.text() === 'first\nsecond\n' && b.text() === 'second\n',
+      () => `both readers' text (A: ${JSON.stringify(a.text())}, B: ${JSON.stringify(b.text())})`,
+      5000,
+    );
     await sink.close();
     expect(existsSync(path)).toBe(false);
   });

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { SystemError } from '../../src/errors.js';
 import { native, POLL_DISCONNECT, POLL_READABLE, POLL_WRITABLE } from '../../src/native.js';
+import { waitFor } from '../support/wait.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vhost-rt-native-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -182,7 +183,14 @@ describe('eventfd and FdWatcher', () => {
     watcher.start(POLL_READABLE);
     watcher.stop();
     native.eventfdWrite(efd, 1);
-    await new Promise((r) => setTimeout(r, 20));
+    // Sentinel: a second eventfd written after the first. Its watcher firing means the loop
+    // polled after both writes; the poll phase runs every ready callback before setImmediate.
+    const sentinel = native.eventfd(0);
+    const fired = nextEvents(sentinel);
+    native.eventfdWrite(sentinel, 1);
+    expect(await fired).toBe(POLL_READABLE);
+    await new Promise((r) => setImmediate(r));
+    native.close(sentinel);
     expect(calls).toBe(0);
     watcher.close();
     watcher.close();
@@ -198,15 +206,25 @@ describe('eventfd and FdWatcher', () => {
     setFlagsFromString('--expose-gc');
     const gc = runInNewContext('gc') as () => void;
     const efd = native.eventfd(0);
-    for (let i = 0; i < 50; i++) {
-      const w = new native.FdWatcher(efd, () => {});
-      w.start(POLL_READABLE);
-      w.stop();
-    }
-    gc();
+    let collected = 0;
+    const registry = new FinalizationRegistry(() => {
+      collected++;
+    });
+    // In a function of its own, so that no frame of this test keeps the last one alive.
+    (() => {
+      for (let i = 0; i < 50; i++) {
+        const w = new native.FdWatcher(efd, () => {});
+        w.start(POLL_READABLE);
+        w.stop();
+        registry.register(w, i);
+      }
+    })();
+    await waitFor(() => {
+      gc();
+      return collected === 50;
+    }, 'the 50 dropped watchers to be collected');
+    // Native finalizers that V8 defers run from the loop: one turn more.
     await new Promise((r) => setImmediate(r));
-    gc();
-    await new Promise((r) => setTimeout(r, 10));
     const fired = nextEvents(efd);
     native.eventfdWrite(efd, 1);
     expect(await fired).toBe(POLL_READABLE);
