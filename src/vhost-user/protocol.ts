@@ -120,8 +120,9 @@ export const ProtocolFeature = {
   INBAND_NOTIFICATIONS: 14,
   CONFIGURE_MEM_SLOTS: 15,
   STATUS: 16,
-  SHARED_OBJECT: 17,
-  DEVICE_STATE: 18,
+  XEN_MMAP: 17,
+  SHARED_OBJECT: 18,
+  DEVICE_STATE: 19,
 } as const;
 
 /**
