@@ -1,8 +1,10 @@
 /**
- * The typed face of the native addon (native/vhost_rt.cc). The addon is a flat
- * set of syscall wrappers over numbers and buffers; all policy lives in
- * TypeScript. Every failing call throws a {@link SystemError} whose `code` is
- * errno's name (`EINVAL`), with `errno` and `syscall` set, like Node's own.
+ * The typed face of the native addon (native/, one .cc file per concern,
+ * registered in native/addon.cc; built as native/build/Release/vhost_rt.node).
+ * The addon is a flat set of syscall wrappers over numbers and buffers; all
+ * policy lives in TypeScript. Every failing call throws a {@link SystemError}
+ * whose `code` is errno's name (`EINVAL`), with `errno` and `syscall` set,
+ * like Node's own.
  *
  * The addon is context-aware: it loads in the main thread and in every
  * worker_thread, and each thread's {@link FdWatcher}s run on that thread's own
