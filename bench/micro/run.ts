@@ -6,11 +6,10 @@
  */
 import * as codec from './codec.js';
 import * as descriptorChain from './descriptor-chain.js';
-import * as mutex from './mutex.js';
 import * as spscRing from './spsc-ring.js';
 import * as virtqueue from './virtqueue.js';
 
-const QUESTIONS = [virtqueue, descriptorChain, codec, mutex, spscRing];
+const QUESTIONS = [virtqueue, descriptorChain, codec, spscRing];
 
 process.stdout.write(`vhost-rt micro-benchmarks (tinybench), node ${process.version}\n`);
 for (const q of QUESTIONS) await q.run();

@@ -8,10 +8,8 @@ import { VhostRtError } from '../errors.js';
 
 /** Stable codes of {@link LockError}. */
 export type LockErrorCode =
-  /** `unlock()` on a lock that nobody holds. */
+  /** `StatCounters.endBatch()` with no batch open. */
   | 'LOCK_NOT_HELD'
-  /** `lock()` on a single-owner lock its owner already holds: a real mutex would deadlock. */
-  | 'LOCK_WOULD_DEADLOCK'
   /** `attach()` was given a SharedArrayBuffer that does not hold the expected structure. */
   | 'SHM_BAD_LAYOUT'
   /** A second `waitReadable()`/`waitWritable()` while one is pending: each side has one waiter. */
@@ -21,7 +19,7 @@ export type LockErrorCode =
   /** A second counter update section was opened while one is open elsewhere. */
   | 'COUNTERS_SECOND_WRITER';
 
-/** Misuse of a lock, ring or counter block. */
+/** Misuse of a shared-memory ring or counter block. */
 export class LockError extends VhostRtError {
   declare readonly code: LockErrorCode;
 

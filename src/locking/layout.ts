@@ -12,19 +12,6 @@ export const CACHE_LINE_BYTES = 64;
 /** Int32 slots in one cache line. */
 const LINE = CACHE_LINE_BYTES / Int32Array.BYTES_PER_ELEMENT;
 
-// ───────────────────────────── Mutex ─────────────────────────────
-// A mutex is one Int32 slot anywhere in any SharedArrayBuffer (devices put
-// them inside their own state blocks); these are the values it holds.
-
-/** Mutex state: nobody holds the lock. */
-export const MUTEX_UNLOCKED = 0;
-/** Mutex state: held, and no thread is (known to be) sleeping on it. */
-export const MUTEX_LOCKED = 1;
-/** Mutex state: held, and a thread may be sleeping in Atomics.wait: unlock must notify. */
-export const MUTEX_CONTENDED = 2;
-/** Int32 slots one mutex occupies. */
-export const MUTEX_SLOTS = 1;
-
 // ─────────────────────────── SpscByteRing ───────────────────────────
 // Header of three cache lines, then the data area. Slots are grouped by the
 // thread that writes them so the producer's stores and the consumer's stores
