@@ -12,9 +12,9 @@ import { closeSync, constants, mkdtempSync, openSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ConsoleService } from '../src/devices/console/host.js';
 import { parseSinkSpec, type SinkSpec } from '../src/logger/index.js';
 import { VhostUserServer } from '../src/vhost-user/server.js';
+import { ConsoleService } from '../src/worker/console-service.js';
 import { ConsoleDriver } from '../test/frontend/console-driver.js';
 
 interface Setup {

@@ -30,10 +30,12 @@ export const LAYERS: readonly (readonly string[])[] = [
   /* 1 */ ['vhost-user'],
   /* 2 */ ['worker'],
   /* 3 */ ['devices'],
-  /* 4 */ ['chardev', 'net', 'virtio', 'io', 'logger'],
-  /* 5 */ ['locking', 'rt', 'thread'],
-  /* 6 */ ['native.ts'],
-  /* 7 */ ['errors.ts', 'log.ts'],
+  /* 4 */ ['chardev'],
+  /* 5 */ ['net', 'virtio', 'io', 'logger'],
+  /* 6 */ ['thread'],
+  /* 7 */ ['locking', 'rt'],
+  /* 8 */ ['native.ts'],
+  /* 9 */ ['errors.ts', 'log.ts'],
 ];
 
 /**

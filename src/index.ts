@@ -1,14 +1,20 @@
 /**
- * vhost-rt's public API, for VMM authors who embed the device models and for
- * programs that serve devices over vhost-user themselves.
+ * vhost-rt's public API for VMM authors who embed the device models:
  *
- * - Device models (`BlkDevice`, `ConsoleDevice`, `NetDevice`) are transport-agnostic: give them guest memory,
- *   split virtqueues and an I/O engine, call `kick()` when the driver notifies.
- * - `VhostUserServer` + a device host (`BlkDeviceSet`, `ConsoleService`,
- *   `NetSwitch`) serve devices to QEMU over vhost-user, each on its own
- *   worker thread; `SerialService` serves a QEMU chardev socket (16550 UART).
+ * - device models (`BlkDevice`, `ConsoleDevice`, `NetDevice`), each a
+ *   {@link VirtioDeviceModel}: give it guest memory and {@link Vring}s
+ *   (`activate`, `setMemory`), start and enable the rings, call `kick()` when
+ *   the driver notifies; its `signal` callback is your interrupt;
+ * - the virtio layer: guest memory, the hardened split virtqueue, descriptor
+ *   chains with their reader and writer, feature bits;
+ * - the I/O engines (linux-aio, io_uring, threads, sync) behind one interface;
+ * - RT options and coded errors.
+ *
+ * Serving devices over vhost-user is under `vhost-rt/vhost-user`; the daemon's
+ * worker-per-device pieces are under `vhost-rt/daemon`.
  */
 
+export { InputBuffer } from './chardev/input-buffer.js';
 export {
   BLK_CONFIG_SIZE,
   BlkFeature,
@@ -18,34 +24,33 @@ export {
   blkDeviceFeatures,
   encodeBlkConfig,
 } from './devices/blk/config.js';
-export { BlkDevice, type BlkDeviceOptions, type Notify } from './devices/blk/device.js';
-export { BlkDeviceHost, BlkDeviceSet, type BlkDeviceSpec } from './devices/blk/host.js';
+export { BlkDevice, type BlkDeviceOptions } from './devices/blk/device.js';
 export type { BlkOptions } from './devices/blk/options.js';
 export { BLK_STAT_NAMES, BlkStat } from './devices/blk/stats.js';
-export { ConsoleDevice } from './devices/console/device.js';
-export { ConsoleDeviceHost, ConsoleService } from './devices/console/host.js';
-export { NetDevice } from './devices/net/device.js';
-export { NetDeviceHost, NetSwitch } from './devices/net/host.js';
-export type { QueueDevice } from './devices/queue-device.js';
-export { SerialService } from './devices/serial/host.js';
-export { WorkerDeviceHost } from './devices/worker-device-host.js';
+export {
+  type ConsoleCommand,
+  ConsoleDevice,
+  type ConsoleDeviceOptions,
+  type ConsolePortIo,
+} from './devices/console/device.js';
+export { CONSOLE_STAT_NAMES, ConsoleStat } from './devices/console/stats.js';
+export {
+  type DeviceEnv,
+  readConfigBytes,
+  type VirtioDeviceModel,
+} from './devices/device.js';
 export * from './errors.js';
 export * from './io/index.js';
-export * from './locking/index.js';
-export * from './logger/index.js';
-export { formatMac, MacTable, parseMac } from './net/mac-table.js';
-export { PacketRing } from './net/packet-ring.js';
-export { createSwitchRings, SwitchPort } from './net/switch-port.js';
-export * from './rt/index.js';
+export { SpscByteRing, StatCounters } from './locking/index.js';
+export type { Logger, LogLevel } from './log.js';
+export { OutputStream, PORT_STAT_NAMES, PortStat, type RingPolicy } from './logger/index.js';
 export {
-  type IncomingMessage,
-  MAX_MEM_SLOTS,
-  RequestError,
-  VhostUserBackend,
-} from './vhost-user/backend.js';
-export * as codec from './vhost-user/codec.js';
-export { type Logger, VhostUserConnection } from './vhost-user/connection.js';
-export type { QueueStart, VhostUserDevice } from './vhost-user/device-backend.js';
-export * as protocol from './vhost-user/protocol.js';
-export { VhostUserServer } from './vhost-user/server.js';
+  applyRtOptions,
+  describeThread,
+  mapGuestPriority,
+  type RtOptions,
+  type RtPolicy,
+  type ThreadRtState,
+  validateRtOptions,
+} from './rt/index.js';
 export * from './virtio/index.js';

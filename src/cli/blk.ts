@@ -2,7 +2,6 @@
  * `vhost-rt blk`: virtio-blk devices, each on its own vhost-user socket and
  * (unless --single-thread) its own worker thread.
  */
-import { BlkDeviceSet, type BlkDeviceSpec } from '../devices/blk/host.js';
 import { MAX_POLL_US } from '../devices/blk/options.js';
 import { ConfigError } from '../errors.js';
 import {
@@ -12,6 +11,7 @@ import {
   validateAioThreads,
   validateEngineOptions,
 } from '../io/index.js';
+import { BlkDeviceSet, type BlkDeviceSpec } from '../worker/blk-service.js';
 import type { CliCommand } from './command.js';
 import {
   type FlagValues,
@@ -183,17 +183,17 @@ async function run(argv: string[]): Promise<number> {
     log,
   );
   const servers = await ServerSet.listen(
-    plan.devices.map((d, i) => ({ path: d.socketPath, device: set.devices[i] })),
+    plan.devices.map((d, i) => ({ path: d.socketPath, device: set.devices[i].host })),
     log,
     () => set.shutdown(),
   );
   const service: RunningService = {
     readyLines: () =>
       set.devices.map((dev, i) => {
-        const e = dev.engineInfo;
+        const e = dev.info;
         return (
           `ready: socket ${plan.devices[i].socketPath}, image ${dev.options.image} (${e.sizeBytes} bytes, ${e.engine}, ` +
-          `${e.direct ? 'O_DIRECT' : 'buffered'}), ${dev.numQueues} queue(s), ${describeWorker(dev.thread)}`
+          `${e.direct ? 'O_DIRECT' : 'buffered'}), ${dev.host.numQueues} queue(s), ${describeWorker(dev.host.thread)}`
         );
       }),
     statsLine: () =>

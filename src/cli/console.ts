@@ -3,10 +3,10 @@
  * console; more ports with MULTIPORT), its output through the decoupled
  * logging path.
  */
-import { ConsoleService, type ConsoleSpec } from '../devices/console/host.js';
 import type { ConsolePortOptions } from '../devices/console/options.js';
 import { ConfigError } from '../errors.js';
 import { describeSink, parseRingPolicy } from '../logger/index.js';
+import { ConsoleService, type ConsoleSpec } from '../worker/console-service.js';
 import type { CliCommand } from './command.js';
 import {
   type FlagValues,
@@ -139,7 +139,10 @@ async function run(argv: string[]): Promise<number> {
     () => service.shutdown(),
   );
   const onWinch = () => {
-    if (process.stdout.isTTY) service.device.resize(process.stdout.columns, process.stdout.rows);
+    if (!process.stdout.isTTY) return;
+    service.resize(process.stdout.columns, process.stdout.rows).catch((err: Error) => {
+      log('warn', `resize to the terminal's size failed: ${err.message}`);
+    });
   };
   process.on('SIGWINCH', onWinch);
   const t = service.device.thread;

@@ -1,5 +1,5 @@
 /** The daemon's log: one line per event on stderr, with a timestamp and level. */
-import type { Logger } from '../vhost-user/connection.js';
+import type { Logger } from '../log.js';
 
 export function stderrLogger(prefix: string, quiet = false): Logger {
   return (level, message) => {

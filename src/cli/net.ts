@@ -3,11 +3,11 @@
  * vhost-user sockets and, optionally, a TAP uplink; each port on its own
  * worker thread.
  */
-import { describePort, NetSwitch } from '../devices/net/host.js';
 import type { NetOptions, NetPortSpec } from '../devices/net/options.js';
 import { ConfigError } from '../errors.js';
 import { parseMac } from '../net/mac-table.js';
 import { DEFAULT_AGEING_MS, DEFAULT_MAC_CAPACITY } from '../net/switch-port.js';
+import { describePort, NetSwitch } from '../worker/net-service.js';
 import type { CliCommand } from './command.js';
 import {
   integerFlag,

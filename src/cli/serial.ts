@@ -4,8 +4,8 @@
  * the log flags that `vhost-rt console` shares.
  */
 
-import { SerialService, type SerialSpec } from '../devices/serial/host.js';
-import { DEFAULT_INPUT_BUFFER_BYTES } from '../devices/serial/options.js';
+import { DEFAULT_INPUT_BUFFER_BYTES } from '../chardev/uart-options.js';
+import { SerialService, type SerialSpec } from '../chardev/uart-service.js';
 import { ConfigError } from '../errors.js';
 import {
   DEFAULT_RING_BYTES,

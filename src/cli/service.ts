@@ -3,9 +3,9 @@
  * SIGUSR1, and on SIGINT/SIGTERM stop accepting, complete in-flight work,
  * print the counters and return.
  */
-import type { ThreadInfo } from '../devices/messages.js';
-import { onWorkerFailure } from '../devices/worker-host.js';
-import type { Logger } from '../vhost-user/connection.js';
+import type { Logger } from '../log.js';
+import type { ThreadRtState } from '../rt/index.js';
+import { onWorkerFailure } from '../thread/index.js';
 import type { VhostUserDevice } from '../vhost-user/device-backend.js';
 import { VhostUserServer } from '../vhost-user/server.js';
 
@@ -58,7 +58,7 @@ export async function serveUntilSignal(service: RunningService, log: Logger): Pr
 }
 
 /** "worker tid N policy P priority N cpus L", as every ready line reports a worker thread. */
-export function describeWorker(t: ThreadInfo): string {
+export function describeWorker(t: ThreadRtState): string {
   return `worker tid ${t.tid} policy ${t.policy} priority ${t.priority} cpus ${t.cpus.join(',')}`;
 }
 

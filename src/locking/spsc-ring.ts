@@ -53,6 +53,8 @@ export class SpscByteRing {
   readonly #alwaysNotify: boolean;
   #readerWaiting = false;
   #writerWaiting = false;
+  /** {@link cancelWaits} was called: every wait of this handle returns false at once. */
+  #cancelled = false;
 
   private constructor(buffer: SharedArrayBuffer, capacity: number, options: SpscByteRingOptions) {
     this.#buffer = buffer;
@@ -248,6 +250,18 @@ export class SpscByteRing {
     }
   }
 
+  /**
+   * Ends this handle's pending and future waits (they resolve false), e.g.
+   * when the device that produces into the ring closes: a wait holds a timer
+   * that would keep the thread's event loop alive.
+   */
+  cancelWaits(): void {
+    this.#cancelled = true;
+    // Wakes our own waitAsync, whichever side's index it sleeps on.
+    Atomics.notify(this.#header, RING.HEAD);
+    Atomics.notify(this.#header, RING.TAIL);
+  }
+
   /** Free-running fill level as the producer sees it, given its own `head`. */
   #usedFrom(head: number): number {
     // Acquire: the consumer finished reading every byte before TAIL ahead of
@@ -294,6 +308,7 @@ export class SpscByteRing {
         Atomics.store(this.#header, flagSlot, 1);
         const seen = Atomics.load(this.#header, futexSlot);
         if (ready(seen)) return true;
+        if (this.#cancelled) return false;
         const remaining = deadline - performance.now();
         if (remaining <= 0) return false;
         // waitAsync compares the slot with `seen` atomically with queueing us:

@@ -8,7 +8,9 @@ export type LoggerErrorCode =
   /** A sink could not be opened (the cause carries the errno). */
   | 'LOG_SINK_OPEN'
   /** A ring-full policy other than `lossless` or `drop`. */
-  | 'LOG_BAD_POLICY';
+  | 'LOG_BAD_POLICY'
+  /** The logger thread was sent a command other than shutdown. */
+  | 'LOG_BAD_COMMAND';
 
 /** A failure of the logging path, with a stable `code`. */
 export class LoggerError extends VhostRtError {

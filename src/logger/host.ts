@@ -3,12 +3,19 @@
  * streams (a ring per stream, shared between one device worker and the logger).
  */
 
-import type { ThreadInfo } from '../devices/messages.js';
-import { WorkerHost } from '../devices/worker-host.js';
 import { SpscByteRing, StatCounters } from '../locking/index.js';
-import type { Logger } from '../vhost-user/connection.js';
+import type { Logger } from '../log.js';
+import type { ThreadRtState } from '../rt/index.js';
+import { WorkerHost } from '../thread/index.js';
 import type { SinkSpec } from './sinks.js';
-import { LOGGER_STAT_NAMES, type LogStreamInit } from './stream.js';
+import {
+  LOGGER_STAT_NAMES,
+  type LoggerInit,
+  type LoggerReady,
+  type LogStreamInit,
+} from './stream.js';
+
+type LoggerWorker = WorkerHost<LoggerInit, LoggerReady, never>;
 
 /** Default ring size per stream: 1 MiB absorbs seconds of a fast guest console. */
 export const DEFAULT_RING_BYTES = 1 << 20;
@@ -35,24 +42,23 @@ export function createLogStream(name: string, ringBytes: number, sinks: SinkSpec
 /** The running logger thread. */
 export class LoggerThread {
   private constructor(
-    private readonly worker: WorkerHost,
+    private readonly worker: LoggerWorker,
     /** The logger thread's tid and (lowered) scheduling. */
-    readonly thread: ThreadInfo,
+    readonly thread: ThreadRtState,
     /** 'idle' (SCHED_IDLE) or 'nice' (nice 19). */
     readonly background: string,
   ) {}
 
   /** Starts the thread; resolves once every sink is open. */
   static async start(streams: LogStream[], log: Logger): Promise<LoggerThread> {
-    const worker = new WorkerHost(
+    const worker: LoggerWorker = new WorkerHost(
       'logger/worker.js',
       { streams: streams.map((s) => s.init) },
-      log,
-      'logger',
+      { name: 'logger', log },
     );
     try {
       const started = await worker.ready;
-      return new LoggerThread(worker, started.thread, String(started.info.background));
+      return new LoggerThread(worker, started.thread, started.ready.background);
     } catch (err) {
       await worker.terminate();
       throw err;

@@ -66,6 +66,11 @@ export class OutputStream {
     return this.ring.waitWritable(Math.min(bytes, this.ring.capacity));
   }
 
+  /** Ends a pending {@link waitWritable} (it resolves false) and any later one: the producer is closing. */
+  cancelWait(): void {
+    this.ring.cancelWaits();
+  }
+
   /** Bytes dropped and not yet reported by a marker line. */
   get unreportedDrops(): number {
     return this.#unreported;

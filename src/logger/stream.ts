@@ -18,6 +18,14 @@ export interface LoggerInit {
   streams: LogStreamInit[];
 }
 
+/** The logger thread's ready payload. */
+export interface LoggerReady {
+  /** 'idle' (SCHED_IDLE) or 'nice' (nice 19). */
+  background: string;
+  /** Sinks opened (a sink named by several streams counts once). */
+  sinks: number;
+}
+
 /** Counters the logger thread keeps per stream. */
 export const LOGGER_STAT_NAMES = ['sinkBytes', 'sinkWrites', 'sinkErrors'] as const;
 

@@ -5,14 +5,19 @@
  * FIFO nobody reads) stalls this thread alone, and the ring-full policy
  * decides what the producers do meanwhile.
  */
-import { parentPort, workerData } from 'node:worker_threads';
-import type { WorkerCommand } from '../devices/messages.js';
-import { post, rateLimitedWarn } from '../devices/worker-runtime.js';
 import { SpscByteRing, StatCounters } from '../locking/index.js';
-import { describeThread, lowerToBackground } from '../rt/index.js';
+import { lowerToBackground } from '../rt/index.js';
+import { rateLimitedWarn, runWorker } from '../thread/index.js';
+import { LoggerError } from './errors.js';
 import { openSink, type Sink } from './sink.js';
 import { sinkKey } from './sinks.js';
-import { LOGGER_CHUNK_BYTES, LOGGER_STAT_NAMES, type LoggerInit, LoggerStat } from './stream.js';
+import {
+  LOGGER_CHUNK_BYTES,
+  LOGGER_STAT_NAMES,
+  type LoggerInit,
+  type LoggerReady,
+  LoggerStat,
+} from './stream.js';
 
 interface Stream {
   name: string;
@@ -78,7 +83,7 @@ async function drain(s: Stream, closing: Promise<void>, isClosing: () => boolean
   }
 }
 
-async function start(init: LoggerInit): Promise<void> {
+runWorker<LoggerInit, LoggerReady, never>(async (init) => {
   const background = lowerToBackground();
   const { streams, sinks } = await openStreams(init);
   let closingNow = false;
@@ -87,28 +92,18 @@ async function start(init: LoggerInit): Promise<void> {
     beginClose = resolve;
   });
   const drains = streams.map((s) => drain(s, closing, () => closingNow));
-  parentPort?.on('message', (cmd: WorkerCommand) => {
-    if (cmd.op !== 'shutdown') {
-      post({ kind: 'reply', id: cmd.id, ok: false, code: 'ERR_LOGGER_OP', message: cmd.op });
-      return;
-    }
-    closingNow = true;
-    beginClose();
-    void finish(drains, sinks).then(() => {
-      post({ kind: 'reply', id: cmd.id, ok: true, value: 0 });
-      // Abandoned ring waits hold keep-alive timers: end the thread explicitly.
-      setImmediate(() => process.exit(0));
-    });
-  });
-  post({ kind: 'ready', thread: describeThread(), info: { background, sinks: sinks.length } });
-}
-
-async function finish(drains: Promise<void>[], sinks: Sink[]): Promise<void> {
-  await Promise.allSettled(drains);
-  await Promise.allSettled(sinks.map((s) => s.close()));
-}
-
-start(workerData as LoggerInit).catch((err: unknown) => {
-  const code = (err as { code?: string }).code ?? 'ERR_WORKER_START';
-  post({ kind: 'failed', code, message: err instanceof Error ? err.message : String(err) });
+  return {
+    ready: { background, sinks: sinks.length },
+    handle: () => {
+      throw new LoggerError('LOG_BAD_COMMAND', 'the logger thread takes no commands but shutdown');
+    },
+    shutdown: async () => {
+      closingNow = true;
+      beginClose();
+      await Promise.allSettled(drains);
+      await Promise.allSettled(sinks.map((s) => s.close()));
+      // Abandoned ring waits hold keep-alive timers: end them so the thread can exit.
+      for (const s of streams) s.ring.cancelWaits();
+    },
+  };
 });

@@ -68,7 +68,11 @@ const TRANSPORT_FEATURES =
   featureBit(VIRTIO_RING_F_EVENT_IDX) |
   featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
 
-interface Vring {
+/**
+ * What the front end said about one ring, kept on the main thread until the
+ * ring starts (the worker's Vring is the data path's record of the same ring).
+ */
+interface VringSetup {
   num: number;
   base: number;
   addr: VringAddr | null;
@@ -79,7 +83,7 @@ interface Vring {
   started: boolean;
 }
 
-function newVring(): Vring {
+function newVringSetup(): VringSetup {
   return {
     num: 0,
     base: 0,
@@ -111,7 +115,7 @@ export class VhostUserBackend {
   private owner = false;
   private regions: MappedRegion[] = [];
   private memory: GuestMemory | null = null;
-  private vrings: Vring[];
+  private vrings: VringSetup[];
   /** The front end's end of the BACKEND_REQ channel (SET_BACKEND_REQ_FD), or -1. */
   private backendReqFd = -1;
   /** Feature bits offered in GET_FEATURES. */
@@ -121,8 +125,11 @@ export class VhostUserBackend {
 
   constructor(private readonly device: VhostUserDevice) {
     this.offeredFeatures = device.deviceFeatures | TRANSPORT_FEATURES;
-    this.offeredProtocolFeatures = BASE_PROTOCOL_FEATURES | device.protocolFeatures;
-    this.vrings = Array.from({ length: device.numQueues }, newVring);
+    this.offeredProtocolFeatures =
+      BASE_PROTOCOL_FEATURES |
+      (device.servesConfig ? featureBit(ProtocolFeature.CONFIG) : 0n) |
+      (device.raisesConfigChanges ? featureBit(ProtocolFeature.BACKEND_REQ) : 0n);
+    this.vrings = Array.from({ length: device.numQueues }, newVringSetup);
   }
 
   /** True once REPLY_ACK was negotiated: NEED_REPLY messages then get an ack. */
@@ -266,7 +273,7 @@ export class VhostUserBackend {
 
   // --- vrings -------------------------------------------------------------
 
-  private vring(index: number): Vring {
+  private vring(index: number): VringSetup {
     const v = this.vrings[index];
     if (v === undefined) {
       throw new RequestError(
@@ -338,7 +345,7 @@ export class VhostUserBackend {
     return undefined;
   }
 
-  private async startVring(index: number, v: Vring): Promise<void> {
+  private async startVring(index: number, v: VringSetup): Promise<void> {
     if (v.addr === null || v.num === 0) {
       throw new RequestError(
         'VHOST_USER_RING_UNSET',
@@ -405,16 +412,16 @@ export class VhostUserBackend {
 
   // --- config space -------------------------------------------------------
 
-  private getConfig(msg: IncomingMessage): Uint8Array {
+  private async getConfig(msg: IncomingMessage): Promise<Uint8Array> {
     const c = decodeConfig(msg.payload);
     checkConfigRange(c);
-    return encodeConfig({ ...c, data: this.device.getConfig(c.offset, c.size) });
+    return encodeConfig({ ...c, data: await this.device.getConfig(c.offset, c.size) });
   }
 
-  private setConfig(msg: IncomingMessage): undefined {
+  private async setConfig(msg: IncomingMessage): Promise<undefined> {
     const c = decodeConfig(msg.payload);
     checkConfigRange(c);
-    if (!this.device.setConfig(c.offset, c.data)) {
+    if (!(await this.device.setConfig(c.offset, c.data))) {
       throw new RequestError(
         'VHOST_USER_READONLY_CONFIG',
         `config bytes ${c.offset}..${c.offset + c.size} are read-only`,
@@ -473,7 +480,7 @@ export class VhostUserBackend {
       closeFd(v.errFd);
     }
     this.closeBackendReq();
-    this.vrings = Array.from({ length: this.device.numQueues }, newVring);
+    this.vrings = Array.from({ length: this.device.numQueues }, newVringSetup);
     this.features = 0n;
     this.protocolFeatures = 0n;
     this.owner = false;

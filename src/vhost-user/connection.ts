@@ -10,12 +10,11 @@
  * header, then its payload), and every fd received belongs to that message.
  */
 import { classifyErrno, VhostRtError } from '../errors.js';
+import type { Logger } from '../log.js';
 import { type FdWatcher, native, POLL_READABLE } from '../native.js';
 import type { IncomingMessage, VhostUserBackend } from './backend.js';
 import { decodeHeader, encodeMessage, encodeU64 } from './codec.js';
 import { HEADER_SIZE, HeaderFlag, MAX_PAYLOAD, Request, requestName } from './protocol.js';
-
-export type Logger = (level: 'info' | 'warn' | 'error', message: string) => void;
 
 /** Requests whose reply is their own payload rather than a REPLY_ACK. */
 const HAS_REPLY = new Set<number>([

@@ -3,41 +3,40 @@
  * protocol code never knows device types (STYLE.md §1); devices never see a
  * socket.
  */
-import type { MemoryRegion, SplitQueueConfig } from '../virtio/index.js';
+import type { MemoryRegion } from '../virtio/index.js';
+import type { QueueStart } from '../worker/index.js';
 
-/** Everything needed to start one ring, already translated to guest-physical addresses. */
-export interface QueueStart {
-  config: SplitQueueConfig;
-  lastAvailIdx: number;
-  kickFd: number;
-  /** -1 when the front end asked for no interrupts (polling). */
-  callFd: number;
-  enabled: boolean;
-}
+export type { QueueStart };
 
 /**
  * The back-end-to-front-end channel (VHOST_USER_PROTOCOL_F_BACKEND_REQ), as a
- * device host may use it while a front end is connected.
+ * device may use it while a front end is connected.
  */
 export interface BackendRequestSender {
   /** Sends VHOST_USER_BACKEND_CONFIG_CHANGE_MSG: the driver re-reads the config space. */
   configChange(): void;
 }
 
+/**
+ * A device as the vhost-user back end drives it (the worker framework's
+ * DeviceHost is one; an embedder may supply its own).
+ */
 export interface VhostUserDevice {
   /** Device type name for logs ('blk'). */
   readonly kind: string;
   /** Device-specific feature bits (the transport bits are added by the backend). */
   readonly deviceFeatures: bigint;
-  /** Protocol features the device relies on beyond the base set, e.g. CONFIG. */
-  readonly protocolFeatures: bigint;
+  /** The front end reads the config space from the back end (offers PROTOCOL_F_CONFIG). */
+  readonly servesConfig: boolean;
+  /** The device changes its config space at run time (offers PROTOCOL_F_BACKEND_REQ). */
+  readonly raisesConfigChanges: boolean;
   readonly numQueues: number;
   /** Largest ring size SET_VRING_NUM may ask for. */
   readonly maxQueueSize: number;
   /** Bytes [offset, offset+size) of the config space; zero beyond its end. */
-  getConfig(offset: number, size: number): Uint8Array;
+  getConfig(offset: number, size: number): Promise<Uint8Array>;
   /** Writes the config space; false when the device refuses. */
-  setConfig(offset: number, data: Uint8Array): boolean;
+  setConfig(offset: number, data: Uint8Array): Promise<boolean>;
   setMemory(regions: MemoryRegion[]): Promise<void>;
   startQueue(index: number, start: QueueStart): Promise<void>;
   setCall(index: number, fd: number): Promise<void>;
@@ -46,9 +45,9 @@ export interface VhostUserDevice {
   stopQueue(index: number): Promise<number>;
   /**
    * Optional: devices that notify the driver on their own (config changes)
-   * implement it and add ProtocolFeature.BACKEND_REQ to {@link protocolFeatures}.
-   * Called with the channel after SET_BACKEND_REQ_FD, and with null when the
-   * front end goes away or replaces it.
+   * implement it and set {@link raisesConfigChanges}. Called with the channel
+   * after SET_BACKEND_REQ_FD, and with null when the front end goes away or
+   * replaces it.
    */
   setBackendChannel?(channel: BackendRequestSender | null): void;
 }

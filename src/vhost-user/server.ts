@@ -5,9 +5,10 @@
  */
 import { lstatSync, unlinkSync } from 'node:fs';
 import { ConfigError } from '../errors.js';
+import type { Logger } from '../log.js';
 import { type FdWatcher, native, POLL_READABLE } from '../native.js';
 import { VhostUserBackend } from './backend.js';
-import { type Logger, VhostUserConnection } from './connection.js';
+import { VhostUserConnection } from './connection.js';
 import type { VhostUserDevice } from './device-backend.js';
 
 /** Removes a stale socket file; refuses to touch anything that is not a socket. */

@@ -11,3 +11,4 @@ export {
   type SplitQueueConfig,
   SplitVirtqueue,
 } from './virtqueue.js';
+export * from './vring.js';

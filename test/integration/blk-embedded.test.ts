@@ -1,7 +1,8 @@
 /**
  * The virtio-blk device model embedded directly, as a VMM author would use it:
- * no vhost-user, no worker thread — guest memory, a split virtqueue, the
- * linux-aio engine on a real O_DIRECT file, and a notify callback.
+ * no vhost-user, no worker thread — guest memory, a split virtqueue on a
+ * Vring whose signal callback stands for the VMM's interrupt, and the
+ * linux-aio engine on a real O_DIRECT file.
  */
 import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -11,6 +12,7 @@ import {
   BLK_STAT_NAMES,
   BlkDevice,
   BlkStatus,
+  createVrings,
   LinuxAioEngine,
   SplitVirtqueue,
   StatCounters,
@@ -56,18 +58,20 @@ describe('BlkDevice embedded without vhost-user', () => {
       },
       serial: 'embedded',
       queueSize: 64,
-      notify: () => {
-        notified++;
-        wake();
-      },
       stats,
       warn: (m) => {
         throw new Error(`unexpected warning: ${m}`);
       },
     });
+    const vrings = createVrings(device.numQueues, () => {
+      notified++;
+      wake();
+    });
+    device.activate(vrings);
     device.setMemory(memory);
-    device.startQueue(0, new SplitVirtqueue(memory, driver.config(), 64));
-    device.setEnabled(0, true);
+    vrings[0].start(new SplitVirtqueue(memory, driver.config(), 64));
+    vrings[0].enabled = true;
+    device.kick(0);
 
     const request = (type: number, sector: number, dataLen: number, write: boolean) => {
       const header = ram.alloc(16, 16);

@@ -10,11 +10,11 @@ import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { ConsoleService } from '../../src/devices/console/host.js';
 import type { ConsoleOptions, ConsolePortOptions } from '../../src/devices/console/options.js';
 import { parseSinkSpec } from '../../src/logger/index.js';
 import { ProtocolFeature } from '../../src/vhost-user/protocol.js';
 import { VhostUserServer } from '../../src/vhost-user/server.js';
+import { ConsoleService } from '../../src/worker/console-service.js';
 import { ConsoleDriver, ConsoleFeature, ControlEvent } from '../frontend/console-driver.js';
 import { waitFor } from '../support/wait.js';
 
@@ -139,7 +139,7 @@ describe('virtio-console, single port', () => {
     const d = await ConsoleDriver.create({ socketPath: r.socketPath });
     try {
       expect(d.vmm.hasProtocolFeature(ProtocolFeature.BACKEND_REQ)).toBe(true);
-      r.service.device.resize(132, 50);
+      await r.service.resize(132, 50);
       await waitFor(() => d.vmm.backendChannel?.configChanges === 1, 'CONFIG_CHANGE_MSG');
       expect(await d.readConfig()).toEqual({ cols: 132, rows: 50, maxPorts: 1 });
     } finally {
@@ -203,15 +203,15 @@ describe('virtio-console, multiport', () => {
       expect(d.text(0)).toBe('');
       client.end();
 
-      r.service.device.resize(90, 30);
+      await r.service.resize(90, 30);
       await waitFor(() => d.control.some((m) => m.event === ControlEvent.RESIZE), 'RESIZE');
       const resize = d.control.find((m) => m.event === ControlEvent.RESIZE);
       expect(resize?.id).toBe(0);
       expect(Array.from(resize?.payload ?? [])).toEqual([90, 0, 30, 0]);
 
-      r.service.device.setPortPresent(2, false);
+      await r.service.setPortPresent(2, false);
       await waitFor(() => d.ports[2].removed, 'PORT_REMOVE');
-      r.service.device.setPortPresent(2, true);
+      await r.service.setPortPresent(2, true);
       await waitFor(() => !d.ports[2].removed && d.ports[2].added, 'PORT_ADD again');
       expect(d.violations).toEqual([]);
     } finally {

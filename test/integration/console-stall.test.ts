@@ -13,10 +13,10 @@ import { closeSync, constants, mkdtempSync, openSync, readSync, rmSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ConsoleService } from '../../src/devices/console/host.js';
 import type { RingPolicy } from '../../src/logger/index.js';
 import { parseSinkSpec } from '../../src/logger/index.js';
 import { VhostUserServer } from '../../src/vhost-user/server.js';
+import { ConsoleService } from '../../src/worker/console-service.js';
 import { ConsoleDriver } from '../frontend/console-driver.js';
 import { waitFor } from '../support/wait.js';
 

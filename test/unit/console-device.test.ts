@@ -5,14 +5,14 @@
  * held until the guest posts buffers, and a guest that breaks one ring.
  */
 import { describe, expect, it } from 'vitest';
+import { InputBuffer } from '../../src/chardev/input-buffer.js';
 import { consoleQueueCount, rxQueueOf, txQueueOf } from '../../src/devices/console/config.js';
 import { ConsoleDevice } from '../../src/devices/console/device.js';
 import { CONSOLE_STAT_NAMES } from '../../src/devices/console/stats.js';
-import { InputBuffer } from '../../src/devices/serial/input-buffer.js';
 import { SpscByteRing, StatCounters } from '../../src/locking/index.js';
 import { OutputStream, PORT_STAT_NAMES, type RingPolicy } from '../../src/logger/index.js';
-import { SplitVirtqueue } from '../../src/virtio/virtqueue.js';
 import { DriverQueue } from '../support/driver-queue.js';
+import { embed } from '../support/embedded.js';
 import { GuestRam } from '../support/guest-ram.js';
 import { waitFor } from '../support/wait.js';
 
@@ -22,7 +22,6 @@ function setup(policy: RingPolicy, ringBytes: number, inputBytes = 256) {
   const ring = SpscByteRing.create(ringBytes);
   const portStats = StatCounters.create(PORT_STAT_NAMES);
   const stats = StatCounters.create(CONSOLE_STAT_NAMES);
-  const notified: number[] = [];
   const warnings: string[] = [];
   const device = new ConsoleDevice({
     ports: [
@@ -37,15 +36,14 @@ function setup(policy: RingPolicy, ringBytes: number, inputBytes = 256) {
     cols: 80,
     rows: 25,
     queueSize: 16,
-    notify: (q) => notified.push(q),
     stats,
     warn: (m) => warnings.push(m),
   });
-  device.setMemory(memory);
+  const embedded = embed(device, memory);
+  const notified = embedded.notified;
   const drivers = Array.from({ length: consoleQueueCount(1, false) }, (_, i) => {
     const drv = new DriverQueue(ram, 16, { eventIdx: true });
-    device.startQueue(i, new SplitVirtqueue(memory, drv.config({ indirect: true }), 64));
-    device.setEnabled(i, true);
+    embedded.start(i, drv.config({ indirect: true }), 64);
     return drv;
   });
   const put = (text: string) => {

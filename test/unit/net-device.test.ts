@@ -6,14 +6,14 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { NetDevice } from '../../src/devices/net/device.js';
-import { NET_STAT_NAMES, NetStat } from '../../src/devices/net/stats.js';
 import { StatCounters } from '../../src/locking/index.js';
 import { native } from '../../src/native.js';
 import type { NetBackendPort } from '../../src/net/backend-port.js';
+import { NET_STAT_NAMES, NetStat } from '../../src/net/port-stats.js';
 import { createSwitchRings, SwitchPort } from '../../src/net/switch-port.js';
-import { SplitVirtqueue } from '../../src/virtio/index.js';
 import { VIRTQ_DESC_F_NEXT } from '../../src/virtio/split-ring.js';
 import { DriverQueue } from '../support/driver-queue.js';
+import { type EmbeddedDevice, embed } from '../support/embedded.js';
 import { GuestRam } from '../support/guest-ram.js';
 
 const HDR = 12;
@@ -26,6 +26,7 @@ interface Port {
   ram: GuestRam;
   stats: StatCounters;
   interrupts: number[];
+  embedded: EmbeddedDevice;
 }
 
 function makeSwitch(): Port[] {
@@ -46,22 +47,18 @@ function makeSwitch(): Port[] {
     const rx = new DriverQueue(ram, 16, { eventIdx: true });
     const tx = new DriverQueue(ram, 16, { eventIdx: true });
     const stats = StatCounters.create(NET_STAT_NAMES);
-    const interrupts: number[] = [];
     const dev = new NetDevice({
       queuePairs: 1,
       mac: Uint8Array.from([2, 0, 0, 0, 0, 0x10 + port]),
       queueSize: 16,
       port: sp,
-      notify: (q) => interrupts.push(q),
       stats,
       warn: () => {},
     });
-    dev.setMemory(memory);
-    dev.startQueue(0, new SplitVirtqueue(memory, rx.config({ indirect: true }), 32));
-    dev.startQueue(1, new SplitVirtqueue(memory, tx.config({ indirect: true }), 32));
-    dev.setEnabled(0, true);
-    dev.setEnabled(1, true);
-    return { dev, rx, tx, ram, stats, interrupts };
+    const embedded = embed(dev, memory);
+    embedded.start(0, rx.config({ indirect: true }), 32);
+    embedded.start(1, tx.config({ indirect: true }), 32);
+    return { dev, rx, tx, ram, stats, interrupts: embedded.notified, embedded };
   });
 }
 
@@ -201,15 +198,12 @@ describe('NetDevice', () => {
       mac: Uint8Array.from([2, 0, 0, 0, 0, 0x20]),
       queueSize: 16,
       port,
-      notify: () => {},
       stats: StatCounters.create(NET_STAT_NAMES),
       warn: () => {},
     });
-    dev.setMemory(memory);
-    dev.startQueue(0, new SplitVirtqueue(memory, rx.config({}), 32));
-    dev.startQueue(1, new SplitVirtqueue(memory, tx.config({}), 32));
-    dev.setEnabled(0, true);
-    dev.setEnabled(1, true);
+    const embedded = embed(dev, memory);
+    embedded.start(0, rx.config({}), 32);
+    embedded.start(1, tx.config({}), 32);
     const p = packet(200);
     const gpa = ram.alloc(p.length, 16);
     ram.write(gpa, p);
@@ -243,7 +237,8 @@ describe('NetDevice', () => {
     const [a] = makeSwitch();
     transmit(a, packet(60), 1);
     transmit(a, packet(60), 1);
-    expect(await a.dev.stopQueue(1)).toBe(2);
+    await a.dev.quiesce(1);
+    expect(a.embedded.vrings[1].stop()).toBe(2);
     await a.dev.close();
   });
 });

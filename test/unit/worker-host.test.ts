@@ -1,10 +1,10 @@
 /**
- * A device worker that dies unasked (an uncaught exception: a bug) must be
+ * A worker that dies unasked (an uncaught exception: a bug) must be
  * reported, so the daemon can stop and exit non-zero; one asked to shut down
  * must not be.
  */
 import { describe, expect, it } from 'vitest';
-import { onWorkerFailure, WorkerHost } from '../../src/devices/worker-host.js';
+import { onWorkerFailure, WorkerHost } from '../../src/thread/index.js';
 
 const ENTRY = '../../test/fixtures/worker-crash.mjs';
 const quiet = () => {};
@@ -14,14 +14,16 @@ describe('WorkerHost', () => {
     const failures: Error[] = [];
     const off = onWorkerFailure((e) => failures.push(e));
     try {
-      const host = new WorkerHost(ENTRY, {}, quiet, 'test');
+      const host = new WorkerHost<object, object, { op: 'poke' }>(
+        ENTRY,
+        {},
+        { name: 'test', log: quiet },
+      );
       await host.ready;
-      const pending = host.request({ op: 'stop-queue', device: 0, index: 0 });
+      const pending = host.request({ op: 'poke' });
       await expect(pending).rejects.toMatchObject({ code: 'ERR_WORKER_EXITED' });
       expect(failures.map((e) => (e as { code?: string }).code)).toEqual(['ERR_WORKER_EXITED']);
-      await expect(host.request({ op: 'stop-queue', device: 0, index: 0 })).rejects.toThrow(
-        /has exited/,
-      );
+      await expect(host.request({ op: 'poke' })).rejects.toThrow(/has exited/);
     } finally {
       off();
     }
@@ -31,7 +33,11 @@ describe('WorkerHost', () => {
     const failures: Error[] = [];
     const off = onWorkerFailure((e) => failures.push(e));
     try {
-      const host = new WorkerHost(ENTRY, {}, quiet, 'test');
+      const host = new WorkerHost<object, object, { op: 'poke' }>(
+        ENTRY,
+        {},
+        { name: 'test', log: quiet },
+      );
       await host.ready;
       await host.shutdown();
       expect(failures).toEqual([]);

@@ -1,6 +1,5 @@
 /** Options of a virtio-blk device, as the CLI and embedders give them. */
 import type { IoEngineName, ThreadPolicy } from '../../io/engine.js';
-import type { RtOptions } from '../../rt/index.js';
 
 export interface BlkOptions {
   image: string;
@@ -28,17 +27,24 @@ export interface BlkOptions {
 /** Largest `--poll-us` accepted: a second of spinning is a configuration mistake. */
 export const MAX_POLL_US = 1_000_000;
 
-/** One device of a blk worker. */
+/** What a device worker is given to open one blk device. */
 export interface BlkDeviceInit {
+  kind: 'blk';
   options: BlkOptions;
   /** StatCounters buffer shared with the main thread. */
   statsBuffer: SharedArrayBuffer;
 }
 
-/** What the main thread hands a blk worker at start: its devices and the thread's RT options. */
-export interface BlkWorkerInit {
-  devices: BlkDeviceInit[];
-  rt: RtOptions;
+/** What an opened blk device reports about its image and engine. */
+export interface BlkInfo {
+  sizeBytes: number;
+  /** The image is open with O_DIRECT. */
+  direct: boolean;
+  /** Buffer alignment O_DIRECT needs, in bytes. */
+  alignment: number;
+  /** The I/O engine in use. */
+  engine: string;
+  pollUs: number;
 }
 
 /** Checks the numbers that do not depend on the image; throws RangeError naming the option. */

@@ -6,28 +6,33 @@
  * receive buffers. With MULTIPORT the control queues carry the port
  * life cycle (§5.3.6.2). Per kick: one batch, one interrupt per queue.
  */
+import type { InputBuffer } from '../../chardev/input-buffer.js';
 import type { StatCounters } from '../../locking/index.js';
 import { type OutputStream, PortStat } from '../../logger/index.js';
-import { DescriptorChain, type GuestMemory, type SplitVirtqueue } from '../../virtio/index.js';
-import type { QueueDevice } from '../queue-device.js';
 import {
-  breakRing,
-  newRingState,
-  notifyDirty,
-  type RingState,
-  ringAt,
-  ringUsable,
-  setRingsMemory,
-  startRing,
-} from '../rings.js';
-import type { InputBuffer } from '../serial/input-buffer.js';
+  type ChainHandler,
+  ChainReader,
+  ChainWriter,
+  DescriptorChain,
+  DrainResult,
+  DrainStop,
+  drainQueue,
+  type GuestMemory,
+  type Vring,
+  vringAt,
+} from '../../virtio/index.js';
+import { readConfigBytes, type VirtioDeviceModel } from '../device.js';
 import {
+  CONSOLE_CONFIG_SIZE,
   CONTROL_HEADER_SIZE,
   CONTROL_RX_QUEUE,
   CONTROL_TX_QUEUE,
+  ConsoleConfigOffset,
   ControlEvent,
+  consoleDeviceFeatures,
   consoleQueueCount,
   controlEventName,
+  encodeConsoleConfig,
   MAX_PORT_NAME_BYTES,
   portOfQueue,
   RESIZE_PAYLOAD_SIZE,
@@ -52,22 +57,34 @@ export interface ConsoleDeviceOptions {
   rows: number;
   /** Largest queue size: bounds the segments of one chain. */
   queueSize: number;
-  notify: (queue: number) => void;
   stats: StatCounters;
   /** Reports guest protocol violations (rate limiting is the caller's business). */
   warn: (message: string) => void;
+  /** The config space changed (a resize): the transport tells the driver. */
+  configChanged?: () => void;
+  /** Called once by {@link ConsoleDevice.close}, e.g. to close the ports' input sockets. */
+  onClose?: () => void;
 }
 
-type QueueState = RingState;
+/** Run-time commands of a console device. */
+export type ConsoleCommand =
+  /** New console size: config space, a config-change notification and (multiport) RESIZE. */
+  | { type: 'resize'; cols: number; rows: number }
+  /** Hot-unplug (false) or re-plug (true) of port `port` > 0 (multiport). */
+  | { type: 'port-present'; port: number; present: boolean };
+
+type QueueState = Vring;
 
 interface PortState {
   io: ConsolePortIo;
   tx: DescriptorChain;
+  /** Reads {@link tx}; while held, its position is where the output resumes. */
+  txReader: ChainReader;
+  /** Takes each transmit chain popped by {@link drainQueue}; made once. */
+  txHandler: ChainHandler;
   rx: DescriptorChain;
-  /** A transmit chain popped and partly in the ring ('lossless' stall): resume at heldSeg/heldWithin. */
+  /** A transmit chain popped and partly in the ring ('lossless' stall): resume at txReader's position. */
   held: boolean;
-  heldSeg: number;
-  heldWithin: number;
   /** Waiting for ring space; the port resumes by itself. */
   waiting: boolean;
   present: boolean;
@@ -77,11 +94,18 @@ interface PortState {
 /** Queued device → driver control messages, preallocated. */
 const CONTROL_SLOTS_PER_PORT = 8;
 
-export class ConsoleDevice implements QueueDevice {
+export class ConsoleDevice implements VirtioDeviceModel<ConsoleCommand> {
+  readonly kind = 'console';
+  readonly features: bigint;
+  readonly numQueues: number;
+  readonly maxQueueSize: number;
+  readonly configSize = CONSOLE_CONFIG_SIZE;
+  private config: Uint8Array;
   private readonly ports: PortState[];
-  private readonly queues: QueueState[];
+  private queues: readonly QueueState[] = [];
   private readonly multiport: boolean;
-  private readonly notify: (queue: number) => void;
+  private readonly configChanged: () => void;
+  private onClose: (() => void) | undefined;
   private readonly stats: StatCounters;
   private readonly warn: (message: string) => void;
   private bytes: readonly Uint8Array[] = [];
@@ -94,32 +118,41 @@ export class ConsoleDevice implements QueueDevice {
   private ctlHead = 0;
   private ctlCount = 0;
   private readonly ctlChain: DescriptorChain;
+  private readonly ctlHandler: ChainHandler = { handleChain: (c) => this.receiveOneControl(c) };
+  /** Control headers; re-pointed per chain. */
+  private readonly reader = new ChainReader();
+  /** Receive buffers and control messages to the driver; re-pointed per chain. */
+  private readonly writer = new ChainWriter();
+  private readonly drained = new DrainResult();
   private readonly ctlScratch = new Uint8Array(CONTROL_HEADER_SIZE + MAX_PORT_NAME_BYTES);
   private readonly ctlView = new DataView(this.ctlScratch.buffer);
   private readonly oneByte = new Uint8Array(1);
 
   constructor(o: ConsoleDeviceOptions) {
     this.multiport = o.multiport;
-    this.notify = o.notify;
+    this.configChanged = o.configChanged ?? (() => {});
+    this.onClose = o.onClose;
+    this.features = consoleDeviceFeatures(o.multiport);
+    this.numQueues = consoleQueueCount(o.ports.length, o.multiport);
+    this.maxQueueSize = o.queueSize;
+    this.config = encodeConsoleConfig(o.cols, o.rows, o.ports.length);
     this.stats = o.stats;
     this.warn = o.warn;
     this.cols = o.cols;
     this.rows = o.rows;
     // A chain may be split at region boundaries: a few more segments than descriptors.
     const segments = o.queueSize + 16;
-    this.ports = o.ports.map((io) => ({
+    this.ports = o.ports.map((io, p) => ({
       io,
       tx: new DescriptorChain(segments),
+      txReader: new ChainReader(),
+      txHandler: { handleChain: () => this.sendPopped(p) },
       rx: new DescriptorChain(segments),
       held: false,
-      heldSeg: 0,
-      heldWithin: 0,
       waiting: false,
       present: true,
       guestOpen: !o.multiport,
     }));
-    const n = consoleQueueCount(o.ports.length, o.multiport);
-    this.queues = Array.from({ length: n }, newRingState);
     const slots = CONTROL_SLOTS_PER_PORT * o.ports.length + 16;
     this.ctlEvent = new Uint16Array(slots);
     this.ctlId = new Uint32Array(slots);
@@ -127,32 +160,52 @@ export class ConsoleDevice implements QueueDevice {
     this.ctlChain = new DescriptorChain(segments);
   }
 
+  /** virtio_console_config as it stands; zeroes past its end. */
+  readConfig(offset: number, out: Uint8Array): void {
+    readConfigBytes(this.config, offset, out);
+  }
+
+  /** Only emerg_wr is writable: its low byte goes to port 0's log (F_EMERG_WRITE, §5.3.4). */
+  writeConfig(offset: number, data: Uint8Array): boolean {
+    const at = ConsoleConfigOffset.EMERG_WR;
+    if (offset < at || offset + data.length > CONSOLE_CONFIG_SIZE || data.length === 0)
+      return false;
+    if (offset === at) this.emergencyWrite(data[0]);
+    return true;
+  }
+
+  /** Takes the device's rings, one per queue. */
+  activate(vrings: readonly Vring[]): void {
+    this.queues = Array.from({ length: this.numQueues }, (_, i) => vringAt(vrings, i));
+  }
+
   setMemory(memory: GuestMemory): void {
     this.bytes = memory.bytes;
-    setRingsMemory(this.queues, memory);
-  }
-
-  startQueue(index: number, vq: SplitVirtqueue): void {
-    startRing(this.queue(index), vq);
-  }
-
-  setEnabled(index: number, enabled: boolean): void {
-    this.queue(index).enabled = enabled;
-    if (enabled) this.kick(index);
   }
 
   /** A held transmit chain is completed; what it still carried is counted as dropped. */
-  stopQueue(index: number): Promise<number> {
+  quiesce(index: number): Promise<void> {
     const q = this.queue(index);
     const p = portOfQueue(index);
     if (p >= 0 && index === txQueueOf(p)) this.releaseHeld(this.ports[p], q);
-    const last = q.vq?.lastAvailIdx ?? 0;
-    q.vq = null;
-    return Promise.resolve(last);
+    return Promise.resolve();
   }
 
+  /** Run-time commands from the control plane. */
+  command(cmd: ConsoleCommand): void {
+    if (cmd.type === 'resize') this.resize(cmd.cols, cmd.rows);
+    else this.setPortPresent(cmd.port, cmd.present);
+  }
+
+  /** Releases held output and stops waiting for ring space, so nothing keeps the thread alive. */
   async close(): Promise<void> {
-    for (let i = 0; i < this.queues.length; i++) await this.stopQueue(i);
+    for (let i = 0; i < this.queues.length; i++) await this.quiesce(i);
+    this.onClose?.();
+    this.onClose = undefined;
+    for (const p of this.ports) {
+      p.io.output.cancelWait();
+      p.io.output.flush();
+    }
   }
 
   /** The driver signalled queue `index`. */
@@ -173,10 +226,14 @@ export class ConsoleDevice implements QueueDevice {
     return taken;
   }
 
-  /** New console size: the host already updated the config space; multiport also sends RESIZE. */
+  /** New console size: config space, config-change notification; multiport also sends RESIZE. */
   resize(cols: number, rows: number): void {
+    if (!isU16(cols) || !isU16(rows))
+      throw new RangeError(`console size ${cols}x${rows}: each must be 0..65535`);
     this.cols = cols;
     this.rows = rows;
+    this.config = encodeConsoleConfig(cols, rows, this.ports.length);
+    this.configChanged();
     if (!this.multiport) return;
     this.queueControl(0, ControlEvent.RESIZE, 0);
     this.flushControl();
@@ -193,8 +250,12 @@ export class ConsoleDevice implements QueueDevice {
 
   /** Hot-unplug (PORT_REMOVE) or re-plug (PORT_ADD) of port `id` (> 0). */
   setPortPresent(id: number, present: boolean): void {
+    if (!this.multiport || !Number.isInteger(id) || id < 1 || id >= this.ports.length)
+      throw new RangeError(
+        `port ${id}: only ports 1..${this.ports.length - 1} of a multiport device`,
+      );
     const p = this.ports[id];
-    if (!this.multiport || id === 0 || p === undefined || p.present === present) return;
+    if (p.present === present) return;
     p.present = present;
     p.guestOpen = false;
     this.queueControl(id, present ? ControlEvent.PORT_ADD : ControlEvent.PORT_REMOVE, 0);
@@ -206,74 +267,64 @@ export class ConsoleDevice implements QueueDevice {
   private transmit(p: number): void {
     const port = this.ports[p];
     const q = this.queues[txQueueOf(p)];
-    const vq = q.vq;
+    const vq = q.queue;
     if (vq === null || port.waiting) return;
-    if (port.held && !this.sendChain(port, q, vq, port.heldSeg, port.heldWithin)) return;
-    for (;;) {
-      vq.setNotification(false);
-      while (vq.pop(port.tx)) {
-        if (!this.sendChain(port, q, vq, 0, 0)) return;
-      }
-      vq.setNotification(true);
-      if (vq.pending() === 0) break;
-    }
+    if (port.held && !this.sendChain(port, q)) return;
+    // HANDLER: stalled on a full ring with kicks off; the stall's wait drains again.
+    const stop = drainQueue(vq, port.tx, port.txHandler, Number.POSITIVE_INFINITY, this.drained);
+    if (stop === DrainStop.HANDLER) return;
     port.io.output.flush();
   }
 
+  /** drainQueue's handler for port `p`'s transmitq: sends the chain just popped into its `tx`. */
+  private sendPopped(p: number): boolean {
+    const port = this.ports[p];
+    port.txReader.reset(port.tx, this.bytes);
+    return this.sendChain(port, this.queues[txQueueOf(p)]);
+  }
+
   /**
-   * Offers the chain's readable bytes from (seg, within) to the ring. True
-   * when the chain is done (and completed); false on a 'lossless' stall,
-   * after arranging to resume once the logger has made room.
+   * Offers the chain's readable bytes from the reader's position to the
+   * ring, piece by piece. True when the chain is done (and completed); false
+   * on a 'lossless' stall, after arranging to resume once the logger has made room.
    */
-  private sendChain(
-    port: PortState,
-    q: QueueState,
-    vq: SplitVirtqueue,
-    seg: number,
-    within: number,
-  ): boolean {
+  private sendChain(port: PortState, q: QueueState): boolean {
     const c = port.tx;
-    if (c.error !== null) return this.badChain(q, vq, c);
-    for (let s = seg; s < c.firstWritable; s++) {
-      const start = s === seg ? within : 0;
-      const len = c.length[s] - start;
-      const n = port.io.output.offer(this.bytes[c.region[s]], c.offset[s] + start, len);
+    if (c.error !== null) return this.badChain(q, c);
+    const r = port.txReader;
+    for (let len = r.peekPiece(); len > 0; len = r.peekPiece()) {
+      const n = port.io.output.offer(r.pieceBytes, r.pieceOffset, len);
+      r.skip(n);
       if (n < len) {
-        this.stall(port, s, start + n, len - n);
+        this.stall(port, len - n);
         return false;
       }
     }
     port.held = false;
-    vq.pushUsed(c.head, 0);
-    q.dirty = true;
+    q.addUsed(c.head, 0);
     port.io.stats.add(PortStat.transmits, 1);
     return true;
   }
 
-  private stall(port: PortState, seg: number, within: number, missing: number): void {
+  private stall(port: PortState, missing: number): void {
     port.held = true;
-    port.heldSeg = seg;
-    port.heldWithin = within;
     port.waiting = true;
     port.io.output.flush();
     const p = this.ports.indexOf(port);
-    void port.io.output.waitWritable(missing).then(() => {
+    void port.io.output.waitWritable(missing).then((writable) => {
       port.waiting = false;
-      if (!this.usable(txQueueOf(p))) return;
+      // false: the device closed and cancelled the wait.
+      if (!writable || !this.usable(txQueueOf(p))) return;
       this.serve(txQueueOf(p));
       this.flushNotifications();
     });
   }
 
   private releaseHeld(port: PortState, q: QueueState): void {
-    if (!port.held || q.vq === null) return;
-    const c = port.tx;
-    let rest = c.length[port.heldSeg] - port.heldWithin;
-    for (let s = port.heldSeg + 1; s < c.firstWritable; s++) rest += c.length[s];
-    port.io.stats.add(PortStat.bytesDropped, rest);
+    if (!port.held || q.queue === null) return;
+    port.io.stats.add(PortStat.bytesDropped, port.txReader.available);
     port.held = false;
-    q.vq.pushUsed(c.head, 0);
-    q.dirty = true;
+    q.addUsed(port.tx.head, 0);
     this.flushNotifications();
   }
 
@@ -282,37 +333,32 @@ export class ConsoleDevice implements QueueDevice {
   private deliverInput(p: number): void {
     const port = this.ports[p];
     const q = this.queues[rxQueueOf(p)];
-    const vq = q.vq;
+    const vq = q.queue;
     // A Linux driver discards data for a port the guest has not opened; it opens a
     // console port itself (PORT_OPEN after CONSOLE_PORT). Without multiport port 0 is always open.
-    if (vq === null || !q.enabled || q.broken || !port.present || !port.guestOpen) return;
+    if (vq === null || !q.ready || !port.present || !port.guestOpen) return;
     const input = port.io.input;
     while (input.length > 0 && vq.pop(port.rx)) {
       const c = port.rx;
       if (c.error !== null) {
-        this.badChain(q, vq, c);
+        this.badChain(q, c);
         continue;
       }
-      const n = this.fillFromInput(c, input);
-      vq.pushUsed(c.head, n);
-      q.dirty = true;
+      const n = this.fillFromInput(this.writer.reset(c, this.bytes), input);
+      q.addUsed(c.head, n);
       port.io.stats.add(PortStat.bytesIn, n);
       port.io.stats.add(PortStat.receives, 1);
     }
   }
 
-  private fillFromInput(c: DescriptorChain, input: InputBuffer): number {
+  /** Moves buffered input into the receive buffer `w` until one of them runs out; returns bytes moved. */
+  private fillFromInput(w: ChainWriter, input: InputBuffer): number {
     let written = 0;
-    for (let s = c.firstWritable; s < c.segments && input.length > 0; s++) {
-      let within = 0;
-      while (within < c.length[s] && input.length > 0) {
-        const n = Math.min(c.length[s] - within, input.contiguousLength);
-        const start = input.contiguousStart;
-        this.bytes[c.region[s]].set(input.bytes.subarray(start, start + n), c.offset[s] + within);
-        input.consume(n);
-        within += n;
-        written += n;
-      }
+    while (input.length > 0) {
+      const n = w.write(input.bytes, input.contiguousStart, input.contiguousLength);
+      if (n === 0) break;
+      input.consume(n);
+      written += n;
     }
     return written;
   }
@@ -321,15 +367,18 @@ export class ConsoleDevice implements QueueDevice {
 
   private receiveControl(): void {
     const q = this.queues[CONTROL_TX_QUEUE];
-    const vq = q.vq;
+    const vq = q.queue;
     if (vq === null) return;
-    while (vq.pop(this.ctlChain)) {
-      this.stats.add(ConsoleStat.controlIn, 1);
-      this.handleControl(this.ctlChain);
-      vq.pushUsed(this.ctlChain.head, 0);
-      q.dirty = true;
-    }
+    drainQueue(vq, this.ctlChain, this.ctlHandler, Number.POSITIVE_INFINITY, this.drained);
     this.flushControl();
+  }
+
+  /** drainQueue's handler for control-transmitq: one driver → device message, never stops. */
+  private receiveOneControl(c: DescriptorChain): boolean {
+    this.stats.add(ConsoleStat.controlIn, 1);
+    this.handleControl(c);
+    this.queues[CONTROL_TX_QUEUE].addUsed(c.head, 0);
+    return true;
   }
 
   private handleControl(c: DescriptorChain): void {
@@ -369,14 +418,9 @@ export class ConsoleDevice implements QueueDevice {
     if (open) this.serve(rxQueueOf(id));
   }
 
+  /** Copies struct virtio_console_control (id, event, value) into the scratch buffer. */
   private readHeader(c: DescriptorChain): void {
-    let got = 0;
-    for (let s = 0; s < c.firstWritable && got < CONTROL_HEADER_SIZE; s++) {
-      const n = Math.min(c.length[s], CONTROL_HEADER_SIZE - got);
-      const src = this.bytes[c.region[s]];
-      for (let i = 0; i < n; i++) this.ctlScratch[got + i] = src[c.offset[s] + i];
-      got += n;
-    }
+    this.reader.reset(c, this.bytes).read(this.ctlScratch, 0, CONTROL_HEADER_SIZE);
   }
 
   private deviceReady(value: number): void {
@@ -427,17 +471,17 @@ export class ConsoleDevice implements QueueDevice {
   /** Moves queued control messages into the driver's control-receiveq buffers. */
   private sendControl(): void {
     const q = this.queues[CONTROL_RX_QUEUE];
-    const vq = q?.vq ?? null;
-    if (vq === null || !q.enabled || q.broken) return;
+    const vq = q?.queue ?? null;
+    if (vq === null || !q.ready) return;
     while (this.ctlCount > 0 && vq.pop(this.ctlChain)) {
       const c = this.ctlChain;
       const len = this.encodeControl(this.ctlHead);
       this.ctlHead = (this.ctlHead + 1) % this.ctlEvent.length;
       this.ctlCount--;
-      const n = c.error === null ? this.copyToChain(c, len) : 0;
+      // A chain with `error` set has no room: nothing is written.
+      const n = this.writer.reset(c, this.bytes).write(this.ctlScratch, 0, len);
       if (n < len) this.warn(`control buffer of ${c.writableBytes} bytes too small for ${len}`);
-      vq.pushUsed(c.head, n);
-      q.dirty = true;
+      q.addUsed(c.head, n);
       this.stats.add(ConsoleStat.controlOut, 1);
     }
   }
@@ -462,28 +506,17 @@ export class ConsoleDevice implements QueueDevice {
     return CONTROL_HEADER_SIZE + name.length;
   }
 
-  private copyToChain(c: DescriptorChain, len: number): number {
-    let done = 0;
-    for (let s = c.firstWritable; s < c.segments && done < len; s++) {
-      const n = Math.min(c.length[s], len - done);
-      this.bytes[c.region[s]].set(this.ctlScratch.subarray(done, done + n), c.offset[s]);
-      done += n;
-    }
-    return done;
-  }
-
   // ── shared ───────────────────────────────────────────────────────────────
 
-  private badChain(q: QueueState, vq: SplitVirtqueue, c: DescriptorChain): true {
+  private badChain(q: QueueState, c: DescriptorChain): true {
     this.stats.add(ConsoleStat.badChains, 1);
     this.warn(`malformed chain completed unused: ${c.error}`);
-    vq.pushUsed(c.head, 0);
-    q.dirty = true;
+    q.addUsed(c.head, 0);
     return true;
   }
 
   private usable(index: number): boolean {
-    return ringUsable(this.queues, index);
+    return this.queues[index]?.ready ?? false;
   }
 
   /**
@@ -499,17 +532,22 @@ export class ConsoleDevice implements QueueDevice {
       else if (index === rxQueueOf(portOfQueue(index))) this.deliverInput(portOfQueue(index));
       else this.transmit(portOfQueue(index));
     } catch (err) {
-      breakRing(this.queues[index], index, err, this.warn);
+      this.queues[index].fail(err, this.warn);
       this.stats.add(ConsoleStat.brokenQueues, 1);
     }
   }
 
   private flushNotifications(): void {
-    const sent = notifyDirty(this.queues, this.notify);
+    let sent = 0;
+    for (const q of this.queues) if (q.flush()) sent++;
     if (sent > 0) this.stats.add(ConsoleStat.interrupts, sent);
   }
 
   private queue(index: number): QueueState {
-    return ringAt(this.queues, index);
+    return vringAt(this.queues, index);
   }
+}
+
+function isU16(n: number): boolean {
+  return Number.isInteger(n) && n >= 0 && n <= 0xffff;
 }

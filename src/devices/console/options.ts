@@ -1,6 +1,5 @@
 /** Options of a virtio-console device, as the CLI and embedders give them. */
 import type { RingPolicy, SinkSpec } from '../../logger/index.js';
-import type { RtOptions } from '../../rt/index.js';
 import { MAX_PORT_NAME_BYTES } from './config.js';
 
 /** One port. Port 0 is the console (hvc0 in a Linux guest). */
@@ -29,8 +28,9 @@ export interface ConsoleOptions {
   queueSize: number;
 }
 
-/** workerData of a console worker. */
-export interface ConsoleWorkerInit {
+/** What a device worker is given to open one console device. */
+export interface ConsoleDeviceInit {
+  kind: 'console';
   options: ConsoleOptions;
   /** Output ring per port (this worker is each one's producer). */
   rings: SharedArrayBuffer[];
@@ -38,10 +38,11 @@ export interface ConsoleWorkerInit {
   portStats: SharedArrayBuffer[];
   /** CONSOLE_STAT_NAMES counters. */
   deviceStats: SharedArrayBuffer;
-  /** Main thread → worker command ring (resize, emergency write, port add/remove) and its doorbell eventfd. */
-  commands: SharedArrayBuffer;
-  doorbellFd: number;
-  rt: RtOptions;
+}
+
+/** What an opened console device reports. */
+export interface ConsoleInfo {
+  ports: number;
 }
 
 /** Throws RangeError naming the option. */

@@ -19,30 +19,34 @@
  */
 import type { StatCounters } from '../../locking/index.js';
 import type { NetBackendPort } from '../../net/backend-port.js';
-import { DescriptorChain, type GuestMemory, type SplitVirtqueue } from '../../virtio/index.js';
-import type { QueueDevice } from '../queue-device.js';
+import { NetStat } from '../../net/port-stats.js';
 import {
-  breakRing,
-  newRingState,
-  type RingState,
-  ringAt,
-  setRingsMemory,
-  startRing,
-} from '../rings.js';
-import { type ByteLocation, locateWritable, readFromChain, writeToChain } from './chain-copy.js';
+  type ByteLocation,
+  type ChainHandler,
+  ChainReader,
+  ChainWriter,
+  DescriptorChain,
+  DrainResult,
+  DrainStop,
+  drainQueue,
+  type GuestMemory,
+  type SplitVirtqueue,
+  type Vring,
+  vringAt,
+} from '../../virtio/index.js';
+import { readConfigBytes, type VirtioDeviceModel } from '../device.js';
 import {
+  encodeNetConfig,
   MAX_FRAME,
   MIN_FRAME,
   NET_HDR_NUM_BUFFERS,
   NET_HDR_SIZE,
+  netDeviceFeatures,
   netQueueCount,
 } from './config.js';
 import { CTRL_ERR, RxFilter } from './control.js';
-import { NetStat } from './stats.js';
 
-/** Signals the driver that queue `index` has new used buffers (the call eventfd). */
-export type Notify = (queue: number) => void;
-
+/** Options of a {@link NetDevice}. */
 export interface NetDeviceOptions {
   queuePairs: number;
   /** The port's MAC (config space), the receive filter's primary address. */
@@ -51,7 +55,6 @@ export interface NetDeviceOptions {
   queueSize: number;
   /** What carries the port's frames (a switch port): the device touches nothing else of the switch. */
   port: NetBackendPort;
-  notify: Notify;
   stats: StatCounters;
   /** Reports guest protocol violations (rate limiting is the caller's business). */
   warn: (message: string) => void;
@@ -64,20 +67,45 @@ export interface NetDeviceOptions {
 /** Chains popped per wake-up before yielding to the loop. */
 const BUDGET = 256;
 
-type QueueState = RingState;
+type QueueState = Vring;
 
 const DELIVERED = 0;
 const NO_BUFFERS = 1;
 const BAD_BUFFERS = 2;
 
-export class NetDevice implements QueueDevice {
+export class NetDevice implements VirtioDeviceModel {
+  readonly kind = 'net';
+  readonly features: bigint;
+  readonly numQueues: number;
+  readonly maxQueueSize: number;
+  readonly configSize: number;
+  private readonly config: Uint8Array;
   private readonly port: NetBackendPort;
-  private readonly notify: Notify;
   private readonly stats: StatCounters;
   private readonly warn: (message: string) => void;
   private readonly maxFrame: number;
-  private readonly queues: QueueState[];
+  private queues: readonly QueueState[] = [];
   private readonly chain: DescriptorChain;
+  private readonly reader = new ChainReader();
+  private readonly writer = new ChainWriter();
+  private readonly drained = new DrainResult();
+  /** Forwards each transmitted chain; made once. */
+  private readonly txHandler: ChainHandler = {
+    handleChain: () => {
+      this.transmitChain();
+      this.txQueue?.addUsed(this.chain.head, 0);
+      return true;
+    },
+  };
+  /** The transmit queue being drained (read by txHandler). */
+  private txQueue: QueueState | null = null;
+  /** Answers each control command; made once. */
+  private readonly ctrlHandler: ChainHandler = {
+    handleChain: () => {
+      this.queues[this.ctrlIndex].addUsed(this.chain.head, this.controlCommand());
+      return true;
+    },
+  };
   private readonly header = new Uint8Array(NET_HDR_SIZE);
   private readonly addresses = new Uint8Array(12);
   private readonly numBuffersAt: ByteLocation[] = [
@@ -97,7 +125,6 @@ export class NetDevice implements QueueDevice {
   readonly filter: RxFilter;
   /** Scratch for one control command's payload (a full MAC table fits). */
   private readonly ctrlData = new Uint8Array(1024);
-  private readonly ctrlAck = new Uint8Array(1);
   private readonly runReceive = (): void => {
     this.rxScheduled = false;
     this.receive();
@@ -105,45 +132,51 @@ export class NetDevice implements QueueDevice {
 
   constructor(options: NetDeviceOptions) {
     this.port = options.port;
-    this.notify = options.notify;
     this.stats = options.stats;
     this.warn = options.warn;
     this.maxFrame = options.maxFrame ?? MAX_FRAME;
     this.onClose = options.onClose;
     const n = netQueueCount(options.queuePairs);
+    const geometry = { mac: options.mac, queuePairs: options.queuePairs, linkUp: true };
+    this.features = netDeviceFeatures(geometry);
+    this.numQueues = n;
+    this.maxQueueSize = options.queueSize;
+    this.config = encodeNetConfig(geometry);
+    this.configSize = this.config.length;
     this.ctrlIndex = n - 1;
     this.filter = new RxFilter(options.mac, options.queuePairs);
-    this.queues = Array.from({ length: n }, newRingState);
-    this.txScheduled = this.queues.map(() => false);
+    this.txScheduled = Array.from({ length: n }, () => false);
     this.chain = new DescriptorChain(options.queueSize + 16);
     this.rxHeads = new Int32Array(options.queueSize);
     this.rxLens = new Int32Array(options.queueSize);
   }
 
+  /** virtio_net_config: MAC, status (link up), max_virtqueue_pairs; zeroes past its end. */
+  readConfig(offset: number, out: Uint8Array): void {
+    readConfigBytes(this.config, offset, out);
+  }
+
+  /** The MAC is writable only through the control queue. */
+  writeConfig(_offset: number, _data: Uint8Array): boolean {
+    return false;
+  }
+
+  /** Takes the device's rings, one per queue. */
+  activate(vrings: readonly Vring[]): void {
+    this.queues = Array.from({ length: this.numQueues }, (_, i) => vringAt(vrings, i));
+  }
+
   setMemory(memory: GuestMemory): void {
     this.bytes = memory.bytes;
-    setRingsMemory(this.queues, memory);
   }
 
-  startQueue(index: number, vq: SplitVirtqueue): void {
-    startRing(this.queue(index), vq);
-  }
-
-  setEnabled(index: number, enabled: boolean): void {
-    this.queue(index).enabled = enabled;
-    if (enabled) this.kick(index);
-  }
-
-  stopQueue(index: number): Promise<number> {
-    const q = this.queue(index);
-    const last = q.vq?.lastAvailIdx ?? 0;
-    q.vq = null;
-    q.enabled = false;
-    return Promise.resolve(last);
+  /** Nothing is ever in flight: every chain is completed in the batch that popped it. */
+  quiesce(index: number): Promise<void> {
+    vringAt(this.queues, index);
+    return Promise.resolve();
   }
 
   async close(): Promise<void> {
-    for (let i = 0; i < this.queues.length; i++) await this.stopQueue(i);
     this.onClose?.();
     this.onClose = undefined;
   }
@@ -159,18 +192,20 @@ export class NetDevice implements QueueDevice {
 
   private control(): void {
     const q = this.queues[this.ctrlIndex];
-    if (q.vq === null || !q.enabled || q.broken) return;
+    if (!q.ready) return;
     this.stats.beginBatch();
     try {
-      while (q.vq.pop(this.chain)) {
-        q.vq.addUsed(this.chain.head, this.command());
-        q.dirty = true;
-      }
-      q.vq.publishUsed();
+      drainQueue(
+        q.queue as SplitVirtqueue,
+        this.chain,
+        this.ctrlHandler,
+        Number.POSITIVE_INFINITY,
+        this.drained,
+      );
     } catch (err) {
-      this.breakQueue(this.ctrlIndex, q, err);
+      this.breakQueue(q, err);
     } finally {
-      this.flush(this.ctrlIndex, q);
+      this.flush(q);
       this.stats.endBatch();
     }
   }
@@ -179,7 +214,7 @@ export class NetDevice implements QueueDevice {
    * One command: `{u8 class, u8 command}` and its data in the readable part,
    * the ack byte as the last writable byte. Returns the used length.
    */
-  private command(): number {
+  private controlCommand(): number {
     const chain = this.chain;
     const length = chain.readableBytes - 2;
     if (chain.error !== null || chain.writableBytes < 1) {
@@ -189,16 +224,17 @@ export class NetDevice implements QueueDevice {
     }
     let ack = CTRL_ERR;
     if (length >= 0 && length <= this.ctrlData.length) {
-      readFromChain(chain, this.bytes, 0, this.ctrlAck, 0, 1);
-      const cls = this.ctrlAck[0];
-      readFromChain(chain, this.bytes, 1, this.ctrlAck, 0, 1);
-      readFromChain(chain, this.bytes, 2, this.ctrlData, 0, length);
-      ack = this.filter.command(cls, this.ctrlAck[0], this.ctrlData, length);
+      const r = this.reader.reset(chain, this.bytes);
+      const cls = r.readU8();
+      const cmd = r.readU8();
+      r.read(this.ctrlData, 0, length);
+      ack = this.filter.command(cls, cmd, this.ctrlData, length);
     }
     this.stats.add(NetStat.ctrlCommands, 1);
     if (ack === CTRL_ERR) this.stats.add(NetStat.ctrlErrors, 1);
-    this.ctrlAck[0] = ack;
-    writeToChain(chain, this.bytes, chain.writableBytes - 1, this.ctrlAck, 0, 1);
+    const w = this.writer.reset(chain, this.bytes);
+    w.seek(w.length - 1);
+    w.writeU8(ack);
     return 1;
   }
 
@@ -211,44 +247,27 @@ export class NetDevice implements QueueDevice {
 
   private transmit(index: number): void {
     const q = this.queues[index];
-    if (q === undefined || q.vq === null || !q.enabled || q.broken) return;
+    if (q === undefined || !q.ready) return;
     this.port.beginBatch();
     // One seqlock section for the whole batch: readers see its counters together.
     this.stats.beginBatch();
     let more = false;
+    this.txQueue = q;
     try {
-      more = this.drainTx(q.vq);
+      // Up to BUDGET chains; a budget stop leaves kicks off and continues on the next loop turn.
+      more =
+        drainQueue(q.queue as SplitVirtqueue, this.chain, this.txHandler, BUDGET, this.drained) ===
+        DrainStop.BUDGET;
+      if (this.drained.popped > 0) this.stats.add(NetStat.kicks, 1);
     } catch (err) {
-      this.breakQueue(index, q, err);
+      this.breakQueue(q, err);
     } finally {
+      this.txQueue = null;
       this.port.endBatch();
-      this.flush(index, q);
+      this.flush(q);
       this.stats.endBatch();
     }
     if (more) this.scheduleTx(index);
-  }
-
-  /** Pops up to BUDGET chains; returns true when the budget ran out first. */
-  private drainTx(vq: SplitVirtqueue): boolean {
-    let popped = 0;
-    for (;;) {
-      vq.setNotification(false);
-      while (vq.pop(this.chain)) {
-        this.transmitChain();
-        vq.addUsed(this.chain.head, 0);
-        if (++popped >= BUDGET) break;
-      }
-      if (popped >= BUDGET) break;
-      // Kicks back on, then look once more: a chain published in between
-      // would otherwise wait for a kick that never comes.
-      vq.setNotification(true);
-      if (vq.pending() === 0) break;
-    }
-    if (popped > 0) {
-      vq.publishUsed();
-      this.stats.add(NetStat.kicks, 1);
-    }
-    return popped >= BUDGET;
   }
 
   private scheduleTx(index: number): void {
@@ -268,17 +287,19 @@ export class NetDevice implements QueueDevice {
       this.malformed(chain.error ?? `frame of ${length} bytes`);
       return;
     }
-    readFromChain(chain, this.bytes, 0, this.header, 0, NET_HDR_SIZE);
+    const r = this.reader.reset(chain, this.bytes);
+    r.read(this.header, 0, NET_HDR_SIZE);
     // flags and gso_type: without CSUM / HOST_TSO* negotiated both must be 0.
     if (this.header[0] !== 0 || this.header[1] !== 0) {
       this.malformed(`header flags ${this.header[0]} gso_type ${this.header[1]}`);
       return;
     }
-    readFromChain(chain, this.bytes, NET_HDR_SIZE, this.addresses, 0, 12);
+    r.read(this.addresses, 0, 12);
     // Once out of guest memory, straight into the port, whatever the number
     // of destinations (the port duplicates a flooded frame on commit).
     if (this.port.reserve(this.addresses, 0, length) > 0) {
-      readFromChain(chain, this.bytes, NET_HDR_SIZE, this.port.txBytes, this.port.txOffset, length);
+      r.seek(NET_HDR_SIZE);
+      r.read(this.port.txBytes, this.port.txOffset, length);
       this.port.commit();
     }
     this.stats.add(NetStat.txPackets, 1);
@@ -303,12 +324,9 @@ export class NetDevice implements QueueDevice {
       delivered = this.drainPort(q);
     } catch (err) {
       if (q === null) throw err;
-      this.breakQueue(index, q, err);
+      this.breakQueue(q, err);
     } finally {
-      if (q !== null) {
-        q.vq?.publishUsed();
-        this.flush(index, q);
-      }
+      if (q !== null) this.flush(q);
       this.port.endBatch();
       this.stats.endBatch();
     }
@@ -344,8 +362,7 @@ export class NetDevice implements QueueDevice {
   /** The receive queue frames go to: the first enabled, unbroken one; -1 when the link is down. */
   private rxQueue(): number {
     for (let i = 0; i < this.ctrlIndex; i += 2) {
-      const q = this.queues[i];
-      if (q.vq !== null && q.enabled && !q.broken) return i;
+      if (this.queues[i].ready) return i;
     }
     return -1;
   }
@@ -356,7 +373,7 @@ export class NetDevice implements QueueDevice {
    * ring is rewound to where the frame started and the frame waits.
    */
   private deliver(q: QueueState, data: Uint8Array, offset: number, length: number): number {
-    const vq = q.vq as SplitVirtqueue;
+    const vq = q.queue as SplitVirtqueue;
     const start = vq.lastAvailIdx;
     let written = 0;
     let count = 0;
@@ -373,8 +390,7 @@ export class NetDevice implements QueueDevice {
       count++;
     }
     this.writeNumBuffers(count);
-    for (let i = 0; i < count; i++) vq.addUsed(this.rxHeads[i], this.rxLens[i]);
-    q.dirty = true;
+    for (let i = 0; i < count; i++) q.addUsed(this.rxHeads[i], this.rxLens[i]);
     this.stats.add(NetStat.rxPackets, 1);
     this.stats.add(NetStat.rxBytes, length);
     return DELIVERED;
@@ -384,13 +400,13 @@ export class NetDevice implements QueueDevice {
   private fillChain(count: number, data: Uint8Array, from: number, left: number): number {
     const chain = this.chain;
     if (chain.error !== null || chain.writableBytes === 0) return -1;
-    if (count > 0) return writeToChain(chain, this.bytes, 0, data, from, left);
+    const w = this.writer.reset(chain, this.bytes);
+    if (count > 0) return w.write(data, from, left);
     if (chain.writableBytes < NET_HDR_SIZE) return -1;
-    this.header.fill(0);
-    writeToChain(chain, this.bytes, 0, this.header, 0, NET_HDR_SIZE);
-    locateWritable(chain, NET_HDR_NUM_BUFFERS, this.numBuffersAt[0]);
-    locateWritable(chain, NET_HDR_NUM_BUFFERS + 1, this.numBuffersAt[1]);
-    return NET_HDR_SIZE + writeToChain(chain, this.bytes, NET_HDR_SIZE, data, from, left);
+    w.fill(0, NET_HDR_SIZE);
+    w.locate(NET_HDR_NUM_BUFFERS, this.numBuffersAt[0]);
+    w.locate(NET_HDR_NUM_BUFFERS + 1, this.numBuffersAt[1]);
+    return NET_HDR_SIZE + w.write(data, from, left);
   }
 
   /** num_buffers (le16) in the first chain's header, which may straddle two buffers. */
@@ -403,10 +419,8 @@ export class NetDevice implements QueueDevice {
 
   /** An unusable receive chain: return it and the frame's earlier chains empty, drop the frame. */
   private dropBadBuffers(q: QueueState, count: number): number {
-    const vq = q.vq as SplitVirtqueue;
-    for (let i = 0; i < count; i++) vq.addUsed(this.rxHeads[i], 0);
-    vq.addUsed(this.chain.head, 0);
-    q.dirty = true;
+    for (let i = 0; i < count; i++) q.addUsed(this.rxHeads[i], 0);
+    q.addUsed(this.chain.head, 0);
     this.stats.add(NetStat.rxDropsBadBuffers, 1);
     this.warn(`receive buffer unusable: ${this.chain.error ?? 'too small for the header'}`);
     return BAD_BUFFERS;
@@ -414,23 +428,13 @@ export class NetDevice implements QueueDevice {
 
   // --- common ----------------------------------------------------------------
 
-  /** One interrupt per queue per batch, and only when the driver asked for it (EVENT_IDX). */
-  private flush(index: number, q: QueueState): void {
-    if (q.vq === null) return;
-    if (!q.dirty && index % 2 === 0) return;
-    q.dirty = false;
-    if (q.vq.needsInterrupt()) {
-      this.stats.add(NetStat.interrupts, 1);
-      this.notify(index);
-    }
+  /** Ends a batch: used.idx published once, one interrupt if the driver asked for it (EVENT_IDX). */
+  private flush(q: QueueState): void {
+    if (q.flush()) this.stats.add(NetStat.interrupts, 1);
   }
 
-  private breakQueue(index: number, q: QueueState, err: unknown): void {
-    breakRing(q, index, err, this.warn);
+  private breakQueue(q: QueueState, err: unknown): void {
+    q.fail(err, this.warn);
     this.stats.add(NetStat.brokenQueues, 1);
-  }
-
-  private queue(index: number): QueueState {
-    return ringAt(this.queues, index);
   }
 }

@@ -21,13 +21,21 @@ export interface NetOptions {
   rt: RtOptions;
 }
 
-/** What one port worker is started with. */
-export interface NetWorkerInit {
-  spec: NetPortSpec;
-  options: NetOptions;
+/** What a device worker is given to open one vhost-user port of the switch. */
+export interface NetDeviceInit {
+  kind: 'net';
+  /** The port's MAC address. */
+  mac: Uint8Array;
+  queuePairs: number;
+  queueSize: number;
+  /** The port's rings and the switch's doorbells. */
   switchPort: SwitchPortInit;
+  /** NET_STAT_NAMES counters of the port. */
   statsBuffer: SharedArrayBuffer;
 }
+
+/** What an opened net port reports (nothing beyond its description). */
+export type NetInfo = Record<string, never>;
 
 /** Checks the numbers; throws RangeError naming the option. */
 export function validateNetOptions(o: NetOptions): void {

@@ -1,4 +1,4 @@
-/** Names of the per-port counters a net port worker keeps in shared memory. */
+/** Names of the counters every switch port keeps in shared memory (one writer: the port's worker). */
 export const NET_STAT_NAMES = [
   /** Frames and bytes the port's peer sent into the switch. */
   'txPackets',

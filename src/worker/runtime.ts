@@ -1,54 +1,22 @@
 /**
- * The part of every device worker that is not the device: it answers the
- * control plane's commands, owns the kick watchers (on this thread's own libuv
- * loop, so a kick never touches the main thread) and rings the call eventfds.
+ * The part of every device worker that is not the device: it owns the
+ * device's {@link Vring}s — kick watchers on this thread's own libuv loop (so
+ * a kick never touches the main thread) and call eventfds — carries out the
+ * main thread's commands, and polls adaptively after a batch when asked.
  */
-import { parentPort } from 'node:worker_threads';
+import type { VirtioDeviceModel } from '../devices/index.js';
 import { VhostRtError } from '../errors.js';
-import { type FdWatcher, native, POLL_READABLE } from '../native.js';
+import { native, POLL_READABLE } from '../native.js';
 import { guestMemoryLockRequested, lockGuestMemory } from '../rt/index.js';
 import {
+  createVrings,
   GuestMemory,
   type MemoryRegion,
-  type SplitQueueConfig,
   SplitVirtqueue,
+  type Vring,
+  vringAt,
 } from '../virtio/index.js';
-import type { DeviceCommand, WorkerCommand, WorkerReply } from './messages.js';
-import type { QueueDevice } from './queue-device.js';
-
-/** Posts a message to the main thread; a worker never writes to a file or terminal itself. */
-export function post(message: WorkerReply): void {
-  parentPort?.postMessage(message);
-}
-
-/**
- * Forwards warnings with a budget, so that a hostile guest cannot turn the log
- * into a denial of service: at most `perSecond` lines, then a count.
- */
-export function rateLimitedWarn(perSecond = 10): (message: string) => void {
-  let windowStart = 0;
-  let sent = 0;
-  let suppressed = 0;
-  return (message) => {
-    const now = Date.now();
-    if (now - windowStart >= 1000) {
-      if (suppressed > 0)
-        post({ kind: 'log', level: 'warn', message: `${suppressed} similar warnings suppressed` });
-      windowStart = now;
-      sent = 0;
-      suppressed = 0;
-    }
-    if (sent++ < perSecond) post({ kind: 'log', level: 'warn', message });
-    else suppressed++;
-  };
-}
-
-interface QueueWiring {
-  kick: FdWatcher | null;
-  callFd: number;
-  vq: PolledVirtqueue | null;
-  enabled: boolean;
-}
+import type { DeviceCommand } from './messages.js';
 
 /**
  * A split virtqueue whose kicks the adaptive poller can hold off: while
@@ -91,7 +59,7 @@ class AdaptivePoller {
 
   constructor(
     pollUs: number,
-    private readonly wiring: readonly QueueWiring[],
+    private readonly vrings: readonly Vring[],
     private readonly kick: (index: number) => void,
     private readonly reap: (() => void) | undefined,
   ) {
@@ -125,10 +93,9 @@ class AdaptivePoller {
   /** Kicks every queue that has requests; true when any had. */
   private serveAvailable(): boolean {
     let found = false;
-    for (let i = 0; i < this.wiring.length; i++) {
-      const vq = this.wiring[i].vq;
-      if (vq === null || !this.wiring[i].enabled || !hasPending(vq)) continue;
-      this.kick(i);
+    for (const v of this.vrings) {
+      if (v.queue === null || !v.enabled || !hasPending(v.queue)) continue;
+      this.kick(v.index);
       found = true;
     }
     return found;
@@ -138,14 +105,15 @@ class AdaptivePoller {
   private sleep(): void {
     this.running = false;
     this.suppress(false);
-    for (let i = 0; i < this.wiring.length; i++) if (this.wiring[i].vq !== null) this.kick(i);
+    for (const v of this.vrings) if (v.queue !== null) this.kick(v.index);
   }
 
   private suppress(on: boolean): void {
-    for (const w of this.wiring) {
-      if (w.vq === null) continue;
-      w.vq.suppressed = on;
-      if (on) w.vq.setNotification(false);
+    for (const v of this.vrings) {
+      const q = v.queue as PolledVirtqueue | null;
+      if (q === null) continue;
+      q.suppressed = on;
+      if (on) q.setNotification(false);
     }
   }
 
@@ -168,54 +136,62 @@ function hasPending(vq: SplitVirtqueue): boolean {
   }
 }
 
-/** One device inside a worker: its memory table, kick watchers and call fds. */
+/** One device inside a worker: its memory table and its rings. */
 export class DeviceRuntime {
   private memory: GuestMemory | null = null;
-  private readonly wiring: QueueWiring[];
+  private readonly vrings: readonly Vring[];
   private readonly poller: AdaptivePoller | null;
+  private readonly maxSegments: number;
 
   constructor(
-    private readonly device: QueueDevice,
-    numQueues: number,
-    private readonly maxSegments: number,
+    private readonly device: VirtioDeviceModel<unknown>,
     options: RuntimeOptions = { pollUs: 0 },
   ) {
-    this.wiring = Array.from({ length: numQueues }, () => ({
-      kick: null,
-      callFd: -1,
-      vq: null,
-      enabled: false,
-    }));
+    // A chain may be split at region boundaries: allow a few more segments than descriptors.
+    this.maxSegments = device.maxQueueSize + 16;
+    this.vrings = createVrings(device.numQueues, (v) => this.notify(v));
     this.poller =
       options.pollUs > 0
-        ? new AdaptivePoller(options.pollUs, this.wiring, (i) => device.kick(i), options.reap)
+        ? new AdaptivePoller(options.pollUs, this.vrings, (i) => device.kick(i), options.reap)
         : null;
+    device.activate(this.vrings);
   }
 
-  /** Rings queue `index`'s call eventfd (the guest's interrupt). */
-  notify(index: number): void {
-    const fd = this.wiring[index]?.callFd ?? -1;
-    if (fd >= 0) native.eventfdWrite(fd, 1);
+  /** Rings `vring`'s call eventfd (the guest's interrupt). */
+  private notify(vring: Vring): void {
+    if (vring.callFd >= 0) native.eventfdWrite(vring.callFd, 1);
     // The driver answers an interrupt with new requests: watch for them.
     this.poller?.arm();
   }
 
   /** Carries out one command from the main thread. */
-  async handle(cmd: DeviceCommand): Promise<number> {
+  async handle(cmd: DeviceCommand): Promise<unknown> {
     switch (cmd.op) {
       case 'memory':
         return this.setMemory(cmd.regions);
       case 'start-queue':
         return this.startQueue(cmd);
       case 'set-call':
-        this.queue(cmd.index).callFd = cmd.fd;
+        this.vring(cmd.index).callFd = cmd.fd;
         return 0;
       case 'enable':
-        this.queue(cmd.index).enabled = cmd.enabled;
-        this.device.setEnabled(cmd.index, cmd.enabled);
-        return 0;
+        return this.setEnabled(cmd.index, cmd.enabled);
       case 'stop-queue':
         return this.stopQueue(cmd.index);
+      case 'read-config': {
+        const out = new Uint8Array(cmd.size);
+        this.device.readConfig(cmd.offset, out);
+        return out;
+      }
+      case 'write-config':
+        return this.device.writeConfig(cmd.offset, cmd.data);
+      case 'command':
+        if (this.device.command === undefined)
+          throw new VhostRtError(
+            'ERR_NO_COMMANDS',
+            `a ${this.device.kind} device takes no commands`,
+          );
+        return this.device.command(cmd.command);
     }
   }
 
@@ -224,103 +200,78 @@ export class DeviceRuntime {
     // --mlock: fault guest RAM in and pin it now, on the control path, so no request ever waits on it.
     if (guestMemoryLockRequested()) lockGuestMemory(memory.buffers);
     this.memory = memory;
+    for (const v of this.vrings) v.setMemory(memory);
     this.device.setMemory(memory);
     return 0;
   }
 
   private startQueue(cmd: DeviceCommand & { op: 'start-queue' }): number {
-    const w = this.queue(cmd.index);
+    const v = this.vring(cmd.index);
     if (this.memory === null)
       throw new VhostRtError('ERR_NO_MEMORY', 'ring started before any memory table');
-    const vq = this.newQueue(this.memory, cmd.config);
+    const vq = new PolledVirtqueue(this.memory, cmd.config, this.maxSegments);
     vq.lastAvailIdx = cmd.lastAvailIdx;
     vq.usedIdx = readUsedIdx(this.memory, cmd.config.usedRing);
-    w.callFd = cmd.callFd;
-    w.kick?.close();
-    w.vq = null;
+    v.callFd = cmd.callFd;
+    this.unwatchKick(v);
     this.poller?.stop();
-    w.vq = vq;
-    this.device.startQueue(cmd.index, vq);
-    const kickFd = cmd.kickFd;
-    w.kick = new native.FdWatcher(kickFd, () => {
-      // Reading resets the counter: any number of kicks since the last read
-      // is one batch.
-      native.eventfdRead(kickFd);
-      this.device.kick(cmd.index);
-      this.poller?.arm();
-    });
-    w.kick.start(POLL_READABLE);
+    v.start(vq);
+    this.watchKick(v, cmd.kickFd);
     return 0;
   }
 
-  /** A plain split ring, or one the poller can silence when `--poll-us` is on. */
-  private newQueue(memory: GuestMemory, config: SplitQueueConfig): PolledVirtqueue {
-    return new PolledVirtqueue(memory, config, this.maxSegments);
+  private watchKick(v: Vring, kickFd: number): void {
+    const watcher = new native.FdWatcher(kickFd, () => {
+      // Reading resets the counter: any number of kicks since the last read is one batch.
+      native.eventfdRead(kickFd);
+      this.device.kick(v.index);
+      this.poller?.arm();
+    });
+    watcher.start(POLL_READABLE);
+    v.kickFd = kickFd;
+    v.kick = watcher;
+  }
+
+  private unwatchKick(v: Vring): void {
+    v.kick?.close();
+    v.kick = null;
+    v.kickFd = -1;
+  }
+
+  private setEnabled(index: number, enabled: boolean): number {
+    const v = this.vring(index);
+    v.enabled = enabled;
+    if (enabled) this.device.kick(index);
+    return 0;
   }
 
   private async stopQueue(index: number): Promise<number> {
-    const w = this.queue(index);
-    w.kick?.close();
-    w.kick = null;
-    w.vq = null;
+    const v = this.vring(index);
+    // Not ready any more: nothing new is popped (a poller's last look included); completions still land.
+    v.enabled = false;
+    this.unwatchKick(v);
     this.poller?.stop();
-    const lastAvailIdx = await this.device.stopQueue(index);
+    await this.device.quiesce(index);
+    const lastAvailIdx = v.stop();
     // The backend may close the call fd once the ring is stopped; forget it so a reused fd number is never signalled.
-    w.callFd = -1;
+    v.callFd = -1;
     return lastAvailIdx;
   }
 
   /** Stops watching kicks, completes in-flight requests and closes the device. */
   async close(): Promise<void> {
-    for (const w of this.wiring) {
-      w.kick?.close();
-      w.kick = null;
-      w.vq = null;
-    }
+    for (const v of this.vrings) this.unwatchKick(v);
     this.poller?.stop();
     await this.device.close();
   }
 
-  private queue(index: number): QueueWiring {
-    const w = this.wiring[index];
-    if (w === undefined) {
-      throw new VhostRtError(
-        'ERR_QUEUE_INDEX',
-        `queue index ${index} is outside 0..${this.wiring.length - 1}`,
-      );
+  private vring(index: number): Vring {
+    try {
+      return vringAt(this.vrings, index);
+    } catch (err) {
+      throw new VhostRtError('ERR_QUEUE_INDEX', (err as Error).message);
     }
-    return w;
   }
-}
-
-/**
- * Serves the main thread's commands for the devices of this worker until it
- * asks the thread to shut down. Commands run one at a time per device as the
- * main thread awaits each; kicks and completions interleave freely.
- */
-export function serveDevices(devices: readonly DeviceRuntime[]): void {
-  let closing = false;
-  const run = async (cmd: WorkerCommand): Promise<number> => {
-    if (cmd.op === 'shutdown') {
-      if (closing) return 0;
-      closing = true;
-      for (const d of devices) await d.close();
-      return 0;
-    }
-    const device = devices[cmd.device];
-    if (device === undefined)
-      throw new VhostRtError('ERR_DEVICE_INDEX', `no device ${cmd.device} in this worker`);
-    return device.handle(cmd);
-  };
-  parentPort?.on('message', (cmd: WorkerCommand) => {
-    run(cmd).then(
-      (value) => {
-        post({ kind: 'reply', id: cmd.id, ok: true, value });
-        if (cmd.op === 'shutdown') parentPort?.close();
-      },
-      (err: unknown) => post(errorReply(cmd.id, err)),
-    );
-  });
 }
 
 /** used.idx is where the driver expects us to continue: read it from the ring itself (§2.7.8). */
@@ -328,10 +279,4 @@ function readUsedIdx(memory: GuestMemory, usedRing: number): number {
   const idx = new Uint8Array(2);
   memory.read(usedRing + 2, idx);
   return idx[0] | (idx[1] << 8);
-}
-
-function errorReply(id: number, err: unknown): WorkerReply {
-  const code = (err as { code?: string }).code ?? 'ERR_WORKER';
-  const message = err instanceof Error ? err.message : String(err);
-  return { kind: 'reply', id, ok: false, code, message };
 }

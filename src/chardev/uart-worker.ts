@@ -6,16 +6,14 @@
  * guest's own write waits. Input clients' bytes go to QEMU through a bounded
  * buffer.
  */
-import { parentPort, workerData } from 'node:worker_threads';
-import { SpscByteRing, StatCounters } from '../../locking/index.js';
-import { OutputStream, PORT_STAT_NAMES, PortStat } from '../../logger/index.js';
-import { POLL_DISCONNECT, POLL_READABLE, POLL_WRITABLE } from '../../native.js';
-import { applyRtOptions, describeThread } from '../../rt/index.js';
-import type { WorkerCommand } from '../messages.js';
-import { post } from '../worker-runtime.js';
+import { SpscByteRing, StatCounters } from '../locking/index.js';
+import { OutputStream, PORT_STAT_NAMES, PortStat } from '../logger/index.js';
+import { POLL_DISCONNECT, POLL_READABLE, POLL_WRITABLE } from '../native.js';
+import { applyRtOptions } from '../rt/index.js';
+import { runWorker } from '../thread/index.js';
 import { InputBuffer } from './input-buffer.js';
 import { InputHub } from './input-hub.js';
-import type { SerialWorkerInit } from './options.js';
+import type { SerialWorkerInit } from './uart-options.js';
 import { StreamPeer, UnixListener, WOULD_BLOCK } from './unix-stream.js';
 
 const READ_BYTES = 64 * 1024;
@@ -106,7 +104,9 @@ class SerialPort {
     this.stalled = true;
     this.stats.add(PortStat.ringFull, 1);
     this.rewatch();
-    void this.output.waitWritable(RESUME_BYTES).then(() => {
+    void this.output.waitWritable(RESUME_BYTES).then((writable) => {
+      // false: the port closed and cancelled the wait.
+      if (!writable) return;
       this.stalled = false;
       this.rewatch();
       if (this.qemu !== null) this.pumpOutput(this.qemu);
@@ -140,27 +140,22 @@ class SerialPort {
     this.inputs?.close();
     this.listener.close();
     this.dropQemu();
+    // A stalled port's ring wait holds a keep-alive timer: end it so the thread can exit.
+    this.output.cancelWait();
     this.output.flush();
   }
 }
 
-function start(init: SerialWorkerInit): void {
+runWorker<SerialWorkerInit, Record<string, never>, never>((init) => {
   applyRtOptions(init.rt);
   const stats = StatCounters.attach(init.statsBuffer, PORT_STAT_NAMES);
   const output = new OutputStream(SpscByteRing.attach(init.ring), init.options.policy, stats);
   const port = new SerialPort(init, output, stats);
-  parentPort?.on('message', (cmd: WorkerCommand) => {
-    if (cmd.op === 'shutdown') port.close();
-    post({ kind: 'reply', id: cmd.id, ok: true, value: 0 });
-    // A stalled port's pending ring wait holds a keep-alive timer: end the thread explicitly.
-    if (cmd.op === 'shutdown') setImmediate(() => process.exit(0));
-  });
-  post({ kind: 'ready', thread: describeThread(), info: {} });
-}
-
-try {
-  start(workerData as SerialWorkerInit);
-} catch (err) {
-  const code = (err as { code?: string }).code ?? 'ERR_WORKER_START';
-  post({ kind: 'failed', code, message: err instanceof Error ? err.message : String(err) });
-}
+  return {
+    ready: {},
+    handle: () => {
+      throw new RangeError('the serial worker takes no commands but shutdown');
+    },
+    shutdown: () => port.close(),
+  };
+});

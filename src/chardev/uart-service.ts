@@ -4,19 +4,20 @@
  * It touches no byte of the guest's output.
  */
 
-import { StatCounters } from '../../locking/index.js';
+import { StatCounters } from '../locking/index.js';
+import type { Logger } from '../log.js';
 import {
   createLogStream,
   LoggerThread,
   type LogStream,
   PORT_STAT_NAMES,
   type SinkSpec,
-} from '../../logger/index.js';
-import type { RtOptions } from '../../rt/index.js';
-import type { Logger } from '../../vhost-user/connection.js';
-import type { ThreadInfo } from '../messages.js';
-import { WorkerHost } from '../worker-host.js';
-import type { SerialOptions, SerialWorkerInit } from './options.js';
+} from '../logger/index.js';
+import type { RtOptions, ThreadRtState } from '../rt/index.js';
+import { WorkerHost } from '../thread/index.js';
+import type { SerialOptions, SerialWorkerInit } from './uart-options.js';
+
+type SerialWorker = WorkerHost<SerialWorkerInit, Record<string, never>, never>;
 
 /** Everything `vhost-rt serial` starts. */
 export interface SerialSpec {
@@ -28,15 +29,15 @@ export interface SerialSpec {
 
 export class SerialService {
   private constructor(
-    private readonly worker: WorkerHost,
+    private readonly worker: SerialWorker,
     private readonly logger: LoggerThread,
     readonly stream: LogStream,
     readonly stats: StatCounters,
-    readonly thread: ThreadInfo,
+    readonly thread: ThreadRtState,
   ) {}
 
   /** The logger thread's scheduling, for the ready line. */
-  get loggerThread(): { thread: ThreadInfo; background: string } {
+  get loggerThread(): { thread: ThreadRtState; background: string } {
     return { thread: this.logger.thread, background: this.logger.background };
   }
 
@@ -50,7 +51,10 @@ export class SerialService {
       statsBuffer: stats.buffer,
       rt: spec.rt,
     };
-    const worker = new WorkerHost('devices/serial/worker.js', init, log, 'serial');
+    const worker: SerialWorker = new WorkerHost('chardev/uart-worker.js', init, {
+      name: 'serial',
+      log,
+    });
     try {
       const started = await worker.ready;
       return new SerialService(worker, logger, stream, stats, started.thread);

@@ -1,33 +1,29 @@
 /**
- * Main-thread handle on a device worker: starts the thread from compiled
- * JavaScript, sends commands and awaits their replies, and relays the
- * worker's log lines to the process log.
+ * Main-thread handle on one worker thread: starts it from compiled
+ * JavaScript, waits for its typed ready payload, sends commands and awaits
+ * their replies, relays its log lines and events, and reports a thread that
+ * dies unasked.
  */
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { VhostRtError } from '../errors.js';
+import type { Logger } from '../log.js';
 import { projectRoot } from '../native.js';
-import type { Logger } from '../vhost-user/connection.js';
-import type { ThreadInfo, WorkerCommand, WorkerReply } from './messages.js';
+import type { ThreadRtState } from '../rt/index.js';
+import type { Numbered, ShutdownCommand, ThreadCommandBase, ThreadMessage } from './messages.js';
 
-/** Distributive Omit, so each command variant keeps its own fields. */
-type CommandBody = WorkerCommand extends infer C
-  ? C extends WorkerCommand
-    ? Omit<C, 'id'>
-    : never
-  : never;
-
-/** Absolute path of a compiled worker entry, e.g. `devices/blk/worker.js`. */
+/** Absolute path of a compiled worker entry, e.g. `worker/device-worker.js`. */
 export function workerPath(relative: string): string {
   return join(projectRoot, 'dist', 'src', relative);
 }
 
-export interface StartedWorker {
-  thread: ThreadInfo;
-  info: Record<string, number | string | boolean>;
+/** What a started worker reported: its scheduling and its own ready payload. */
+export interface StartedWorker<Ready> {
+  thread: ThreadRtState;
+  ready: Ready;
 }
 
-/** Called when a device worker ends without being asked to (a bug: an uncaught exception). */
+/** Called when a worker ends without being asked to (a bug: an uncaught exception). */
 export type WorkerFailureListener = (error: Error) => void;
 const failureListeners = new Set<WorkerFailureListener>();
 
@@ -41,30 +37,48 @@ export function onWorkerFailure(listener: WorkerFailureListener): () => void {
   return () => failureListeners.delete(listener);
 }
 
-export class WorkerHost {
+/** Options of a {@link WorkerHost}. */
+export interface WorkerHostOptions<Event> {
+  /** Name in log lines, e.g. `blk` or `port1`. */
+  name: string;
+  log: Logger;
+  /** Receives the events the worker posts on its own. */
+  onEvent?: (event: Event) => void;
+}
+
+/**
+ * A worker thread of type `Init → Ready`, answering commands `Command`.
+ * Commands run in the worker one at a time per device as the caller awaits
+ * each; the host never looks inside them.
+ */
+export class WorkerHost<Init, Ready, Command extends ThreadCommandBase, Event = never> {
   private readonly worker: Worker;
   private nextId = 1;
   private readonly waiting = new Map<
     number,
-    { resolve: (v: number) => void; reject: (e: Error) => void }
+    { resolve: (v: unknown) => void; reject: (e: Error) => void }
   >();
   private exited = false;
   /** Set once shutdown or terminate was asked for: an exit is then expected. */
   private stopping = false;
-  /** Resolves with the thread's description once the device is ready to serve. */
-  readonly ready: Promise<StartedWorker>;
+  private readonly name: string;
+  private readonly log: Logger;
+  private readonly onEvent: ((event: Event) => void) | undefined;
+  /** Resolves once the worker is ready to serve. */
+  readonly ready: Promise<StartedWorker<Ready>>;
 
-  constructor(
-    entry: string,
-    workerData: unknown,
-    private readonly log: Logger,
-    private readonly name: string,
-  ) {
-    this.worker = new Worker(workerPath(entry), { workerData });
+  /** Starts `entry` (relative to dist/src, or a path relative to it) with `init` as workerData. */
+  constructor(entry: string, init: Init, options: WorkerHostOptions<Event>) {
+    this.name = options.name;
+    this.log = options.log;
+    this.onEvent = options.onEvent;
+    this.worker = new Worker(workerPath(entry), { workerData: init });
     this.ready = new Promise((resolve, reject) => {
-      this.worker.on('message', (m: WorkerReply) => this.onMessage(m, resolve, reject));
+      this.worker.on('message', (m: ThreadMessage<Ready, Event>) =>
+        this.onMessage(m, resolve, reject),
+      );
       this.worker.on('error', (err) => {
-        this.log('error', `${name} worker crashed: ${err.stack ?? err.message}`);
+        this.log('error', `${this.name} worker crashed: ${err.stack ?? err.message}`);
         reject(err);
       });
       this.worker.on('exit', (code) => this.onExit(code, reject));
@@ -72,19 +86,22 @@ export class WorkerHost {
   }
 
   private onMessage(
-    m: WorkerReply,
-    resolve: (s: StartedWorker) => void,
+    m: ThreadMessage<Ready, Event>,
+    resolve: (s: StartedWorker<Ready>) => void,
     reject: (e: Error) => void,
   ): void {
     switch (m.kind) {
       case 'ready':
-        resolve({ thread: m.thread, info: m.info });
+        resolve({ thread: m.thread, ready: m.ready });
         return;
       case 'failed':
         reject(new VhostRtError(m.code, m.message));
         return;
       case 'log':
         this.log(m.level, `${this.name}: ${m.message}`);
+        return;
+      case 'event':
+        this.onEvent?.(m.event);
         return;
       case 'reply': {
         const w = this.waiting.get(m.id);
@@ -105,7 +122,7 @@ export class WorkerHost {
   }
 
   /** Sends one command and resolves with the worker's answer. */
-  request(cmd: CommandBody): Promise<number> {
+  request(cmd: Command | ShutdownCommand): Promise<unknown> {
     if (this.exited)
       return Promise.reject(
         new VhostRtError('ERR_WORKER_EXITED', `${this.name} worker has exited`),
@@ -113,11 +130,12 @@ export class WorkerHost {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.waiting.set(id, { resolve, reject });
-      this.worker.postMessage({ ...cmd, id });
+      const numbered: Numbered<Command | ShutdownCommand> = { ...cmd, id };
+      this.worker.postMessage(numbered);
     });
   }
 
-  /** Asks the worker to finish in-flight I/O and exit; resolves when it has. */
+  /** Asks the worker to finish in-flight work and exit; resolves when it has. */
   async shutdown(): Promise<void> {
     this.stopping = true;
     if (this.exited) return;

@@ -4,7 +4,7 @@
  * number of clients may write; their bytes go to `deliver`, and what it
  * cannot take is refused: counted by the caller and announced to the client.
  */
-import { POLL_DISCONNECT, POLL_READABLE } from '../../native.js';
+import { POLL_DISCONNECT, POLL_READABLE } from '../native.js';
 import { StreamPeer, UnixListener, WOULD_BLOCK } from './unix-stream.js';
 
 /** Takes input bytes; returns how many it accepted (the rest is refused). */

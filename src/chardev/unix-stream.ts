@@ -5,8 +5,8 @@
  * value, not an exception the caller has to expect).
  */
 import { lstatSync, readSync, unlinkSync, writeSync } from 'node:fs';
-import { ConfigError, classifyErrno } from '../../errors.js';
-import { type FdWatcher, native, POLL_READABLE } from '../../native.js';
+import { ConfigError, classifyErrno } from '../errors.js';
+import { type FdWatcher, native, POLL_READABLE } from '../native.js';
 
 /** Returned by {@link StreamPeer.read} / {@link StreamPeer.write} when the socket is not ready. */
 export const WOULD_BLOCK = -1;

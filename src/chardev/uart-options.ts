@@ -1,6 +1,6 @@
 /** Options of the chardev-socket UART back end (`vhost-rt serial`). */
-import type { RingPolicy } from '../../logger/index.js';
-import type { RtOptions } from '../../rt/index.js';
+import type { RingPolicy } from '../logger/index.js';
+import type { RtOptions } from '../rt/index.js';
 
 export interface SerialOptions {
   /** Where QEMU's `-chardev socket,path=SOCK` connects. */

@@ -1,0 +1,117 @@
+/**
+ * One virtqueue as the device's thread keeps it, in one record (as rust-vmm's
+ * `VringState`): the split ring once started, whether the driver enabled it,
+ * whether the guest broke it, the used entries of the batch in progress, and
+ * the kick and call file descriptors that wire it to the driver. The worker
+ * runtime owns one per queue and hands them to the device model
+ * (`activate`); an embedding VMM creates them itself with its own `signal`.
+ *
+ * Batching (DESIGN rule 4): a device adds used entries with {@link addUsed}
+ * as requests finish and calls {@link flush} once at the end of a batch,
+ * which publishes used.idx once and raises at most one interrupt, only when
+ * the driver asked for it (EVENT_IDX / NO_INTERRUPT).
+ */
+import { QueueBrokenError } from './errors.js';
+import type { GuestMemory } from './guest-memory.js';
+import type { SplitVirtqueue } from './virtqueue.js';
+
+/** Something the runtime closes when the ring stops (the kick watcher). */
+export interface Closable {
+  close(): void;
+}
+
+/** Raises queue `vring.index`'s interrupt (writes its call eventfd, or what the VMM does instead). */
+export type SignalUsed = (vring: Vring) => void;
+
+export class Vring {
+  /** The started ring, or null while stopped. */
+  queue: SplitVirtqueue | null = null;
+  /** The driver enabled the ring (SET_VRING_ENABLE, or started without protocol features). */
+  enabled = false;
+  /** The guest broke this ring (a QueueBrokenError): it is no longer served until restarted. */
+  broken = false;
+  /** Call eventfd (the guest's interrupt), -1 when the driver wants none. */
+  callFd = -1;
+  /** Kick eventfd, -1 while stopped. */
+  kickFd = -1;
+  /** Watches {@link kickFd} on the worker's loop; closed when the ring stops. */
+  kick: Closable | null = null;
+  /** Used entries were added since the last {@link flush}. */
+  private batchOpen = false;
+
+  /** @param signal raises the interrupt; the runtime's writes {@link callFd}. */
+  constructor(
+    readonly index: number,
+    private readonly signal: SignalUsed,
+  ) {}
+
+  /** Started, enabled and not broken: the device may pop and complete chains. */
+  get ready(): boolean {
+    return this.queue !== null && this.enabled && !this.broken;
+  }
+
+  /** (Re)starts the ring on `queue`: a restarted ring is served again even if the guest broke the old one. */
+  start(queue: SplitVirtqueue): void {
+    this.queue = queue;
+    this.broken = false;
+    this.batchOpen = false;
+  }
+
+  /** Forgets the ring; returns the next avail index to hand back (GET_VRING_BASE). */
+  stop(): number {
+    const last = this.queue?.lastAvailIdx ?? 0;
+    this.queue = null;
+    this.batchOpen = false;
+    return last;
+  }
+
+  /** Gives the started ring a new memory table (re-validates its addresses). */
+  setMemory(memory: GuestMemory): void {
+    this.queue?.setMemory(memory);
+  }
+
+  /** Returns chain `head` with `len` bytes written; visible to the driver at the next {@link flush}. */
+  addUsed(head: number, len: number): void {
+    if (this.queue === null) return;
+    this.queue.addUsed(head, len);
+    this.batchOpen = true;
+  }
+
+  /**
+   * Ends a batch: publishes every used entry added since the last flush
+   * (one used.idx store) and interrupts the driver if it asked to be told.
+   * Returns true when it raised the interrupt.
+   */
+  flush(): boolean {
+    const q = this.queue;
+    if (!this.batchOpen || q === null) return false;
+    this.batchOpen = false;
+    q.publishUsed();
+    if (!q.needsInterrupt()) return false;
+    this.signal(this);
+    return true;
+  }
+
+  /**
+   * Stops serving the ring if `err` says the guest broke it, warning once;
+   * anything else is a bug of ours and is rethrown.
+   */
+  fail(err: unknown, warn: (message: string) => void): void {
+    if (!(err instanceof QueueBrokenError)) throw err;
+    this.broken = true;
+    warn(`queue ${this.index} stopped: ${err.message} (${err.code})`);
+  }
+}
+
+/** `count` stopped rings signalled through `signal`. */
+export function createVrings(count: number, signal: SignalUsed): Vring[] {
+  return Array.from({ length: count }, (_, i) => new Vring(i, signal));
+}
+
+/** Ring `index` of `vrings`, or a RangeError naming the valid range. */
+export function vringAt(vrings: readonly Vring[], index: number): Vring {
+  const v = vrings[index];
+  if (v === undefined)
+    throw new RangeError(`queue index ${index} is outside 0..${vrings.length - 1}`);
+  return v;
+}

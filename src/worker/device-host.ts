@@ -1,0 +1,191 @@
+/**
+ * The main thread's handle on one device served by a device worker: what
+ * the vhost-user layer needs (features, queues, config space, ring commands)
+ * forwarded to the worker thread that holds the device model, plus the
+ * device's run-time commands. It keeps no device state of its own: features
+ * and sizes come from the model's description in the worker's ready payload,
+ * config bytes are read from the model when asked.
+ */
+import type { DeviceDescription, ModelCommand } from '../devices/index.js';
+import type { Logger } from '../log.js';
+import type { ThreadRtState } from '../rt/index.js';
+import { WorkerHost } from '../thread/index.js';
+import type { MemoryRegion, SplitQueueConfig } from '../virtio/index.js';
+import type {
+  DeviceCommand,
+  DeviceEvent,
+  DeviceWorkerInit,
+  DeviceWorkerReady,
+} from './messages.js';
+
+/** A device worker thread as the main thread holds it. */
+export type DeviceWorker = WorkerHost<
+  DeviceWorkerInit,
+  DeviceWorkerReady,
+  DeviceCommand,
+  DeviceEvent
+>;
+
+/** Everything needed to start one ring, already translated to guest-physical addresses. */
+export interface QueueStart {
+  config: SplitQueueConfig;
+  lastAvailIdx: number;
+  kickFd: number;
+  /** -1 when the front end asked for no interrupts (polling). */
+  callFd: number;
+  enabled: boolean;
+}
+
+/** Where a device tells its driver that the config space changed (vhost-user: BACKEND_REQ). */
+export interface ConfigChangeChannel {
+  configChange(): void;
+}
+
+/**
+ * Device types whose config space the VMM builds itself from its own
+ * options: QEMU's vhost-user virtio-net never asks the back end for it.
+ */
+const VMM_OWNS_CONFIG: ReadonlySet<string> = new Set(['net']);
+
+export class DeviceHost {
+  /** Device type: 'blk', 'net', 'console'. */
+  readonly kind: string;
+  /** Device-specific feature bits (the transport adds its own). */
+  readonly deviceFeatures: bigint;
+  readonly numQueues: number;
+  /** Largest ring size a front end may ask for. */
+  readonly maxQueueSize: number;
+  /** The transport serves the config space (vhost-user GET/SET_CONFIG). */
+  readonly servesConfig: boolean;
+  /** The device changes its config space at run time and must tell the driver. */
+  readonly raisesConfigChanges: boolean;
+  /** Config-change notifications sent to a front end. */
+  configChanges = 0;
+  private channel: ConfigChangeChannel | null = null;
+
+  /** `device` indexes the worker's devices (0 unless several share the worker). */
+  constructor(
+    private readonly worker: DeviceWorker,
+    readonly device: number,
+    readonly description: DeviceDescription,
+    /** The scheduling of the thread that serves the device. */
+    readonly thread: ThreadRtState,
+  ) {
+    this.kind = description.kind;
+    this.deviceFeatures = description.features;
+    this.numQueues = description.numQueues;
+    this.maxQueueSize = description.maxQueueSize;
+    this.servesConfig = !VMM_OWNS_CONFIG.has(description.kind);
+    this.raisesConfigChanges = description.raisesConfigChanges;
+  }
+
+  /** Bytes [offset, offset+size) of the device's config space, read from the model. */
+  async getConfig(offset: number, size: number): Promise<Uint8Array> {
+    return (await this.request({
+      op: 'read-config',
+      device: this.device,
+      offset,
+      size,
+    })) as Uint8Array;
+  }
+
+  /** Writes the config space; false when the device refuses. */
+  async setConfig(offset: number, data: Uint8Array): Promise<boolean> {
+    return (await this.request({ op: 'write-config', device: this.device, offset, data })) === true;
+  }
+
+  async setMemory(regions: MemoryRegion[]): Promise<void> {
+    await this.request({ op: 'memory', device: this.device, regions });
+  }
+
+  async startQueue(index: number, s: QueueStart): Promise<void> {
+    await this.request({
+      op: 'start-queue',
+      device: this.device,
+      index,
+      config: s.config,
+      lastAvailIdx: s.lastAvailIdx,
+      kickFd: s.kickFd,
+      callFd: s.callFd,
+    });
+    if (s.enabled) await this.setEnabled(index, true);
+  }
+
+  async setCall(index: number, fd: number): Promise<void> {
+    await this.request({ op: 'set-call', device: this.device, index, fd });
+  }
+
+  async setEnabled(index: number, enabled: boolean): Promise<void> {
+    await this.request({ op: 'enable', device: this.device, index, enabled });
+  }
+
+  /** Completes in-flight requests, stops the ring, resolves to the last avail index. */
+  async stopQueue(index: number): Promise<number> {
+    return (await this.request({ op: 'stop-queue', device: this.device, index })) as number;
+  }
+
+  /** Sends a run-time command to the device model (console resize, ...). */
+  command(command: ModelCommand): Promise<unknown> {
+    return this.request({ op: 'command', device: this.device, command });
+  }
+
+  /** The front end's config-change channel, or null when it has none (or went away). */
+  setBackendChannel(channel: ConfigChangeChannel | null): void {
+    this.channel = channel;
+  }
+
+  /** An event the device raised in its worker. */
+  onEvent(event: DeviceEvent): void {
+    if (event.type !== 'config-changed' || this.channel === null) return;
+    this.channel.configChange();
+    this.configChanges++;
+  }
+
+  private request(cmd: DeviceCommand): Promise<unknown> {
+    return this.worker.request(cmd);
+  }
+}
+
+/** One worker to start: a name for logs and its init (devices and RT options). */
+export interface DeviceWorkerSpec {
+  name: string;
+  init: DeviceWorkerInit;
+}
+
+/** Device workers started together: one {@link DeviceHost} per device, in spec order. */
+export class DeviceWorkerSet {
+  private constructor(
+    /** Per worker, its devices' hosts. */
+    readonly hosts: DeviceHost[][],
+    private readonly workers: DeviceWorker[],
+  ) {}
+
+  /** Starts every worker; if one fails to start, stops all of them and rethrows. */
+  static async start(specs: DeviceWorkerSpec[], log: Logger): Promise<DeviceWorkerSet> {
+    const hosts: DeviceHost[][] = specs.map(() => []);
+    const workers = specs.map(
+      (s, w) =>
+        new WorkerHost<DeviceWorkerInit, DeviceWorkerReady, DeviceCommand, DeviceEvent>(
+          'worker/device-worker.js',
+          s.init,
+          { name: s.name, log, onEvent: (e) => hosts[w][e.device]?.onEvent(e) },
+        ),
+    );
+    try {
+      const started = await Promise.all(workers.map((w) => w.ready));
+      started.forEach((s, w) => {
+        for (const [i, d] of s.ready.devices.entries())
+          hosts[w].push(new DeviceHost(workers[w], i, d, s.thread));
+      });
+      return new DeviceWorkerSet(hosts, workers);
+    } catch (err) {
+      await Promise.all(workers.map((w) => w.terminate()));
+      throw err;
+    }
+  }
+
+  /** Completes in-flight I/O, releases the devices and ends the worker threads. */
+  async shutdown(): Promise<void> {
+    await Promise.all(this.workers.map((w) => w.shutdown()));
+  }
+}
