@@ -17,6 +17,7 @@ import { SystemError } from './errors.js';
 
 /** Bits of {@link FdWatcher.start}'s `events`, and of what its callback receives. */
 export const POLL_READABLE = 1;
+/** {@link FdWatcher} bit: the fd can be written without blocking (libuv UV_WRITABLE). */
 export const POLL_WRITABLE = 2;
 /** Set in the callback's `events` when the peer hung up or the fd is in error. */
 export const POLL_DISCONNECT = 4;
@@ -87,11 +88,16 @@ export interface AioContext {
   destroy(): void;
 }
 
+/**
+ * A thread's scheduling as `schedGetScheduler` reads it: kernel SCHED_* policy
+ * (SCHED_RESET_ON_FORK masked off) and sched_priority (0 unless fifo/rr).
+ */
 export interface SchedParams {
   policy: number;
   priority: number;
 }
 
+/** Kernel and libc constants as the addon was compiled with them (native/addon.cc). */
 export interface NativeConstants {
   O_DIRECT: number;
   SCHED_OTHER: number;

@@ -13,6 +13,10 @@ export type InputDeliver = (buf: Uint8Array, off: number, len: number) => number
 const READ_BYTES = 4096;
 const encoder = new TextEncoder();
 
+/**
+ * Listens on one input socket and reads every attached client (on the owning
+ * thread's fd watchers); `flag` names the CLI option in listen errors.
+ */
 export class InputHub {
   private readonly listener: UnixListener;
   private readonly clients = new Set<StreamPeer>();

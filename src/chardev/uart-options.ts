@@ -2,6 +2,7 @@
 import type { RingPolicy } from '../logger/index.js';
 import type { RtOptions } from '../rt/index.js';
 
+/** The serial back end's sockets, log-ring policy and input budget ({@link SerialWorkerInit}). */
 export interface SerialOptions {
   /** Where QEMU's `-chardev socket,path=SOCK` connects. */
   socketPath: string;

@@ -27,6 +27,10 @@ export interface SerialSpec {
   rt: RtOptions;
 }
 
+/**
+ * A running `vhost-rt serial`: its serial worker, logger thread and log stream.
+ * Build it with `SerialService.start`; `shutdown` stops the worker before the logger.
+ */
 export class SerialService {
   private constructor(
     private readonly worker: SerialWorker,

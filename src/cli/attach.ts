@@ -85,6 +85,7 @@ async function run(argv: string[]): Promise<number> {
   return 0;
 }
 
+/** `vhost-rt attach INPUT_SOCK [--output LOG_SOCK] [--raw]`; exits 0 once INPUT_SOCK closes. */
 export const attachCommand: CliCommand = {
   name: 'attach',
   summary: 'type into a serial/console port (stdin to its --input socket)',

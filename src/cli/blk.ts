@@ -212,6 +212,7 @@ async function run(argv: string[]): Promise<number> {
   return 0;
 }
 
+/** `vhost-rt blk`: serves virtio-blk devices until SIGINT/SIGTERM. */
 export const blkCommand: CliCommand = {
   name: 'blk',
   summary: 'serve virtio-blk devices (QEMU: -device vhost-user-blk-pci)',

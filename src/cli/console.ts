@@ -177,6 +177,7 @@ async function run(argv: string[]): Promise<number> {
   return 0;
 }
 
+/** `vhost-rt console`: serves one virtio-console device until SIGINT/SIGTERM. */
 export const consoleCommand: CliCommand = {
   name: 'console',
   summary: 'serve a virtio-console device (ports, multiport) over vhost-user',

@@ -12,6 +12,7 @@ import {
   validateRtOptions,
 } from '../rt/options.js';
 
+/** Parsed flag values by flag name (without `--`), as `parseArgs` returns them. */
 export type FlagValues = Record<string, string | boolean | string[] | boolean[] | undefined>;
 
 /** parseArgs with strict checking; its errors become ConfigErrors naming the command. */
@@ -27,6 +28,7 @@ export function parseFlags(
   }
 }
 
+/** A non-negative whole-number flag (decimal digits only); `fallback` when the flag is absent. */
 export function integerFlag(flag: string, value: unknown, fallback: number): number {
   if (value === undefined) return fallback;
   if (typeof value !== 'string' || !/^\d+$/.test(value))
@@ -34,11 +36,13 @@ export function integerFlag(flag: string, value: unknown, fallback: number): num
   return Number(value);
 }
 
+/** A string flag that must be given and non-empty; otherwise a ConfigError naming `--flag`. */
 export function requiredFlag(flag: string, value: unknown): string {
   if (typeof value !== 'string' || value === '') throw new ConfigError(`--${flag} is required`);
   return value;
 }
 
+/** `value` if it is a string, else undefined (absent, or a boolean flag). */
 export function optionalString(value: unknown): string | undefined {
   return typeof value === 'string' ? value : undefined;
 }
@@ -51,6 +55,7 @@ export const RT_FLAG_OPTIONS = {
   mlock: { type: 'boolean' },
 } as const;
 
+/** Help text of {@link RT_FLAG_OPTIONS}, embedded in every device command's help. */
 export const RT_HELP = `Real-time options (apply to the device's worker thread):
   --rt-policy POLICY   scheduling policy: fifo, rr, other, batch or idle
   --rt-priority N      priority for fifo/rr, 1..99

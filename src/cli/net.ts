@@ -161,6 +161,7 @@ async function run(argv: string[]): Promise<number> {
   return 0;
 }
 
+/** `vhost-rt net`: serves a switch of virtio-net ports (and a TAP uplink) until SIGINT/SIGTERM. */
 export const netCommand: CliCommand = {
   name: 'net',
   summary: 'serve an L2 switch of virtio-net ports (QEMU: -netdev vhost-user) and a TAP uplink',

@@ -40,6 +40,7 @@ export const LOG_FLAG_OPTIONS = {
   'input-buffer': { type: 'string' },
 } as const;
 
+/** Help text of {@link LOG_FLAG_OPTIONS}, embedded in the `serial` and `console` help. */
 export const LOG_HELP = `Output and input:
   --log SINK           where guest output goes; repeat for several: FILE or file:FILE
                        (appended), socket:PATH (readers attach live, e.g.
@@ -167,6 +168,7 @@ async function run(argv: string[]): Promise<number> {
   return 0;
 }
 
+/** `vhost-rt serial`: serves a guest UART over QEMU's chardev socket until SIGINT/SIGTERM. */
 export const serialCommand: CliCommand = {
   name: 'serial',
   summary: 'serve a guest UART over a QEMU chardev socket (-serial chardev:ID)',

@@ -9,6 +9,7 @@ import { onWorkerFailure } from '../thread/index.js';
 import type { VhostUserDevice } from '../vhost-user/device-backend.js';
 import { VhostUserServer } from '../vhost-user/server.js';
 
+/** A started daemon command as {@link serveUntilSignal} drives it: ready lines, counters, close. */
 export interface RunningService {
   /** Lines logged once everything listens; the first contains "ready". */
   readyLines(): string[];

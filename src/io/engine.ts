@@ -9,6 +9,7 @@ import type { RtPolicy } from '../rt/options.js';
 
 /** Operations a block device asks of an engine. */
 export const IoOp = { READ: 0, WRITE: 1, FLUSH: 2, DISCARD: 3, WRITE_ZEROES: 4 } as const;
+/** One of the {@link IoOp} values: the `op` of a staged operation. */
 export type IoOpCode = (typeof IoOp)[keyof typeof IoOp];
 
 /** Called once per finished operation: `result` is bytes transferred, 0, or -errno. */
@@ -20,8 +21,13 @@ export type IoCompletion = (userData: number, result: number) => void;
  * the device worker itself (a baseline that blocks the worker).
  */
 export const IO_ENGINE_NAMES = ['linux-aio', 'io_uring', 'threads', 'sync'] as const;
+/** An `--aio` engine name, as `createEngine` takes it. */
 export type IoEngineName = (typeof IO_ENGINE_NAMES)[number];
 
+/**
+ * What `createEngine` needs to open an image; an engine-specific field given to
+ * another engine is refused (`validateEngineOptions`).
+ */
 export interface IoEngineOptions {
   /** Image file to serve. */
   path: string;
@@ -51,6 +57,10 @@ export interface ThreadPolicy {
 /** Pool size of the threads engine when `--aio-threads` is not given. */
 export const DEFAULT_AIO_THREADS = 4;
 
+/**
+ * A block I/O engine over one open image, driven by one device on one thread:
+ * stage iovecs and ops, `submit` once per batch, completions come to `onComplete`.
+ */
 export interface IoEngine {
   readonly name: IoEngineName;
   /** True when the image is open with O_DIRECT. */

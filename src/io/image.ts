@@ -7,6 +7,7 @@ import { closeSync, constants, fstatSync, openSync, readFileSync } from 'node:fs
 import { ConfigError } from '../errors.js';
 import { native } from '../native.js';
 
+/** An image opened by {@link openImage}; release both descriptors with {@link closeImage}. */
 export interface OpenImage {
   /** Descriptor for aligned requests: O_DIRECT when `direct`. */
   fd: number;

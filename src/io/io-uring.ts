@@ -52,6 +52,10 @@ function createRing(options: IoEngineOptions, eventFd: number): UringContext {
   }
 }
 
+/**
+ * The `io_uring` engine; the constructor throws {@link UringSetupError} when the
+ * kernel refuses the ring (or SQPOLL).
+ */
 export class UringEngine extends StagingEngine {
   readonly name = 'io_uring' as const;
   /** True when a kernel thread polls the submission ring. */

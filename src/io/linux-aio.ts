@@ -18,6 +18,7 @@ import type { IoEngineOptions, IoOpCode } from './engine.js';
 import { runSlowOp } from './slow-ops.js';
 import { Errno, errnoOf, StagingEngine } from './staging.js';
 
+/** The `linux-aio` engine: reads and writes through io_submit, slow ops on libuv's pool. */
 export class LinuxAioEngine extends StagingEngine {
   readonly name = 'linux-aio' as const;
 

@@ -32,6 +32,10 @@ export interface CompletionSource {
   getEvents(out: Float64Array, max: number): number;
 }
 
+/**
+ * Base of every engine: the staging tables, the image and the completion hooks;
+ * subclasses supply setBuffers, queueSlowOp and submit.
+ */
 export abstract class StagingEngine implements IoEngine {
   abstract readonly name: IoEngineName;
   readonly direct: boolean;

@@ -11,6 +11,7 @@ import type { IoOpCode } from './engine.js';
 import { runSlowOp } from './slow-ops.js';
 import { errnoOf, StagingEngine } from './staging.js';
 
+/** The `sync` engine (a baseline): staged reads and writes run in `submit`, blocking the worker. */
 export class SyncEngine extends StagingEngine {
   readonly name = 'sync' as const;
   private readonly table: BufferTable = new native.BufferTable();

@@ -90,6 +90,10 @@ interface Generation {
   buffers: SharedArrayBuffer[];
 }
 
+/**
+ * The `threads` engine: each operation is a task on a piscina pool shared by the
+ * thread's engines with the same size and policy; allocates per request.
+ */
 export class ThreadsEngine extends StagingEngine {
   readonly name = 'threads' as const;
   /** Pool threads. */

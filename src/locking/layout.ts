@@ -20,6 +20,7 @@ const LINE = CACHE_LINE_BYTES / Int32Array.BYTES_PER_ELEMENT;
 
 /** Written at create; attach() refuses buffers without it. ASCII 'RING'. */
 export const RING_MAGIC_VALUE = 0x52494e47;
+/** Int32 indexes of the SpscByteRing header; the data area starts at {@link RING_HEADER_BYTES}. */
 export const RING = {
   /** Line 0, immutable: {@link RING_MAGIC_VALUE}. */
   MAGIC: 0,
@@ -56,6 +57,7 @@ export const RING_MAX_CAPACITY = 2 ** 30;
 
 /** Written at create; attach() refuses buffers without it. ASCII 'STAT'. */
 export const COUNTERS_MAGIC_VALUE = 0x53544154;
+/** Int32 slot indexes of a StatCounters block: seqlock header, then two slots per counter. */
 export const COUNTERS = {
   /** Seqlock sequence: even = stable, odd = writer mid-update. Bumped twice per update. */
   SEQ: 0,
@@ -91,6 +93,7 @@ export function countersByteLength(count: number): number {
 
 /** Written at create; attach() refuses buffers without it. ASCII 'pktr'. */
 export const PACKET_RING_MAGIC_VALUE = 0x706b7472;
+/** Int32 indexes of the PacketRing header; records start at {@link PACKET_RING_HEADER_BYTES}. */
 export const PACKET_RING = {
   /** Line 0, immutable: {@link PACKET_RING_MAGIC_VALUE}. */
   MAGIC: 0,

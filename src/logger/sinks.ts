@@ -27,6 +27,7 @@ export interface StdoutSinkSpec {
   kind: 'stdout';
 }
 
+/** One `--log` destination, told apart by `kind`; {@link parseSinkSpec} builds it from the flag. */
 export type SinkSpec = FileSinkSpec | SocketSinkSpec | StdoutSinkSpec;
 
 /** File sink options that the CLI sets once for every file sink. */

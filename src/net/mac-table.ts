@@ -66,6 +66,10 @@ function macLow(bytes: Uint8Array, offset: number): number {
   );
 }
 
+/**
+ * MAC address → switch port with ageing, bounded at `capacity` entries; owned by
+ * one port worker; learning and lookup allocate nothing.
+ */
 export class MacTable {
   /**
    * Time (ms) that {@link learn} stamps entries with and {@link lookup} ages

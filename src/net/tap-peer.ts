@@ -61,6 +61,10 @@ export interface TapPeerOptions {
   onClose?: () => void;
 }
 
+/**
+ * A switch port's TAP uplink, hosted by a PortRuntime: reads the TAP into the
+ * port's transmit side, writes the port's held frames to the TAP.
+ */
 export class TapPeer implements PortPeer {
   /** The interface name the kernel gave the TAP. */
   readonly name: string;

@@ -109,6 +109,10 @@ function sameRegion(a: MemRegionWire, b: MemRegionWire): boolean {
   return a.guestPhysAddr === b.guestPhysAddr && a.size === b.size && a.userAddr === b.userAddr;
 }
 
+/**
+ * One connection's vhost-user state (features, memory table, vrings) driving a
+ * {@link VhostUserDevice}; `reset` returns it to the state of a new connection.
+ */
 export class VhostUserBackend {
   private features = 0n;
   private protocolFeatures = 0n;

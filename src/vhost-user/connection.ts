@@ -26,6 +26,10 @@ const HAS_REPLY = new Set<number>([
   Request.GET_MAX_MEM_SLOTS,
 ]);
 
+/**
+ * Serves one accepted socket: frames messages with their fds, runs them through
+ * the backend one at a time, replies; `done` resolves after close and reset.
+ */
 export class VhostUserConnection {
   private readonly watcher: FdWatcher;
   private readonly header = new Uint8Array(HEADER_SIZE);

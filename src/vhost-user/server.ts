@@ -23,6 +23,10 @@ function clearSocketPath(path: string): void {
   unlinkSync(path);
 }
 
+/**
+ * Listens on `path` (replacing a stale socket file) and serves one front end at a
+ * time with a fresh VhostUserBackend over the same device; `close` removes the socket.
+ */
 export class VhostUserServer {
   private readonly listenFd: number;
   private readonly watcher: FdWatcher;

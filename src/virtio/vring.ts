@@ -23,6 +23,10 @@ export interface Closable {
 /** Raises queue `vring.index`'s interrupt (writes its call eventfd, or what the VMM does instead). */
 export type SignalUsed = (vring: Vring) => void;
 
+/**
+ * Queue `index` on its device's thread: the started split ring, enable/broken
+ * state, kick/call fds and the open batch; see the module comment.
+ */
 export class Vring {
   /** The started ring, or null while stopped. */
   queue: SplitVirtqueue | null = null;

@@ -47,6 +47,10 @@ export interface ConfigChangeChannel {
  */
 const VMM_OWNS_CONFIG: ReadonlySet<string> = new Set(['net']);
 
+/**
+ * The main thread's proxy for device `device` of a device worker: the surface a
+ * VhostUserDevice needs, each call forwarded to the worker as a request.
+ */
 export class DeviceHost {
   /** Device type: 'blk', 'net', 'console'. */
   readonly kind: string;

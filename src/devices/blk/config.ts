@@ -35,6 +35,7 @@ export const BlkStatus = { OK: 0, IOERR: 1, UNSUPP: 2 } as const;
 
 /** virtio-blk always counts in 512-byte sectors, whatever blk_size says. */
 export const SECTOR_SIZE = 512;
+/** log2 of {@link SECTOR_SIZE}: a sector number shifted left by this is a byte offset. */
 export const SECTOR_SHIFT = 9;
 /** Size of the request header {type u32, reserved u32, sector u64}. */
 export const REQUEST_HEADER_SIZE = 16;

@@ -73,6 +73,10 @@ interface QueueState {
   handler: ChainHandler;
 }
 
+/**
+ * The virtio-blk device model: runs each queue's request chains on an IoEngine,
+ * at most `queueSize` in flight per queue (one preallocated slot per request).
+ */
 export class BlkDevice implements VirtioDeviceModel {
   readonly kind = 'blk';
   readonly features: bigint;

@@ -1,6 +1,10 @@
 /** Options of a virtio-blk device, as the CLI and embedders give them. */
 import type { IoEngineName, ThreadPolicy } from '../../io/engine.js';
 
+/**
+ * One blk device: image path, queues (1..64) and queue size (power of two, 4..1024),
+ * I/O engine (`aio`) and O_DIRECT; checked by {@link validateBlkOptions}.
+ */
 export interface BlkOptions {
   image: string;
   readonly: boolean;

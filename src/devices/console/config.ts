@@ -16,6 +16,7 @@ export const ConsoleFeature = {
 
 /** struct virtio_console_config, §5.3.4: le16 cols, le16 rows, le32 max_nr_ports, le32 emerg_wr. */
 export const CONSOLE_CONFIG_SIZE = 12;
+/** Byte offsets of the fields of struct virtio_console_config (§5.3.4). */
 export const ConsoleConfigOffset = { COLS: 0, ROWS: 2, MAX_NR_PORTS: 4, EMERG_WR: 8 } as const;
 
 /** Control events, §5.3.6.2 (`value` meanings in the comments). */
@@ -53,6 +54,7 @@ export const MAX_PORT_NAME_BYTES = 255;
 
 /** receiveq0, transmitq0, control receiveq, control transmitq, then receiveqN/transmitqN (§5.3.2). */
 export const CONTROL_RX_QUEUE = 2;
+/** The control transmitq (driver → device control messages); multiport only, like queue 2. */
 export const CONTROL_TX_QUEUE = 3;
 
 /** Receive (host→guest) queue of `port`. */

@@ -50,6 +50,7 @@ export interface ConsolePortIo {
   name: Uint8Array | null;
 }
 
+/** Options of a {@link ConsoleDevice}: `ports[0]` is the console; several ports need multiport. */
 export interface ConsoleDeviceOptions {
   ports: ConsolePortIo[];
   multiport: boolean;
@@ -94,6 +95,10 @@ interface PortState {
 /** Queued device → driver control messages, preallocated. */
 const CONTROL_SLOTS_PER_PORT = 8;
 
+/**
+ * The virtio-console device model: each port's transmitq output into its log ring,
+ * its buffered input into receiveq, and (multiport) the control queues' port life cycle.
+ */
 export class ConsoleDevice implements VirtioDeviceModel<ConsoleCommand> {
   readonly kind = 'console';
   readonly features: bigint;

@@ -12,6 +12,7 @@ export interface ConsolePortOptions {
   inputPath?: string;
 }
 
+/** One console device: ports (1..31; port 0 is the console), size, log ring and input budget. */
 export interface ConsoleOptions {
   ports: ConsolePortOptions[];
   /** Offer VIRTIO_CONSOLE_F_MULTIPORT (required for more than one port). */

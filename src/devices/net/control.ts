@@ -14,12 +14,17 @@ import { isGroupAddress, macKey } from '../../net/mac-table.js';
 
 /** Command classes and commands (§5.1.6.5). */
 export const CtrlClass = { RX: 0, MAC: 1, ANNOUNCE: 3, MQ: 4 } as const;
+/** Commands of class RX (VIRTIO_NET_CTRL_RX_*); payload one byte, 0 = off, 1 = on. */
 export const CtrlRx = { PROMISC: 0, ALLMULTI: 1 } as const;
+/** Commands of class MAC: TABLE_SET (unicast, then multicast table), ADDR_SET (primary MAC). */
 export const CtrlMac = { TABLE_SET: 0, ADDR_SET: 1 } as const;
+/** The one command of class ANNOUNCE: the driver acknowledges an announce request; no payload. */
 export const CTRL_ANNOUNCE_ACK = 0;
+/** The command of class MQ this device serves: payload le16 count of queue pairs to use. */
 export const CTRL_MQ_VQ_PAIRS_SET = 0;
-/** The ack byte the device writes (§5.1.6.5). */
+/** The ack byte the device writes for a command carried out (§5.1.6.5). */
 export const CTRL_OK = 0;
+/** The ack byte for a command that is malformed, out of range or not supported. */
 export const CTRL_ERR = 1;
 /** Most MAC addresses a filter table may list (QEMU's MAC_TABLE_ENTRIES is 64). */
 export const MAX_FILTER_MACS = 64;

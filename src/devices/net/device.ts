@@ -73,6 +73,10 @@ const DELIVERED = 0;
 const NO_BUFFERS = 1;
 const BAD_BUFFERS = 2;
 
+/**
+ * The virtio-net device model of one switch port: transmitted frames go to its
+ * NetBackendPort, the port's frames into receive buffers; synchronous, budgeted per wake-up.
+ */
 export class NetDevice implements VirtioDeviceModel {
   readonly kind = 'net';
   readonly features: bigint;
