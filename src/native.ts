@@ -13,7 +13,7 @@
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { SystemError } from './errors.js';
+import { SystemError, VhostRtError } from './errors.js';
 
 /** Bits of {@link FdWatcher.start}'s `events`, and of what its callback receives. */
 export const POLL_READABLE = 1;
@@ -273,12 +273,36 @@ const here = dirname(fileURLToPath(import.meta.url));
 const root = here.includes('/dist/') ? join(here, '..', '..') : join(here, '..');
 const require = createRequire(import.meta.url);
 
+const ADDON_PATH = join(root, 'native', 'build', 'Release', 'vhost_rt.node');
+
+/**
+ * Loads the addon. When it cannot be loaded (not built, or built for another
+ * Node), what does not need it — `vhost-rt --help`, `--version`, option
+ * parsing — still works: every use of the binding then throws one clear
+ * error naming the file, the cause and how to build it.
+ */
 function load(): NativeBinding {
-  const binding = require(
-    join(root, 'native', 'build', 'Release', 'vhost_rt.node'),
-  ) as NativeBinding;
+  let binding: NativeBinding;
+  try {
+    binding = require(ADDON_PATH) as NativeBinding;
+  } catch (err) {
+    return unavailable(err);
+  }
   binding.setErrorClass(SystemError);
   return binding;
+}
+
+function unavailable(cause: unknown): NativeBinding {
+  const message =
+    `the native addon ${ADDON_PATH} cannot be loaded (${(cause as Error).message.split('\n')[0]}); ` +
+    'build it with `npm run build:native` (Debian: apt-get install g++ make python3 libaio-dev liburing-dev)';
+  return new Proxy({} as NativeBinding, {
+    get(_target, property) {
+      // `then` is probed by await/Promise.resolve: answer "not a thenable" instead of throwing.
+      if (property === 'then') return undefined;
+      throw new VhostRtError('ERR_NATIVE_UNAVAILABLE', message, { cause });
+    },
+  });
 }
 
 /** The addon, loaded once per thread. */

@@ -1,6 +1,9 @@
 #!/usr/bin/env node
 /** The `vhost-rt` command: one subcommand per device kind. */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { ConfigError, VhostRtError } from '../errors.js';
+import { projectRoot } from '../native.js';
 import { attachCommand } from './attach.js';
 import { blkCommand } from './blk.js';
 import type { CliCommand } from './command.js';
@@ -21,14 +24,28 @@ function topHelp(): string {
   const details = COMMANDS.map((c) => c.help).join('\n');
   return `vhost-rt — real-time-aware virtio device back ends over vhost-user
 
+  vhost-rt --version   print the version
+
 Commands:
 ${lines.join('\n')}
 
 ${details}`;
 }
 
+/** The version in the package.json this build belongs to. */
+function version(): string {
+  const pkg = JSON.parse(readFileSync(join(projectRoot, 'package.json'), 'utf8')) as {
+    version: string;
+  };
+  return pkg.version;
+}
+
 async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
+  if (name === '--version' || name === '-V' || name === 'version') {
+    process.stdout.write(`vhost-rt ${version()}\n`);
+    return 0;
+  }
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
     process.stdout.write(topHelp());
     return 0;

@@ -12,30 +12,7 @@ import { native } from '../native.js';
 import { applyRtOptions } from '../rt/index.js';
 import { IoOp, type ThreadPolicy } from './engine.js';
 import { errnoOf } from './staging.js';
-
-/** Result asking the engine to resend the task with the current buffers (never a -errno). */
-export const NEED_BUFFERS = -0x10000;
-
-/** What the engine sends per operation. */
-export interface ThreadTask {
-  /** Memory generation the iovecs refer to. */
-  gen: number;
-  /** Present when the sender knows this thread may not have generation `gen`. */
-  buffers?: SharedArrayBuffer[];
-  op: number;
-  fd: number;
-  offset: number;
-  /** READ / WRITE: IOV_STRIDE doubles per iovec. */
-  iovs?: Float64Array;
-  /** DISCARD / WRITE_ZEROES: fallocate mode and length. */
-  mode?: number;
-  length?: number;
-}
-
-/** What the engine hands each pool thread at start. */
-export interface ThreadsWorkerData {
-  policy?: ThreadPolicy;
-}
+import { NEED_BUFFERS, type ThreadsWorkerData, type ThreadTask } from './threads-protocol.js';
 
 const table = new native.BufferTable();
 let generation = -1;

@@ -28,7 +28,7 @@ import {
   type ThreadPolicy,
 } from './engine.js';
 import { errnoOf, StagingEngine } from './staging.js';
-import { NEED_BUFFERS, type ThreadsWorkerData, type ThreadTask } from './threads-worker.js';
+import { NEED_BUFFERS, type ThreadsWorkerData, type ThreadTask } from './threads-protocol.js';
 
 /** Largest pool accepted by `--aio-threads`. */
 export const MAX_AIO_THREADS = 256;
