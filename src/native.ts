@@ -97,6 +97,26 @@ export interface SchedParams {
   priority: number;
 }
 
+/** What {@link NativeBinding.fdInfo} reads about a descriptor. */
+export interface FdFacts {
+  /** st_mode: file type bits (S_IFMT) and permissions. */
+  mode: number;
+  /** st_size in bytes. */
+  size: number;
+  /** st_dev and st_ino: together, which file it is. */
+  dev: number;
+  ino: number;
+  /** f_type of fstatfs: the file system's magic number (hugetlbfs: 0x958458f6). */
+  fsType: number;
+  /** The open file's access mode allows read(2) / write(2) (both false for O_PATH). */
+  readable: boolean;
+  writable: boolean;
+  /** Opened with O_PATH: only good for naming the file. */
+  pathOnly: boolean;
+  /** The /proc/self/fd/N link: 'anon_inode:[eventfd]', 'pipe:[123]', '/memfd:ram (deleted)', a path; '' without /proc. */
+  link: string;
+}
+
 /** Kernel and libc constants as the addon was compiled with them (native/addon.cc). */
 export interface NativeConstants {
   O_DIRECT: number;
@@ -144,6 +164,21 @@ export interface NativeBinding {
    * munmap happens when the last reference in any thread is collected.
    */
   mmapShared(fd: number, size: number, offset: number): SharedArrayBuffer;
+  /**
+   * Releases the file pages behind a buffer from {@link mmapShared} at once:
+   * the whole range is replaced in place by private anonymous memory
+   * (MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE). Views that are
+   * still reachable in any thread then read zeros and write into memory nobody
+   * reads, instead of faulting; the address range itself is freed when the
+   * last reference is collected, as before. Returns false when the buffer was
+   * already retired; TypeError for a buffer mmapShared did not make.
+   */
+  retireMapping(buffer: SharedArrayBuffer): boolean;
+  /**
+   * What descriptor `fd` is, read without changing it: fstat, fstatfs, the
+   * access mode and the /proc/self/fd link. src/vhost-user/fds.ts classifies it.
+   */
+  fdInfo(fd: number): FdFacts;
 
   // eventfd. Created EFD_NONBLOCK | EFD_CLOEXEC.
   eventfd(initval: number): number;
