@@ -4,11 +4,17 @@
  * one connection — negotiated features, the memory table and the vrings. It
  * knows nothing of device types: it drives a {@link VhostUserDevice}.
  *
- * Every file descriptor a message carries is either kept by a handler (and
- * closed when replaced or at reset) or closed right after the message.
+ * Every file descriptor a message carries is checked for its kind before it
+ * is used (src/vhost-user/fds.ts), then either kept by a handler (and closed
+ * when replaced or at reset) or closed right after the message.
+ *
+ * Guest RAM is released explicitly, not left to the garbage collector: a
+ * region's mapping is retired (native retireMapping: the memfd's pages are
+ * let go at once, the address range stays mapped to zeros until collected)
+ * once nothing may use it any more — after the device switched to a table
+ * without it (SET_MEM_TABLE, the last REM_MEM_REG), and at reset, after every
+ * ring has stopped. A view that outlives this only ever reads zeros.
  */
-import { fstatSync } from 'node:fs';
-import { VhostRtError } from '../errors.js';
 import { native } from '../native.js';
 import {
   featureBit,
@@ -35,6 +41,8 @@ import {
   type VringAddr,
 } from './codec.js';
 import type { BackendRequestSender, VhostUserDevice } from './device-backend.js';
+import { RequestError } from './errors.js';
+import { expectEventfd, expectMemoryFd, expectSocket, type FdDescription } from './fds.js';
 import {
   BackendRequest,
   MAX_CONFIG_SIZE,
@@ -43,8 +51,7 @@ import {
   VHOST_USER_F_PROTOCOL_FEATURES,
 } from './protocol.js';
 
-/** A request that the back-end refuses; the connection logs it and fails the reply. */
-export class RequestError extends VhostRtError {}
+export { RequestError };
 
 /** One received message: payload plus the fds that came with it (ownership passes to the handler). */
 export interface IncomingMessage {
@@ -103,10 +110,21 @@ interface MappedRegion extends MemoryRegion {
    * and each adds the same regions. REM_MEM_REG unmaps on the last removal.
    */
   refs: number;
+  /** The file behind the mapping (st_dev, st_ino): a region re-sent over the same file keeps its mapping. */
+  dev: number;
+  ino: number;
 }
 
+/** The same region as REM_MEM_REG names one: the mmap offset is ignored (spec). */
 function sameRegion(a: MemRegionWire, b: MemRegionWire): boolean {
   return a.guestPhysAddr === b.guestPhysAddr && a.size === b.size && a.userAddr === b.userAddr;
+}
+
+/** `m` maps exactly what region `r` over file `file` would: it can be kept instead of mapped again. */
+function sameMapping(m: MappedRegion, r: MemRegionWire, file: FdDescription): boolean {
+  return (
+    sameRegion(m, r) && m.mmapOffset === r.mmapOffset && m.dev === file.dev && m.ino === file.ino
+  );
 }
 
 /**
@@ -139,6 +157,11 @@ export class VhostUserBackend {
   /** True once REPLY_ACK was negotiated: NEED_REPLY messages then get an ack. */
   get replyAck(): boolean {
     return (this.protocolFeatures & featureBit(ProtocolFeature.REPLY_ACK)) !== 0n;
+  }
+
+  /** The protocol features the front end set (SET_PROTOCOL_FEATURES); 0 until then. */
+  get negotiatedProtocolFeatures(): bigint {
+    return this.protocolFeatures;
   }
 
   /**
@@ -230,17 +253,37 @@ export class VhostUserBackend {
 
   // --- memory -------------------------------------------------------------
 
+  /**
+   * Replaces the whole table. Every fd is checked before anything is mapped;
+   * a region re-sent over the same file at the same place keeps its mapping
+   * (QEMU re-sends the whole table when one region changes, while the rings
+   * run), every other one is mapped anew.
+   */
   private async setMemTable(msg: IncomingMessage): Promise<undefined> {
     const wire = decodeMemoryTable(msg.payload);
     expectFds(msg, wire.length, 'SET_MEM_TABLE');
-    const mapped = wire.map((r, i) => mapRegion(r, msg.fds[i]));
-    await this.installRegions(mapped);
+    const files = wire.map((r, i) => checkRegionFd(r, msg.fds[i], `region ${i}`));
+    const fresh: MappedRegion[] = [];
+    try {
+      const next = wire.map((r, i) => {
+        const kept = this.regions.find((m) => sameMapping(m, r, files[i]));
+        if (kept !== undefined) return Object.assign(kept, { refs: 1 });
+        const mapped = mapRegion(r, msg.fds[i], files[i]);
+        fresh.push(mapped);
+        return mapped;
+      });
+      await this.installRegions(next);
+    } catch (err) {
+      retireRegions(fresh.filter((m) => !this.regions.includes(m)));
+      throw err;
+    }
     return undefined;
   }
 
   private async addMemReg(msg: IncomingMessage): Promise<undefined> {
     const r = decodeMemRegion(msg.payload);
     expectFds(msg, 1, 'ADD_MEM_REG');
+    const file = checkRegionFd(r, msg.fds[0], 'region');
     const known = this.regions.find((m) => sameRegion(m, r));
     if (known !== undefined) {
       known.refs++;
@@ -249,8 +292,13 @@ export class VhostUserBackend {
     if (this.regions.length >= MAX_MEM_SLOTS) {
       throw new RequestError('VHOST_USER_NO_SLOT', `all ${MAX_MEM_SLOTS} memory slots are in use`);
     }
-    const mapped = mapRegion(r, msg.fds[0]);
-    await this.installRegions([...this.regions, mapped]);
+    const mapped = mapRegion(r, msg.fds[0], file);
+    try {
+      await this.installRegions([...this.regions, mapped]);
+    } catch (err) {
+      if (!this.regions.includes(mapped)) retireRegions([mapped]);
+      throw err;
+    }
     return undefined;
   }
 
@@ -268,11 +316,22 @@ export class VhostUserBackend {
     return undefined;
   }
 
-  /** Validates the table (GuestMemory refuses overlaps), then hands it to the device. */
+  /**
+   * Validates the table (GuestMemory refuses overlaps), hands it to the
+   * device, and retires the regions the new table no longer has once the
+   * device worker has switched to it. Should the worker fail to switch, they
+   * are retired all the same: whatever still reads them then reads zeros.
+   */
   private async installRegions(regions: MappedRegion[]): Promise<void> {
-    this.memory = new GuestMemory(regions);
+    const memory = new GuestMemory(regions);
+    const previous = this.regions;
+    this.memory = memory;
     this.regions = regions;
-    await this.device.setMemory(regions);
+    try {
+      await this.device.setMemory(regions);
+    } finally {
+      retireRegions(previous.filter((m) => !regions.includes(m)));
+    }
   }
 
   // --- vrings -------------------------------------------------------------
@@ -337,6 +396,7 @@ export class VhostUserBackend {
     if (noFd)
       throw new RequestError('VHOST_USER_UNSUPPORTED', `vring ${index}: polling without a kick fd`);
     expectFds(msg, 1, 'SET_VRING_KICK');
+    expectEventfd(msg.fds[0], `vring ${index} kick fd`);
     if (v.started) {
       v.base = await this.device.stopQueue(index);
       v.started = false;
@@ -384,6 +444,7 @@ export class VhostUserBackend {
     const { index, noFd } = decodeVringFd(msg.payload);
     const v = this.vring(index);
     expectFds(msg, noFd ? 0 : 1, 'SET_VRING_CALL');
+    if (!noFd) expectEventfd(msg.fds[0], `vring ${index} call fd`);
     const old = v.callFd;
     v.callFd = noFd ? -1 : msg.fds.pop()!;
     // The worker must stop using the old eventfd before it is closed.
@@ -396,6 +457,7 @@ export class VhostUserBackend {
     const { index, noFd } = decodeVringFd(msg.payload);
     const v = this.vring(index);
     expectFds(msg, noFd ? 0 : 1, 'SET_VRING_ERR');
+    if (!noFd) expectEventfd(msg.fds[0], `vring ${index} err fd`);
     closeFd(v.errFd);
     v.errFd = noFd ? -1 : msg.fds.pop()!;
     return undefined;
@@ -442,6 +504,7 @@ export class VhostUserBackend {
     if ((this.offeredProtocolFeatures & featureBit(ProtocolFeature.BACKEND_REQ)) === 0n) {
       throw new RequestError('VHOST_USER_UNSUPPORTED', 'BACKEND_REQ was not offered');
     }
+    expectSocket(msg.fds[0], 'back-end request channel fd');
     this.closeBackendReq();
     const fd = msg.fds.pop()!;
     this.backendReqFd = fd;
@@ -472,24 +535,40 @@ export class VhostUserBackend {
   // --- lifetime -----------------------------------------------------------
 
   /**
-   * Stops every ring (completing what is in flight) and forgets the
-   * connection's state; the device itself stays, ready for the next front end.
+   * Stops every ring (completing what is in flight), retires the guest RAM
+   * mappings and forgets the connection's state; the device itself stays,
+   * ready for the next front end. The mappings are retired even when a ring
+   * fails to stop: a worker still reading them then reads zeros.
    */
   async reset(): Promise<void> {
+    try {
+      await this.stopAll();
+    } finally {
+      retireRegions(this.regions);
+      this.regions = [];
+      this.memory = null;
+      this.closeBackendReq();
+      this.vrings = Array.from({ length: this.device.numQueues }, newVringSetup);
+      this.features = 0n;
+      this.protocolFeatures = 0n;
+      this.owner = false;
+    }
+  }
+
+  /** Stops the started rings and closes every ring's fds. */
+  private async stopAll(): Promise<void> {
     for (let i = 0; i < this.vrings.length; i++) {
       const v = this.vrings[i];
-      if (v.started) await this.device.stopQueue(i);
-      closeFd(v.kickFd);
-      closeFd(v.callFd);
-      closeFd(v.errFd);
+      try {
+        if (v.started) await this.device.stopQueue(i);
+      } finally {
+        v.started = false;
+        closeFd(v.kickFd);
+        closeFd(v.callFd);
+        closeFd(v.errFd);
+        v.kickFd = v.callFd = v.errFd = -1;
+      }
     }
-    this.closeBackendReq();
-    this.vrings = Array.from({ length: this.device.numQueues }, newVringSetup);
-    this.features = 0n;
-    this.protocolFeatures = 0n;
-    this.owner = false;
-    this.regions = [];
-    this.memory = null;
   }
 
   /** A snapshot for stats and logs. */
@@ -513,23 +592,49 @@ function expectFds(msg: IncomingMessage, count: number, what: string): void {
 }
 
 /**
- * Maps a region from file offset 0 so that buffer[mmapOffset] is its first
- * byte; the fd is closed once mapped (the mapping keeps the memory alive).
+ * Checks region `r`'s fd (VHOST_USER_BAD_FD unless a memfd, regular or
+ * hugetlbfs file open for reading and writing) and that the file holds the
+ * whole region: one that claims more would map pages with no backing, and the
+ * first guest buffer there would kill the daemon with SIGBUS.
  */
-function mapRegion(r: MemRegionWire, fd: number): MappedRegion {
-  if (r.size <= 0) throw new RequestError('VHOST_USER_BAD_VALUE', 'memory region of size 0');
-  // A region that claims more than its file holds would map pages with no
-  // backing, and the first guest buffer there would kill the daemon with SIGBUS.
-  const st = fstatSync(fd);
-  if (st.isFile() && st.size < r.mmapOffset + r.size) {
+function checkRegionFd(r: MemRegionWire, fd: number, what: string): FdDescription {
+  const where = `${what} at guest address 0x${r.guestPhysAddr.toString(16)}`;
+  const file = expectMemoryFd(fd, `${where}: fd`);
+  if (r.size <= 0) throw new RequestError('VHOST_USER_BAD_VALUE', `${where} has size 0`);
+  if (file.size < r.mmapOffset + r.size) {
     throw new RequestError(
       'VHOST_USER_BAD_REGION',
-      `region at guest address 0x${r.guestPhysAddr.toString(16)} claims ${r.mmapOffset + r.size} bytes of a ${st.size}-byte file`,
+      `${where} claims ${r.mmapOffset + r.size} bytes of a ${file.size}-byte file`,
     );
   }
-  // The fd stays in the message and is closed with it: the mapping outlives it.
+  return file;
+}
+
+/**
+ * Maps a region from file offset 0 so that buffer[mmapOffset] is its first
+ * byte. The fd stays in the message and is closed with it: the mapping
+ * outlives it.
+ */
+function mapRegion(r: MemRegionWire, fd: number, file: FdDescription): MappedRegion {
   const buffer = native.mmapShared(fd, r.mmapOffset + r.size, 0);
-  return { ...r, buffer, refs: 1 };
+  return { ...r, buffer, refs: 1, dev: file.dev, ino: file.ino };
+}
+
+/**
+ * Lets go of the regions' guest RAM now (native retireMapping): call it only
+ * once the device worker no longer uses them. What still holds a view reads zeros.
+ */
+function retireRegions(regions: readonly MappedRegion[]): void {
+  let failure: unknown;
+  for (const r of regions) {
+    try {
+      native.retireMapping(r.buffer);
+    } catch (err) {
+      // mmap refused (ENOMEM): this one is left to the garbage collector; retire the rest.
+      failure ??= err;
+    }
+  }
+  if (failure !== undefined) throw failure;
 }
 
 function translate(

@@ -14,17 +14,7 @@ import type { Logger } from '../log.js';
 import { type FdWatcher, native, POLL_READABLE } from '../native.js';
 import type { IncomingMessage, VhostUserBackend } from './backend.js';
 import { decodeHeader, encodeMessage, encodeU64 } from './codec.js';
-import { HEADER_SIZE, HeaderFlag, MAX_PAYLOAD, Request, requestName } from './protocol.js';
-
-/** Requests whose reply is their own payload rather than a REPLY_ACK. */
-const HAS_REPLY = new Set<number>([
-  Request.GET_FEATURES,
-  Request.GET_PROTOCOL_FEATURES,
-  Request.GET_VRING_BASE,
-  Request.GET_QUEUE_NUM,
-  Request.GET_CONFIG,
-  Request.GET_MAX_MEM_SLOTS,
-]);
+import { HEADER_SIZE, HeaderFlag, MAX_PAYLOAD, ownReply, requestName } from './protocol.js';
 
 /**
  * Serves one accepted socket: frames messages with their fds, runs them through
@@ -148,10 +138,24 @@ export class VhostUserConnection {
     } finally {
       for (const fd of msg.fds) native.close(fd);
     }
-    if (HAS_REPLY.has(msg.request)) {
+    this.reply(msg, failed, reply);
+  }
+
+  /**
+   * Every request that expects an answer gets one, refusals included: the
+   * reply of its own when it has one (§"Communication"), else an ack when the
+   * front end set NEED_REPLY — even without REPLY_ACK negotiated (as
+   * libvhost-user does), since a front end that asks waits. Unknown requests
+   * without NEED_REPLY cannot be told apart from ones that expect nothing.
+   */
+  private reply(msg: IncomingMessage, failed: boolean, payload: Uint8Array | undefined): void {
+    const own = ownReply(msg.request, this.backend.negotiatedProtocolFeatures);
+    if (own?.kind === 'payload') {
       // On failure an empty payload: the front end sees a size it cannot accept and fails, rather than hang.
-      this.send(msg.request, failed ? new Uint8Array(0) : reply);
-    } else if ((msg.flags & HeaderFlag.NEED_REPLY) !== 0 && (this.backend.replyAck || failed)) {
+      this.send(msg.request, failed ? new Uint8Array(0) : payload);
+    } else if (own?.kind === 'status') {
+      this.send(msg.request, failed ? encodeU64(own.failure) : (payload ?? encodeU64(0n)));
+    } else if ((msg.flags & HeaderFlag.NEED_REPLY) !== 0) {
       this.send(msg.request, encodeU64(failed ? 1n : 0n));
     }
   }

@@ -189,3 +189,69 @@ export const ConfigFlag = {
   /** Live migration: read-only fields may be set. */
   MIGRATION: 1,
 } as const;
+
+/**
+ * The reply a request has of its own, apart from a REPLY_ACK ack: the spec's
+ * "reply payload" of each request in §"Front-end message types", with the
+ * list in §"Communication".
+ */
+export type OwnReply =
+  /**
+   * The reply carries the answer; a refusal sends an empty payload — the
+   * convention §"VHOST_USER_GET_CONFIG" spells out, and one the front end's
+   * size check turns into an error for every request of this kind.
+   */
+  | { kind: 'payload' }
+  /** The reply is a u64 status, 0 for success; a refusal sends `failure`. */
+  | { kind: 'status'; failure: bigint };
+
+const PAYLOAD: OwnReply = { kind: 'payload' };
+const STATUS: OwnReply = { kind: 'status', failure: 1n };
+
+/**
+ * Every request with a reply of its own. Not listed: SET_MEM_TABLE,
+ * ADD_MEM_REG and REM_MEM_REG answer with the region bases only in postcopy
+ * mode (after POSTCOPY_LISTEN), which needs PAGEFAULT, never offered here.
+ */
+const OWN_REPLIES: ReadonlyMap<number, OwnReply> = new Map<number, OwnReply>([
+  [Request.GET_FEATURES, PAYLOAD],
+  [Request.GET_PROTOCOL_FEATURES, PAYLOAD],
+  [Request.GET_VRING_BASE, PAYLOAD],
+  [Request.GET_QUEUE_NUM, PAYLOAD],
+  [Request.GET_CONFIG, PAYLOAD],
+  [Request.CREATE_CRYPTO_SESSION, PAYLOAD],
+  // The reply is the userfaultfd with an empty payload; a refusal is the same without the fd.
+  [Request.POSTCOPY_ADVISE, PAYLOAD],
+  // Its own entry says "N/A", but §"Communication" lists it and QEMU reads
+  // an inflight description (and the fd) back.
+  [Request.GET_INFLIGHT_FD, PAYLOAD],
+  [Request.GET_MAX_MEM_SLOTS, PAYLOAD],
+  [Request.GET_STATUS, PAYLOAD],
+  [Request.SET_LOG_BASE, STATUS],
+  [Request.IOTLB_MSG, STATUS],
+  [Request.POSTCOPY_END, STATUS],
+  // A u64 and, on success, the dma-buf fd.
+  [Request.GET_SHARED_OBJECT, STATUS],
+  // Bits 0-7 are the error, bit 8 (VRING_NOFD_MASK) says no fd comes back.
+  [Request.SET_DEVICE_STATE_FD, { kind: 'status', failure: 0x101n }],
+  [Request.CHECK_DEVICE_STATE, STATUS],
+]);
+
+/** Requests whose own reply exists only once a protocol feature is negotiated. */
+const REPLY_NEEDS_FEATURE: ReadonlyMap<number, number> = new Map<number, number>([
+  [Request.SET_LOG_BASE, ProtocolFeature.LOG_SHMFD],
+]);
+
+/**
+ * The reply `request` has of its own under the negotiated `protocolFeatures`,
+ * or undefined when it has none (it may still be acked under NEED_REPLY).
+ * GET_INFLIGHT_FD's and the other GET_ requests' replies do not depend on
+ * negotiation: a front end that asks waits for the answer, so an unadvertised
+ * one is answered too, with a refusal.
+ */
+export function ownReply(request: number, protocolFeatures: bigint): OwnReply | undefined {
+  const feature = REPLY_NEEDS_FEATURE.get(request);
+  if (feature !== undefined && (protocolFeatures & (1n << BigInt(feature))) === 0n)
+    return undefined;
+  return OWN_REPLIES.get(request);
+}

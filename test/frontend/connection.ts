@@ -158,6 +158,16 @@ export class FrontendConnection {
     }
   }
 
+  /**
+   * Hostile tests: sends `request` with NEED_REPLY whether or not REPLY_ACK
+   * was negotiated, and resolves with the ack's u64 (0 success) as is.
+   */
+  async ack(request: number, payload?: Uint8Array, fds: number[] = []): Promise<bigint> {
+    const reply = await this.exchange(request, payload, fds, HeaderFlag.NEED_REPLY);
+    closeAll(reply.fds);
+    return this.decodeAck(reply);
+  }
+
   /** Sends a request that has a reply of its own and resolves with that reply. */
   call(request: number, payload?: Uint8Array, fds: number[] = []): Promise<Reply> {
     return this.exchange(request, payload, fds, 0);

@@ -9,5 +9,6 @@ export * from './connection.js';
 export * from './errors.js';
 export * from './framing.js';
 export * from './guest-heap.js';
+export * from './hostile.js';
 export * from './socket-io.js';
 export * from './vmm.js';
