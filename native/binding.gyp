@@ -15,6 +15,7 @@
         'rt.cc',
         'uring.cc',
         'net.cc',
+        'sigbus.cc',
       ],
       'include_dirs': ["<!(node -p \"require('node-addon-api').include_dir\")"],
       'defines': [

@@ -17,6 +17,7 @@
 #include "args.h"
 #include "errors.h"
 #include "modules.h"
+#include "sigbus.h"
 #include "v8_bridge.h"
 
 namespace vhost_rt {
@@ -68,6 +69,7 @@ static std::unordered_map<void*, Mapping>& Mappings() {
 static void UnmapBackingStore(void* data, size_t length, void* /*deleter_data*/) {
   std::lock_guard<std::mutex> hold(MappingsLock());
   Mappings().erase(data);
+  UnregisterGuestRange(data);
   munmap(data, length);
 }
 
@@ -78,6 +80,12 @@ static Napi::Value MmapShared(const Napi::CallbackInfo& info) {
   int64_t offset = ArgSize(info, 2, "offset");
   void* data = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, offset);
   if (data == MAP_FAILED) ThrowErrno(env, "mmap", errno);
+  // A SIGBUS in the range (the file shrank) is answered with zero pages (sigbus.cc):
+  // registered before any view of it exists, unregistered just before its munmap.
+  if (!RegisterGuestRange(data, static_cast<size_t>(size))) {
+    munmap(data, size);
+    throw ErrnoError(env, "mmap", ENOMEM, "the SIGBUS registry of guest mappings is full");
+  }
   {
     std::lock_guard<std::mutex> hold(MappingsLock());
     Mappings()[data] = Mapping{static_cast<size_t>(size), false};

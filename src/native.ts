@@ -300,6 +300,20 @@ export interface NativeBinding {
     off2: number,
     len2: number,
   ): number;
+
+  // --- guest memory that shrinks under the daemon (native/sigbus.cc, issue 11) ---
+  /**
+   * An Int32Array over the process-wide count of SIGBUS faults answered in
+   * guest memory. Every {@link mmapShared} mapping is registered with the
+   * SIGBUS handler: a fault inside one (the front end truncated the file)
+   * maps private zero pages over the rest of that mapping, counts, and the
+   * access is retried and reads zeros. Read it with Atomics.load; any thread.
+   */
+  guestFaultCounter(): Int32Array;
+  /** Faults answered in the mapping of `buffer` (an mmapShared buffer) since it was made; 0 for other buffers. */
+  guestFaults(buffer: SharedArrayBuffer): number;
+  /** How many mappings the SIGBUS handler knows (mmapShared buffers not yet collected). */
+  guestRangeCount(): number;
 }
 
 const here = dirname(fileURLToPath(import.meta.url));

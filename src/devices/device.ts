@@ -55,6 +55,13 @@ export interface DeviceEnv {
   warn(message: string): void;
   /** The device changed its config space: the transport tells the driver. */
   configChanged(): void;
+  /**
+   * Optional: work the device runs on its own (engine completions, doorbells,
+   * deferred batches — anything its host does not enter through `kick`) threw.
+   * The host stops serving the device (every ring broken) and its thread lives
+   * on. Without it the exception propagates, as an uncaught one would.
+   */
+  fault?(error: unknown): void;
 }
 
 /** What the main thread learns about a device from the worker that opened it. */

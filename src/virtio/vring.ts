@@ -10,6 +10,12 @@
  * as requests finish and calls {@link flush} once at the end of a batch,
  * which publishes used.idx once and raises at most one interrupt, only when
  * the driver asked for it (EVENT_IDX / NO_INTERRUPT).
+ *
+ * Breaking: a ring stops being served when the guest violates the ring
+ * protocol ({@link fail}) or when the host finds its wiring unusable — a kick
+ * or call fd that fails, guest memory that vanished ({@link markBroken}). Each
+ * break is reported once, through the `onBroken` hook its host gave, and
+ * lasts until the ring is started again.
  */
 import { QueueBrokenError } from './errors.js';
 import type { GuestMemory } from './guest-memory.js';
@@ -24,6 +30,12 @@ export interface Closable {
 export type SignalUsed = (vring: Vring) => void;
 
 /**
+ * Told once per break that `vring` stopped being served: `code` is stable
+ * (a QueueErrorCode, or the host's own: ERR_CALL_FD, ...), `reason` says what happened.
+ */
+export type RingBroken = (vring: Vring, code: string, reason: string) => void;
+
+/**
  * Queue `index` on its device's thread: the started split ring, enable/broken
  * state, kick/call fds and the open batch; see the module comment.
  */
@@ -32,21 +44,34 @@ export class Vring {
   queue: SplitVirtqueue | null = null;
   /** The driver enabled the ring (SET_VRING_ENABLE, or started without protocol features). */
   enabled = false;
-  /** The guest broke this ring (a QueueBrokenError): it is no longer served until restarted. */
+  /**
+   * The ring is no longer served until restarted: the guest broke it (a
+   * QueueBrokenError) or its host found its fds or memory unusable. Set through
+   * {@link markBroken}.
+   */
   broken = false;
+  /** Why the ring broke (the code given to {@link markBroken}); null while it is not broken. */
+  brokenCode: string | null = null;
   /** Call eventfd (the guest's interrupt), -1 when the driver wants none. */
   callFd = -1;
   /** Kick eventfd, -1 while stopped. */
   kickFd = -1;
+  /** Error eventfd (vhost-user SET_VRING_ERR): signalled when the ring breaks; -1 when none. */
+  errFd = -1;
   /** Watches {@link kickFd} on the worker's loop; closed when the ring stops. */
   kick: Closable | null = null;
   /** Used entries were added since the last {@link flush}. */
   private batchOpen = false;
 
-  /** @param signal raises the interrupt; the runtime's writes {@link callFd}. */
+  /**
+   * @param signal raises the interrupt; the runtime's writes {@link callFd}.
+   * @param onBroken reports each break (the runtime's raises DEVICE_BROKEN); without it
+   *   {@link fail} warns through the device's own `warn`.
+   */
   constructor(
     readonly index: number,
     private readonly signal: SignalUsed,
+    private readonly onBroken: RingBroken | null = null,
   ) {}
 
   /** Started, enabled and not broken: the device may pop and complete chains. */
@@ -58,6 +83,7 @@ export class Vring {
   start(queue: SplitVirtqueue): void {
     this.queue = queue;
     this.broken = false;
+    this.brokenCode = null;
     this.batchOpen = false;
   }
 
@@ -97,19 +123,36 @@ export class Vring {
   }
 
   /**
-   * Stops serving the ring if `err` says the guest broke it, warning once;
-   * anything else is a bug of ours and is rethrown.
+   * Stops serving the ring if `err` says the guest broke it, reported once
+   * (to `onBroken`, or through `warn` when the host gave none); anything else
+   * is a bug of ours and is rethrown.
    */
   fail(err: unknown, warn: (message: string) => void): void {
     if (!(err instanceof QueueBrokenError)) throw err;
+    if (this.markBroken(err.code, err.message) && this.onBroken === null)
+      warn(`queue ${this.index} stopped: ${err.message} (${err.code})`);
+  }
+
+  /**
+   * Stops serving the ring for `reason`. Returns true on the first break
+   * since the ring started (then `onBroken` is told); false if it was broken already.
+   */
+  markBroken(code: string, reason: string): boolean {
+    if (this.broken) return false;
     this.broken = true;
-    warn(`queue ${this.index} stopped: ${err.message} (${err.code})`);
+    this.brokenCode = code;
+    this.onBroken?.(this, code, reason);
+    return true;
   }
 }
 
-/** `count` stopped rings signalled through `signal`. */
-export function createVrings(count: number, signal: SignalUsed): Vring[] {
-  return Array.from({ length: count }, (_, i) => new Vring(i, signal));
+/** `count` stopped rings signalled through `signal`, their breaks reported to `onBroken`. */
+export function createVrings(
+  count: number,
+  signal: SignalUsed,
+  onBroken: RingBroken | null = null,
+): Vring[] {
+  return Array.from({ length: count }, (_, i) => new Vring(i, signal, onBroken));
 }
 
 /** Ring `index` of `vrings`, or a RangeError naming the valid range. */

@@ -33,7 +33,21 @@ export interface QueueStart {
   kickFd: number;
   /** -1 when the front end asked for no interrupts (polling). */
   callFd: number;
+  /**
+   * SET_VRING_ERR's eventfd, signalled when the ring breaks; -1 or absent
+   * for none. The caller keeps owning it (as the kick and call fds).
+   */
+  errFd?: number;
   enabled: boolean;
+}
+
+/** A ring that stopped being served (DEVICE_BROKEN), as the control plane sees it. */
+export interface BrokenRing {
+  /** Stable code: a QueueErrorCode or a RingBreak code (ERR_CALL_FD, ERR_GUEST_MEMORY, ...). */
+  code: string;
+  reason: string;
+  /** When the event arrived (Date.now()). */
+  at: number;
 }
 
 /** Where a device tells its driver that the config space changed (vhost-user: BACKEND_REQ). */
@@ -65,15 +79,26 @@ export class DeviceHost {
   readonly raisesConfigChanges: boolean;
   /** Config-change notifications sent to a front end. */
   configChanges = 0;
+  /**
+   * Rings that are broken now (DEVICE_BROKEN), by queue index: kept for the
+   * control plane until the ring starts again. One entry per queue at most.
+   */
+  readonly brokenRings = new Map<number, BrokenRing>();
+  /** DEVICE_BROKEN events received in all (a ring broken, restarted and broken again counts twice). */
+  ringBreaks = 0;
   private channel: ConfigChangeChannel | null = null;
 
-  /** `device` indexes the worker's devices (0 unless several share the worker). */
+  /**
+   * `device` indexes the worker's devices (0 unless several share the
+   * worker); `log` gets the device's DEVICE_BROKEN lines.
+   */
   constructor(
     private readonly worker: DeviceWorker,
     readonly device: number,
     readonly description: DeviceDescription,
     /** The scheduling of the thread that serves the device. */
     readonly thread: ThreadRtState,
+    private readonly log: Logger = () => {},
   ) {
     this.kind = description.kind;
     this.deviceFeatures = description.features;
@@ -103,6 +128,8 @@ export class DeviceHost {
   }
 
   async startQueue(index: number, s: QueueStart): Promise<void> {
+    // A started ring is served again, whatever broke it before.
+    this.brokenRings.delete(index);
     await this.request({
       op: 'start-queue',
       device: this.device,
@@ -111,12 +138,21 @@ export class DeviceHost {
       lastAvailIdx: s.lastAvailIdx,
       kickFd: s.kickFd,
       callFd: s.callFd,
+      errFd: s.errFd ?? -1,
     });
     if (s.enabled) await this.setEnabled(index, true);
   }
 
   async setCall(index: number, fd: number): Promise<void> {
     await this.request({ op: 'set-call', device: this.device, index, fd });
+  }
+
+  /**
+   * Replaces ring `index`'s err fd (-1: none). Resolves once the worker uses
+   * the new one: only then may the caller close the old.
+   */
+  async setErr(index: number, fd: number): Promise<void> {
+    await this.request({ op: 'set-err', device: this.device, index, fd });
   }
 
   async setEnabled(index: number, enabled: boolean): Promise<void> {
@@ -140,9 +176,21 @@ export class DeviceHost {
 
   /** An event the device raised in its worker. */
   onEvent(event: DeviceEvent): void {
-    if (event.type !== 'config-changed' || this.channel === null) return;
-    this.channel.configChange();
-    this.configChanges++;
+    switch (event.type) {
+      case 'config-changed':
+        if (this.channel === null) return;
+        this.channel.configChange();
+        this.configChanges++;
+        return;
+      case 'device-broken':
+        this.ringBreaks++;
+        this.brokenRings.set(event.queue, {
+          code: event.code,
+          reason: event.reason,
+          at: Date.now(),
+        });
+        this.log('warn', `queue ${event.queue} broken: ${event.reason} (${event.code})`);
+    }
   }
 
   private request(cmd: DeviceCommand): Promise<unknown> {
@@ -178,8 +226,12 @@ export class DeviceWorkerSet {
     try {
       const started = await Promise.all(workers.map((w) => w.ready));
       started.forEach((s, w) => {
-        for (const [i, d] of s.ready.devices.entries())
-          hosts[w].push(new DeviceHost(workers[w], i, d, s.thread));
+        const several = s.ready.devices.length > 1;
+        for (const [i, d] of s.ready.devices.entries()) {
+          const prefix = `${specs[w].name}: ${several ? `device ${i}: ` : ''}`;
+          const deviceLog: Logger = (level, message) => log(level, `${prefix}${message}`);
+          hosts[w].push(new DeviceHost(workers[w], i, d, s.thread, deviceLog));
+        }
       });
       return new DeviceWorkerSet(hosts, workers);
     } catch (err) {

@@ -10,6 +10,7 @@ export { onWorkerFailure } from '../thread/index.js';
 export { type BlkDeviceHandle, BlkDeviceSet, type BlkDeviceSpec } from './blk-service.js';
 export { ConsoleService, type ConsoleSpec } from './console-service.js';
 export {
+  type BrokenRing,
   type ConfigChangeChannel,
   DeviceHost,
   type DeviceWorker,
@@ -17,10 +18,14 @@ export {
   type DeviceWorkerSpec,
   type QueueStart,
 } from './device-host.js';
-export type {
-  DeviceCommand,
-  DeviceEvent,
-  DeviceWorkerInit,
-  DeviceWorkerReady,
+export {
+  type ConfigChangedEvent,
+  type DeviceBrokenEvent,
+  type DeviceCommand,
+  type DeviceEvent,
+  type DeviceWorkerInit,
+  type DeviceWorkerReady,
+  GUEST_MEMORY_SHRANK,
+  RingBreak,
 } from './messages.js';
 export type { RuntimeOptions } from './runtime.js';

@@ -22,8 +22,11 @@ export type DeviceCommand =
       lastAvailIdx: number;
       kickFd: number;
       callFd: number;
+      /** SET_VRING_ERR's eventfd, signalled when the ring breaks; -1 for none. */
+      errFd: number;
     }
   | { op: 'set-call'; device: number; index: number; fd: number }
+  | { op: 'set-err'; device: number; index: number; fd: number }
   | { op: 'enable'; device: number; index: number; enabled: boolean }
   | { op: 'stop-queue'; device: number; index: number }
   | { op: 'read-config'; device: number; offset: number; size: number }
@@ -41,10 +44,46 @@ export interface DeviceWorkerReady {
   devices: DeviceDescription[];
 }
 
-/** What a device raises on its own. */
-export interface DeviceEvent {
+/** The config space changed: the driver must re-read it (vhost-user: CONFIG_CHANGE_MSG). */
+export interface ConfigChangedEvent {
   /** Index of the device in its worker. */
   device: number;
-  /** The config space changed: the driver must re-read it (vhost-user: CONFIG_CHANGE_MSG). */
   type: 'config-changed';
 }
+
+/**
+ * DEVICE_BROKEN: queue `queue` of the device stopped being served, until the
+ * front end starts it again — the guest broke the ring, a kick or call fd
+ * failed, guest memory shrank under the daemon (SIGBUS), or the device model
+ * threw. Raised once per break; the worker and the other devices go on.
+ */
+export interface DeviceBrokenEvent {
+  /** Index of the device in its worker. */
+  device: number;
+  type: 'device-broken';
+  queue: number;
+  /** Stable code: a QueueErrorCode or one of {@link RingBreak}. */
+  code: string;
+  /** What happened, for the log and the control plane. */
+  reason: string;
+}
+
+/** What a device raises on its own. */
+export type DeviceEvent = ConfigChangedEvent | DeviceBrokenEvent;
+
+/** Codes of {@link DeviceBrokenEvent} that the worker runtime finds itself (the guest's own are QueueErrorCodes). */
+export const RingBreak = {
+  /** Writing the call eventfd failed (EBADF, EPIPE, EINVAL...). */
+  CALL_FD: 'ERR_CALL_FD',
+  /** The kick fd reported an error or a hang-up, or reading it failed. */
+  KICK_FD: 'ERR_KICK_FD',
+  /** The kick fd kept waking the loop without an eventfd count. */
+  KICK_SPIN: 'ERR_KICK_SPIN',
+  /** A SIGBUS in the device's guest memory: the front end shrank the file behind it. */
+  GUEST_MEMORY: 'ERR_GUEST_MEMORY',
+  /** The device model threw out of a batch. */
+  DEVICE_FAULT: 'ERR_DEVICE_FAULT',
+} as const;
+
+/** The reason given with {@link RingBreak.GUEST_MEMORY}. */
+export const GUEST_MEMORY_SHRANK = 'guest memory shrank (SIGBUS)';

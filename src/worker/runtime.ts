@@ -3,10 +3,33 @@
  * device's {@link Vring}s — kick watchers on this thread's own libuv loop (so
  * a kick never touches the main thread) and call eventfds — carries out the
  * main thread's commands, and polls adaptively after a batch when asked.
+ *
+ * It is also the boundary that keeps one device's failure to itself
+ * (issue 11, "Survive a hostile front end"). What the front end handed over
+ * may fail at any time, and the device model may throw; none of it may end
+ * the worker thread, which serves other devices in --single-thread mode and
+ * whose death stops the whole daemon:
+ * - a call fd whose write fails breaks its ring (EAGAIN excepted: the counter
+ *   is at its limit, an interrupt is pending anyway);
+ * - a kick fd that reports an error or a hang-up, whose read fails, or that
+ *   keeps waking the loop without an eventfd count is unwatched (never spun
+ *   on) and breaks its ring;
+ * - a SIGBUS in the device's guest memory (the front end shrank the file
+ *   behind it; native/sigbus.cc answers the fault with zero pages) breaks
+ *   every ring of the device until a new memory table arrives: one
+ *   Atomics.load per batch notices it;
+ * - an exception out of the device model at a batch entry point (a kick, the
+ *   poller, an engine completion or doorbell through DeviceEnv.fault) breaks
+ *   every ring of the device for the rest of the worker's life.
+ * Each break is reported once per ring (DEVICE_BROKEN, see messages.ts), and
+ * the ring's err fd is signalled. Only a try/catch around each batch and one
+ * Atomics.load were added to the data path: no allocation, no system call.
  */
+import { getSystemErrorName } from 'node:util';
 import type { VirtioDeviceModel } from '../devices/index.js';
-import { VhostRtError } from '../errors.js';
-import { native, POLL_READABLE } from '../native.js';
+import { classifyErrno, VhostRtError } from '../errors.js';
+import type { LogLevel } from '../log.js';
+import { native, POLL_DISCONNECT, POLL_READABLE } from '../native.js';
 import { guestMemoryLockRequested, lockGuestMemory } from '../rt/index.js';
 import {
   createVrings,
@@ -16,7 +39,29 @@ import {
   type Vring,
   vringAt,
 } from '../virtio/index.js';
-import type { DeviceCommand } from './messages.js';
+import { type DeviceCommand, GUEST_MEMORY_SHRANK, RingBreak } from './messages.js';
+
+/**
+ * Readable wake-ups in a row that bring no eventfd count before a kick fd is
+ * taken for one that will never deliver one (an eventfd that is readable
+ * always has a count; a pipe at end of file, a device, never do).
+ */
+const MAX_EMPTY_KICKS = 16;
+
+/**
+ * The process-wide count of SIGBUS faults answered in guest memory, one int32
+ * that native/sigbus.cc's handler increments: read with one Atomics.load per
+ * batch; only when it moved does a runtime ask whose memory it was.
+ */
+const guestFaults = native.guestFaultCounter();
+
+/** What a {@link DeviceRuntime} reports; the device worker posts it to the main thread. */
+export interface RuntimeEvents {
+  /** Ring `queue` stopped being served (once per break): DEVICE_BROKEN. */
+  broken(queue: number, code: string, reason: string): void;
+  /** A line for the log, e.g. the stack of a device model's exception. */
+  log(level: LogLevel, message: string): void;
+}
 
 /**
  * A split virtqueue whose kicks the adaptive poller can hold off: while
@@ -94,7 +139,8 @@ class AdaptivePoller {
   private serveAvailable(): boolean {
     let found = false;
     for (const v of this.vrings) {
-      if (v.queue === null || !v.enabled || !hasPending(v.queue)) continue;
+      // A broken ring is not served: its "pending" chains would hold the window open for ever.
+      if (v.queue === null || !v.ready || !hasPending(v.queue)) continue;
       this.kick(v.index);
       found = true;
     }
@@ -139,29 +185,166 @@ function hasPending(vq: SplitVirtqueue): boolean {
 /** One device inside a worker: its memory table and its rings. */
 export class DeviceRuntime {
   private memory: GuestMemory | null = null;
+  /** The memory table took a SIGBUS: its rings stay broken until a new table arrives. */
+  private memoryLost = false;
+  /** {@link guestFaults} as this runtime last looked at it. */
+  private faultsSeen = Atomics.load(guestFaults, 0);
+  /** Why the device model is not trusted any more (it threw); null while it is. */
+  private faultReason: string | null = null;
+  /** Resolves when the model throws: whatever waits on the model (quiesce, close) stops waiting. */
+  private readonly faulted: Promise<void>;
+  private onFaulted: () => void = () => {};
   private readonly vrings: readonly Vring[];
   private readonly poller: AdaptivePoller | null;
   private readonly maxSegments: number;
 
   constructor(
     private readonly device: VirtioDeviceModel<unknown>,
-    options: RuntimeOptions = { pollUs: 0 },
+    options: RuntimeOptions,
+    private readonly events: RuntimeEvents,
   ) {
     // A chain may be split at region boundaries: allow a few more segments than descriptors.
     this.maxSegments = device.maxQueueSize + 16;
-    this.vrings = createVrings(device.numQueues, (v) => this.notify(v));
+    this.faulted = new Promise((resolve) => {
+      this.onFaulted = resolve;
+    });
+    this.vrings = createVrings(
+      device.numQueues,
+      (v) => this.notify(v),
+      (v, code, reason) => this.ringBroken(v, code, reason),
+    );
+    const reap = options.reap;
     this.poller =
       options.pollUs > 0
-        ? new AdaptivePoller(options.pollUs, this.vrings, (i) => device.kick(i), options.reap)
+        ? new AdaptivePoller(
+            options.pollUs,
+            this.vrings,
+            (i) => this.kick(i),
+            reap === undefined ? undefined : () => this.guard(reap),
+          )
         : null;
     device.activate(this.vrings);
   }
 
+  /** True once the device model threw: its rings are broken for the rest of the worker's life. */
+  get isFaulted(): boolean {
+    return this.faultReason !== null;
+  }
+
+  /**
+   * The device's batch entry point: processes ring `index`, with the runtime
+   * boundary around it. A throw breaks this device, never the thread.
+   */
+  private kick(index: number): void {
+    try {
+      this.device.kick(index);
+    } catch (err) {
+      this.fault(err);
+    }
+    this.checkGuestMemory();
+  }
+
+  /** Runs `fn` (a batch the device does not enter through kick) inside the same boundary. */
+  private guard(fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.fault(err);
+    }
+  }
+
   /** Rings `vring`'s call eventfd (the guest's interrupt). */
   private notify(vring: Vring): void {
-    if (vring.callFd >= 0) native.eventfdWrite(vring.callFd, 1);
+    if (vring.callFd >= 0) {
+      try {
+        native.eventfdWrite(vring.callFd, 1);
+      } catch (err) {
+        this.callFailed(vring, err);
+      }
+    }
+    this.checkGuestMemory();
     // The driver answers an interrupt with new requests: watch for them.
     this.poller?.arm();
+  }
+
+  /**
+   * A call fd write failed. 'retry' errnos (EAGAIN: the counter is at its
+   * limit) lose nothing, an interrupt is pending; any other breaks the ring,
+   * and the fd is never written again (the main thread still owns and closes it).
+   */
+  private callFailed(v: Vring, err: unknown): void {
+    const code = (err as { code?: string }).code;
+    if (classifyErrno(code) === 'retry') return;
+    const fd = v.callFd;
+    v.callFd = -1;
+    v.markBroken(RingBreak.CALL_FD, `writing call fd ${fd} failed: ${describeError(err)}`);
+  }
+
+  /**
+   * A ring broke (guest violation or host-side failure): signal its err fd,
+   * report it once. A guest violation read from memory that a SIGBUS just
+   * zeroed (an avail index "running ahead" to 0) is reported as what it is.
+   */
+  private ringBroken(v: Vring, code: string, reason: string): void {
+    if (code !== RingBreak.GUEST_MEMORY && code !== RingBreak.DEVICE_FAULT) {
+      // Breaks the other rings too when the memory is newly lost; this one is broken already.
+      this.checkGuestMemory();
+      if (this.memoryLost) {
+        code = RingBreak.GUEST_MEMORY;
+        reason = GUEST_MEMORY_SHRANK;
+        v.brokenCode = code;
+      }
+    }
+    if (v.errFd >= 0) {
+      try {
+        native.eventfdWrite(v.errFd, 1);
+      } catch {
+        // The err fd is only a courtesy to the front end: one that fails is dropped.
+        v.errFd = -1;
+      }
+    }
+    this.events.broken(v.index, code, reason);
+  }
+
+  /** Breaks every started ring of the device. */
+  private breakAll(code: string, reason: string): void {
+    for (const v of this.vrings) if (v.queue !== null) v.markBroken(code, reason);
+  }
+
+  /**
+   * Once per batch: did a SIGBUS hit guest memory anywhere in the process
+   * since the last look? Only then (rarely) ask whether it was this device's.
+   */
+  private checkGuestMemory(): void {
+    // Atomics.load is sequentially consistent: it pairs with the handler's
+    // release increment, made after the mapping's own count.
+    const faults = Atomics.load(guestFaults, 0);
+    if (faults === this.faultsSeen) return;
+    this.faultsSeen = faults;
+    if (this.memoryLost || this.memory === null || !memoryFaulted(this.memory)) return;
+    this.memoryLost = true;
+    this.breakAll(RingBreak.GUEST_MEMORY, GUEST_MEMORY_SHRANK);
+  }
+
+  /**
+   * The device model threw out of a batch (a bug, or a guest trick nobody
+   * caught): its state cannot be trusted, so every ring breaks, now and
+   * whenever one is started again; the thread and the other devices go on.
+   * DeviceEnv.fault of the device leads here too.
+   */
+  fault(err: unknown): void {
+    if (this.faultReason === null) {
+      const name = err instanceof Error ? `${err.name}: ` : '';
+      this.faultReason = `the ${this.device.kind} device model threw ${name}${describeError(err)}`;
+      this.events.log('error', (err as Error | null)?.stack ?? String(err));
+      this.onFaulted();
+    }
+    this.breakAll(RingBreak.DEVICE_FAULT, this.faultReason);
+  }
+
+  /** `p`, or sooner if the model throws: a faulted model may never settle what it owes. */
+  private unlessFaulted(p: Promise<void>): Promise<void> {
+    return this.faultReason !== null ? Promise.resolve() : Promise.race([p, this.faulted]);
   }
 
   /** Carries out one command from the main thread. */
@@ -173,6 +356,9 @@ export class DeviceRuntime {
         return this.startQueue(cmd);
       case 'set-call':
         this.vring(cmd.index).callFd = cmd.fd;
+        return 0;
+      case 'set-err':
+        this.vring(cmd.index).errFd = cmd.fd;
         return 0;
       case 'enable':
         return this.setEnabled(cmd.index, cmd.enabled);
@@ -200,8 +386,13 @@ export class DeviceRuntime {
     // --mlock: fault guest RAM in and pin it now, on the control path, so no request ever waits on it.
     if (guestMemoryLockRequested()) lockGuestMemory(memory.buffers);
     this.memory = memory;
+    // Counter first, then the mappings: a fault in between moves the counter and is looked at again.
+    this.faultsSeen = Atomics.load(guestFaults, 0);
+    // A table that keeps a region which already faulted is still lost.
+    this.memoryLost = memoryFaulted(memory);
     for (const v of this.vrings) v.setMemory(memory);
     this.device.setMemory(memory);
+    if (this.memoryLost) this.breakAll(RingBreak.GUEST_MEMORY, GUEST_MEMORY_SHRANK);
     return 0;
   }
 
@@ -213,23 +404,62 @@ export class DeviceRuntime {
     vq.lastAvailIdx = cmd.lastAvailIdx;
     vq.usedIdx = readUsedIdx(this.memory, cmd.config.usedRing);
     v.callFd = cmd.callFd;
+    v.errFd = cmd.errFd;
     this.unwatchKick(v);
     this.poller?.stop();
     v.start(vq);
     this.watchKick(v, cmd.kickFd);
+    // A device that threw, or memory that is gone, breaks a new ring at once.
+    if (this.faultReason !== null) v.markBroken(RingBreak.DEVICE_FAULT, this.faultReason);
+    else if (this.memoryLost) v.markBroken(RingBreak.GUEST_MEMORY, GUEST_MEMORY_SHRANK);
+    this.checkGuestMemory();
     return 0;
   }
 
   private watchKick(v: Vring, kickFd: number): void {
-    const watcher = new native.FdWatcher(kickFd, () => {
-      // Reading resets the counter: any number of kicks since the last read is one batch.
-      native.eventfdRead(kickFd);
-      this.device.kick(v.index);
+    // Wake-ups in a row that brought no count (see MAX_EMPTY_KICKS).
+    let empty = 0;
+    const watcher = new native.FdWatcher(kickFd, (events) => {
+      // events < 0: libuv reports an error (EPOLLERR) and has stopped the handle already.
+      if (events < 0 || (events & POLL_DISCONNECT) !== 0) {
+        const what = events < 0 ? `reports ${getSystemErrorName(events)}` : 'hung up';
+        this.kickFailed(v, RingBreak.KICK_FD, `kick fd ${kickFd} ${what}`);
+        return;
+      }
+      let count: number;
+      try {
+        // Reading resets the counter: any number of kicks since the last read is one batch.
+        count = native.eventfdRead(kickFd);
+      } catch (err) {
+        this.kickFailed(
+          v,
+          RingBreak.KICK_FD,
+          `reading kick fd ${kickFd} failed: ${describeError(err)}`,
+        );
+        return;
+      }
+      if (count === 0) {
+        if (++empty >= MAX_EMPTY_KICKS)
+          this.kickFailed(
+            v,
+            RingBreak.KICK_SPIN,
+            `kick fd ${kickFd} stays readable without a count`,
+          );
+        return;
+      }
+      empty = 0;
+      this.kick(v.index);
       this.poller?.arm();
     });
     watcher.start(POLL_READABLE);
     v.kickFd = kickFd;
     v.kick = watcher;
+  }
+
+  /** The kick fd is unusable: stop watching it (never spin on it) and break the ring. */
+  private kickFailed(v: Vring, code: string, reason: string): void {
+    this.unwatchKick(v);
+    v.markBroken(code, reason);
   }
 
   private unwatchKick(v: Vring): void {
@@ -241,7 +471,7 @@ export class DeviceRuntime {
   private setEnabled(index: number, enabled: boolean): number {
     const v = this.vring(index);
     v.enabled = enabled;
-    if (enabled) this.device.kick(index);
+    if (enabled) this.kick(index);
     return 0;
   }
 
@@ -251,18 +481,21 @@ export class DeviceRuntime {
     v.enabled = false;
     this.unwatchKick(v);
     this.poller?.stop();
-    await this.device.quiesce(index);
+    await this.unlessFaulted(this.device.quiesce(index));
     const lastAvailIdx = v.stop();
     // The backend may close the call fd once the ring is stopped; forget it so a reused fd number is never signalled.
     v.callFd = -1;
     return lastAvailIdx;
   }
 
-  /** Stops watching kicks, completes in-flight requests and closes the device. */
+  /**
+   * Stops watching kicks, completes in-flight requests and closes the
+   * device; a device whose model threw is not waited for (see {@link isFaulted}).
+   */
   async close(): Promise<void> {
     for (const v of this.vrings) this.unwatchKick(v);
     this.poller?.stop();
-    await this.device.close();
+    await this.unlessFaulted(this.device.close());
   }
 
   private vring(index: number): Vring {
@@ -272,6 +505,21 @@ export class DeviceRuntime {
       throw new VhostRtError('ERR_QUEUE_INDEX', (err as Error).message);
     }
   }
+}
+
+/** Whether a SIGBUS was answered in any mapping of `memory` (native/sigbus.cc counts per mapping). */
+function memoryFaulted(memory: GuestMemory): boolean {
+  for (const b of memory.buffers) if (native.guestFaults(b) > 0) return true;
+  return false;
+}
+
+/** "EBADF (write: Bad file descriptor)", or the message. */
+function describeError(err: unknown): string {
+  const e = err as { code?: string; message?: string } | null;
+  const message = e?.message ?? String(err);
+  return e?.code !== undefined && e.code !== 'ESYSTEM' && !message.includes(e.code)
+    ? `${e.code} (${message})`
+    : message;
 }
 
 /** used.idx is where the driver expects us to continue: read it from the ring itself (§2.7.8). */

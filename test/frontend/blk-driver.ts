@@ -285,6 +285,15 @@ export class BlkDriver {
     return result;
   }
 
+  /**
+   * Hostile tests: publishes `request` on `queue` without kicking; the test
+   * kicks later (`vmm.queues[queue].kick()`), e.g. after shrinking guest RAM
+   * under the back end. Resolves when the used element comes back.
+   */
+  post(request: BlkRequest, queue = 0): Promise<BlkResult> {
+    return this.submitMany([request], queue)[0];
+  }
+
   /** Publishes all `requests` on `queue`, kicks once, and resolves when all completed. */
   submitBatch(requests: BlkRequest[], queue = 0): Promise<BlkResult[]> {
     const results = this.submitMany(requests, queue);

@@ -21,6 +21,7 @@
  * NEED_REPLY goes, with REPLY_ACK, on the messages QEMU 7.2 sets it on:
  * SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG, SET_BACKEND_REQ_FD, SET_CONFIG.
  */
+import { ftruncateSync } from 'node:fs';
 import { type FdWatcher, native, POLL_READABLE } from '../../src/native.js';
 import {
   decodeConfig,
@@ -392,6 +393,20 @@ export class Vmm {
     const wire = { ...region.wire, mmapOffset: 0 };
     await this.conn.request(Request.REM_MEM_REG, encodeMemRegion(wire), [], { needReply: true });
     this.sentRegions.delete(region);
+  }
+
+  /**
+   * Hostile tests: shrinks region `index`'s memfd to `bytes` (ftruncate)
+   * after the back end mapped it, as a front end that pulls guest RAM away
+   * would. Every page past the new end raises SIGBUS in whoever touches it —
+   * this process too, where native/sigbus.cc answers with zero pages — so
+   * the driver's view of those pages reads zeros from then on.
+   */
+  shrinkRegion(index: number, bytes: number): void {
+    const r = this.regions[index];
+    if (r === undefined)
+      throw new RangeError(`no region ${index} (${this.regions.length} regions)`);
+    ftruncateSync(r.fd, bytes);
   }
 
   /** The front-end (user) address of guest-physical `gpa`, as ring addresses are sent. */

@@ -51,6 +51,12 @@ export interface BlkDeviceOptions {
   stats: StatCounters;
   /** Reports guest protocol violations (rate limiting is the caller's business). */
   warn: (message: string) => void;
+  /**
+   * Takes an exception thrown while the device handles engine completions
+   * (DeviceEnv.fault): its host then stops serving the device. Without it the
+   * exception propagates out of the engine's callback.
+   */
+  fault?: (error: unknown) => void;
 }
 
 const U32 = 0x1_0000_0000;
@@ -149,9 +155,31 @@ export class BlkDevice implements VirtioDeviceModel {
     }
     // A chain may be split at region boundaries: allow a few more segments than descriptors.
     this.chain = new DescriptorChain(options.geometry.segMax + 2 + 16);
+    const fault = options.fault;
+    if (fault === undefined) {
+      this.engine.onComplete(
+        (userData, result) => this.complete(userData, result),
+        () => this.endCompletionBatch(),
+      );
+      return;
+    }
+    // Completions arrive from the engine's own watcher, outside any kick: the
+    // runtime boundary is here. A try/catch per completion costs nothing until it throws.
     this.engine.onComplete(
-      (userData, result) => this.complete(userData, result),
-      () => this.endCompletionBatch(),
+      (userData, result) => {
+        try {
+          this.complete(userData, result);
+        } catch (err) {
+          fault(err);
+        }
+      },
+      () => {
+        try {
+          this.endCompletionBatch();
+        } catch (err) {
+          fault(err);
+        }
+      },
     );
   }
 

@@ -36,6 +36,7 @@ export function openBlkDevice(init: BlkDeviceInit, env: DeviceEnv): OpenedDevice
     queueSize: o.queueSize,
     stats: StatCounters.attach(init.statsBuffer, BLK_STAT_NAMES),
     warn: env.warn,
+    fault: env.fault,
   });
   const pollUs = o.pollUs ?? 0;
   const info: BlkInfo = {

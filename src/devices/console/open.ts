@@ -27,6 +27,27 @@ function portIo(init: ConsoleDeviceInit, i: number): ConsolePortIo {
   };
 }
 
+/**
+ * Input from a port's socket into the model: work the device does outside any
+ * kick, so a throw goes to the host (DeviceEnv.fault) and the bytes count as taken.
+ */
+function queueInput(
+  model: ConsoleDevice,
+  port: number,
+  buf: Uint8Array,
+  off: number,
+  len: number,
+  env: DeviceEnv,
+): number {
+  if (env.fault === undefined) return model.queueInput(port, buf, off, len);
+  try {
+    return model.queueInput(port, buf, off, len);
+  } catch (err) {
+    env.fault(err);
+    return len;
+  }
+}
+
 /** Builds the console of `init`, listening on the ports' input sockets. */
 export function openConsoleDevice(
   init: ConsoleDeviceInit,
@@ -55,7 +76,7 @@ export function openConsoleDevice(
       new InputHub(
         p.inputPath,
         `--input (port ${i})`,
-        (b, off, len) => model.queueInput(i, b, off, len),
+        (b, off, len) => queueInput(model, i, b, off, len, env),
         (n) => ports[i].stats.add(PortStat.inputRefused, n),
       ),
     );

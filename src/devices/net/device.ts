@@ -62,6 +62,12 @@ export interface NetDeviceOptions {
   maxFrame?: number;
   /** Called once by {@link NetDevice.close}, e.g. to stop the port's doorbell watcher (PortRuntime.close). */
   onClose?: () => void;
+  /**
+   * Takes an exception thrown by work the device runs on its own — a
+   * doorbell, a batch deferred to the next loop turn (DeviceEnv.fault): its
+   * host then stops serving the device. Without it the exception propagates.
+   */
+  fault?: (error: unknown) => void;
 }
 
 /** Chains popped per wake-up before yielding to the loop. */
@@ -121,6 +127,7 @@ export class NetDevice implements VirtioDeviceModel {
   private readonly rxLens: Int32Array;
   private bytes: readonly Uint8Array[] = [];
   private onClose: (() => void) | undefined;
+  private readonly fault: ((error: unknown) => void) | undefined;
   private rxScheduled = false;
   private readonly txScheduled: boolean[];
   /** Index of the control queue. */
@@ -129,9 +136,11 @@ export class NetDevice implements VirtioDeviceModel {
   readonly filter: RxFilter;
   /** Scratch for one control command's payload (a full MAC table fits). */
   private readonly ctrlData = new Uint8Array(1024);
+  /** {@link receive}, made once for {@link guard}. */
+  private readonly receiveNow = (): void => this.receive();
   private readonly runReceive = (): void => {
     this.rxScheduled = false;
-    this.receive();
+    this.guard(this.receiveNow);
   };
 
   constructor(options: NetDeviceOptions) {
@@ -140,6 +149,7 @@ export class NetDevice implements VirtioDeviceModel {
     this.warn = options.warn;
     this.maxFrame = options.maxFrame ?? MAX_FRAME;
     this.onClose = options.onClose;
+    this.fault = options.fault;
     const n = netQueueCount(options.queuePairs);
     const geometry = { mac: options.mac, queuePairs: options.queuePairs, linkUp: true };
     this.features = netDeviceFeatures(geometry);
@@ -244,7 +254,25 @@ export class NetDevice implements VirtioDeviceModel {
 
   /** Another port rang this port's doorbell (PortPeer): frames wait in the backend port. */
   doorbell(): void {
-    this.receive();
+    this.guard(this.receiveNow);
+  }
+
+  /**
+   * Runs `fn`, work the device does on its own (no kick led here): a throw
+   * goes to the host's `fault` instead of out of the event loop.
+   */
+  private guard(fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.faulted(err);
+    }
+  }
+
+  /** Hands `err` to the host's `fault`; without one it is rethrown, as before. */
+  private faulted(err: unknown): void {
+    if (this.fault === undefined) throw err;
+    this.fault(err);
   }
 
   // --- transmit: driver → switch ---------------------------------------------
@@ -279,7 +307,11 @@ export class NetDevice implements VirtioDeviceModel {
     this.txScheduled[index] = true;
     setImmediate(() => {
       this.txScheduled[index] = false;
-      this.transmit(index);
+      try {
+        this.transmit(index);
+      } catch (err) {
+        this.faulted(err);
+      }
     });
   }
 

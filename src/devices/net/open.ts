@@ -20,6 +20,7 @@ export function openNetDevice(init: NetDeviceInit, env: DeviceEnv): OpenedDevice
       port: ports.port,
       stats: StatCounters.attach(init.statsBuffer, NET_STAT_NAMES),
       warn: env.warn,
+      fault: env.fault,
       // The doorbell watcher keeps the thread's loop alive: it stops when the device closes.
       onClose: () => ports.close(),
     });
