@@ -86,7 +86,7 @@ function pairs(flag: string, list: unknown): [string, string][] {
 function portList(v: FlagValues): ConsolePortOptions[] {
   const named = pairs('port', v.port);
   const inputs = new Map(pairs('port-input', v['port-input']));
-  const total = Math.max(integerFlag('ports', v.ports, 1), 1 + named.length);
+  const total = Math.max(integerFlag('ports', v.ports, 1, { min: 1, max: 31 }), 1 + named.length);
   const main = logSinksFlag(v);
   const ports: ConsolePortOptions[] = [
     { name: null, sinks: main, inputPath: optionalString(v.input) },

@@ -15,7 +15,10 @@ import {
 /** Parsed flag values by flag name (without `--`), as `parseArgs` returns them. */
 export type FlagValues = Record<string, string | boolean | string[] | boolean[] | undefined>;
 
-/** parseArgs with strict checking; its errors become ConfigErrors naming the command. */
+/**
+ * parseArgs with strict checking; its errors become ConfigErrors (the command
+ * line's runner prefixes them with `vhost-rt COMMAND:` once).
+ */
 export function parseFlags(
   command: string,
   args: string[],
@@ -24,16 +27,28 @@ export function parseFlags(
   try {
     return parseArgs({ args, options, strict: true, allowPositionals: false }).values as FlagValues;
   } catch (err) {
-    throw new ConfigError(`vhost-rt ${command}: ${(err as Error).message.split('\n')[0]}`);
+    const reason = (err as Error).message.split('\n')[0].replace(/\. To specify .*$/, '');
+    throw new ConfigError(`${reason} (see vhost-rt ${command} --help)`);
   }
 }
 
-/** A non-negative whole-number flag (decimal digits only); `fallback` when the flag is absent. */
-export function integerFlag(flag: string, value: unknown, fallback: number): number {
+/**
+ * A non-negative whole-number flag (decimal digits only); `fallback` when the
+ * flag is absent. With `range`, a value outside [min, max] is refused naming it.
+ */
+export function integerFlag(
+  flag: string,
+  value: unknown,
+  fallback: number,
+  range?: { min: number; max: number },
+): number {
   if (value === undefined) return fallback;
   if (typeof value !== 'string' || !/^\d+$/.test(value))
     throw new ConfigError(`--${flag} ${String(value)}: not a whole number`);
-  return Number(value);
+  const n = Number(value);
+  if (range !== undefined && (n < range.min || n > range.max))
+    throw new ConfigError(`--${flag} ${value}: must be ${range.min}..${range.max}`);
+  return n;
 }
 
 /** A string flag that must be given and non-empty; otherwise a ConfigError naming `--flag`. */

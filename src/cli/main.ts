@@ -56,7 +56,11 @@ async function main(argv: string[]): Promise<number> {
   return command.run(rest);
 }
 
-main(process.argv.slice(2)).then(
+const argv = process.argv.slice(2);
+/** Who says it: `vhost-rt blk` for a known subcommand, else `vhost-rt`. */
+const speaker = COMMANDS.some((c) => c.name === argv[0]) ? `vhost-rt ${argv[0]}` : 'vhost-rt';
+
+main(argv).then(
   (code) => {
     // A failure found while serving (a worker died) has already set a non-zero status.
     process.exitCode = process.exitCode || code;
@@ -65,7 +69,7 @@ main(process.argv.slice(2)).then(
     const known =
       err instanceof ConfigError || err instanceof RangeError || err instanceof VhostRtError;
     const message = err instanceof Error ? err.message : String(err);
-    process.stderr.write(`vhost-rt: ${known ? message : ((err as Error).stack ?? message)}\n`);
+    process.stderr.write(`${speaker}: ${known ? message : ((err as Error).stack ?? message)}\n`);
     process.exitCode = 2;
   },
 );

@@ -61,7 +61,18 @@ describe('vhost-rt --help', () => {
 
 describe('vhost-rt blk refuses bad input with one line and a non-zero exit', () => {
   const cases: [string, string[], RegExp][] = [
-    ['an unknown flag', ['blk', '--bogus'], /Unknown option '--bogus'/],
+    // One prefix, the subcommand's: never "vhost-rt: vhost-rt blk: ...".
+    ['an unknown flag', ['blk', '--bogus'], /^vhost-rt blk: Unknown option '--bogus' \(see/],
+    [
+      'a console port count of 0',
+      ['console', '--socket-path', 'S', '--ports', '0'],
+      /^vhost-rt console: --ports 0: must be 1\.\.31$/,
+    ],
+    [
+      'a console port count too large',
+      ['console', '--socket-path', 'S', '--ports', '32'],
+      /--ports 32: must be 1\.\.31/,
+    ],
     ['an unknown command', ['frobnicate'], /unknown command 'frobnicate'/],
     ['a missing --image', ['blk', '--socket-path', '/tmp/x.sock'], /--image is required/],
     [
