@@ -435,6 +435,7 @@ export class VhostUserBackend {
       lastAvailIdx: v.base,
       kickFd: v.kickFd,
       callFd: v.callFd,
+      errFd: v.errFd,
       enabled: v.enabled,
     });
     v.started = true;
@@ -453,13 +454,17 @@ export class VhostUserBackend {
     return undefined;
   }
 
-  private setVringErr(msg: IncomingMessage): undefined {
+  private async setVringErr(msg: IncomingMessage): Promise<undefined> {
     const { index, noFd } = decodeVringFd(msg.payload);
     const v = this.vring(index);
     expectFds(msg, noFd ? 0 : 1, 'SET_VRING_ERR');
     if (!noFd) expectEventfd(msg.fds[0], `vring ${index} err fd`);
-    closeFd(v.errFd);
+    const old = v.errFd;
     v.errFd = noFd ? -1 : msg.fds.pop()!;
+    // As with the call fd: the worker lets go of the old eventfd before it is
+    // closed — even on a stopped ring, whose record may still name it.
+    await this.device.setErr?.(index, v.errFd);
+    closeFd(old);
     return undefined;
   }
 
@@ -555,12 +560,13 @@ export class VhostUserBackend {
     }
   }
 
-  /** Stops the started rings and closes every ring's fds. */
+  /** Stops the started rings and closes every ring's fds, once the device has let go of them. */
   private async stopAll(): Promise<void> {
     for (let i = 0; i < this.vrings.length; i++) {
       const v = this.vrings[i];
       try {
         if (v.started) await this.device.stopQueue(i);
+        if (v.errFd >= 0) await this.device.setErr?.(i, -1);
       } finally {
         v.started = false;
         closeFd(v.kickFd);

@@ -40,6 +40,12 @@ export interface VhostUserDevice {
   setMemory(regions: MemoryRegion[]): Promise<void>;
   startQueue(index: number, start: QueueStart): Promise<void>;
   setCall(index: number, fd: number): Promise<void>;
+  /**
+   * Optional: replaces a started ring's err eventfd (-1: none), signalled when
+   * the ring breaks; resolves once the device no longer uses the old one.
+   * Devices without it get the err fd only when a ring starts.
+   */
+  setErr?(index: number, fd: number): Promise<void>;
   setEnabled(index: number, enabled: boolean): Promise<void>;
   /** Completes in-flight requests, stops the ring, resolves to the last avail index. */
   stopQueue(index: number): Promise<number>;

@@ -12,6 +12,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { native } from '../../src/native.js';
 import {
   encodeMemoryTable,
   encodeMemRegion,
@@ -287,6 +288,30 @@ describe.each([blk, consoleHarness, net])('vhost-rt $name given fds of the wrong
     );
     await served.works(round++);
   });
+
+  // The err fd is device-agnostic plumbing: one device shows it.
+  it.runIf(h.name === 'blk')(
+    'hands a good err eventfd to the running ring, which signals it when the ring breaks',
+    async () => {
+      const errFd = native.eventfd(0);
+      try {
+        const sent = served.vmm.conn.request(
+          Request.SET_VRING_ERR,
+          encodeVringFd(0, false),
+          [errFd],
+          { needReply: true },
+        );
+        expect(await outcome(sent)).toBe('ack');
+        // avail.idx far ahead of anything the device has seen: the ring breaks at the kick.
+        const q = served.vmm.queues[0];
+        q.driver.setAvailIdx(q.driver.availIdx + 4 * q.driver.size);
+        q.kick();
+        await waitFor(() => native.eventfdRead(errFd) > 0, 'the err eventfd to be signalled');
+      } finally {
+        native.close(errFd);
+      }
+    },
+  );
 
   it('refused only what it had to, with coded errors, and serves a fresh connection', async () => {
     await served.close();
