@@ -82,10 +82,7 @@ static Napi::Value MmapShared(const Napi::CallbackInfo& info) {
   if (data == MAP_FAILED) ThrowErrno(env, "mmap", errno);
   // A SIGBUS in the range (the file shrank) is answered with zero pages (sigbus.cc):
   // registered before any view of it exists, unregistered just before its munmap.
-  if (!RegisterGuestRange(data, static_cast<size_t>(size))) {
-    munmap(data, size);
-    throw ErrnoError(env, "mmap", ENOMEM, "the SIGBUS registry of guest mappings is full");
-  }
+  RegisterGuestRange(data, static_cast<size_t>(size));
   {
     std::lock_guard<std::mutex> hold(MappingsLock());
     Mappings()[data] = Mapping{static_cast<size_t>(size), false};
@@ -130,6 +127,7 @@ static Napi::Value RetireMapping(const Napi::CallbackInfo& info) {
   void* replaced = mmap(data, it->second.length, PROT_READ | PROT_WRITE,
                         MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (replaced == MAP_FAILED) ThrowErrno(env, "mmap", errno);
+  RetireGuestRange(data);
   it->second.retired = true;
   return Napi::Boolean::New(env, true);
 }

@@ -35,8 +35,16 @@
 //   a view of its mapping, so the mapping it faulted in is always stable.
 // - A range stays registered for exactly as long as its addresses belong to
 //   the mapping (from mmap to munmap), so the handler never maps over addresses
-//   the kernel may have handed to somebody else. retireMapping (memory.cc)
-//   replaces the pages in place without unmapping, so it needs no change here.
+//   the kernel may have handed to somebody else.
+// - retireMapping (memory.cc) replaces a mapping's pages in place by anonymous
+//   memory, which cannot fault, but V8 may keep the range for a long time
+//   after (until a garbage collection lets go of the buffer). The slot is
+//   then only marked retired: a fault that raced the retirement is answered by
+//   a plain retry, and when the table is full the slot retired longest ago is
+//   reused, so front ends that come and go never exhaust it. (Reusing one
+//   under a handler that is still looking at it would need a fault from
+//   before its retirement to be handled after the table filled up with newer
+//   retirements: the handler runs right after the faulting access.)
 #include "sigbus.h"
 
 #include <signal.h>
@@ -56,21 +64,29 @@ namespace vhost_rt {
 
 namespace {
 
-/** Guest mappings that can be registered at once: 32 memory slots per connection, many devices. */
-constexpr size_t kMaxGuestRanges = 1024;
+/**
+ * Guest mappings that can be registered at once, retired ones included (they
+ * are reused when the table is full): 32 memory slots per connection, many
+ * devices, and test or fuzzing front ends that map RAM of their own. 40 bytes
+ * each; the handler scans them all, once per fault.
+ */
+constexpr size_t kMaxGuestRanges = 4096;
 
 /** One registered mapping; free while start is 0. Zero-initialised as static storage. */
 struct GuestRange {
-  /** Seqlock sequence: odd while a writer changes start/end. */
+  /** Seqlock sequence: odd while a writer changes start/end/retired. */
   std::atomic<uint32_t> seq;
   std::atomic<uintptr_t> start;
   std::atomic<uintptr_t> end;
+  /** 0 while the file is mapped; else when retireMapping replaced it (a RetireGuestRange count). */
+  std::atomic<uint64_t> retired;
   /** SIGBUS faults answered in this mapping since it was registered. */
   std::atomic<uint32_t> faults;
 };
 
 static_assert(std::atomic<uint32_t>::is_always_lock_free &&
                   std::atomic<uintptr_t>::is_always_lock_free &&
+                  std::atomic<uint64_t>::is_always_lock_free &&
                   std::atomic<int32_t>::is_always_lock_free,
               "the SIGBUS handler may only use lock-free atomics");
 
@@ -89,6 +105,8 @@ uintptr_t g_pageMask = 4095;
 struct sigaction g_previous;
 /** Guarded by Lock(). */
 bool g_installed = false;
+/** Retirements so far, to tell the oldest; guarded by Lock(). */
+uint64_t g_retirements = 0;
 
 /** Serialises writers of g_ranges and the installation; never taken by the handler. Never destroyed. */
 std::mutex& Lock() {
@@ -96,26 +114,28 @@ std::mutex& Lock() {
   return *lock;
 }
 
-/** Writes a slot under its seqlock; the caller holds Lock(). */
-void WriteRange(GuestRange& r, uintptr_t start, uintptr_t end) {
+/** Writes a slot under its seqlock (a new range's fault count starts at 0); the caller holds Lock(). */
+void WriteRange(GuestRange& r, uintptr_t start, uintptr_t end, uint64_t retired) {
   uint32_t seq = r.seq.load(std::memory_order_relaxed);
   r.seq.store(seq + 1, std::memory_order_relaxed);
   // Orders the odd sequence before the field stores, for a reader that loads
   // the fields and then the sequence again (after its acquire fence).
   std::atomic_thread_fence(std::memory_order_release);
+  if (r.start.load(std::memory_order_relaxed) != start) r.faults.store(0, std::memory_order_relaxed);
   r.start.store(start, std::memory_order_relaxed);
   r.end.store(end, std::memory_order_relaxed);
-  r.faults.store(0, std::memory_order_relaxed);
+  r.retired.store(retired, std::memory_order_relaxed);
   // Publishes the fields with the even sequence: a reader that sees it sees them.
   r.seq.store(seq + 2, std::memory_order_release);
 }
 
 /** A stable view of slot `r`; false when it is free or being written (see the header comment). */
-bool ReadRange(const GuestRange& r, uintptr_t* start, uintptr_t* end) {
+bool ReadRange(const GuestRange& r, uintptr_t* start, uintptr_t* end, bool* retired) {
   uint32_t before = r.seq.load(std::memory_order_acquire);
   if ((before & 1) != 0) return false;
   *start = r.start.load(std::memory_order_relaxed);
   *end = r.end.load(std::memory_order_relaxed);
+  *retired = r.retired.load(std::memory_order_relaxed) != 0;
   // Orders the field loads before the second sequence load.
   std::atomic_thread_fence(std::memory_order_acquire);
   return r.seq.load(std::memory_order_relaxed) == before && *start != 0;
@@ -143,7 +163,10 @@ bool Recover(uintptr_t addr) {
   for (GuestRange& r : g_ranges) {
     uintptr_t start = 0;
     uintptr_t end = 0;
-    if (!ReadRange(r, &start, &end) || addr < start || addr >= end) continue;
+    bool retired = false;
+    if (!ReadRange(r, &start, &end, &retired) || addr < start || addr >= end) continue;
+    // Retired: anonymous memory is there now (the fault came just before); the retry finds it.
+    if (retired) return true;
     if (!MapZeros(addr & ~g_pageMask, end) && !MapZeros(start, end)) return false;
     // The per-mapping count first: a thread that sees the total move (acquire)
     // and then asks guestFaults() finds the mapping already counted.
@@ -220,24 +243,42 @@ GuestRange* Find(uintptr_t start) {
   return nullptr;
 }
 
+/** A free slot, else the one retired longest ago, else null. The caller holds Lock(). */
+GuestRange* Vacant() {
+  GuestRange* oldest = nullptr;
+  for (GuestRange& r : g_ranges) {
+    if (r.start.load(std::memory_order_relaxed) == 0) return &r;
+    uint64_t retired = r.retired.load(std::memory_order_relaxed);
+    if (retired != 0 && (oldest == nullptr || retired < oldest->retired.load(std::memory_order_relaxed)))
+      oldest = &r;
+  }
+  return oldest;
+}
+
 }  // namespace
 
 bool RegisterGuestRange(void* start, size_t length) {
   auto from = reinterpret_cast<uintptr_t>(start);
   std::lock_guard<std::mutex> hold(Lock());
   if (!Install()) return false;
-  for (GuestRange& r : g_ranges) {
-    if (r.start.load(std::memory_order_relaxed) != 0) continue;
-    WriteRange(r, from, from + length);
-    return true;
-  }
-  return false;
+  GuestRange* r = Vacant();
+  if (r == nullptr) return false;
+  WriteRange(*r, from, from + length, 0);
+  return true;
+}
+
+void RetireGuestRange(void* start) {
+  std::lock_guard<std::mutex> hold(Lock());
+  GuestRange* r = Find(reinterpret_cast<uintptr_t>(start));
+  if (r != nullptr && r->retired.load(std::memory_order_relaxed) == 0)
+    WriteRange(*r, r->start.load(std::memory_order_relaxed), r->end.load(std::memory_order_relaxed),
+               ++g_retirements);
 }
 
 void UnregisterGuestRange(void* start) {
   std::lock_guard<std::mutex> hold(Lock());
   GuestRange* r = Find(reinterpret_cast<uintptr_t>(start));
-  if (r != nullptr) WriteRange(*r, 0, 0);
+  if (r != nullptr) WriteRange(*r, 0, 0, 0);
 }
 
 /** An Int32Array over the process-wide fault counter, for Atomics.load (any thread). */
@@ -264,7 +305,7 @@ static Napi::Value GuestFaults(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, faults);
 }
 
-/** How many mappings are registered (for tests). */
+/** How many mappings are registered, retired ones included (for tests). */
 static Napi::Value GuestRangeCount(const Napi::CallbackInfo& info) {
   std::lock_guard<std::mutex> hold(Lock());
   uint32_t n = 0;

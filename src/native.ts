@@ -312,7 +312,7 @@ export interface NativeBinding {
   guestFaultCounter(): Int32Array;
   /** Faults answered in the mapping of `buffer` (an mmapShared buffer) since it was made; 0 for other buffers. */
   guestFaults(buffer: SharedArrayBuffer): number;
-  /** How many mappings the SIGBUS handler knows (mmapShared buffers not yet collected). */
+  /** How many mappings the SIGBUS handler knows (mmapShared buffers not yet collected, retired ones included). */
   guestRangeCount(): number;
 }
 

@@ -59,6 +59,28 @@ describe('native SIGBUS handler', () => {
     }
   });
 
+  it('never runs out of room for front ends that come and go', () => {
+    // Retired mappings (retireMapping: what the back end does when a front end
+    // goes) wait for the garbage collector, and their slots are reused meanwhile.
+    for (let i = 0; i < 5000; i++) {
+      const fd = native.memfdCreate('hostile-worker-churn', 4096);
+      try {
+        native.retireMapping(native.mmapShared(fd, 4096, 0));
+      } finally {
+        native.close(fd);
+      }
+    }
+    const fd = native.memfdCreate('hostile-worker-last', 4096);
+    try {
+      const last = native.mmapShared(fd, 4096, 0);
+      ftruncateSync(fd, 0);
+      expect(new Uint8Array(last)[0]).toBe(0);
+      expect(native.guestFaults(last)).toBe(1);
+    } finally {
+      native.close(fd);
+    }
+  });
+
   it('leaves any other SIGBUS fatal', () => {
     // A child process with a registered mapping (the handler installed) that is sent SIGBUS.
     const script = `
