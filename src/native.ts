@@ -111,6 +111,8 @@ export interface FdFacts {
   /** The open file's access mode allows read(2) / write(2) (both false for O_PATH). */
   readable: boolean;
   writable: boolean;
+  /** The open file is O_NONBLOCK (shared by every process holding it). */
+  nonBlocking: boolean;
   /** Opened with O_PATH: only good for naming the file. */
   pathOnly: boolean;
   /** The /proc/self/fd/N link: 'anon_inode:[eventfd]', 'pipe:[123]', '/memfd:ram (deleted)', a path; '' without /proc. */
@@ -180,8 +182,8 @@ export interface NativeBinding {
    */
   fdInfo(fd: number): FdFacts;
 
-  // eventfd. Created EFD_NONBLOCK | EFD_CLOEXEC.
-  eventfd(initval: number): number;
+  // eventfd. Created EFD_NONBLOCK | EFD_CLOEXEC (or blocking with nonBlocking false: tests only).
+  eventfd(initval: number, nonBlocking?: boolean): number;
   /** Returns the counter (and resets it), or 0 when it was 0 (EAGAIN). */
   eventfdRead(fd: number): number;
   eventfdWrite(fd: number, value: number): void;

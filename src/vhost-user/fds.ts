@@ -84,6 +84,12 @@ export function expectEventfd(fd: number, what: string): void {
   if (d.kind !== 'eventfd') throw badFd(`${what} is ${shown(d)}, not an eventfd`);
   if (!d.readable || !d.writable)
     throw badFd(`${what} is an eventfd opened without read and write access`);
+  // A blocking eventfd would block the device worker: a read of a count of 0 after a
+  // spurious wake-up, or a write when the front end left the counter at its maximum.
+  // QEMU, DPDK and rust-vmm front ends all create theirs EFD_NONBLOCK; setting the flag
+  // ourselves would change it for the front end too (it is the shared open file's).
+  if (!d.nonBlocking)
+    throw badFd(`${what} is a blocking eventfd (the back end needs EFD_NONBLOCK)`);
 }
 
 /**

@@ -28,7 +28,8 @@ export type WrongFdKind =
   | 'directory'
   | 'readonly-file'
   | 'readonly-memfd'
-  | 'char-device';
+  | 'char-device'
+  | 'blocking-eventfd';
 
 /**
  * Opens descriptors of wrong kinds and closes them all at the end. Pipes are
@@ -62,6 +63,8 @@ export class WrongFds {
       }
       case 'char-device':
         return this.keep(openSync('/dev/zero', constants.O_RDWR));
+      case 'blocking-eventfd':
+        return this.keep(native.eventfd(0, false));
     }
   }
 
