@@ -97,6 +97,6 @@ describe('vhost-rt console daemon', () => {
   it('refuses bad flags with one line', async () => {
     const r = await runCli(['console', '--socket-path', join(dir, 'x.sock'), '--ports', 'two']);
     expect(r.code).toBe(2);
-    expect(r.stderr.trim()).toBe('vhost-rt: --ports two: not a whole number');
+    expect(r.stderr.trim()).toBe('vhost-rt console: --ports two: not a whole number');
   });
 });
