@@ -14,6 +14,7 @@
  * notifyIfWaiting, waitWritable) and one thread the consumer side (read,
  * notifyWriterIfWaiting, waitReadable); they may be the same thread.
  */
+import { copyBytes } from './copy.js';
 import { LockError } from './errors.js';
 import { RING, RING_HEADER_BYTES, RING_MAGIC_VALUE, RING_MAX_CAPACITY } from './layout.js';
 
@@ -30,9 +31,6 @@ export interface SpscByteRingOptions {
 /** Period of the keep-alive timer of a sleeping wait: it only has to exist, not fire. */
 const KEEP_ALIVE_MS = 2 ** 30;
 const noop = (): void => {};
-
-/** Copies shorter than this are done byte by byte, so they allocate no subarray view. */
-const SMALL_COPY = 64;
 
 type WaitAsyncResult =
   | { async: false; value: 'not-equal' | 'timed-out' }
@@ -342,21 +340,6 @@ function checkRange(what: string, bytes: Uint8Array, off: number, len: number): 
     throw new RangeError(
       `SpscByteRing.${what}: off ${off} + len ${len} exceeds the array's ${bytes.length} bytes`,
     );
-  }
-}
-
-/** Copies without allocating for short runs; long runs amortise one subarray view. */
-function copyBytes(
-  src: Uint8Array,
-  srcOff: number,
-  dst: Uint8Array,
-  dstOff: number,
-  n: number,
-): void {
-  if (n < SMALL_COPY) {
-    for (let i = 0; i < n; i++) dst[dstOff + i] = src[srcOff + i];
-  } else {
-    dst.set(src.subarray(srcOff, srcOff + n), dstOff);
   }
 }
 

@@ -22,9 +22,10 @@
  * switch: it implements {@link NetBackendPort}, and rings, port numbers and
  * the table stay private to it.
  */
+
+import { copyBytes } from '../locking/copy.js';
 import { native } from '../native.js';
 import type { NetBackendPort } from './backend-port.js';
-import { copyBytes } from './copy.js';
 import { isGroupAddress, MacTable, UNKNOWN_PORT } from './mac-table.js';
 import { PacketRing } from './packet-ring.js';
 

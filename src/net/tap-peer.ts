@@ -12,10 +12,11 @@
  * unsegmented frames, and takes the same from us, which is all the switch's
  * vhost-user ports produce and accept.
  */
+
+import { copyBytes } from '../locking/copy.js';
 import type { StatCounters } from '../locking/index.js';
 import { type FdWatcher, native, POLL_READABLE } from '../native.js';
 import type { NetBackendPort } from './backend-port.js';
-import { copyBytes } from './copy.js';
 import type { PortPeer } from './port-runtime.js';
 
 /** Frames read per wake-up before yielding to the loop. */

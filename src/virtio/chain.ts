@@ -22,13 +22,8 @@
  * shorter than 64 bytes go byte by byte; longer ones pay for one temporary
  * subarray view.
  */
+import { copyBytes } from '../locking/copy.js';
 import type { DescriptorChain } from './descriptor-chain.js';
-
-/**
- * Copies of fewer bytes than this go byte by byte: on SharedArrayBuffer-backed
- * views (guest RAM) a plain loop beats creating a subarray for `set()`.
- */
-const SMALL_COPY = 64;
 
 /** Where one byte of guest memory lives: region index (-1: nowhere) and offset in its buffer. */
 export interface ByteLocation {
@@ -446,19 +441,4 @@ function span(left: number, arrayLength: number, offset: number, length: number)
     throw new RangeError(`copy offset and length must be >= 0, got ${offset} and ${length}`);
   }
   return Math.max(0, Math.min(length, left, arrayLength - offset));
-}
-
-/** Copies `n` bytes from `src[srcOff...]` to `dst[dstOff...]`, without a temporary view when short. */
-function copyBytes(
-  src: Uint8Array,
-  srcOff: number,
-  dst: Uint8Array,
-  dstOff: number,
-  n: number,
-): void {
-  if (n < SMALL_COPY) {
-    for (let i = 0; i < n; i++) dst[dstOff + i] = src[srcOff + i];
-  } else {
-    dst.set(src.subarray(srcOff, srcOff + n), dstOff);
-  }
 }

@@ -4,6 +4,7 @@
  * bounds-checked against the region it lands in: nothing built on this module
  * ever indexes a buffer outside `[mmapOffset, mmapOffset + size)` of a region.
  */
+import { copyBytes } from '../locking/copy.js';
 import { GuestMemoryError, GuestMemoryErrorCode } from './errors.js';
 
 /**
@@ -23,9 +24,6 @@ export interface MemoryRegion {
   /** The mapping of the region's fd, from file offset 0. */
   buffer: SharedArrayBuffer;
 }
-
-/** Copies of at most this many bytes go byte by byte, so they create no temporary views. */
-const SMALL_COPY = 64;
 
 /**
  * Device-side view of guest RAM: a fixed set of regions, immutable once built
@@ -132,7 +130,9 @@ export class GuestMemory {
       const pos = gpa + done;
       const r = this.regionAt(pos);
       const n = Math.min(data.length - done, this.ends[r] - pos);
-      copyBytes(this.bytes[r], this.bufferOffset(r, pos), data, done, n, toGuest);
+      const at = this.bufferOffset(r, pos);
+      if (toGuest) copyBytes(data, done, this.bytes[r], at, n);
+      else copyBytes(this.bytes[r], at, data, done, n);
       done += n;
     }
   }
@@ -201,23 +201,4 @@ function validateRegion(r: MemoryRegion, i: number): void {
 
 function badRegion(i: number, why: string): never {
   throw new GuestMemoryError(GuestMemoryErrorCode.BAD_REGION, `memory region ${i}: ${why}`);
-}
-
-/** Copies n bytes between guest bytes (at `at`) and `data` (at `from`), without temporaries when small. */
-function copyBytes(
-  guest: Uint8Array,
-  at: number,
-  data: Uint8Array,
-  from: number,
-  n: number,
-  toGuest: boolean,
-): void {
-  if (n <= SMALL_COPY) {
-    if (toGuest) for (let k = 0; k < n; k++) guest[at + k] = data[from + k];
-    else for (let k = 0; k < n; k++) data[from + k] = guest[at + k];
-  } else if (toGuest) {
-    guest.set(data.subarray(from, from + n), at);
-  } else {
-    data.set(guest.subarray(at, at + n), from);
-  }
 }
