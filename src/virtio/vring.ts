@@ -155,6 +155,16 @@ export function createVrings(
   return Array.from({ length: count }, (_, i) => new Vring(i, signal, onBroken));
 }
 
+/**
+ * The first `count` rings of `vrings`, for a device model's `activate`: a
+ * RangeError when the transport handed over fewer rings than the device has queues.
+ */
+export function takeVrings(vrings: readonly Vring[], count: number): readonly Vring[] {
+  if (vrings.length < count)
+    throw new RangeError(`the device has ${count} queues but was given ${vrings.length} rings`);
+  return vrings.slice(0, count);
+}
+
 /** Ring `index` of `vrings`, or a RangeError naming the valid range. */
 export function vringAt(vrings: readonly Vring[], index: number): Vring {
   const v = vrings[index];

@@ -21,8 +21,8 @@ import {
   drainQueue,
   type GuestMemory,
   type SplitVirtqueue,
+  takeVrings,
   type Vring,
-  vringAt,
 } from '../../virtio/index.js';
 import { readConfigBytes, type VirtioDeviceModel } from '../device.js';
 import {
@@ -206,7 +206,8 @@ export class BlkDevice implements VirtioDeviceModel {
 
   /** Takes the device's rings, one per queue. */
   activate(vrings: readonly Vring[]): void {
-    for (let i = 0; i < this.queues.length; i++) this.queues[i].vring = vringAt(vrings, i);
+    const rings = takeVrings(vrings, this.queues.length);
+    for (let i = 0; i < rings.length; i++) this.queues[i].vring = rings[i];
   }
 
   /** Installs a new guest memory table; the old one stays referenced until nothing is in flight. */

@@ -18,6 +18,7 @@ import {
   DrainStop,
   drainQueue,
   type GuestMemory,
+  takeVrings,
   type Vring,
   vringAt,
 } from '../../virtio/index.js';
@@ -181,7 +182,7 @@ export class ConsoleDevice implements VirtioDeviceModel<ConsoleCommand> {
 
   /** Takes the device's rings, one per queue. */
   activate(vrings: readonly Vring[]): void {
-    this.queues = Array.from({ length: this.numQueues }, (_, i) => vringAt(vrings, i));
+    this.queues = takeVrings(vrings, this.numQueues);
   }
 
   setMemory(memory: GuestMemory): void {

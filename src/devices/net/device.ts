@@ -31,6 +31,7 @@ import {
   drainQueue,
   type GuestMemory,
   type SplitVirtqueue,
+  takeVrings,
   type Vring,
   vringAt,
 } from '../../virtio/index.js';
@@ -177,7 +178,7 @@ export class NetDevice implements VirtioDeviceModel {
 
   /** Takes the device's rings, one per queue. */
   activate(vrings: readonly Vring[]): void {
-    this.queues = Array.from({ length: this.numQueues }, (_, i) => vringAt(vrings, i));
+    this.queues = takeVrings(vrings, this.numQueues);
   }
 
   setMemory(memory: GuestMemory): void {
