@@ -170,6 +170,7 @@ async function main(): Promise<number> {
     const target = TARGETS.find((t) => t.name === name)!;
     Atomics.store(slots, 1, names.indexOf(name));
     Atomics.store(slots, 3, cli.seed | 0);
+    let nextReport = 60;
     const result = await fuzzTarget(target, {
       seed: cli.seed,
       inputs: cli.inputs,
@@ -177,6 +178,14 @@ async function main(): Promise<number> {
       onCase(index) {
         Atomics.store(slots, 2, index);
         Atomics.add(slots, 0, 1);
+      },
+      onProgress(inputs, elapsed) {
+        if (elapsed < nextReport) return;
+        nextReport += 60;
+        const rate = Math.round(inputs / elapsed);
+        process.stderr.write(
+          `fuzz: ${name}: ${inputs} inputs in ${Math.round(elapsed)} s (${rate}/s)\n`,
+        );
       },
     });
     target.close?.();

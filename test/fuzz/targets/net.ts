@@ -265,7 +265,8 @@ function serveOneFrame(rig: Rig, device: NetDevice, port: FakePort): void {
   );
   const rx = rig.ram.alloc(1526, 2);
   rig.drivers[RX].addChain([{ addr: rx, len: 1526, write: true }]);
-  const incoming = frame(100, 1);
+  // Broadcast: the case may have left a receive filter and another primary MAC behind.
+  const incoming = frame(100, 0);
   port.waiting.push(incoming);
   device.doorbell();
   const used = rig.drivers[RX].popUsed();
