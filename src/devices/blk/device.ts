@@ -341,7 +341,15 @@ export class BlkDevice implements VirtioDeviceModel {
    * readable part after the header. Both go to the engine as iovecs into
    * guest memory (zero copy).
    */
-  private startReadWrite(id: number, op: IoOpCode, sector: number): number {
+  /**
+   * Stages the data part as iovecs and queues the request. When the engine
+   * refuses it (its table of staged ops is full) the staged ops are submitted
+   * and the request is tried once more; a second refusal means the engine's
+   * depth is smaller than the device's request slots (an embedder's
+   * configuration, never the daemon's): the request fails with IOERR instead
+   * of retrying without end.
+   */
+  private startReadWrite(id: number, op: IoOpCode, sector: number, retried = false): number {
     const write = op === IoOp.WRITE;
     // The part the data lives in, positioned at its first byte (again, on a retry).
     const part = write ? this.reader : this.writer;
@@ -362,8 +370,14 @@ export class BlkDevice implements VirtioDeviceModel {
     this.slotDataLen[id] = bytes;
     const first = count === 0 ? firstIov : this.engine.stagedIovs - count;
     if (!this.engine.queueReadWrite(op, offset, first, count, id)) {
+      if (retried) {
+        this.warn(
+          'I/O engine refused a request with all it holds submitted: its depth is below the request slots',
+        );
+        return this.ioError();
+      }
       this.engine.submit();
-      return this.startReadWrite(id, op, sector);
+      return this.startReadWrite(id, op, sector, true);
     }
     return STARTED;
   }
