@@ -33,7 +33,7 @@ export const LAYERS: readonly (readonly string[])[] = [
   /* 4 */ ['chardev'],
   /* 5 */ ['net', 'virtio', 'io', 'logger'],
   /* 6 */ ['thread'],
-  /* 7 */ ['locking', 'rt'],
+  /* 7 */ ['locking', 'rt', 'sockets'],
   /* 8 */ ['native.ts'],
   /* 9 */ ['errors.ts', 'log.ts'],
 ];

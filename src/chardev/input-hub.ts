@@ -4,7 +4,9 @@
  * number of clients may write; their bytes go to `deliver`, and what it
  * cannot take is refused: counted by the caller and announced to the client.
  */
+
 import { POLL_DISCONNECT, POLL_READABLE } from '../native.js';
+import type { SocketPermissions } from '../sockets/listen.js';
 import { StreamPeer, UnixListener, WOULD_BLOCK } from './unix-stream.js';
 
 /** Takes input bytes; returns how many it accepted (the rest is refused). */
@@ -27,8 +29,9 @@ export class InputHub {
     flag: string,
     private readonly deliver: InputDeliver,
     private readonly onRefused: (bytes: number) => void,
+    permissions: SocketPermissions = {},
   ) {
-    this.listener = new UnixListener(path, flag, (fd) => this.attach(fd));
+    this.listener = new UnixListener(path, flag, (fd) => this.attach(fd), permissions);
   }
 
   /** Connected input clients. */

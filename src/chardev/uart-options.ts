@@ -1,6 +1,7 @@
 /** Options of the chardev-socket UART back end (`vhost-rt serial`). */
 import type { RingPolicy } from '../logger/index.js';
 import type { RtOptions } from '../rt/index.js';
+import type { SocketPermissions } from '../sockets/listen.js';
 
 /** The serial back end's sockets, log-ring policy and input budget ({@link SerialWorkerInit}). */
 export interface SerialOptions {
@@ -12,6 +13,8 @@ export interface SerialOptions {
   policy: RingPolicy;
   /** Bytes of host-to-guest input held while QEMU is not taking it. */
   inputBufferBytes: number;
+  /** Mode and group of both sockets (`--socket-mode`, `--socket-group`). */
+  socketPermissions?: SocketPermissions;
 }
 
 /** workerData of a serial worker. */

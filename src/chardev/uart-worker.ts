@@ -37,7 +37,12 @@ class SerialPort {
   ) {
     const o = init.options;
     this.input = new InputBuffer(o.inputBufferBytes);
-    this.listener = new UnixListener(o.socketPath, '--socket-path', (fd) => this.accept(fd));
+    this.listener = new UnixListener(
+      o.socketPath,
+      '--socket-path',
+      (fd) => this.accept(fd),
+      o.socketPermissions,
+    );
     this.inputs =
       o.inputPath === undefined
         ? null
@@ -46,6 +51,7 @@ class SerialPort {
             '--input',
             (b, off, len) => this.queueInput(b, off, len),
             (n) => this.stats.add(PortStat.inputRefused, n),
+            o.socketPermissions,
           );
   }
 

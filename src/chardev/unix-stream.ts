@@ -4,25 +4,13 @@
  * waiting (fds from the addon are O_NONBLOCK; a would-block is a return
  * value, not an exception the caller has to expect).
  */
-import { lstatSync, readSync, unlinkSync, writeSync } from 'node:fs';
-import { ConfigError, classifyErrno } from '../errors.js';
+import { readSync, writeSync } from 'node:fs';
+import { classifyErrno } from '../errors.js';
 import { type FdWatcher, native, POLL_READABLE } from '../native.js';
+import { listenUnix, removeSocket, type SocketPermissions } from '../sockets/listen.js';
 
 /** Returned by {@link StreamPeer.read} / {@link StreamPeer.write} when the socket is not ready. */
 export const WOULD_BLOCK = -1;
-
-/** Removes a stale socket file at `path`; refuses to touch anything that is not a socket. */
-export function clearSocketPath(path: string, flag: string): void {
-  try {
-    if (!lstatSync(path).isSocket()) {
-      throw new ConfigError(`${flag} ${path}: exists and is not a socket`);
-    }
-  } catch (err) {
-    if ((err as { code?: string }).code === 'ENOENT') return;
-    throw err;
-  }
-  unlinkSync(path);
-}
 
 /** A listening socket that hands every accepted fd to `onAccept`. */
 export class UnixListener {
@@ -34,14 +22,9 @@ export class UnixListener {
     readonly path: string,
     flag: string,
     private readonly onAccept: (fd: number) => void,
+    permissions: SocketPermissions = {},
   ) {
-    clearSocketPath(path, flag);
-    try {
-      this.fd = native.unixListen(path, 8);
-    } catch (err) {
-      const code = (err as { code?: string }).code;
-      throw new ConfigError(`${flag} ${path}: cannot listen (${code})`, { cause: err });
-    }
+    this.fd = listenUnix(path, flag, 8, permissions);
     this.watcher = new native.FdWatcher(this.fd, () => this.acceptAll());
     this.watcher.start(POLL_READABLE);
   }
@@ -58,11 +41,7 @@ export class UnixListener {
     this.closed = true;
     this.watcher.close();
     native.close(this.fd);
-    try {
-      unlinkSync(this.path);
-    } catch {
-      // Already removed by someone else: nothing to clean.
-    }
+    removeSocket(this.path);
   }
 }
 

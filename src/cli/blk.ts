@@ -11,6 +11,7 @@ import {
   validateAioThreads,
   validateEngineOptions,
 } from '../io/index.js';
+import type { SocketPermissions } from '../sockets/listen.js';
 import { BlkDeviceSet, type BlkDeviceSpec } from '../worker/blk-service.js';
 import type { CliCommand } from './command.js';
 import {
@@ -19,9 +20,12 @@ import {
   optionalString,
   parseFlags,
   parseRtFlags,
+  parseSocketFlags,
   RT_FLAG_OPTIONS,
   RT_HELP,
   requiredFlag,
+  SOCKET_FLAG_OPTIONS,
+  SOCKET_HELP,
   specToArgs,
 } from './flags.js';
 import { stderrLogger } from './log.js';
@@ -47,6 +51,7 @@ const DEVICE_FLAGS = {
   'aio-threads-policy': { type: 'string' },
   'poll-us': { type: 'string' },
   ...RT_FLAG_OPTIONS,
+  ...SOCKET_FLAG_OPTIONS,
 } as const;
 
 const COMMAND_FLAGS = {
@@ -94,6 +99,7 @@ Device options (as flags for one device, or as key[=value] inside --device):
   --serial ID          answer to VIRTIO_BLK_T_GET_ID, up to 20 bytes (default vhost-rt)
 
 ${RT_HELP}
+${SOCKET_HELP}
 Process options:
   --device SPEC        one more device; flags given outside --device are its defaults
   --single-thread      serve every device from one worker thread (a VMM main loop,
@@ -145,6 +151,7 @@ interface BlkPlan {
   devices: { socketPath: string; spec: BlkDeviceSpec }[];
   singleThread: boolean;
   quiet: boolean;
+  permissions: SocketPermissions;
 }
 
 /** Parses `vhost-rt blk` arguments; exported for tests. */
@@ -167,7 +174,12 @@ export function parseBlkArgs(args: string[]): BlkPlan | 'help' {
   const sockets = new Set(devices.map((d) => d.socketPath));
   if (sockets.size !== devices.length)
     throw new ConfigError('--socket-path: two devices share one socket');
-  return { devices, singleThread: v['single-thread'] === true, quiet: v.quiet === true };
+  return {
+    devices,
+    singleThread: v['single-thread'] === true,
+    quiet: v.quiet === true,
+    permissions: parseSocketFlags(v),
+  };
 }
 
 async function run(argv: string[]): Promise<number> {
@@ -186,6 +198,7 @@ async function run(argv: string[]): Promise<number> {
     plan.devices.map((d, i) => ({ path: d.socketPath, device: set.devices[i].host })),
     log,
     () => set.shutdown(),
+    plan.permissions,
   );
   const service: RunningService = {
     readyLines: () =>

@@ -6,6 +6,7 @@
 import type { ConsolePortOptions } from '../devices/console/options.js';
 import { ConfigError } from '../errors.js';
 import { describeSink, parseRingPolicy } from '../logger/index.js';
+import type { SocketPermissions } from '../sockets/listen.js';
 import { ConsoleService, type ConsoleSpec } from '../worker/console-service.js';
 import type { CliCommand } from './command.js';
 import {
@@ -14,9 +15,12 @@ import {
   optionalString,
   parseFlags,
   parseRtFlags,
+  parseSocketFlags,
   RT_FLAG_OPTIONS,
   RT_HELP,
   requiredFlag,
+  SOCKET_FLAG_OPTIONS,
+  SOCKET_HELP,
 } from './flags.js';
 import { stderrLogger } from './log.js';
 import {
@@ -38,6 +42,7 @@ const FLAGS = {
   'queue-size': { type: 'string' },
   ...LOG_FLAG_OPTIONS,
   ...RT_FLAG_OPTIONS,
+  ...SOCKET_FLAG_OPTIONS,
   quiet: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
@@ -59,6 +64,7 @@ Usage:
 ${LOG_HELP}  (--log and --input belong to port 0, the console)
 
 ${RT_HELP}
+${SOCKET_HELP}
   --quiet              log warnings and errors only
   --help               this text
 
@@ -103,11 +109,12 @@ function portList(v: FlagValues): ConsolePortOptions[] {
 /** Parses `vhost-rt console` arguments; exported for tests. */
 export function parseConsoleArgs(
   args: string[],
-): (ConsoleSpec & { socketPath: string; quiet: boolean }) | 'help' {
+): (ConsoleSpec & { socketPath: string; quiet: boolean; permissions: SocketPermissions }) | 'help' {
   const v = parseFlags('console', args, FLAGS);
   if (v.help === true) return 'help';
   const ports = portList(v);
   const size = parseSize(v.size);
+  const permissions = parseSocketFlags(v);
   return {
     socketPath: requiredFlag('socket-path', v['socket-path']),
     options: {
@@ -119,9 +126,11 @@ export function parseConsoleArgs(
       ringBytes: ringSizeFlag(v['ring-size']),
       inputBufferBytes: inputBufferFlag(v),
       queueSize: integerFlag('queue-size', v['queue-size'], 256),
+      socketPermissions: permissions,
     },
     rt: parseRtFlags(v),
     quiet: v.quiet === true,
+    permissions,
   };
 }
 
@@ -137,6 +146,7 @@ async function run(argv: string[]): Promise<number> {
     [{ path: spec.socketPath, device: service.device }],
     log,
     () => service.shutdown(),
+    spec.permissions,
   );
   const onWinch = () => {
     if (!process.stdout.isTTY) return;

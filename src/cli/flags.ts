@@ -11,6 +11,7 @@ import {
   type RtPolicy,
   validateRtOptions,
 } from '../rt/options.js';
+import { parseSocketGroup, parseSocketMode, type SocketPermissions } from '../sockets/listen.js';
 
 /** Parsed flag values by flag name (without `--`), as `parseArgs` returns them. */
 export type FlagValues = Record<string, string | boolean | string[] | boolean[] | undefined>;
@@ -78,6 +79,28 @@ export const RT_HELP = `Real-time options (apply to the device's worker thread):
   --mlock              lock the guest RAM this device serves (mlock), so the data
                        path never page-faults on it
 `;
+
+/** The socket flags every daemon command accepts (deployment: libvirt's QEMU runs as another user). */
+export const SOCKET_FLAG_OPTIONS = {
+  'socket-mode': { type: 'string' },
+  'socket-group': { type: 'string' },
+} as const;
+
+/** Help text of {@link SOCKET_FLAG_OPTIONS}. */
+export const SOCKET_HELP = `Socket options (every socket the daemon creates: vhost-user, chardev, input):
+  --socket-mode MODE   chmod of the sockets, e.g. 0660
+  --socket-group GROUP chgrp of the sockets, e.g. libvirt-qemu (name or gid)
+`;
+
+/** Reads `--socket-mode` / `--socket-group`. */
+export function parseSocketFlags(v: FlagValues): SocketPermissions {
+  const mode = optionalString(v['socket-mode']);
+  const group = optionalString(v['socket-group']);
+  return {
+    mode: mode === undefined ? undefined : parseSocketMode(mode),
+    gid: group === undefined ? undefined : parseSocketGroup(group),
+  };
+}
 
 /** Reads the RT flags out of parsed values; a value the kernel would refuse is caught later, naming the flag. */
 export function parseRtFlags(v: FlagValues): RtOptions {

@@ -7,6 +7,7 @@ import type { NetOptions, NetPortSpec } from '../devices/net/options.js';
 import { ConfigError } from '../errors.js';
 import { parseMac } from '../net/mac-table.js';
 import { DEFAULT_AGEING_MS, DEFAULT_MAC_CAPACITY } from '../net/switch-port.js';
+import type { SocketPermissions } from '../sockets/listen.js';
 import { describePort, NetSwitch } from '../worker/net-service.js';
 import type { CliCommand } from './command.js';
 import {
@@ -14,8 +15,11 @@ import {
   optionalString,
   parseFlags,
   parseRtFlags,
+  parseSocketFlags,
   RT_FLAG_OPTIONS,
   RT_HELP,
+  SOCKET_FLAG_OPTIONS,
+  SOCKET_HELP,
 } from './flags.js';
 import { stderrLogger } from './log.js';
 import {
@@ -37,6 +41,7 @@ const FLAGS = {
   quiet: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
   ...RT_FLAG_OPTIONS,
+  ...SOCKET_FLAG_OPTIONS,
 } as const;
 
 const HELP = `vhost-rt net — an L2 switch of virtio-net ports over vhost-user
@@ -59,6 +64,7 @@ Options:
   --ageing-ms N        MAC ageing time (default 300000)
 
 ${RT_HELP}
+${SOCKET_HELP}
 Process options:
   --quiet              log warnings and errors only
   --help               this text
@@ -73,6 +79,8 @@ export interface NetPlan {
   ports: NetPortSpec[];
   options: NetOptions;
   quiet: boolean;
+  /** `--socket-mode` / `--socket-group`. */
+  permissions: SocketPermissions;
 }
 
 /** Port `i`'s MAC: the base plus `i` in the low 24 bits. */
@@ -114,6 +122,7 @@ export function parseNetArgs(args: string[]): NetPlan | 'help' {
       rt: parseRtFlags(v),
     },
     quiet: v.quiet === true,
+    permissions: parseSocketFlags(v),
   };
 }
 
@@ -143,6 +152,7 @@ async function run(argv: string[]): Promise<number> {
     ),
     log,
     () => sw.shutdown(),
+    plan.permissions,
   );
   const service: RunningService = {
     readyLines: () =>

@@ -21,9 +21,12 @@ import {
   optionalString,
   parseFlags,
   parseRtFlags,
+  parseSocketFlags,
   RT_FLAG_OPTIONS,
   RT_HELP,
   requiredFlag,
+  SOCKET_FLAG_OPTIONS,
+  SOCKET_HELP,
 } from './flags.js';
 import { stderrLogger } from './log.js';
 import { formatStats, serveUntilSignal } from './service.js';
@@ -101,6 +104,7 @@ const FLAGS = {
   'socket-path': { type: 'string' },
   ...LOG_FLAG_OPTIONS,
   ...RT_FLAG_OPTIONS,
+  ...SOCKET_FLAG_OPTIONS,
   quiet: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
@@ -115,6 +119,7 @@ QEMU side (QEMU connects as the client; reconnect=1 survives a daemon restart):
   --socket-path SOCK   Unix socket QEMU's chardev connects to
 ${LOG_HELP}
 ${RT_HELP}
+${SOCKET_HELP}
   --quiet              log warnings and errors only
   --help               this text
 
@@ -133,6 +138,7 @@ export function parseSerialArgs(args: string[]): (SerialSpec & { quiet: boolean 
       inputPath: optionalString(v.input),
       policy: parseRingPolicy(optionalString(v.policy) ?? 'lossless'),
       inputBufferBytes: inputBufferFlag(v),
+      socketPermissions: parseSocketFlags(v),
     },
     sinks: logSinksFlag(v),
     ringBytes: ringSizeFlag(v['ring-size']),

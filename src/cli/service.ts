@@ -5,6 +5,7 @@
  */
 import type { Logger } from '../log.js';
 import type { ThreadRtState } from '../rt/index.js';
+import type { SocketPermissions } from '../sockets/listen.js';
 import { onWorkerFailure } from '../thread/index.js';
 import type { VhostUserDevice } from '../vhost-user/device-backend.js';
 import { VhostUserServer } from '../vhost-user/server.js';
@@ -75,10 +76,12 @@ export class ServerSet {
     entries: readonly { path: string; device: VhostUserDevice }[],
     log: Logger,
     release: () => Promise<void>,
+    permissions: SocketPermissions = {},
   ): Promise<ServerSet> {
     const servers: VhostUserServer[] = [];
     try {
-      for (const e of entries) servers.push(new VhostUserServer(e.path, e.device, log));
+      for (const e of entries)
+        servers.push(new VhostUserServer(e.path, e.device, log, permissions));
     } catch (err) {
       await Promise.all(servers.map((s) => s.close()));
       await release();

@@ -3,25 +3,12 @@
  * front end waits in the listen backlog until the first has gone and the
  * device has been reset, so a restarted QEMU simply reconnects.
  */
-import { lstatSync, unlinkSync } from 'node:fs';
-import { ConfigError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { type FdWatcher, native, POLL_READABLE } from '../native.js';
+import { listenUnix, removeSocket, type SocketPermissions } from '../sockets/listen.js';
 import { VhostUserBackend } from './backend.js';
 import { VhostUserConnection } from './connection.js';
 import type { VhostUserDevice } from './device-backend.js';
-
-/** Removes a stale socket file; refuses to touch anything that is not a socket. */
-function clearSocketPath(path: string): void {
-  let st: ReturnType<typeof lstatSync>;
-  try {
-    st = lstatSync(path);
-  } catch {
-    return;
-  }
-  if (!st.isSocket()) throw new ConfigError(`--socket-path ${path}: exists and is not a socket`);
-  unlinkSync(path);
-}
 
 /**
  * Listens on `path` (replacing a stale socket file) and serves one front end at a
@@ -39,18 +26,9 @@ export class VhostUserServer {
     readonly path: string,
     private readonly device: VhostUserDevice,
     private readonly log: Logger,
+    permissions: SocketPermissions = {},
   ) {
-    clearSocketPath(path);
-    try {
-      this.listenFd = native.unixListen(path, 4);
-    } catch (err) {
-      throw new ConfigError(
-        `--socket-path ${path}: cannot listen (${(err as { code?: string }).code})`,
-        {
-          cause: err,
-        },
-      );
-    }
+    this.listenFd = listenUnix(path, '--socket-path', 4, permissions);
     this.watcher = new native.FdWatcher(this.listenFd, () => this.accept());
     this.watcher.start(POLL_READABLE);
   }
@@ -80,11 +58,7 @@ export class VhostUserServer {
     this.closed = true;
     this.watcher.close();
     native.close(this.listenFd);
-    try {
-      unlinkSync(this.path);
-    } catch {
-      // Already gone: nothing to clean.
-    }
+    removeSocket(this.path);
     const conn = this.connection;
     if (conn !== null) {
       conn.close('daemon shutting down');

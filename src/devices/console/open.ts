@@ -78,6 +78,7 @@ export function openConsoleDevice(
         `--input (port ${i})`,
         (b, off, len) => queueInput(model, i, b, off, len, env),
         (n) => ports[i].stats.add(PortStat.inputRefused, n),
+        o.socketPermissions,
       ),
     );
   });

@@ -1,5 +1,6 @@
 /** Options of a virtio-console device, as the CLI and embedders give them. */
 import type { RingPolicy, SinkSpec } from '../../logger/index.js';
+import type { SocketPermissions } from '../../sockets/listen.js';
 import { MAX_PORT_NAME_BYTES } from './config.js';
 
 /** One port. Port 0 is the console (hvc0 in a Linux guest). */
@@ -27,6 +28,8 @@ export interface ConsoleOptions {
   inputBufferBytes: number;
   /** Largest ring size a front end may ask for. */
   queueSize: number;
+  /** Mode and group of the ports' input sockets (`--socket-mode`, `--socket-group`). */
+  socketPermissions?: SocketPermissions;
 }
 
 /** What a device worker is given to open one console device. */
