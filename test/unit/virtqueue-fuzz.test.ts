@@ -20,6 +20,7 @@ import {
   VIRTQ_DESC_F_WRITE as WRITE,
 } from '../../src/virtio/split-ring.js';
 import { type SplitQueueConfig, SplitVirtqueue } from '../../src/virtio/virtqueue.js';
+import { Prng } from '../fuzz/prng.js';
 import { DriverQueue, type RawDescriptor } from '../support/driver-queue.js';
 import { GuestRam } from '../support/guest-ram.js';
 
@@ -34,36 +35,6 @@ const LAYOUT = [
   { guestPhysAddr: 0x1000_0000, size: BIG },
 ];
 const QUEUE_SIZE = 16;
-
-/** xorshift32: small, seeded, good enough to pick fuzz cases. */
-class Prng {
-  private state: number;
-
-  constructor(seed: number) {
-    this.state = seed >>> 0 || 1;
-  }
-
-  u32(): number {
-    let x = this.state;
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    this.state = x >>> 0;
-    return this.state;
-  }
-
-  below(n: number): number {
-    return this.u32() % n;
-  }
-
-  chance(p: number): boolean {
-    return this.u32() / 2 ** 32 < p;
-  }
-
-  pick<T>(items: readonly T[]): T {
-    return items[this.below(items.length)];
-  }
-}
 
 /** Guest RAM whose every region sits between guard bytes inside its buffer. */
 function guardedRam(): GuestRam {
