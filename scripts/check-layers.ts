@@ -26,16 +26,17 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
  * ({@link PUBLIC_API}) and may import anything.
  */
 export const LAYERS: readonly (readonly string[])[] = [
-  /* 0 */ ['cli', 'control'],
-  /* 1 */ ['vhost-user'],
-  /* 2 */ ['worker'],
-  /* 3 */ ['devices'],
-  /* 4 */ ['chardev'],
-  /* 5 */ ['net', 'virtio', 'io', 'logger'],
-  /* 6 */ ['thread'],
-  /* 7 */ ['locking', 'rt', 'sockets'],
-  /* 8 */ ['native.ts'],
-  /* 9 */ ['errors.ts', 'log.ts'],
+  /* 0 */ ['cli'],
+  /* 1 */ ['control'],
+  /* 2 */ ['vhost-user'],
+  /* 3 */ ['worker'],
+  /* 4 */ ['devices'],
+  /* 5 */ ['chardev'],
+  /* 6 */ ['net', 'virtio', 'io', 'logger'],
+  /* 7 */ ['thread'],
+  /* 8 */ ['locking', 'rt', 'sockets'],
+  /* 9 */ ['native.ts'],
+  /* 10 */ ['errors.ts', 'log.ts'],
 ];
 
 /**

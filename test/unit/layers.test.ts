@@ -97,7 +97,7 @@ describe('check-layers', () => {
       'src/worker/run.ts ../cli/flags.js',
     ]);
     expect(formatViolation(checkLayers(src)[4])).toBe(
-      "src/worker/run.ts: '../cli/flags.js': worker (layer 2) -> cli (layer 0): imports a higher layer",
+      "src/worker/run.ts: '../cli/flags.js': worker (layer 3) -> cli (layer 0): imports a higher layer",
     );
   });
 
