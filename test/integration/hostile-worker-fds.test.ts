@@ -37,9 +37,10 @@ import { BlkDeviceSet } from '../../src/worker/blk-service.js';
 import type { BrokenRing, DeviceHost } from '../../src/worker/device-host.js';
 import { RingBreak } from '../../src/worker/messages.js';
 import { NetSwitch } from '../../src/worker/net-service.js';
-import { BlkDriver, BlkStatus } from '../frontend/index.js';
+import { BlkDriver } from '../frontend/index.js';
 import { ethFrame, NetDriver } from '../frontend/net-driver.js';
-import { diff, pattern } from '../support/bytes.js';
+import { blkTraffic } from '../support/blk-traffic.js';
+import { pattern } from '../support/bytes.js';
 import { waitFor } from '../support/wait.js';
 
 const KiB = 1024;
@@ -206,21 +207,6 @@ afterEach(() => {
   expect(failures).toEqual([]);
 });
 
-/** Writes and reads back `rounds` patterns; resolves to 'ok' or what went wrong. */
-async function traffic(d: BlkDriver, rounds: number, seed: number): Promise<string> {
-  for (let i = 0; i < rounds; i++) {
-    const data = pattern(seed + i, 8 * KiB);
-    const sector = (i % 32) * 16;
-    const w = await d.write(sector, data);
-    if (w.status !== BlkStatus.OK) return `write ${i}: status ${w.status}`;
-    const r = await d.read(sector, data.length);
-    const same = diff(r.data, data);
-    if (r.status !== BlkStatus.OK || same !== 'equal')
-      return `read ${i}: status ${r.status}, ${same}`;
-  }
-  return d.violations.length > 0 ? d.violations.join('; ') : 'ok';
-}
-
 describe('blk: two devices on two workers, the first handed failing fds', () => {
   let blk: BlkDeviceSet;
   let victim: SabotagedDevice;
@@ -271,7 +257,7 @@ describe('blk: two devices on two workers, the first handed failing fds', () => 
     const d = await BlkDriver.create({ socketPath: sockets[0], requestTimeoutMs: 60_000 });
     let broken: BrokenRing;
     try {
-      const running = traffic(bystander, 20, seed);
+      const running = blkTraffic(bystander, 20, seed, { bytes: 8 * KiB, slots: 32 });
       trigger(d);
       broken = await waitFor(
         () => victim.host.brokenRings.get(0),
@@ -285,7 +271,7 @@ describe('blk: two devices on two workers, the first handed failing fds', () => 
     }
     const fresh = await BlkDriver.create({ socketPath: sockets[0] });
     try {
-      expect(await traffic(fresh, 3, seed + 50)).toBe('ok');
+      expect(await blkTraffic(fresh, 3, seed + 50, { bytes: 8 * KiB, slots: 32 })).toBe('ok');
       expect(victim.host.brokenRings.size).toBe(0);
     } finally {
       await fresh.close();

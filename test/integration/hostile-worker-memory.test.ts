@@ -15,9 +15,10 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { native, projectRoot } from '../../src/native.js';
 import { GUEST_MEMORY_SHRANK as SHRANK } from '../../src/worker/messages.js';
-import { BlkDriver, BlkStatus } from '../frontend/index.js';
+import { BlkDriver } from '../frontend/index.js';
 import { ethFrame, NetDriver } from '../frontend/net-driver.js';
-import { diff, pattern } from '../support/bytes.js';
+import { blkTraffic } from '../support/blk-traffic.js';
+import { pattern } from '../support/bytes.js';
 import { type Daemon, startDaemon } from '../support/daemon.js';
 import { waitFor } from '../support/wait.js';
 
@@ -128,21 +129,6 @@ describe('vhost-rt blk with two devices, one front end shrinking its guest RAM',
     expect(code, log).toBe(0);
   });
 
-  /** Writes and reads back `rounds` patterns; resolves to 'ok' or what went wrong. */
-  async function traffic(d: BlkDriver, rounds: number, seed: number): Promise<string> {
-    for (let i = 0; i < rounds; i++) {
-      const data = pattern(seed + i, 16 * KiB);
-      const sector = (i % 64) * 32;
-      const w = await d.write(sector, data);
-      if (w.status !== BlkStatus.OK) return `write ${i}: status ${w.status}`;
-      const r = await d.read(sector, data.length);
-      const same = diff(r.data, data);
-      if (r.status !== BlkStatus.OK || same !== 'equal')
-        return `read ${i}: status ${r.status}, ${same}`;
-    }
-    return 'ok';
-  }
-
   /** Serves one fresh connection with fresh memory on `socket`: 'ok' or what went wrong. */
   async function freshConnection(socket: string, seed: number): Promise<string> {
     const d = await BlkDriver.create({
@@ -151,7 +137,7 @@ describe('vhost-rt blk with two devices, one front end shrinking its guest RAM',
       heapBytes: MiB,
     });
     try {
-      const result = await traffic(d, 4, seed);
+      const result = await blkTraffic(d, 4, seed, { bytes: 16 * KiB, slots: 64 });
       return d.violations.length > 0 ? d.violations.join('; ') : result;
     } finally {
       await d.close();
@@ -176,9 +162,11 @@ describe('vhost-rt blk with two devices, one front end shrinking its guest RAM',
       requestTimeoutMs: 60_000,
     });
     try {
-      expect(await traffic(victim, 1, seed)).toBe('ok');
+      expect(await blkTraffic(victim, 1, seed, { bytes: 16 * KiB, slots: 64 })).toBe('ok');
       const logged = daemon.log().length;
-      const running = traffic(bystander, 40, seed + 100).catch((e: Error) => e.message);
+      const running = blkTraffic(bystander, 40, seed + 100, { bytes: 16 * KiB, slots: 64 }).catch(
+        (e: Error) => e.message,
+      );
       // The answer (if any) is read from shrunk memory: only the daemon's fate matters.
       victim.post(request).catch(() => undefined);
       victim.vmm.shrinkRegion(0, keep);
