@@ -18,6 +18,7 @@ import {
   type FlagValues,
   integerFlag,
   optionalString,
+  parseControlFlags,
   parseFlags,
   parseRtFlags,
   parseSocketFlags,
@@ -152,6 +153,8 @@ interface BlkPlan {
   singleThread: boolean;
   quiet: boolean;
   permissions: SocketPermissions;
+  /** `--control-socket` and its permissions. */
+  control: ReturnType<typeof parseControlFlags>;
 }
 
 /** Parses `vhost-rt blk` arguments; exported for tests. */
@@ -179,6 +182,7 @@ export function parseBlkArgs(args: string[]): BlkPlan | 'help' {
     singleThread: v['single-thread'] === true,
     quiet: v.quiet === true,
     permissions: parseSocketFlags(v),
+    control: parseControlFlags(v),
   };
 }
 
@@ -220,8 +224,16 @@ async function run(argv: string[]): Promise<number> {
       await servers.close(log);
       await set.shutdown();
     },
+    controlled: set.devices.map((dev, i) => ({
+      kind: 'blk',
+      socketPath: plan.devices[i].socketPath,
+      server: servers.servers[i],
+      host: dev.host,
+      thread: dev.host.thread,
+      stats: () => dev.stats.snapshot(),
+    })),
   };
-  await serveUntilSignal(service, log);
+  await serveUntilSignal(service, log, plan.control);
   return 0;
 }
 

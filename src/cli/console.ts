@@ -13,6 +13,7 @@ import {
   type FlagValues,
   integerFlag,
   optionalString,
+  parseControlFlags,
   parseFlags,
   parseRtFlags,
   parseSocketFlags,
@@ -107,9 +108,14 @@ function portList(v: FlagValues): ConsolePortOptions[] {
 }
 
 /** Parses `vhost-rt console` arguments; exported for tests. */
-export function parseConsoleArgs(
-  args: string[],
-): (ConsoleSpec & { socketPath: string; quiet: boolean; permissions: SocketPermissions }) | 'help' {
+export function parseConsoleArgs(args: string[]):
+  | (ConsoleSpec & {
+      socketPath: string;
+      quiet: boolean;
+      permissions: SocketPermissions;
+      control: ReturnType<typeof parseControlFlags>;
+    })
+  | 'help' {
   const v = parseFlags('console', args, FLAGS);
   if (v.help === true) return 'help';
   const ports = portList(v);
@@ -131,6 +137,7 @@ export function parseConsoleArgs(
     rt: parseRtFlags(v),
     quiet: v.quiet === true,
     permissions,
+    control: parseControlFlags(v),
   };
 }
 
@@ -181,8 +188,20 @@ async function run(argv: string[]): Promise<number> {
         await servers.close(log);
         await service.shutdown();
       },
+      controlled: [
+        {
+          kind: 'console',
+          socketPath: spec.socketPath,
+          server: servers.servers[0],
+          host: service.device,
+          thread: t,
+          stats: () => service.deviceStats.snapshot(),
+          portStats: () => o.ports.map((_, i) => service.portSnapshot(i)),
+        },
+      ],
     },
     log,
+    spec.control,
   );
   return 0;
 }

@@ -84,12 +84,16 @@ export const RT_HELP = `Real-time options (apply to the device's worker thread):
 export const SOCKET_FLAG_OPTIONS = {
   'socket-mode': { type: 'string' },
   'socket-group': { type: 'string' },
+  'control-socket': { type: 'string' },
 } as const;
 
 /** Help text of {@link SOCKET_FLAG_OPTIONS}. */
 export const SOCKET_HELP = `Socket options (every socket the daemon creates: vhost-user, chardev, input):
   --socket-mode MODE   chmod of the sockets, e.g. 0660
   --socket-group GROUP chgrp of the sockets, e.g. libvirt-qemu (name or gid)
+  --control-socket SOCK  a QMP control socket (query-devices, query-stats, quit,
+                       events): socat - UNIX-CONNECT:SOCK, then
+                       {"execute": "qmp_capabilities"}
 `;
 
 /** Reads `--socket-mode` / `--socket-group`. */
@@ -100,6 +104,14 @@ export function parseSocketFlags(v: FlagValues): SocketPermissions {
     mode: mode === undefined ? undefined : parseSocketMode(mode),
     gid: group === undefined ? undefined : parseSocketGroup(group),
   };
+}
+
+/** Reads `--control-socket` with the socket permissions, as serveUntilSignal takes them. */
+export function parseControlFlags(v: FlagValues): {
+  path: string | undefined;
+  permissions: SocketPermissions;
+} {
+  return { path: optionalString(v['control-socket']), permissions: parseSocketFlags(v) };
 }
 
 /** Reads the RT flags out of parsed values; a value the kernel would refuse is caught later, naming the flag. */

@@ -3,6 +3,7 @@
  * vhost-user sockets and, optionally, a TAP uplink; each port on its own
  * worker thread.
  */
+import type { ControlledDevice } from '../control/index.js';
 import type { NetOptions, NetPortSpec } from '../devices/net/options.js';
 import { ConfigError } from '../errors.js';
 import { parseMac } from '../net/mac-table.js';
@@ -13,6 +14,7 @@ import type { CliCommand } from './command.js';
 import {
   integerFlag,
   optionalString,
+  parseControlFlags,
   parseFlags,
   parseRtFlags,
   parseSocketFlags,
@@ -81,6 +83,8 @@ export interface NetPlan {
   quiet: boolean;
   /** `--socket-mode` / `--socket-group`. */
   permissions: SocketPermissions;
+  /** `--control-socket` and its permissions. */
+  control: ReturnType<typeof parseControlFlags>;
 }
 
 /** Port `i`'s MAC: the base plus `i` in the low 24 bits. */
@@ -123,17 +127,42 @@ export function parseNetArgs(args: string[]): NetPlan | 'help' {
     },
     quiet: v.quiet === true,
     permissions: parseSocketFlags(v),
+    control: parseControlFlags(v),
   };
+}
+
+/** A port's counters with the totals the stats line leads with (packets, bytes, drops). */
+function portStats(sw: NetSwitch, port: number): Record<string, number> {
+  const s = sw.snapshot(port);
+  const drops = s.ringDrops + s.malformed + s.rxDropsDown + s.rxDropsBadBuffers + s.rxDropsFull;
+  return { packets: s.txPackets + s.rxPackets, bytes: s.txBytes + s.rxBytes, drops, ...s };
 }
 
 function statsLine(sw: NetSwitch): string {
   return sw.ports
     .map((p) => {
-      const s = sw.snapshot(p.index);
-      const drops = s.ringDrops + s.malformed + s.rxDropsDown + s.rxDropsBadBuffers + s.rxDropsFull;
-      return `[${p.index}] packets=${s.txPackets + s.rxPackets} bytes=${s.txBytes + s.rxBytes} drops=${drops} ${formatStats(s)}`;
+      const { packets, bytes, drops, ...s } = portStats(sw, p.index);
+      return `[${p.index}] packets=${packets} bytes=${bytes} drops=${drops} ${formatStats(s)}`;
     })
     .join(' | ');
+}
+
+/** The ports as the control socket reports them. */
+function controlledPorts(sw: NetSwitch, servers: ServerSet): ControlledDevice[] {
+  return sw.ports.map((p) => {
+    const socketPath = p.spec.kind === 'vhost-user' ? p.spec.socketPath : p.spec.name;
+    return {
+      kind: p.spec.kind === 'vhost-user' ? 'net' : 'tap',
+      socketPath,
+      server:
+        p.spec.kind === 'vhost-user'
+          ? (servers.servers.find((s) => s.path === socketPath) ?? null)
+          : null,
+      host: p.device,
+      thread: p.thread,
+      stats: () => portStats(sw, p.index),
+    };
+  });
 }
 
 async function run(argv: string[]): Promise<number> {
@@ -166,8 +195,9 @@ async function run(argv: string[]): Promise<number> {
       await servers.close(log);
       await sw.shutdown();
     },
+    controlled: controlledPorts(sw, servers),
   };
-  await serveUntilSignal(service, log);
+  await serveUntilSignal(service, log, plan.control);
   return 0;
 }
 

@@ -19,6 +19,7 @@ import {
   type FlagValues,
   integerFlag,
   optionalString,
+  parseControlFlags,
   parseFlags,
   parseRtFlags,
   parseSocketFlags,
@@ -129,7 +130,9 @@ to a file. SIGUSR1 prints the counters; SIGINT/SIGTERM drain the ring and exit.
 `;
 
 /** Parses `vhost-rt serial` arguments; exported for tests. */
-export function parseSerialArgs(args: string[]): (SerialSpec & { quiet: boolean }) | 'help' {
+export function parseSerialArgs(
+  args: string[],
+): (SerialSpec & { quiet: boolean; control: ReturnType<typeof parseControlFlags> }) | 'help' {
   const v = parseFlags('serial', args, FLAGS);
   if (v.help === true) return 'help';
   return {
@@ -144,6 +147,7 @@ export function parseSerialArgs(args: string[]): (SerialSpec & { quiet: boolean 
     ringBytes: ringSizeFlag(v['ring-size']),
     rt: parseRtFlags(v),
     quiet: v.quiet === true,
+    control: parseControlFlags(v),
   };
 }
 
@@ -168,8 +172,19 @@ async function run(argv: string[]): Promise<number> {
       ],
       statsLine: () => formatStats(service.snapshot()),
       close: () => service.shutdown(),
+      controlled: [
+        {
+          kind: 'serial',
+          socketPath: spec.options.socketPath,
+          server: null,
+          host: null,
+          thread: t,
+          stats: () => service.snapshot(),
+        },
+      ],
     },
     log,
+    spec.control,
   );
   return 0;
 }

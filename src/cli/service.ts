@@ -1,8 +1,10 @@
 /**
  * The life of a daemon command: announce readiness, print counters on
- * SIGUSR1, and on SIGINT/SIGTERM stop accepting, complete in-flight work,
+ * SIGUSR1, answer the control socket (--control-socket), and on SIGINT/SIGTERM
+ * (or the control socket's `quit`) stop accepting, complete in-flight work,
  * print the counters and return.
  */
+import { type ControlledDevice, QmpServer } from '../control/index.js';
 import type { Logger } from '../log.js';
 import type { ThreadRtState } from '../rt/index.js';
 import type { SocketPermissions } from '../sockets/listen.js';
@@ -18,6 +20,37 @@ export interface RunningService {
   statsLine(): string;
   /** Stops accepting, completes in-flight requests and releases everything. */
   close(): Promise<void>;
+  /** The devices/ports the control socket reports, in order. */
+  controlled?: readonly ControlledDevice[];
+}
+
+/** Where the control socket listens (`--control-socket`), and its permissions. */
+export interface ControlSocketOptions {
+  /** undefined: no control socket. */
+  path: string | undefined;
+  permissions?: SocketPermissions;
+}
+
+/** Opens the control socket; if it cannot be opened, closes `service` and rethrows. */
+async function openControl(
+  service: RunningService,
+  control: ControlSocketOptions,
+  log: Logger,
+  onQuit: () => void,
+): Promise<QmpServer | null> {
+  if (control.path === undefined) return null;
+  try {
+    return await QmpServer.open({
+      path: control.path,
+      permissions: control.permissions,
+      devices: service.controlled ?? [],
+      log,
+      onQuit,
+    });
+  } catch (err) {
+    await service.close();
+    throw err;
+  }
 }
 
 /** Formats counters as `name=value` pairs. */
@@ -27,20 +60,31 @@ export function formatStats(stats: Record<string, number>): string {
     .join(' ');
 }
 
-/** Runs `service` until SIGINT or SIGTERM. */
-export async function serveUntilSignal(service: RunningService, log: Logger): Promise<void> {
+/**
+ * Runs `service` until SIGINT or SIGTERM (or `quit` on the control socket,
+ * which takes the same stop path and gets DRAIN_COMPLETE before the exit).
+ */
+export async function serveUntilSignal(
+  service: RunningService,
+  log: Logger,
+  control: ControlSocketOptions = { path: undefined },
+): Promise<void> {
+  let stop: (signal: string) => void = () => {};
+  const qmp = await openControl(service, control, log, () => stop('quit (control socket)'));
   for (const line of service.readyLines()) log('info', line);
   const onUsr1 = () => log('info', `stats: ${service.statsLine()}`);
   process.on('SIGUSR1', onUsr1);
   let unwatch: () => void = () => {};
   await new Promise<void>((resolve) => {
     let stopping = false;
-    const stop = (signal: string) => {
+    stop = (signal: string) => {
       if (stopping) return;
       stopping = true;
       log('info', `${signal}: completing in-flight requests`);
-      void service.close().then(() => {
+      void service.close().then(async () => {
         log('info', `stats: ${service.statsLine()}`);
+        qmp?.emit('DRAIN_COMPLETE', {});
+        await qmp?.close();
         resolve();
       });
     };

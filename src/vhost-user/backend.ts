@@ -159,6 +159,11 @@ export class VhostUserBackend {
     return (this.protocolFeatures & featureBit(ProtocolFeature.REPLY_ACK)) !== 0n;
   }
 
+  /** The virtio features the front end set (SET_FEATURES); 0 until then. Read-only view for the control plane. */
+  get negotiatedFeatures(): bigint {
+    return this.features;
+  }
+
   /** The protocol features the front end set (SET_PROTOCOL_FEATURES); 0 until then. */
   get negotiatedProtocolFeatures(): bigint {
     return this.protocolFeatures;

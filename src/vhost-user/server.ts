@@ -10,6 +10,9 @@ import { VhostUserBackend } from './backend.js';
 import { VhostUserConnection } from './connection.js';
 import type { VhostUserDevice } from './device-backend.js';
 
+/** Told when a front end connects (true) or its connection has closed and the device is reset (false). */
+export type FrontendListener = (connected: boolean) => void;
+
 /**
  * Listens on `path` (replacing a stale socket file) and serves one front end at a
  * time with a fresh VhostUserBackend over the same device; `close` removes the socket.
@@ -18,9 +21,12 @@ export class VhostUserServer {
   private readonly listenFd: number;
   private readonly watcher: FdWatcher;
   private connection: VhostUserConnection | null = null;
+  private backend: VhostUserBackend | null = null;
   private closed = false;
   /** Front ends served so far. */
   connections = 0;
+  /** Optional hook for the control plane: front end connected / disconnected. */
+  onFrontend: FrontendListener | null = null;
 
   constructor(
     readonly path: string,
@@ -41,15 +47,30 @@ export class VhostUserServer {
     this.log('info', `front end connected on ${this.path}`);
     // Stop watching while one front end is served; the next waits in the backlog.
     this.watcher.stop();
-    const conn = new VhostUserConnection(fd, new VhostUserBackend(this.device), this.log);
+    const backend = new VhostUserBackend(this.device);
+    const conn = new VhostUserConnection(fd, backend, this.log);
     this.connection = conn;
+    this.backend = backend;
+    this.onFrontend?.(true);
     void conn.done.then(() => {
       this.connection = null;
+      this.backend = null;
+      this.onFrontend?.(false);
       if (!this.closed) {
         this.watcher.start(POLL_READABLE);
         this.accept();
       }
     });
+  }
+
+  /** True while a front end is connected. */
+  get connected(): boolean {
+    return this.connection !== null;
+  }
+
+  /** The virtio features the current front end negotiated (SET_FEATURES); null with no front end. */
+  get negotiatedFeatures(): bigint | null {
+    return this.backend === null ? null : this.backend.negotiatedFeatures;
   }
 
   /** Stops accepting, closes the current connection (completing its I/O) and removes the socket. */

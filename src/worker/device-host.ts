@@ -50,6 +50,9 @@ export interface BrokenRing {
   at: number;
 }
 
+/** Told of every DEVICE_BROKEN event of a device: the queue and what broke it. */
+export type BrokenRingListener = (queue: number, ring: BrokenRing) => void;
+
 /** Where a device tells its driver that the config space changed (vhost-user: BACKEND_REQ). */
 export interface ConfigChangeChannel {
   configChange(): void;
@@ -86,6 +89,8 @@ export class DeviceHost {
   readonly brokenRings = new Map<number, BrokenRing>();
   /** DEVICE_BROKEN events received in all (a ring broken, restarted and broken again counts twice). */
   ringBreaks = 0;
+  /** Optional hook for the control plane, called after each DEVICE_BROKEN is recorded. */
+  onBroken: BrokenRingListener | null = null;
   private channel: ConfigChangeChannel | null = null;
 
   /**
@@ -182,14 +187,13 @@ export class DeviceHost {
         this.channel.configChange();
         this.configChanges++;
         return;
-      case 'device-broken':
+      case 'device-broken': {
         this.ringBreaks++;
-        this.brokenRings.set(event.queue, {
-          code: event.code,
-          reason: event.reason,
-          at: Date.now(),
-        });
+        const ring = { code: event.code, reason: event.reason, at: Date.now() };
+        this.brokenRings.set(event.queue, ring);
         this.log('warn', `queue ${event.queue} broken: ${event.reason} (${event.code})`);
+        this.onBroken?.(event.queue, ring);
+      }
     }
   }
 

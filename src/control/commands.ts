@@ -1,0 +1,183 @@
+/**
+ * The control socket's command table: each command declares its arguments
+ * (checked before it runs, QEMU's wording in the errors) and computes its
+ * reply from what the daemon already holds. Nothing here waits on a worker.
+ */
+import { QmpCommandError } from './errors.js';
+import type { ControlledDevice, ControlVersion } from './types.js';
+
+/** What a command runs against: the daemon's devices, its version, and the way to stop it. */
+export interface CommandContext {
+  devices: readonly ControlledDevice[];
+  version: ControlVersion;
+  /** Asks the daemon to drain and exit, after the reply to this command has been sent. */
+  quit(): void;
+}
+
+/** One argument a command takes. */
+export interface ArgumentSpec {
+  type: 'integer' | 'string' | 'boolean';
+  required: boolean;
+}
+
+/** Checked arguments, by name. */
+export type CommandArguments = Record<string, number | string | boolean | undefined>;
+
+/** One command of the table. */
+export interface CommandSpec {
+  /** What it does, for `query-commands`-style listings and the README. */
+  summary: string;
+  args: Record<string, ArgumentSpec>;
+  run(args: CommandArguments, ctx: CommandContext): unknown;
+}
+
+const DEVICE_ARG = { device: { type: 'integer', required: false } } as const;
+
+/** The devices `args.device` selects: one (checked against the list) or all. */
+function selected(args: CommandArguments, ctx: CommandContext): number[] {
+  const all = ctx.devices.map((_, i) => i);
+  if (args.device === undefined) return all;
+  const i = args.device as number;
+  if (i < 0 || i >= ctx.devices.length)
+    throw new QmpCommandError(
+      'GenericError',
+      `Parameter 'device' must be 0..${ctx.devices.length - 1}, not ${i}`,
+    );
+  return [i];
+}
+
+/** Feature bits as a hex string ("0x150000000"). */
+export function hexFeatures(bits: bigint): string {
+  return `0x${bits.toString(16)}`;
+}
+
+/** One query-devices entry. */
+function describeDevice(d: ControlledDevice, index: number): Record<string, unknown> {
+  const t = d.thread;
+  const negotiated = d.server?.negotiatedFeatures ?? null;
+  return {
+    device: index,
+    kind: d.kind,
+    socket: d.socketPath,
+    connected: d.server === null ? null : d.server.connected,
+    features: negotiated === null ? null : hexFeatures(negotiated),
+    'device-features': d.host === null ? null : hexFeatures(d.host.deviceFeatures),
+    queues: d.host?.numQueues ?? 0,
+    'front-ends-served': d.server?.connections ?? 0,
+    thread: { tid: t.tid, policy: t.policy, priority: t.priority, cpus: [...t.cpus] },
+    'broken-rings': [...(d.host?.brokenRings ?? new Map()).entries()].map(([queue, r]) => ({
+      queue,
+      code: r.code,
+      reason: r.reason,
+      at: r.at,
+    })),
+    'ring-breaks': d.host?.ringBreaks ?? 0,
+  };
+}
+
+/** One query-stats entry. */
+function deviceStats(d: ControlledDevice, index: number): Record<string, unknown> {
+  const entry: Record<string, unknown> = {
+    device: index,
+    kind: d.kind,
+    socket: d.socketPath,
+    stats: d.stats(),
+  };
+  if (d.portStats !== undefined) entry.ports = d.portStats();
+  return entry;
+}
+
+/** The commands the control socket answers (qmp_capabilities is the session's own). */
+export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, CommandSpec>([
+  [
+    'query-version',
+    {
+      summary: "the daemon's version, in QEMU's shape",
+      args: {},
+      run: (_args, ctx) => ({
+        qemu: { major: ctx.version.major, minor: ctx.version.minor, micro: ctx.version.micro },
+        package: ctx.version.package,
+      }),
+    },
+  ],
+  [
+    'query-devices',
+    {
+      summary:
+        'every device/port: kind, socket, connected, negotiated features, queues, worker thread, broken rings',
+      args: DEVICE_ARG,
+      run: (args, ctx) => selected(args, ctx).map((i) => describeDevice(ctx.devices[i], i)),
+    },
+  ],
+  [
+    'query-stats',
+    {
+      summary: 'the counters of the SIGUSR1 stats line, per device/port',
+      args: DEVICE_ARG,
+      run: (args, ctx) => selected(args, ctx).map((i) => deviceStats(ctx.devices[i], i)),
+    },
+  ],
+  [
+    'query-commands',
+    {
+      summary: 'the commands this socket answers',
+      args: {},
+      run: () => [{ name: 'qmp_capabilities' }, ...[...COMMANDS.keys()].map((name) => ({ name }))],
+    },
+  ],
+  [
+    'quit',
+    {
+      summary: 'reply, then drain and exit as SIGTERM does (DRAIN_COMPLETE before exiting)',
+      args: {},
+      run: (_args, ctx) => {
+        ctx.quit();
+        return {};
+      },
+    },
+  ],
+]);
+
+const TYPE_OF: Record<ArgumentSpec['type'], (v: unknown) => boolean> = {
+  integer: (v) => Number.isSafeInteger(v),
+  string: (v) => typeof v === 'string',
+  boolean: (v) => typeof v === 'boolean',
+};
+
+/** Checks `raw` (the `arguments` member, maybe absent) against `spec`, in QEMU's words. */
+export function checkArguments(
+  spec: Record<string, ArgumentSpec>,
+  raw: Record<string, unknown>,
+): CommandArguments {
+  const out: CommandArguments = {};
+  for (const name of Object.keys(raw)) {
+    if (!Object.hasOwn(spec, name))
+      throw new QmpCommandError('GenericError', `Parameter '${name}' is unexpected`);
+  }
+  for (const [name, a] of Object.entries(spec)) {
+    const v = raw[name];
+    if (v === undefined) {
+      if (a.required) throw new QmpCommandError('GenericError', `Parameter '${name}' is missing`);
+      continue;
+    }
+    if (!TYPE_OF[a.type](v))
+      throw new QmpCommandError(
+        'GenericError',
+        `Invalid parameter type for '${name}', expected: ${a.type}`,
+      );
+    out[name] = v as number | string | boolean;
+  }
+  return out;
+}
+
+/** Runs command `name` with raw arguments; throws a {@link QmpCommandError} on refusal. */
+export function executeCommand(
+  name: string,
+  raw: Record<string, unknown>,
+  ctx: CommandContext,
+): unknown {
+  const command = COMMANDS.get(name);
+  if (command === undefined)
+    throw new QmpCommandError('CommandNotFound', `The command ${name} has not been found`);
+  return command.run(checkArguments(command.args, raw), ctx);
+}
