@@ -230,6 +230,7 @@ async function run(argv: string[]): Promise<number> {
       server: servers.servers[i],
       host: dev.host,
       thread: dev.host.thread,
+      setRt: (rt) => dev.host.setRt(rt),
       stats: () => dev.stats.snapshot(),
     })),
   };

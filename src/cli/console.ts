@@ -195,6 +195,7 @@ async function run(argv: string[]): Promise<number> {
           server: servers.servers[0],
           host: service.device,
           thread: t,
+          setRt: (rt) => service.device.setRt(rt),
           stats: () => service.deviceStats.snapshot(),
           portStats: () => o.ports.map((_, i) => service.portSnapshot(i)),
         },

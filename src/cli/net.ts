@@ -151,6 +151,7 @@ function statsLine(sw: NetSwitch): string {
 function controlledPorts(sw: NetSwitch, servers: ServerSet): ControlledDevice[] {
   return sw.ports.map((p) => {
     const socketPath = p.spec.kind === 'vhost-user' ? p.spec.socketPath : p.spec.name;
+    const host = p.device;
     return {
       kind: p.spec.kind === 'vhost-user' ? 'net' : 'tap',
       socketPath,
@@ -160,6 +161,8 @@ function controlledPorts(sw: NetSwitch, servers: ServerSet): ControlledDevice[] 
           : null,
       host: p.device,
       thread: p.thread,
+      // A TAP port's worker is no device worker: it takes no set-rt.
+      setRt: host === null ? undefined : (rt) => host.setRt(rt),
       stats: () => portStats(sw, p.index),
     };
   });

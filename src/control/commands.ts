@@ -1,8 +1,11 @@
 /**
  * The control socket's command table: each command declares its arguments
  * (checked before it runs, QEMU's wording in the errors) and computes its
- * reply from what the daemon already holds. Nothing here waits on a worker.
+ * reply from what the daemon already holds. Only `set-rt` waits on a worker
+ * (it changes the worker thread's scheduling there), and its reply is a promise.
  */
+import { ConfigError } from '../errors.js';
+import { RT_FLAGS, type RtOptions, type RtPolicy, validateRtOptions } from '../rt/options.js';
 import { QmpCommandError } from './errors.js';
 import type { ControlledDevice, ControlVersion } from './types.js';
 
@@ -16,18 +19,19 @@ export interface CommandContext {
 
 /** One argument a command takes. */
 export interface ArgumentSpec {
-  type: 'integer' | 'string' | 'boolean';
+  type: 'integer' | 'string' | 'boolean' | 'integer-list';
   required: boolean;
 }
 
 /** Checked arguments, by name. */
-export type CommandArguments = Record<string, number | string | boolean | undefined>;
+export type CommandArguments = Record<string, number | string | boolean | number[] | undefined>;
 
 /** One command of the table. */
 export interface CommandSpec {
   /** What it does, for `query-commands`-style listings and the README. */
   summary: string;
   args: Record<string, ArgumentSpec>;
+  /** The reply's `return` value, or a promise of it (a command that waits on a worker). */
   run(args: CommandArguments, ctx: CommandContext): unknown;
 }
 
@@ -87,6 +91,55 @@ function deviceStats(d: ControlledDevice, index: number): Record<string, unknown
   return entry;
 }
 
+/**
+ * A ConfigError of rt/options or rt/apply, in the control socket's words:
+ * the CLI flags it names (--rt-priority) become the arguments (priority).
+ */
+function rtError(err: unknown, refused: boolean): unknown {
+  if (!(err instanceof ConfigError)) return err;
+  const names = Object.entries(RT_FLAGS) as [string, string][];
+  const hits = names
+    .map(([name, flag]) => ({ name, at: err.message.indexOf(flag) }))
+    .filter((h) => h.at >= 0)
+    .sort((a, b) => a.at - b.at);
+  let text = err.message;
+  for (const [name, flag] of names) text = text.split(flag).join(name);
+  const which = hits.length > 0 ? `Parameter '${hits[0].name}'` : 'set-rt';
+  const prefix = refused ? `${which} refused` : `${which} is invalid`;
+  return new QmpCommandError('GenericError', `${prefix}: ${text}`, { cause: err });
+}
+
+/** `set-rt`: checks the values, then has the device's worker apply them to its thread. */
+async function setRt(args: CommandArguments, ctx: CommandContext): Promise<unknown> {
+  const [index] = selected(args, ctx); // `device` is required: exactly one
+  const d = ctx.devices[index];
+  if (d.setRt === undefined)
+    throw new QmpCommandError(
+      'GenericError',
+      `set-rt is not supported for this device (device ${index} is a ${d.kind} with no worker of its own)`,
+    );
+  const asked: RtOptions = {};
+  if (args.policy !== undefined) asked.policy = args.policy as RtPolicy;
+  if (args.priority !== undefined) asked.priority = args.priority as number;
+  if (args.cpus !== undefined) asked.cpus = args.cpus as number[];
+  let rt: RtOptions;
+  try {
+    rt = validateRtOptions(asked);
+  } catch (err) {
+    throw rtError(err, false);
+  }
+  try {
+    const t = await d.setRt(rt);
+    return { tid: t.tid, policy: t.policy, priority: t.priority, cpus: [...t.cpus] };
+  } catch (err) {
+    // Errors from the worker arrive as VhostRtErrors with the ConfigError's code.
+    const e = err as Error & { code?: string };
+    if (e.code === 'ERR_CONFIG' && !(err instanceof ConfigError))
+      throw rtError(new ConfigError(e.message), true);
+    throw rtError(err, true);
+  }
+}
+
 /** The commands the control socket answers (qmp_capabilities is the session's own). */
 export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, CommandSpec>([
   [
@@ -126,6 +179,20 @@ export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, Comman
     },
   ],
   [
+    'set-rt',
+    {
+      summary:
+        "change the scheduling (policy, priority, cpus) of the worker thread serving 'device', at run time",
+      args: {
+        device: { type: 'integer', required: true },
+        policy: { type: 'string', required: false },
+        priority: { type: 'integer', required: false },
+        cpus: { type: 'integer-list', required: false },
+      },
+      run: setRt,
+    },
+  ],
+  [
     'quit',
     {
       summary: 'reply, then drain and exit as SIGTERM does (DRAIN_COMPLETE before exiting)',
@@ -142,6 +209,7 @@ const TYPE_OF: Record<ArgumentSpec['type'], (v: unknown) => boolean> = {
   integer: (v) => Number.isSafeInteger(v),
   string: (v) => typeof v === 'string',
   boolean: (v) => typeof v === 'boolean',
+  'integer-list': (v) => Array.isArray(v) && v.every((x) => Number.isSafeInteger(x)),
 };
 
 /** Checks `raw` (the `arguments` member, maybe absent) against `spec`, in QEMU's words. */
@@ -165,12 +233,15 @@ export function checkArguments(
         'GenericError',
         `Invalid parameter type for '${name}', expected: ${a.type}`,
       );
-    out[name] = v as number | string | boolean;
+    out[name] = v as number | string | boolean | number[];
   }
   return out;
 }
 
-/** Runs command `name` with raw arguments; throws a {@link QmpCommandError} on refusal. */
+/**
+ * Runs command `name` with raw arguments; throws a {@link QmpCommandError}
+ * on refusal. The result may be a promise (set-rt), which rejects likewise.
+ */
 export function executeCommand(
   name: string,
   raw: Record<string, unknown>,

@@ -69,6 +69,12 @@ function errorReply(qmpClass: QmpErrorClass, desc: string, id: unknown): Json {
   return reply;
 }
 
+function success(result: unknown, id: unknown): Json {
+  const reply: Json = { return: result ?? {} };
+  if (id !== undefined) reply.id = id;
+  return reply;
+}
+
 /** A listening control socket and its clients. */
 export class QmpServer {
   private readonly sessions = new Set<QmpSession>();
@@ -151,18 +157,28 @@ export class QmpServer {
     return { qemu: { major: v.major, minor: v.minor, micro: v.micro }, package: v.package };
   }
 
-  /** Runs one command for a session; errors become QMP error replies. */
-  execute(name: string, args: Json, id: unknown): Json {
+  /**
+   * Runs one command for a session; errors become QMP error replies. A
+   * command that waits on a worker (set-rt) gives a promise of its reply.
+   */
+  execute(name: string, args: Json, id: unknown): Json | Promise<Json> {
     try {
       const result = executeCommand(name, args, this.context);
-      const reply: Json = { return: result ?? {} };
-      if (id !== undefined) reply.id = id;
-      return reply;
+      if (result instanceof Promise)
+        return result.then(
+          (r) => success(r, id),
+          (err) => this.failure(name, err, id),
+        );
+      return success(result, id);
     } catch (err) {
-      if (err instanceof QmpCommandError) return errorReply(err.qmpClass, err.message, id);
-      this.options.log('warn', `control socket: ${name} failed: ${(err as Error).message}`);
-      return errorReply('GenericError', `${name} failed: ${(err as Error).message}`, id);
+      return this.failure(name, err, id);
     }
+  }
+
+  private failure(name: string, err: unknown, id: unknown): Json {
+    if (err instanceof QmpCommandError) return errorReply(err.qmpClass, err.message, id);
+    this.options.log('warn', `control socket: ${name} failed: ${(err as Error).message}`);
+    return errorReply('GenericError', `${name} failed: ${(err as Error).message}`, id);
   }
 
   /** Logs a control-socket message. */
@@ -202,6 +218,10 @@ class QmpSession {
   private pending = '';
   private pendingBytes = 0;
   private closed = false;
+  /** Replies go out in the order their commands came, even when one waits on a worker. */
+  private replies: Promise<void> = Promise.resolve();
+  /** Replies queued in {@link replies} and not yet sent. */
+  private waiting = 0;
 
   constructor(
     private readonly socket: Socket,
@@ -220,6 +240,21 @@ class QmpSession {
   send(message: Json): void {
     if (this.closed || !this.socket.writable) return;
     this.socket.write(`${JSON.stringify(message)}\r\n`);
+  }
+
+  /** Queues a reply behind those not yet sent (a set-rt still waiting on its worker). */
+  private reply(message: Json | Promise<Json>): void {
+    if (!(message instanceof Promise) && this.waiting === 0) {
+      this.send(message);
+      return;
+    }
+    this.waiting++;
+    this.replies = this.replies
+      .then(() => message)
+      .then((m) => {
+        this.waiting--;
+        this.send(m);
+      });
   }
 
   /** Flushes what was sent and closes the client. */
@@ -265,20 +300,20 @@ class QmpSession {
     try {
       input = JSON.parse(text);
     } catch (err) {
-      this.send(
+      this.reply(
         errorReply('GenericError', `JSON parse error, ${(err as Error).message}`, undefined),
       );
       return;
     }
     if (typeof input !== 'object' || input === null || Array.isArray(input)) {
-      this.send(errorReply('GenericError', 'QMP input must be a JSON object', undefined));
+      this.reply(errorReply('GenericError', 'QMP input must be a JSON object', undefined));
       return;
     }
-    this.send(this.command(input as Json));
+    this.reply(this.command(input as Json));
   }
 
-  /** The reply to one command object. */
-  private command(input: Json): Json {
+  /** The reply to one command object (a promise of it for a command that waits on a worker). */
+  private command(input: Json): Json | Promise<Json> {
     const id = input.id;
     for (const member of Object.keys(input))
       if (!COMMAND_MEMBERS.has(member))

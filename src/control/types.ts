@@ -3,7 +3,7 @@
  * port, built by the CLI from its services. The control socket reads these
  * only when a client asks (DESIGN.md rule 10).
  */
-import type { ThreadRtState } from '../rt/index.js';
+import type { RtOptions, ThreadRtState } from '../rt/index.js';
 import type { VhostUserServer } from '../vhost-user/server.js';
 import type { DeviceHost } from '../worker/device-host.js';
 
@@ -19,6 +19,12 @@ export interface ControlledDevice {
   host: DeviceHost | null;
   /** Scheduling of the thread that serves it. */
   thread: ThreadRtState;
+  /**
+   * Applies validated RT options to the thread that serves it, at run time,
+   * resolving to the thread's new state (which {@link thread} then shows);
+   * absent when its thread cannot be changed so (TAP, serial).
+   */
+  setRt?(rt: RtOptions): Promise<ThreadRtState>;
   /** The counters the SIGUSR1 stats line prints for it. */
   stats(): Record<string, number>;
   /** Per-port counters of a multi-port device (console), in port order. */

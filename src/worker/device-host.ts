@@ -8,7 +8,7 @@
  */
 import type { DeviceDescription, ModelCommand } from '../devices/index.js';
 import type { Logger } from '../log.js';
-import type { ThreadRtState } from '../rt/index.js';
+import type { RtOptions, ThreadRtState } from '../rt/index.js';
 import { WorkerHost } from '../thread/index.js';
 import type { MemoryRegion, SplitQueueConfig } from '../virtio/index.js';
 import type {
@@ -101,7 +101,10 @@ export class DeviceHost {
     private readonly worker: DeviceWorker,
     readonly device: number,
     readonly description: DeviceDescription,
-    /** The scheduling of the thread that serves the device. */
+    /**
+     * The scheduling of the thread that serves the device: one object per
+     * worker, shared by its devices' hosts and updated by {@link setRt}.
+     */
     readonly thread: ThreadRtState,
     private readonly log: Logger = () => {},
   ) {
@@ -172,6 +175,18 @@ export class DeviceHost {
   /** Sends a run-time command to the device model (console resize, ...). */
   command(command: ModelCommand): Promise<unknown> {
     return this.request({ op: 'command', device: this.device, command });
+  }
+
+  /**
+   * Applies `rt` (policy, priority, cpus; validated by the caller) to the
+   * worker thread that serves the device, at run time. Resolves to the
+   * thread's new state, which {@link thread} then holds; rejects with the
+   * worker's error (a ConfigError with the kernel's reason) if refused.
+   */
+  async setRt(rt: RtOptions): Promise<ThreadRtState> {
+    const state = (await this.request({ op: 'set-rt', device: this.device, rt })) as ThreadRtState;
+    Object.assign(this.thread, state);
+    return state;
   }
 
   /** The front end's config-change channel, or null when it has none (or went away). */

@@ -31,7 +31,13 @@ export type DeviceCommand =
   | { op: 'stop-queue'; device: number; index: number }
   | { op: 'read-config'; device: number; offset: number; size: number }
   | { op: 'write-config'; device: number; offset: number; data: Uint8Array }
-  | { op: 'command'; device: number; command: ModelCommand };
+  | { op: 'command'; device: number; command: ModelCommand }
+  /**
+   * Re-applies scheduling (policy, priority, affinity) to the worker thread
+   * that serves the device, at run time; answered with the thread's new
+   * ThreadRtState. In --single-thread mode it moves every device of the worker.
+   */
+  | { op: 'set-rt'; device: number; rt: RtOptions };
 
 /** workerData of a device worker: its devices and the RT options of the thread. */
 export interface DeviceWorkerInit {

@@ -30,7 +30,7 @@ import type { VirtioDeviceModel } from '../devices/index.js';
 import { classifyErrno, VhostRtError } from '../errors.js';
 import type { LogLevel } from '../log.js';
 import { native, POLL_DISCONNECT, POLL_READABLE } from '../native.js';
-import { guestMemoryLockRequested, lockGuestMemory } from '../rt/index.js';
+import { applyRtOptions, guestMemoryLockRequested, lockGuestMemory } from '../rt/index.js';
 import {
   createVrings,
   GuestMemory,
@@ -378,6 +378,9 @@ export class DeviceRuntime {
             `a ${this.device.kind} device takes no commands`,
           );
         return this.device.command(cmd.command);
+      case 'set-rt':
+        // Scheduling is per thread: this moves the thread serving every device of this worker.
+        return applyRtOptions(cmd.rt);
     }
   }
 
