@@ -12,6 +12,7 @@ import {
   validateRtOptions,
 } from '../rt/options.js';
 import { parseSocketGroup, parseSocketMode, type SocketPermissions } from '../sockets/listen.js';
+import { checkPidfile } from './pidfile.js';
 
 /** Parsed flag values by flag name (without `--`), as `parseArgs` returns them. */
 export type FlagValues = Record<string, string | boolean | string[] | boolean[] | undefined>;
@@ -85,6 +86,7 @@ export const SOCKET_FLAG_OPTIONS = {
   'socket-mode': { type: 'string' },
   'socket-group': { type: 'string' },
   'control-socket': { type: 'string' },
+  pidfile: { type: 'string' },
 } as const;
 
 /** Help text of {@link SOCKET_FLAG_OPTIONS}. */
@@ -94,6 +96,8 @@ export const SOCKET_HELP = `Socket options (every socket the daemon creates: vho
   --control-socket SOCK  a QMP control socket (query-devices, query-stats, quit,
                        events): socat - UNIX-CONNECT:SOCK, then
                        {"execute": "qmp_capabilities"}
+  --pidfile PATH       write the daemon's pid to PATH once it is ready, remove it
+                       on exit; refused if PATH names a running process
 `;
 
 /** Reads `--socket-mode` / `--socket-group`. */
@@ -106,12 +110,21 @@ export function parseSocketFlags(v: FlagValues): SocketPermissions {
   };
 }
 
-/** Reads `--control-socket` with the socket permissions, as serveUntilSignal takes them. */
+/**
+ * Reads `--control-socket` with the socket permissions and `--pidfile`, as
+ * serveUntilSignal takes them. A pid file naming a running process is
+ * refused here, before the daemon opens anything.
+ */
 export function parseControlFlags(v: FlagValues): {
   path: string | undefined;
   permissions: SocketPermissions;
+  pidfile: string | undefined;
 } {
-  return { path: optionalString(v['control-socket']), permissions: parseSocketFlags(v) };
+  const pidfile = optionalString(v.pidfile);
+  if (v.pidfile !== undefined && (pidfile === undefined || pidfile === ''))
+    throw new ConfigError('--pidfile needs a path');
+  if (pidfile !== undefined) checkPidfile(pidfile);
+  return { path: optionalString(v['control-socket']), permissions: parseSocketFlags(v), pidfile };
 }
 
 /** Reads the RT flags out of parsed values; a value the kernel would refuse is caught later, naming the flag. */

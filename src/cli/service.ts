@@ -1,5 +1,5 @@
 /**
- * The life of a daemon command: announce readiness, print counters on
+ * The life of a daemon command: announce readiness (and write --pidfile), print counters on
  * SIGUSR1, answer the control socket (--control-socket), and on SIGINT/SIGTERM
  * (or the control socket's `quit`) stop accepting, complete in-flight work,
  * print the counters and return.
@@ -11,6 +11,7 @@ import type { SocketPermissions } from '../sockets/listen.js';
 import { onWorkerFailure } from '../thread/index.js';
 import type { VhostUserDevice } from '../vhost-user/device-backend.js';
 import { VhostUserServer } from '../vhost-user/server.js';
+import { removePidfile, writePidfile } from './pidfile.js';
 
 /** A started daemon command as {@link serveUntilSignal} drives it: ready lines, counters, close. */
 export interface RunningService {
@@ -29,6 +30,8 @@ export interface ControlSocketOptions {
   /** undefined: no control socket. */
   path: string | undefined;
   permissions?: SocketPermissions;
+  /** `--pidfile`: written once ready, removed on exit; undefined: none. */
+  pidfile?: string;
 }
 
 /** Opens the control socket; if it cannot be opened, closes `service` and rethrows. */
@@ -71,6 +74,13 @@ export async function serveUntilSignal(
 ): Promise<void> {
   let stop: (signal: string) => void = () => {};
   const qmp = await openControl(service, control, log, () => stop('quit (control socket)'));
+  try {
+    if (control.pidfile !== undefined) writePidfile(control.pidfile);
+  } catch (err) {
+    await qmp?.close();
+    await service.close();
+    throw err;
+  }
   for (const line of service.readyLines()) log('info', line);
   const onUsr1 = () => log('info', `stats: ${service.statsLine()}`);
   process.on('SIGUSR1', onUsr1);
@@ -101,6 +111,7 @@ export async function serveUntilSignal(
   });
   unwatch();
   process.off('SIGUSR1', onUsr1);
+  if (control.pidfile !== undefined) removePidfile(control.pidfile);
 }
 
 /** "worker tid N policy P priority N cpus L", as every ready line reports a worker thread. */
