@@ -13,6 +13,7 @@ import {
 } from '../io/index.js';
 import type { SocketPermissions } from '../sockets/listen.js';
 import { BlkDeviceSet, type BlkDeviceSpec } from '../worker/blk-service.js';
+import { CAPABILITIES_HELP, printCapabilities, wantsCapabilities } from './capabilities.js';
 import type { CliCommand } from './command.js';
 import {
   type FlagValues,
@@ -41,7 +42,9 @@ import {
 const DEVICE_FLAGS = {
   'socket-path': { type: 'string' },
   image: { type: 'string' },
+  'blk-file': { type: 'string' },
   readonly: { type: 'boolean' },
+  'read-only': { type: 'boolean' },
   queues: { type: 'string' },
   'queue-size': { type: 'string' },
   aio: { type: 'string' },
@@ -73,7 +76,9 @@ Device options (as flags for one device, or as key[=value] inside --device):
   --socket-path SOCK   Unix socket to listen on (a stale socket file is replaced;
                        any other existing file is an error)
   --image FILE         disk image (regular file or block device) to serve
+  --blk-file FILE      the same as --image (vhost-user backend convention)
   --readonly           refuse writes (the guest sees VIRTIO_BLK_F_RO)
+  --read-only          the same as --readonly (vhost-user backend convention)
   --queues N           request queues, 1..64 (default 1)
   --queue-size N       largest ring size, a power of two in 4..1024 (default 256)
   --aio ENGINE         I/O engine (default linux-aio):
@@ -106,7 +111,7 @@ Process options:
   --single-thread      serve every device from one worker thread (a VMM main loop,
                        for comparison); the first device's RT options apply to it
   --quiet              log warnings and errors only
-  --help               this text
+${CAPABILITIES_HELP}  --help               this text
 
 The daemon prints a line containing "ready" once its sockets listen, and on
 SIGINT or SIGTERM completes in-flight requests, removes its sockets and prints
@@ -132,11 +137,20 @@ function engineFlags(
   return o;
 }
 
+/** `--image`, or its alias `--blk-file`; giving both is refused. */
+function imageFlag(v: FlagValues): string {
+  if (v.image !== undefined && v['blk-file'] !== undefined)
+    throw new ConfigError('--image and --blk-file are the same option: give one');
+  return v.image !== undefined
+    ? requiredFlag('image', v.image)
+    : requiredFlag('image', v['blk-file']);
+}
+
 function deviceSpec(v: FlagValues, fallbackSerial: string): BlkDeviceSpec {
   return {
     options: {
-      image: requiredFlag('image', v.image),
-      readonly: v.readonly === true,
+      image: imageFlag(v),
+      readonly: v.readonly === true || v['read-only'] === true,
       queues: integerFlag('queues', v.queues, 1),
       queueSize: integerFlag('queue-size', v['queue-size'], 256),
       ...engineFlags(v),
@@ -187,6 +201,7 @@ export function parseBlkArgs(args: string[]): BlkPlan | 'help' {
 }
 
 async function run(argv: string[]): Promise<number> {
+  if (wantsCapabilities(argv)) return printCapabilities('block');
   const plan = parseBlkArgs(argv);
   if (plan === 'help') {
     process.stdout.write(HELP);

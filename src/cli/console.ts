@@ -8,6 +8,7 @@ import { ConfigError } from '../errors.js';
 import { describeSink, parseRingPolicy } from '../logger/index.js';
 import type { SocketPermissions } from '../sockets/listen.js';
 import { ConsoleService, type ConsoleSpec } from '../worker/console-service.js';
+import { CAPABILITIES_HELP, printCapabilities, wantsCapabilities } from './capabilities.js';
 import type { CliCommand } from './command.js';
 import {
   type FlagValues,
@@ -67,7 +68,7 @@ ${LOG_HELP}  (--log and --input belong to port 0, the console)
 ${RT_HELP}
 ${SOCKET_HELP}
   --quiet              log warnings and errors only
-  --help               this text
+${CAPABILITIES_HELP}  --help               this text
 
 Offers VERSION_1, EVENT_IDX, INDIRECT_DESC, F_SIZE, F_EMERG_WRITE (routed to port 0's
 log) and, with several ports, F_MULTIPORT. SIGUSR1 prints per-port counters
@@ -142,6 +143,7 @@ export function parseConsoleArgs(args: string[]):
 }
 
 async function run(argv: string[]): Promise<number> {
+  if (wantsCapabilities(argv)) return printCapabilities('console');
   const spec = parseConsoleArgs(argv);
   if (spec === 'help') {
     process.stdout.write(HELP);

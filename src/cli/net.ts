@@ -10,6 +10,7 @@ import { parseMac } from '../net/mac-table.js';
 import { DEFAULT_AGEING_MS, DEFAULT_MAC_CAPACITY } from '../net/switch-port.js';
 import type { SocketPermissions } from '../sockets/listen.js';
 import { describePort, NetSwitch } from '../worker/net-service.js';
+import { CAPABILITIES_HELP, printCapabilities, wantsCapabilities } from './capabilities.js';
 import type { CliCommand } from './command.js';
 import {
   integerFlag,
@@ -69,7 +70,7 @@ ${RT_HELP}
 ${SOCKET_HELP}
 Process options:
   --quiet              log warnings and errors only
-  --help               this text
+${CAPABILITIES_HELP}  --help               this text
 
 No checksum or segmentation offloads are offered. The daemon prints a line
 containing "ready" once its sockets listen; SIGUSR1 prints per-port counters
@@ -169,6 +170,7 @@ function controlledPorts(sw: NetSwitch, servers: ServerSet): ControlledDevice[] 
 }
 
 async function run(argv: string[]): Promise<number> {
+  if (wantsCapabilities(argv)) return printCapabilities('net');
   const plan = parseNetArgs(argv);
   if (plan === 'help') {
     process.stdout.write(HELP);
