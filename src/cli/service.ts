@@ -81,11 +81,10 @@ export async function serveUntilSignal(
     await service.close();
     throw err;
   }
-  for (const line of service.readyLines()) log('info', line);
   const onUsr1 = () => log('info', `stats: ${service.statsLine()}`);
   process.on('SIGUSR1', onUsr1);
   let unwatch: () => void = () => {};
-  await new Promise<void>((resolve) => {
+  const stopped = new Promise<void>((resolve) => {
     let stopping = false;
     stop = (signal: string) => {
       if (stopping) return;
@@ -109,6 +108,10 @@ export async function serveUntilSignal(
       stop('worker failure');
     });
   });
+  // Announced only now that the signal handlers are in place: a supervisor that signals the
+  // daemon the moment it reads "ready" gets a drained stop, never the default (killed) one.
+  for (const line of service.readyLines()) log('info', line);
+  await stopped;
   unwatch();
   process.off('SIGUSR1', onUsr1);
   if (control.pidfile !== undefined) removePidfile(control.pidfile);
