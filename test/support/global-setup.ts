@@ -32,7 +32,12 @@ export const TSC_ARGS = [
 /** Runs tsc over the tree; throws with its output when it fails. */
 export function buildTree(): void {
   const tsc = createRequire(join(root, 'package.json')).resolve('typescript/bin/tsc');
-  const run = spawnSync(process.execPath, [tsc, ...TSC_ARGS], { cwd: root, encoding: 'utf8' });
+  // Under flock(1) when it exists: two test runs started together in one tree (or a test
+  // run beside a manual build) would otherwise write dist/ and its build state at once.
+  const command = [process.execPath, tsc, ...TSC_ARGS];
+  const locked = spawnSync('flock', ['--version'], { encoding: 'utf8' }).status === 0;
+  const [file, ...args] = locked ? ['flock', '/tmp/vhost-rt-tsc.lock', ...command] : command;
+  const run = spawnSync(file as string, args, { cwd: root, encoding: 'utf8' });
   if (run.error !== undefined) throw run.error;
   if (run.status !== 0) {
     const output = `${run.stdout}${run.stderr}`.trim();
