@@ -116,6 +116,16 @@ void AioContext::PrepareIocb(Napi::Env env, const BufferTable& table, const doub
   PrepareIovecs(env, table, op, i, iovs, usedIovs);
 }
 
+void AioContext::SetIoprio(struct iocb& cb, uint16_t ioprio) {
+  // 0 (IOPRIO_CLASS_NONE): the submitting thread's own I/O priority applies.
+  // Otherwise the kernel checks the value (ioprio_check_cap: EINVAL for a bad
+  // class or level, EPERM for RT without CAP_SYS_ADMIN / CAP_SYS_NICE) and
+  // gives it to the request (kiocb.ki_ioprio, then bio->bi_ioprio).
+  if (ioprio == 0) return;
+  cb.aio_flags |= IOCB_FLAG_IOPRIO;
+  cb.aio_reqprio = static_cast<int16_t>(ioprio);
+}
+
 Napi::Value AioContext::Submit(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const BufferTable& table = BufferTable::From(env, info[0], "table");
@@ -124,6 +134,19 @@ Napi::Value AioContext::Submit(const Napi::CallbackInfo& info) {
   Napi::Float64Array iovs = ArgFloat64Array(info, 3, "iovs");
   if (ops.ElementLength() < count * kAioOpStride) {
     ThrowRangeError(env, "ops holds fewer than count (" + std::to_string(count) + ") entries");
+  }
+  // Optional: one I/O priority (ioprio_set(2) encoding) per op, 0 = none.
+  const uint16_t* prios = nullptr;
+  if (info.Length() > 4 && !info[4].IsUndefined()) {
+    if (!info[4].IsTypedArray() ||
+        info[4].As<Napi::TypedArray>().TypedArrayType() != napi_uint16_array) {
+      ThrowTypeError(env, "ioprios must be a Uint16Array");
+    }
+    Napi::Uint16Array p = info[4].As<Napi::Uint16Array>();
+    if (p.ElementLength() < count) {
+      ThrowRangeError(env, "ioprios holds fewer than count (" + std::to_string(count) + ") entries");
+    }
+    prios = p.Data();
   }
   if (ctx_ == 0) ThrowErrno(env, "io_submit", EINVAL);
   // Every entry is checked before the one io_submit, so a bad entry means no I/O.
@@ -134,6 +157,7 @@ Napi::Value AioContext::Submit(const Napi::CallbackInfo& info) {
   for (size_t i = 0; i < count; i++) {
     memcpy(op, ops.Data() + i * kAioOpStride, sizeof op);
     PrepareIocb(env, table, op, i, iovs, usedIovs);
+    if (prios != nullptr) SetIoprio(iocbs_[i], prios[i]);
   }
   if (count == 0) return Napi::Number::New(env, 0);
   // Invariant: iocbPtrs_[0..count) point at the iocbs just filled; the kernel

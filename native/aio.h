@@ -25,6 +25,8 @@ class AioContext : public Napi::ObjectWrap<AioContext> {
   /** Fills iocbs_[i] from ops entry `op`; `usedIovs` counts iovecs_ taken so far. */
   void PrepareIocb(Napi::Env env, const BufferTable& table, const double* op, size_t i,
                    const Napi::Float64Array& iovs, size_t& usedIovs);
+  /** Sets IOCB_FLAG_IOPRIO and aio_reqprio on iocbs_[i] when `ioprio` is not 0. */
+  static void SetIoprio(struct iocb& cb, uint16_t ioprio);
   void PrepareIovecs(Napi::Env env, const BufferTable& table, const double* op, size_t i,
                      const Napi::Float64Array& iovs, size_t& usedIovs);
   int DestroyContext();

@@ -1,6 +1,7 @@
 // Real-time knobs of one thread: scheduling policy and priority, CPU affinity,
 // nice value, memory locking. A tid of 0 means the calling thread, as the
 // kernel's own calls take it.
+#include <linux/ioprio.h>
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -13,6 +14,23 @@
 #include "v8_bridge.h"
 
 namespace vhost_rt {
+
+#ifndef SCHED_DEADLINE
+#define SCHED_DEADLINE 6
+#endif
+
+// struct sched_attr of sched_setattr(2) (SCHED_ATTR_SIZE_VER0 layout, the
+// kernel's ABI): <linux/sched/types.h> clashes with glibc's <sched.h>.
+struct sched_attr {
+  uint32_t size;
+  uint32_t sched_policy;
+  uint64_t sched_flags;
+  int32_t sched_nice;
+  uint32_t sched_priority;
+  uint64_t sched_runtime;
+  uint64_t sched_deadline;
+  uint64_t sched_period;
+};
 
 static Napi::Value Gettid(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(gettid()));
@@ -117,7 +135,64 @@ static Napi::Value MlockBuffer(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// SCHED_DEADLINE through sched_setattr(2): runtime, deadline and period in
+// nanoseconds. The kernel checks them (runtime <= deadline <= period, at least
+// 1024 ns, admission control against sched_rt_runtime_us) and refuses with
+// EINVAL / EBUSY / EPERM; policy and validation live in src/rt/deadline.ts.
+static Napi::Value SchedSetAttrDeadline(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  pid_t tid = static_cast<pid_t>(ArgInteger(info, 0, "tid", 0, INT32_MAX));
+  struct sched_attr attr{};
+  attr.size = sizeof attr;
+  attr.sched_policy = SCHED_DEADLINE;
+  attr.sched_runtime = static_cast<uint64_t>(ArgInteger(info, 1, "runtimeNs", 0, kMaxSafeInteger));
+  attr.sched_deadline =
+      static_cast<uint64_t>(ArgInteger(info, 2, "deadlineNs", 0, kMaxSafeInteger));
+  attr.sched_period = static_cast<uint64_t>(ArgInteger(info, 3, "periodNs", 0, kMaxSafeInteger));
+  if (syscall(SYS_sched_setattr, tid, &attr, 0U) < 0) ThrowErrno(env, "sched_setattr", errno);
+  return env.Undefined();
+}
+
+static Napi::Value SchedGetAttr(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  pid_t tid = static_cast<pid_t>(ArgInteger(info, 0, "tid", 0, INT32_MAX));
+  struct sched_attr attr{};
+  if (syscall(SYS_sched_getattr, tid, &attr, sizeof attr, 0U) < 0) {
+    ThrowErrno(env, "sched_getattr", errno);
+  }
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("policy", Napi::Number::New(env, attr.sched_policy));
+  result.Set("runtimeNs", Napi::Number::New(env, static_cast<double>(attr.sched_runtime)));
+  result.Set("deadlineNs", Napi::Number::New(env, static_cast<double>(attr.sched_deadline)));
+  result.Set("periodNs", Napi::Number::New(env, static_cast<double>(attr.sched_period)));
+  return result;
+}
+
+// ioprio_set(IOPRIO_WHO_PROCESS, tid, value): on Linux "process" is one task,
+// so with a tid (0: the caller) this sets one thread's I/O priority.
+static Napi::Value IoprioSet(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto tid = static_cast<int>(ArgInteger(info, 0, "tid", 0, INT32_MAX));
+  auto value = static_cast<int>(ArgInteger(info, 1, "ioprio", 0, 0xffff));
+  if (syscall(SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid, value) < 0) {
+    ThrowErrno(env, "ioprio_set", errno);
+  }
+  return env.Undefined();
+}
+
+static Napi::Value IoprioGet(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto tid = static_cast<int>(ArgInteger(info, 0, "tid", 0, INT32_MAX));
+  long value = syscall(SYS_ioprio_get, IOPRIO_WHO_PROCESS, tid);
+  if (value < 0) ThrowErrno(env, "ioprio_get", errno);
+  return Napi::Number::New(env, static_cast<double>(value));
+}
+
 void InitRt(Napi::Env env, Napi::Object exports) {
+  Export(env, exports, "schedSetAttrDeadline", SchedSetAttrDeadline);
+  Export(env, exports, "schedGetAttr", SchedGetAttr);
+  Export(env, exports, "ioprioSet", IoprioSet);
+  Export(env, exports, "ioprioGet", IoprioGet);
   Export(env, exports, "gettid", Gettid);
   Export(env, exports, "schedSetScheduler", SchedSetScheduler);
   Export(env, exports, "schedGetScheduler", SchedGetScheduler);

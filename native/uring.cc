@@ -179,6 +179,20 @@ struct io_uring_sqe* UringContext::NextSqe(Napi::Env env) {
   return io_uring_get_sqe(&ring_);
 }
 
+const uint16_t* UringContext::IoprioArg(const Napi::CallbackInfo& info, size_t count) {
+  if (info.Length() <= 4 || info[4].IsUndefined()) return nullptr;
+  if (!info[4].IsTypedArray() ||
+      info[4].As<Napi::TypedArray>().TypedArrayType() != napi_uint16_array) {
+    ThrowTypeError(info.Env(), "ioprios must be a Uint16Array");
+  }
+  Napi::Uint16Array p = info[4].As<Napi::Uint16Array>();
+  if (p.ElementLength() < count) {
+    ThrowRangeError(info.Env(),
+                    "ioprios holds fewer than count (" + std::to_string(count) + ") entries");
+  }
+  return p.Data();
+}
+
 Napi::Value UringContext::Submit(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const BufferTable& table = BufferTable::From(env, info[0], "table");
@@ -188,6 +202,7 @@ Napi::Value UringContext::Submit(const Napi::CallbackInfo& info) {
   if (ops.ElementLength() < count * kAioOpStride) {
     ThrowRangeError(env, "ops holds fewer than count (" + std::to_string(count) + ") entries");
   }
+  const uint16_t* prios = IoprioArg(info, count);
   if (!live_) ThrowErrno(env, "io_uring_enter", EBADF);
   // Every entry is checked before anything is queued, so a bad entry means no
   // I/O. Entries are copied first: `ops` may live in a SharedArrayBuffer.
@@ -200,7 +215,11 @@ Napi::Value UringContext::Submit(const Napi::CallbackInfo& info) {
   for (size_t i = 0; i < count; i++) {
     double op[kAioOpStride];
     memcpy(op, ops.Data() + i * kAioOpStride, sizeof op);
-    PrepareSqe(NextSqe(env), op, iovBase_[i]);
+    struct io_uring_sqe* sqe = NextSqe(env);
+    PrepareSqe(sqe, op, iovBase_[i]);
+    // 0: the submitting thread's I/O priority. Otherwise the kernel checks it
+    // (EINVAL / EPERM as a -errno completion) and gives it to the request.
+    if (prios != nullptr) sqe->ioprio = prios[i];
   }
   // One io_uring_enter for the batch (more only when it outgrew the SQ ring).
   SubmitAll(env);

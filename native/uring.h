@@ -29,6 +29,8 @@ class UringContext : public Napi::ObjectWrap<UringContext> {
                const Napi::Float64Array& iovs, size_t& usedIovs);
   /** Fills one SQE from a checked op whose iovecs start at iovecs_[iovBase]. */
   void PrepareSqe(struct io_uring_sqe* sqe, const double* op, size_t iovBase);
+  /** The optional `ioprios` argument (index 4): a Uint16Array of at least `count`, or null. */
+  static const uint16_t* IoprioArg(const Napi::CallbackInfo& info, size_t count);
   /** An SQE, submitting what is queued first when the SQ ring is full. */
   struct io_uring_sqe* NextSqe(Napi::Env env);
   /** io_uring_submit until every queued SQE was consumed by the kernel. */

@@ -75,9 +75,17 @@ export interface AioContext {
    * read from `iovs` (IOV_STRIDE doubles each, indexes into `table`), and hands
    * them to one io_submit. Every iovec is bounds-checked against its buffer before
    * anything is submitted (RangeError otherwise). Returns how many the kernel
-   * took (it may take fewer than `count`); EAGAIN throws.
+   * took (it may take fewer than `count`); EAGAIN throws. `ioprios`, when
+   * given, holds one I/O priority per op (ioprio_set(2) encoding; 0: none),
+   * submitted with IOCB_FLAG_IOPRIO and aio_reqprio.
    */
-  submit(table: BufferTable, ops: Float64Array, count: number, iovs: Float64Array): number;
+  submit(
+    table: BufferTable,
+    ops: Float64Array,
+    count: number,
+    iovs: Float64Array,
+    ioprios?: Uint16Array,
+  ): number;
   /**
    * Reaps up to `max` completions without blocking (io_getevents with min 0).
    * Writes pairs [userData, result] into `out`; result is bytes transferred or
@@ -86,6 +94,14 @@ export interface AioContext {
   getEvents(out: Float64Array, max: number): number;
   /** io_destroy; waits for in-flight iocbs as the kernel does. Idempotent. */
   destroy(): void;
+}
+
+/** A thread's scheduling attributes as `schedGetAttr` reads them (times in ns). */
+export interface SchedAttr {
+  policy: number;
+  runtimeNs: number;
+  deadlineNs: number;
+  periodNs: number;
 }
 
 /**
@@ -243,6 +259,14 @@ export interface NativeBinding {
    * leaves the JS heap alone, which V8 must be able to madvise away.
    */
   mlockBuffer(buffer: SharedArrayBuffer): void;
+  /** sched_setattr(tid, SCHED_DEADLINE, runtime, deadline, period in ns); the kernel validates. */
+  schedSetAttrDeadline(tid: number, runtimeNs: number, deadlineNs: number, periodNs: number): void;
+  /** sched_getattr: the thread's policy and (SCHED_DEADLINE) runtime, deadline, period in ns. */
+  schedGetAttr(tid: number): SchedAttr;
+  /** ioprio_set(IOPRIO_WHO_PROCESS, tid, ioprio): one thread's I/O priority (tid 0: the caller). */
+  ioprioSet(tid: number, ioprio: number): void;
+  /** ioprio_get(IOPRIO_WHO_PROCESS, tid). */
+  ioprioGet(tid: number): number;
 
   // --- io_uring (issue 3) ---
   /**
@@ -263,8 +287,15 @@ export interface NativeBinding {
      * iovecs into native memory, queues one SQE each and submits them with one
      * io_uring_enter. Returns count: an op the kernel refuses completes with
      * -errno. RangeError before anything is queued when an entry is invalid.
+     * `ioprios`, when given, holds one I/O priority per op (sqe->ioprio; 0: none).
      */
-    submit(table: BufferTable, ops: Float64Array, count: number, iovs: Float64Array): number;
+    submit(
+      table: BufferTable,
+      ops: Float64Array,
+      count: number,
+      iovs: Float64Array,
+      ioprios?: Uint16Array,
+    ): number;
     /** Reaps up to `max` CQEs without blocking into [userData, result] pairs. */
     getEvents(out: Float64Array, max: number): number;
     /** Unregisters the eventfd and tears the ring down. Idempotent. */

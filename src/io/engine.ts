@@ -17,10 +17,11 @@ export type IoCompletion = (userData: number, result: number) => void;
 
 /**
  * Names of the engines that `--aio` accepts: Linux AIO, io_uring, a piscina
- * pool of threads doing preadv/pwritev ("threaded AIO"), and preadv/pwritev on
- * the device worker itself (a baseline that blocks the worker).
+ * pool of threads doing preadv/pwritev ("threaded AIO"), preadv/pwritev on
+ * the device worker itself (a baseline that blocks the worker), and `null`
+ * (no I/O at all: reads give zeroes; measures the back end's own overhead).
  */
-export const IO_ENGINE_NAMES = ['linux-aio', 'io_uring', 'threads', 'sync'] as const;
+export const IO_ENGINE_NAMES = ['linux-aio', 'io_uring', 'threads', 'sync', 'null'] as const;
 /** An `--aio` engine name, as `createEngine` takes it. */
 export type IoEngineName = (typeof IO_ENGINE_NAMES)[number];
 
@@ -77,13 +78,19 @@ export interface IoEngine {
   setBuffers(buffers: SharedArrayBuffer[]): void;
   /** Stages one iovec; false when the staging table is full (submit, then retry). */
   addIov(buffer: number, offset: number, length: number): boolean;
-  /** Stages a read or write over iovecs [firstIov, firstIov + iovCount); false when full. */
+  /**
+   * Stages a read or write over iovecs [firstIov, firstIov + iovCount); false
+   * when full. `ioprio` (ioprio_set(2) encoding, src/io/ioprio.ts; 0 or
+   * absent: the thread's own) is the priority the request is submitted with;
+   * a batch that mixes classes is submitted higher classes first.
+   */
   queueReadWrite(
     op: IoOpCode,
     fileOffset: number,
     firstIov: number,
     iovCount: number,
     userData: number,
+    ioprio?: number,
   ): boolean;
   /** Flush, discard or write-zeroes: these run off the worker thread and complete like the rest. */
   queueSlowOp(op: IoOpCode, fileOffset: number, length: number, userData: number): void;

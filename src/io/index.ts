@@ -10,12 +10,15 @@ import {
 } from './engine.js';
 import { UringEngine } from './io-uring.js';
 import { LinuxAioEngine } from './linux-aio.js';
+import { NullEngine } from './null.js';
 import { SyncEngine } from './sync.js';
 import { MAX_AIO_THREADS, ThreadsEngine } from './threads.js';
 
 export * from './engine.js';
 export { SQPOLL_IDLE_MS, URING_CMD, URING_OP, UringEngine, UringSetupError } from './io-uring.js';
+export * from './ioprio.js';
 export { LinuxAioEngine } from './linux-aio.js';
+export { NullEngine } from './null.js';
 export { SyncEngine } from './sync.js';
 export { MAX_AIO_THREADS, ThreadsEngine } from './threads.js';
 
@@ -84,5 +87,7 @@ export function createEngine(name: IoEngineName, options: IoEngineOptions): IoEn
       return new ThreadsEngine(options);
     case 'sync':
       return new SyncEngine(options);
+    case 'null':
+      return new NullEngine(options);
   }
 }

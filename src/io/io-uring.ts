@@ -105,6 +105,7 @@ export class UringEngine extends StagingEngine {
   }
 
   submit(): void {
+    this.orderByClass();
     const count = this.stagedOps;
     if (count > 0) this.submitRange(0, count);
     this.clearStaged();
@@ -117,9 +118,10 @@ export class UringEngine extends StagingEngine {
    */
   private submitRange(first: number, count: number): void {
     const ops = first === 0 ? this.ops : this.ops.subarray(first * AIO_OP_STRIDE);
+    const prios = first === 0 ? this.prios : this.prios.subarray(first);
     try {
       if (this.broken !== 0) throw Object.assign(new Error('ring broken'), { errno: this.broken });
-      this.inFlight += this.ring.submit(this.table, ops, count, this.iovs);
+      this.inFlight += this.ring.submit(this.table, ops, count, this.iovs, prios);
     } catch (err) {
       if (err instanceof RangeError && count > 1) {
         for (let i = 0; i < count; i++) this.submitRange(first + i, 1);

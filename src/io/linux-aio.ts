@@ -52,6 +52,7 @@ export class LinuxAioEngine extends StagingEngine {
   }
 
   submit(): void {
+    this.orderByClass();
     let first = 0;
     while (first < this.stagedOps) first += this.submitFrom(first);
     this.clearStaged();
@@ -66,8 +67,9 @@ export class LinuxAioEngine extends StagingEngine {
    */
   private submitFrom(first: number, limit = this.stagedOps - first): number {
     const ops = first === 0 ? this.ops : this.ops.subarray(first * AIO_OP_STRIDE);
+    const prios = first === 0 ? this.prios : this.prios.subarray(first);
     try {
-      const n = this.ctx.submit(this.table, ops, limit, this.iovs);
+      const n = this.ctx.submit(this.table, ops, limit, this.iovs, prios);
       this.inFlight += n;
       if (n > 0) return n;
       this.failOp(first, Errno.EAGAIN);

@@ -14,6 +14,7 @@ import {
   type IoOpCode,
 } from './engine.js';
 import { closeImage, type OpenImage, openImage } from './image.js';
+import { CLASS_RANK, CLASS_RANKS, ioprioClass } from './ioprio.js';
 
 /** errno values the engines hand back themselves. */
 export const Errno = { EIO: 5, EBADF: 9, EAGAIN: 11, EINVAL: 22 } as const;
@@ -50,6 +51,15 @@ export abstract class StagingEngine implements IoEngine {
   protected readonly ops: Float64Array;
   protected readonly maxOps: number;
   protected stagedOps = 0;
+  /** I/O priority of each staged op (ioprio_set(2) encoding; 0: the thread's own). */
+  protected readonly prios: Uint16Array;
+  /** Bit per {@link CLASS_RANK} staged since the last submit: more than one bit means reorder. */
+  private rankMask = 0;
+  /** Where a mixed batch is reordered (allocated once). */
+  private readonly scratchOps: Float64Array;
+  private readonly scratchPrios: Uint16Array;
+  /** Batches whose ops were reordered so that higher I/O classes go first. */
+  reorderedBatches = 0;
   /** Reaped [userData, result] pairs, reused by every reap. */
   private readonly events = new Float64Array(REAP_BATCH * 2);
   /**
@@ -69,6 +79,9 @@ export abstract class StagingEngine implements IoEngine {
     this.maxOps = options.depth;
     this.iovs = new Float64Array(options.maxIovs * IOV_STRIDE);
     this.ops = new Float64Array(options.depth * AIO_OP_STRIDE);
+    this.prios = new Uint16Array(options.depth);
+    this.scratchOps = new Float64Array(options.depth * AIO_OP_STRIDE);
+    this.scratchPrios = new Uint16Array(options.depth);
   }
 
   abstract setBuffers(buffers: SharedArrayBuffer[]): void;
@@ -91,10 +104,11 @@ export abstract class StagingEngine implements IoEngine {
     firstIov: number,
     iovCount: number,
     userData: number,
+    ioprio = 0,
   ): boolean {
     const cmd = op === IoOp.WRITE ? AIO_CMD.PWRITEV : AIO_CMD.PREADV;
     const fd = this.fdFor(fileOffset, firstIov, iovCount);
-    return this.stageOp(cmd, fd, fileOffset, firstIov, iovCount, userData);
+    return this.stageOp(cmd, fd, fileOffset, firstIov, iovCount, userData, ioprio);
   }
 
   /** Appends one op entry; false when staged plus in-flight ops would exceed the depth. */
@@ -105,8 +119,11 @@ export abstract class StagingEngine implements IoEngine {
     a: number,
     b: number,
     userData: number,
+    ioprio = 0,
   ): boolean {
     if (this.stagedOps + this.inFlight >= this.maxOps) return false;
+    this.prios[this.stagedOps] = ioprio;
+    this.rankMask |= 1 << CLASS_RANK[ioprioClass(ioprio)];
     const o = this.stagedOps * AIO_OP_STRIDE;
     this.ops[o + AIO_OP.opcode] = cmd;
     this.ops[o + AIO_OP.fd] = fd;
@@ -166,10 +183,44 @@ export abstract class StagingEngine implements IoEngine {
     return reaped;
   }
 
+  /**
+   * When the staged batch mixes I/O classes, reorders its ops (a stable
+   * partition by class: RT, then BE and none, then idle) so the disk queue
+   * sees the higher classes first. Nothing happens — not even a loop — for a
+   * batch of one class, e.g. every batch at QD1. Iovec indexes travel with
+   * their ops, so the iovec table stays as it is. Engines call it first thing
+   * in submit.
+   */
+  protected orderByClass(): void {
+    const mask = this.rankMask;
+    if ((mask & (mask - 1)) === 0) return;
+    const n = this.stagedOps;
+    const S = AIO_OP_STRIDE;
+    const ops = this.ops;
+    const prios = this.prios;
+    const so = this.scratchOps;
+    const sp = this.scratchPrios;
+    let out = 0;
+    for (let rank = 0; rank < CLASS_RANKS; rank++) {
+      if ((mask & (1 << rank)) === 0) continue;
+      for (let i = 0; i < n; i++) {
+        if (CLASS_RANK[ioprioClass(prios[i])] !== rank) continue;
+        for (let k = 0; k < S; k++) so[out * S + k] = ops[i * S + k];
+        sp[out++] = prios[i];
+      }
+    }
+    // Copied back by hand: a subarray() view would allocate.
+    for (let j = 0; j < n * S; j++) ops[j] = so[j];
+    for (let j = 0; j < n; j++) prios[j] = sp[j];
+    this.rankMask = 0;
+    this.reorderedBatches++;
+  }
+
   /** Forgets what is staged (after a submit). */
   protected clearStaged(): void {
     this.stagedOps = 0;
     this.stagedIovs = 0;
+    this.rankMask = 0;
   }
 
   onComplete(handler: IoCompletion, batchDone: () => void): void {

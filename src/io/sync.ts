@@ -17,6 +17,8 @@ export class SyncEngine extends StagingEngine {
   private readonly table: BufferTable = new native.BufferTable();
   /** [userData, result] pairs of the batch being submitted, delivered after its last I/O. */
   private readonly results: Float64Array;
+  /** The I/O priority last set on this (the worker) thread. */
+  private ioprio = 0;
 
   constructor(options: ConstructorParameters<typeof StagingEngine>[0]) {
     super(options);
@@ -39,6 +41,7 @@ export class SyncEngine extends StagingEngine {
   }
 
   submit(): void {
+    this.orderByClass();
     const count = this.stagedOps;
     const r = this.results;
     for (let i = 0; i < count; i++) {
@@ -51,14 +54,23 @@ export class SyncEngine extends StagingEngine {
     if (count > 0) this.batchDone();
   }
 
-  /** One blocking preadv / pwritev; bytes transferred or -errno. */
+  /**
+   * One blocking preadv / pwritev; bytes transferred or -errno. The request's
+   * I/O priority is set on the worker thread itself (ioprio_set) when it
+   * differs from the last one.
+   */
   private run(o: number): number {
     const ops = this.ops;
+    const ioprio = this.prios[o / AIO_OP_STRIDE];
     const fd = ops[o + AIO_OP.fd];
     const first = ops[o + AIO_OP.firstIov];
     const count = ops[o + AIO_OP.iovCount];
     const offset = ops[o + AIO_OP.offset];
     try {
+      if (ioprio !== this.ioprio) {
+        native.ioprioSet(0, ioprio);
+        this.ioprio = ioprio;
+      }
       return ops[o + AIO_OP.opcode] === AIO_CMD.PWRITEV
         ? native.pwritev(fd, this.table, this.iovs, first, count, offset)
         : native.preadv(fd, this.table, this.iovs, first, count, offset);

@@ -19,6 +19,13 @@ export interface ThreadTask {
   offset: number;
   /** READ / WRITE: IOV_STRIDE doubles per iovec. */
   iovs?: Float64Array;
+  /**
+   * READ / WRITE: the request's I/O priority (0: none). The pool thread sets
+   * it on itself with ioprio_set(IOPRIO_WHO_PROCESS, its tid) before the
+   * preadv / pwritev whenever it differs from the last one it set: a thread
+   * is one task to the kernel, so its I/O priority is its own.
+   */
+  ioprio?: number;
   /** DISCARD / WRITE_ZEROES: fallocate mode and length. */
   mode?: number;
   length?: number;

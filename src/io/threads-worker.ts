@@ -46,10 +46,18 @@ function flush(fd: number): Promise<number> {
   });
 }
 
+/** The I/O priority this pool thread last set on itself (0: none, the default). */
+let currentIoprio = 0;
+
 function readWrite(task: ThreadTask): number {
   const iovs = task.iovs ?? new Float64Array(0);
   const count = iovs.length / 3;
   try {
+    const ioprio = task.ioprio ?? 0;
+    if (ioprio !== currentIoprio) {
+      native.ioprioSet(0, ioprio);
+      currentIoprio = ioprio;
+    }
     return task.op === IoOp.WRITE
       ? native.pwritev(task.fd, table, iovs, 0, count, task.offset)
       : native.preadv(task.fd, table, iovs, 0, count, task.offset);

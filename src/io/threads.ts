@@ -142,12 +142,14 @@ export class ThreadsEngine extends StagingEngine {
   }
 
   submit(): void {
-    for (let i = 0; i < this.stagedOps; i++) this.sendStaged(i * AIO_OP_STRIDE);
+    this.orderByClass();
+    for (let i = 0; i < this.stagedOps; i++) this.sendStaged(i);
     this.clearStaged();
   }
 
   /** Copies one staged op's iovecs into its task: the staging table is reused at once. */
-  private sendStaged(o: number): void {
+  private sendStaged(index: number): void {
+    const o = index * AIO_OP_STRIDE;
     const ops = this.ops;
     const first = ops[o + AIO_OP.firstIov] * IOV_STRIDE;
     const iovs = this.iovs.slice(first, first + ops[o + AIO_OP.iovCount] * IOV_STRIDE);
@@ -158,6 +160,7 @@ export class ThreadsEngine extends StagingEngine {
       fd: ops[o + AIO_OP.fd],
       offset: ops[o + AIO_OP.offset],
       iovs,
+      ioprio: this.prios[index],
     };
     this.send(task, ops[o + AIO_OP.userData]);
   }

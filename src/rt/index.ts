@@ -30,4 +30,4 @@ export {
   type RtPolicy,
   validateRtOptions,
 } from './options.js';
-export { GUEST_PRIORITY_MAX, mapGuestPriority } from './priority.js';
+export { GUEST_PRIORITY_MAX, mapGuestPriority, scalePriority } from './priority.js';

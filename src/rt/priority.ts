@@ -17,11 +17,25 @@ export const GUEST_PRIORITY_MAX = 99;
 export function mapGuestPriority(pGuest: number, pMax: number): number {
   checkPriority('pGuest', pGuest, 0, GUEST_PRIORITY_MAX);
   checkPriority('pMax', pMax, 1, RT_PRIORITY_MAX);
-  return Math.floor((pGuest * pMax) / GUEST_PRIORITY_MAX);
+  return scalePriority(pGuest, pMax, GUEST_PRIORITY_MAX);
+}
+
+/**
+ * The same formula over any range: ⌊pGuest · pMax / guestMax⌋, for guest
+ * priorities 0..guestMax (higher = more urgent) under a host ceiling
+ * 0..guestMax. Used for I/O priority levels (src/io/ioprio.ts: guestMax 7,
+ * priority 7 − level), where the guest's levels in the ceiling's class are
+ * squeezed under the ceiling with their order kept. Throws RangeError.
+ */
+export function scalePriority(pGuest: number, pMax: number, guestMax: number): number {
+  checkPriority('guestMax', guestMax, 1, GUEST_PRIORITY_MAX);
+  checkPriority('pGuest', pGuest, 0, guestMax);
+  checkPriority('pMax', pMax, 0, guestMax);
+  return Math.floor((pGuest * pMax) / guestMax);
 }
 
 function checkPriority(name: string, value: number, min: number, max: number): void {
   if (!Number.isInteger(value) || value < min || value > max) {
-    throw new RangeError(`mapGuestPriority: ${name} ${value} is outside ${min}..${max}`);
+    throw new RangeError(`guest priority mapping: ${name} ${value} is outside ${min}..${max}`);
   }
 }
