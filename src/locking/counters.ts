@@ -125,17 +125,11 @@ export class StatCounters {
    */
   beginBatch(): void {
     if (this.#depth++ > 0) return;
-    const seq = Atomics.load(this.#slots, COUNTERS.SEQ);
-    // Seqlock write entry: making the sequence odd is seq-cst, so it is
-    // ordered before the counter stores that follow; readers that load an
-    // odd sequence, or a different one after their reads, retry. The CAS
-    // (rather than a store) catches a second writer that overlaps us.
-    if (
-      (seq & 1) !== 0 ||
-      Atomics.compareExchange(this.#slots, COUNTERS.SEQ, seq, seq + 1) !== seq
-    ) {
+    try {
+      seqlockWriteBegin(this.#slots, COUNTERS.SEQ, 'StatCounters');
+    } catch (err) {
       this.#depth = 0;
-      throw new LockError('COUNTERS_SECOND_WRITER', 'StatCounters: another thread is updating');
+      throw err;
     }
   }
 
@@ -144,10 +138,7 @@ export class StatCounters {
     if (this.#depth === 0)
       throw new LockError('LOCK_NOT_HELD', 'StatCounters.endBatch: no batch open');
     if (--this.#depth > 0) return;
-    // Seqlock write exit: the counter stores above are seq-cst and precede
-    // this store making the sequence even again, so a reader that sees the
-    // same even value before and after its reads saw none of them half-done.
-    Atomics.add(this.#slots, COUNTERS.SEQ, 1);
+    seqlockWriteEnd(this.#slots, COUNTERS.SEQ);
   }
 
   /** Any thread: the current value of counter `index`. Never torn. */
@@ -173,27 +164,12 @@ export class StatCounters {
     return out;
   }
 
-  /** Seqlock read entry: an even sequence, waiting out a writer mid-update. */
   #readBegin(): number {
-    let stuck = 0;
-    let last = 0;
-    for (;;) {
-      // Seq-cst load: ordered before the counter loads that follow it.
-      const seq = Atomics.load(this.#slots, COUNTERS.SEQ);
-      if ((seq & 1) === 0) return seq;
-      // Only the same odd value over and over means a stalled writer; a
-      // changing one is a live writer between batches, and we just retry.
-      stuck = seq === last ? stuck + 1 : 0;
-      last = seq;
-      backOff(stuck);
-    }
+    return seqlockReadBegin(this.#slots, COUNTERS.SEQ, 'StatCounters');
   }
 
-  /** Seqlock read exit: true when no update overlapped the reads since `before`. */
   #readValid(before: number): boolean {
-    // Seq-cst load: ordered after the counter loads above it. Unchanged and
-    // even means no writer section overlapped them.
-    return Atomics.load(this.#slots, COUNTERS.SEQ) === before;
+    return seqlockReadValid(this.#slots, COUNTERS.SEQ, before);
   }
 
   #load(index: number): number {
@@ -234,11 +210,61 @@ function checkNames(names: readonly string[]): void {
   }
 }
 
+/**
+ * Seqlock write entry on `slots[seq]` (the one writer opens an update
+ * section). Making the sequence odd is seq-cst, so it is ordered before the
+ * Atomics stores of the section; readers that load an odd sequence, or a
+ * different one after their reads, retry. The CAS (rather than a store)
+ * catches a second writer that overlaps us: a LockError naming `who`.
+ */
+export function seqlockWriteBegin(slots: Int32Array, seq: number, who: string): void {
+  const s = Atomics.load(slots, seq);
+  if ((s & 1) !== 0 || Atomics.compareExchange(slots, seq, s, s + 1) !== s) {
+    throw new LockError('COUNTERS_SECOND_WRITER', `${who}: another thread is updating`);
+  }
+}
+
+/**
+ * Seqlock write exit: the section's Atomics stores are seq-cst and precede
+ * this increment making the sequence even again, so a reader that sees the
+ * same even value before and after its reads saw none of them half-done.
+ */
+export function seqlockWriteEnd(slots: Int32Array, seq: number): void {
+  Atomics.add(slots, seq, 1);
+}
+
+/**
+ * Seqlock read entry: an even sequence, waiting out a writer mid-update
+ * (spinning, then sleeping 1 ms per try; a LockError COUNTERS_BUSY naming
+ * `who` when the writer seems dead).
+ */
+export function seqlockReadBegin(slots: Int32Array, seq: number, who: string): number {
+  let stuck = 0;
+  let last = 0;
+  for (;;) {
+    // Seq-cst load: ordered before the Atomics loads of the data that follow it.
+    const s = Atomics.load(slots, seq);
+    if ((s & 1) === 0) return s;
+    // Only the same odd value over and over means a stalled writer; a
+    // changing one is a live writer between batches, and we just retry.
+    stuck = s === last ? stuck + 1 : 0;
+    last = s;
+    backOff(stuck, who);
+  }
+}
+
+/** Seqlock read exit: true when no update section overlapped the reads since `before`. */
+export function seqlockReadValid(slots: Int32Array, seq: number, before: number): boolean {
+  // Seq-cst load: ordered after the data loads above it. Unchanged and even
+  // means no writer section overlapped them.
+  return Atomics.load(slots, seq) === before;
+}
+
 /** Spin a while, then sleep 1 ms per try; give up when the writer seems dead. */
-function backOff(stuck: number): void {
+function backOff(stuck: number, who: string): void {
   if (stuck < READ_SPINS) return;
   if (stuck >= READ_SPINS + READ_SLEEPS) {
-    throw new LockError('COUNTERS_BUSY', 'StatCounters: the writer has been mid-update for 1 s');
+    throw new LockError('COUNTERS_BUSY', `${who}: the writer has been mid-update for 1 s`);
   }
   // Nothing orders against this wait: it is a sleep (the value never changes, no one notifies).
   Atomics.wait(sleepCell, 0, 0, 1);

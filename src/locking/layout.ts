@@ -118,3 +118,67 @@ export const PACKET_RING_HEADER_BYTES = 3 * CACHE_LINE_BYTES;
 export const PACKET_RING_MIN_CAPACITY = 4096;
 /** Largest data area (256 MiB): far below the 2^31 that free-running u32 indexes allow. */
 export const PACKET_RING_MAX_CAPACITY = 2 ** 28;
+
+// ─────────────────────────── LatencyHistograms (src/locking/histogram.ts) ───────────────────────────
+// A block of `series` log-linear latency histograms (one per queue of a
+// device) written by ONE thread — the device worker, once per batch, under a
+// seqlock — and read by the main thread only when scraped or queried. Line 0
+// is the header (the sequence, written by the writer, then immutable words);
+// each series starts on a cache line of its own, so a reader copying one
+// series never shares a line with the header's sequence word more than once.
+// Every count and sum is 64 bits as two Int32 halves {LO, HI} (LO unsigned,
+// stored as int32), like StatCounters.
+
+/** Written at create; attach() refuses buffers without it. ASCII 'HIST'. */
+export const HISTOGRAM_MAGIC_VALUE = 0x48495354;
+/**
+ * Sub-buckets per power of two (2^3): a bucket's width is at most 1/8 of its
+ * lower bound, so a percentile read from the buckets is within 12.5 %.
+ */
+export const HISTOGRAM_SUB_BUCKET_BITS = 3;
+/** log2 of the first bucket's upper bound in nanoseconds: 2^10 ns = 1.024 µs. */
+export const HISTOGRAM_MIN_EXPONENT = 10;
+/** log2 of the last finite upper bound in nanoseconds: 2^30 ns = 1.074 s. */
+export const HISTOGRAM_MAX_EXPONENT = 30;
+/**
+ * Buckets per series: one for [0, 1.024 µs], 8 per power of two up to
+ * 2^30 ns, one overflow bucket (+Inf).
+ */
+export const HISTOGRAM_BUCKETS =
+  2 + (HISTOGRAM_MAX_EXPONENT - HISTOGRAM_MIN_EXPONENT) * (1 << HISTOGRAM_SUB_BUCKET_BITS);
+/** Int32 slot indexes of a LatencyHistograms block. */
+export const HISTOGRAM = {
+  /** Line 0, writer: seqlock sequence, even = stable, odd = the writer is publishing a batch. */
+  SEQ: 0,
+  /** Line 0, immutable: {@link HISTOGRAM_MAGIC_VALUE}. */
+  MAGIC: 1,
+  /** Line 0, immutable: number of series (queues). */
+  SERIES: 2,
+  /** Line 0, immutable: {@link HISTOGRAM_BUCKETS}, checked by attach(). */
+  BUCKETS: 3,
+  /** First series: series s starts at FIRST + s * seriesStride(). */
+  FIRST: LINE,
+  /** Within a series: bucket b's count at BUCKET + b * 2 + {LO, HI} (not cumulative). */
+  BUCKET: 0,
+  /** Within a series, after the buckets: sum of every recorded value, nanoseconds. */
+  SUM: HISTOGRAM_BUCKETS * 2,
+  /** Within a series: values recorded above the series' target (latency-target-exceeded). */
+  OVER: HISTOGRAM_BUCKETS * 2 + 2,
+  /** Within a series: the largest value recorded, nanoseconds. */
+  MAX: HISTOGRAM_BUCKETS * 2 + 4,
+  /** Offset of the low 32 bits (unsigned, stored as int32) of a 64-bit value. */
+  LO: 0,
+  /** Offset of the high bits of a 64-bit value (value = HI * 2^32 + LO). */
+  HI: 1,
+} as const;
+
+/** Int32 slots of one series, rounded up to whole cache lines. */
+export function histogramSeriesStride(): number {
+  const used = HISTOGRAM.MAX + 2;
+  return Math.ceil(used / LINE) * LINE;
+}
+
+/** Bytes of a histogram block holding `series` series. */
+export function histogramByteLength(series: number): number {
+  return (HISTOGRAM.FIRST + series * histogramSeriesStride()) * Int32Array.BYTES_PER_ELEMENT;
+}
