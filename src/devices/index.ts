@@ -6,6 +6,7 @@
 import { openBlkDevice } from './blk/open.js';
 import type { BlkDeviceInit } from './blk/options.js';
 import type { ConsoleCommand } from './console/device.js';
+import type { NetCommand } from './net/device.js';
 import { openConsoleDevice } from './console/open.js';
 import type { ConsoleDeviceInit } from './console/options.js';
 import type { DeviceEnv } from './device.js';
@@ -38,7 +39,7 @@ type AnyOpened =
 export type DeviceDescription = AnyOpened['description'];
 
 /** Run-time commands of every device model. */
-export type ModelCommand = ConsoleCommand;
+export type ModelCommand = ConsoleCommand | NetCommand;
 
 /** Opens the device `init` describes, in the calling (worker) thread. */
 export function openDevice(init: DeviceInit, env: DeviceEnv): AnyOpened {

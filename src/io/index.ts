@@ -20,6 +20,7 @@ export * from './ioprio.js';
 export { LinuxAioEngine } from './linux-aio.js';
 export { NullEngine } from './null.js';
 export { SyncEngine } from './sync.js';
+export * from './throttle.js';
 export { MAX_AIO_THREADS, ThreadsEngine } from './threads.js';
 
 /** Checks an `--aio` value. */

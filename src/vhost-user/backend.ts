@@ -27,6 +27,7 @@ import {
 import {
   type ConfigPayload,
   decodeConfig,
+  decodeLog,
   decodeMemoryTable,
   decodeMemRegion,
   decodeU64,
@@ -48,7 +49,9 @@ import {
   MAX_CONFIG_SIZE,
   ProtocolFeature,
   Request,
+  VHOST_F_LOG_ALL,
   VHOST_USER_F_PROTOCOL_FEATURES,
+  VHOST_VRING_F_LOG,
 } from './protocol.js';
 
 export { RequestError };
@@ -63,6 +66,19 @@ export interface IncomingMessage {
 
 /** Memory slots offered through GET_MAX_MEM_SLOTS. */
 export const MAX_MEM_SLOTS = 32;
+
+/**
+ * Largest dirty log SET_LOG_BASE may hand over: 1 GiB of bitmap logs 32 TiB
+ * of guest-physical address space (QEMU sizes it to the highest address).
+ */
+export const MAX_LOG_BYTES = 2 ** 30;
+
+/** The dirty log as SET_LOG_BASE gave it: the mapping, where the bitmap starts, its bytes. */
+interface LogMapping {
+  buffer: SharedArrayBuffer;
+  offset: number;
+  size: number;
+}
 
 const BASE_PROTOCOL_FEATURES =
   featureBit(ProtocolFeature.MQ) |
@@ -140,15 +156,29 @@ export class VhostUserBackend {
   private vrings: VringSetup[];
   /** The front end's end of the BACKEND_REQ channel (SET_BACKEND_REQ_FD), or -1. */
   private backendReqFd = -1;
+  /** The dirty log (SET_LOG_BASE), mapped; marked only while VHOST_F_LOG_ALL is on. */
+  private log: LogMapping | null = null;
+  /** Bumped at every SET_LOG_BASE, so a new log is sent to the device even at the same place. */
+  private logGeneration = 0;
+  /** What the device was last told about logging ('off', or generation and ring log addresses). */
+  private logSent = 'off';
+  /** SET_LOG_FD's eventfd, kept until replaced or reset (QEMU never sends it; nothing writes it). */
+  private logFd = -1;
   /** Feature bits offered in GET_FEATURES. */
   readonly offeredFeatures: bigint;
   /** Protocol feature bits offered in GET_PROTOCOL_FEATURES. */
   readonly offeredProtocolFeatures: bigint;
 
   constructor(private readonly device: VhostUserDevice) {
-    this.offeredFeatures = device.deviceFeatures | TRANSPORT_FEATURES;
+    const logs = device.setDirtyLog !== undefined;
+    this.offeredFeatures =
+      device.deviceFeatures | TRANSPORT_FEATURES | (logs ? featureBit(VHOST_F_LOG_ALL) : 0n);
     this.offeredProtocolFeatures =
       BASE_PROTOCOL_FEATURES |
+      (logs ? featureBit(ProtocolFeature.LOG_SHMFD) : 0n) |
+      (device.announcesMigration === true && device.sendRarp !== undefined
+        ? featureBit(ProtocolFeature.RARP)
+        : 0n) |
       (device.servesConfig ? featureBit(ProtocolFeature.CONFIG) : 0n) |
       (device.raisesConfigChanges ? featureBit(ProtocolFeature.BACKEND_REQ) : 0n);
     this.vrings = Array.from({ length: device.numQueues }, newVringSetup);
@@ -221,12 +251,18 @@ export class VhostUserBackend {
         return this.setConfig(msg);
       case Request.SET_BACKEND_REQ_FD:
         return this.setBackendReqFd(msg);
+      case Request.SET_LOG_BASE:
+        return this.setLogBase(msg);
+      case Request.SET_LOG_FD:
+        return this.setLogFd(msg);
+      case Request.SEND_RARP:
+        return this.sendRarp(msg);
       default:
         throw new RequestError('VHOST_USER_UNSUPPORTED', 'request not supported by this back-end');
     }
   }
 
-  private setFeatures(msg: IncomingMessage): undefined {
+  private async setFeatures(msg: IncomingMessage): Promise<undefined> {
     const f = decodeU64(msg.payload);
     const unknown = f & ~this.offeredFeatures;
     if (unknown !== 0n) {
@@ -236,6 +272,8 @@ export class VhostUserBackend {
       );
     }
     this.features = f;
+    // VHOST_F_LOG_ALL switches dirty logging on and off (QEMU: set_log_base first).
+    await this.syncDirtyLog();
     return undefined;
   }
 
@@ -366,11 +404,14 @@ export class VhostUserBackend {
     return undefined;
   }
 
-  private setVringAddr(msg: IncomingMessage): undefined {
+  private async setVringAddr(msg: IncomingMessage): Promise<undefined> {
     const a = decodeVringAddr(msg.payload);
     const v = this.vring(a.index);
-    // A running ring keeps its addresses; QEMU re-sends them only to toggle dirty logging.
-    if (!v.started) v.addr = a;
+    // A running ring keeps its addresses; QEMU re-sends them only to toggle
+    // dirty logging (VHOST_VRING_F_LOG and log_guest_addr), which applies at once.
+    if (!v.started || v.addr === null) v.addr = a;
+    else v.addr = { ...v.addr, flags: a.flags, logGuestAddr: a.logGuestAddr };
+    await this.syncDirtyLog();
     return undefined;
   }
 
@@ -444,6 +485,7 @@ export class VhostUserBackend {
       enabled: v.enabled,
     });
     v.started = true;
+    await this.syncDirtyLog();
   }
 
   private async setVringCall(msg: IncomingMessage): Promise<undefined> {
@@ -506,6 +548,95 @@ export class VhostUserBackend {
     return undefined;
   }
 
+  // --- dirty log (live migration) ------------------------------------------
+
+  /**
+   * SET_LOG_BASE (§"Migration"): maps the log fd and hands the bitmap at
+   * mmap_offset, mmap_size bytes long, to the device (marked while
+   * VHOST_F_LOG_ALL is on). The fd must be a memfd, shm or regular file
+   * holding the whole range; a log it replaces is retired once the device
+   * has switched. The reply (LOG_SHMFD) is the connection's u64 status.
+   */
+  private async setLogBase(msg: IncomingMessage): Promise<undefined> {
+    if ((this.protocolFeatures & featureBit(ProtocolFeature.LOG_SHMFD)) === 0n)
+      throw new RequestError('VHOST_USER_UNSUPPORTED', 'SET_LOG_BASE without LOG_SHMFD negotiated');
+    const l = decodeLog(msg.payload);
+    expectFds(msg, 1, 'SET_LOG_BASE');
+    const file = expectMemoryFd(msg.fds[0], 'log fd');
+    if (l.mmapSize < 1 || l.mmapSize > MAX_LOG_BYTES) {
+      throw new RequestError(
+        'VHOST_USER_BAD_VALUE',
+        `log size ${l.mmapSize} is not in 1..${MAX_LOG_BYTES} bytes`,
+      );
+    }
+    if (file.size < l.mmapOffset + l.mmapSize) {
+      throw new RequestError(
+        'VHOST_USER_BAD_REGION',
+        `log at offset ${l.mmapOffset} claims ${l.mmapSize} bytes of a ${file.size}-byte file`,
+      );
+    }
+    const buffer = native.mmapShared(msg.fds[0], l.mmapOffset + l.mmapSize, 0);
+    const previous = this.log;
+    this.log = { buffer, offset: l.mmapOffset, size: l.mmapSize };
+    this.logGeneration++;
+    try {
+      await this.syncDirtyLog();
+    } finally {
+      if (previous !== null) native.retireMapping(previous.buffer);
+    }
+    return undefined;
+  }
+
+  /** SET_LOG_FD: keeps the eventfd (closing the one it replaces); nothing is signalled on it. */
+  private setLogFd(msg: IncomingMessage): undefined {
+    expectFds(msg, 1, 'SET_LOG_FD');
+    expectEventfd(msg.fds[0], 'log fd');
+    closeFd(this.logFd);
+    this.logFd = msg.fds.pop()!;
+    return undefined;
+  }
+
+  /** SEND_RARP (§"VHOST_USER_SEND_RARP"): the migrated guest's MAC in the u64's first 6 bytes. */
+  private async sendRarp(msg: IncomingMessage): Promise<undefined> {
+    if ((this.protocolFeatures & featureBit(ProtocolFeature.RARP)) === 0n)
+      throw new RequestError('VHOST_USER_UNSUPPORTED', 'SEND_RARP without RARP negotiated');
+    decodeU64(msg.payload);
+    await this.device.sendRarp?.(msg.payload.slice(0, 6));
+    return undefined;
+  }
+
+  /**
+   * Tells the device what it must log, when that changed: the bitmap while
+   * VHOST_F_LOG_ALL is on and a log is set, and each ring's used-ring log
+   * address (its VHOST_VRING_F_LOG); nothing while logging stays off.
+   */
+  private async syncDirtyLog(): Promise<void> {
+    if (this.device.setDirtyLog === undefined) return;
+    const on = this.log !== null && this.has(VHOST_F_LOG_ALL);
+    const addrs = this.vrings.map((v) =>
+      on && v.addr !== null && (v.addr.flags & (1 << VHOST_VRING_F_LOG)) !== 0
+        ? v.addr.logGuestAddr
+        : -1,
+    );
+    const state = on ? `${this.logGeneration}:${addrs.join(',')}` : 'off';
+    if (state === this.logSent) return;
+    await this.device.setDirtyLog(on ? this.log : null, addrs);
+    this.logSent = state;
+  }
+
+  /** Logging off in the device, then the log's mapping and fd let go (reset). */
+  private async dropDirtyLog(): Promise<void> {
+    try {
+      if (this.logSent !== 'off') await this.device.setDirtyLog?.(null, []);
+    } finally {
+      this.logSent = 'off';
+      if (this.log !== null) native.retireMapping(this.log.buffer);
+      this.log = null;
+      closeFd(this.logFd);
+      this.logFd = -1;
+    }
+  }
+
   // --- back-end requests --------------------------------------------------
 
   /** Keeps the channel fd and lends the device a sender over it (spec: "Back-end communication"). */
@@ -553,6 +684,7 @@ export class VhostUserBackend {
   async reset(): Promise<void> {
     try {
       await this.stopAll();
+      await this.dropDirtyLog();
     } finally {
       retireRegions(this.regions);
       this.regions = [];

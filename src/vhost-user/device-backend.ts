@@ -4,7 +4,7 @@
  * socket.
  */
 import type { MemoryRegion } from '../virtio/index.js';
-import type { QueueStart } from '../worker/index.js';
+import type { DirtyLogShare, QueueStart } from '../worker/index.js';
 
 export type { QueueStart };
 
@@ -56,4 +56,16 @@ export interface VhostUserDevice {
    * replaces it.
    */
   setBackendChannel?(channel: BackendRequestSender | null): void;
+  /**
+   * Optional: dirty logging for live migration (VHOST_F_LOG_ALL with a
+   * SET_LOG_BASE log): the device marks `log` from its next batch on, or
+   * stops (null); `usedLogAddrs[i]` is ring i's used-ring log address, -1
+   * when not logged. Resolves once the device uses it. Devices without it
+   * are not offered VHOST_F_LOG_ALL nor LOG_SHMFD (QEMU then refuses to migrate).
+   */
+  setDirtyLog?(log: DirtyLogShare | null, usedLogAddrs: number[]): Promise<void>;
+  /** The device announces a migrated guest on the network (offers PROTOCOL_F_RARP). */
+  readonly announcesMigration?: boolean;
+  /** With {@link announcesMigration}: SEND_RARP, a RARP broadcast from `mac` (6 bytes). */
+  sendRarp?(mac: Uint8Array): Promise<void>;
 }

@@ -328,6 +328,31 @@ export class SplitVirtqueue {
     return Atomics.load(this.usedHeader, USED_IDX_U16);
   }
 
+  /**
+   * Walks chain `head` again from the descriptor table into `chain`, with
+   * every check {@link pop} makes (a chain-level violation sets
+   * `chain.error`). For dirty logging: between pop and the publication of its
+   * used entry a chain still belongs to the device, so its writable buffers
+   * are where the device wrote.
+   * @throws RangeError when `head` is not below the queue size.
+   */
+  walkHead(head: number, chain: DescriptorChain): void {
+    if (head >>> 0 !== head || head >= this.size) {
+      throw new RangeError(`head must be an integer in 0..${this.size - 1}, got ${head}`);
+    }
+    this.walk(head, chain);
+  }
+
+  /** The head of used element `idx` (u16, reduced mod size) as stored in guest memory. */
+  usedHeadAt(idx: number): number {
+    return this.usedElems[(idx & this.mask) * 2];
+  }
+
+  /** The length of used element `idx` (u16, reduced mod size) as stored in guest memory. */
+  usedLenAt(idx: number): number {
+    return this.usedElems[(idx & this.mask) * 2 + 1];
+  }
+
   /** avail.idx as stored in guest memory, unchecked (for diagnostics and inflight recovery). */
   readAvailIdx(): number {
     return Atomics.load(this.avail, AVAIL_IDX_U16);

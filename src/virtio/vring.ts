@@ -17,8 +17,10 @@
  * break is reported once, through the `onBroken` hook its host gave, and
  * lasts until the ring is started again.
  */
+import type { DirtyLog } from './dirty-log.js';
 import { QueueBrokenError } from './errors.js';
 import type { GuestMemory } from './guest-memory.js';
+import { usedRingBytes } from './split-ring.js';
 import type { SplitVirtqueue } from './virtqueue.js';
 
 /** Something the runtime closes when the ring stops (the kick watcher). */
@@ -60,8 +62,28 @@ export class Vring {
   errFd = -1;
   /** Watches {@link kickFd} on the worker's loop; closed when the ring stops. */
   kick: Closable | null = null;
+  /**
+   * The dirty log to mark before used.idx is published (see dirty-log.ts),
+   * or null while logging is off: the one test per batch logging costs then.
+   * Set by the host (the worker runtime on SET_LOG_BASE / VHOST_F_LOG_ALL).
+   */
+  dirtyLog: DirtyLog | null = null;
+  /**
+   * Guest-physical address at which the used ring's writes are logged
+   * (SET_VRING_ADDR's log_guest_addr with VHOST_VRING_F_LOG), -1 when not.
+   */
+  logUsedAddr = -1;
+  /**
+   * The device's used length does not say where in the writable part it
+   * wrote (blk: the status byte is the last writable byte; the control queue
+   * of net: the ack byte): the dirty log marks the whole writable part of
+   * each returned chain instead of its first `len` bytes.
+   */
+  logsWholeWritablePart = false;
   /** Used entries were added since the last {@link flush}. */
   private batchOpen = false;
+  /** used.idx as last published: the batch's entries are `[publishedUsed, queue.usedIdx)`. */
+  private publishedUsed = 0;
 
   /**
    * @param signal raises the interrupt; the runtime's writes {@link callFd}.
@@ -85,10 +107,18 @@ export class Vring {
     this.broken = false;
     this.brokenCode = null;
     this.batchOpen = false;
+    this.publishedUsed = queue.usedIdx;
   }
 
-  /** Forgets the ring; returns the next avail index to hand back (GET_VRING_BASE). */
+  /**
+   * Forgets the ring; returns the next avail index to hand back
+   * (GET_VRING_BASE). While logging, the whole used ring is marked first:
+   * its flags and avail_event were written without a batch.
+   */
   stop(): number {
+    const q = this.queue;
+    if (q !== null && this.logUsedAddr >= 0)
+      this.dirtyLog?.markRange(this.logUsedAddr, usedRingBytes(q.size, q.eventIdx));
     const last = this.queue?.lastAvailIdx ?? 0;
     this.queue = null;
     this.batchOpen = false;
@@ -116,7 +146,11 @@ export class Vring {
     const q = this.queue;
     if (!this.batchOpen || q === null) return false;
     this.batchOpen = false;
+    // Logging on: mark what the batch wrote before used.idx exposes it.
+    if (this.dirtyLog !== null)
+      this.dirtyLog.logBatch(q, this.publishedUsed, this.logUsedAddr, this.logsWholeWritablePart);
     q.publishUsed();
+    this.publishedUsed = q.usedIdx;
     if (!q.needsInterrupt()) return false;
     this.signal(this);
     return true;

@@ -16,6 +16,7 @@ import type {
   DeviceEvent,
   DeviceWorkerInit,
   DeviceWorkerReady,
+  DirtyLogShare,
 } from './messages.js';
 
 /** A device worker thread as the main thread holds it. */
@@ -64,6 +65,9 @@ export interface ConfigChangeChannel {
  */
 const VMM_OWNS_CONFIG: ReadonlySet<string> = new Set(['net']);
 
+/** Device types that announce a migrated guest (vhost-user SEND_RARP). */
+const ANNOUNCES: ReadonlySet<string> = new Set(['net']);
+
 /**
  * The main thread's proxy for device `device` of a device worker: the surface a
  * VhostUserDevice needs, each call forwarded to the worker as a request.
@@ -80,6 +84,8 @@ export class DeviceHost {
   readonly servesConfig: boolean;
   /** The device changes its config space at run time and must tell the driver. */
   readonly raisesConfigChanges: boolean;
+  /** The device announces a migrated guest on the network (offers vhost-user RARP). */
+  readonly announcesMigration: boolean;
   /** Config-change notifications sent to a front end. */
   configChanges = 0;
   /**
@@ -114,6 +120,7 @@ export class DeviceHost {
     this.maxQueueSize = description.maxQueueSize;
     this.servesConfig = !VMM_OWNS_CONFIG.has(description.kind);
     this.raisesConfigChanges = description.raisesConfigChanges;
+    this.announcesMigration = ANNOUNCES.has(description.kind);
   }
 
   /** Bytes [offset, offset+size) of the device's config space, read from the model. */
@@ -170,6 +177,21 @@ export class DeviceHost {
   /** Completes in-flight requests, stops the ring, resolves to the last avail index. */
   async stopQueue(index: number): Promise<number> {
     return (await this.request({ op: 'stop-queue', device: this.device, index })) as number;
+  }
+
+  /**
+   * Dirty logging (live migration): marks go to `log` from the next batch on,
+   * or stop (null); `usedLogAddrs[i]` is ring i's used-ring log address (-1:
+   * not logged). Resolves once the worker uses it: only then may the caller
+   * retire a log it replaced.
+   */
+  async setDirtyLog(log: DirtyLogShare | null, usedLogAddrs: number[]): Promise<void> {
+    await this.request({ op: 'dirty-log', device: this.device, log, usedLogAddrs });
+  }
+
+  /** SEND_RARP: the device broadcasts a RARP from `mac` (net; see NetCommand 'announce'). */
+  async sendRarp(mac: Uint8Array): Promise<void> {
+    await this.command({ type: 'announce', mac });
   }
 
   /** Sends a run-time command to the device model (console resize, ...). */

@@ -25,6 +25,7 @@ export {
   type DeviceEvent,
   type DeviceWorkerInit,
   type DeviceWorkerReady,
+  type DirtyLogShare,
   GUEST_MEMORY_SHRANK,
   RingBreak,
 } from './messages.js';

@@ -33,11 +33,32 @@ export type DeviceCommand =
   | { op: 'write-config'; device: number; offset: number; data: Uint8Array }
   | { op: 'command'; device: number; command: ModelCommand }
   /**
+   * Dirty logging (live migration): `log` is the bitmap to mark (the log fd's
+   * mapping, the bitmap at `offset`, `size` bytes), null to stop logging;
+   * `usedLogAddrs[i]` is ring i's used-ring log address, -1 when not logged.
+   */
+  | {
+      op: 'dirty-log';
+      device: number;
+      log: DirtyLogShare | null;
+      usedLogAddrs: number[];
+    }
+  /**
    * Re-applies scheduling (policy, priority, affinity) to the worker thread
    * that serves the device, at run time; answered with the thread's new
    * ThreadRtState. In --single-thread mode it moves every device of the worker.
    */
   | { op: 'set-rt'; device: number; rt: RtOptions };
+
+/** The dirty bitmap as the main thread hands it to a device worker (SET_LOG_BASE). */
+export interface DirtyLogShare {
+  /** The mapping of the log fd, from file offset 0. */
+  buffer: SharedArrayBuffer;
+  /** Where the bitmap starts in {@link buffer}. */
+  offset: number;
+  /** Bitmap bytes. */
+  size: number;
+}
 
 /** workerData of a device worker: its devices and the RT options of the thread. */
 export interface DeviceWorkerInit {

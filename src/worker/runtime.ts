@@ -33,6 +33,7 @@ import { native, POLL_DISCONNECT, POLL_READABLE } from '../native.js';
 import { applyRtOptions, guestMemoryLockRequested, lockGuestMemory } from '../rt/index.js';
 import {
   createVrings,
+  DirtyLog,
   GuestMemory,
   type MemoryRegion,
   SplitVirtqueue,
@@ -185,6 +186,8 @@ function hasPending(vq: SplitVirtqueue): boolean {
 /** One device inside a worker: its memory table and its rings. */
 export class DeviceRuntime {
   private memory: GuestMemory | null = null;
+  /** The dirty log the rings mark while the front end migrates (see dirty-log.ts), else null. */
+  private dirtyLog: DirtyLog | null = null;
   /** The memory table took a SIGBUS: its rings stay broken until a new table arrives. */
   private memoryLost = false;
   /** {@link guestFaults} as this runtime last looked at it. */
@@ -381,7 +384,24 @@ export class DeviceRuntime {
       case 'set-rt':
         // Scheduling is per thread: this moves the thread serving every device of this worker.
         return applyRtOptions(cmd.rt);
+      case 'dirty-log':
+        return this.setDirtyLog(cmd);
     }
+  }
+
+  /**
+   * Switches dirty logging (SET_LOG_BASE, VHOST_F_LOG_ALL, the rings' LOG
+   * flag): every ring marks the new log, or none, from its next batch on.
+   */
+  private setDirtyLog(cmd: DeviceCommand & { op: 'dirty-log' }): number {
+    const s = cmd.log;
+    this.dirtyLog = s === null ? null : new DirtyLog(s.buffer, s.offset, s.size, this.maxSegments);
+    if (this.memory !== null) this.dirtyLog?.setMemory(this.memory);
+    for (const v of this.vrings) {
+      v.dirtyLog = this.dirtyLog;
+      v.logUsedAddr = cmd.usedLogAddrs[v.index] ?? -1;
+    }
+    return 0;
   }
 
   private setMemory(regions: MemoryRegion[]): number {
@@ -394,6 +414,7 @@ export class DeviceRuntime {
     // A table that keeps a region which already faulted is still lost.
     this.memoryLost = memoryFaulted(memory);
     for (const v of this.vrings) v.setMemory(memory);
+    this.dirtyLog?.setMemory(memory);
     this.device.setMemory(memory);
     if (this.memoryLost) this.breakAll(RingBreak.GUEST_MEMORY, GUEST_MEMORY_SHRANK);
     return 0;

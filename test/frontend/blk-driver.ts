@@ -141,8 +141,9 @@ export function parseBlkConfig(bytes: Uint8Array): BlkConfig {
 
 /** One request for {@link BlkDriver.submitBatch}. */
 export type BlkRequest =
-  | { type: 'read'; sector: number; length: number }
-  | { type: 'write'; sector: number; data: Uint8Array }
+  // ioprio: the header's field after `type` (Linux: req_get_ioprio(); class << 13 | level).
+  | { type: 'read'; sector: number; length: number; ioprio?: number }
+  | { type: 'write'; sector: number; data: Uint8Array; ioprio?: number }
   | { type: 'flush' }
   | { type: 'discard'; sector: number; sectors: number }
   | { type: 'write-zeroes'; sector: number; sectors: number; unmap?: boolean }
@@ -401,6 +402,8 @@ export class BlkDriver {
     const header = new Uint8Array(REQ_HEADER_SIZE);
     const dv = new DataView(header.buffer);
     dv.setUint32(0, type, true);
+    if ((r.type === 'read' || r.type === 'write') && r.ioprio !== undefined)
+      dv.setUint32(4, r.ioprio, true);
     dv.setBigUint64(8, BigInt(sector), true);
     this.vmm.ram.write(gpa, header);
     if (payload) this.vmm.ram.write(gpa + REQ_HEADER_SIZE, payload);

@@ -30,6 +30,7 @@ import {
   decodeVringState,
   encodeConfig,
   encodeInflight,
+  encodeLog,
   encodeMemoryTable,
   encodeMemRegion,
   encodeU64,
@@ -45,8 +46,10 @@ import {
   ProtocolFeature,
   Request,
   requestName,
+  VHOST_F_LOG_ALL,
   VHOST_MEMORY_BASELINE_NREGIONS,
   VHOST_USER_F_PROTOCOL_FEATURES,
+  VHOST_VRING_F_LOG,
 } from '../../src/vhost-user/protocol.js';
 import { DriverQueue } from '../support/driver-queue.js';
 import { GuestRam } from '../support/guest-ram.js';
@@ -263,6 +266,8 @@ export class Vmm {
   /** The inflight area shared with GET_INFLIGHT_FD, once started. */
   inflight: (InflightPayload & { fd: number; mapping: SharedArrayBuffer }) | undefined;
   started = false;
+  /** The dirty log while logging is on ({@link startDirtyLog}): its memfd and bitmap. */
+  dirtyLog: { fd: number; bits: Uint8Array } | undefined;
 
   private readonly sentRegions = new Set<VmmRegion>();
   private readonly options: Required<Omit<VmmOptions, 'regions'>>;
@@ -370,6 +375,57 @@ export class Vmm {
     return bases;
   }
 
+  /**
+   * Starts dirty logging as QEMU's vhost_migration_log(true) does (hw/virtio/vhost.c):
+   * SET_LOG_BASE with a fresh memfd of QEMU's size (one bit per 4 KiB page up to the
+   * highest guest address, in u64 chunks; the reply awaited, LOG_SHMFD), SET_FEATURES
+   * with VHOST_F_LOG_ALL, then SET_VRING_ADDR with VHOST_VRING_F_LOG for every started
+   * queue. Resolves with the bitmap (shared with the back end).
+   */
+  async startDirtyLog(): Promise<Uint8Array> {
+    const end = Math.max(...this.regions.map((r) => r.wire.guestPhysAddr + r.wire.size));
+    const size = Math.ceil(end / 4096 / 64) * 8;
+    const fd = native.memfdCreate('vhost-rt-test-log', size);
+    const status = await this.setLogBase(fd, size, 0);
+    if (status !== 0n) {
+      closeAll([fd]);
+      throw new FrontendError('FRONTEND_NACK', `back-end refused SET_LOG_BASE (${status})`);
+    }
+    const bits = new Uint8Array(native.mmapShared(fd, size, 0));
+    this.dirtyLog = { fd, bits };
+    await this.setLogging(true);
+    return bits;
+  }
+
+  /** Stops dirty logging as vhost_migration_log(false): SET_FEATURES, then SET_VRING_ADDR without the flag. */
+  async stopDirtyLog(): Promise<void> {
+    await this.setLogging(false);
+    if (this.dirtyLog) closeAll([this.dirtyLog.fd]);
+    this.dirtyLog = undefined;
+  }
+
+  /** SET_LOG_BASE as given (`fd` is sent, not kept); resolves with the back end's u64 status. */
+  async setLogBase(fd: number, size: number, offset: number): Promise<bigint> {
+    const reply = await this.conn.call(
+      Request.SET_LOG_BASE,
+      encodeLog({ mmapSize: size, mmapOffset: offset }),
+      fd < 0 ? [] : [fd],
+    );
+    closeAll(reply.fds);
+    return decodeReply(reply, decodeU64);
+  }
+
+  private logAll = false;
+
+  private async setLogging(on: boolean): Promise<void> {
+    this.logAll = on;
+    await this.setFeatures();
+    if (!this.started) return;
+    for (const q of this.queues) {
+      await this.conn.request(Request.SET_VRING_ADDR, this.vringAddr(q), [], { needReply: true });
+    }
+  }
+
   /** Drops the connection and every fd; guest RAM stays readable until collected. */
   close(): void {
     this.conn.close();
@@ -377,6 +433,8 @@ export class Vmm {
     for (const q of this.queues) q.dispose();
     closeAll(this.regions.map((r) => r.fd));
     if (this.inflight) closeAll([this.inflight.fd]);
+    if (this.dirtyLog) closeAll([this.dirtyLog.fd]);
+    this.dirtyLog = undefined;
     this.started = false;
   }
 
@@ -495,7 +553,8 @@ export class Vmm {
 
   private async setFeatures(): Promise<void> {
     const extra = this.offersProtocolFeatures() ? protocolFeaturesBit() : 0n;
-    this.conn.send(Request.SET_FEATURES, encodeU64(this.features | extra));
+    const log = this.logAll ? 1n << BigInt(VHOST_F_LOG_ALL) : 0n;
+    this.conn.send(Request.SET_FEATURES, encodeU64(this.features | extra | log));
     if (this.hasProtocolFeature(ProtocolFeature.STATUS)) {
       await this.addStatus(DeviceStatus.FEATURES_OK);
     }
@@ -564,7 +623,7 @@ export class Vmm {
   private vringAddr(q: VmmQueue): Uint8Array {
     return encodeVringAddr({
       index: q.index,
-      flags: 0,
+      flags: this.logAll ? 1 << VHOST_VRING_F_LOG : 0,
       descUserAddr: this.userAddr(q.driver.descTable),
       usedUserAddr: this.userAddr(q.driver.usedRing),
       availUserAddr: this.userAddr(q.driver.availRing),

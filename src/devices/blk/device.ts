@@ -208,6 +208,9 @@ export class BlkDevice implements VirtioDeviceModel {
   activate(vrings: readonly Vring[]): void {
     const rings = takeVrings(vrings, this.queues.length);
     for (let i = 0; i < rings.length; i++) this.queues[i].vring = rings[i];
+    // The used length does not say where blk wrote (the status byte is the
+    // last writable byte; a failed read may have written part of its data).
+    for (const v of rings) v.logsWholeWritablePart = true;
   }
 
   /** Installs a new guest memory table; the old one stays referenced until nothing is in flight. */

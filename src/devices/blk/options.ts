@@ -1,5 +1,8 @@
 /** Options of a virtio-blk device, as the CLI and embedders give them. */
+import { ConfigError } from '../../errors.js';
 import type { IoEngineName, ThreadPolicy } from '../../io/engine.js';
+import { type GuestIoprioMode, parseGuestIoprioMode, parseIoprio } from '../../io/ioprio.js';
+import { THROTTLE_FLAGS, type ThrottleLimits, validateThrottleLimits } from '../../io/throttle.js';
 
 /**
  * One blk device: image path, queues (1..64) and queue size (power of two, 4..1024),
@@ -26,6 +29,16 @@ export interface BlkOptions {
    * kicks turned off, before it sleeps on the kick eventfds. 0: never poll.
    */
   pollUs?: number;
+  /**
+   * `--ioprio CLASS[:LEVEL]` as an ioprio value (src/io/ioprio.ts): the
+   * priority of requests whose guest gives none, and in `clamp` mode the
+   * highest a guest may ask for. Absent: best-effort level 0.
+   */
+  ioprio?: number;
+  /** `--guest-ioprio`: what the ioprio field of the guest's request header counts for (default clamp). */
+  guestIoprio?: GuestIoprioMode;
+  /** `--iops-limit`, `--bps-limit`, ...: the device's token buckets (none: no limit). */
+  throttle?: ThrottleLimits;
 }
 
 /** Largest `--poll-us` accepted: a second of spinning is a configuration mistake. */
@@ -64,4 +77,69 @@ export function validateBlkOptions(o: BlkOptions): void {
   if (!Number.isInteger(p) || p < 0 || p > MAX_POLL_US) {
     throw new RangeError(`--poll-us ${p}: must be an integer in 0..${MAX_POLL_US}`);
   }
+}
+
+/** The `blk` flags of I/O priority and QoS (issue 14), as node:util parseArgs options. */
+export const BLK_QOS_FLAG_OPTIONS = {
+  ioprio: { type: 'string' },
+  'guest-ioprio': { type: 'string' },
+  'iops-limit': { type: 'string' },
+  'iops-read-limit': { type: 'string' },
+  'iops-write-limit': { type: 'string' },
+  'bps-limit': { type: 'string' },
+  'bps-read-limit': { type: 'string' },
+  'bps-write-limit': { type: 'string' },
+  'iops-burst': { type: 'string' },
+  'bps-burst': { type: 'string' },
+} as const;
+
+/** Help text of {@link BLK_QOS_FLAG_OPTIONS}. */
+export const BLK_QOS_HELP = `I/O priority and QoS:
+  --ioprio CLASS[:LEVEL]
+                       the device's I/O priority, as ionice: rt, be (LEVEL 0..7,
+                       default 4) or idle; requests are submitted with it (Linux
+                       AIO aio_reqprio, io_uring sqe->ioprio, threads/sync:
+                       ioprio_set on the thread doing the I/O). It is also the
+                       ceiling of what a guest may ask for (default be:0)
+  --guest-ioprio honor|clamp|ignore
+                       the guest's per-request priority (the ioprio field of the
+                       virtio-blk header, which Linux fills: ionice in the guest):
+                       honor it, clamp it under --ioprio (default), or ignore it;
+                       a batch mixing classes is submitted RT first
+  --iops-limit N, --iops-read-limit N, --iops-write-limit N
+  --bps-limit N, --bps-read-limit N, --bps-write-limit N
+                       token-bucket limits of the device (0: none), as QEMU's
+                       throttle options; a request over budget waits in the ring
+                       (the guest sees latency only); set at run time with the
+                       control socket's block-set-io-throttle
+  --iops-burst N, --bps-burst N
+                       bucket sizes (default: 0.1 s of the limit)
+`;
+
+/** Values of {@link BLK_QOS_FLAG_OPTIONS} as parsed flags give them. */
+type QosFlagValues = { [K in keyof typeof BLK_QOS_FLAG_OPTIONS]?: unknown };
+
+function wholeNumber(flag: string, value: unknown): number | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string' || !/^\d+$/.test(value))
+    throw new ConfigError(`--${flag} ${String(value)}: not a whole number`);
+  return Number(value);
+}
+
+/** Parses the priority and QoS flags of one device; throws ConfigError naming the flag. */
+export function parseBlkQosFlags(
+  v: QosFlagValues,
+): Pick<BlkOptions, 'ioprio' | 'guestIoprio' | 'throttle'> {
+  const out: Pick<BlkOptions, 'ioprio' | 'guestIoprio' | 'throttle'> = {};
+  if (v.ioprio !== undefined) out.ioprio = parseIoprio(String(v.ioprio));
+  if (v['guest-ioprio'] !== undefined)
+    out.guestIoprio = parseGuestIoprioMode(String(v['guest-ioprio']));
+  const limits: ThrottleLimits = {};
+  for (const [key, flag] of Object.entries(THROTTLE_FLAGS)) {
+    const name = flag.slice(2) as keyof QosFlagValues;
+    const n = wholeNumber(name, v[name]);
+    if (n !== undefined) limits[key as keyof ThrottleLimits] = n;
+  }
+  if (Object.keys(limits).length > 0) out.throttle = validateThrottleLimits(limits);
+  return out;
 }

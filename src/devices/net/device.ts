@@ -20,6 +20,7 @@
 import type { StatCounters } from '../../locking/index.js';
 import type { NetBackendPort } from '../../net/backend-port.js';
 import { NetStat } from '../../net/port-stats.js';
+import { RARP_FRAME_BYTES, writeRarpAnnouncement } from '../../net/rarp.js';
 import {
   type ByteLocation,
   type ChainHandler,
@@ -71,6 +72,14 @@ export interface NetDeviceOptions {
   fault?: (error: unknown) => void;
 }
 
+/**
+ * Run-time commands of a net device. `announce`: the guest with MAC `mac`
+ * now lives behind this port (vhost-user SEND_RARP after a live migration):
+ * a RARP broadcast from it goes out through the port, so every other port
+ * learns the address here.
+ */
+export type NetCommand = { type: 'announce'; mac: Uint8Array };
+
 /** Chains popped per wake-up before yielding to the loop. */
 const BUDGET = 256;
 
@@ -84,7 +93,7 @@ const BAD_BUFFERS = 2;
  * The virtio-net device model of one switch port: transmitted frames go to its
  * NetBackendPort, the port's frames into receive buffers; synchronous, budgeted per wake-up.
  */
-export class NetDevice implements VirtioDeviceModel {
+export class NetDevice implements VirtioDeviceModel<NetCommand> {
   readonly kind = 'net';
   readonly features: bigint;
   readonly numQueues: number;
@@ -179,6 +188,8 @@ export class NetDevice implements VirtioDeviceModel {
   /** Takes the device's rings, one per queue. */
   activate(vrings: readonly Vring[]): void {
     this.queues = takeVrings(vrings, this.numQueues);
+    // The ack is the last writable byte, its used length 1.
+    this.queues[this.ctrlIndex].logsWholeWritablePart = true;
   }
 
   setMemory(memory: GuestMemory): void {
@@ -251,6 +262,25 @@ export class NetDevice implements VirtioDeviceModel {
     w.seek(w.length - 1);
     w.writeU8(ack);
     return 1;
+  }
+
+  /** Run-time commands from the control plane (SEND_RARP). */
+  command(cmd: NetCommand): number {
+    if (cmd.type !== 'announce') return 0;
+    // One frame, made on this (the port's) thread between batches: control path, not per packet.
+    const frame = new Uint8Array(RARP_FRAME_BYTES);
+    writeRarpAnnouncement(cmd.mac, frame);
+    this.port.beginBatch();
+    try {
+      const sent = this.port.reserve(frame, 0, RARP_FRAME_BYTES);
+      if (sent > 0) {
+        this.port.txBytes.set(frame, this.port.txOffset);
+        this.port.commit();
+      }
+      return sent;
+    } finally {
+      this.port.endBatch();
+    }
   }
 
   /** Another port rang this port's doorbell (PortPeer): frames wait in the backend port. */
