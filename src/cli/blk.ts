@@ -2,7 +2,12 @@
  * `vhost-rt blk`: virtio-blk devices, each on its own vhost-user socket and
  * (unless --single-thread) its own worker thread.
  */
-import { MAX_POLL_US } from '../devices/blk/options.js';
+import {
+  BLK_QOS_FLAG_OPTIONS,
+  BLK_QOS_HELP,
+  MAX_POLL_US,
+  parseBlkQosFlags,
+} from '../devices/blk/options.js';
 import { ConfigError } from '../errors.js';
 import {
   IO_ENGINE_NAMES,
@@ -54,6 +59,7 @@ const DEVICE_FLAGS = {
   'aio-threads': { type: 'string' },
   'aio-threads-policy': { type: 'string' },
   'poll-us': { type: 'string' },
+  ...BLK_QOS_FLAG_OPTIONS,
   ...RT_FLAG_OPTIONS,
   ...SOCKET_FLAG_OPTIONS,
 } as const;
@@ -89,6 +95,9 @@ Device options (as flags for one device, or as key[=value] inside --device):
                                     AIO"); completions can queue up behind each other
                          sync       preadv/pwritev on the device worker itself: BLOCKS
                                     the worker on every I/O; a baseline for benchmarks
+                         null       no I/O: reads return zeroes, the rest completes at
+                                    once (through an eventfd, as the others): measures
+                                    the back end's own overhead (QEMU's null-co)
   --uring-sqpoll       io_uring: a kernel thread polls the submission ring
                        (IORING_SETUP_SQPOLL); an error names this flag if the
                        kernel refuses
@@ -104,6 +113,7 @@ Device options (as flags for one device, or as key[=value] inside --device):
   --no-direct          do not open the image with O_DIRECT
   --serial ID          answer to VIRTIO_BLK_T_GET_ID, up to 20 bytes (default vhost-rt)
 
+${BLK_QOS_HELP}
 ${RT_HELP}
 ${SOCKET_HELP}
 Process options:
@@ -157,6 +167,7 @@ function deviceSpec(v: FlagValues, fallbackSerial: string): BlkDeviceSpec {
       direct: v['no-direct'] !== true,
       serial: optionalString(v.serial) ?? fallbackSerial,
       pollUs: integerFlag('poll-us', v['poll-us'], 0),
+      ...parseBlkQosFlags(v),
     },
     rt: parseRtFlags(v),
   };

@@ -9,6 +9,8 @@
  * re-pointed at each chain. Nothing is allocated per request or per kick.
  */
 import { type IoEngine, IoOp, type IoOpCode } from '../../io/engine.js';
+import { IoprioPolicy, ioprioClass } from '../../io/ioprio.js';
+import { IoThrottle, type ThrottleLimits } from '../../io/throttle.js';
 import type { StatCounters } from '../../locking/index.js';
 import {
   type ByteLocation,
@@ -57,6 +59,10 @@ export interface BlkDeviceOptions {
    * exception propagates out of the engine's callback.
    */
   fault?: (error: unknown) => void;
+  /** How the guest's header ioprio becomes the host one (default: clamp under best-effort 0). */
+  ioprio?: IoprioPolicy;
+  /** Token-bucket limits (QoS); absent or all 0: none. */
+  throttle?: ThrottleLimits;
 }
 
 const U32 = 0x1_0000_0000;
@@ -75,6 +81,8 @@ interface QueueState {
    */
   starved: boolean;
   onIdle: (() => void) | null;
+  /** The token buckets stopped this queue's drain: chains wait in the avail ring for the timer. */
+  held: boolean;
   /** Takes each popped chain for this queue in {@link drainQueue}; made once. */
   handler: ChainHandler;
 }
@@ -121,6 +129,15 @@ export class BlkDevice implements VirtioDeviceModel {
   private readonly freeSlots: Int32Array[];
   private readonly freeCount: Int32Array;
   private memory: GuestMemory | null = null;
+  private readonly ioprio: IoprioPolicy;
+  /** Host ioprio of the request being started (set by start, read by startReadWrite). */
+  private requestIoprio = 0;
+  /** Token buckets; null: no limit, and no cost per request. */
+  private throttle: IoThrottle | null = null;
+  /** Timer that re-drains held queues; null: none armed. */
+  private throttleTimer: ReturnType<typeof setTimeout> | null = null;
+  private heldSince = 0;
+  private readonly unthrottle = () => this.releaseHeld();
   private bytes: readonly Uint8Array[] = [];
   private retired: GuestMemory[] = [];
   private inFlight = 0;
@@ -138,6 +155,8 @@ export class BlkDevice implements VirtioDeviceModel {
     this.configSize = this.config.length;
     this.stats = options.stats;
     this.warn = options.warn;
+    this.ioprio = options.ioprio ?? new IoprioPolicy();
+    this.setIoThrottle(options.throttle ?? {});
     const n = options.geometry.numQueues;
     const slots = n * this.slotsPerQueue;
     this.slotHead = new Int32Array(slots);
@@ -188,6 +207,7 @@ export class BlkDevice implements VirtioDeviceModel {
       vring: null,
       inFlight: 0,
       starved: false,
+      held: false,
       onIdle: null,
       handler: { handleChain: () => this.dispatch(index, q) },
     };
@@ -265,9 +285,14 @@ export class BlkDevice implements VirtioDeviceModel {
       q.starved = true;
       return;
     }
+    if (this.throttle !== null && !this.throttle.open()) return this.hold(q);
+    const wasHeld = q.held;
+    q.held = false;
     const stop = drainQueue(vq, this.chain, q.handler, Number.POSITIVE_INFINITY, this.drained);
     q.starved = stop === DrainStop.HANDLER;
     const popped = this.drained.popped;
+    if (wasHeld) this.stats.add(BlkStat.throttledRequests, popped);
+    if (this.throttle !== null && !this.throttle.open()) this.hold(q);
     if (popped > 0) {
       this.stats.add(BlkStat.requests, popped);
       this.stats.add(BlkStat.kicks, 1);
@@ -287,7 +312,44 @@ export class BlkDevice implements VirtioDeviceModel {
     const status = this.start(id);
     if (status !== STARTED)
       this.finish(id, status, status === BlkStatus.OK ? this.slotDataLen[id] : 0);
-    return this.freeCount[queue] > 0;
+    // Over budget: the rest waits in the avail ring (the debt is at most this request).
+    return this.freeCount[queue] > 0 && (this.throttle === null || this.throttle.open());
+  }
+
+  /**
+   * Replaces the token-bucket limits (QoS) at run time; all 0 removes them.
+   * Held queues are re-drained by the timer already armed, or now.
+   */
+  setIoThrottle(limits: ThrottleLimits): void {
+    const t = new IoThrottle(limits);
+    this.throttle = t.enabled ? t : null;
+    if (this.throttle === null && this.throttleTimer !== null) {
+      clearTimeout(this.throttleTimer);
+      this.releaseHeld();
+    }
+  }
+
+  /** The limits in force ({} when none). */
+  get ioThrottle(): ThrottleLimits {
+    return this.throttle?.limits ?? {};
+  }
+
+  /** Leaves the queue's chains in the avail ring until the buckets refill (one timer per device). */
+  private hold(q: QueueState): void {
+    q.held = true;
+    if (this.throttleTimer !== null || this.throttle === null) return;
+    this.heldSince = performance.now();
+    this.throttleTimer = setTimeout(
+      this.unthrottle,
+      Math.max(1, Math.ceil(this.throttle.waitMs())),
+    );
+  }
+
+  /** The timer: counts the time held, then drains every held queue again. */
+  private releaseHeld(): void {
+    this.throttleTimer = null;
+    this.stats.add(BlkStat.throttledUs, Math.round((performance.now() - this.heldSince) * 1000));
+    for (let i = 0; i < this.queues.length; i++) if (this.queues[i].held) this.kick(i);
   }
 
   /** The status byte is the chain's last device-writable byte (§5.2.6); region -1: there is none. */
@@ -310,6 +372,11 @@ export class BlkDevice implements VirtioDeviceModel {
       return BlkStatus.IOERR;
     const h = this.headerView;
     const type = h.getUint32(0, true);
+    // The field after `type` (Linux: req_get_ioprio()), made the host's by --guest-ioprio.
+    const guestIoprio = h.getUint32(4, true);
+    const guestClass = ioprioClass(guestIoprio);
+    this.stats.add(BlkStat.ioprioNone + (guestClass > 3 ? 0 : guestClass), 1);
+    this.requestIoprio = this.ioprio.hostIoprio(guestIoprio);
     const sector = h.getUint32(8, true) + h.getUint32(12, true) * U32;
     this.slotType[id] = type;
     this.slotDataLen[id] = 0;
@@ -372,7 +439,7 @@ export class BlkDevice implements VirtioDeviceModel {
     }
     this.slotDataLen[id] = bytes;
     const first = count === 0 ? firstIov : this.engine.stagedIovs - count;
-    if (!this.engine.queueReadWrite(op, offset, first, count, id)) {
+    if (!this.engine.queueReadWrite(op, offset, first, count, id, this.requestIoprio)) {
       if (retried) {
         this.warn(
           'I/O engine refused a request with all it holds submitted: its depth is below the request slots',
@@ -382,6 +449,7 @@ export class BlkDevice implements VirtioDeviceModel {
       this.engine.submit();
       return this.startReadWrite(id, op, sector, true);
     }
+    this.throttle?.charge(write, bytes);
     return STARTED;
   }
 
@@ -499,6 +567,8 @@ export class BlkDevice implements VirtioDeviceModel {
 
   /** Completes everything in flight on every queue and closes the engine. */
   async close(): Promise<void> {
+    if (this.throttleTimer !== null) clearTimeout(this.throttleTimer);
+    this.throttleTimer = null;
     for (let i = 0; i < this.queues.length; i++) await this.quiesce(i);
     this.engine.close();
   }

@@ -2,7 +2,7 @@
  * Opens one virtio-blk device inside a device worker: the image with its I/O
  * engine, then the model over it.
  */
-import { createEngine } from '../../io/index.js';
+import { createEngine, IoprioPolicy } from '../../io/index.js';
 import { StatCounters } from '../../locking/index.js';
 import { type DeviceEnv, describeModel, type OpenedDevice } from '../device.js';
 import { BlkDevice } from './device.js';
@@ -37,6 +37,8 @@ export function openBlkDevice(init: BlkDeviceInit, env: DeviceEnv): OpenedDevice
     stats: StatCounters.attach(init.statsBuffer, BLK_STAT_NAMES),
     warn: env.warn,
     fault: env.fault,
+    ioprio: new IoprioPolicy(o.guestIoprio, o.ioprio),
+    throttle: o.throttle,
   });
   const pollUs = o.pollUs ?? 0;
   const info: BlkInfo = {

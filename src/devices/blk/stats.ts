@@ -9,6 +9,14 @@ export const BLK_STAT_NAMES = [
   'unsupported',
   'badChains',
   'brokenQueues',
+  // issue 14: the class of the ioprio field in the guest's request headers (unknown classes count as none).
+  'ioprioNone',
+  'ioprioRt',
+  'ioprioBe',
+  'ioprioIdle',
+  // issue 14: requests that waited for the device's token buckets, and for how long the device held its queues.
+  'throttledRequests',
+  'throttledUs',
 ] as const;
 
 /** Index of each counter in {@link BLK_STAT_NAMES}. */
