@@ -1,6 +1,7 @@
 // File I/O outside AIO: synchronous preadv / pwritev over BufferTable iovecs
 // (baseline engines), fdatasync / fallocate on the libuv threadpool, and the
-// logical block size of an open fd.
+// logical block size of an open fd; open-file-description byte locks (image
+// locking).
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
@@ -147,12 +148,64 @@ static Napi::Value BlockSize(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, std::clamp(size, 1, kMaxBlockSize));
 }
 
+/** Lock types as JS passes them: 0 unlock, 1 read (shared), 2 write (exclusive). */
+static short LockType(Napi::Env env, const Napi::CallbackInfo& info, size_t i) {
+  switch (ArgInteger(info, i, "type", 0, 2)) {
+    case 1:
+      return F_RDLCK;
+    case 2:
+      return F_WRLCK;
+    default:
+      return F_UNLCK;
+  }
+}
+
+static struct flock LockRange(const Napi::CallbackInfo& info) {
+  struct flock fl{};
+  fl.l_type = LockType(info.Env(), info, 1);
+  fl.l_whence = SEEK_SET;
+  fl.l_start = static_cast<off_t>(ArgSize(info, 2, "start"));
+  fl.l_len = static_cast<off_t>(ArgSize(info, 3, "length"));
+  fl.l_pid = 0;  // open file description locks require 0
+  return fl;
+}
+
+/**
+ * fcntl(F_OFD_SETLK): takes, converts or releases an open-file-description
+ * lock on [start, start + length) without waiting; a conflict throws EAGAIN.
+ */
+static Napi::Value OfdSetLock(const Napi::CallbackInfo& info) {
+  int fd = ArgInt32(info, 0, "fd");
+  struct flock fl = LockRange(info);
+  int rc;
+  do {
+    rc = fcntl(fd, F_OFD_SETLK, &fl);
+  } while (rc < 0 && errno == EINTR);
+  if (rc < 0) ThrowErrno(info.Env(), "fcntl", errno);
+  return info.Env().Undefined();
+}
+
+/**
+ * fcntl(F_OFD_GETLK): the type (1 read, 2 write) of a lock held through another
+ * open file description that would conflict with taking `type` on the range,
+ * or 0 when none would.
+ */
+static Napi::Value OfdTestLock(const Napi::CallbackInfo& info) {
+  int fd = ArgInt32(info, 0, "fd");
+  struct flock fl = LockRange(info);
+  if (fcntl(fd, F_OFD_GETLK, &fl) < 0) ThrowErrno(info.Env(), "fcntl", errno);
+  int held = fl.l_type == F_RDLCK ? 1 : fl.l_type == F_WRLCK ? 2 : 0;
+  return Napi::Number::New(info.Env(), held);
+}
+
 void InitFileIo(Napi::Env env, Napi::Object exports) {
   Export(env, exports, "preadv", Preadv);
   Export(env, exports, "pwritev", Pwritev);
   Export(env, exports, "fdatasyncAsync", FdatasyncAsync);
   Export(env, exports, "fallocateAsync", FallocateAsync);
   Export(env, exports, "blockSize", BlockSize);
+  Export(env, exports, "ofdSetLock", OfdSetLock);
+  Export(env, exports, "ofdTestLock", OfdTestLock);
 }
 
 }  // namespace vhost_rt

@@ -1,11 +1,15 @@
 // Unix stream sockets for the vhost-user control channel: listen / connect /
 // accept, and recvmsg / sendmsg carrying up to kMaxFds descriptors as
-// SCM_RIGHTS. Every fd created here is O_NONBLOCK | O_CLOEXEC.
+// SCM_RIGHTS. Every fd created here is O_NONBLOCK | O_CLOEXEC. Also the
+// datagram side of systemd's protocols (sd_notify sendto, a bound datagram
+// socket for tests) and what an inherited (socket-activated) fd is.
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cstddef>
 #include <cstring>
 
 #include "args.h"
@@ -207,6 +211,114 @@ static Napi::Value SendMsg(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+/**
+ * A datagram socket address: a filesystem path, or with a leading '@' a name in
+ * the abstract namespace (systemd's NOTIFY_SOCKET may be either). `len` gets
+ * the address length to pass: abstract names are not NUL-terminated.
+ */
+static sockaddr_un DatagramAddress(Napi::Env env, const std::string& path, socklen_t& len) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path == "@") {
+    ThrowRangeError(env, "path must name a socket ('/path' or '@abstract')");
+  }
+  if (path.size() >= sizeof addr.sun_path) {
+    ThrowRangeError(env, "path must be 1 to " + std::to_string(sizeof addr.sun_path - 1) + " bytes");
+  }
+  memcpy(addr.sun_path, path.data(), path.size());
+  if (path[0] == '@') addr.sun_path[0] = '\0';
+  len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() +
+                               (path[0] == '@' ? 0 : 1));
+  return addr;
+}
+
+static int DatagramSocket(Napi::Env env) {
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) ThrowErrno(env, "socket", errno);
+  return fd;
+}
+
+/** One datagram to `path` from a fresh unbound socket (sd_notify's shape): socket, sendto, close. */
+static Napi::Value UnixDatagramSend(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  socklen_t len;
+  sockaddr_un addr = DatagramAddress(env, ArgString(info, 0, "path"), len);
+  Napi::Uint8Array buf = ArgUint8Array(info, 1, "buf");
+  int fd = DatagramSocket(env);
+  ssize_t n;
+  do {
+    // Invariant: buf's bytes stay alive for this synchronous call.
+    n = sendto(fd, buf.Data(), buf.ByteLength(), MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&addr),
+               len);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) CloseAndThrow(env, fd, "sendto");
+  close(fd);
+  return env.Undefined();
+}
+
+/** A datagram socket bound to `path` ('@name': abstract); read it with recvMsg. */
+static Napi::Value UnixDatagramBind(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  socklen_t len;
+  sockaddr_un addr = DatagramAddress(env, ArgString(info, 0, "path"), len);
+  int fd = DatagramSocket(env);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), len) < 0) CloseAndThrow(env, fd, "bind");
+  return Napi::Number::New(env, fd);
+}
+
+static int SocketOption(Napi::Env env, int fd, int option) {
+  int value = 0;
+  socklen_t len = sizeof value;
+  if (getsockopt(fd, SOL_SOCKET, option, &value, &len) < 0) ThrowErrno(env, "getsockopt", errno);
+  return value;
+}
+
+/**
+ * What an inherited socket is: address family, type, whether it listens, and
+ * the path it is bound to ('@name' for an abstract one, '' when unnamed).
+ * ENOTSOCK / EBADF when `fd` is not an open socket.
+ */
+static Napi::Value SocketInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt32(info, 0, "fd");
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("domain", SocketOption(env, fd, SO_DOMAIN));
+  out.Set("type", SocketOption(env, fd, SO_TYPE));
+  out.Set("listening", SocketOption(env, fd, SO_ACCEPTCONN) != 0);
+  sockaddr_un addr{};
+  socklen_t len = sizeof addr;
+  std::string path;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0 && addr.sun_family == AF_UNIX &&
+      len > offsetof(sockaddr_un, sun_path)) {
+    size_t n = len - offsetof(sockaddr_un, sun_path);
+    // Invariant: the kernel wrote len <= sizeof addr bytes.
+    if (addr.sun_path[0] == '\0') {
+      path = "@" + std::string(addr.sun_path + 1, n - 1);
+    } else {
+      path = std::string(addr.sun_path, strnlen(addr.sun_path, n));
+    }
+  }
+  out.Set("path", path);
+  return out;
+}
+
+/** Sets (or clears) O_NONBLOCK and FD_CLOEXEC on an inherited fd. */
+static Napi::Value SetFdFlags(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt32(info, 0, "fd");
+  bool nonBlocking = info[1].ToBoolean();
+  bool closeOnExec = info[2].ToBoolean();
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0) ThrowErrno(env, "fcntl", errno);
+  fl = nonBlocking ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK);
+  if (fcntl(fd, F_SETFL, fl) < 0) ThrowErrno(env, "fcntl", errno);
+  int fdfl = fcntl(fd, F_GETFD);
+  if (fdfl < 0) ThrowErrno(env, "fcntl", errno);
+  fdfl = closeOnExec ? (fdfl | FD_CLOEXEC) : (fdfl & ~FD_CLOEXEC);
+  if (fcntl(fd, F_SETFD, fdfl) < 0) ThrowErrno(env, "fcntl", errno);
+  return env.Undefined();
+}
+
 static Napi::Value Close(const Napi::CallbackInfo& info) {
   int fd = ArgInt32(info, 0, "fd");
   // Linux releases the fd even when close reports EINTR, so never retry it.
@@ -221,6 +333,10 @@ void InitSockets(Napi::Env env, Napi::Object exports) {
   Export(env, exports, "recvMsg", RecvMsg);
   Export(env, exports, "sendMsg", SendMsg);
   Export(env, exports, "close", Close);
+  Export(env, exports, "unixDatagramSend", UnixDatagramSend);
+  Export(env, exports, "unixDatagramBind", UnixDatagramBind);
+  Export(env, exports, "socketInfo", SocketInfo);
+  Export(env, exports, "setFdFlags", SetFdFlags);
 }
 
 }  // namespace vhost_rt

@@ -171,6 +171,21 @@ export interface NativeBinding {
   /** sendmsg of all of `buf` with `fds` attached as SCM_RIGHTS (MSG_NOSIGNAL). */
   sendMsg(fd: number, buf: Uint8Array, fds: number[]): void;
   close(fd: number): void;
+  /**
+   * One datagram to the AF_UNIX SOCK_DGRAM socket at `path` ('@name': the
+   * abstract namespace) from a fresh unbound socket: sd_notify's wire shape.
+   */
+  unixDatagramSend(path: string, buf: Uint8Array): void;
+  /** A SOCK_DGRAM socket bound to `path` ('@name': abstract); read it with recvMsg. */
+  unixDatagramBind(path: string): number;
+  /**
+   * What socket `fd` is: family (AF_UNIX 1), type (SOCK_STREAM 1, SOCK_DGRAM 2),
+   * whether it listens (SO_ACCEPTCONN) and its bound path ('@name' abstract,
+   * '' unnamed). ENOTSOCK / EBADF otherwise.
+   */
+  socketInfo(fd: number): { domain: number; type: number; listening: boolean; path: string };
+  /** Sets or clears O_NONBLOCK (on the open file) and FD_CLOEXEC (on this fd): for inherited fds. */
+  setFdFlags(fd: number, nonBlocking: boolean, closeOnExec: boolean): void;
 
   // Memory.
   /** memfd_create(name, MFD_CLOEXEC) + ftruncate(size). */
@@ -238,6 +253,16 @@ export interface NativeBinding {
   ): void;
   /** O_DIRECT alignment under an open fd: BLKSSZGET for block devices, statx DIO alignment (else 512) for files; at most 4096. */
   blockSize(fd: number): number;
+  /**
+   * fcntl(F_OFD_SETLK) on bytes [start, start + length): `type` 1 read (shared),
+   * 2 write (exclusive), 0 unlock. Never waits: a conflicting lock throws EAGAIN.
+   */
+  ofdSetLock(fd: number, type: 0 | 1 | 2, start: number, length: number): void;
+  /**
+   * fcntl(F_OFD_GETLK): 1 or 2 when a read or write lock held through another
+   * open file description would conflict with taking `type` on the range; 0 when none.
+   */
+  ofdTestLock(fd: number, type: 1 | 2, start: number, length: number): 0 | 1 | 2;
 
   // Real-time knobs. tid 0 means the calling thread.
   gettid(): number;

@@ -21,6 +21,7 @@ import { BlkDeviceSet, type BlkDeviceSpec } from '../worker/blk-service.js';
 import { CAPABILITIES_HELP, printCapabilities, wantsCapabilities } from './capabilities.js';
 import type { CliCommand } from './command.js';
 import {
+  deviceSocket,
   type FlagValues,
   integerFlag,
   optionalString,
@@ -31,6 +32,7 @@ import {
   RT_FLAG_OPTIONS,
   RT_HELP,
   requiredFlag,
+  SOCKET_FD_HELP,
   SOCKET_FLAG_OPTIONS,
   SOCKET_HELP,
   specToArgs,
@@ -46,6 +48,7 @@ import {
 
 const DEVICE_FLAGS = {
   'socket-path': { type: 'string' },
+  'socket-fd': { type: 'string' },
   image: { type: 'string' },
   'blk-file': { type: 'string' },
   readonly: { type: 'boolean' },
@@ -81,7 +84,7 @@ Usage:
 Device options (as flags for one device, or as key[=value] inside --device):
   --socket-path SOCK   Unix socket to listen on (a stale socket file is replaced;
                        any other existing file is an error)
-  --image FILE         disk image (regular file or block device) to serve
+${SOCKET_FD_HELP}  --image FILE         disk image (regular file or block device) to serve
   --blk-file FILE      the same as --image (vhost-user backend convention)
   --readonly           refuse writes (the guest sees VIRTIO_BLK_F_RO)
   --read-only          the same as --readonly (vhost-user backend convention)
@@ -196,7 +199,7 @@ export function parseBlkArgs(args: string[]): BlkPlan | 'help' {
           ...parseFlags('blk --device', specToArgs(s), DEVICE_FLAGS),
         }));
   const devices = perDevice.map((d, i) => ({
-    socketPath: requiredFlag('socket-path', d['socket-path']),
+    socketPath: deviceSocket(d),
     spec: deviceSpec(d, specs.length > 1 ? `vhost-rt-${i}` : 'vhost-rt'),
   }));
   const sockets = new Set(devices.map((d) => d.socketPath));

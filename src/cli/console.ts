@@ -11,6 +11,7 @@ import { ConsoleService, type ConsoleSpec } from '../worker/console-service.js';
 import { CAPABILITIES_HELP, printCapabilities, wantsCapabilities } from './capabilities.js';
 import type { CliCommand } from './command.js';
 import {
+  deviceSocket,
   type FlagValues,
   integerFlag,
   optionalString,
@@ -20,7 +21,7 @@ import {
   parseSocketFlags,
   RT_FLAG_OPTIONS,
   RT_HELP,
-  requiredFlag,
+  SOCKET_FD_HELP,
   SOCKET_FLAG_OPTIONS,
   SOCKET_HELP,
 } from './flags.js';
@@ -36,6 +37,7 @@ import { formatStats, ServerSet, serveUntilSignal } from './service.js';
 
 const FLAGS = {
   'socket-path': { type: 'string' },
+  'socket-fd': { type: 'string' },
   ports: { type: 'string' },
   port: { type: 'string', multiple: true },
   'port-input': { type: 'string', multiple: true },
@@ -55,7 +57,7 @@ Usage:
   vhost-rt console --socket-path SOCK [--log SINK] [--ports N] [--port NAME=SINK ...] [options]
 
   --socket-path SOCK   vhost-user socket to listen on
-  --ports N            ports in all (default 1; more than 1 offers MULTIPORT)
+${SOCKET_FD_HELP}  --ports N            ports in all (default 1; more than 1 offers MULTIPORT)
   --port NAME=SINK     one more named port (guest: /dev/virtio-ports/NAME), its output
                        to SINK (same forms as --log); ports are numbered 1.. in order
   --port-input NAME=SOCK  an input socket for named port NAME
@@ -123,7 +125,7 @@ export function parseConsoleArgs(args: string[]):
   const size = parseSize(v.size);
   const permissions = parseSocketFlags(v);
   return {
-    socketPath: requiredFlag('socket-path', v['socket-path']),
+    socketPath: deviceSocket(v),
     options: {
       ports,
       multiport: ports.length > 1 || v.multiport === true,

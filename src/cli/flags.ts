@@ -11,6 +11,7 @@ import {
   type RtPolicy,
   validateRtOptions,
 } from '../rt/options.js';
+import { adoptListeningSocket, registerInherited } from '../sockets/activation.js';
 import { parseSocketGroup, parseSocketMode, type SocketPermissions } from '../sockets/listen.js';
 import { checkPidfile } from './pidfile.js';
 
@@ -99,6 +100,34 @@ export const SOCKET_HELP = `Socket options (every socket the daemon creates: vho
   --pidfile PATH       write the daemon's pid to PATH once it is ready, remove it
                        on exit; refused if PATH names a running process
 `;
+
+/** Help line of `--socket-fd` (blk, net, console). */
+export const SOCKET_FD_HELP = `  --socket-fd N        serve the listening Unix socket inherited as fd N (from
+                       systemd or a parent process) instead of --socket-path;
+                       its file is left in place on exit
+`;
+
+/**
+ * `--socket-fd N`: checks that fd N is a listening Unix stream socket, adopts
+ * it and returns the path the device is known by (the socket's bound path, or
+ * `fd:N` when it has none); listenUnix then serves the fd under that path.
+ */
+export function socketFdPath(value: unknown): string {
+  const fd = integerFlag('socket-fd', value, 0, { min: 0, max: 0x7fffffff });
+  const socket = adoptListeningSocket(fd, `--socket-fd ${fd}`);
+  const path =
+    socket.boundPath !== '' && !socket.boundPath.startsWith('@') ? socket.boundPath : `fd:${fd}`;
+  registerInherited(path, socket);
+  return path;
+}
+
+/** A device's socket: `--socket-path` or `--socket-fd`, exactly one. */
+export function deviceSocket(v: FlagValues): string {
+  if (v['socket-fd'] === undefined) return requiredFlag('socket-path', v['socket-path']);
+  if (v['socket-path'] !== undefined)
+    throw new ConfigError('--socket-path and --socket-fd: give one of them');
+  return socketFdPath(v['socket-fd']);
+}
 
 /** Reads `--socket-mode` / `--socket-group`. */
 export function parseSocketFlags(v: FlagValues): SocketPermissions {

@@ -23,6 +23,7 @@ import {
   RT_HELP,
   SOCKET_FLAG_OPTIONS,
   SOCKET_HELP,
+  socketFdPath,
 } from './flags.js';
 import { stderrLogger } from './log.js';
 import {
@@ -35,6 +36,7 @@ import {
 
 const FLAGS = {
   'socket-path': { type: 'string', multiple: true },
+  'socket-fd': { type: 'string', multiple: true },
   tap: { type: 'string' },
   queues: { type: 'string' },
   'queue-size': { type: 'string' },
@@ -56,6 +58,8 @@ Usage:
 Ports (each served by its own worker thread; frames cross between them through
 lock-free per-pair rings, a full ring drops its own frames, counted):
   --socket-path SOCK   one vhost-user port per flag (a stale socket file is replaced)
+  --socket-fd N        one vhost-user port on the listening Unix socket inherited as
+                       fd N (systemd, a parent process); repeatable
   --tap NAME           one more port bound to the TAP device NAME (created if
                        absent, brought up, IFF_VNET_HDR); needs CAP_NET_ADMIN
 Options:
@@ -102,7 +106,10 @@ function macFor(base: Uint8Array, i: number): Uint8Array {
 export function parseNetArgs(args: string[]): NetPlan | 'help' {
   const v = parseFlags('net', args, FLAGS);
   if (v.help === true) return 'help';
-  const sockets = (v['socket-path'] as string[] | undefined) ?? [];
+  const sockets = [
+    ...((v['socket-path'] as string[] | undefined) ?? []),
+    ...((v['socket-fd'] as string[] | undefined) ?? []).map(socketFdPath),
+  ];
   const tap = optionalString(v.tap);
   if (sockets.length === 0 && tap === undefined)
     throw new ConfigError('--socket-path (or --tap) is required');

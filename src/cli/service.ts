@@ -5,8 +5,10 @@
  * print the counters and return.
  */
 import { type ControlledDevice, QmpServer } from '../control/index.js';
+import { readyStatus, reportFrontends, SdNotifier } from '../control/sd-notify.js';
 import type { Logger } from '../log.js';
 import type { ThreadRtState } from '../rt/index.js';
+import { closeUnmatchedInherited } from '../sockets/activation.js';
 import type { SocketPermissions } from '../sockets/listen.js';
 import { onWorkerFailure } from '../thread/index.js';
 import type { VhostUserDevice } from '../vhost-user/device-backend.js';
@@ -73,6 +75,7 @@ export async function serveUntilSignal(
   control: ControlSocketOptions = { path: undefined },
 ): Promise<void> {
   let stop: (signal: string) => void = () => {};
+  const systemd = SdNotifier.fromEnv(process.env, log);
   const qmp = await openControl(service, control, log, () => stop('quit (control socket)'));
   try {
     if (control.pidfile !== undefined) writePidfile(control.pidfile);
@@ -89,6 +92,7 @@ export async function serveUntilSignal(
     stop = (signal: string) => {
       if (stopping) return;
       stopping = true;
+      systemd.stopping(`${signal}: completing in-flight requests`);
       log('info', `${signal}: completing in-flight requests`);
       void service.close().then(async () => {
         log('info', `stats: ${service.statsLine()}`);
@@ -111,6 +115,10 @@ export async function serveUntilSignal(
   // Announced only now that the signal handlers are in place: a supervisor that signals the
   // daemon the moment it reads "ready" gets a drained stop, never the default (killed) one.
   for (const line of service.readyLines()) log('info', line);
+  for (const s of closeUnmatchedInherited())
+    log('warn', `inherited socket ${s} matches no socket of this daemon: closed`);
+  systemd.ready(readyStatus(service.controlled ?? [], service.readyLines().length));
+  reportFrontends(systemd, service.controlled ?? []);
   await stopped;
   unwatch();
   process.off('SIGUSR1', onUsr1);

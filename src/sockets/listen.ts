@@ -5,11 +5,14 @@
  * stale socket file is replaced, anything else at the path is left alone, and
  * the new socket gets the operator's mode and group (`--socket-mode`,
  * `--socket-group`), so that QEMU running as another user (libvirt's
- * libvirt-qemu) can connect without a chmod by hand.
+ * libvirt-qemu) can connect without a chmod by hand. A path served by an
+ * inherited socket (systemd socket activation, `--socket-fd`; see
+ * activation.ts) is taken from there instead, and never removed.
  */
 import { chmodSync, chownSync, lstatSync, readFileSync, unlinkSync } from 'node:fs';
 import { ConfigError } from '../errors.js';
 import { native } from '../native.js';
+import { isInherited, matchInherited } from './activation.js';
 
 /** Ownership and mode applied to every socket the daemon creates. */
 export interface SocketPermissions {
@@ -30,6 +33,9 @@ export function listenUnix(
   backlog: number,
   permissions: SocketPermissions = {},
 ): number {
+  // Socket activation / --socket-fd: the socket was made by whoever started us.
+  const inherited = matchInherited(path);
+  if (inherited !== undefined) return inherited.fd;
   clearSocketPath(path, flag);
   let fd: number;
   try {
@@ -48,8 +54,9 @@ export function listenUnix(
   return fd;
 }
 
-/** Removes the socket file at `path` if it is still there. */
+/** Removes the socket file at `path` if it is still there (never an inherited socket's). */
 export function removeSocket(path: string): void {
+  if (isInherited(path)) return; // its owner (systemd) keeps it
   try {
     unlinkSync(path);
   } catch {

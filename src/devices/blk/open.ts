@@ -2,6 +2,7 @@
  * Opens one virtio-blk device inside a device worker: the image with its I/O
  * engine, then the model over it.
  */
+import { lockedWhileOpen, lockImage } from '../../io/image-lock.js';
 import { createEngine, IoprioPolicy } from '../../io/index.js';
 import { StatCounters } from '../../locking/index.js';
 import { type DeviceEnv, describeModel, type OpenedDevice } from '../device.js';
@@ -12,17 +13,21 @@ import { BLK_STAT_NAMES } from './stats.js';
 /** Opens the image of `init` and builds the device on it. */
 export function openBlkDevice(init: BlkDeviceInit, env: DeviceEnv): OpenedDevice<'blk', BlkInfo> {
   const o = init.options;
-  const engine = createEngine(o.aio, {
-    path: o.image,
-    readonly: o.readonly,
-    direct: o.direct,
-    depth: o.queues * o.queueSize,
-    maxIovs: o.queueSize * (o.queueSize + 2),
-    warn: env.warn,
-    uringSqpoll: o.uringSqpoll,
-    aioThreads: o.aioThreads,
-    aioThreadsPolicy: o.aioThreadsPolicy,
-  });
+  // Locked before the engine opens it (QEMU-style lock bytes, see image-lock.ts), held until the engine closes.
+  const lock = lockImage(o.image, { readonly: o.readonly, warn: env.warn });
+  const engine = lockedWhileOpen(lock, () =>
+    createEngine(o.aio, {
+      path: o.image,
+      readonly: o.readonly,
+      direct: o.direct,
+      depth: o.queues * o.queueSize,
+      maxIovs: o.queueSize * (o.queueSize + 2),
+      warn: env.warn,
+      uringSqpoll: o.uringSqpoll,
+      aioThreads: o.aioThreads,
+      aioThreadsPolicy: o.aioThreadsPolicy,
+    }),
+  );
   const model = new BlkDevice({
     engine,
     geometry: {
