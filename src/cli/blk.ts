@@ -2,22 +2,29 @@
  * `vhost-rt blk`: virtio-blk devices, each on its own vhost-user socket and
  * (unless --single-thread) its own worker thread.
  */
+
+import type { ControlledDevice } from '../control/index.js';
 import {
   BLK_QOS_FLAG_OPTIONS,
   BLK_QOS_HELP,
+  MAX_LATENCY_TARGET_US,
   MAX_POLL_US,
   parseBlkQosFlags,
+  validateBlkOptions,
 } from '../devices/blk/options.js';
+import { splitQueueStats } from '../devices/blk/stats.js';
 import { ConfigError } from '../errors.js';
 import {
-  IO_ENGINE_NAMES,
   parseEngineName,
   parseThreadPolicy,
+  resolveEngine,
   validateAioThreads,
   validateEngineOptions,
 } from '../io/index.js';
+import type { Logger } from '../log.js';
 import type { SocketPermissions } from '../sockets/listen.js';
-import { BlkDeviceSet, type BlkDeviceSpec } from '../worker/blk-service.js';
+import { VhostUserServer } from '../vhost-user/server.js';
+import { type BlkDeviceHandle, BlkDeviceSet, type BlkDeviceSpec } from '../worker/blk-service.js';
 import { CAPABILITIES_HELP, printCapabilities, wantsCapabilities } from './capabilities.js';
 import type { CliCommand } from './command.js';
 import {
@@ -38,6 +45,7 @@ import {
   specToArgs,
 } from './flags.js';
 import { stderrLogger } from './log.js';
+import { argumentsToFlags, asArgumentError, dropDevice } from './run-time.js';
 import {
   describeWorker,
   formatStats,
@@ -61,7 +69,9 @@ const DEVICE_FLAGS = {
   'uring-sqpoll': { type: 'boolean' },
   'aio-threads': { type: 'string' },
   'aio-threads-policy': { type: 'string' },
+  'nbd-timeout-ms': { type: 'string' },
   'poll-us': { type: 'string' },
+  'latency-target-us': { type: 'string' },
   ...BLK_QOS_FLAG_OPTIONS,
   ...RT_FLAG_OPTIONS,
   ...SOCKET_FLAG_OPTIONS,
@@ -101,6 +111,12 @@ ${SOCKET_FD_HELP}  --image FILE         disk image (regular file or block device
                          null       no I/O: reads return zeroes, the rest completes at
                                     once (through an eventfd, as the others): measures
                                     the back end's own overhead (QEMU's null-co)
+                         nbd        a disk on an NBD server through libnbd; chosen by
+                                    an NBD URI as --image: nbd://HOST[:PORT]/EXPORT or
+                                    nbd+unix:///EXPORT?socket=PATH
+  --nbd-timeout-ms N   nbd: how long requests wait for a lost server to come back
+                       (reconnecting with back-off) before they fail, and how
+                       long the first connection may take (default 15000)
   --uring-sqpoll       io_uring: a kernel thread polls the submission ring
                        (IORING_SETUP_SQPOLL); an error names this flag if the
                        kernel refuses
@@ -113,6 +129,11 @@ ${SOCKET_FD_HELP}  --image FILE         disk image (regular file or block device
   --poll-us N          after each batch keep polling the rings for up to N
                        microseconds before sleeping on the kick eventfd (kicks
                        off meanwhile); trades CPU for latency; 0..${MAX_POLL_US} (default 0)
+  --latency-target-us N
+                       count requests whose kick-to-completion latency exceeds
+                       N µs (latencyTargetExceeded) and report them, at most once
+                       a second (LATENCY_TARGET_EXCEEDED event and log line);
+                       0..${MAX_LATENCY_TARGET_US} (default 0: no target)
   --no-direct          do not open the image with O_DIRECT
   --serial ID          answer to VIRTIO_BLK_T_GET_ID, up to 20 bytes (default vhost-rt)
 
@@ -134,8 +155,13 @@ its counters. SIGUSR1 prints the counters at any time.
 /** The engine flags of one device, checked against the chosen engine. */
 function engineFlags(
   v: FlagValues,
-): Pick<BlkDeviceSpec['options'], 'aio' | 'uringSqpoll' | 'aioThreads' | 'aioThreadsPolicy'> {
-  const aio = parseEngineName(optionalString(v.aio) ?? IO_ENGINE_NAMES[0]);
+): Pick<
+  BlkDeviceSpec['options'],
+  'aio' | 'uringSqpoll' | 'aioThreads' | 'aioThreadsPolicy' | 'nbdTimeoutMs'
+> {
+  const given = optionalString(v.aio);
+  // An NBD URI as --image picks the nbd engine; --aio nbd needs one.
+  const aio = resolveEngine(imageFlag(v), given === undefined ? undefined : parseEngineName(given));
   const policy = optionalString(v['aio-threads-policy']);
   const o = {
     aio,
@@ -145,6 +171,10 @@ function engineFlags(
         ? undefined
         : validateAioThreads(integerFlag('aio-threads', v['aio-threads'], 0)),
     aioThreadsPolicy: policy === undefined ? undefined : parseThreadPolicy(policy),
+    nbdTimeoutMs:
+      v['nbd-timeout-ms'] === undefined
+        ? undefined
+        : integerFlag('nbd-timeout-ms', v['nbd-timeout-ms'], 0),
   };
   validateEngineOptions(aio, o);
   return o;
@@ -170,6 +200,10 @@ function deviceSpec(v: FlagValues, fallbackSerial: string): BlkDeviceSpec {
       direct: v['no-direct'] !== true,
       serial: optionalString(v.serial) ?? fallbackSerial,
       pollUs: integerFlag('poll-us', v['poll-us'], 0),
+      latencyTargetUs: integerFlag('latency-target-us', v['latency-target-us'], 0, {
+        min: 0,
+        max: MAX_LATENCY_TARGET_US,
+      }),
       ...parseBlkQosFlags(v),
     },
     rt: parseRtFlags(v),
@@ -214,6 +248,107 @@ export function parseBlkArgs(args: string[]): BlkPlan | 'help' {
   };
 }
 
+/** The control socket's view of one blk device. */
+function controlledBlk(
+  dev: BlkDeviceHandle,
+  server: VhostUserServer,
+  set: BlkDeviceSet,
+): ControlledDevice {
+  return {
+    kind: 'blk',
+    socketPath: server.path,
+    server,
+    host: dev.host,
+    thread: dev.host.thread,
+    setRt: (rt) => dev.host.setRt(rt),
+    stats: () => dev.stats.snapshot(),
+    queueStats: () => splitQueueStats(dev.queueStats.snapshot(), dev.latency.series),
+    latency: () => dev.latency.snapshots(),
+    resize: (bytes) => set.resize(set.devices.indexOf(dev), bytes),
+  };
+}
+
+/**
+ * device-add / device-del / SIGHUP of `vhost-rt blk`: a device added gets a
+ * worker and a socket of its own; one removed is drained (server closed:
+ * in-flight requests complete, the front end is disconnected, the socket
+ * removed), then its worker ends.
+ */
+function blkChanges(
+  set: BlkDeviceSet,
+  servers: ServerSet,
+  controlled: ControlledDevice[],
+  permissions: SocketPermissions,
+  log: Logger,
+): Pick<RunningService, 'changes' | 'hangup'> {
+  return {
+    changes: {
+      kinds: ['blk'],
+      add: async (args) => {
+        let d: { socketPath: string; spec: BlkDeviceSpec };
+        try {
+          const v = parseFlags('blk --device', argumentsToFlags(args), DEVICE_FLAGS);
+          if (v.image === undefined) throw new ConfigError('--image is required');
+          d = {
+            socketPath: requiredFlag('socket-path', v['socket-path']),
+            spec: deviceSpec(v, 'vhost-rt'),
+          };
+          validateBlkOptions(d.spec.options);
+        } catch (err) {
+          throw asArgumentError(err);
+        }
+        const dev = await set.add(d.spec);
+        let server: VhostUserServer;
+        try {
+          server = new VhostUserServer(d.socketPath, dev.host, log, permissions);
+        } catch (err) {
+          await set.remove(set.devices.indexOf(dev));
+          throw asArgumentError(err);
+        }
+        servers.servers.push(server);
+        const c = controlledBlk(dev, server, set);
+        controlled.push(c);
+        log(
+          'info',
+          `device-add: socket ${d.socketPath}, image ${d.spec.options.image} (${dev.sizeBytes} bytes), ${describeWorker(dev.host.thread)}`,
+        );
+        return c;
+      },
+      remove: async (index) => {
+        const c = controlled[index];
+        const server = c.server as VhostUserServer;
+        const dev = set.devices.find((h) => h.host === c.host);
+        if (dev === undefined) throw new RangeError(`no blk device ${index}`);
+        if (dev.sharedWorker)
+          throw new ConfigError(
+            'the device shares its worker thread with others (--single-thread)',
+          );
+        await server.close();
+        servers.servers.splice(servers.servers.indexOf(server), 1);
+        dropDevice(controlled, c);
+        await set.remove(set.devices.indexOf(dev));
+        log('info', `device-del: socket ${c.socketPath} removed`);
+      },
+    },
+    hangup: async (emit) => {
+      for (const r of await set.rereadSizes()) {
+        const c = controlled.find((x) => x.host === set.devices[r.device].host);
+        log(
+          'info',
+          `SIGHUP: ${set.devices[r.device].options.image}: ${r.previous} -> ${r.size} bytes`,
+        );
+        if (c !== undefined)
+          emit('BLOCK_RESIZED', {
+            device: controlled.indexOf(c),
+            socket: c.socketPath,
+            size: r.size,
+            previous: r.previous,
+          });
+      }
+    },
+  };
+}
+
 async function run(argv: string[]): Promise<number> {
   if (wantsCapabilities(argv)) return printCapabilities('block');
   const plan = parseBlkArgs(argv);
@@ -233,6 +368,7 @@ async function run(argv: string[]): Promise<number> {
     () => set.shutdown(),
     plan.permissions,
   );
+  const controlled = set.devices.map((dev, i) => controlledBlk(dev, servers.servers[i], set));
   const service: RunningService = {
     readyLines: () =>
       set.devices.map((dev, i) => {
@@ -253,15 +389,8 @@ async function run(argv: string[]): Promise<number> {
       await servers.close(log);
       await set.shutdown();
     },
-    controlled: set.devices.map((dev, i) => ({
-      kind: 'blk',
-      socketPath: plan.devices[i].socketPath,
-      server: servers.servers[i],
-      host: dev.host,
-      thread: dev.host.thread,
-      setRt: (rt) => dev.host.setRt(rt),
-      stats: () => dev.stats.snapshot(),
-    })),
+    controlled,
+    ...blkChanges(set, servers, controlled, plan.permissions, log),
   };
   await serveUntilSignal(service, log, plan.control);
   return 0;

@@ -4,9 +4,11 @@
  * (or the control socket's `quit`) stop accepting, complete in-flight work,
  * print the counters and return.
  */
-import { type ControlledDevice, QmpServer } from '../control/index.js';
+import { type ControlledDevice, type DeviceChanges, QmpServer } from '../control/index.js';
+import { type MetricsAddress, MetricsServer } from '../control/metrics.js';
 import { readyStatus, reportFrontends, SdNotifier } from '../control/sd-notify.js';
 import type { Logger } from '../log.js';
+import { reopenLogFiles } from '../logger/index.js';
 import type { ThreadRtState } from '../rt/index.js';
 import { closeUnmatchedInherited } from '../sockets/activation.js';
 import type { SocketPermissions } from '../sockets/listen.js';
@@ -23,8 +25,15 @@ export interface RunningService {
   statsLine(): string;
   /** Stops accepting, completes in-flight requests and releases everything. */
   close(): Promise<void>;
-  /** The devices/ports the control socket reports, in order. */
+  /** The devices/ports the control socket reports, in order (device-add/del change it in place). */
   controlled?: readonly ControlledDevice[];
+  /** `device-add` / `device-del` on the control socket; absent: not supported. */
+  changes?: DeviceChanges;
+  /**
+   * SIGHUP's part that is the service's own (blk: re-read every image's
+   * size); `emit` sends a control-socket event (BLOCK_RESIZED).
+   */
+  hangup?(emit: (name: string, data: Record<string, unknown>) => void): Promise<void>;
 }
 
 /** Where the control socket listens (`--control-socket`), and its permissions. */
@@ -34,6 +43,8 @@ export interface ControlSocketOptions {
   permissions?: SocketPermissions;
   /** `--pidfile`: written once ready, removed on exit; undefined: none. */
   pidfile?: string;
+  /** `--metrics`: where /metrics is served (main thread, read on scrape); undefined: nowhere. */
+  metrics?: MetricsAddress;
 }
 
 /** Opens the control socket; if it cannot be opened, closes `service` and rethrows. */
@@ -49,10 +60,38 @@ async function openControl(
       path: control.path,
       permissions: control.permissions,
       devices: service.controlled ?? [],
+      changes: service.changes,
       log,
       onQuit,
     });
   } catch (err) {
+    await service.close();
+    throw err;
+  }
+}
+
+/**
+ * Opens `--metrics` (logging where it serves); if it cannot be opened,
+ * closes the control socket and `service`, and rethrows.
+ */
+async function openMetrics(
+  service: RunningService,
+  control: ControlSocketOptions,
+  log: Logger,
+  qmp: QmpServer | null,
+): Promise<MetricsServer | null> {
+  if (control.metrics === undefined) return null;
+  try {
+    const m = await MetricsServer.open({
+      address: control.metrics,
+      permissions: control.permissions,
+      devices: service.controlled ?? [],
+      log,
+    });
+    log('info', `metrics: serving ${m.url}`);
+    return m;
+  } catch (err) {
+    await qmp?.close();
     await service.close();
     throw err;
   }
@@ -66,8 +105,28 @@ export function formatStats(stats: Record<string, number>): string {
 }
 
 /**
+ * SIGHUP: reopens every log file (logrotate) on the logger threads and runs
+ * the service's own part (blk: re-read image sizes); the daemon goes on.
+ */
+async function hangup(service: RunningService, log: Logger, qmp: QmpServer | null): Promise<void> {
+  log('info', 'SIGHUP: reopening log files and re-reading image sizes');
+  const [files, own] = await Promise.allSettled([
+    reopenLogFiles(),
+    service.hangup?.((name, data) => qmp?.emit(name, data)),
+  ]);
+  if (files.status === 'rejected')
+    log('warn', `SIGHUP: reopening log files failed: ${(files.reason as Error).message}`);
+  if (own.status === 'rejected') log('warn', `SIGHUP: ${(own.reason as Error).message}`);
+  log(
+    'info',
+    `SIGHUP: done (${files.status === 'fulfilled' ? files.value : 0} log file(s) reopened)`,
+  );
+}
+
+/**
  * Runs `service` until SIGINT or SIGTERM (or `quit` on the control socket,
  * which takes the same stop path and gets DRAIN_COMPLETE before the exit).
+ * SIGHUP reopens log files and re-reads image sizes; SIGUSR1 logs the counters.
  */
 export async function serveUntilSignal(
   service: RunningService,
@@ -77,15 +136,19 @@ export async function serveUntilSignal(
   let stop: (signal: string) => void = () => {};
   const systemd = SdNotifier.fromEnv(process.env, log);
   const qmp = await openControl(service, control, log, () => stop('quit (control socket)'));
+  const metrics = await openMetrics(service, control, log, qmp);
   try {
     if (control.pidfile !== undefined) writePidfile(control.pidfile);
   } catch (err) {
+    await metrics?.close();
     await qmp?.close();
     await service.close();
     throw err;
   }
   const onUsr1 = () => log('info', `stats: ${service.statsLine()}`);
   process.on('SIGUSR1', onUsr1);
+  const onHup = () => void hangup(service, log, qmp);
+  process.on('SIGHUP', onHup);
   let unwatch: () => void = () => {};
   const stopped = new Promise<void>((resolve) => {
     let stopping = false;
@@ -98,6 +161,7 @@ export async function serveUntilSignal(
         log('info', `stats: ${service.statsLine()}`);
         qmp?.emit('DRAIN_COMPLETE', {});
         await qmp?.close();
+        await metrics?.close();
         resolve();
       });
     };
@@ -122,6 +186,7 @@ export async function serveUntilSignal(
   await stopped;
   unwatch();
   process.off('SIGUSR1', onUsr1);
+  process.off('SIGHUP', onHup);
   if (control.pidfile !== undefined) removePidfile(control.pidfile);
 }
 

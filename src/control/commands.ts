@@ -5,9 +5,15 @@
  * (it changes the worker thread's scheduling there), and its reply is a promise.
  */
 import { ConfigError } from '../errors.js';
+import { type ThrottleLimits, validateThrottleLimits } from '../io/throttle.js';
+import {
+  type HistogramSnapshot,
+  LATENCY_BUCKET_BOUNDS_NS,
+  percentileNs,
+} from '../locking/index.js';
 import { RT_FLAGS, type RtOptions, type RtPolicy, validateRtOptions } from '../rt/options.js';
 import { QmpCommandError } from './errors.js';
-import type { ControlledDevice, ControlVersion } from './types.js';
+import type { ControlledDevice, ControlVersion, DeviceChanges } from './types.js';
 
 /** What a command runs against: the daemon's devices, its version, and the way to stop it. */
 export interface CommandContext {
@@ -15,6 +21,12 @@ export interface CommandContext {
   version: ControlVersion;
   /** Asks the daemon to drain and exit, after the reply to this command has been sent. */
   quit(): void;
+  /** Sends an event to every negotiated client (BLOCK_RESIZED); absent in unit tests. */
+  emit?(name: string, data: Record<string, unknown>): void;
+  /** `device-add` / `device-del`; absent when the daemon cannot change its devices. */
+  changes?: DeviceChanges;
+  /** Hooks (true) or unhooks (false) a device's events, as it is added or removed. */
+  watch?(device: ControlledDevice, on: boolean): void;
 }
 
 /** One argument a command takes. */
@@ -88,7 +100,45 @@ function deviceStats(d: ControlledDevice, index: number): Record<string, unknown
     stats: d.stats(),
   };
   if (d.portStats !== undefined) entry.ports = d.portStats();
+  if (d.queueStats !== undefined || d.latency !== undefined) entry.queues = queueStats(d);
   return entry;
+}
+
+/** Per-queue counters and latency histograms of a blk device, as query-stats returns them. */
+function queueStats(d: ControlledDevice): Record<string, unknown>[] {
+  const counters = d.queueStats?.() ?? [];
+  const latency = d.latency?.() ?? [];
+  return Array.from({ length: Math.max(counters.length, latency.length) }, (_, queue) => ({
+    queue,
+    ...counters[queue],
+    ...(latency[queue] === undefined ? {} : { latency: latencyJson(latency[queue]) }),
+  }));
+}
+
+/**
+ * A latency histogram as query-stats returns it: `buckets` maps each
+ * non-empty bucket's inclusive upper bound in nanoseconds ("+Inf" for the
+ * overflow) to its count (not cumulative: /metrics gives the running sums),
+ * with the count, sum, largest value, values over the target and p50 / p99 /
+ * p99.9 read from the buckets.
+ */
+export function latencyJson(h: HistogramSnapshot): Record<string, unknown> {
+  const buckets: Record<string, number> = {};
+  h.buckets.forEach((n, b) => {
+    const le = LATENCY_BUCKET_BOUNDS_NS[b];
+    if (n > 0) buckets[le === Number.POSITIVE_INFINITY ? '+Inf' : String(le)] = n;
+  });
+  const us = (q: number) => Math.round(percentileNs(h, q) / 100) / 10;
+  return {
+    count: h.count,
+    'sum-ns': h.sumNs,
+    'max-ns': h.maxNs,
+    'over-target': h.over,
+    'p50-us': us(0.5),
+    'p99-us': us(0.99),
+    'p99.9-us': us(0.999),
+    buckets,
+  };
 }
 
 /**
@@ -140,6 +190,139 @@ async function setRt(args: CommandArguments, ctx: CommandContext): Promise<unkno
   }
 }
 
+/** An error of a device-side operation as a QMP GenericError (its message kept). */
+function commandFailure(command: string, err: unknown): unknown {
+  if (err instanceof QmpCommandError) return err;
+  return new QmpCommandError('GenericError', `${command}: ${(err as Error).message}`, {
+    cause: err,
+  });
+}
+
+/** `block-resize`: grows/shrinks the image to `size`, or re-reads its size; BLOCK_RESIZED on a change. */
+async function blockResize(args: CommandArguments, ctx: CommandContext): Promise<unknown> {
+  const [index] = selected(args, ctx);
+  const d = ctx.devices[index];
+  if (d.resize === undefined)
+    throw new QmpCommandError(
+      'GenericError',
+      `block-resize is not supported for this device (device ${index} is a ${d.kind})`,
+    );
+  const size = args.size as number | undefined;
+  if (size !== undefined && (size < 0 || size % 512 !== 0))
+    throw new QmpCommandError(
+      'GenericError',
+      `Parameter 'size' must be a non-negative multiple of 512, not ${size}`,
+    );
+  let r: { previous: number; size: number };
+  try {
+    r = await d.resize(size);
+  } catch (err) {
+    throw commandFailure('block-resize', err);
+  }
+  if (r.size !== r.previous)
+    ctx.emit?.('BLOCK_RESIZED', {
+      device: ctx.devices.indexOf(d),
+      socket: d.socketPath,
+      size: r.size,
+      previous: r.previous,
+    });
+  return { size: r.size, previous: r.previous };
+}
+
+/** `block-set-io-throttle`'s arguments (QEMU's block_set_io_throttle names) and the limits they set. */
+const THROTTLE_ARGS = {
+  iops: 'iops',
+  iops_rd: 'iopsRead',
+  iops_wr: 'iopsWrite',
+  bps: 'bps',
+  bps_rd: 'bpsRead',
+  bps_wr: 'bpsWrite',
+  iops_max: 'iopsBurst',
+  bps_max: 'bpsBurst',
+} as const satisfies Record<string, keyof ThrottleLimits>;
+
+/**
+ * `block-set-io-throttle` (issue 14): new token-bucket limits for a blk
+ * device, applied by its worker (a typed device command); an argument left
+ * out is 0, no limit, as all 0 removes throttling. Replies with the limits in force.
+ */
+async function blockSetIoThrottle(args: CommandArguments, ctx: CommandContext): Promise<unknown> {
+  const [index] = selected(args, ctx);
+  const d = ctx.devices[index];
+  if (d.kind !== 'blk' || d.host === null)
+    throw new QmpCommandError(
+      'GenericError',
+      `block-set-io-throttle is not supported for this device (device ${index} is a ${d.kind})`,
+    );
+  const limits: ThrottleLimits = {};
+  for (const [arg, key] of Object.entries(THROTTLE_ARGS)) {
+    const v = args[arg] as number | undefined;
+    if (v === undefined) continue;
+    if (v < 0)
+      throw new QmpCommandError('GenericError', `Parameter '${arg}' must be >= 0, not ${v}`);
+    limits[key] = v;
+  }
+  try {
+    validateThrottleLimits(limits);
+    return await d.host.command({ type: 'set-io-throttle', limits });
+  } catch (err) {
+    throw commandFailure('block-set-io-throttle', err);
+  }
+}
+
+/** `device-add`: starts a blk export or a net port on a worker of its own. */
+async function deviceAdd(args: CommandArguments, ctx: CommandContext): Promise<unknown> {
+  const changes = ctx.changes;
+  if (changes === undefined || !changes.kinds.includes(args.kind as string))
+    throw new QmpCommandError(
+      'GenericError',
+      `Parameter 'kind' must be one of ${changes?.kinds.join(', ') || '(none: this daemon cannot add devices)'}, not ${String(args.kind)}`,
+    );
+  let d: ControlledDevice;
+  try {
+    d = await changes.add(args);
+  } catch (err) {
+    throw commandFailure('device-add', err);
+  }
+  ctx.watch?.(d, true);
+  return { device: ctx.devices.indexOf(d), kind: d.kind, socket: d.socketPath };
+}
+
+/** `device-del`: drains device `device`, disconnects its front end, removes its socket. */
+async function deviceDel(args: CommandArguments, ctx: CommandContext): Promise<unknown> {
+  const [index] = selected(args, ctx);
+  const changes = ctx.changes;
+  if (changes === undefined)
+    throw new QmpCommandError('GenericError', 'device-del: this daemon cannot remove devices');
+  const d = ctx.devices[index];
+  ctx.watch?.(d, false);
+  try {
+    await changes.remove(index);
+  } catch (err) {
+    if (ctx.devices.includes(d)) ctx.watch?.(d, true);
+    throw commandFailure('device-del', err);
+  }
+  return { device: index, kind: d.kind, socket: d.socketPath };
+}
+
+/** The arguments of `device-add`: the CLI's device options, by the same names. */
+const DEVICE_ADD_ARGS: Record<string, ArgumentSpec> = {
+  kind: { type: 'string', required: true },
+  'socket-path': { type: 'string', required: true },
+  image: { type: 'string', required: false },
+  readonly: { type: 'boolean', required: false },
+  queues: { type: 'integer', required: false },
+  'queue-size': { type: 'integer', required: false },
+  aio: { type: 'string', required: false },
+  direct: { type: 'boolean', required: false },
+  serial: { type: 'string', required: false },
+  'poll-us': { type: 'integer', required: false },
+  mac: { type: 'string', required: false },
+  'rt-policy': { type: 'string', required: false },
+  'rt-priority': { type: 'integer', required: false },
+  cpus: { type: 'string', required: false },
+};
+
 /** The commands the control socket answers (qmp_capabilities is the session's own). */
 export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, CommandSpec>([
   [
@@ -190,6 +373,50 @@ export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, Comman
         cpus: { type: 'integer-list', required: false },
       },
       run: setRt,
+    },
+  ],
+  [
+    'block-set-io-throttle',
+    {
+      summary:
+        "token-bucket limits of blk 'device' (iops, iops_rd, iops_wr, bps, bps_rd, bps_wr, iops_max, bps_max: bursts; 0 or absent: none), applied at once by its worker",
+      args: {
+        device: { type: 'integer', required: true },
+        ...Object.fromEntries(
+          Object.keys(THROTTLE_ARGS).map((a) => [a, { type: 'integer', required: false } as const]),
+        ),
+      },
+      run: blockSetIoThrottle,
+    },
+  ],
+  [
+    'block-resize',
+    {
+      summary:
+        "grow or shrink 'device''s image to 'size' bytes (ftruncate), or re-read its size without 'size'; the guest is told",
+      args: {
+        device: { type: 'integer', required: true },
+        size: { type: 'integer', required: false },
+      },
+      run: blockResize,
+    },
+  ],
+  [
+    'device-add',
+    {
+      summary:
+        "add a blk export ('image', 'socket-path', options as the CLI's) or a net port ('socket-path', 'mac') on a worker of its own",
+      args: DEVICE_ADD_ARGS,
+      run: deviceAdd,
+    },
+  ],
+  [
+    'device-del',
+    {
+      summary:
+        "remove 'device': complete its in-flight requests, disconnect its front end, remove its socket",
+      args: { device: { type: 'integer', required: true } },
+      run: deviceDel,
     },
   ],
   [

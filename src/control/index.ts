@@ -5,4 +5,4 @@
 export { COMMANDS, type CommandContext, type CommandSpec, executeCommand } from './commands.js';
 export { QmpCommandError, type QmpErrorClass, QmpLineTooLongError } from './errors.js';
 export { daemonVersion, MAX_LINE_BYTES, QmpServer, type QmpServerOptions } from './qmp-server.js';
-export type { ControlledDevice, ControlVersion } from './types.js';
+export type { ControlledDevice, ControlVersion, DeviceChanges } from './types.js';

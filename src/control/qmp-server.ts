@@ -19,7 +19,7 @@ import { projectRoot } from '../native.js';
 import { listenUnix, removeSocket, type SocketPermissions } from '../sockets/listen.js';
 import { type CommandContext, executeCommand } from './commands.js';
 import { QmpCommandError, type QmpErrorClass, QmpLineTooLongError } from './errors.js';
-import type { ControlledDevice, ControlVersion } from './types.js';
+import type { ControlledDevice, ControlVersion, DeviceChanges } from './types.js';
 
 /** Longest line (bytes) a client may send before its newline; a longer one closes that client. */
 export const MAX_LINE_BYTES = 1024 * 1024;
@@ -49,6 +49,11 @@ export interface QmpServerOptions {
   log: Logger;
   /** Called (once the reply is queued) when a client sends `quit`. */
   onQuit(): void;
+  /**
+   * `device-add` / `device-del`: they change `devices` (the same array) in
+   * place; events name a device by its index at the time of the event.
+   */
+  changes?: DeviceChanges;
   version?: ControlVersion;
   /** Longest line accepted; {@link MAX_LINE_BYTES} unless a test says otherwise. */
   maxLineBytes?: number;
@@ -95,6 +100,9 @@ export class QmpServer {
         this.quitting = true;
         setImmediate(() => options.onQuit());
       },
+      emit: (name, data) => this.emit(name, data),
+      changes: options.changes,
+      watch: (d, on) => this.hook(d, on),
     };
   }
 
@@ -124,21 +132,38 @@ export class QmpServer {
   }
 
   private hookDevices(): void {
-    this.options.devices.forEach((d, device) => {
-      const socket = d.socketPath;
-      if (d.server !== null)
-        d.server.onFrontend = (up) =>
-          this.emit(up ? 'FRONTEND_CONNECTED' : 'FRONTEND_DISCONNECTED', { device, socket });
-      if (d.host !== null)
-        d.host.onBroken = (queue, ring) =>
-          this.emit('DEVICE_BROKEN', {
-            device,
-            socket,
-            queue,
-            code: ring.code,
-            reason: ring.reason,
-          });
-    });
+    for (const d of this.options.devices) this.hook(d, true);
+  }
+
+  /** Hooks (or unhooks) device `d`'s front-end and broken-ring events. */
+  hook(d: ControlledDevice, on: boolean): void {
+    const socket = d.socketPath;
+    // The index at the time of the event: device-del moves the devices after it down.
+    const index = () => this.options.devices.indexOf(d);
+    if (d.server !== null)
+      d.server.onFrontend = on
+        ? (up) =>
+            this.emit(up ? 'FRONTEND_CONNECTED' : 'FRONTEND_DISCONNECTED', {
+              device: index(),
+              socket,
+            })
+        : null;
+    if (d.host !== null)
+      d.host.onBroken = on
+        ? (queue, ring) =>
+            this.emit('DEVICE_BROKEN', {
+              device: index(),
+              socket,
+              queue,
+              code: ring.code,
+              reason: ring.reason,
+            })
+        : null;
+    // A device's own notices (LATENCY_TARGET_EXCEEDED, rate-limited by the device).
+    if (d.host !== null)
+      d.host.onNotice = on
+        ? (name, data) => this.emit(name, { device: index(), socket, ...data })
+        : null;
   }
 
   private accept(socket: Socket): void {

@@ -3,13 +3,15 @@
  * worker opens each kind: {@link openDevice} is the one place that knows every
  * kind, so the worker framework stays generic.
  */
+
+import type { BlkCommand } from './blk/device.js';
 import { openBlkDevice } from './blk/open.js';
 import type { BlkDeviceInit } from './blk/options.js';
 import type { ConsoleCommand } from './console/device.js';
-import type { NetCommand } from './net/device.js';
 import { openConsoleDevice } from './console/open.js';
 import type { ConsoleDeviceInit } from './console/options.js';
 import type { DeviceEnv } from './device.js';
+import type { NetCommand } from './net/device.js';
 import { openNetDevice } from './net/open.js';
 import type { NetDeviceInit } from './net/options.js';
 
@@ -24,7 +26,7 @@ export {
   type VirtioDeviceModel,
 } from './device.js';
 export type { NetInfo } from './net/options.js';
-export type { BlkDeviceInit, ConsoleCommand, ConsoleDeviceInit, NetDeviceInit };
+export type { BlkCommand, BlkDeviceInit, ConsoleCommand, ConsoleDeviceInit, NetDeviceInit };
 
 /** What a device worker is given to open a device, by kind. */
 export type DeviceInit = BlkDeviceInit | ConsoleDeviceInit | NetDeviceInit;
@@ -39,7 +41,7 @@ type AnyOpened =
 export type DeviceDescription = AnyOpened['description'];
 
 /** Run-time commands of every device model. */
-export type ModelCommand = ConsoleCommand | NetCommand;
+export type ModelCommand = ConsoleCommand | BlkCommand | NetCommand;
 
 /** Opens the device `init` describes, in the calling (worker) thread. */
 export function openDevice(init: DeviceInit, env: DeviceEnv): AnyOpened {

@@ -10,12 +10,26 @@ import { WorkerHost } from '../thread/index.js';
 import type { SinkSpec } from './sinks.js';
 import {
   LOGGER_STAT_NAMES,
+  type LoggerCommand,
   type LoggerInit,
   type LoggerReady,
   type LogStreamInit,
 } from './stream.js';
 
-type LoggerWorker = WorkerHost<LoggerInit, LoggerReady, never>;
+type LoggerWorker = WorkerHost<LoggerInit, LoggerReady, LoggerCommand>;
+
+/** Logger threads of this process that are running: SIGHUP reopens the files of all of them. */
+const running = new Set<LoggerThread>();
+
+/**
+ * Reopens the file sinks of every running logger thread (SIGHUP after
+ * logrotate moved the files away); resolves to the number of files reopened.
+ * The reopen happens on each logger thread, between two writes.
+ */
+export async function reopenLogFiles(): Promise<number> {
+  const counts = await Promise.all([...running].map((t) => t.reopen()));
+  return counts.reduce((a, b) => a + b, 0);
+}
 
 /** Default ring size per stream: 1 MiB absorbs seconds of a fast guest console. */
 export const DEFAULT_RING_BYTES = 1 << 20;
@@ -58,7 +72,9 @@ export class LoggerThread {
     );
     try {
       const started = await worker.ready;
-      return new LoggerThread(worker, started.thread, started.ready.background);
+      const thread = new LoggerThread(worker, started.thread, started.ready.background);
+      running.add(thread);
+      return thread;
     } catch (err) {
       await worker.terminate();
       throw err;
@@ -67,6 +83,12 @@ export class LoggerThread {
 
   /** Drains every ring to its sinks, closes them and ends the thread. Stop the producers first. */
   async shutdown(): Promise<void> {
+    running.delete(this);
     await this.worker.shutdown();
+  }
+
+  /** Reopens this thread's file sinks at their paths; resolves to how many. */
+  async reopen(): Promise<number> {
+    return (await this.worker.request({ op: 'reopen' })) as number;
   }
 }

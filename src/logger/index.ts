@@ -1,6 +1,12 @@
 /** Decoupled logging: rings from device workers to a low-priority logger thread. */
 export { LoggerError, type LoggerErrorCode } from './errors.js';
-export { createLogStream, DEFAULT_RING_BYTES, LoggerThread, type LogStream } from './host.js';
+export {
+  createLogStream,
+  DEFAULT_RING_BYTES,
+  LoggerThread,
+  type LogStream,
+  reopenLogFiles,
+} from './host.js';
 export { OutputStream, parseRingPolicy, RING_POLICIES, type RingPolicy } from './output.js';
 export { PORT_STAT_NAMES, PortStat } from './port-stats.js';
 export {

@@ -18,6 +18,11 @@ export interface Sink {
   write(chunk: Uint8Array, n: number): Promise<void>;
   /** Flushes and releases the destination. */
   close(): Promise<void>;
+  /**
+   * Optional: releases the destination and opens it again at the same path
+   * (a file logrotate moved away); the next write lands in the new one.
+   */
+  reopen?(): Promise<void>;
   /** Counters for the daemon's stats: bytes written, and bytes a slow reader missed. */
   readonly written: number;
   readonly missed: number;
@@ -46,6 +51,8 @@ export class FileSink implements Sink {
   written = 0;
   readonly missed = 0;
   private atLineStart = true;
+  /** Writes, rotations and reopens run one after the other: the last one queued. */
+  private queue: Promise<unknown> = Promise.resolve();
 
   private constructor(
     private readonly spec: FileSinkSpec,
@@ -59,7 +66,27 @@ export class FileSink implements Sink {
     return new FileSink(spec, fh, size);
   }
 
-  async write(chunk: Uint8Array, n: number): Promise<void> {
+  write(chunk: Uint8Array, n: number): Promise<void> {
+    return this.serial(() => this.writeNow(chunk, n));
+  }
+
+  /** Closes the file and opens `path` again (a new file if it was renamed or removed). */
+  reopen(): Promise<void> {
+    return this.serial(async () => {
+      await this.fh.close();
+      this.fh = await open(this.spec.path, 'a');
+      this.size = (await this.fh.stat()).size;
+    });
+  }
+
+  /** Runs `op` after every operation queued before it (a reopen never cuts a write in two). */
+  private serial(op: () => Promise<void>): Promise<void> {
+    const next = this.queue.then(op);
+    this.queue = next.catch(() => {});
+    return next;
+  }
+
+  private async writeNow(chunk: Uint8Array, n: number): Promise<void> {
     const bytes = this.spec.timestamps ? this.stamp(chunk, n) : chunk.subarray(0, n);
     const limit = this.spec.rotateBytes;
     if (limit > 0 && this.size > 0 && this.size + bytes.length > limit) await this.rotate();
@@ -102,8 +129,8 @@ export class FileSink implements Sink {
     this.size = 0;
   }
 
-  async close(): Promise<void> {
-    await this.fh.close();
+  close(): Promise<void> {
+    return this.serial(() => this.fh.close());
   }
 }
 

@@ -18,6 +18,13 @@ export interface LoggerInit {
   streams: LogStreamInit[];
 }
 
+/**
+ * Commands the logger thread takes besides shutdown. `reopen`: close and
+ * reopen every file sink at its path (logrotate moved the file away: SIGHUP);
+ * answered with the number of files reopened.
+ */
+export type LoggerCommand = { op: 'reopen' };
+
 /** The logger thread's ready payload. */
 export interface LoggerReady {
   /** 'idle' (SCHED_IDLE) or 'nice' (nice 19). */

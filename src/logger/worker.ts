@@ -14,6 +14,7 @@ import { sinkKey } from './sinks.js';
 import {
   LOGGER_CHUNK_BYTES,
   LOGGER_STAT_NAMES,
+  type LoggerCommand,
   type LoggerInit,
   type LoggerReady,
   LoggerStat,
@@ -83,7 +84,18 @@ async function drain(s: Stream, closing: Promise<void>, isClosing: () => boolean
   }
 }
 
-runWorker<LoggerInit, LoggerReady, never>(async (init) => {
+/** Reopens every sink that can be reopened (files); resolves to how many were. */
+async function reopenSinks(sinks: Sink[]): Promise<number> {
+  let n = 0;
+  for (const sink of sinks) {
+    if (sink.reopen === undefined) continue;
+    await sink.reopen();
+    n++;
+  }
+  return n;
+}
+
+runWorker<LoggerInit, LoggerReady, LoggerCommand>(async (init) => {
   const background = lowerToBackground();
   const { streams, sinks } = await openStreams(init);
   let closingNow = false;
@@ -94,8 +106,12 @@ runWorker<LoggerInit, LoggerReady, never>(async (init) => {
   const drains = streams.map((s) => drain(s, closing, () => closingNow));
   return {
     ready: { background, sinks: sinks.length },
-    handle: () => {
-      throw new LoggerError('LOG_BAD_COMMAND', 'the logger thread takes no commands but shutdown');
+    handle: (cmd: LoggerCommand) => {
+      if (cmd.op === 'reopen') return reopenSinks(sinks);
+      throw new LoggerError(
+        'LOG_BAD_COMMAND',
+        `the logger thread has no command ${String(cmd.op)}`,
+      );
     },
     shutdown: async () => {
       closingNow = true;

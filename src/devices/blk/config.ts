@@ -82,6 +82,10 @@ export interface BlkGeometry {
   /** Longest chain the guest may send, in data segments. */
   segMax: number;
   readonly: boolean;
+  /** The storage can flush / discard / write zeroes (absent: yes); false: the feature is not offered. */
+  flush?: boolean;
+  discard?: boolean;
+  writeZeroes?: boolean;
 }
 
 /** Largest discard / write-zeroes a single segment may cover (sectors): 1 GiB. */
@@ -95,27 +99,52 @@ export function blkDeviceFeatures(g: BlkGeometry): bigint {
     BlkFeature.BLK_SIZE,
     BlkFeature.FLUSH,
     BlkFeature.TOPOLOGY,
+    BlkFeature.CONFIG_WCE,
   ]) {
     f |= 1n << BigInt(bit);
   }
   if (g.numQueues > 1) f |= 1n << BigInt(BlkFeature.MQ);
+  // Storage that cannot flush has no cache for the driver to control either.
+  if (g.flush === false)
+    f &= ~((1n << BigInt(BlkFeature.FLUSH)) | (1n << BigInt(BlkFeature.CONFIG_WCE)));
   if (g.readonly) f |= 1n << BigInt(BlkFeature.RO);
-  else f |= (1n << BigInt(BlkFeature.DISCARD)) | (1n << BigInt(BlkFeature.WRITE_ZEROES));
+  else {
+    if (g.discard !== false) f |= 1n << BigInt(BlkFeature.DISCARD);
+    if (g.writeZeroes !== false) f |= 1n << BigInt(BlkFeature.WRITE_ZEROES);
+  }
   return f;
 }
 
-/** Encodes struct virtio_blk_config for `g` (little-endian, §5.2.4). */
+/** The cache mode in the `writeback` byte (§5.2.4, with VIRTIO_BLK_F_CONFIG_WCE). */
+export const BlkCacheMode = { WRITETHROUGH: 0, WRITEBACK: 1 } as const;
+
+/** Whole sectors of an image of `bytes` bytes, as bytes: the capacity a driver sees. */
+export function capacityOf(bytes: number): number {
+  return Math.floor(bytes / SECTOR_SIZE) * SECTOR_SIZE;
+}
+
+/** Writes the capacity field (in sectors) of an encoded config for an image of `bytes` bytes. */
+export function writeCapacity(config: Uint8Array, bytes: number): void {
+  const v = new DataView(config.buffer, config.byteOffset, config.byteLength);
+  v.setBigUint64(BlkConfigOffset.capacity, BigInt(Math.floor(bytes / SECTOR_SIZE)), true);
+}
+
+/**
+ * Encodes struct virtio_blk_config for `g` (little-endian, §5.2.4). The
+ * `writeback` byte starts at writeback (VIRTIO_BLK_F_CONFIG_WCE lets the
+ * driver switch it to writethrough with a config write).
+ */
 export function encodeBlkConfig(g: BlkGeometry): Uint8Array {
   const bytes = new Uint8Array(BLK_CONFIG_SIZE);
   const v = new DataView(bytes.buffer);
   const o = BlkConfigOffset;
-  v.setBigUint64(o.capacity, BigInt(Math.floor(g.imageBytes / SECTOR_SIZE)), true);
+  writeCapacity(bytes, g.imageBytes);
   v.setUint32(o.segMax, g.segMax, true);
   v.setUint32(o.blkSize, g.blockSize, true);
   v.setUint8(o.physicalBlockExp, 0);
   v.setUint16(o.minIoSize, 1, true);
   v.setUint32(o.optIoSize, 0, true);
-  v.setUint8(o.writeback, 1);
+  v.setUint8(o.writeback, BlkCacheMode.WRITEBACK);
   v.setUint16(o.numQueues, g.numQueues, true);
   if (!g.readonly) {
     const alignSectors = g.blockSize / SECTOR_SIZE;

@@ -29,18 +29,22 @@ import {
 import { readConfigBytes, type VirtioDeviceModel } from '../device.js';
 import {
   BLK_ID_BYTES,
+  BlkCacheMode,
+  BlkConfigOffset,
   type BlkGeometry,
   BlkRequestType,
   BlkStatus,
   blkDeviceFeatures,
+  capacityOf,
   DISCARD_SEGMENT_SIZE,
   encodeBlkConfig,
   MAX_DISCARD_SECTORS,
   REQUEST_HEADER_SIZE,
   SECTOR_SIZE,
   WRITE_ZEROES_FLAG_UNMAP,
+  writeCapacity,
 } from './config.js';
-import { BlkStat } from './stats.js';
+import { type BlkAccounting, BlkStat } from './stats.js';
 
 /** Options of a {@link BlkDevice}. */
 export interface BlkDeviceOptions {
@@ -59,11 +63,29 @@ export interface BlkDeviceOptions {
    * exception propagates out of the engine's callback.
    */
   fault?: (error: unknown) => void;
+  /** Per-queue counters and latency histograms in shared memory (issues 10, 14); none when absent. */
+  accounting?: BlkAccounting;
+  /** The config space changed (a resize): the transport tells the driver. */
+  configChanged?: () => void;
   /** How the guest's header ioprio becomes the host one (default: clamp under best-effort 0). */
   ioprio?: IoprioPolicy;
   /** Token-bucket limits (QoS); absent or all 0: none. */
   throttle?: ThrottleLimits;
 }
+
+/**
+ * Run-time commands of a blk device. `resize`: the capacity becomes `bytes`
+ * (whole sectors); the driver is told. Resolves once no request in flight
+ * reaches past the new end (each of those completes with IOERR), so the
+ * caller may then shrink the image file.
+ */
+export type BlkCommand =
+  | { type: 'resize'; bytes: number }
+  /** block-set-io-throttle: new token-bucket limits (issue 14); answered with the limits in force. */
+  | { type: 'set-io-throttle'; limits: ThrottleLimits };
+
+/** slotType of a write that completed and now waits for its writethrough flush. */
+const WRITE_FLUSHING = 0xf0;
 
 const U32 = 0x1_0000_0000;
 /** Returned by the start functions when the engine owns the request until it completes. */
@@ -91,7 +113,7 @@ interface QueueState {
  * The virtio-blk device model: runs each queue's request chains on an IoEngine,
  * at most `queueSize` in flight per queue (one preallocated slot per request).
  */
-export class BlkDevice implements VirtioDeviceModel {
+export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   readonly kind = 'blk';
   readonly features: bigint;
   readonly numQueues: number;
@@ -100,10 +122,19 @@ export class BlkDevice implements VirtioDeviceModel {
   private readonly config: Uint8Array;
   private readonly engine: IoEngine;
   private readonly geometry: BlkGeometry;
-  private readonly capacityBytes: number;
+  private capacityBytes: number;
+  /** Writethrough (config `writeback` 0): every write is flushed before it completes. */
+  private writethrough = false;
+  /** A writethrough flush was queued in a completion batch: submit at the batch's end. */
+  private flushQueued = false;
+  private readonly configChanged: () => void;
+  /** Requests in flight past the capacity a shrink set, and who waits for them to end. */
+  private tailInFlight = 0;
+  private tailDone: (() => void) | null = null;
   private readonly serial: Uint8Array;
   private readonly slotsPerQueue: number;
   private readonly stats: StatCounters;
+  private readonly acct: BlkAccounting | null;
   private readonly warn: (message: string) => void;
   private readonly queues: QueueState[];
   private readonly chain: DescriptorChain;
@@ -122,6 +153,8 @@ export class BlkDevice implements VirtioDeviceModel {
   // Slot tables, indexed by queue * slotsPerQueue + slot.
   private readonly slotHead: Int32Array;
   private readonly slotDataLen: Float64Array;
+  /** End (byte offset) of the image range a request in flight touches; 0: none or done. */
+  private readonly slotEnd: Float64Array;
   private readonly slotType: Uint8Array;
   /** Where each request's status byte lives: region index (-1: nowhere) and buffer offset. */
   private readonly statusRegion: Int32Array;
@@ -145,7 +178,10 @@ export class BlkDevice implements VirtioDeviceModel {
   constructor(options: BlkDeviceOptions) {
     this.engine = options.engine;
     this.geometry = options.geometry;
-    this.capacityBytes = Math.floor(options.geometry.imageBytes / SECTOR_SIZE) * SECTOR_SIZE;
+    this.capacityBytes = capacityOf(options.geometry.imageBytes);
+    this.configChanged = options.configChanged ?? (() => {});
+    this.ioprio = options.ioprio ?? new IoprioPolicy();
+    this.setIoThrottle(options.throttle ?? {});
     this.serial = new TextEncoder().encode(options.serial).subarray(0, BLK_ID_BYTES);
     this.slotsPerQueue = options.queueSize;
     this.features = blkDeviceFeatures(options.geometry);
@@ -154,13 +190,13 @@ export class BlkDevice implements VirtioDeviceModel {
     this.config = encodeBlkConfig(options.geometry);
     this.configSize = this.config.length;
     this.stats = options.stats;
+    this.acct = options.accounting ?? null;
     this.warn = options.warn;
-    this.ioprio = options.ioprio ?? new IoprioPolicy();
-    this.setIoThrottle(options.throttle ?? {});
     const n = options.geometry.numQueues;
     const slots = n * this.slotsPerQueue;
     this.slotHead = new Int32Array(slots);
     this.slotDataLen = new Float64Array(slots);
+    this.slotEnd = new Float64Array(slots);
     this.slotType = new Uint8Array(slots);
     this.statusRegion = new Int32Array(slots);
     this.statusOffset = new Float64Array(slots);
@@ -219,9 +255,69 @@ export class BlkDevice implements VirtioDeviceModel {
     readConfigBytes(this.config, offset, out);
   }
 
-  /** CONFIG_WCE is not offered, so no field of virtio_blk_config is writable. */
-  writeConfig(_offset: number, _data: Uint8Array): boolean {
-    return false;
+  /**
+   * VIRTIO_BLK_F_CONFIG_WCE: the `writeback` byte is the one writable field
+   * (0 writethrough, 1 writeback). A write may cover other bytes only if it
+   * leaves them as they are.
+   */
+  writeConfig(offset: number, data: Uint8Array): boolean {
+    const at = BlkConfigOffset.writeback - offset;
+    if (at < 0 || at >= data.length || data[at] > BlkCacheMode.WRITEBACK) return false;
+    for (let i = 0; i < data.length; i++)
+      if (i !== at && data[i] !== (this.config[offset + i] ?? 0)) return false;
+    this.config[BlkConfigOffset.writeback] = data[at];
+    this.writethrough = data[at] === BlkCacheMode.WRITETHROUGH;
+    return true;
+  }
+
+  /** Run-time commands from the control plane. */
+  command(cmd: BlkCommand): Promise<unknown> {
+    switch (cmd.type) {
+      case 'resize':
+        return this.resize(cmd.bytes);
+      case 'set-io-throttle':
+        this.setIoThrottle(cmd.limits);
+        return Promise.resolve(this.ioThrottle);
+    }
+  }
+
+  /**
+   * Sets the capacity to `bytes` (whole sectors) and tells the driver. A
+   * request that reaches past it fails with IOERR: new ones at once, those
+   * in flight when they complete; the promise resolves once none is left.
+   */
+  resize(bytes: number): Promise<void> {
+    if (!Number.isSafeInteger(bytes) || bytes < 0)
+      throw new RangeError(`resize to ${bytes} bytes: must be a non-negative integer`);
+    this.capacityBytes = capacityOf(bytes);
+    writeCapacity(this.config, this.capacityBytes);
+    this.configChanged();
+    let tail = 0;
+    for (let id = 0; id < this.slotEnd.length; id++)
+      if (this.slotEnd[id] > this.capacityBytes) tail++;
+    this.tailInFlight = tail;
+    const previous = this.tailDone;
+    if (tail === 0) {
+      this.tailDone = null;
+      previous?.();
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      this.tailDone = () => {
+        previous?.();
+        resolve();
+      };
+    });
+  }
+
+  /** Usable capacity in bytes (whole sectors). */
+  get capacity(): number {
+    return this.capacityBytes;
+  }
+
+  /** True while the driver asked for writethrough (config `writeback` 0). */
+  get isWritethrough(): boolean {
+    return this.writethrough;
   }
 
   /** Takes the device's rings, one per queue. */
@@ -273,6 +369,7 @@ export class BlkDevice implements VirtioDeviceModel {
     }
     this.engine.submit();
     this.flushNotifications();
+    this.acct?.publish();
   }
 
   /**
@@ -291,6 +388,7 @@ export class BlkDevice implements VirtioDeviceModel {
     const stop = drainQueue(vq, this.chain, q.handler, Number.POSITIVE_INFINITY, this.drained);
     q.starved = stop === DrainStop.HANDLER;
     const popped = this.drained.popped;
+    this.acct?.drained(index, popped);
     if (wasHeld) this.stats.add(BlkStat.throttledRequests, popped);
     if (this.throttle !== null && !this.throttle.open()) this.hold(q);
     if (popped > 0) {
@@ -309,6 +407,7 @@ export class BlkDevice implements VirtioDeviceModel {
     this.locateStatus(id);
     q.inFlight++;
     this.inFlight++;
+    this.acct?.started(queue, id);
     const status = this.start(id);
     if (status !== STARTED)
       this.finish(id, status, status === BlkStatus.OK ? this.slotDataLen[id] : 0);
@@ -438,6 +537,7 @@ export class BlkDevice implements VirtioDeviceModel {
       if (count < 0) return this.ioError();
     }
     this.slotDataLen[id] = bytes;
+    this.slotEnd[id] = offset + bytes;
     const first = count === 0 ? firstIov : this.engine.stagedIovs - count;
     if (!this.engine.queueReadWrite(op, offset, first, count, id, this.requestIoprio)) {
       if (retried) {
@@ -472,6 +572,7 @@ export class BlkDevice implements VirtioDeviceModel {
       return this.ioError();
     if (length === 0) return BlkStatus.OK;
     const unmap = flags & WRITE_ZEROES_FLAG_UNMAP;
+    this.slotEnd[id] = offset + length;
     this.engine.queueSlowOp(unmap ? IoOp.DISCARD : op, offset, length, id);
     return STARTED;
   }
@@ -495,13 +596,21 @@ export class BlkDevice implements VirtioDeviceModel {
     const type = this.slotType[id];
     const expected =
       type === BlkRequestType.IN || type === BlkRequestType.OUT ? this.slotDataLen[id] : 0;
-    if (result < 0 || result !== expected) {
+    // A shrink cut the range this request touches while it was in flight.
+    if (result < 0 || result !== expected || this.slotEnd[id] > this.capacityBytes) {
       this.stats.add(BlkStat.ioErrors, 1);
       this.finish(id, BlkStatus.IOERR, 0);
       return;
     }
     if (type === BlkRequestType.IN) this.stats.add(BlkStat.bytesRead, result);
     else if (type === BlkRequestType.OUT) this.stats.add(BlkStat.bytesWritten, result);
+    if (type === BlkRequestType.OUT && this.writethrough) {
+      // Writethrough: the write completes only once a flush made it durable.
+      this.slotType[id] = WRITE_FLUSHING;
+      this.flushQueued = true;
+      this.engine.queueSlowOp(IoOp.FLUSH, 0, 0, id);
+      return;
+    }
     this.finish(id, BlkStatus.OK, type === BlkRequestType.IN ? result : 0);
   }
 
@@ -512,21 +621,37 @@ export class BlkDevice implements VirtioDeviceModel {
   private finish(id: number, status: number, dataWritten: number): void {
     const queue = Math.floor(id / this.slotsPerQueue);
     const q = this.queues[queue];
+    this.acct?.finished(queue, id, status, this.slotType[id], dataWritten, this.slotDataLen[id]);
     let used = 0;
     if (status >= 0 && this.statusRegion[id] >= 0) {
       this.bytes[this.statusRegion[id]][this.statusOffset[id]] = status;
       used = dataWritten + 1;
     }
     q.vring?.addUsed(this.slotHead[id], used);
+    if (this.tailInFlight > 0 && this.slotEnd[id] > this.capacityBytes) this.tailEnded();
+    this.slotEnd[id] = 0;
     this.releaseSlot(queue, id % this.slotsPerQueue);
     q.inFlight--;
     this.inFlight--;
     if (q.inFlight === 0) q.onIdle?.();
   }
 
+  /** One request in flight past a shrink's new end finished; the last wakes the resize. */
+  private tailEnded(): void {
+    if (--this.tailInFlight > 0) return;
+    const done = this.tailDone;
+    this.tailDone = null;
+    done?.();
+  }
+
   private endCompletionBatch(): void {
+    if (this.flushQueued) {
+      this.flushQueued = false;
+      this.engine.submit();
+    }
     if (this.inFlight === 0 && this.retired.length > 0) this.retired = [];
     this.flushNotifications();
+    this.acct?.publish();
     // A batch that ends inside a drain (an engine completing or failing
     // requests in submit) must not pop: the chain, reader and writer belong
     // to the request being started. The drain's kick re-drains once done.
@@ -544,7 +669,11 @@ export class BlkDevice implements VirtioDeviceModel {
   /** Ends a batch on every queue: used.idx published once, at most one interrupt each. */
   private flushNotifications(): void {
     let sent = 0;
-    for (const q of this.queues) if (q.vring?.flush()) sent++;
+    for (let i = 0; i < this.queues.length; i++) {
+      if (!this.queues[i].vring?.flush()) continue;
+      sent++;
+      this.acct?.interrupt(i);
+    }
     if (sent > 0) this.stats.add(BlkStat.interrupts, sent);
   }
 

@@ -8,14 +8,13 @@ import { StatCounters } from '../../locking/index.js';
 import { type DeviceEnv, describeModel, type OpenedDevice } from '../device.js';
 import { BlkDevice } from './device.js';
 import type { BlkDeviceInit, BlkInfo } from './options.js';
-import { BLK_STAT_NAMES } from './stats.js';
+import { BLK_STAT_NAMES, BlkAccounting } from './stats.js';
 
 /** Opens the image of `init` and builds the device on it. */
 export function openBlkDevice(init: BlkDeviceInit, env: DeviceEnv): OpenedDevice<'blk', BlkInfo> {
   const o = init.options;
   // Locked before the engine opens it (QEMU-style lock bytes, see image-lock.ts), held until the engine closes.
-  const lock = lockImage(o.image, { readonly: o.readonly, warn: env.warn });
-  const engine = lockedWhileOpen(lock, () =>
+  const open = () =>
     createEngine(o.aio, {
       path: o.image,
       readonly: o.readonly,
@@ -26,8 +25,15 @@ export function openBlkDevice(init: BlkDeviceInit, env: DeviceEnv): OpenedDevice
       uringSqpoll: o.uringSqpoll,
       aioThreads: o.aioThreads,
       aioThreadsPolicy: o.aioThreadsPolicy,
-    }),
-  );
+      nbdTimeoutMs: o.nbdTimeoutMs,
+    });
+  // An NBD export is the server's to lock: only local images take lock bytes.
+  const engine =
+    o.aio === 'nbd'
+      ? open()
+      : lockedWhileOpen(lockImage(o.image, { readonly: o.readonly, warn: env.warn }), open);
+  // What the storage cannot do is not offered (nbd: what the server advertises).
+  const caps = engine.capabilities;
   const model = new BlkDevice({
     engine,
     geometry: {
@@ -35,13 +41,33 @@ export function openBlkDevice(init: BlkDeviceInit, env: DeviceEnv): OpenedDevice
       blockSize: 512,
       numQueues: o.queues,
       segMax: o.queueSize - 2,
-      readonly: o.readonly,
+      readonly: o.readonly || caps?.readonly === true,
+      flush: caps?.flush,
+      discard: caps?.discard,
+      writeZeroes: caps?.writeZeroes,
     },
     serial: o.serial,
     queueSize: o.queueSize,
     stats: StatCounters.attach(init.statsBuffer, BLK_STAT_NAMES),
     warn: env.warn,
     fault: env.fault,
+    accounting:
+      init.accounting === undefined
+        ? undefined
+        : new BlkAccounting({
+            queues: o.queues,
+            slotsPerQueue: o.queueSize,
+            init: init.accounting,
+            onExceeded: (e) =>
+              env.notice?.('LATENCY_TARGET_EXCEEDED', {
+                queue: e.queue,
+                'latency-us': e.latencyUs,
+                'target-us': e.targetUs,
+                exceeded: e.exceeded,
+                suppressed: e.suppressed,
+              }),
+          }),
+    configChanged: env.configChanged,
     ioprio: new IoprioPolicy(o.guestIoprio, o.ioprio),
     throttle: o.throttle,
   });
@@ -55,7 +81,8 @@ export function openBlkDevice(init: BlkDeviceInit, env: DeviceEnv): OpenedDevice
   };
   return {
     model,
-    description: describeModel(model, 'blk', info),
+    // A resize changes the capacity at run time: the front end is told (BACKEND_REQ).
+    description: describeModel(model, 'blk', info, true),
     runtime: { pollUs, reap: engine.poll === undefined ? undefined : () => engine.poll?.() },
   };
 }
