@@ -3,6 +3,7 @@
  * one-line ConfigError naming it.
  */
 import { type ParseArgsConfig, parseArgs } from 'node:util';
+import { type MetricsAddress, parseMetricsAddress } from '../control/metrics.js';
 import { ConfigError } from '../errors.js';
 import {
   parseCpuList,
@@ -88,6 +89,7 @@ export const SOCKET_FLAG_OPTIONS = {
   'socket-group': { type: 'string' },
   'control-socket': { type: 'string' },
   pidfile: { type: 'string' },
+  metrics: { type: 'string' },
 } as const;
 
 /** Help text of {@link SOCKET_FLAG_OPTIONS}. */
@@ -99,6 +101,8 @@ export const SOCKET_HELP = `Socket options (every socket the daemon creates: vho
                        {"execute": "qmp_capabilities"}
   --pidfile PATH       write the daemon's pid to PATH once it is ready, remove it
                        on exit; refused if PATH names a running process
+  --metrics ADDR       serve /metrics (Prometheus text format) on 127.0.0.1:PORT,
+                       [::1]:PORT or unix:PATH (port 0: any free port, logged)
 `;
 
 /** Help line of `--socket-fd` (blk, net, console). */
@@ -140,7 +144,8 @@ export function parseSocketFlags(v: FlagValues): SocketPermissions {
 }
 
 /**
- * Reads `--control-socket` with the socket permissions and `--pidfile`, as
+ * Reads `--control-socket` with the socket permissions, `--pidfile` and
+ * `--metrics` (a bad address is refused naming the flag), as
  * serveUntilSignal takes them. A pid file naming a running process is
  * refused here, before the daemon opens anything.
  */
@@ -148,12 +153,19 @@ export function parseControlFlags(v: FlagValues): {
   path: string | undefined;
   permissions: SocketPermissions;
   pidfile: string | undefined;
+  metrics: MetricsAddress | undefined;
 } {
   const pidfile = optionalString(v.pidfile);
   if (v.pidfile !== undefined && (pidfile === undefined || pidfile === ''))
     throw new ConfigError('--pidfile needs a path');
   if (pidfile !== undefined) checkPidfile(pidfile);
-  return { path: optionalString(v['control-socket']), permissions: parseSocketFlags(v), pidfile };
+  const metrics = optionalString(v.metrics);
+  return {
+    path: optionalString(v['control-socket']),
+    permissions: parseSocketFlags(v),
+    pidfile,
+    metrics: metrics === undefined ? undefined : parseMetricsAddress(metrics),
+  };
 }
 
 /** Reads the RT flags out of parsed values; a value the kernel would refuse is caught later, naming the flag. */

@@ -56,6 +56,12 @@ export interface DeviceEnv {
   /** The device changed its config space: the transport tells the driver. */
   configChanged(): void;
   /**
+   * Optional: something the operator should hear about (the device rate-limits
+   * it), e.g. LATENCY_TARGET_EXCEEDED: logged and sent as a control-socket
+   * event `name` with `data`.
+   */
+  notice?(name: string, data: Record<string, number>): void;
+  /**
    * Optional: work the device runs on its own (engine completions, doorbells,
    * deferred batches — anything its host does not enter through `kick`) threw.
    * The host stops serving the device (every ring broken) and its thread lives

@@ -97,6 +97,8 @@ export class DeviceHost {
   ringBreaks = 0;
   /** Optional hook for the control plane, called after each DEVICE_BROKEN is recorded. */
   onBroken: BrokenRingListener | null = null;
+  /** Optional hook for the control plane, told of each notice (LATENCY_TARGET_EXCEEDED, ...). */
+  onNotice: ((name: string, data: Record<string, number>) => void) | null = null;
   private channel: ConfigChangeChannel | null = null;
 
   /**
@@ -230,13 +232,24 @@ export class DeviceHost {
         this.brokenRings.set(event.queue, ring);
         this.log('warn', `queue ${event.queue} broken: ${event.reason} (${event.code})`);
         this.onBroken?.(event.queue, ring);
+        return;
       }
+      case 'notice':
+        this.log('warn', `${event.name}: ${describeNotice(event.data)}`);
+        this.onNotice?.(event.name, event.data);
     }
   }
 
   private request(cmd: DeviceCommand): Promise<unknown> {
     return this.worker.request(cmd);
   }
+}
+
+/** A notice's data as `key value` pairs for the log ("queue 0, latency-us 2500, ..."). */
+function describeNotice(data: Record<string, number>): string {
+  return Object.entries(data)
+    .map(([k, v]) => `${k} ${v}`)
+    .join(', ');
 }
 
 /** One worker to start: a name for logs and its init (devices and RT options). */

@@ -32,6 +32,7 @@ runWorker<DeviceWorkerInit, DeviceWorkerReady, DeviceCommand>((init) => {
     const env: DeviceEnv = {
       warn: (message) => warn(`${name}${message}`),
       configChanged: () => postEvent<DeviceEvent>({ device: i, type: 'config-changed' }),
+      notice: (name, data) => postEvent<DeviceEvent>({ device: i, type: 'notice', name, data }),
       fault: (error) => runtimes[i]?.fault(error),
     };
     return openDevice(d, env);

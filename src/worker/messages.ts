@@ -95,8 +95,22 @@ export interface DeviceBrokenEvent {
   reason: string;
 }
 
+/**
+ * Something the control plane should hear about (rate-limited by the device),
+ * e.g. LATENCY_TARGET_EXCEEDED: logged, and sent as a control-socket event
+ * named `name` with `data`.
+ */
+export interface DeviceNoticeEvent {
+  /** Index of the device in its worker. */
+  device: number;
+  type: 'notice';
+  /** The control-socket event name, e.g. 'LATENCY_TARGET_EXCEEDED'. */
+  name: string;
+  data: Record<string, number>;
+}
+
 /** What a device raises on its own. */
-export type DeviceEvent = ConfigChangedEvent | DeviceBrokenEvent;
+export type DeviceEvent = ConfigChangedEvent | DeviceBrokenEvent | DeviceNoticeEvent;
 
 /** Codes of {@link DeviceBrokenEvent} that the worker runtime finds itself (the guest's own are QueueErrorCodes). */
 export const RingBreak = {

@@ -1,6 +1,7 @@
 /** Options of a virtio-blk device, as the CLI and embedders give them. */
 import { ConfigError } from '../../errors.js';
 import type { IoEngineName, ThreadPolicy } from '../../io/engine.js';
+import type { BlkAccountingInit } from './stats.js';
 import { type GuestIoprioMode, parseGuestIoprioMode, parseIoprio } from '../../io/ioprio.js';
 import { THROTTLE_FLAGS, type ThrottleLimits, validateThrottleLimits } from '../../io/throttle.js';
 
@@ -30,6 +31,12 @@ export interface BlkOptions {
    */
   pollUs?: number;
   /**
+   * `--latency-target-us`: a request whose kick-to-completion latency exceeds
+   * it is counted (latencyTargetExceeded) and reported, rate-limited
+   * (LATENCY_TARGET_EXCEEDED). 0 or absent: no target.
+   */
+  latencyTargetUs?: number;
+  /**
    * `--ioprio CLASS[:LEVEL]` as an ioprio value (src/io/ioprio.ts): the
    * priority of requests whose guest gives none, and in `clamp` mode the
    * highest a guest may ask for. Absent: best-effort level 0.
@@ -41,6 +48,9 @@ export interface BlkOptions {
   throttle?: ThrottleLimits;
 }
 
+/** Largest `--latency-target-us` accepted: 60 s (the histograms' last bound is 1.07 s). */
+export const MAX_LATENCY_TARGET_US = 60_000_000;
+
 /** Largest `--poll-us` accepted: a second of spinning is a configuration mistake. */
 export const MAX_POLL_US = 1_000_000;
 
@@ -50,6 +60,8 @@ export interface BlkDeviceInit {
   options: BlkOptions;
   /** StatCounters buffer shared with the main thread. */
   statsBuffer: SharedArrayBuffer;
+  /** Per-queue counters and latency histograms shared with the main thread; none when absent. */
+  accounting?: BlkAccountingInit;
 }
 
 /** What an opened blk device reports about its image and engine. */
@@ -76,6 +88,12 @@ export function validateBlkOptions(o: BlkOptions): void {
   const p = o.pollUs ?? 0;
   if (!Number.isInteger(p) || p < 0 || p > MAX_POLL_US) {
     throw new RangeError(`--poll-us ${p}: must be an integer in 0..${MAX_POLL_US}`);
+  }
+  const t = o.latencyTargetUs ?? 0;
+  if (!Number.isInteger(t) || t < 0 || t > MAX_LATENCY_TARGET_US) {
+    throw new RangeError(
+      `--latency-target-us ${t}: must be an integer in 0..${MAX_LATENCY_TARGET_US}`,
+    );
   }
 }
 
