@@ -70,9 +70,13 @@ export class FileSink implements Sink {
     return this.serial(() => this.writeNow(chunk, n));
   }
 
-  /** Closes the file and opens `path` again (a new file if it was renamed or removed). */
+  /**
+   * Closes the file and opens `path` again (a new file if it was renamed or
+   * removed). A FIFO or device is left open as it is: only files rotate.
+   */
   reopen(): Promise<void> {
     return this.serial(async () => {
+      if (!(await this.fh.stat()).isFile()) return;
       await this.fh.close();
       this.fh = await open(this.spec.path, 'a');
       this.size = (await this.fh.stat()).size;

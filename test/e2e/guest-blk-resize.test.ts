@@ -10,18 +10,23 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { onDisk } from '../support/bytes.js';
 import { type Daemon, startDaemon } from '../support/daemon.js';
 import { ensureGuestImage, runGuest } from '../support/qemu.js';
 import { QmpClient } from '../support/qmp-client.js';
 import { waitFor } from '../support/wait.js';
 
 const MiB = 1024 * 1024;
+/** The guest writes RESIZE_ME here once it has read the size before: the host resizes then. */
+const MARKER_SECTOR = 2048;
 
 /** Waits (inside the guest) for the size to change, then switches the cache to writethrough. */
 const SCRIPT = `
 wait_dev /dev/vda
 before=$(cat /sys/block/vda/size)
 echo "SIZE_BEFORE=$before"
+echo RESIZE_ME > /tmp/m.txt
+dd if=/tmp/m.txt of=/dev/vda bs=512 seek=${MARKER_SECTOR} conv=sync,notrunc oflag=direct 2>/dev/null
 echo "CACHE_BEFORE=$(cat /sys/block/vda/queue/write_cache | tr ' ' _)"
 echo "write through" > /sys/block/vda/queue/write_cache
 echo "CACHE_AFTER=$(cat /sys/block/vda/queue/write_cache | tr ' ' _)"
@@ -77,14 +82,9 @@ describe('vhost-rt blk resized under a running QEMU guest', () => {
   it('the guest sees the new size in /sys/block/vda/size and switches to writethrough', async () => {
     const qmp = await QmpClient.connect(control);
     const guest = runGuest({ script: SCRIPT, blk: [{ socket }], timeoutMs: 150_000 });
-    // The guest's driver is up once it has read from the disk (the partition scan).
     await waitFor(
-      async () => {
-        const r = await qmp.execute('query-stats', { device: 0 });
-        const stats = (r.return as { stats: Record<string, number> }[])[0].stats;
-        return stats.requests > 0;
-      },
-      'the guest driver to read the disk',
+      () => Buffer.from(onDisk(image, MARKER_SECTOR * 512, 9)).toString() === 'RESIZE_ME',
+      'the guest to write its marker (it has read the size before the resize)',
       120_000,
     );
     const resized = await qmp.execute('block-resize', { device: 0, size: 48 * MiB });
