@@ -27,6 +27,7 @@
  * them, and the kernel drops them when the process dies.
  */
 import { closeSync, constants, fstatSync, openSync, readdirSync, readFileSync } from 'node:fs';
+import { basename } from 'node:path';
 import { ConfigError, VhostRtError } from '../errors.js';
 import { native } from '../native.js';
 
@@ -148,9 +149,10 @@ function takeBytes(fd: number, path: string, options: ImageLockOptions): boolean
 function checkBytes(fd: number, path: string, options: ImageLockOptions): void {
   const { held, unshared } = lockBits(options);
   const taken = new Set(takenBytes(options));
+  // Another holder of what we do not share first: a second writer reads "locked for writing".
   const tested = [
-    ...held.map((i) => LOCK_SHARED_BASE + i),
     ...unshared.map((i) => LOCK_PERM_BASE + i),
+    ...held.map((i) => LOCK_SHARED_BASE + i),
   ];
   for (const byte of tested)
     if (native.ofdTestLock(fd, 2, byte, 1) !== 0)
@@ -201,7 +203,7 @@ function lockHolder(fd: number, byte: number, fdHoldsByte: boolean): string {
       locksByte(readOrEmpty(`/proc/${pid}/fdinfo/${n}`), file, byte),
     ).length;
     if (holders > 0 && Number(pid) !== process.pid)
-      return `another process (${readOrEmpty(`/proc/${pid}/comm`).trim() || '?'}, pid ${pid})`;
+      return `another process (${processName(pid)}, pid ${pid})`;
     if (Number(pid) === process.pid) own = holders;
   }
   return own > (fdHoldsByte ? 1 : 0) ? 'another device of this process' : 'another process';
@@ -216,6 +218,12 @@ function locksByte(fdinfo: string, file: string, byte: number): boolean {
     if (byte >= Number(f[7]) && byte <= end) return true;
   }
   return false;
+}
+
+/** The program a process runs: argv[0]'s basename (comm is cut at 15 bytes), else comm. */
+function processName(pid: string): string {
+  const argv0 = readOrEmpty(`/proc/${pid}/cmdline`).split('\0')[0];
+  return basename(argv0) || readOrEmpty(`/proc/${pid}/comm`).trim() || '?';
 }
 
 function readdirOrEmpty(path: string): string[] {

@@ -101,7 +101,10 @@ describe('a socket path', () => {
     const sock = join(dir, 'live.sock');
     const first = await startDaemon(['blk', '--socket-path', sock, '--image', image]);
     try {
-      const second = await runCli(['blk', '--socket-path', sock, '--image', image]);
+      // Its own image: the first daemon's is locked against a second writer (image-lock.ts).
+      const other = join(dir, 'other.img');
+      writeFileSync(other, Buffer.alloc(1024 * 1024));
+      const second = await runCli(['blk', '--socket-path', sock, '--image', other]);
       expect(second.code).toBe(2);
       expect(second.stderr.trim()).toBe(
         `vhost-rt blk: --socket-path ${sock}: another process is listening there (a running daemon?)`,
