@@ -72,6 +72,7 @@ const DEVICE_FLAGS = {
   'nbd-timeout-ms': { type: 'string' },
   'poll-us': { type: 'string' },
   'latency-target-us': { type: 'string' },
+  'no-latency-histograms': { type: 'boolean' },
   ...BLK_QOS_FLAG_OPTIONS,
   ...RT_FLAG_OPTIONS,
   ...SOCKET_FLAG_OPTIONS,
@@ -134,6 +135,10 @@ ${SOCKET_FD_HELP}  --image FILE         disk image (regular file or block device
                        N µs (latencyTargetExceeded) and report them, at most once
                        a second (LATENCY_TARGET_EXCEEDED event and log line);
                        0..${MAX_LATENCY_TARGET_US} (default 0: no target)
+  --no-latency-histograms
+                       keep no per-queue counters and latency histograms (the
+                       switch for A/B benchmarks of their cost; /metrics and
+                       query-stats then show zeros for them)
   --no-direct          do not open the image with O_DIRECT
   --serial ID          answer to VIRTIO_BLK_T_GET_ID, up to 20 bytes (default vhost-rt)
 
@@ -200,6 +205,7 @@ function deviceSpec(v: FlagValues, fallbackSerial: string): BlkDeviceSpec {
       direct: v['no-direct'] !== true,
       serial: optionalString(v.serial) ?? fallbackSerial,
       pollUs: integerFlag('poll-us', v['poll-us'], 0),
+      latencyHistograms: v['no-latency-histograms'] !== true,
       latencyTargetUs: integerFlag('latency-target-us', v['latency-target-us'], 0, {
         min: 0,
         max: MAX_LATENCY_TARGET_US,

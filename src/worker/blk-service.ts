@@ -200,7 +200,7 @@ async function startGroup(
             kind: 'blk' as const,
             options: s.options,
             statsBuffer: stats[i].buffer,
-            accounting: accounting[i].init,
+            accounting: s.options.latencyHistograms === false ? undefined : accounting[i].init,
           })),
           rt: specs[0].rt,
         },

@@ -36,6 +36,8 @@ export interface BlkOptions {
    * (LATENCY_TARGET_EXCEEDED). 0 or absent: no target.
    */
   latencyTargetUs?: number;
+  /** Per-queue counters and latency histograms (default true; false: `--no-latency-histograms`). */
+  latencyHistograms?: boolean;
   /**
    * `--ioprio CLASS[:LEVEL]` as an ioprio value (src/io/ioprio.ts): the
    * priority of requests whose guest gives none, and in `clamp` mode the
