@@ -22,6 +22,7 @@
 import type { DescriptorChain } from './descriptor-chain.js';
 import { ChainErrorCode, QueueBrokenError, QueueErrorCode } from './errors.js';
 import type { GuestMemory } from './guest-memory.js';
+import type { InflightQueue, InflightRecovery } from './inflight.js';
 import {
   AVAIL_ALIGN,
   AVAIL_FLAGS,
@@ -142,6 +143,8 @@ export class SplitVirtqueue {
   private signalledUsed = 0;
   private signalledValid = false;
   private notifyEnabled = true;
+  /** The inflight region (INFLIGHT_SHMFD), or null when the transport keeps none. */
+  private inflight: InflightQueue | null = null;
 
   // The descriptor being walked, as scalars, so reading one allocates nothing.
   private dAddr = 0;
@@ -204,9 +207,25 @@ export class SplitVirtqueue {
     this.signalledValid = false;
   }
 
-  /** Heads the driver made available that the device has not popped. */
+  /** Heads the driver made available that the device has not popped (inflight resubmissions included). */
   pending(): number {
-    return (this.loadAvailIdx() - this.lastAvail) & 0xffff;
+    const resubmit = this.inflight === null ? 0 : this.inflight.resubmitLeft;
+    return ((this.loadAvailIdx() - this.lastAvail) & 0xffff) + resubmit;
+  }
+
+  /**
+   * Tracks this ring in `inflight` from now on (§"Inflight I/O tracking",
+   * see inflight.ts): recovers what a previous back end left there and, unless
+   * the region is fresh, resumes popping at used.idx + the heads still
+   * inflight, which {@link pop} hands out again first, in counter order.
+   * Call once at ring start, after the indexes are set.
+   * @throws InflightError when the region cannot be used.
+   */
+  attachInflight(inflight: InflightQueue): InflightRecovery {
+    const found = inflight.recover(this.used, this.size);
+    if (!found.fresh) this.lastAvailIdx = (this.used + found.resubmit) & 0xffff;
+    this.inflight = inflight;
+    return found;
   }
 
   /**
@@ -215,6 +234,12 @@ export class SplitVirtqueue {
    * @throws QueueBrokenError VIRTQ_AVAIL_AHEAD or VIRTQ_BAD_HEAD.
    */
   pop(chain: DescriptorChain): boolean {
+    const inflight = this.inflight;
+    if (inflight !== null && inflight.resubmitLeft > 0) {
+      // A request a previous back end popped and never returned: marked and counted already.
+      this.walk(inflight.nextResubmit(), chain);
+      return true;
+    }
     if (!this.hasAvailable()) return false;
     // Plain read: ordered after the Atomics.load of avail.idx that covered this slot.
     const head = this.avail[AVAIL_RING_U16 + (this.lastAvail & this.mask)];
@@ -225,6 +250,8 @@ export class SplitVirtqueue {
       );
     }
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
+    // Inflight before the device can submit it (the caller gets the chain only after this).
+    inflight?.begin(head);
     this.walk(head, chain);
     return true;
   }
@@ -245,6 +272,8 @@ export class SplitVirtqueue {
     this.usedElems[slot] = head;
     this.usedElems[slot + 1] = len;
     this.used = (this.used + 1) & 0xffff;
+    // Into the inflight batch list before used.idx can expose the entry.
+    this.inflight?.used(head);
   }
 
   /** Publishes every element added so far by storing used.idx. */
@@ -253,6 +282,8 @@ export class SplitVirtqueue {
     // reads used.idx before them. Seq-cst, so it is also the store half of the
     // store→load fence needsInterrupt() relies on.
     Atomics.store(this.usedHeader, USED_IDX_U16, this.used);
+    // After the store: the batch's inflight marks are cleared only once the driver can see it.
+    this.inflight?.published(this.used);
   }
 
   /**
