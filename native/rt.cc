@@ -145,6 +145,9 @@ static Napi::Value SchedSetAttrDeadline(const Napi::CallbackInfo& info) {
   struct sched_attr attr{};
   attr.size = sizeof attr;
   attr.sched_policy = SCHED_DEADLINE;
+  // SCHED_FLAG_RESET_ON_FORK: a deadline task may not fork otherwise (EAGAIN),
+  // and threads it starts (a thread pool) should not inherit its reservation.
+  attr.sched_flags = 0x01;
   attr.sched_runtime = static_cast<uint64_t>(ArgInteger(info, 1, "runtimeNs", 0, kMaxSafeInteger));
   attr.sched_deadline =
       static_cast<uint64_t>(ArgInteger(info, 2, "deadlineNs", 0, kMaxSafeInteger));

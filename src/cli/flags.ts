@@ -72,11 +72,17 @@ export const RT_FLAG_OPTIONS = {
   'rt-priority': { type: 'string' },
   cpus: { type: 'string' },
   mlock: { type: 'boolean' },
+  'rt-runtime-us': { type: 'string' },
+  'rt-deadline-us': { type: 'string' },
+  'rt-period-us': { type: 'string' },
 } as const;
 
 /** Help text of {@link RT_FLAG_OPTIONS}, embedded in every device command's help. */
 export const RT_HELP = `Real-time options (apply to the device's worker thread):
-  --rt-policy POLICY   scheduling policy: fifo, rr, other, batch or idle
+  --rt-policy POLICY   scheduling policy: fifo, rr, other, batch, idle or deadline
+  --rt-runtime-us R, --rt-deadline-us D, --rt-period-us P
+                       deadline: R µs of CPU in every P µs, by D µs into each
+                       period (R <= D <= P, period default D; sched_setattr)
   --rt-priority N      priority for fifo/rr, 1..99
   --cpus LIST          CPU affinity, e.g. 0 or 0-1,3
   --mlock              lock the guest RAM this device serves (mlock), so the data
@@ -180,6 +186,12 @@ export function parseRtFlags(v: FlagValues): RtOptions {
   const cpus = optionalString(v.cpus);
   if (cpus !== undefined) rt.cpus = parseCpuList(cpus, '--cpus');
   if (v.mlock === true) rt.mlock = true;
+  for (const [key, flag] of [
+    ['runtimeUs', 'rt-runtime-us'],
+    ['deadlineUs', 'rt-deadline-us'],
+    ['periodUs', 'rt-period-us'],
+  ] as const)
+    if (v[flag] !== undefined) rt[key] = integerFlag(flag, v[flag], 0);
   return validateRtOptions(rt);
 }
 

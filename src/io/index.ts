@@ -47,6 +47,10 @@ export function parseThreadPolicy(value: string): ThreadPolicy {
       `${flag} ${value}: expected POLICY[:PRIO], POLICY one of ${RT_POLICIES.join(', ')}`,
     );
   const policy = name as RtPolicy;
+  if (policy === 'deadline')
+    throw new ConfigError(
+      `${flag} ${value}: deadline is for device workers (--rt-policy), not pool threads`,
+    );
   const realTime = policy === 'fifo' || policy === 'rr';
   if (prio === undefined) {
     if (realTime)

@@ -34,7 +34,7 @@ let unlockOnExitInstalled = false;
 let guestMemoryLock = false;
 /** sched_getscheduler may report this flag OR-ed into the policy. */
 const SCHED_RESET_ON_FORK = 0x40000000;
-/** SCHED_DEADLINE, which this project never sets but may find on a thread. */
+/** SCHED_DEADLINE (set through sched_setattr, `--rt-policy deadline`). */
 const SCHED_DEADLINE = 6;
 
 /**
@@ -59,12 +59,29 @@ export function applyRtOptions(o: RtOptions): ThreadRtState {
   }
   if (v.mlock === true) guestMemoryLock = true;
   const policy = v.policy;
-  if (policy !== undefined) {
+  if (policy === 'deadline') {
+    applyDeadline(v);
+  } else if (policy !== undefined) {
     const what = `${RT_FLAGS.policy} ${policy}`;
     const number = policyNumber(policy);
     kernel(what, 'sched_setscheduler', () => native.schedSetScheduler(0, number, v.priority ?? 0));
   }
   return describeThread();
+}
+
+/**
+ * sched_setattr(SCHED_DEADLINE, with SCHED_FLAG_RESET_ON_FORK so threads the
+ * worker starts — a threads-engine pool — are ordinary ones). The kernel's
+ * refusal (EBUSY: admission control found no bandwidth left; EPERM: no
+ * CAP_SYS_NICE, or an affinity narrower than the root domain; EINVAL) is a
+ * ConfigError naming the flags with the errno's name.
+ */
+function applyDeadline(v: RtOptions): void {
+  const r = v.runtimeUs as number;
+  const d = v.deadlineUs as number;
+  const p = v.periodUs ?? d;
+  const what = `${RT_FLAGS.policy} deadline ${RT_FLAGS.runtimeUs} ${r} ${RT_FLAGS.deadlineUs} ${d} ${RT_FLAGS.periodUs} ${p}`;
+  kernel(what, 'sched_setattr', () => native.schedSetAttrDeadline(0, r * 1000, d * 1000, p * 1000));
 }
 
 /** Whether this thread was asked (--mlock) to lock the guest memory it serves. */
@@ -149,7 +166,8 @@ export function lowerToBackground(): BackgroundMode {
 /** Maps a CLI policy name to the kernel's SCHED_* number. */
 export function policyNumber(policy: RtPolicy): number {
   const c = native.constants;
-  const numbers = {
+  const numbers: Record<RtPolicy, number> = {
+    deadline: SCHED_DEADLINE,
     fifo: c.SCHED_FIFO,
     rr: c.SCHED_RR,
     other: c.SCHED_OTHER,

@@ -8,8 +8,8 @@ import { availableParallelism, cpus } from 'node:os';
 import { ConfigError } from '../errors.js';
 
 /** The scheduling policies of sched(7), by their CLI names. */
-export const RT_POLICIES = ['fifo', 'rr', 'other', 'batch', 'idle'] as const;
-/** A scheduling policy: SCHED_FIFO, SCHED_RR, SCHED_OTHER, SCHED_BATCH, SCHED_IDLE. */
+export const RT_POLICIES = ['fifo', 'rr', 'other', 'batch', 'idle', 'deadline'] as const;
+/** A scheduling policy: SCHED_FIFO, SCHED_RR, SCHED_OTHER, SCHED_BATCH, SCHED_IDLE, SCHED_DEADLINE. */
 export type RtPolicy = (typeof RT_POLICIES)[number];
 
 /** Highest real-time priority on Linux (MAX_RT_PRIO - 1 = sched_get_priority_max for fifo/rr). */
@@ -21,7 +21,13 @@ export const RT_FLAGS = {
   priority: '--rt-priority',
   cpus: '--cpus',
   mlock: '--mlock',
+  runtimeUs: '--rt-runtime-us',
+  deadlineUs: '--rt-deadline-us',
+  periodUs: '--rt-period-us',
 } as const;
+
+/** The smallest runtime, deadline and period the kernel takes (1 << DL_SCALE ns), in ns. */
+export const DEADLINE_MIN_NS = 1024;
 
 /** Real-time knobs of one thread; absent fields leave that aspect as it is. */
 export interface RtOptions {
@@ -33,6 +39,14 @@ export interface RtOptions {
   cpus?: number[];
   /** mlockall(MCL_CURRENT | MCL_FUTURE): process-wide, so page faults never stall a thread. */
   mlock?: boolean;
+  /**
+   * SCHED_DEADLINE (policy `deadline` only): the thread may run `runtimeUs`
+   * of CPU time in every `periodUs`, by `deadlineUs` after each period's
+   * start. runtime ≤ deadline ≤ period; period defaults to the deadline.
+   */
+  runtimeUs?: number;
+  deadlineUs?: number;
+  periodUs?: number;
 }
 
 /** Number of CPUs this machine has, i.e. the ids 0..n-1 that exist. */
@@ -77,7 +91,50 @@ export function validateRtOptions(o: RtOptions): RtOptions {
   if (priority !== undefined) out.priority = priority;
   if (o.cpus !== undefined) out.cpus = checkCpuArray(o.cpus);
   if (o.mlock !== undefined) out.mlock = checkMlock(o.mlock);
+  Object.assign(out, checkDeadline(policy, o, out.cpus));
   return out;
+}
+
+/**
+ * SCHED_DEADLINE's parameters: all three only with `--rt-policy deadline`,
+ * runtime and deadline required, period defaulting to the deadline,
+ * runtime ≤ deadline ≤ period and each at least {@link DEADLINE_MIN_NS};
+ * no --cpus (the kernel admits deadline tasks only with an affinity
+ * spanning their root domain).
+ */
+function checkDeadline(
+  policy: RtPolicy | undefined,
+  o: RtOptions,
+  cpus: number[] | undefined,
+): Pick<RtOptions, 'runtimeUs' | 'deadlineUs' | 'periodUs'> {
+  const F = RT_FLAGS;
+  const given = (['runtimeUs', 'deadlineUs', 'periodUs'] as const).filter(
+    (k) => o[k] !== undefined,
+  );
+  if (policy !== 'deadline') {
+    if (given.length > 0)
+      throw new ConfigError(`${F[given[0]]} applies only to ${F.policy} deadline`);
+    return {};
+  }
+  for (const k of given) {
+    const v = o[k] as number;
+    if (!Number.isInteger(v) || v < 0)
+      throw new ConfigError(`${F[k]} ${v} is not a whole number of µs`);
+    if (v * 1000 < DEADLINE_MIN_NS)
+      throw new ConfigError(`${F[k]} ${v}: the kernel needs at least ${DEADLINE_MIN_NS} ns (2 µs)`);
+  }
+  if (o.runtimeUs === undefined || o.deadlineUs === undefined)
+    throw new ConfigError(`${F.policy} deadline needs ${F.runtimeUs} and ${F.deadlineUs}`);
+  const periodUs = o.periodUs ?? o.deadlineUs;
+  if (o.runtimeUs > o.deadlineUs)
+    throw new ConfigError(`${F.runtimeUs} ${o.runtimeUs} exceeds ${F.deadlineUs} ${o.deadlineUs}`);
+  if (o.deadlineUs > periodUs)
+    throw new ConfigError(`${F.deadlineUs} ${o.deadlineUs} exceeds ${F.periodUs} ${periodUs}`);
+  if (cpus !== undefined)
+    throw new ConfigError(
+      `${F.cpus} with ${F.policy} deadline: the kernel admits deadline threads only with the whole root domain's CPUs`,
+    );
+  return { runtimeUs: o.runtimeUs, deadlineUs: o.deadlineUs, periodUs };
 }
 
 /** True for the policies whose priority is 1..99. */

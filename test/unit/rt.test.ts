@@ -93,8 +93,8 @@ describe('validateRtOptions', () => {
       '--rt-priority 5 must be 0 or absent for --rt-policy other (only fifo and rr take one)',
     );
     expect(m({ priority: 5 })).toMatch(/^--rt-priority 5 must be 0 or absent without --rt-policy/);
-    expect(m({ policy: 'deadline' as never })).toBe(
-      '--rt-policy deadline is not one of fifo, rr, other, batch, idle',
+    expect(m({ policy: 'realtime' as never })).toBe(
+      '--rt-policy realtime is not one of fifo, rr, other, batch, idle, deadline',
     );
     expect(m({ policy: 'fifo', priority: 1.5 })).toBe('--rt-priority 1.5 is not an integer');
     expect(m({ cpus: [] })).toBe('--cpus must list at least one CPU');

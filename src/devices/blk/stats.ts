@@ -118,6 +118,7 @@ export class BlkAccounting {
   readonly #targetNs: number;
   readonly #targetUs: number;
   readonly #onExceeded: ((e: LatencyExceeded) => void) | null;
+  readonly #readClock: () => number;
   /** When each request slot's request was popped (monotonicNs of its drain batch). */
   readonly #startNs: Float64Array;
   /** The writer's own values of the per-queue counters, queue-major. */
@@ -142,6 +143,8 @@ export class BlkAccounting {
     init: BlkAccountingInit;
     /** Told of LATENCY_TARGET_EXCEEDED at most once per second, at the end of a batch. */
     onExceeded?: (e: LatencyExceeded) => void;
+    /** Nanoseconds from a monotonic clock; {@link monotonicNs} unless a test gives its own. */
+    clock?: () => number;
   }) {
     const { queues, slotsPerQueue, init } = options;
     this.#queues = queues;
@@ -156,6 +159,7 @@ export class BlkAccounting {
     this.#targetNs =
       init.latencyTargetUs > 0 ? init.latencyTargetUs * 1000 : Number.POSITIVE_INFINITY;
     this.#onExceeded = options.onExceeded ?? null;
+    this.#readClock = options.clock ?? monotonicNs;
     this.#startNs = new Float64Array(queues * slotsPerQueue);
     this.#values = new Float64Array(queues * BLK_QUEUE_STAT_NAMES.length);
     this.#changed = new Uint8Array(queues);
@@ -165,7 +169,7 @@ export class BlkAccounting {
   /** The batch's time: the clock is read once, at the first use in a batch. */
   #clock(): number {
     if (!this.#haveNow) {
-      this.#now = monotonicNs();
+      this.#now = this.#readClock();
       this.#haveNow = true;
     }
     return this.#now;
