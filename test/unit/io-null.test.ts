@@ -153,7 +153,7 @@ describe('a batch that mixes I/O classes', () => {
     const { engine } = nullEngine();
     const prios = [IDLE, BE, 0, RT, IDLE, RT, BE];
     const done = await run(engine, prios.length, () => {
-      prios.forEach((p, i) => read(engine, i * 4096, 4096, i, p));
+      for (let i = 0; i < prios.length; i++) read(engine, i * 4096, 4096, i, prios[i]);
     });
     expect(done.map(([u]) => u)).toEqual([3, 5, 1, 2, 6, 0, 4]);
     expect(engine.reorderedBatches).toBe(1);
