@@ -319,6 +319,13 @@ const PLAIN_METRICS: PlainMetric[] = [
   },
 ];
 
+/** The device kinds each metric family (its name's first word) describes. */
+const METRIC_KINDS: Record<string, readonly string[]> = {
+  blk: ['blk'],
+  net: ['net', 'tap'],
+  console: ['console', 'serial'],
+};
+
 /** Port counters of console and serial (also a serial UART's own stats). */
 const CHAR_PORT_STATS = [
   'bytesIn',
@@ -462,8 +469,14 @@ export class MetricsRegistry {
   private current: DeviceScrape[] = [];
 
   constructor(private readonly devices: readonly ControlledDevice[]) {
-    for (const m of PLAIN_METRICS) this.addPlain(m);
+    // Only the metrics of the kinds this daemon serves (device-add adds no new kind).
+    const kinds = new Set(devices.map((d) => d.kind));
+    for (const m of PLAIN_METRICS) {
+      const family = METRIC_KINDS[m.name.slice(0, m.name.indexOf('_'))] ?? [];
+      if (family.some((k) => kinds.has(k))) this.addPlain(m);
+    }
     this.addPlain(OTHER_STATS);
+    if (!kinds.has('blk')) return;
     const h = new PreBucketedHistogram(
       `${PREFIX}blk_request_latency_seconds`,
       'Kick-to-completion latency of blk requests (from the drain that popped them to the completion batch that completed them).',
