@@ -454,13 +454,19 @@ export interface StorageDaemonOptions {
   direct?: boolean;
   /** How long to wait for the socket to appear; default 10 000 ms. */
   readyTimeoutMs?: number;
+  /**
+   * QEMU's image locks (default true). False (`locking=off`) lets a second
+   * daemon export the same image, as shared storage for a live migration.
+   */
+  locking?: boolean;
 }
 
 /** The qemu-storage-daemon arguments of DESIGN.md's reference backend. */
 export function storageDaemonArgs(options: StorageDaemonOptions): string[] {
   const direct = options.direct ?? true;
   const cache = direct ? 'cache.direct=on,aio=native' : 'cache.direct=off,aio=threads';
-  const file = `driver=file,node-name=f0,filename=${qemuEscape(options.image)},${cache}`;
+  const lock = options.locking === false ? ',locking=off' : '';
+  const file = `driver=file,node-name=f0,filename=${qemuEscape(options.image)},${cache}${lock}`;
   const addr = `addr.type=unix,addr.path=${qemuEscape(options.socket)}`;
   const queues = `num-queues=${options.queues ?? 1}`;
   const exp = `type=vhost-user-blk,id=e0,node-name=f0,${addr},writable=on,${queues}`;
