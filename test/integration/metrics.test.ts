@@ -4,7 +4,7 @@
  * with `query-stats` on a quiescent device after traffic from the project's
  * front end; `--latency-target-us` counts and reports LATENCY_TARGET_EXCEEDED;
  * `promtool check metrics` accepts the output of a blk daemon with traffic,
- * a net daemon and a console daemon; a bad address is refused naming the flag.
+ * a net, a console and a serial daemon; a bad address is refused naming the flag.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -223,7 +223,7 @@ describe('vhost-rt blk --metrics', () => {
   });
 });
 
-describe('--metrics on net and console daemons', () => {
+describe('--metrics on net, console and serial daemons', () => {
   it('net: per-port packets, bytes and drops by cause; promtool passes', async () => {
     const net = await startDaemon([
       'net',
@@ -270,6 +270,25 @@ describe('--metrics on net and console daemons', () => {
     expect(code).toBe(0);
     // The socket is removed on exit.
     expect(existsSync(path)).toBe(false);
+  });
+
+  it('serial: the UART as port 0; promtool passes', async () => {
+    const serial = await startDaemon([
+      'serial',
+      '--socket-path',
+      join(dir, 'uart.sock'),
+      '--log',
+      join(dir, 'uart.log'),
+      '--metrics',
+      '127.0.0.1:0',
+    ]);
+    daemons.push(serial);
+    const text = await scrape({ port: metricsPort(serial) });
+    const labels = { device: '0', socket: join(dir, 'uart.sock'), kind: 'serial', port: '0' };
+    expect(value(samples(text), 'vhost_rt_console_ring_full_total', labels)).toBe(0);
+    const r = promtool(text);
+    expect(r.output).toBe('');
+    expect(r.status).toBe(0);
   });
 
   it('refuses a bad address naming the flag', async () => {
