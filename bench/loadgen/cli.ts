@@ -26,6 +26,7 @@ export const HELP = `vhost-user-blk load generator
   --size SIZE        bytes of the I/O range (default: to the end of the device)
   --rwmixread PCT    reads in percent for rw / randrw (default 50)
   --queue-size N     ring size (default: next power of two >= 3 x iodepth, at least 64)
+  --ioprio N         the request header's ioprio (class << 13 | level, as a Linux guest's)
   --json             print the result as JSON
 `;
 
@@ -62,6 +63,7 @@ export function parseLoadArgs(argv: string[]): { options: LoadOptions; json: boo
       size: { type: 'string', default: '0' },
       rwmixread: { type: 'string' },
       'queue-size': { type: 'string' },
+      ioprio: { type: 'string' },
       json: { type: 'boolean', default: false },
     },
   });
@@ -80,6 +82,7 @@ export function parseLoadArgs(argv: string[]): { options: LoadOptions; json: boo
     size: parseSize(values.size),
     rwmixread: num(values.rwmixread, 50, 'rwmixread'),
     queueSize: values['queue-size'] === undefined ? undefined : num(values['queue-size'], 0, 'q'),
+    ioprio: values.ioprio === undefined ? undefined : num(values.ioprio, 0, 'ioprio'),
   };
   return { options, json: values.json };
 }

@@ -62,6 +62,8 @@ export interface LoadOptions {
   rwmixread?: number;
   /** Ring size (power of two, >= 3 × iodepth); default max(64, next power of two of 3 × iodepth). */
   queueSize?: number;
+  /** The header's ioprio field (after `type`), as a Linux guest fills it; default 0 (none). */
+  ioprio?: number;
   /** Called about once a second with the phase and the I/Os completed in it. */
   onProgress?: (p: LoadProgress) => void;
 }
@@ -298,7 +300,7 @@ class QueueLoad {
     const sector = this.pattern.nextOffset(this.o.bs) / SECTOR_SIZE;
     const meta = this.metaGpa + slot * SLOT_META;
     this.mem.setUint32(meta, read ? BlkType.IN : BlkType.OUT, true);
-    this.mem.setUint32(meta + 4, 0, true);
+    this.mem.setUint32(meta + 4, this.o.ioprio ?? 0, true);
     this.mem.setUint32(meta + 8, sector % 2 ** 32, true);
     this.mem.setUint32(meta + 12, Math.floor(sector / 2 ** 32), true);
     this.mem.setUint8(meta + REQ_HEADER_SIZE, STATUS_UNSET);

@@ -1,0 +1,400 @@
+/**
+ * Question: when two devices share ONE disk, does telling the kernel which requests matter keep
+ * the real-time device's latency flat under its neighbour's flood? (issue 14)
+ *
+ * Device A: 4 KiB random reads at QD1. Device B: 1 MiB sequential writes at QD32. Both images are
+ * files on the same host disk (the root disk, under mq-deadline, set explicitly when the
+ * scheduler file is writable), served by one back-end process. A's latency is measured idle and
+ * under B's flood for:
+ *   (1)  vhost-rt, per-device workers, linux-aio, no priorities;
+ *   (2)  A's device `--ioprio rt:0` (every request of A submitted in the RT class);
+ *   (2g) A's priority from the front end: the request header carries rt:0 (as `ionice -c1` in a
+ *        Linux guest makes it), A's device `--guest-ioprio honor`;
+ *   (3)  B throttled: `--bps-limit` on B's device;
+ *   (4)  = (2) + SCHED_FIFO 50, CPU affinity and mlock on A's worker;
+ *   (q)  qemu-storage-daemon exporting both images (aio=native, O_DIRECT), the reference;
+ *   (n1) both devices on the `null` engine: A's back-end-only latency under B's null flood;
+ *   (n4) = (n1) + SCHED_FIFO, affinity, mlock on A's worker.
+ *
+ * Quick mode for a shared machine: short rounds, the configurations interleaved round by round
+ * (so a neighbour's burst hits all of them alike), medians over the rounds with the spread
+ * (min..max) reported.
+ *
+ *   node dist/bench/priority-inversion-shared-disk.js [--rounds 3] [--runtime 2] [--only 1,2,q]
+ *     [--b-limit BYTES/S] [--out DIR]
+ *
+ * Writes bench/results/priority-inversion-shared-disk.{md,json,svg}.
+ */
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import {
+  type Backend,
+  ensureImage,
+  REPO_ROOT,
+  startQsd,
+  startVhostRt,
+} from './loadgen/backends.js';
+import type { LoadResult } from './loadgen/generator.js';
+import type { LatencySummary } from './loadgen/histogram.js';
+import { runGeneratorProcess } from './priority-inversion.js';
+import { fmtRatio, fmtUs, latencyChartSvg, markdownTable, writeJson, writeText } from './report.js';
+
+/** A device: its image and socket. */
+interface Dev {
+  image: string;
+  socket: string;
+}
+
+/** One configuration of the experiment. */
+export interface SdConfig {
+  id: string;
+  name: string;
+  detail: string;
+  start(a: Dev, b: Dev): Promise<Backend>;
+  /** Extra load-generator flags for A (the header's ioprio in 2g). */
+  aLoad?: string[];
+}
+
+/** A's RT knobs in (4) and (n4). */
+const RT_A = 'rt-policy=fifo,rt-priority=50,cpus=1,mlock';
+/** rt:0 as the header (and ioprio_set) encodes it. */
+const RT0 = 1 << 13;
+
+function spec(d: Dev, extra: string[]): string {
+  return [`socket-path=${d.socket}`, `image=${d.image}`, ...extra].join(',');
+}
+
+/** The configurations, in the order they run within a round. */
+export function sharedDiskConfigs(bLimit: number): SdConfig[] {
+  const vr =
+    (label: string, aExtra: string[], bExtra: string[] = [], aio = 'linux-aio') =>
+    (a: Dev, b: Dev) =>
+      startVhostRt({
+        label,
+        devices: [spec(a, aExtra), spec(b, bExtra)],
+        flags: ['--aio', aio, '--quiet'],
+      });
+  return [
+    {
+      id: '1',
+      name: 'vhost-rt, no priorities',
+      detail: 'per-device workers, --aio linux-aio',
+      start: vr('1', []),
+    },
+    {
+      id: '2',
+      name: 'A --ioprio rt:0',
+      detail: "A's device submits every request in the RT class (Linux AIO aio_reqprio)",
+      start: vr('2', ['ioprio=rt:0']),
+    },
+    {
+      id: '2g',
+      name: 'A rt:0 from the front end',
+      detail:
+        "A's requests carry rt:0 in the virtio-blk header (ionice -c1 in a guest); A's device --guest-ioprio honor",
+      start: vr('2g', ['guest-ioprio=honor']),
+      aLoad: ['--ioprio', String(RT0)],
+    },
+    {
+      id: '3',
+      name: `B --bps-limit ${Math.round(bLimit / 2 ** 20)} MiB/s`,
+      detail: `B's device throttled to ${bLimit} bytes/s (token bucket, burst 0.1 s); no priorities`,
+      start: vr('3', [], [`bps-limit=${bLimit}`]),
+    },
+    {
+      id: '4',
+      name: '(2) + SCHED_FIFO, affinity, mlock on A',
+      detail: `A: ioprio=rt:0,${RT_A}`,
+      start: vr('4', ['ioprio=rt:0', RT_A]),
+    },
+    {
+      id: 'q',
+      name: 'qemu-storage-daemon, both exports',
+      detail: 'one qsd, two --blockdev/--export pairs, aio=native, O_DIRECT (no priorities)',
+      start: (a, b) => startQsd('q', [a, b], 'native'),
+    },
+    {
+      id: 'n1',
+      name: 'null engine: back end only',
+      detail: 'both devices --aio null (no disk I/O), no RT knobs',
+      start: vr('n1', [], [], 'null'),
+    },
+    {
+      id: 'n4',
+      name: 'null engine + RT knobs on A',
+      detail: `both --aio null; A: ${RT_A}`,
+      start: vr('n4', [RT_A], [], 'null'),
+    },
+  ];
+}
+
+/** One round of one configuration. */
+interface RoundResult {
+  idle: LoadResult;
+  flood: LoadResult;
+  b: LoadResult;
+}
+
+/** A configuration over all rounds. */
+export interface SdResult {
+  id: string;
+  name: string;
+  detail: string;
+  rounds: RoundResult[];
+  failures: string[];
+}
+
+const A_LOAD = ['--rw', 'randread', '--bs', '4k', '--iodepth', '1'];
+const B_LOAD = ['--rw', 'write', '--bs', '1M', '--iodepth', '32'];
+
+function gen(socket: string, pid: number, load: string[], runtime: number, ramp: number) {
+  return [
+    '--socket',
+    socket,
+    '--pid',
+    String(pid),
+    ...load,
+    '--runtime',
+    String(runtime),
+    '--ramp',
+    String(ramp),
+  ];
+}
+
+/** A alone, then A while B floods (B starts 1 s earlier and outlasts A). */
+async function measure(c: SdConfig, backend: Backend, runtime: number): Promise<RoundResult> {
+  const [sa, sb] = backend.sockets;
+  const aLoad = [...A_LOAD, ...(c.aLoad ?? [])];
+  const idle = await runGeneratorProcess(gen(sa, backend.pid, aLoad, runtime, 0.5));
+  const bRun = runGeneratorProcess(gen(sb, backend.pid, B_LOAD, runtime + 1.5, 1)).then(
+    (r) => ({ r, err: undefined }),
+    (err: Error) => ({ r: undefined, err }),
+  );
+  await new Promise((r) => setTimeout(r, 1000));
+  const flood = await runGeneratorProcess(gen(sa, backend.pid, aLoad, runtime, 0.5));
+  const b = await bRun;
+  if (b.err) throw b.err;
+  return { idle, flood, b: b.r as LoadResult };
+}
+
+async function runRound(c: SdConfig, a: Dev, b: Dev, runtime: number): Promise<RoundResult> {
+  const backend = await c.start(a, b);
+  try {
+    return await measure(c, backend, runtime);
+  } finally {
+    await backend.stop();
+  }
+}
+
+/** The block device under `path`'s file system, and its scheduler as the kernel shows it. */
+function schedulerFile(path: string): string {
+  const dev = statSync(path).dev;
+  const major = Math.floor(dev / 256) & 0xfff;
+  const minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+  return `/sys/dev/block/${major}:${minor}/queue/scheduler`;
+}
+
+/** Sets mq-deadline on the disk holding `path` when possible; says what it found and did. */
+export function ensureMqDeadline(path: string): string {
+  const file = schedulerFile(path);
+  let before: string;
+  try {
+    before = readFileSync(file, 'utf8').trim();
+  } catch {
+    return `the disk's scheduler file (${file}) is not readable here: the scheduler is whatever the kernel chose`;
+  }
+  try {
+    writeFileSync(file, 'mq-deadline');
+  } catch (err) {
+    return `${file} is not writable here (${(err as NodeJS.ErrnoException).code}): scheduler left as "${before}"`;
+  }
+  const after = readFileSync(file, 'utf8').trim();
+  return `${file}: "${before}" before, mq-deadline written, "${after}" now`;
+}
+
+function median(v: number[]): number {
+  const s = [...v].sort((x, y) => x - y);
+  const m = s.length >> 1;
+  return s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+/** Median over rounds of each percentile. */
+function medianLatency(ls: LatencySummary[]): LatencySummary {
+  const pick = (k: keyof LatencySummary) => median(ls.map((l) => l[k]));
+  return {
+    count: pick('count'),
+    minUs: pick('minUs'),
+    meanUs: pick('meanUs'),
+    p50Us: pick('p50Us'),
+    p90Us: pick('p90Us'),
+    p99Us: pick('p99Us'),
+    p999Us: pick('p999Us'),
+    maxUs: pick('maxUs'),
+  };
+}
+
+/** Per round, A's p99.9 under flood over idle. */
+function ratios(r: SdResult): number[] {
+  return r.rounds.map((x) => x.flood.latency.p999Us / x.idle.latency.p999Us);
+}
+
+function spread(v: number[], fmt: (x: number) => string): string {
+  if (v.length === 0) return '—';
+  return `${fmt(Math.min(...v))}–${fmt(Math.max(...v))}`;
+}
+
+/** The markdown table: medians over rounds, with the spread of p99.9 and of the ratio. */
+export function sdMarkdown(results: SdResult[], runtime: number, rounds: number): string {
+  const header = [
+    'configuration',
+    'A idle p50 / p99 / p99.9 µs',
+    'A under flood p50 / p99 / p99.9 µs',
+    'flood p99.9 spread µs',
+    'p99.9 flood/idle (spread)',
+    'B MB/s',
+    'rounds ok',
+  ];
+  const lat = (l: LatencySummary) => [l.p50Us, l.p99Us, l.p999Us].map(fmtUs).join(' / ');
+  const rows = results.map((r) => {
+    const name = `(${r.id}) ${r.name}`;
+    if (r.rounds.length === 0) return [name, 'failed', r.failures[0] ?? '', '', '', '', '0'];
+    const idle = medianLatency(r.rounds.map((x) => x.idle.latency));
+    const flood = medianLatency(r.rounds.map((x) => x.flood.latency));
+    const q = ratios(r);
+    return [
+      name,
+      lat(idle),
+      lat(flood),
+      spread(
+        r.rounds.map((x) => x.flood.latency.p999Us),
+        (x) => fmtUs(x),
+      ),
+      `${fmtRatio(median(q))} (${spread(q, (x) => fmtRatio(x))})`,
+      median(r.rounds.map((x) => x.b.mbPerSec)).toFixed(0),
+      `${r.rounds.length}/${rounds}`,
+    ];
+  });
+  const details = results.map((r) => `- (${r.id}) ${r.detail}`);
+  const failures = results.flatMap((r) => r.failures.map((f) => `- (${r.id}) ${f}`));
+  return [
+    `Device A: 4k randread QD1; device B: 1M sequential write QD32, started 1 s before A's flood run and outlasting it; one back-end process; both images are 1 GiB files on the same host disk. ${rounds} interleaved rounds of ${runtime} s per measurement (0.5 s ramp); medians over the rounds, spread = min–max over the rounds.`,
+    markdownTable(header, rows),
+    'What ran:',
+    details.join('\n'),
+    ...(failures.length > 0 ? ['Failures:', failures.join('\n')] : []),
+  ].join('\n\n');
+}
+
+/** The chart: per configuration, A idle and under flood (medians over the rounds). */
+export function sdSvg(results: SdResult[]): string {
+  const panels = results
+    .filter((r) => r.rounds.length > 0)
+    .map((r) => {
+      const idle = medianLatency(r.rounds.map((x) => x.idle.latency));
+      const flood = medianLatency(r.rounds.map((x) => x.flood.latency));
+      return {
+        title: `(${r.id}) ${r.name}`,
+        rows: [
+          { label: 'A idle', p50Us: idle.p50Us, p99Us: idle.p99Us, p999Us: idle.p999Us },
+          {
+            label: 'A under B flood',
+            p50Us: flood.p50Us,
+            p99Us: flood.p99Us,
+            p999Us: flood.p999Us,
+          },
+        ],
+      };
+    });
+  return latencyChartSvg(
+    'One disk: device A 4k randread QD1 latency, idle vs B flooding (1M seq write QD32), medians over rounds',
+    panels,
+  );
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      rounds: { type: 'string' },
+      runtime: { type: 'string' },
+      only: { type: 'string' },
+      'b-limit': { type: 'string' },
+      out: { type: 'string' },
+    },
+  });
+  const rounds = Number(values.rounds ?? 3);
+  const runtime = Number(values.runtime ?? 2);
+  const bLimit = Number(values['b-limit'] ?? 64 * 2 ** 20);
+  const out = values.out ?? join(REPO_ROOT, 'bench', 'results');
+  const work = join(REPO_ROOT, '.cache', 'bench', `pisd-${process.pid}`);
+  await mkdir(work, { recursive: true });
+  const a = {
+    image: join(REPO_ROOT, '.cache', 'bench', 'image-1g.raw'),
+    socket: join(work, 'a.sock'),
+  };
+  const b = {
+    image: join(REPO_ROOT, '.cache', 'bench', 'image-b-1g.raw'),
+    socket: join(work, 'b.sock'),
+  };
+  ensureImage(a.image, 2 ** 30);
+  ensureImage(b.image, 2 ** 30);
+  const scheduler = ensureMqDeadline(a.image);
+  process.stderr.write(`${scheduler}\n`);
+  const only = values.only?.split(',');
+  const configs = sharedDiskConfigs(bLimit).filter((c) => !only || only.includes(c.id));
+  const results: SdResult[] = configs.map((c) => ({
+    id: c.id,
+    name: c.name,
+    detail: c.detail,
+    rounds: [],
+    failures: [],
+  }));
+  const started = new Date().toISOString();
+  try {
+    for (let round = 1; round <= rounds; round++) {
+      for (let i = 0; i < configs.length; i++) {
+        const c = configs[i];
+        process.stderr.write(`[round ${round}/${rounds}] (${c.id}) ${c.name}... `);
+        try {
+          const r = await runRound(c, a, b, runtime);
+          results[i].rounds.push(r);
+          const q = r.flood.latency.p999Us / r.idle.latency.p999Us;
+          process.stderr.write(
+            `idle p99.9 ${fmtUs(r.idle.latency.p999Us)} flood p99.9 ${fmtUs(r.flood.latency.p999Us)} (${fmtRatio(q)})\n`,
+          );
+        } catch (err) {
+          const why = (err as Error).message.split('\n')[0];
+          results[i].failures.push(`round ${round}: ${why}`);
+          process.stderr.write(`failed: ${why}\n`);
+        }
+      }
+    }
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+  const setup = [
+    `Run ${started} on a 2-CPU VM shared with six other engineers' builds and tests (no KVM), so the absolute figures carry their noise: compare rows of this run, and read the spread.`,
+    `Disk scheduler: ${scheduler}.`,
+  ].join(' ');
+  const md = `${setup}\n\n${sdMarkdown(results, runtime, rounds)}`;
+  await writeText(join(out, 'priority-inversion-shared-disk.md'), md);
+  await writeJson(join(out, 'priority-inversion-shared-disk.json'), {
+    date: started,
+    rounds,
+    runtimeSec: runtime,
+    bLimit,
+    scheduler,
+    results,
+  });
+  await writeText(join(out, 'priority-inversion-shared-disk.svg'), sdSvg(results));
+  process.stdout.write(`${md}\n`);
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  main().catch((err: Error) => {
+    process.stderr.write(`priority-inversion-shared-disk: ${err.stack ?? err.message}\n`);
+    process.exitCode = 1;
+  });
+}
