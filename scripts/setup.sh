@@ -12,7 +12,8 @@ export DEBIAN_FRONTEND=noninteractive
 # qemu-system-x86 brings qemu-system-common (qemu-storage-daemon); xz-utils/zstd unpack
 # kernel modules and vmlinux; g++/make/python3 are node-gyp's toolchain.
 APT_PACKAGES=(qemu-system-x86 qemu-utils busybox-static cpio libaio-dev liburing-dev fio socat
-  iproute2 xz-utils zstd gzip g++ make python3 libnbd-dev nbdkit prometheus)
+  iproute2 xz-utils zstd gzip g++ make python3 libnbd-dev nbdkit prometheus
+  libvirt-daemon-system libvirt-clients)
 NATIVE_ADDON=native/build/Release/vhost_rt.node
 
 log() { echo "setup: $*" >&2; }

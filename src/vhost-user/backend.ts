@@ -45,6 +45,13 @@ import type { BackendRequestSender, VhostUserDevice } from './device-backend.js'
 import { RequestError } from './errors.js';
 import { expectEventfd, expectMemoryFd, expectSocket, type FdDescription } from './fds.js';
 import {
+  createInflightFd,
+  type InflightMapping,
+  inflightAreaOf,
+  inflightTrackingEnabled,
+  mapInflightFd,
+} from './inflight-fd.js';
+import {
   BackendRequest,
   MAX_CONFIG_SIZE,
   ProtocolFeature,
@@ -164,6 +171,10 @@ export class VhostUserBackend {
   private logSent = 'off';
   /** SET_LOG_FD's eventfd, kept until replaced or reset (QEMU never sends it; nothing writes it). */
   private logFd = -1;
+  /** The inflight area of SET_INFLIGHT_FD, handed to each ring at start; null without one. */
+  private inflight: InflightMapping | null = null;
+  /** Fds to send with the next reply (GET_INFLIGHT_FD's memfd); the connection takes and closes them. */
+  private replyFds: number[] = [];
   /** Feature bits offered in GET_FEATURES. */
   readonly offeredFeatures: bigint;
   /** Protocol feature bits offered in GET_PROTOCOL_FEATURES. */
@@ -180,7 +191,10 @@ export class VhostUserBackend {
         ? featureBit(ProtocolFeature.RARP)
         : 0n) |
       (device.servesConfig ? featureBit(ProtocolFeature.CONFIG) : 0n) |
-      (device.raisesConfigChanges ? featureBit(ProtocolFeature.BACKEND_REQ) : 0n);
+      (device.raisesConfigChanges ? featureBit(ProtocolFeature.BACKEND_REQ) : 0n) |
+      (device.tracksInflight === true && inflightTrackingEnabled()
+        ? featureBit(ProtocolFeature.INFLIGHT_SHMFD)
+        : 0n);
     this.vrings = Array.from({ length: device.numQueues }, newVringSetup);
   }
 
@@ -257,6 +271,10 @@ export class VhostUserBackend {
         return this.setLogFd(msg);
       case Request.SEND_RARP:
         return this.sendRarp(msg);
+      case Request.GET_INFLIGHT_FD:
+        return this.getInflightFd(msg);
+      case Request.SET_INFLIGHT_FD:
+        return this.setInflightFd(msg);
       default:
         throw new RequestError('VHOST_USER_UNSUPPORTED', 'request not supported by this back-end');
     }
@@ -483,6 +501,7 @@ export class VhostUserBackend {
       callFd: v.callFd,
       errFd: v.errFd,
       enabled: v.enabled,
+      inflight: this.inflight === null ? null : inflightAreaOf(this.inflight, index),
     });
     v.started = true;
     await this.syncDirtyLog();
@@ -546,6 +565,47 @@ export class VhostUserBackend {
       );
     }
     return undefined;
+  }
+
+  // --- inflight I/O tracking (INFLIGHT_SHMFD, inflight-fd.ts) -------------
+
+  /** Takes the fds to send with the reply being made (the caller closes them once sent). */
+  takeReplyFds(): number[] {
+    const fds = this.replyFds;
+    this.replyFds = [];
+    return fds;
+  }
+
+  private getInflightFd(msg: IncomingMessage): Uint8Array {
+    this.expectInflight('GET_INFLIGHT_FD');
+    expectFds(msg, 0, 'GET_INFLIGHT_FD');
+    const { reply, fd } = createInflightFd(msg.payload, this.device.numQueues);
+    this.replyFds.push(fd);
+    return reply;
+  }
+
+  private setInflightFd(msg: IncomingMessage): undefined {
+    this.expectInflight('SET_INFLIGHT_FD');
+    expectFds(msg, 1, 'SET_INFLIGHT_FD');
+    if (this.vrings.some((v) => v.started))
+      throw new RequestError('VHOST_USER_BUSY', 'SET_INFLIGHT_FD while rings are started');
+    const mapping = mapInflightFd(msg.payload, msg.fds[0], this.device.numQueues);
+    this.retireInflight();
+    this.inflight = mapping;
+    return undefined;
+  }
+
+  private expectInflight(what: string): void {
+    if ((this.protocolFeatures & featureBit(ProtocolFeature.INFLIGHT_SHMFD)) === 0n)
+      throw new RequestError('VHOST_USER_UNSUPPORTED', `${what} without INFLIGHT_SHMFD negotiated`);
+  }
+
+  /** Lets go of the inflight mapping (rings stopped): the front end's file keeps the record. */
+  private retireInflight(): void {
+    if (this.inflight === null) return;
+    const buffer = this.inflight.buffer;
+    this.inflight = null;
+    native.retireMapping(buffer);
   }
 
   // --- dirty log (live migration) ------------------------------------------
@@ -689,6 +749,7 @@ export class VhostUserBackend {
       retireRegions(this.regions);
       this.regions = [];
       this.memory = null;
+      this.retireInflight();
       this.closeBackendReq();
       this.vrings = Array.from({ length: this.device.numQueues }, newVringSetup);
       this.features = 0n;

@@ -151,8 +151,14 @@ export class VhostUserConnection {
   private reply(msg: IncomingMessage, failed: boolean, payload: Uint8Array | undefined): void {
     const own = ownReply(msg.request, this.backend.negotiatedProtocolFeatures);
     if (own?.kind === 'payload') {
+      // Fds the handler returns with its answer (GET_INFLIGHT_FD's memfd): sent, then ours closed.
+      const fds = this.backend.takeReplyFds();
       // On failure an empty payload: the front end sees a size it cannot accept and fails, rather than hang.
-      this.send(msg.request, failed ? new Uint8Array(0) : payload);
+      try {
+        this.send(msg.request, failed ? new Uint8Array(0) : payload, failed ? [] : fds);
+      } finally {
+        for (const fd of fds) native.close(fd);
+      }
     } else if (own?.kind === 'status') {
       this.send(msg.request, failed ? encodeU64(own.failure) : (payload ?? encodeU64(0n)));
     } else if ((msg.flags & HeaderFlag.NEED_REPLY) !== 0) {
@@ -160,13 +166,13 @@ export class VhostUserConnection {
     }
   }
 
-  private send(request: number, payload: Uint8Array | undefined): void {
+  private send(request: number, payload: Uint8Array | undefined, fds: number[] = []): void {
     if (this.closed) return;
     try {
       native.sendMsg(
         this.fd,
         encodeMessage(request, HeaderFlag.VERSION | HeaderFlag.REPLY, payload),
-        [],
+        fds,
       );
     } catch (err) {
       this.close(`reply to ${requestName(request)} failed (${(err as { code?: string }).code})`);

@@ -30,6 +30,8 @@ export interface VhostUserDevice {
   readonly servesConfig: boolean;
   /** The device changes its config space at run time (offers PROTOCOL_F_BACKEND_REQ). */
   readonly raisesConfigChanges: boolean;
+  /** The device records its requests in an inflight area (offers PROTOCOL_F_INFLIGHT_SHMFD). */
+  readonly tracksInflight?: boolean;
   readonly numQueues: number;
   /** Largest ring size SET_VRING_NUM may ask for. */
   readonly maxQueueSize: number;

@@ -11,6 +11,7 @@ import type { Logger } from '../log.js';
 import type { RtOptions, ThreadRtState } from '../rt/index.js';
 import { WorkerHost } from '../thread/index.js';
 import type { MemoryRegion, SplitQueueConfig } from '../virtio/index.js';
+import type { InflightArea } from '../virtio/inflight.js';
 import type {
   DeviceCommand,
   DeviceEvent,
@@ -40,6 +41,8 @@ export interface QueueStart {
    */
   errFd?: number;
   enabled: boolean;
+  /** The ring's part of the inflight area (INFLIGHT_SHMFD); null or absent: requests are not tracked. */
+  inflight?: InflightArea | null;
 }
 
 /** A ring that stopped being served (DEVICE_BROKEN), as the control plane sees it. */
@@ -69,6 +72,13 @@ const VMM_OWNS_CONFIG: ReadonlySet<string> = new Set(['net']);
 const ANNOUNCES: ReadonlySet<string> = new Set(['net']);
 
 /**
+ * Device types that record their requests in an inflight area
+ * (INFLIGHT_SHMFD), so a restarted back end resubmits exactly what was in
+ * flight: block, where a lost or replayed write corrupts the guest's disk.
+ */
+const TRACKS_INFLIGHT: ReadonlySet<string> = new Set(['blk']);
+
+/**
  * The main thread's proxy for device `device` of a device worker: the surface a
  * VhostUserDevice needs, each call forwarded to the worker as a request.
  */
@@ -84,6 +94,8 @@ export class DeviceHost {
   readonly servesConfig: boolean;
   /** The device changes its config space at run time and must tell the driver. */
   readonly raisesConfigChanges: boolean;
+  /** The device's rings record their requests in an inflight area (vhost-user INFLIGHT_SHMFD). */
+  readonly tracksInflight: boolean;
   /** The device announces a migrated guest on the network (offers vhost-user RARP). */
   readonly announcesMigration: boolean;
   /** Config-change notifications sent to a front end. */
@@ -123,6 +135,7 @@ export class DeviceHost {
     this.servesConfig = !VMM_OWNS_CONFIG.has(description.kind);
     this.raisesConfigChanges = description.raisesConfigChanges;
     this.announcesMigration = ANNOUNCES.has(description.kind);
+    this.tracksInflight = TRACKS_INFLIGHT.has(description.kind);
   }
 
   /** Bytes [offset, offset+size) of the device's config space, read from the model. */
@@ -156,6 +169,7 @@ export class DeviceHost {
       kickFd: s.kickFd,
       callFd: s.callFd,
       errFd: s.errFd ?? -1,
+      inflight: s.inflight ?? null,
     });
     if (s.enabled) await this.setEnabled(index, true);
   }

@@ -7,6 +7,7 @@
 import type { DeviceDescription, DeviceInit, ModelCommand } from '../devices/index.js';
 import type { RtOptions } from '../rt/index.js';
 import type { MemoryRegion, SplitQueueConfig } from '../virtio/index.js';
+import type { InflightArea } from '../virtio/inflight.js';
 
 /**
  * Commands to one device of a worker: `device` indexes the worker's devices
@@ -24,6 +25,8 @@ export type DeviceCommand =
       callFd: number;
       /** SET_VRING_ERR's eventfd, signalled when the ring breaks; -1 for none. */
       errFd: number;
+      /** The ring's part of the inflight area (SET_INFLIGHT_FD); null: requests are not tracked. */
+      inflight: InflightArea | null;
     }
   | { op: 'set-call'; device: number; index: number; fd: number }
   | { op: 'set-err'; device: number; index: number; fd: number }

@@ -40,6 +40,7 @@ import {
   type Vring,
   vringAt,
 } from '../virtio/index.js';
+import { type InflightArea, InflightQueue } from '../virtio/inflight.js';
 import { type DeviceCommand, GUEST_MEMORY_SHRANK, RingBreak } from './messages.js';
 
 /**
@@ -427,6 +428,7 @@ export class DeviceRuntime {
     const vq = new PolledVirtqueue(this.memory, cmd.config, this.maxSegments);
     vq.lastAvailIdx = cmd.lastAvailIdx;
     vq.usedIdx = readUsedIdx(this.memory, cmd.config.usedRing);
+    if (cmd.inflight !== null) this.attachInflight(cmd.index, vq, cmd.inflight);
     v.callFd = cmd.callFd;
     v.errFd = cmd.errFd;
     this.unwatchKick(v);
@@ -438,6 +440,20 @@ export class DeviceRuntime {
     else if (this.memoryLost) v.markBroken(RingBreak.GUEST_MEMORY, GUEST_MEMORY_SHRANK);
     this.checkGuestMemory();
     return 0;
+  }
+
+  /**
+   * Tracks the ring's requests in its inflight region; what a previous back
+   * end left in flight is resubmitted first (inflight.ts). Logged when anything is.
+   */
+  private attachInflight(index: number, vq: SplitVirtqueue, area: InflightArea): void {
+    const r = vq.attachInflight(new InflightQueue(area));
+    if (r.resubmit === 0 && r.reconciled === 0) return;
+    this.events.log(
+      'info',
+      `queue ${index}: inflight region: resubmitting ${r.resubmit} request(s) in their original order` +
+        `, resuming at avail index ${vq.lastAvailIdx} (last batch of ${r.reconciled} reconciled)`,
+    );
   }
 
   private watchKick(v: Vring, kickFd: number): void {
