@@ -3,6 +3,7 @@
  * (unless --single-thread) its own worker thread.
  */
 
+import { availableParallelism } from 'node:os';
 import type { ControlledDevice } from '../control/index.js';
 import {
   BLK_QOS_FLAG_OPTIONS,
@@ -54,6 +55,14 @@ import {
   serveUntilSignal,
 } from './service.js';
 
+/**
+ * Default `--queues`: as many as the machine has CPUs (at most 64). QEMU's
+ * vhost-user-blk-pci asks for one queue per vCPU unless `num-queues` says
+ * otherwise, and refuses a back end that serves fewer; unused queues cost
+ * only their request slots.
+ */
+export const DEFAULT_BLK_QUEUES = Math.min(64, Math.max(1, availableParallelism()));
+
 const DEVICE_FLAGS = {
   'socket-path': { type: 'string' },
   'socket-fd': { type: 'string' },
@@ -99,7 +108,8 @@ ${SOCKET_FD_HELP}  --image FILE         disk image (regular file or block device
   --blk-file FILE      the same as --image (vhost-user backend convention)
   --readonly           refuse writes (the guest sees VIRTIO_BLK_F_RO)
   --read-only          the same as --readonly (vhost-user backend convention)
-  --queues N           request queues, 1..64 (default 1)
+  --queues N           request queues, 1..64 (default: one per CPU, ${DEFAULT_BLK_QUEUES} here,
+                       as QEMU's -smp N asks for N queues unless num-queues says less)
   --queue-size N       largest ring size, a power of two in 4..1024 (default 256)
   --aio ENGINE         I/O engine (default linux-aio):
                          linux-aio  Linux AIO (io_submit), eventfd completions
@@ -199,7 +209,7 @@ function deviceSpec(v: FlagValues, fallbackSerial: string): BlkDeviceSpec {
     options: {
       image: imageFlag(v),
       readonly: v.readonly === true || v['read-only'] === true,
-      queues: integerFlag('queues', v.queues, 1),
+      queues: integerFlag('queues', v.queues, DEFAULT_BLK_QUEUES),
       queueSize: integerFlag('queue-size', v['queue-size'], 256),
       ...engineFlags(v),
       direct: v['no-direct'] !== true,

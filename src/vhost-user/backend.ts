@@ -175,6 +175,8 @@ export class VhostUserBackend {
   private inflight: InflightMapping | null = null;
   /** Fds to send with the next reply (GET_INFLIGHT_FD's memfd); the connection takes and closes them. */
   private replyFds: number[] = [];
+  /** The request handled last (queueHint). */
+  private lastRequest = -1;
   /** Feature bits offered in GET_FEATURES. */
   readonly offeredFeatures: bigint;
   /** Protocol feature bits offered in GET_PROTOCOL_FEATURES. */
@@ -218,6 +220,7 @@ export class VhostUserBackend {
    * one, or undefined. Throws (ProtocolError, RequestError) on refusal.
    */
   async handle(msg: IncomingMessage): Promise<Uint8Array | undefined> {
+    this.lastRequest = msg.request;
     switch (msg.request) {
       case Request.GET_FEATURES:
         return encodeU64(this.offeredFeatures);
@@ -402,7 +405,8 @@ export class VhostUserBackend {
     if (v === undefined) {
       throw new RequestError(
         'VHOST_USER_BAD_INDEX',
-        `vring index ${index} is outside 0..${this.vrings.length - 1}`,
+        `vring index ${index} is outside 0..${this.vrings.length - 1}: the front end uses more ` +
+          `queues than this daemon serves (${this.device.numQueues}); start it with a larger --queues`,
       );
     }
     return v;
@@ -773,6 +777,20 @@ export class VhostUserBackend {
         v.kickFd = v.callFd = v.errFd = -1;
       }
     }
+  }
+
+  /**
+   * For the log when the front end has gone: a front end that leaves right
+   * after GET_QUEUE_NUM found too few queues (QEMU checks the answer against
+   * its num-queues, -smp N by default, and gives up without a word to us).
+   */
+  queueHint(): string | null {
+    if (this.lastRequest !== Request.GET_QUEUE_NUM) return null;
+    return (
+      `the front end left right after GET_QUEUE_NUM (answered ${this.device.numQueues}): ` +
+      `it probably wants more queues than this daemon serves (QEMU: num-queues, -smp N, ` +
+      `-netdev queues=N); start the daemon with a larger --queues`
+    );
   }
 
   /** A snapshot for stats and logs. */

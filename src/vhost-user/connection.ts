@@ -184,6 +184,8 @@ export class VhostUserConnection {
     if (this.closed) return;
     this.closed = true;
     this.log('info', `connection closed: ${reason}`);
+    const hint = this.backend.queueHint();
+    if (hint !== null) this.log('warn', hint);
     this.watcher.close();
     native.close(this.fd);
     for (const fd of this.currentFds) native.close(fd);

@@ -103,7 +103,7 @@ describe.each(ENGINES)('--aio %s', (engine) => {
     let image: string;
     let daemon: Daemon;
     beforeAll(async () => {
-      ({ socket, image, daemon } = await serve(engine, 'one'));
+      ({ socket, image, daemon } = await serve(engine, 'one', ['--queues', '1']));
     });
 
     it('negotiates as QEMU 7.2 does and presents a correct config space', async () => {

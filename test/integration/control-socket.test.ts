@@ -39,6 +39,8 @@ async function blkDaemon(
     socket,
     '--image',
     image,
+    '--queues',
+    '1',
     '--control-socket',
     control,
   ]);

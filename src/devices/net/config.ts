@@ -38,6 +38,8 @@ export const NET_CONFIG_SIZE = 12;
 
 /** Smallest Ethernet frame the device accepts from a driver: a bare header. */
 export const MIN_FRAME = 14;
+/** The MTU in the config space (VIRTIO_NET_F_MTU, offered): frames up to {@link MAX_FRAME}. */
+export const NET_MTU = 1500;
 /** Largest frame without offloads: 1500-byte MTU + Ethernet header + one VLAN tag. */
 export const MAX_FRAME = 1518;
 
@@ -60,6 +62,8 @@ export function netDeviceFeatures(g: NetGeometry): bigint {
   let f = featureBit(NetFeature.MAC) | featureBit(NetFeature.MRG_RXBUF);
   f |= featureBit(NetFeature.STATUS) | featureBit(NetFeature.CTRL_VQ);
   f |= featureBit(NetFeature.CTRL_RX) | featureBit(NetFeature.CTRL_MAC_ADDR);
+  // The config space says mtu 1500, the largest payload the switch carries (MAX_FRAME).
+  f |= featureBit(NetFeature.MTU);
   if (g.queuePairs > 1) f |= featureBit(NetFeature.MQ);
   return f;
 }
@@ -76,6 +80,6 @@ export function encodeNetConfig(g: NetGeometry): Uint8Array {
   out.set(g.mac, 0);
   v.setUint16(6, g.linkUp ? NET_S_LINK_UP : 0, true);
   v.setUint16(8, g.queuePairs, true);
-  v.setUint16(10, 1500, true);
+  v.setUint16(10, NET_MTU, true);
   return out;
 }
