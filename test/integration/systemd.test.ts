@@ -7,6 +7,8 @@
  * front end connects through the inherited socket, whose file the daemon
  * leaves in place on exit.
  */
+
+import { spawn } from 'node:child_process';
 import {
   closeSync,
   existsSync,
@@ -21,7 +23,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { native } from '../../src/native.js';
 import { BlkDriver } from '../frontend/index.js';
-import { runCli } from '../support/daemon.js';
+import { CLI, runCli } from '../support/daemon.js';
 import { NotifySocket, startActivated } from '../support/systemd.js';
 import { waitFor } from '../support/wait.js';
 
@@ -145,6 +147,52 @@ describe('systemd readiness and socket activation', () => {
       expect(await d.exited).toBe(0);
     } finally {
       d.proc.kill('SIGKILL');
+      notify.close();
+    }
+  });
+
+  it("systemd's own systemd-socket-activate starts the daemon on the first connection", async () => {
+    // Real systemd code sets LISTEN_FDS / LISTEN_PID / LISTEN_FDNAMES here (no PID 1 needed).
+    const sock = join(dir, 'on-demand.sock');
+    const notify = new NotifySocket(join(dir, 'notify3.sock'));
+    const activator = spawn(
+      'systemd-socket-activate',
+      [
+        '-l',
+        sock,
+        '--fdname=on-demand.sock',
+        '-E',
+        `NOTIFY_SOCKET=${notify.path}`,
+        process.execPath,
+        CLI,
+        'blk',
+        '--socket-path',
+        sock,
+        '--image',
+        image,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let log = '';
+    activator.stderr.on('data', (d) => {
+      log += d;
+    });
+    const exited = new Promise<number | null>((resolve) => activator.on('exit', resolve));
+    try {
+      await waitFor(
+        () => log.includes('Listening on'),
+        () => `systemd-socket-activate to listen (${log})`,
+      );
+      // No daemon yet: this connection starts it, waits in the backlog, and is served.
+      await blkRoundTrip(sock);
+      const ready = await notify.waitLine('READY=1');
+      expect(ready).toContain(`MAINPID=${activator.pid}`);
+      activator.kill('SIGTERM');
+      await notify.waitLine('STOPPING=1');
+      expect(await exited).toBe(0);
+      expect(log).not.toMatch(/matches no socket/);
+    } finally {
+      activator.kill('SIGKILL');
       notify.close();
     }
   });
