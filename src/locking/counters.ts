@@ -108,6 +108,22 @@ export class StatCounters {
     this.endBatch();
   }
 
+  /**
+   * Writer, inside {@link beginBatch}/{@link endBatch}: sets counter `index`
+   * to `n` without the checks of {@link set} — the hot path's once-per-batch
+   * publish, whose caller owns a valid index and a safe integer. The high
+   * half is stored only when it changes.
+   */
+  setInBatch(index: number, n: number): void {
+    const base = COUNTERS.FIRST + index * COUNTERS.STRIDE;
+    const hi = Math.floor(n / TWO_32);
+    // Atomics stores inside the odd-sequence window beginBatch opened: ordered
+    // after its CAS and before endBatch's increment. The plain read is of this
+    // writer's own earlier store.
+    Atomics.store(this.#slots, base + COUNTERS.LO, (n - hi * TWO_32) | 0);
+    if (this.#slots[base + COUNTERS.HI] !== hi) Atomics.store(this.#slots, base + COUNTERS.HI, hi);
+  }
+
   /** Writer: raises counter `index` to `n` if `n` is larger (a high-water mark). */
   max(index: number, n: number): void {
     this.#checkWrite(index, n);

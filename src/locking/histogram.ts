@@ -159,6 +159,9 @@ export class LatencyHistograms {
   readonly #sum: Float64Array;
   readonly #over: Float64Array;
   readonly #max: Float64Array;
+  /** Per series: `over` and `max` as last published (stored again only when they change). */
+  readonly #overPublished: Float64Array;
+  readonly #maxPublished: Float64Array;
   readonly #seriesDirty: Uint8Array;
   #anySeriesDirty = false;
   /** Reader scratch: one series' slots, copied under the seqlock. */
@@ -175,6 +178,8 @@ export class LatencyHistograms {
     this.#sum = new Float64Array(n);
     this.#over = new Float64Array(n);
     this.#max = new Float64Array(n);
+    this.#overPublished = new Float64Array(n);
+    this.#maxPublished = new Float64Array(n);
     this.#seriesDirty = new Uint8Array(n);
     this.#scratch = new Int32Array(this.#stride);
   }
@@ -269,8 +274,14 @@ export class LatencyHistograms {
         this.#seriesDirty[s] = 0;
         const base = this.#base(s);
         this.#store(base + HISTOGRAM.SUM, Math.round(this.#sum[s]));
-        this.#store(base + HISTOGRAM.OVER, this.#over[s]);
-        this.#store(base + HISTOGRAM.MAX, Math.round(this.#max[s]));
+        if (this.#over[s] !== this.#overPublished[s]) {
+          this.#overPublished[s] = this.#over[s];
+          this.#store(base + HISTOGRAM.OVER, this.#over[s]);
+        }
+        if (this.#max[s] !== this.#maxPublished[s]) {
+          this.#maxPublished[s] = this.#max[s];
+          this.#store(base + HISTOGRAM.MAX, Math.round(this.#max[s]));
+        }
       }
       this.#anySeriesDirty = false;
     }
@@ -314,12 +325,14 @@ export class LatencyHistograms {
     return HISTOGRAM.FIRST + series * this.#stride;
   }
 
-  /** A 64-bit value as two halves, inside the section publish() opened. */
+  /** A 64-bit value as two halves, inside the section publish() opened; the high half only when it changes. */
   #store(index: number, value: number): void {
     const hi = Math.floor(value / TWO_32);
-    // Atomics stores, inside the odd-sequence window: ordered after its opening CAS.
+    // Atomics stores, inside the odd-sequence window: ordered after its opening
+    // CAS and before its closing increment. The plain read is of this writer's own store.
     Atomics.store(this.#slots, index + HISTOGRAM.LO, (value - hi * TWO_32) | 0);
-    Atomics.store(this.#slots, index + HISTOGRAM.HI, hi);
+    if (this.#slots[index + HISTOGRAM.HI] !== hi)
+      Atomics.store(this.#slots, index + HISTOGRAM.HI, hi);
   }
 }
 

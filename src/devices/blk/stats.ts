@@ -123,6 +123,8 @@ export class BlkAccounting {
   readonly #startNs: Float64Array;
   /** The writer's own values of the per-queue counters, queue-major. */
   readonly #values: Float64Array;
+  /** {@link #values} as last published: only counters that changed are stored again. */
+  readonly #published: Float64Array;
   readonly #changed: Uint8Array;
   #anyChanged = false;
   /** Queues that completed requests in the current completion batch. */
@@ -162,6 +164,7 @@ export class BlkAccounting {
     this.#readClock = options.clock ?? monotonicNs;
     this.#startNs = new Float64Array(queues * slotsPerQueue);
     this.#values = new Float64Array(queues * BLK_QUEUE_STAT_NAMES.length);
+    this.#published = new Float64Array(queues * BLK_QUEUE_STAT_NAMES.length);
     this.#changed = new Uint8Array(queues);
     this.#completedInBatch = new Uint8Array(queues);
   }
@@ -257,11 +260,17 @@ export class BlkAccounting {
     if (this.#anyChanged) {
       this.#anyChanged = false;
       const stats = this.#stats;
+      const values = this.#values;
+      const published = this.#published;
       stats.beginBatch();
       for (let q = 0; q < this.#queues; q++) {
         if (this.#changed[q] === 0) continue;
         this.#changed[q] = 0;
-        for (let i = q * width; i < (q + 1) * width; i++) stats.set(i, this.#values[i]);
+        for (let i = q * width; i < (q + 1) * width; i++) {
+          if (values[i] === published[i]) continue;
+          published[i] = values[i];
+          stats.setInBatch(i, values[i]);
+        }
       }
       stats.endBatch();
     }
