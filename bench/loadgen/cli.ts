@@ -27,6 +27,7 @@ export const HELP = `vhost-user-blk load generator
   --rwmixread PCT    reads in percent for rw / randrw (default 50)
   --queue-size N     ring size (default: next power of two >= 3 x iodepth, at least 64)
   --ioprio N         the request header's ioprio (class << 13 | level, as a Linux guest's)
+  --dirty-log        turn dirty logging on first (as QEMU for a live migration), bitmap cleared every 100 ms
   --json             print the result as JSON
 `;
 
@@ -65,6 +66,7 @@ export function parseLoadArgs(argv: string[]): { options: LoadOptions; json: boo
       'queue-size': { type: 'string' },
       ioprio: { type: 'string' },
       json: { type: 'boolean', default: false },
+      'dirty-log': { type: 'boolean', default: false },
     },
   });
   if (!values.socket) throw new RangeError('--socket is required');
@@ -83,6 +85,7 @@ export function parseLoadArgs(argv: string[]): { options: LoadOptions; json: boo
     rwmixread: num(values.rwmixread, 50, 'rwmixread'),
     queueSize: values['queue-size'] === undefined ? undefined : num(values['queue-size'], 0, 'q'),
     ioprio: values.ioprio === undefined ? undefined : num(values.ioprio, 0, 'ioprio'),
+    dirtyLog: values['dirty-log'],
   };
   return { options, json: values.json };
 }

@@ -64,6 +64,14 @@ export interface LoadOptions {
   queueSize?: number;
   /** The header's ioprio field (after `type`), as a Linux guest fills it; default 0 (none). */
   ioprio?: number;
+  /**
+   * Turn dirty logging on after start, as QEMU does for a live migration (SET_LOG_BASE,
+   * VHOST_F_LOG_ALL, the rings' LOG flag), and clear the bitmap every `dirtyLogSyncMs`
+   * as QEMU's log sync does; default false (off).
+   */
+  dirtyLog?: boolean;
+  /** With {@link dirtyLog}: ms between bitmap clears; default 100. */
+  dirtyLogSyncMs?: number;
   /** Called about once a second with the phase and the I/Os completed in it. */
   onProgress?: (p: LoadProgress) => void;
 }
@@ -382,11 +390,20 @@ async function connect(o: LoadOptions): Promise<Vmm> {
   });
   try {
     await vmm.start();
+    if (o.dirtyLog) await vmm.startDirtyLog();
   } catch (err) {
     vmm.close();
     throw err;
   }
   return vmm;
+}
+
+/** With `o.dirtyLog`: clears the bitmap periodically (QEMU reads and clears it); returns the stop. */
+function syncDirtyLog(o: LoadOptions, vmm: Vmm): () => void {
+  const bits = vmm.dirtyLog?.bits;
+  if (!o.dirtyLog || bits === undefined) return () => {};
+  const timer = setInterval(() => bits.fill(0), o.dirtyLogSyncMs ?? 100);
+  return () => clearInterval(timer);
 }
 
 /** The [base, base + span) byte range I/O goes to, checked against the capacity. */
@@ -426,6 +443,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
   const vmm = await connect(o);
   const s = new RunState();
   const loads: QueueLoad[] = [];
+  const stopSync = syncDirtyLog(o, vmm);
   try {
     const capacity = Number(parseBlkConfig(vmm.config).capacity) * SECTOR_SIZE;
     const { base, span } = ioRange(o, capacity);
@@ -438,6 +456,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
     await phase(o, s, 'ramp', o.rampSec ?? 0);
     return await measure(o, s);
   } finally {
+    stopSync();
     await drain(s);
     for (const l of loads) l.stop();
     await vmm.stop().catch(() => undefined);
