@@ -84,6 +84,25 @@ function applyDeadline(v: RtOptions): void {
   kernel(what, 'sched_setattr', () => native.schedSetAttrDeadline(0, r * 1000, d * 1000, p * 1000));
 }
 
+/**
+ * Whether the kernel lets this process submit I/O at priority `ioprio`
+ * (ioprio_set(2) encoding): tries it on the calling thread and puts the
+ * thread's own back. Null when allowed, else the errno's name (EPERM: the RT
+ * class needs CAP_SYS_ADMIN or CAP_SYS_NICE). The kernel applies the same
+ * check to each request's aio_reqprio / sqe->ioprio.
+ */
+export function probeIoprio(ioprio: number): string | null {
+  const own = native.ioprioGet(0);
+  try {
+    native.ioprioSet(0, ioprio);
+  } catch (err) {
+    if (!(err instanceof SystemError)) throw err;
+    return err.code;
+  }
+  native.ioprioSet(0, own);
+  return null;
+}
+
 /** Whether this thread was asked (--mlock) to lock the guest memory it serves. */
 export function guestMemoryLockRequested(): boolean {
   return guestMemoryLock;

@@ -16,6 +16,7 @@ export {
   lowerToBackground,
   policyName,
   policyNumber,
+  probeIoprio,
   type ThreadRtState,
   unlockMemory,
 } from './apply.js';

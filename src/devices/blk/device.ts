@@ -165,6 +165,8 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   private readonly ioprio: IoprioPolicy;
   /** Host ioprio of the request being started (set by start, read by startReadWrite). */
   private requestIoprio = 0;
+  /** Guest ioprio classes seen since the last drain ended (NONE, RT, BE, IDLE), published once per drain. */
+  private readonly classSeen = new Float64Array(4);
   /** Token buckets; null: no limit, and no cost per request. */
   private throttle: IoThrottle | null = null;
   /** Timer that re-drains held queues; null: none armed. */
@@ -390,6 +392,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     const popped = this.drained.popped;
     this.acct?.drained(index, popped);
     if (wasHeld) this.stats.add(BlkStat.throttledRequests, popped);
+    this.publishClasses();
     if (this.throttle !== null && !this.throttle.open()) this.hold(q);
     if (popped > 0) {
       this.stats.add(BlkStat.requests, popped);
@@ -433,6 +436,16 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     return this.throttle?.limits ?? {};
   }
 
+  /** Adds the classes counted during a drain to the shared counters: one add per class seen, not per request. */
+  private publishClasses(): void {
+    const seen = this.classSeen;
+    for (let c = 0; c < 4; c++) {
+      if (seen[c] === 0) continue;
+      this.stats.add(BlkStat.ioprioNone + c, seen[c]);
+      seen[c] = 0;
+    }
+  }
+
   /** Leaves the queue's chains in the avail ring until the buckets refill (one timer per device). */
   private hold(q: QueueState): void {
     q.held = true;
@@ -474,7 +487,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     // The field after `type` (Linux: req_get_ioprio()), made the host's by --guest-ioprio.
     const guestIoprio = h.getUint32(4, true);
     const guestClass = ioprioClass(guestIoprio);
-    this.stats.add(BlkStat.ioprioNone + (guestClass > 3 ? 0 : guestClass), 1);
+    this.classSeen[guestClass > 3 ? 0 : guestClass]++;
     this.requestIoprio = this.ioprio.hostIoprio(guestIoprio);
     const sector = h.getUint32(8, true) + h.getUint32(12, true) * U32;
     this.slotType[id] = type;

@@ -2,9 +2,18 @@
  * Opens one virtio-blk device inside a device worker: the image with its I/O
  * engine, then the model over it.
  */
+import { ConfigError } from '../../errors.js';
 import { lockedWhileOpen, lockImage } from '../../io/image-lock.js';
-import { createEngine, IoprioPolicy } from '../../io/index.js';
+import {
+  createEngine,
+  formatIoprio,
+  IoprioClass,
+  IoprioPolicy,
+  ioprioClass,
+  ioprioValue,
+} from '../../io/index.js';
 import { StatCounters } from '../../locking/index.js';
+import { probeIoprio } from '../../rt/index.js';
 import { type DeviceEnv, describeModel, type OpenedDevice } from '../device.js';
 import { BlkDevice } from './device.js';
 import type { BlkDeviceInit, BlkInfo } from './options.js';
@@ -13,6 +22,7 @@ import { BLK_STAT_NAMES, BlkAccounting } from './stats.js';
 /** Opens the image of `init` and builds the device on it. */
 export function openBlkDevice(init: BlkDeviceInit, env: DeviceEnv): OpenedDevice<'blk', BlkInfo> {
   const o = init.options;
+  checkIoprioAllowed(o.ioprio, o.guestIoprio, env.warn);
   // Locked before the engine opens it (QEMU-style lock bytes, see image-lock.ts), held until the engine closes.
   const open = () =>
     createEngine(o.aio, {
@@ -85,4 +95,27 @@ export function openBlkDevice(init: BlkDeviceInit, env: DeviceEnv): OpenedDevice
     description: describeModel(model, 'blk', info, true),
     runtime: { pollUs, reap: engine.poll === undefined ? undefined : () => engine.poll?.() },
   };
+}
+
+/**
+ * The RT I/O class needs CAP_SYS_ADMIN or CAP_SYS_NICE, and the kernel fails
+ * each request asking for it without (EPERM). Found out once, here: an RT
+ * `--ioprio` is refused with the errno; `--guest-ioprio honor` is warned about.
+ */
+function checkIoprioAllowed(
+  ioprio: number | undefined,
+  mode: string | undefined,
+  warn: (message: string) => void,
+): void {
+  const rtDevice = ioprio !== undefined && ioprioClass(ioprio) === IoprioClass.RT;
+  if (!rtDevice && mode !== 'honor') return;
+  const refused = probeIoprio(rtDevice ? (ioprio as number) : ioprioValue(IoprioClass.RT, 7));
+  if (refused === null) return;
+  if (rtDevice)
+    throw new ConfigError(
+      `--ioprio ${formatIoprio(ioprio as number)}: the kernel refused the RT I/O class (${refused}; needs CAP_SYS_ADMIN or CAP_SYS_NICE)`,
+    );
+  warn(
+    `--guest-ioprio honor: the kernel refuses the RT I/O class here (${refused}): guest RT requests will fail; use clamp`,
+  );
 }
