@@ -241,6 +241,59 @@ describe('blk without LOG_SHMFD', () => {
   });
 });
 
+describe('net receive', () => {
+  it('marks the pages a received frame was written to (up to its used length), not the rest of the buffer', async () => {
+    const sock = (p: string) => join(dir, `rx-${p}.sock`);
+    const daemon = await startDaemon([
+      'net',
+      '--socket-path',
+      sock('a'),
+      '--socket-path',
+      sock('b'),
+    ]);
+    daemons.push(daemon);
+    // Receive buffers of 3 pages: a 100-byte frame fills part of the first one or two.
+    const a = await NetDriver.create({
+      socketPath: sock('a'),
+      rxBuffers: 4,
+      rxBufferBytes: 3 * PAGE,
+    });
+    const b = await NetDriver.create({ socketPath: sock('b') });
+    try {
+      const bits = await a.vmm.startDirtyLog();
+      bits.fill(0);
+      const rxq = a.rxq;
+      let seen: Uint8Array | null = null;
+      let used = { id: -1, len: 0, slot: -1, addr: -1 };
+      const onUsed = rxq.onUsed;
+      rxq.onUsed = (u) => {
+        seen = bits.slice();
+        const slot = (rxq.driver.usedIdx - 1) & (rxq.driver.size - 1);
+        const desc = new DataView(a.vmm.ram.read(rxq.driver.descTable + 16 * u.id, 16).buffer);
+        used = { id: u.id, len: u.len, slot, addr: desc.getUint32(0, true) };
+        onUsed?.(u);
+      };
+      await b.send(ethFrame('ff:ff:ff:ff:ff:ff', '02:00:00:00:00:0b', 100, 5));
+      await a.waitReceived(1);
+      rxq.onUsed = onUsed;
+      expect(used.len).toBe(12 + 100);
+      const expected = sorted([
+        ...pagesOf(used.addr, used.len),
+        ...pagesOf(rxq.driver.usedRing + 4 + 8 * used.slot, 8),
+        ...pagesOf(rxq.driver.usedRing + 2, 2),
+      ]);
+      expect(markedPages(seen as unknown as Uint8Array)).toEqual(expected);
+      // The rest of the 3-page buffer was not written, so not marked.
+      expect(markedPages(seen as unknown as Uint8Array)).not.toContain(
+        Math.floor((used.addr + 3 * PAGE - 1) / PAGE),
+      );
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+});
+
 describe('net SEND_RARP', () => {
   it("moves the announced MAC to the announcing port in the other ports' tables", async () => {
     const sock = (p: string) => join(dir, `net-${p}.sock`);
