@@ -135,15 +135,19 @@ function charPorts(s: DeviceScrape): Record<string, number>[] {
   return [];
 }
 
-/** One sample per console/serial port and `label` value. */
-function perCharPort(stats: Record<string, string>, label?: string): Sampler {
+/**
+ * One sample per console/serial port: port stat `stat`, or with `by`, one
+ * per entry of `by` (stat names by the value of label `label`).
+ */
+function perCharPort(stat: string, by?: { label: string; stats: Record<string, string> }): Sampler {
+  const entries = by === undefined ? [['', stat]] : Object.entries(by.stats);
   return (devices) =>
     devices.flatMap((s) =>
       charPorts(s).flatMap((p, port) =>
-        Object.entries(stats).map(([value, stat]): Sample => {
+        entries.map(([value, name]): Sample => {
           const labels: Labels = { ...deviceLabels(s), kind: s.d.kind, port };
-          if (label !== undefined) labels[label] = value;
-          return [labels, p[stat] ?? 0];
+          if (by !== undefined) labels[by.label] = value;
+          return [labels, p[name] ?? 0];
         }),
       ),
     );
@@ -273,49 +277,49 @@ const PLAIN_METRICS: PlainMetric[] = [
     help: 'Bytes: in = host to guest delivered, out = guest to host accepted into the log ring.',
     type: 'counter',
     labels: [...CHAR, 'direction'],
-    sample: perCharPort({ in: 'bytesIn', out: 'bytesOut' }, 'direction'),
+    sample: perCharPort('', { label: 'direction', stats: { in: 'bytesIn', out: 'bytesOut' } }),
   },
   {
     name: 'console_dropped_bytes_total',
     help: 'Guest-to-host bytes dropped by the drop policy (log ring full).',
     type: 'counter',
     labels: CHAR,
-    sample: perCharPort({ dropped: 'bytesDropped' }),
+    sample: perCharPort('bytesDropped'),
   },
   {
     name: 'console_input_refused_bytes_total',
     help: 'Host-to-guest bytes refused: the bounded input buffer was full.',
     type: 'counter',
     labels: CHAR,
-    sample: perCharPort({ refused: 'inputRefused' }),
+    sample: perCharPort('inputRefused'),
   },
   {
     name: 'console_ring_full_total',
     help: 'Times the log ring was full.',
     type: 'counter',
     labels: CHAR,
-    sample: perCharPort({ full: 'ringFull' }),
+    sample: perCharPort('ringFull'),
   },
   {
     name: 'console_ring_high_water_bytes',
     help: 'Highest fill level of the log ring.',
     type: 'gauge',
     labels: CHAR,
-    sample: perCharPort({ hw: 'ringHighWater' }),
+    sample: perCharPort('ringHighWater'),
   },
   {
     name: 'console_sink_bytes_total',
     help: 'Bytes the logger thread wrote to the sinks.',
     type: 'counter',
     labels: CHAR,
-    sample: perCharPort({ bytes: 'sinkBytes' }),
+    sample: perCharPort('sinkBytes'),
   },
   {
     name: 'console_sink_errors_total',
     help: 'Sink write errors.',
     type: 'counter',
     labels: CHAR,
-    sample: perCharPort({ errors: 'sinkErrors' }),
+    sample: perCharPort('sinkErrors'),
   },
 ];
 
