@@ -10,6 +10,7 @@
 #include "args.h"
 #include "buffers.h"
 #include "modules.h"
+#include "nbd.h"
 #include "watcher.h"
 
 namespace vhost_rt {
@@ -45,6 +46,7 @@ Addon::Addon(Napi::Env env, Napi::Object exports) {
   exports.Set("BufferTable", bufferTableCtor.Value());
   exports.Set("FdWatcher", FdWatcher::Define(env));
   exports.Set("AioContext", AioContext::Define(env));
+  exports.Set("NbdClient", NbdClient::Define(env));
   exports.Set("constants", Constants(env));
 }
 

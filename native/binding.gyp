@@ -16,6 +16,7 @@
         'uring.cc',
         'net.cc',
         'sigbus.cc',
+        'nbd.cc',
       ],
       'include_dirs': ["<!(node -p \"require('node-addon-api').include_dir\")"],
       'defines': [
@@ -27,7 +28,7 @@
       'cflags!': ['-fno-exceptions'],
       'cflags_cc!': ['-fno-exceptions', '-fno-rtti'],
       'cflags_cc': ['-std=gnu++17', '-Wall', '-Wextra', '-Wno-unused-parameter'],
-      'libraries': ['-luring'],
+      'libraries': ['-luring', '-lnbd'],
     },
   ],
 }

@@ -150,6 +150,94 @@ export interface NativeConstants {
   FALLOC_FL_ZERO_RANGE: number;
 }
 
+/** Layout of one entry in the `ops` Float64Array of {@link NbdClient.submit}. */
+export const NBD_OP_STRIDE = 7;
+/** Field offsets inside one NBD ops entry (`length`: trim and zero only; iovecs: read and write only). */
+export const NBD_OP = {
+  cmd: 0,
+  flags: 1,
+  offset: 2,
+  length: 3,
+  firstIov: 4,
+  iovCount: 5,
+  userData: 6,
+} as const;
+/** Commands of NBD ops entries (NBD_CMD_READ, WRITE, FLUSH, TRIM, WRITE_ZEROES). */
+export const NBD_CMD = { READ: 0, WRITE: 1, FLUSH: 2, TRIM: 3, ZERO: 4 } as const;
+/** Command flags of NBD ops entries: libnbd's LIBNBD_CMD_FLAG_FUA and _NO_HOLE. */
+export const NBD_FLAG = { FUA: 1, NO_HOLE: 2 } as const;
+/**
+ * Bits of the status {@link NbdClient} returns: the directions libnbd waits
+ * for (its LIBNBD_AIO_DIRECTION_*, the same values as POLL_READABLE /
+ * POLL_WRITABLE), completions waiting for getEvents, connected, dead.
+ */
+export const NBD_STATUS = { READ: 1, WRITE: 2, COMPLETIONS: 4, READY: 8, DEAD: 16 } as const;
+
+/** What an NBD server said about its export during the handshake (libnbd's nbd_get_* / nbd_can_*). */
+export interface NbdExportInfo {
+  size: number;
+  readOnly: boolean;
+  canFlush: boolean;
+  canFua: boolean;
+  canTrim: boolean;
+  canZero: boolean;
+  canMultiConn: boolean;
+  /** Structured replies were negotiated (libnbd asks for them). */
+  structuredReplies: boolean;
+  /** Block size constraints (-1: the server gave none). */
+  minBlock: number;
+  preferredBlock: number;
+  maxBlock: number;
+  /** 'newstyle-fixed', 'newstyle' or 'oldstyle'. */
+  protocol: string;
+}
+
+/**
+ * One libnbd handle driven through its asynchronous API (native/nbd.cc). The
+ * caller watches `fd` for the status' direction bits and calls `pump` with
+ * what is ready; completions are collected natively and reaped in batches.
+ * A command that loses its connection is held (with its guest buffer) until
+ * `resubmitHeld` on a new connection or `failHeld`. Nothing allocates per
+ * request once the high-water mark of commands in flight is reached.
+ */
+export interface NbdClient {
+  /**
+   * Connects to an NBD URI (nbd://, nbd+unix://, ...) and completes the
+   * handshake, blocking at most `timeoutMs` (for opening a device, before it
+   * serves anything). Throws a SystemError (syscall `nbd_connect_uri`,
+   * libnbd's message, its errno's code; ETIMEDOUT after the timeout).
+   */
+  connect(uri: string, timeoutMs: number): void;
+  /** Closes the current handle and starts connecting a new one without blocking; returns the status. */
+  beginConnect(uri: string): number;
+  /** The export as negotiated; ENOTCONN unless connected. */
+  info(): NbdExportInfo;
+  /** The socket to watch (-1: no handle). Changes on every (re)connect. */
+  readonly fd: number;
+  /** NBD commands held for a connection. */
+  readonly held: number;
+  /** libnbd's message for the last failure seen (connect, notify, issue). */
+  readonly lastError: string;
+  /**
+   * Checks all `count` ops (NBD_OP layout) and their iovecs (IOV_STRIDE,
+   * indexes into `table`), then issues them: a read or write as one NBD
+   * command per iovec (split further at the server's maximum block size).
+   * RangeError before anything is issued when an entry is invalid or more ops
+   * are given than free slots (`depth`). Returns the status.
+   */
+  submit(table: BufferTable, ops: Float64Array, count: number, iovs: Float64Array): number;
+  /** nbd_aio_notify_read / _write for the POLL_* bits in `events` (negative: an error, read); returns the status. */
+  pump(events: number): number;
+  /** Writes finished ops as [userData, result] pairs (bytes or -errno); returns how many. */
+  getEvents(out: Float64Array, max: number): number;
+  /** Issues every held command on the (ready) connection; returns the status. */
+  resubmitHeld(): number;
+  /** Fails every held command with `errno`; their ops complete with -errno. Returns the status. */
+  failHeld(errno: number): number;
+  /** Disconnects and closes the handle. Idempotent. */
+  close(): void;
+}
+
 /** Everything the addon exports. */
 export interface NativeBinding {
   constants: NativeConstants;
@@ -224,6 +312,11 @@ export interface NativeBinding {
   // Block I/O.
   BufferTable: new () => BufferTable;
   AioContext: new (depth: number, eventfd: number, maxIovs: number) => AioContext;
+  /** An NBD client for up to `depth` ops in flight and `maxIovs` iovecs per submit. */
+  NbdClient: new (
+    depth: number,
+    maxIovs: number,
+  ) => NbdClient;
   /** Synchronous preadv/pwritev over iovecs of a BufferTable (baseline engines). */
   preadv(
     fd: number,

@@ -21,7 +21,7 @@ export type IoCompletion = (userData: number, result: number) => void;
  * the device worker itself (a baseline that blocks the worker), and `null`
  * (no I/O at all: reads give zeroes; measures the back end's own overhead).
  */
-export const IO_ENGINE_NAMES = ['linux-aio', 'io_uring', 'threads', 'sync', 'null'] as const;
+export const IO_ENGINE_NAMES = ['linux-aio', 'io_uring', 'threads', 'sync', 'null', 'nbd'] as const;
 /** An `--aio` engine name, as `createEngine` takes it. */
 export type IoEngineName = (typeof IO_ENGINE_NAMES)[number];
 
@@ -47,6 +47,8 @@ export interface IoEngineOptions {
   aioThreads?: number;
   /** threads: scheduling policy and priority of the pool threads (default: inherited). */
   aioThreadsPolicy?: ThreadPolicy;
+  /** nbd: how long requests wait for a lost server, and the first connect may take (ms). */
+  nbdTimeoutMs?: number;
 }
 
 /** Scheduling of engine-owned threads, as `--aio-threads-policy POLICY[:PRIO]` gives it. */
@@ -59,6 +61,19 @@ export interface ThreadPolicy {
 export const DEFAULT_AIO_THREADS = 4;
 
 /**
+ * What the storage behind an engine can do, for engines that cannot do
+ * everything (nbd: what the server advertises); the device offers the guest
+ * only these.
+ */
+export interface EngineCapabilities {
+  /** Writes are refused: the device is read-only. */
+  readonly: boolean;
+  flush: boolean;
+  discard: boolean;
+  writeZeroes: boolean;
+}
+
+/**
  * A block I/O engine over one open image, driven by one device on one thread:
  * stage iovecs and ops, `submit` once per batch, completions come to `onComplete`.
  */
@@ -68,6 +83,8 @@ export interface IoEngine {
   readonly direct: boolean;
   /** Image size in bytes at open time. */
   readonly sizeBytes: number;
+  /** Absent: a local image, which supports flush, discard and write-zeroes. */
+  readonly capabilities?: EngineCapabilities;
   /** Alignment O_DIRECT needs for offsets, lengths and buffer addresses. */
   readonly alignment: number;
   /** Operations submitted and not yet completed. */

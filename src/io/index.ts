@@ -10,6 +10,8 @@ import {
 } from './engine.js';
 import { UringEngine } from './io-uring.js';
 import { LinuxAioEngine } from './linux-aio.js';
+import { MAX_NBD_TIMEOUT_MS, NbdEngine } from './nbd.js';
+import { checkNbdUri, looksLikeNbdUri } from './nbd-uri.js';
 import { NullEngine } from './null.js';
 import { SyncEngine } from './sync.js';
 import { MAX_AIO_THREADS, ThreadsEngine } from './threads.js';
@@ -18,10 +20,19 @@ export * from './engine.js';
 export { SQPOLL_IDLE_MS, URING_CMD, URING_OP, UringEngine, UringSetupError } from './io-uring.js';
 export * from './ioprio.js';
 export { LinuxAioEngine } from './linux-aio.js';
+export {
+  DEFAULT_NBD_TIMEOUT_MS,
+  MAX_NBD_TIMEOUT_MS,
+  NBD_BACKOFF_MAX_MS,
+  NBD_BACKOFF_MS,
+  NbdConnectError,
+  NbdEngine,
+} from './nbd.js';
+export { checkNbdUri, looksLikeNbdUri, NBD_URI_SCHEMES } from './nbd-uri.js';
 export { NullEngine } from './null.js';
 export { SyncEngine } from './sync.js';
-export * from './throttle.js';
 export { MAX_AIO_THREADS, ThreadsEngine } from './threads.js';
+export * from './throttle.js';
 
 /** Checks an `--aio` value. */
 export function parseEngineName(value: string): IoEngineName {
@@ -66,8 +77,38 @@ export function parseThreadPolicy(value: string): ThreadPolicy {
   return { policy, priority };
 }
 
+/**
+ * The engine for `image`: `aio` when given, else `nbd` for an NBD URI and the
+ * default engine for a file. An NBD URI with a file engine, or a file with
+ * `nbd`, is refused naming both; a malformed NBD URI is refused naming it.
+ */
+export function resolveEngine(image: string, aio: IoEngineName | undefined): IoEngineName {
+  const uri = looksLikeNbdUri(image);
+  if (uri) checkNbdUri(image);
+  const name = aio ?? (uri ? 'nbd' : IO_ENGINE_NAMES[0]);
+  if (uri && name !== 'nbd')
+    throw new ConfigError(`--image ${image}: an NBD URI needs --aio nbd (not ${name})`);
+  if (!uri && name === 'nbd')
+    throw new ConfigError(
+      `--image ${image}: --aio nbd needs an NBD URI (nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH)`,
+    );
+  return name;
+}
+
+/** Checks `--nbd-timeout-ms`. */
+export function validateNbdTimeout(ms: number): number {
+  if (!Number.isInteger(ms) || ms < 1 || ms > MAX_NBD_TIMEOUT_MS)
+    throw new ConfigError(`--nbd-timeout-ms ${ms}: must be an integer in 1..${MAX_NBD_TIMEOUT_MS}`);
+  return ms;
+}
+
 /** Refuses engine options that do not apply to the chosen engine, naming the flag. */
 export function validateEngineOptions(name: IoEngineName, o: Partial<IoEngineOptions>): void {
+  if (o.nbdTimeoutMs !== undefined) {
+    if (name !== 'nbd')
+      throw new ConfigError(`--nbd-timeout-ms: only applies to --aio nbd (not ${name})`);
+    validateNbdTimeout(o.nbdTimeoutMs);
+  }
   if (o.uringSqpoll === true && name !== 'io_uring')
     throw new ConfigError(`--uring-sqpoll: only applies to --aio io_uring (not ${name})`);
   if (name === 'threads') {
@@ -94,5 +135,7 @@ export function createEngine(name: IoEngineName, options: IoEngineOptions): IoEn
       return new SyncEngine(options);
     case 'null':
       return new NullEngine(options);
+    case 'nbd':
+      return new NbdEngine(options);
   }
 }

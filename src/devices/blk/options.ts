@@ -1,9 +1,9 @@
 /** Options of a virtio-blk device, as the CLI and embedders give them. */
 import { ConfigError } from '../../errors.js';
 import type { IoEngineName, ThreadPolicy } from '../../io/engine.js';
-import type { BlkAccountingInit } from './stats.js';
 import { type GuestIoprioMode, parseGuestIoprioMode, parseIoprio } from '../../io/ioprio.js';
 import { THROTTLE_FLAGS, type ThrottleLimits, validateThrottleLimits } from '../../io/throttle.js';
+import type { BlkAccountingInit } from './stats.js';
 
 /**
  * One blk device: image path, queues (1..64) and queue size (power of two, 4..1024),
@@ -24,6 +24,8 @@ export interface BlkOptions {
   aioThreads?: number;
   /** threads only: scheduling of the pool threads. */
   aioThreadsPolicy?: ThreadPolicy;
+  /** nbd only: how long requests wait for a lost server (ms; default 15 s). */
+  nbdTimeoutMs?: number;
   /**
    * Adaptive polling: after a batch (of kicks or of completions) the worker
    * keeps checking the avail rings for up to this many microseconds, with
@@ -41,7 +43,7 @@ export interface BlkOptions {
   /**
    * `--ioprio CLASS[:LEVEL]` as an ioprio value (src/io/ioprio.ts): the
    * priority of requests whose guest gives none, and in `clamp` mode the
-   * highest a guest may ask for. Absent: best-effort level 0.
+   * highest a guest may ask for. Absent: none (the worker's own), ceiling be:0.
    */
   ioprio?: number;
   /** `--guest-ioprio`: what the ioprio field of the guest's request header counts for (default clamp). */
@@ -120,7 +122,8 @@ export const BLK_QOS_HELP = `I/O priority and QoS:
                        default 4) or idle; requests are submitted with it (Linux
                        AIO aio_reqprio, io_uring sqe->ioprio, threads/sync:
                        ioprio_set on the thread doing the I/O). It is also the
-                       ceiling of what a guest may ask for (default be:0)
+                       ceiling of what a guest may ask for (without it: none,
+                       the worker's own, and a ceiling of be:0)
   --guest-ioprio honor|clamp|ignore
                        the guest's per-request priority (the ioprio field of the
                        virtio-blk header, which Linux fills: ionice in the guest):
