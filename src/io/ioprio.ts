@@ -28,8 +28,9 @@ export const GUEST_IOPRIO_MODES = ['honor', 'clamp', 'ignore'] as const;
 /** How the guest's ioprio is used: as is, never above the device's ceiling, or not at all. */
 export type GuestIoprioMode = (typeof GUEST_IOPRIO_MODES)[number];
 /**
- * The ceiling (and default) of a device without `--ioprio`: best-effort level
- * 0. A guest cannot reach the RT class unless the operator grants it.
+ * The ceiling of a device without `--ioprio`: best-effort level 0. A guest
+ * cannot reach the RT class unless the operator grants it. (Such a device
+ * submits requests that carry no priority with none: the worker's own.)
  */
 export const DEFAULT_IOPRIO_CEILING = (IoprioClass.BE << IOPRIO_CLASS_SHIFT) | 0;
 
@@ -115,14 +116,17 @@ function clampUnder(guest: number, ceiling: number): number {
  */
 export class IoprioPolicy {
   readonly mode: GuestIoprioMode;
-  /** The device's own priority: its default, and in `clamp` mode its ceiling. */
+  /** The device's own priority (`--ioprio`; 0: none, the thread's): for requests that carry none. */
   readonly device: number;
+  /** The highest a guest gets in `clamp` mode: `--ioprio`, else {@link DEFAULT_IOPRIO_CEILING}. */
+  readonly ceiling: number;
   /** Host ioprio per guest class * 8 + level (classes 0..3). */
   private readonly table = new Uint16Array(4 * IOPRIO_LEVELS);
 
-  constructor(mode: GuestIoprioMode = 'clamp', device = DEFAULT_IOPRIO_CEILING) {
+  constructor(mode: GuestIoprioMode = 'clamp', device?: number) {
     this.mode = mode;
-    this.device = device;
+    this.device = device ?? 0;
+    this.ceiling = device ?? DEFAULT_IOPRIO_CEILING;
     for (let cls = 0; cls < 4; cls++) {
       for (let level = 0; level < IOPRIO_LEVELS; level++) {
         this.table[cls * IOPRIO_LEVELS + level] = this.resolve(ioprioValue(cls, level));
@@ -135,7 +139,7 @@ export class IoprioPolicy {
     if (this.mode === 'ignore' || cls === IoprioClass.NONE) return this.device;
     // The idle class has no levels: the kernel takes any, we submit 0.
     const g = cls === IoprioClass.IDLE ? ioprioValue(cls, 0) : guest;
-    return this.mode === 'honor' ? g : clampUnder(g, this.device);
+    return this.mode === 'honor' ? g : clampUnder(g, this.ceiling);
   }
 
   /**

@@ -181,7 +181,7 @@ describe.skipIf(unavailable !== null)(`ioprio reaches the block layer ${unavaila
       const r = await driver.read(((i * 61) % 1024) * 8, 4096);
       expect(r.status).toBe(BlkStatus.OK);
     }
-    expect(recorded()).toEqual([]); // no priority in the header: the device's (be:0)
+    expect(recorded()).toEqual([]); // no priority in the header: none (the worker's own)
     const results = await driver.submitBatch(
       Array.from({ length: 8 }, (_, i) => ({
         type: 'read' as const,

@@ -42,6 +42,7 @@ describe('--ioprio and --guest-ioprio', () => {
     expect(p.hostIoprio(IDLE)).toBe(IDLE);
     const def = new IoprioPolicy();
     expect(def.hostIoprio(rt(0))).toBe(be(0)); // no --ioprio: a guest cannot reach RT
+    expect(def.hostIoprio(0)).toBe(0); // and a request without one keeps the thread's own
     expect(def.hostIoprio(be(3))).toBe(be(3));
   });
 
