@@ -6,10 +6,12 @@
 import type { ControlledDevice } from '../control/index.js';
 import type { NetOptions, NetPortSpec } from '../devices/net/options.js';
 import { ConfigError } from '../errors.js';
+import type { Logger } from '../log.js';
 import { parseMac } from '../net/mac-table.js';
 import { DEFAULT_AGEING_MS, DEFAULT_MAC_CAPACITY } from '../net/switch-port.js';
 import type { SocketPermissions } from '../sockets/listen.js';
-import { describePort, NetSwitch } from '../worker/net-service.js';
+import { VhostUserServer } from '../vhost-user/server.js';
+import { describePort, MAX_SPARE_PORTS, type NetPort, NetSwitch } from '../worker/net-service.js';
 import { CAPABILITIES_HELP, printCapabilities, wantsCapabilities } from './capabilities.js';
 import type { CliCommand } from './command.js';
 import {
@@ -26,6 +28,7 @@ import {
   socketFdPath,
 } from './flags.js';
 import { stderrLogger } from './log.js';
+import { asArgumentError, dropDevice } from './run-time.js';
 import {
   describeWorker,
   formatStats,
@@ -43,6 +46,7 @@ const FLAGS = {
   'mac-base': { type: 'string' },
   'ring-bytes': { type: 'string' },
   'ageing-ms': { type: 'string' },
+  'spare-ports': { type: 'string' },
   quiet: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
   ...RT_FLAG_OPTIONS,
@@ -69,6 +73,8 @@ Options:
                        (default 52:54:00:12:34:00; QEMU uses its own -device mac=)
   --ring-bytes N       bytes of each port-to-port ring (default 1048576)
   --ageing-ms N        MAC ageing time (default 300000)
+  --spare-ports N      port slots kept free for device-add on the control socket,
+                       0..${MAX_SPARE_PORTS} (default 0; each costs a ring to and from every port)
 
 ${RT_HELP}
 ${SOCKET_HELP}
@@ -90,6 +96,10 @@ export interface NetPlan {
   permissions: SocketPermissions;
   /** `--control-socket` and its permissions. */
   control: ReturnType<typeof parseControlFlags>;
+  /** `--spare-ports`: free port slots for device-add. */
+  spare: number;
+  /** `--mac-base`: port slot i's default MAC is this + i. */
+  macBase: Uint8Array;
 }
 
 /** Port `i`'s MAC: the base plus `i` in the low 24 bits. */
@@ -136,6 +146,8 @@ export function parseNetArgs(args: string[]): NetPlan | 'help' {
     quiet: v.quiet === true,
     permissions: parseSocketFlags(v),
     control: parseControlFlags(v),
+    spare: integerFlag('spare-ports', v['spare-ports'], 0, { min: 0, max: MAX_SPARE_PORTS }),
+    macBase: base,
   };
 }
 
@@ -155,25 +167,98 @@ function statsLine(sw: NetSwitch): string {
     .join(' | ');
 }
 
+/** One port as the control socket reports it. */
+function controlledPort(sw: NetSwitch, servers: ServerSet, p: NetPort): ControlledDevice {
+  const socketPath = p.spec.kind === 'vhost-user' ? p.spec.socketPath : p.spec.name;
+  const host = p.device;
+  return {
+    kind: p.spec.kind === 'vhost-user' ? 'net' : 'tap',
+    socketPath,
+    server:
+      p.spec.kind === 'vhost-user'
+        ? (servers.servers.find((s) => s.path === socketPath) ?? null)
+        : null,
+    host: p.device,
+    thread: p.thread,
+    // A TAP port's worker is no device worker: it takes no set-rt.
+    setRt: host === null ? undefined : (rt) => host.setRt(rt),
+    stats: () => portStats(sw, p.index),
+  };
+}
+
 /** The ports as the control socket reports them. */
 function controlledPorts(sw: NetSwitch, servers: ServerSet): ControlledDevice[] {
-  return sw.ports.map((p) => {
-    const socketPath = p.spec.kind === 'vhost-user' ? p.spec.socketPath : p.spec.name;
-    const host = p.device;
-    return {
-      kind: p.spec.kind === 'vhost-user' ? 'net' : 'tap',
-      socketPath,
-      server:
-        p.spec.kind === 'vhost-user'
-          ? (servers.servers.find((s) => s.path === socketPath) ?? null)
-          : null,
-      host: p.device,
-      thread: p.thread,
-      // A TAP port's worker is no device worker: it takes no set-rt.
-      setRt: host === null ? undefined : (rt) => host.setRt(rt),
-      stats: () => portStats(sw, p.index),
-    };
-  });
+  return sw.ports.map((p) => controlledPort(sw, servers, p));
+}
+
+/** Arguments device-add takes for a net port (the others are blk's). */
+const NET_ADD_ARGS = new Set(['kind', 'socket-path', 'mac']);
+
+/**
+ * device-add / device-del of `vhost-rt net`: a vhost-user port added in a
+ * free slot (--spare-ports) on a worker of its own; one removed is drained
+ * (server closed: in-flight work completes, the front end is disconnected,
+ * the socket removed), then its worker ends and its slot is free again.
+ */
+function netChanges(
+  sw: NetSwitch,
+  servers: ServerSet,
+  controlled: ControlledDevice[],
+  plan: NetPlan,
+  log: Logger,
+): RunningService['changes'] {
+  return {
+    kinds: ['net'],
+    add: async (args) => {
+      for (const [name, value] of Object.entries(args))
+        if (value !== undefined && !NET_ADD_ARGS.has(name))
+          throw new ConfigError(`Parameter '${name}' is unexpected for a net port`);
+      let mac: Uint8Array | undefined;
+      try {
+        if (args.mac !== undefined) mac = parseMac(String(args.mac), '--mac');
+      } catch (err) {
+        throw asArgumentError(err);
+      }
+      const slot = sw.freeSlots()[0];
+      if (slot === undefined)
+        throw new ConfigError(
+          'no free port slot: start the daemon with --spare-ports N to add ports at run time',
+        );
+      mac ??= macFor(plan.macBase, slot);
+      const socketPath = String(args['socket-path']);
+      const p = await sw.add(slot, { kind: 'vhost-user', socketPath, mac });
+      let server: VhostUserServer;
+      try {
+        server = new VhostUserServer(
+          socketPath,
+          p.device as NonNullable<NetPort['device']>,
+          log,
+          plan.permissions,
+        );
+      } catch (err) {
+        await sw.remove(slot);
+        throw asArgumentError(err);
+      }
+      servers.servers.push(server);
+      const c = controlledPort(sw, servers, p);
+      controlled.push(c);
+      log('info', `device-add: port ${slot} ${describePort(p)}, ${describeWorker(p.thread)}`);
+      return c;
+    },
+    remove: async (index) => {
+      const c = controlled[index];
+      const p = sw.ports.find((x) => x.device !== null && x.device === c.host);
+      if (p === undefined || c.server === null)
+        throw new ConfigError(
+          `Parameter 'device': ${index} is a TAP port, which cannot be removed`,
+        );
+      await c.server.close();
+      servers.servers.splice(servers.servers.indexOf(c.server), 1);
+      dropDevice(controlled, c);
+      await sw.remove(p.index);
+      log('info', `device-del: port ${p.index} ${describePort(p)} removed`);
+    },
+  };
 }
 
 async function run(argv: string[]): Promise<number> {
@@ -184,7 +269,7 @@ async function run(argv: string[]): Promise<number> {
     return 0;
   }
   const log = stderrLogger('vhost-rt[net]', plan.quiet);
-  const sw = await NetSwitch.start(plan.ports, plan.options, log);
+  const sw = await NetSwitch.start(plan.ports, plan.options, log, plan.spare);
   const servers = await ServerSet.listen(
     sw.ports.flatMap((p) =>
       p.device !== null && p.spec.kind === 'vhost-user'
@@ -195,6 +280,7 @@ async function run(argv: string[]): Promise<number> {
     () => sw.shutdown(),
     plan.permissions,
   );
+  const controlled = controlledPorts(sw, servers);
   const service: RunningService = {
     readyLines: () =>
       sw.ports.map(
@@ -207,7 +293,8 @@ async function run(argv: string[]): Promise<number> {
       await servers.close(log);
       await sw.shutdown();
     },
-    controlled: controlledPorts(sw, servers),
+    controlled,
+    changes: netChanges(sw, servers, controlled, plan, log),
   };
   await serveUntilSignal(service, log, plan.control);
   return 0;

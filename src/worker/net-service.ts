@@ -12,7 +12,7 @@ import { StatCounters } from '../locking/index.js';
 import type { Logger } from '../log.js';
 import { native } from '../native.js';
 import { formatMac } from '../net/mac-table.js';
-import type { PacketRing } from '../net/packet-ring.js';
+import { PacketRing } from '../net/packet-ring.js';
 import { NET_STAT_NAMES } from '../net/port-stats.js';
 import { createSwitchRings, type SwitchPortInit } from '../net/switch-port.js';
 import type { TapWorkerInit, TapWorkerReady } from '../net/tap-worker.js';
@@ -36,32 +36,42 @@ export interface NetPort {
 
 /** A running switch: its ports, their workers and the rings between them. */
 export class NetSwitch {
+  /** The device workers of the vhost-user ports, by port index (one worker set each). */
+  private readonly workerOf = new Map<number, DeviceWorkerSet>();
+
   private constructor(
+    /** The ports that run, in order (device-add appends, device-del takes out). */
     readonly ports: NetPort[],
-    private readonly devices: DeviceWorkerSet,
     private readonly taps: TapWorker[],
     private readonly rings: (PacketRing | null)[][],
     private readonly doorbells: number[],
+    /** Counters by port index (a slot's counters start afresh when a port is added there). */
+    private readonly stats: StatCounters[],
+    private readonly options: NetOptions,
+    private readonly log: Logger,
   ) {}
 
-  /** Creates the rings and doorbells and starts one worker per port. */
-  static async start(specs: NetPortSpec[], options: NetOptions, log: Logger): Promise<NetSwitch> {
+  /**
+   * Creates the rings and doorbells and starts one worker per port. `spare`
+   * more port slots get rings and doorbells but no worker: `add` starts a
+   * port in one at run time (frames flooded towards a free slot are dropped
+   * when its rings fill, and discarded when a port is added there).
+   */
+  static async start(
+    specs: NetPortSpec[],
+    options: NetOptions,
+    log: Logger,
+    spare = 0,
+  ): Promise<NetSwitch> {
     validateNetOptions(options);
     if (specs.length < 1) throw new RangeError('a switch needs at least one port');
-    const rings = createSwitchRings(specs.length, options.ringBytes);
-    const doorbells = specs.map(() => native.eventfd(0));
-    const stats = specs.map(() => StatCounters.create(NET_STAT_NAMES));
-    const switchPort = (port: number): SwitchPortInit => ({
-      port,
-      outRings: rings[port].map((r) => r?.buffer ?? null),
-      inRings: rings.map((row) => row[port]?.buffer ?? null),
-      doorbells,
-      ageingMs: options.ageingMs,
-      macCapacity: options.macCapacity,
-    });
-    const vhostUser = specs.flatMap((spec, port) =>
-      spec.kind === 'vhost-user' ? [{ spec, port }] : [],
-    );
+    if (!Number.isInteger(spare) || spare < 0 || spare > MAX_SPARE_PORTS)
+      throw new RangeError(`--spare-ports ${spare}: must be an integer in 0..${MAX_SPARE_PORTS}`);
+    const slots = specs.length + spare;
+    const rings = createSwitchRings(slots, options.ringBytes);
+    const doorbells = Array.from({ length: slots }, () => native.eventfd(0));
+    const stats = Array.from({ length: slots }, () => StatCounters.create(NET_STAT_NAMES));
+    const sw = new NetSwitch([], [], rings, doorbells, stats, options, log);
     const taps = specs.flatMap((spec, port) => (spec.kind === 'tap' ? [{ spec, port }] : []));
     const tapWorkers: TapWorker[] = taps.map(
       ({ spec, port }) =>
@@ -69,59 +79,134 @@ export class NetSwitch {
           'net/tap-worker.js',
           {
             name: spec.name,
-            switchPort: switchPort(port),
+            switchPort: sw.switchPort(port),
             statsBuffer: stats[port].buffer,
             rt: options.rt,
           },
           { name: `port${port}`, log },
         ),
     );
-    try {
-      const [devices, tapsStarted] = await Promise.all([
-        DeviceWorkerSet.start(
-          vhostUser.map(({ spec, port }) => ({
-            name: `port${port}`,
-            init: {
-              devices: [
-                {
-                  kind: 'net' as const,
-                  mac: spec.mac,
-                  queuePairs: options.queuePairs,
-                  queueSize: options.queueSize,
-                  switchPort: switchPort(port),
-                  statsBuffer: stats[port].buffer,
-                },
-              ],
-              rt: options.rt,
-            },
-          })),
-          log,
-        ),
-        Promise.all(tapWorkers.map((w) => w.ready)),
-      ]);
-      const ports: NetPort[] = specs.map((spec, index) => ({
-        index,
-        spec,
-        device: null,
-        tap: null,
-        thread: { tid: 0, policy: 'other', priority: 0, cpus: [] },
-        stats: stats[index],
-      }));
-      vhostUser.forEach(({ port }, w) => {
-        const host = devices.hosts[w][0];
-        ports[port].device = host;
-        ports[port].thread = host.thread;
-      });
-      taps.forEach(({ port }, w) => {
-        ports[port].tap = tapsStarted[w].ready.tap;
-        ports[port].thread = tapsStarted[w].thread;
-      });
-      return new NetSwitch(ports, devices, tapWorkers, rings, doorbells);
-    } catch (err) {
+    sw.taps.push(...tapWorkers);
+    const ports: NetPort[] = specs.map((spec, index) => ({
+      index,
+      spec,
+      device: null,
+      tap: null,
+      thread: { tid: 0, policy: 'other', priority: 0, cpus: [] },
+      stats: stats[index],
+    }));
+    const started = await Promise.allSettled([
+      ...specs.map((spec, port) =>
+        spec.kind === 'vhost-user' ? sw.startPort(ports[port], spec.mac) : Promise.resolve(),
+      ),
+      Promise.all(tapWorkers.map((w) => w.ready)).then((ready) =>
+        taps.forEach(({ port }, w) => {
+          ports[port].tap = ready[w].ready.tap;
+          ports[port].thread = ready[w].thread;
+        }),
+      ),
+    ]);
+    const failed = started.find((r) => r.status === 'rejected');
+    if (failed !== undefined) {
+      await Promise.all([...sw.workerOf.values()].map((w) => w.shutdown()));
       await Promise.all(tapWorkers.map((w) => w.terminate()));
       for (const fd of doorbells) native.close(fd);
-      throw err;
+      throw (failed as PromiseRejectedResult).reason;
     }
+    sw.ports.push(...ports);
+    return sw;
+  }
+
+  /** What port `port`'s worker is handed: its rings and every doorbell. */
+  private switchPort(port: number): SwitchPortInit {
+    return {
+      port,
+      outRings: this.rings[port].map((r) => r?.buffer ?? null),
+      inRings: this.rings.map((row) => row[port]?.buffer ?? null),
+      doorbells: this.doorbells,
+      ageingMs: this.options.ageingMs,
+      macCapacity: this.options.macCapacity,
+    };
+  }
+
+  /** Starts the device worker of vhost-user port `p` (in its slot `p.index`). */
+  private async startPort(p: NetPort, mac: Uint8Array): Promise<void> {
+    const workers = await DeviceWorkerSet.start(
+      [
+        {
+          name: `port${p.index}`,
+          init: {
+            devices: [
+              {
+                kind: 'net' as const,
+                mac,
+                queuePairs: this.options.queuePairs,
+                queueSize: this.options.queueSize,
+                switchPort: this.switchPort(p.index),
+                statsBuffer: p.stats.buffer,
+              },
+            ],
+            rt: this.options.rt,
+          },
+        },
+      ],
+      this.log,
+    );
+    this.workerOf.set(p.index, workers);
+    p.device = workers.hosts[0][0];
+    p.thread = p.device.thread;
+  }
+
+  /** Port slots that no running port uses (device-add takes the first). */
+  freeSlots(): number[] {
+    const used = new Set(this.ports.map((p) => p.index));
+    return this.doorbells.map((_, i) => i).filter((i) => !used.has(i));
+  }
+
+  /**
+   * Starts a vhost-user port at run time (device-add) in free slot `slot`,
+   * on a worker of its own. What other ports flooded towards the free slot
+   * is discarded first: the new port starts with empty rings.
+   */
+  async add(slot: number, spec: NetPortSpec & { kind: 'vhost-user' }): Promise<NetPort> {
+    if (!this.freeSlots().includes(slot)) throw new RangeError(`port slot ${slot} is not free`);
+    // No worker consumes these rings while the slot is free: the main thread
+    // may, and the worker started next takes over (its start orders after this).
+    // A fresh handle: a previous port's worker may have consumed since ours was made.
+    for (const row of this.rings) {
+      const buffer = row[slot]?.buffer;
+      if (buffer === undefined) continue;
+      const ring = PacketRing.attach(buffer);
+      while (ring.peek() >= 0) ring.release();
+    }
+    const p: NetPort = {
+      index: slot,
+      spec,
+      device: null,
+      tap: null,
+      thread: { tid: 0, policy: 'other', priority: 0, cpus: [] },
+      stats: StatCounters.create(NET_STAT_NAMES),
+    };
+    this.stats[slot] = p.stats;
+    await this.startPort(p, spec.mac);
+    this.ports.push(p);
+    return p;
+  }
+
+  /**
+   * Ends vhost-user port `port` (by port index) at run time (device-del):
+   * its worker completes what is in flight and ends; its slot becomes free.
+   * The caller has closed its vhost-user server first. Its address ages out
+   * of the other ports' tables; frames sent to it meanwhile are dropped.
+   */
+  async remove(port: number): Promise<void> {
+    const at = this.ports.findIndex((p) => p.index === port);
+    const workers = this.workerOf.get(port);
+    if (at < 0 || workers === undefined)
+      throw new RangeError(`port ${port} is not a running vhost-user port`);
+    this.ports.splice(at, 1);
+    this.workerOf.delete(port);
+    await workers.shutdown();
   }
 
   /** Frames dropped because the ring towards `port` was full (its own traffic, never a sender's stall). */
@@ -133,15 +218,22 @@ export class NetSwitch {
 
   /** Counters of `port`, with its ring drops. */
   snapshot(port: number): Record<string, number> {
-    return { ...this.ports[port].stats.snapshot(), ringDrops: this.ringDrops(port) };
+    return { ...this.stats[port].snapshot(), ringDrops: this.ringDrops(port) };
   }
 
   /** Ends every port's worker, then closes the doorbells. */
   async shutdown(): Promise<void> {
-    await Promise.all([this.devices.shutdown(), ...this.taps.map((w) => w.shutdown())]);
+    await Promise.all([
+      ...[...this.workerOf.values()].map((w) => w.shutdown()),
+      ...this.taps.map((w) => w.shutdown()),
+    ]);
+    this.workerOf.clear();
     for (const fd of this.doorbells.splice(0)) native.close(fd);
   }
 }
+
+/** Most spare port slots (`--spare-ports`): each costs rings to and from every port. */
+export const MAX_SPARE_PORTS = 16;
 
 /** A human-readable name of a port, for logs and stats. */
 export function describePort(port: NetPort): string {
