@@ -584,6 +584,8 @@ export class VhostUserBackend {
     this.expectInflight('GET_INFLIGHT_FD');
     expectFds(msg, 0, 'GET_INFLIGHT_FD');
     const { reply, fd } = createInflightFd(msg.payload, this.device.numQueues);
+    // A caller that never took the last reply's fds (an embedder driving handle() itself) leaks none.
+    for (const old of this.takeReplyFds()) closeFd(old);
     this.replyFds.push(fd);
     return reply;
   }
@@ -754,6 +756,7 @@ export class VhostUserBackend {
       this.regions = [];
       this.memory = null;
       this.retireInflight();
+      for (const fd of this.takeReplyFds()) closeFd(fd);
       this.closeBackendReq();
       this.vrings = Array.from({ length: this.device.numQueues }, newVringSetup);
       this.features = 0n;
