@@ -13,6 +13,7 @@ import { lockImage } from '../../src/io/image-lock.js';
 import { native } from '../../src/native.js';
 import { runCli, startDaemon } from '../support/daemon.js';
 import { storageDaemonArgs } from '../support/qemu.js';
+import { QmpClient } from '../support/qmp-client.js';
 import { waitFor } from '../support/wait.js';
 
 let dir: string;
@@ -123,6 +124,55 @@ describe('image locking between vhost-rt daemons', () => {
     expect(r.stderr).toMatch(
       /is locked .* by another device of this process \(QEMU-style lock byte/,
     );
+  });
+
+  it('locks an export added at run time (device-add) and releases it on device-del', async () => {
+    const { image, sock } = fresh();
+    const other = fresh();
+    const control = join(dir, `control${n}.sock`);
+    const holder = await startDaemon(['blk', '--socket-path', other.sock, '--image', other.image]);
+    const d = await startDaemon([
+      'blk',
+      '--socket-path',
+      sock,
+      '--image',
+      image,
+      '--control-socket',
+      control,
+    ]);
+    const c = await QmpClient.connect(control);
+    try {
+      const taken = await c.execute('device-add', {
+        kind: 'blk',
+        'socket-path': `${sock}-added`,
+        image: other.image,
+      });
+      expect((taken.error as { desc: string }).desc).toMatch(
+        new RegExp(
+          `image ${other.image} is locked for writing by another process \\(.*pid ${holder.proc.pid}\\)`,
+        ),
+      );
+      const same = await c.execute('device-add', {
+        kind: 'blk',
+        'socket-path': `${sock}-same`,
+        image,
+      });
+      expect((same.error as { desc: string }).desc).toMatch(/by another device of this process/);
+      await holder.stop();
+      const added = await c.execute('device-add', {
+        kind: 'blk',
+        'socket-path': `${sock}-added`,
+        image: other.image,
+      });
+      expect(added.error).toBeUndefined();
+      expect(lockedByte(other.image, 101)).toBe(true);
+      expect((await c.execute('device-del', { device: 1 })).error).toBeUndefined();
+      expect(lockedByte(other.image, 101)).toBe(false);
+    } finally {
+      c.close();
+      await d.stop();
+      await holder.stop();
+    }
   });
 
   it('gives an unheld lock for an NBD URI (the server locks its export)', () => {
