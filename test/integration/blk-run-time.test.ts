@@ -338,3 +338,72 @@ describe('vhost-rt blk at run time (daemon, control socket)', () => {
     }
   });
 });
+
+describe('vhost-rt blk shrunk under load (daemon, front end)', () => {
+  let image: string;
+  let socket: string;
+  let control: string;
+  let daemon: Daemon;
+
+  beforeAll(async () => {
+    image = join(dir, 'load.img');
+    socket = join(dir, 'load.sock');
+    control = join(dir, 'load.qmp');
+    writeFileSync(image, Buffer.alloc(8 * MiB));
+    daemon = await startDaemon([
+      'blk',
+      '--socket-path',
+      socket,
+      '--image',
+      image,
+      '--queues',
+      '1',
+      '--control-socket',
+      control,
+    ]);
+  });
+  afterAll(async () => {
+    await daemon.stop();
+  });
+
+  it('every write past the new end completes (OK before the cut, IOERR after), the file ends at the new size', async () => {
+    const c = await QmpClient.connect(control);
+    const driver = await BlkDriver.create({
+      socketPath: socket,
+      queueSize: 128,
+      heapBytes: 8 * MiB,
+    });
+    const statuses = new Map<number, number>();
+    try {
+      for (let round = 0; round < 4; round++) {
+        expect(
+          error(await c.execute('block-resize', { device: 0, size: 8 * MiB })),
+        ).toBeUndefined();
+        // 40 writes of 64 KiB in the upper half, in flight while the lower half is cut off.
+        const writes = Array.from({ length: 40 }, (_, i) => ({
+          type: 'write' as const,
+          sector: (4 * MiB + (i % 64) * 65536) / 512,
+          data: new Uint8Array(65536).fill(round + 1),
+        }));
+        const [results, shrunk] = await Promise.all([
+          driver.submitBatch(writes),
+          c.execute('block-resize', { device: 0, size: 4 * MiB }),
+        ]);
+        expect(shrunk.return).toEqual({ size: 4 * MiB, previous: 8 * MiB });
+        for (const r of results) {
+          expect([BlkStatus.OK, BlkStatus.IOERR]).toContain(r.status);
+          statuses.set(r.status, (statuses.get(r.status) ?? 0) + 1);
+        }
+        // No write that was in flight re-extended the file after the cut.
+        expect(statSync(image).size).toBe(4 * MiB);
+        expect((await driver.read((4 * MiB) / 512, 4096)).status).toBe(BlkStatus.IOERR);
+      }
+      expect(await blkTraffic(driver, 4, 31, { bytes: 4096, slots: 8 })).toBe('ok');
+      expect(driver.violations).toEqual([]);
+      expect(daemon.proc.exitCode).toBeNull();
+    } finally {
+      await driver.close();
+      c.close();
+    }
+  });
+});
