@@ -39,7 +39,10 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function serve(name: string): Promise<{ socket: string; image: string; daemon: Daemon }> {
+async function serve(
+  name: string,
+  extra: string[] = [],
+): Promise<{ socket: string; image: string; daemon: Daemon }> {
   const image = join(dir, `${name}.img`);
   const socket = join(dir, `${name}.sock`);
   writeFileSync(image, Buffer.alloc(8 * MiB));
@@ -53,17 +56,19 @@ async function serve(name: string): Promise<{ socket: string; image: string; dae
     'sync',
     '--queue-size',
     String(QUEUE_SIZE),
+    ...extra,
   ]);
   daemons.push(daemon);
   return { socket, image, daemon };
 }
 
-async function connect(socket: string): Promise<BlkDriver> {
+async function connect(socket: string, queues = 1): Promise<BlkDriver> {
   // Indirect tables: one head per request, so a batch can fill the 16-entry ring.
   const driver = await BlkDriver.create({
     socketPath: socket,
     queueSize: QUEUE_SIZE,
     indirect: true,
+    queues,
   });
   drivers.push(driver);
   return driver;
@@ -198,6 +203,20 @@ describe('vhost-rt blk: inflight I/O tracking', () => {
       'the resubmission line in the daemon log',
     );
     expect(line).toContain(`resuming at avail index ${used + 3}`);
+  });
+
+  it('gives every queue its own region of the area', async () => {
+    const { socket } = await serve('mq', ['--queues', '2']);
+    const driver = await connect(socket, 2);
+    expect(driver.vmm.inflight).toMatchObject({
+      numQueues: 2,
+      mmapSize: inflightAreaBytes(2, QUEUE_SIZE),
+    });
+    const [r0, r1] = [region(driver, 0), region(driver, 1)];
+    await waitFor(() => r0.version() === 1 && r1.version() === 1, 'both regions initialised');
+    for (let i = 0; i < 3; i++) await driver.write(8 * i, pattern(300 + i, 4096), 1);
+    expect([r1.usedIdx(), r1.marked(), r1.counter(r1.lastBatchHead())]).toEqual([3, [], 3]);
+    expect([r0.usedIdx(), r0.lastBatchHead()]).toEqual([0, 0]);
   });
 
   it('is not offered with VHOST_RT_INFLIGHT=off (the A/B switch)', async () => {
