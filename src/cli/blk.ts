@@ -164,7 +164,9 @@ ${CAPABILITIES_HELP}  --help               this text
 
 The daemon prints a line containing "ready" once its sockets listen, and on
 SIGINT or SIGTERM completes in-flight requests, removes its sockets and prints
-its counters. SIGUSR1 prints the counters at any time.
+its counters. SIGUSR1 prints the counters at any time; SIGHUP re-reads every
+image's size (telling the guest when it changed) and reopens log files. With
+--control-socket: block-resize, device-add and device-del at run time.
 `;
 
 /** The engine flags of one device, checked against the chosen engine. */
