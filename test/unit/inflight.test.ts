@@ -171,6 +171,23 @@ describe('inflight bookkeeping on a split virtqueue', () => {
     expect(popHeads(q, chain)).toEqual(h);
   });
 
+  it('drops marks on heads the ring cannot have and counts on past 2^32', () => {
+    const buffer = area(1, 16);
+    const r = region(buffer);
+    const { q, add, chain } = ring(8);
+    const h = add(0);
+    r.write({ version: 1, descNum: 16, usedIdx: 0, lastBatchHead: 0 });
+    r.writeDesc(h, { inflight: 1, counter: 2 ** 33 + 5 });
+    r.writeDesc(12, { inflight: 1, counter: 1 });
+    const found = q.attachInflight(new InflightQueue({ buffer, offset: 0, queueSize: 16 }));
+    expect(found.resubmit).toBe(1);
+    expect(r.inflightHeads()).toEqual([h]);
+    expect(popHeads(q, chain)).toEqual([h]);
+    const next = add(1);
+    expect(popHeads(q, chain)).toEqual([next]);
+    expect(r.desc(next).counter).toBe(2 ** 33 + 6);
+  });
+
   it('uses the region of its own queue in a multi-queue area', () => {
     const buffer = area(2);
     const offset = inflightQueueBytes(SIZE);
