@@ -19,6 +19,7 @@
  * Reports (console): QEMU's downtime and total time per migration, pings lost.
  */
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
 import {
   appendFileSync,
   closeSync,
@@ -55,6 +56,9 @@ const SLOTS = 32;
 /** Loop iterations the guest runs after it saw the marker (all on the destination). */
 const AFTER_MARKER = 8;
 const MARKER = 'MIGRATED';
+/** The pattern region the guest reads through its page cache: 64 KiB slots 64..127 (4 MiB at 4 MiB). */
+const REGION_SLOT = 64;
+const REGION_SLOTS = 64;
 
 const children: ChildProcess[] = [];
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -157,6 +161,23 @@ async function quit(q: Qemu): Promise<void> {
  */
 const LOOP = `
 wait_dev /dev/vda
+# Beside the loop: buffered reads of the host's pattern region, which the back end writes
+# straight into page-cache pages (DMA), each checked three times from the cache after. A
+# page written so after QEMU last copied it, and not in the dirty log, would reach the
+# destination stale: the check from the cache there catches it.
+(
+  c=0; cbad=0
+  while [ ! -f /tmp/stop ]; do
+    echo 1 > /proc/sys/vm/drop_caches
+    dd if=/dev/vda of=/dev/null bs=65536 skip=${REGION_SLOT} count=${REGION_SLOTS} 2>/dev/null
+    for v in 1 2 3; do
+      got=$(dd if=/dev/vda bs=65536 skip=${REGION_SLOT} count=${REGION_SLOTS} 2>/dev/null | md5sum | cut -d' ' -f1)
+      [ "$got" = "$1" ] || { echo "CACHE_MISMATCH cycle $c check $v"; cbad=$((cbad+1)); }
+    done
+    c=$((c+1))
+  done
+  echo "$c $cbad" > /tmp/cache.result
+) &
 i=0; bad=0; seen=0
 while :; do
   i=$((i+1)); s=$((i % ${SLOTS}))
@@ -180,10 +201,33 @@ while [ $s -lt ${SLOTS} ]; do
   fi
   s=$((s+1))
 done
+touch /tmp/stop
+wait
+read cycles cbad < /tmp/cache.result
+echo "CACHE_CYCLES=$cycles CACHE_BAD=$cbad"
+bad=$((bad + cbad))
 echo "KERNEL_IO_ERRORS=$(dmesg | grep -ci 'i/o error')"
 echo "LOOP_DONE iterations=$i bad=$bad seen=$seen"
 [ $seen -ge ${AFTER_MARKER} ] && [ $bad = 0 ]
 `;
+
+/** The loop for an image whose pattern region has MD5 `md5`. */
+function loopScript(md5: string): string {
+  return `set -- ${md5}\n${LOOP}`;
+}
+
+/** Writes a random pattern into the image's region (after the loop's slots); returns its MD5. */
+function writePattern(image: string): string {
+  const data = randomBytes(REGION_SLOTS * 65536);
+  const fd = openSync(image, 'r+');
+  try {
+    writeSync(fd, data, 0, data.length, REGION_SLOT * 65536);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  return createHash('md5').update(data).digest('hex');
+}
 
 /** Writes the marker into the image's first sector, as another host on the shared storage would. */
 function writeMarker(image: string): void {
@@ -196,12 +240,24 @@ function writeMarker(image: string): void {
   }
 }
 
+/**
+ * `init_on_alloc=0`: the guest kernel does not zero a page it hands to the page cache.
+ * Zeroing is a CPU write, which QEMU's own dirty tracking sees; without it, a page the
+ * back end writes (DMA) is dirty in the back end's log only, as in a real guest's
+ * steady state.
+ */
+function withKernelArgs(args: string[]): string[] {
+  const i = args.indexOf('-append');
+  return args.map((a, j) => (j === i + 1 ? `${a} init_on_alloc=0` : a));
+}
+
 /** Migrates the loop's guest from a disk on `srcSocket` to one on `dstSocket` (both on `image`). */
 async function migrateDiskGuest(name: string, image: string, srcSocket: string, dstSocket: string) {
   const initrd = join(dir, `${name}.initrd`);
-  writeInitrd(initrd, LOOP);
+  const script = loopScript(writePattern(image));
+  writeInitrd(initrd, script);
   const args = (socket: string) =>
-    guestQemuArgs({ script: LOOP, memMb: MEM_MB, blk: [{ socket }] }, initrd);
+    withKernelArgs(guestQemuArgs({ script, memMb: MEM_MB, blk: [{ socket }] }, initrd));
   const src = await launch(`${name}-src`, args(srcSocket));
   const incoming = join(dir, `${name}.migrate`);
   const dst = await launch(`${name}-dst`, [...args(dstSocket), '-incoming', `unix:${incoming}`]);
@@ -263,12 +319,14 @@ describe('blk', () => {
       );
     const r = await migrateDiskGuest('rt', image, join(dir, 'rt-a.sock'), join(dir, 'rt-b.sock'));
     const done = /LOOP_DONE iterations=(\d+) bad=(\d+) seen=(\d+)/.exec(r.out);
+    const cache = /CACHE_CYCLES=(\d+) CACHE_BAD=(\d+)/.exec(r.out);
     console.log(
       `vhost-rt blk migration: downtime ${r.m.downtimeMs} ms, total ${r.m.totalMs} ms, ` +
-        `setup ${r.m.setupMs} ms; guest loop iterations ${done?.[1]}`,
+        `setup ${r.m.setupMs} ms; guest loop iterations ${done?.[1]}, page-cache cycles ${cache?.[1]}`,
     );
     expect(r.out, r.out.slice(-3000)).toMatch(/LOOP_DONE iterations=\d+ bad=0 seen=8/);
     expect(r.out).toContain('KERNEL_IO_ERRORS=0');
+    expect(cache?.[2]).toBe('0');
     expect(r.out).not.toMatch(/MISMATCH|IO_ERROR write/);
     expect(r.exit).toBe(0);
     // The source's last lines came from the source, the loop's end from the destination.
