@@ -82,6 +82,30 @@ describe('protocol hygiene', () => {
     }
   });
 
+  it('signals the err fd of a ring whose avail entry names a head past the table; a bad chain only fails itself', async () => {
+    const driver = await BlkDriver.create({ socketPath: socket });
+    const errFd = native.eventfd(0);
+    try {
+      await driver.vmm.conn.request(Request.SET_VRING_ERR, encodeVringFd(0, false), [errFd], {
+        needReply: true,
+      });
+      const q = driver.vmm.queues[0];
+      // A chain-level violation (a buffer outside guest memory) completes that chain with used
+      // length 0; the ring serves on and the err fd stays quiet (the read after it proves it).
+      const bad = driver.submitRaw([{ addr: 2 ** 40, len: 16, write: false }]);
+      expect((await bad).len).toBe(0);
+      expect((await driver.read(0, 512)).status).toBe(0);
+      expect(native.eventfdRead(errFd)).toBe(0);
+      // A head index past the descriptor table: the ring is broken, the err fd signalled.
+      q.driver.publish(4096);
+      q.kick();
+      await waitFor(() => native.eventfdRead(errFd) > 0, 'the err fd to be signalled');
+    } finally {
+      native.close(errFd);
+      await driver.close().catch(() => {});
+    }
+  });
+
   it('logs a line naming --queues when a front end leaves after GET_QUEUE_NUM, as QEMU does when it wants more', async () => {
     const seen = daemon.log().length;
     const conn = await FrontendConnection.connect(socket);
