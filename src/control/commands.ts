@@ -172,6 +172,9 @@ async function setRt(args: CommandArguments, ctx: CommandContext): Promise<unkno
   if (args.policy !== undefined) asked.policy = args.policy as RtPolicy;
   if (args.priority !== undefined) asked.priority = args.priority as number;
   if (args.cpus !== undefined) asked.cpus = args.cpus as number[];
+  // SCHED_DEADLINE's parameters (policy 'deadline', issue 14), named as RT_FLAGS names them.
+  for (const k of ['runtimeUs', 'deadlineUs', 'periodUs'] as const)
+    if (args[k] !== undefined) asked[k] = args[k] as number;
   let rt: RtOptions;
   try {
     rt = validateRtOptions(asked);
@@ -365,12 +368,15 @@ export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, Comman
     'set-rt',
     {
       summary:
-        "change the scheduling (policy, priority, cpus) of the worker thread serving 'device', at run time",
+        "change the scheduling (policy, priority, cpus; runtimeUs, deadlineUs, periodUs for policy 'deadline') of the worker thread serving 'device', at run time",
       args: {
         device: { type: 'integer', required: true },
         policy: { type: 'string', required: false },
         priority: { type: 'integer', required: false },
         cpus: { type: 'integer-list', required: false },
+        runtimeUs: { type: 'integer', required: false },
+        deadlineUs: { type: 'integer', required: false },
+        periodUs: { type: 'integer', required: false },
       },
       run: setRt,
     },
