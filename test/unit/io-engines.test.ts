@@ -95,8 +95,9 @@ function rw(e: IoEngine, op: 0 | 1, fileOffset: number, ramOffset: number, len: 
   expect(e.queueReadWrite(op, fileOffset, first, 2, ud)).toBe(true);
 }
 
-// The null engine does no I/O (test/unit/io-null.test.ts checks it): the disk engines here.
-const DISK_ENGINES = IO_ENGINE_NAMES.filter((n) => n !== 'null');
+// The null engine does no I/O (test/unit/io-null.test.ts checks it) and the nbd engine
+// serves NBD servers, not files (test/integration/blk-nbd.test.ts): the file engines here.
+const DISK_ENGINES = IO_ENGINE_NAMES.filter((n) => n !== 'null' && n !== 'nbd');
 
 describe.each(DISK_ENGINES)('engine %s', (name) => {
   it('writes and reads back a batch through guest RAM, with O_DIRECT and without', async () => {
