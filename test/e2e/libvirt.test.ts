@@ -36,6 +36,8 @@ const GUEST_IP = [169, 254, 7, 1];
 const PEER_IP = [169, 254, 7, 2];
 const DISK_MARK = 'vhost-rt-under-libvirt';
 const SOCKET_FLAGS = ['--socket-group', 'libvirt-qemu', '--socket-mode', '0660'];
+/** Per test: a TCG boot, a save and a restore take tens of seconds, more on a loaded machine. */
+const GUEST_TEST_MS = 180_000;
 
 /**
  * The guest: reports its disk, writes a marker to sector 0, and pings the
@@ -114,209 +116,235 @@ afterAll(async () => {
 }, 60_000);
 
 describe('vhost-rt under libvirt', () => {
-  it('serves a domain its vhostuser disk, NIC and serial; the guest does I/O on both', async () => {
-    const image = join(dir, 'disk.img');
-    writeFileSync(image, Buffer.alloc(16 * 1024 * 1024));
-    const sock = (name: string) => join(dir, `${name}.sock`);
-    const consoleLog = join(dir, 'console.log');
-    const daemons: Daemon[] = [];
-    let peer: NetDriver | null = null;
-    try {
-      daemons.push(
-        await startDaemon([
+  it(
+    'serves a domain its vhostuser disk, NIC and serial; the guest does I/O on both',
+    async () => {
+      const image = join(dir, 'disk.img');
+      writeFileSync(image, Buffer.alloc(16 * 1024 * 1024));
+      const sock = (name: string) => join(dir, `${name}.sock`);
+      const consoleLog = join(dir, 'console.log');
+      const daemons: Daemon[] = [];
+      let peer: NetDriver | null = null;
+      try {
+        daemons.push(
+          await startDaemon([
+            'blk',
+            '--socket-path',
+            sock('disk'),
+            '--image',
+            image,
+            ...SOCKET_FLAGS,
+          ]),
+          await startDaemon([
+            'net',
+            '--socket-path',
+            sock('net'),
+            '--socket-path',
+            sock('peer'),
+            ...SOCKET_FLAGS,
+          ]),
+          await startDaemon([
+            'serial',
+            '--socket-path',
+            sock('serial'),
+            '--log',
+            `file:${consoleLog}`,
+            ...SOCKET_FLAGS,
+          ]),
+        );
+        const group = parseSocketGroup('libvirt-qemu');
+        for (const name of ['disk', 'net', 'serial']) {
+          const st = statSync(sock(name));
+          expect({ mode: st.mode & 0o777, gid: st.gid }).toEqual({ mode: 0o660, gid: group });
+        }
+        // The test is the other port of the switch: it sees the guest's frames and answers ARP.
+        peer = await NetDriver.create({ socketPath: sock('peer') });
+        const boot = guestBootFiles(dir, SCRIPT);
+        await libvirt.define(
+          'vhost-rt-e2e',
+          domainXml({
+            name: 'vhost-rt-e2e',
+            ...boot,
+            disk: { socket: sock('disk') },
+            net: { socket: sock('net'), mac: GUEST_MAC },
+            serial: { socket: sock('serial') },
+          }),
+        );
+        const started = await libvirt.virsh(['start', 'vhost-rt-e2e']);
+        expect(started.code, started.stderr).toBe(0);
+        // The guest's first ARP request for the peer crosses vhost-rt's switch to the test.
+        const drv = peer;
+        await waitFor(
+          () =>
+            drv.received.some(
+              (f) =>
+                macOf(f.frame, 6) === GUEST_MAC && f.frame[12] === 0x08 && f.frame[13] === 0x06,
+            ),
+          () => `an ARP frame from the guest (console: ${readText(consoleLog).slice(-400)})`,
+          60_000,
+        );
+        await drv.send(arpRequest(PEER_MAC, PEER_IP, GUEST_IP));
+        const out = await waitFor(
+          () => (/VHOST_RT_GUEST_EXIT=\d+/.test(readText(consoleLog)) ? readText(consoleLog) : ''),
+          () => `the guest to finish (console: ${readText(consoleLog).slice(-600)})`,
+          60_000,
+        );
+        expect(out, out).toContain('VHOST_RT_GUEST_EXIT=0');
+        expect(out).toContain(`VHOST_RT_DISK_SECTORS=${(16 * 1024 * 1024) / 512}`);
+        expect(out).toContain(`VHOST_RT_NIC=${GUEST_MAC}`);
+        expect(out).toContain(`VHOST_RT_PEER=${PEER_MAC}`);
+        // The guest's answer to the test's ARP request came back through the switch.
+        expect(
+          drv.received.some(
+            (f) =>
+              macOf(f.frame, 0) === PEER_MAC &&
+              macOf(f.frame, 6) === GUEST_MAC &&
+              f.frame[21] === 2,
+          ),
+        ).toBe(true);
+        expect(readSector0(image).toString('latin1')).toContain(DISK_MARK);
+        await waitFor(
+          async () => (await libvirt.state('vhost-rt-e2e')) === 'shut off',
+          'the domain to power off',
+          30_000,
+        );
+      } finally {
+        if (peer !== null) await peer.close();
+        await libvirt.undefine('vhost-rt-e2e').catch(() => {});
+        for (const d of daemons) await d.stop();
+      }
+    },
+    GUEST_TEST_MS,
+  );
+
+  it(
+    'with reconnect on, virsh start waits for the back end and completes once vhost-rt listens',
+    async () => {
+      const image = join(dir, 'late.img');
+      writeFileSync(image, Buffer.alloc(4 * 1024 * 1024));
+      const late = join(dir, 'late.sock');
+      const boot = guestBootFiles(dir, 'exit 0\n');
+      await libvirt.define(
+        'vhost-rt-late',
+        domainXml({ name: 'vhost-rt-late', ...boot, disk: { socket: late, reconnect: 1 } }),
+      );
+      let daemon: Daemon | null = null;
+      try {
+        const start = libvirt.virsh(['start', 'vhost-rt-late'], 60_000);
+        // QEMU exists (paused, creating its devices) and keeps retrying the missing socket.
+        await waitFor(
+          async () => (await libvirt.state('vhost-rt-late')) === 'paused',
+          'QEMU to wait for the back end',
+          30_000,
+        );
+        daemon = await startDaemon([
           'blk',
           '--socket-path',
-          sock('disk'),
+          late,
           '--image',
           image,
           ...SOCKET_FLAGS,
-        ]),
-        await startDaemon([
-          'net',
-          '--socket-path',
-          sock('net'),
-          '--socket-path',
-          sock('peer'),
-          ...SOCKET_FLAGS,
-        ]),
-        await startDaemon([
-          'serial',
-          '--socket-path',
-          sock('serial'),
-          '--log',
-          `file:${consoleLog}`,
-          ...SOCKET_FLAGS,
-        ]),
-      );
-      const group = parseSocketGroup('libvirt-qemu');
-      for (const name of ['disk', 'net', 'serial']) {
-        const st = statSync(sock(name));
-        expect({ mode: st.mode & 0o777, gid: st.gid }).toEqual({ mode: 0o660, gid: group });
+        ]);
+        const r = await start;
+        expect(r.code, r.stderr).toBe(0);
+        await waitFor(() => /front end connected/.test(daemon?.log() ?? ''), 'QEMU to connect');
+      } finally {
+        await libvirt.undefine('vhost-rt-late');
+        await daemon?.stop();
       }
-      // The test is the other port of the switch: it sees the guest's frames and answers ARP.
-      peer = await NetDriver.create({ socketPath: sock('peer') });
-      const boot = guestBootFiles(dir, SCRIPT);
+    },
+    GUEST_TEST_MS,
+  );
+
+  it(
+    "virsh save / virsh restore a domain with a vhost-rt disk: the guest's I/O goes on",
+    async () => {
+      const image = join(dir, 'save.img');
+      writeFileSync(image, Buffer.alloc(4 * 1024 * 1024));
+      const disk = join(dir, 'save-disk.sock');
+      const serial = join(dir, 'save-serial.sock');
+      const consoleLog = join(dir, 'save-console.log');
+      const daemons: Daemon[] = [];
+      const ticks = () =>
+        [...readText(consoleLog).matchAll(/VHOST_RT_TICK=(\d+)/g)].map((m) => Number(m[1]));
+      const lastTick = () => Math.max(0, ...ticks());
+      try {
+        daemons.push(
+          await startDaemon(['blk', '--socket-path', disk, '--image', image, ...SOCKET_FLAGS]),
+          await startDaemon([
+            'serial',
+            '--socket-path',
+            serial,
+            '--log',
+            `file:${consoleLog}`,
+            ...SOCKET_FLAGS,
+          ]),
+        );
+        const boot = guestBootFiles(dir, TICK_SCRIPT);
+        await libvirt.define(
+          'vhost-rt-save',
+          domainXml({
+            name: 'vhost-rt-save',
+            ...boot,
+            disk: { socket: disk },
+            serial: { socket: serial },
+          }),
+        );
+        const started = await libvirt.virsh(['start', 'vhost-rt-save']);
+        expect(started.code, started.stderr).toBe(0);
+        await waitFor(
+          () => lastTick() >= 3,
+          () => `three ticks (console: ${readText(consoleLog).slice(-400)})`,
+          60_000,
+        );
+        const saved = await libvirt.virsh([
+          'save',
+          'vhost-rt-save',
+          join(dir, 'vhost-rt-save.state'),
+        ]);
+        expect(saved.code, saved.stderr).toBe(0);
+        expect(await libvirt.state('vhost-rt-save')).toBe('shut off');
+        const before = lastTick();
+        const restored = await libvirt.virsh(['restore', join(dir, 'vhost-rt-save.state')]);
+        expect(restored.code, restored.stderr).toBe(0);
+        await waitFor(
+          () => lastTick() >= before + 3,
+          () => `ticks after the restore (console: ${readText(consoleLog).slice(-400)})`,
+          60_000,
+        );
+        const out = readText(consoleLog);
+        expect(out).not.toMatch(/VHOST_RT_BAD/);
+        // Every tick the guest counted was written and read back; none repeated or skipped.
+        const seen = ticks();
+        expect(seen).toEqual(seen.map((_, i) => i + 1));
+      } finally {
+        await libvirt.undefine('vhost-rt-save').catch(() => {});
+        for (const d of daemons) await d.stop();
+      }
+    },
+    GUEST_TEST_MS,
+  );
+
+  it(
+    'virsh start fails at once, naming the socket, when the back end is missing and reconnect is off',
+    async () => {
+      const boot = guestBootFiles(dir, 'exit 0\n');
+      const missing = join(dir, 'missing.sock');
       await libvirt.define(
-        'vhost-rt-e2e',
-        domainXml({
-          name: 'vhost-rt-e2e',
-          ...boot,
-          disk: { socket: sock('disk') },
-          net: { socket: sock('net'), mac: GUEST_MAC },
-          serial: { socket: sock('serial') },
-        }),
+        'vhost-rt-missing',
+        domainXml({ name: 'vhost-rt-missing', ...boot, disk: { socket: missing } }),
       );
-      const started = await libvirt.virsh(['start', 'vhost-rt-e2e']);
-      expect(started.code, started.stderr).toBe(0);
-      // The guest's first ARP request for the peer crosses vhost-rt's switch to the test.
-      const drv = peer;
-      await waitFor(
-        () =>
-          drv.received.some(
-            (f) => macOf(f.frame, 6) === GUEST_MAC && f.frame[12] === 0x08 && f.frame[13] === 0x06,
-          ),
-        () => `an ARP frame from the guest (console: ${readText(consoleLog).slice(-400)})`,
-        60_000,
-      );
-      await drv.send(arpRequest(PEER_MAC, PEER_IP, GUEST_IP));
-      const out = await waitFor(
-        () => (/VHOST_RT_GUEST_EXIT=\d+/.test(readText(consoleLog)) ? readText(consoleLog) : ''),
-        () => `the guest to finish (console: ${readText(consoleLog).slice(-600)})`,
-        60_000,
-      );
-      expect(out, out).toContain('VHOST_RT_GUEST_EXIT=0');
-      expect(out).toContain(`VHOST_RT_DISK_SECTORS=${(16 * 1024 * 1024) / 512}`);
-      expect(out).toContain(`VHOST_RT_NIC=${GUEST_MAC}`);
-      expect(out).toContain(`VHOST_RT_PEER=${PEER_MAC}`);
-      // The guest's answer to the test's ARP request came back through the switch.
-      expect(
-        drv.received.some(
-          (f) =>
-            macOf(f.frame, 0) === PEER_MAC && macOf(f.frame, 6) === GUEST_MAC && f.frame[21] === 2,
-        ),
-      ).toBe(true);
-      expect(readSector0(image).toString('latin1')).toContain(DISK_MARK);
-      await waitFor(
-        async () => (await libvirt.state('vhost-rt-e2e')) === 'shut off',
-        'the domain to power off',
-        30_000,
-      );
-    } finally {
-      if (peer !== null) await peer.close();
-      await libvirt.undefine('vhost-rt-e2e').catch(() => {});
-      for (const d of daemons) await d.stop();
-    }
-  });
-
-  it('with reconnect on, virsh start waits for the back end and completes once vhost-rt listens', async () => {
-    const image = join(dir, 'late.img');
-    writeFileSync(image, Buffer.alloc(4 * 1024 * 1024));
-    const late = join(dir, 'late.sock');
-    const boot = guestBootFiles(dir, 'exit 0\n');
-    await libvirt.define(
-      'vhost-rt-late',
-      domainXml({ name: 'vhost-rt-late', ...boot, disk: { socket: late, reconnect: 1 } }),
-    );
-    let daemon: Daemon | null = null;
-    try {
-      const start = libvirt.virsh(['start', 'vhost-rt-late'], 60_000);
-      // QEMU exists (paused, creating its devices) and keeps retrying the missing socket.
-      await waitFor(
-        async () => (await libvirt.state('vhost-rt-late')) === 'paused',
-        'QEMU to wait for the back end',
-        30_000,
-      );
-      daemon = await startDaemon(['blk', '--socket-path', late, '--image', image, ...SOCKET_FLAGS]);
-      const r = await start;
-      expect(r.code, r.stderr).toBe(0);
-      await waitFor(() => /front end connected/.test(daemon?.log() ?? ''), 'QEMU to connect');
-    } finally {
-      await libvirt.undefine('vhost-rt-late');
-      await daemon?.stop();
-    }
-  });
-
-  it("virsh save / virsh restore a domain with a vhost-rt disk: the guest's I/O goes on", async () => {
-    const image = join(dir, 'save.img');
-    writeFileSync(image, Buffer.alloc(4 * 1024 * 1024));
-    const disk = join(dir, 'save-disk.sock');
-    const serial = join(dir, 'save-serial.sock');
-    const consoleLog = join(dir, 'save-console.log');
-    const daemons: Daemon[] = [];
-    const ticks = () =>
-      [...readText(consoleLog).matchAll(/VHOST_RT_TICK=(\d+)/g)].map((m) => Number(m[1]));
-    const lastTick = () => Math.max(0, ...ticks());
-    try {
-      daemons.push(
-        await startDaemon(['blk', '--socket-path', disk, '--image', image, ...SOCKET_FLAGS]),
-        await startDaemon([
-          'serial',
-          '--socket-path',
-          serial,
-          '--log',
-          `file:${consoleLog}`,
-          ...SOCKET_FLAGS,
-        ]),
-      );
-      const boot = guestBootFiles(dir, TICK_SCRIPT);
-      await libvirt.define(
-        'vhost-rt-save',
-        domainXml({
-          name: 'vhost-rt-save',
-          ...boot,
-          disk: { socket: disk },
-          serial: { socket: serial },
-        }),
-      );
-      const started = await libvirt.virsh(['start', 'vhost-rt-save']);
-      expect(started.code, started.stderr).toBe(0);
-      await waitFor(
-        () => lastTick() >= 3,
-        () => `three ticks (console: ${readText(consoleLog).slice(-400)})`,
-        60_000,
-      );
-      const saved = await libvirt.virsh([
-        'save',
-        'vhost-rt-save',
-        join(dir, 'vhost-rt-save.state'),
-      ]);
-      expect(saved.code, saved.stderr).toBe(0);
-      expect(await libvirt.state('vhost-rt-save')).toBe('shut off');
-      const before = lastTick();
-      const restored = await libvirt.virsh(['restore', join(dir, 'vhost-rt-save.state')]);
-      expect(restored.code, restored.stderr).toBe(0);
-      await waitFor(
-        () => lastTick() >= before + 3,
-        () => `ticks after the restore (console: ${readText(consoleLog).slice(-400)})`,
-        60_000,
-      );
-      const out = readText(consoleLog);
-      expect(out).not.toMatch(/VHOST_RT_BAD/);
-      // Every tick the guest counted was written and read back; none repeated or skipped.
-      const seen = ticks();
-      expect(seen).toEqual(seen.map((_, i) => i + 1));
-    } finally {
-      await libvirt.undefine('vhost-rt-save').catch(() => {});
-      for (const d of daemons) await d.stop();
-    }
-  });
-
-  it('virsh start fails at once, naming the socket, when the back end is missing and reconnect is off', async () => {
-    const boot = guestBootFiles(dir, 'exit 0\n');
-    const missing = join(dir, 'missing.sock');
-    await libvirt.define(
-      'vhost-rt-missing',
-      domainXml({ name: 'vhost-rt-missing', ...boot, disk: { socket: missing } }),
-    );
-    try {
-      const r = await libvirt.virsh(['start', 'vhost-rt-missing'], 30_000);
-      expect(r.code).toBe(1);
-      expect(r.stderr).toContain(`Failed to connect to '${missing}'`);
-      expect(await libvirt.state('vhost-rt-missing')).toBe('shut off');
-    } finally {
-      await libvirt.undefine('vhost-rt-missing');
-    }
-  });
+      try {
+        const r = await libvirt.virsh(['start', 'vhost-rt-missing'], 30_000);
+        expect(r.code).toBe(1);
+        expect(r.stderr).toContain(`Failed to connect to '${missing}'`);
+        expect(await libvirt.state('vhost-rt-missing')).toBe('shut off');
+      } finally {
+        await libvirt.undefine('vhost-rt-missing');
+      }
+    },
+    GUEST_TEST_MS,
+  );
 });
 
 function readText(path: string): string {

@@ -253,7 +253,7 @@ export function domainXml(d: DomainSpec): string {
     </qemu:device>
   </qemu:override>
 `;
-  const mem = d.memMb ?? 256;
+  const mem = d.memMb ?? 128;
   return `<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>${d.name}</name>
   <memory unit='MiB'>${mem}</memory>
