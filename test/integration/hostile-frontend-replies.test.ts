@@ -40,7 +40,7 @@ beforeAll(async () => {
   const image = join(dir, 'disk.img');
   socket = join(dir, 'blk.sock');
   writeFileSync(image, Buffer.alloc(4 * 1024 * 1024));
-  daemon = await startDaemon(['blk', '--socket-path', socket, '--image', image]);
+  daemon = await startDaemon(['blk', '--socket-path', socket, '--image', image, '--queues', '1']);
 });
 
 afterAll(async () => {
