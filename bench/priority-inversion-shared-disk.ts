@@ -12,6 +12,7 @@
  *        Linux guest makes it), A's device `--guest-ioprio honor`;
  *   (3)  B throttled: `--bps-limit` on B's device;
  *   (4)  = (2) + SCHED_FIFO 50, CPU affinity and mlock on A's worker;
+ *   (4+3) = (4) with B throttled as in (3);
  *   (q)  qemu-storage-daemon exporting both images (aio=native, O_DIRECT), the reference;
  *   (n1) both devices on the `null` engine: A's back-end-only latency under B's null flood;
  *   (n4) = (n1) + SCHED_FIFO, affinity, mlock on A's worker.
@@ -25,6 +26,7 @@
  *
  * Writes bench/results/priority-inversion-shared-disk.{md,json,svg}.
  */
+import { spawnSync } from 'node:child_process';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -109,6 +111,12 @@ export function sharedDiskConfigs(bLimit: number): SdConfig[] {
       name: '(2) + SCHED_FIFO, affinity, mlock on A',
       detail: `A: ioprio=rt:0,${RT_A}`,
       start: vr('4', ['ioprio=rt:0', RT_A]),
+    },
+    {
+      id: '4+3',
+      name: '(4) with B throttled as in (3)',
+      detail: `A: ioprio=rt:0,${RT_A}; B: bps-limit=${bLimit}`,
+      start: vr('4+3', ['ioprio=rt:0', RT_A], [`bps-limit=${bLimit}`]),
     },
     {
       id: 'q',
@@ -213,6 +221,73 @@ export function ensureMqDeadline(path: string): string {
   }
   const after = readFileSync(file, 'utf8').trim();
   return `${file}: "${before}" before, mq-deadline written, "${after}" now`;
+}
+
+/** The machine's own scheduling-latency floor at the time: cyclictest's percentiles, or why there are none. */
+export interface MachineFloor {
+  p50Us?: number;
+  p99Us?: number;
+  p999Us?: number;
+  maxUs?: number;
+  note: string;
+}
+
+/**
+ * Percentiles of a cyclictest histogram (`-h N -q`: one "USEC COUNT" line per microsecond,
+ * then "# Histogram Overflows: N" for what lay past N µs, counted as beyond the last bucket).
+ */
+export function cyclictestPercentiles(text: string): Omit<MachineFloor, 'note'> | null {
+  const counts: [number, number][] = [];
+  let overflow = 0;
+  let max = 0;
+  for (const line of text.split('\n')) {
+    const bucket = /^(\d+) (\d+)$/.exec(line);
+    if (bucket !== null) counts.push([Number(bucket[1]), Number(bucket[2])]);
+    const over = /^# Histogram Overflows: (\d+)/.exec(line);
+    if (over !== null) overflow = Number(over[1]);
+    const m = /^# Max Latencies: (\d+)/.exec(line);
+    if (m !== null) max = Number(m[1]);
+  }
+  const total = counts.reduce((n, [, c]) => n + c, 0) + overflow;
+  if (total === 0) return null;
+  const at = (q: number) => {
+    let seen = 0;
+    for (const [us, c] of counts) {
+      seen += c;
+      if (seen >= q * total) return us;
+    }
+    return max;
+  };
+  return { p50Us: at(0.5), p99Us: at(0.99), p999Us: at(0.999), maxUs: max };
+}
+
+/** Runs cyclictest (rt-tests) for `seconds` on one SCHED_FIFO 90 thread, 200 µs interval. */
+export function machineFloor(seconds: number): MachineFloor {
+  const args = [
+    '-m',
+    '-p',
+    '90',
+    '-t',
+    '1',
+    '-i',
+    '200',
+    '-D',
+    String(seconds),
+    '-q',
+    '-h',
+    '20000',
+  ];
+  const r = spawnSync('cyclictest', args, { encoding: 'utf8', timeout: (seconds + 10) * 1000 });
+  if (r.error !== undefined)
+    return { note: `cyclictest not run (${r.error.message}; apt-get install rt-tests)` };
+  const p = cyclictestPercentiles(r.stdout ?? '');
+  if (p === null) return { note: `cyclictest gave no histogram (exit ${r.status})` };
+  return { ...p, note: `cyclictest ${args.join(' ')}` };
+}
+
+function fmtFloor(f: MachineFloor): string {
+  if (f.p999Us === undefined) return f.note;
+  return `p50 ${f.p50Us} / p99 ${f.p99Us} / p99.9 ${f.p999Us} / max ${f.maxUs} µs (${f.note})`;
 }
 
 function median(v: number[]): number {
@@ -352,6 +427,8 @@ async function main(): Promise<void> {
     failures: [],
   }));
   const started = new Date().toISOString();
+  const floors: MachineFloor[] = [machineFloor(5)];
+  process.stderr.write(`machine floor: ${fmtFloor(floors[0])}\n`);
   try {
     for (let round = 1; round <= rounds; round++) {
       for (let i = 0; i < configs.length; i++) {
@@ -374,9 +451,11 @@ async function main(): Promise<void> {
   } finally {
     await rm(work, { recursive: true, force: true });
   }
+  floors.push(machineFloor(5));
   const setup = [
     `Run ${started} on a 2-CPU VM shared with six other engineers' builds and tests (no KVM), so the absolute figures carry their noise: compare rows of this run, and read the spread.`,
     `Disk scheduler: ${scheduler}.`,
+    `The machine's own scheduling latency at the time (the floor any back end sits on), before the rounds: ${fmtFloor(floors[0])}; after: ${fmtFloor(floors[1])}.`,
   ].join(' ');
   const md = `${setup}\n\n${sdMarkdown(results, runtime, rounds)}`;
   await writeText(join(out, 'priority-inversion-shared-disk.md'), md);
@@ -386,6 +465,7 @@ async function main(): Promise<void> {
     runtimeSec: runtime,
     bLimit,
     scheduler,
+    machineFloor: floors,
     results,
   });
   await writeText(join(out, 'priority-inversion-shared-disk.svg'), sdSvg(results));
