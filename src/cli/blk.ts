@@ -167,6 +167,10 @@ SIGINT or SIGTERM completes in-flight requests, removes its sockets and prints
 its counters. SIGUSR1 prints the counters at any time; SIGHUP re-reads every
 image's size (telling the guest when it changed) and reopens log files. With
 --control-socket: block-resize, device-add and device-del at run time.
+Under systemd it reports readiness (NOTIFY_SOCKET: READY=1, STATUS=, STOPPING=1)
+and serves the sockets systemd passes (LISTEN_FDS) at the paths they match. Each
+image is locked as QEMU locks its images: a second writer (vhost-rt, QEMU,
+qemu-storage-daemon) is refused; --readonly users share.
 `;
 
 /** The engine flags of one device, checked against the chosen engine. */
