@@ -8,7 +8,8 @@
 // payload with send() straight from the caller's buffer (guest RAM) and
 // receives a read's data (simple replies and structured OFFSET_DATA chunks)
 // with recv() straight into it; the kernel's socket buffers are the only
-// copy. So guest buffers must stay valid until the command completes, which
+// copy (over nbds:// GnuTLS encrypts from and decrypts into them: one pass
+// over the bytes, still no buffer of ours in between). So guest buffers must stay valid until the command completes, which
 // they do: the device keeps its memory table referenced while anything is in
 // flight, and a held command keeps its pointers until it is issued again.
 //
