@@ -295,11 +295,16 @@ describe('vhost-rt blk at run time (daemon, control socket)', () => {
         image: image2,
         queues: 1,
         serial: 'added',
+        cpus: '0',
+        'iops-limit': 100000,
       });
       expect(added.return).toEqual({ device: 1, kind: 'blk', socket: socket2 });
-      const devices = (await c.execute('query-devices')).return as { thread: { tid: number } }[];
+      const devices = (await c.execute('query-devices')).return as {
+        thread: { tid: number; cpus: number[] };
+      }[];
       expect(devices).toHaveLength(2);
       expect(devices[1].thread.tid).not.toBe(devices[0].thread.tid);
+      expect(devices[1].thread.cpus).toEqual([0]);
       const second = await BlkDriver.create({ socketPath: socket2 });
       expect((await second.getId()).id).toBe('added');
       expect(await blkTraffic(second, 8, 11, { bytes: 8192, slots: 4 })).toBe('ok');
