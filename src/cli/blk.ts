@@ -73,6 +73,7 @@ const DEVICE_FLAGS = {
   queues: { type: 'string' },
   'queue-size': { type: 'string' },
   aio: { type: 'string' },
+  engine: { type: 'string' },
   'no-direct': { type: 'boolean' },
   serial: { type: 'string' },
   'uring-sqpoll': { type: 'boolean' },
@@ -111,7 +112,7 @@ ${SOCKET_FD_HELP}  --image FILE         disk image (regular file or block device
   --queues N           request queues, 1..64 (default: one per CPU, ${DEFAULT_BLK_QUEUES} here,
                        as QEMU's -smp N asks for N queues unless num-queues says less)
   --queue-size N       largest ring size, a power of two in 4..1024 (default 256)
-  --aio ENGINE         I/O engine (default linux-aio):
+  --aio ENGINE         I/O engine (default linux-aio; --engine ENGINE is the same):
                          linux-aio  Linux AIO (io_submit), eventfd completions
                          io_uring   io_uring (liburing), registered eventfd; flush,
                                     discard and write-zeroes go through the ring too
@@ -180,7 +181,9 @@ function engineFlags(
   BlkDeviceSpec['options'],
   'aio' | 'uringSqpoll' | 'aioThreads' | 'aioThreadsPolicy' | 'nbdTimeoutMs'
 > {
-  const given = optionalString(v.aio);
+  if (v.aio !== undefined && v.engine !== undefined)
+    throw new ConfigError('--aio and --engine are the same option: give one');
+  const given = optionalString(v.aio) ?? optionalString(v.engine);
   // An NBD URI as --image picks the nbd engine; --aio nbd needs one.
   const aio = resolveEngine(imageFlag(v), given === undefined ? undefined : parseEngineName(given));
   const policy = optionalString(v['aio-threads-policy']);

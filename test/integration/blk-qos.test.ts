@@ -165,6 +165,18 @@ describe('token buckets', () => {
     ]);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toContain('--iops-limit');
+    const both = await runCli([
+      'blk',
+      '--socket-path',
+      join(dir, 'y.sock'),
+      '--image',
+      join(dir, 'none'),
+      '--aio',
+      'null',
+      '--engine',
+      'sync',
+    ]);
+    expect(both.stderr).toContain('--aio and --engine are the same option');
   });
 });
 
