@@ -42,8 +42,12 @@ export interface BlkDeviceHandle {
   resizing: Promise<unknown>;
 }
 
-/** A resize refused or failed: `code` says why (ERR_BLK_RESIZE_READONLY, ERR_BLK_RESIZE_IO, ...). */
-export class BlkResizeError extends VhostRtError {}
+/**
+ * A run-time change of a blk device refused or failed; `code` says why:
+ * ERR_BLK_RESIZE_READONLY, ERR_BLK_RESIZE_BLOCK_DEVICE, ERR_BLK_RESIZE_IO,
+ * ERR_BLK_SHARED_WORKER (device-del of a device sharing its worker).
+ */
+export class BlkChangeError extends VhostRtError {}
 
 /** What a resize did: the size before and after, in bytes. */
 export interface BlkResized {
@@ -136,7 +140,7 @@ export class BlkDeviceSet {
     const handle = this.devices[index];
     if (handle === undefined) throw new RangeError(`no blk device ${index}`);
     if (handle.sharedWorker)
-      throw new BlkResizeError(
+      throw new BlkChangeError(
         'ERR_BLK_SHARED_WORKER',
         'the device shares its worker thread with others (--single-thread)',
       );
@@ -238,7 +242,7 @@ async function resizeDevice(
     current = await imageSizeBytes(path);
   } catch (err) {
     const code = (err as { code?: string }).code ?? 'EIO';
-    throw new BlkResizeError('ERR_BLK_RESIZE_IO', `${path}: cannot stat (${code})`, { cause: err });
+    throw new BlkChangeError('ERR_BLK_RESIZE_IO', `${path}: cannot stat (${code})`, { cause: err });
   }
   if (bytes === undefined || bytes === current.size) {
     await handle.host.command({ type: 'resize', bytes: current.size });
@@ -246,9 +250,9 @@ async function resizeDevice(
     return { device: index, previous, size: current.size };
   }
   if (handle.options.readonly)
-    throw new BlkResizeError('ERR_BLK_RESIZE_READONLY', `${path} is served read-only`);
+    throw new BlkChangeError('ERR_BLK_RESIZE_READONLY', `${path} is served read-only`);
   if (current.blockDevice)
-    throw new BlkResizeError(
+    throw new BlkChangeError(
       'ERR_BLK_RESIZE_BLOCK_DEVICE',
       `${path} is a block device: resize it outside, then re-read its size`,
     );
@@ -264,7 +268,7 @@ async function truncateImage(path: string, bytes: number): Promise<void> {
     await truncate(path, bytes);
   } catch (err) {
     const code = (err as { code?: string }).code ?? 'EIO';
-    throw new BlkResizeError(
+    throw new BlkChangeError(
       'ERR_BLK_RESIZE_IO',
       `${path}: cannot resize to ${bytes} bytes (${code})`,
       {
