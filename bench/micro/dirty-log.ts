@@ -2,7 +2,9 @@
  * Question: what does dirty logging (live migration, issue 9) cost a blk
  * device while it is on, and is it free while off?
  *
- * One `vhost-rt blk` daemon (linux-aio, O_DIRECT) is driven by the load
+ * One `vhost-rt blk` daemon per engine — linux-aio (O_DIRECT, the real
+ * disk) and null (no I/O: what is left is the CPU path, where logging's cost
+ * shows undiluted) — is driven by the load
  * generator with 4k random reads at QD1 and QD32, with the front end's dirty
  * log off (A) and on (B: SET_LOG_BASE, VHOST_F_LOG_ALL, the rings' LOG flag,
  * the bitmap cleared every 100 ms as QEMU's log sync does). The same daemon
@@ -24,6 +26,7 @@ import { isMain } from './common.js';
 
 const IMAGE_BYTES = 256 * 1024 * 1024;
 const DEPTHS = [1, 32] as const;
+const ENGINES = ['linux-aio', 'null'] as const;
 
 /** One measured run. */
 interface Sample {
@@ -62,12 +65,19 @@ function ratio(a: Sample[], b: Sample[], f: (s: Sample) => number): string {
 
 /** Runs the rounds and returns the report (markdown). */
 export async function runDirtyLogBench(rounds: number, seconds: number): Promise<string> {
+  const parts: string[] = [];
+  for (const engine of ENGINES) parts.push(await runEngine(engine, rounds, seconds));
+  return header(rounds, seconds) + parts.join('\n');
+}
+
+async function runEngine(engine: string, rounds: number, seconds: number): Promise<string> {
   const dir = mkdtempSync(join(tmpdir(), 'vhost-rt-dirty-bench-'));
   const image = join(dir, 'disk.img');
   const socket = join(dir, 'blk.sock');
   writeFileSync(image, Buffer.alloc(0));
   await truncate(image, IMAGE_BYTES);
-  const daemon = await startDaemon(['blk', '--socket-path', socket, '--image', image]);
+  const args = ['blk', '--socket-path', socket, '--image', image, '--aio', engine];
+  const daemon = await startDaemon(args);
   const results = new Map<string, Sample[]>();
   try {
     for (let round = 0; round < rounds; round++) {
@@ -88,7 +98,7 @@ export async function runDirtyLogBench(rounds: number, seconds: number): Promise
           const key = `${depth}/${dirtyLog ? 'on' : 'off'}`;
           results.set(key, [...(results.get(key) ?? []), sample(r)]);
           process.stderr.write(
-            `round ${round + 1}/${rounds} QD${depth} log ${dirtyLog ? 'on ' : 'off'}: ` +
+            `${engine} round ${round + 1}/${rounds} QD${depth} log ${dirtyLog ? 'on ' : 'off'}: ` +
               `${r.iops.toFixed(0)} IOPS p50 ${r.latency.p50Us.toFixed(1)} µs ` +
               `CPU ${(r.backendCpuUsPerIo ?? 0).toFixed(2)} µs/IO\n`,
           );
@@ -99,10 +109,10 @@ export async function runDirtyLogBench(rounds: number, seconds: number): Promise
     await daemon.stop();
     rmSync(dir, { recursive: true, force: true });
   }
-  return report(results, rounds, seconds);
+  return report(engine, results);
 }
 
-function report(results: Map<string, Sample[]>, rounds: number, seconds: number): string {
+function report(engine: string, results: Map<string, Sample[]>): string {
   const lines = [
     '| QD | log | IOPS | p50 µs | p99 µs | daemon CPU µs/IO |',
     '|---:|---|---:|---:|---:|---:|',
@@ -130,18 +140,7 @@ function report(results: Map<string, Sample[]>, rounds: number, seconds: number)
     );
   }
   return [
-    '# Dirty logging: cost while on, and while off',
-    '',
-    'Question: what does dirty logging for live migration (issue 9) cost a blk device while',
-    'QEMU has it on, and does it cost anything while off?',
-    '',
-    `Setup: one \`vhost-rt blk\` daemon (linux-aio, O_DIRECT, a ${IMAGE_BYTES / 1024 / 1024} MiB image on`,
-    'the local disk) driven by the load generator (`bench/loadgen`, 4k random reads) at QD1 and',
-    'QD32, the front end with its dirty log off, then on (SET_LOG_BASE, VHOST_F_LOG_ALL, the',
-    "rings' LOG flag; the bitmap cleared every 100 ms as QEMU's log sync does). Same daemon for",
-    `both; ${rounds} rounds of ${seconds} s per run (plus 1 s ramp), off/on alternating in order`,
-    'per round (AB, BA, ...). 2-CPU VM shared with other jobs, no KVM.',
-    `Command: \`node dist/bench/micro/dirty-log.js --rounds ${rounds} --seconds ${seconds}\`.`,
+    `## --aio ${engine}`,
     '',
     'Medians over the rounds:',
     '',
@@ -150,6 +149,25 @@ function report(results: Map<string, Sample[]>, rounds: number, seconds: number)
     'Ratios on/off, per round: median (min..max):',
     '',
     ...ratios,
+    '',
+  ].join('\n');
+}
+
+function header(rounds: number, seconds: number): string {
+  return [
+    '# Dirty logging: cost while on, and while off',
+    '',
+    'Question: what does dirty logging for live migration (issue 9) cost a blk device while',
+    'QEMU has it on, and does it cost anything while off?',
+    '',
+    `Setup: one \`vhost-rt blk\` daemon per engine (linux-aio: O_DIRECT, a ${IMAGE_BYTES / 1024 / 1024} MiB image`,
+    'on the local disk; null: no I/O, the CPU path alone) driven by the load generator',
+    '(`bench/loadgen`, 4k random reads) at QD1 and',
+    'QD32, the front end with its dirty log off, then on (SET_LOG_BASE, VHOST_F_LOG_ALL, the',
+    "rings' LOG flag; the bitmap cleared every 100 ms as QEMU's log sync does). Same daemon for",
+    `both; ${rounds} rounds of ${seconds} s per run (plus 1 s ramp), off/on alternating in order`,
+    'per round (AB, BA, ...). 2-CPU VM shared with other jobs, no KVM.',
+    `Command: \`node dist/bench/micro/dirty-log.js --rounds ${rounds} --seconds ${seconds}\`.`,
     '',
     'What it costs while on, per request: walking the returned chain once more from the',
     'descriptor table (the checks pop makes, no allocation), one `Atomics.or` per bitmap byte',
