@@ -261,7 +261,11 @@ async function migrateDiskGuest(name: string, image: string, srcSocket: string, 
   const src = await launch(`${name}-src`, args(srcSocket));
   const incoming = join(dir, `${name}.migrate`);
   const dst = await launch(`${name}-dst`, [...args(dstSocket), '-incoming', `unix:${incoming}`]);
-  await waitFor(() => src.output().includes('LOOP_RUNNING'), 'the guest loop', 60_000);
+  await waitFor(
+    () => src.output().includes('LOOP_RUNNING'),
+    () => `the guest loop; console:\n${src.output().slice(-2000)}`,
+    120_000,
+  );
   const m = await migrate(src, `unix:${incoming}`);
   writeMarker(image);
   await waitFor(
@@ -293,7 +297,7 @@ describe('blk', () => {
     );
     expect(r.out).toMatch(/LOOP_DONE iterations=\d+ bad=0 seen=8/);
     expect(r.exit).toBe(0);
-  }, 180_000);
+  }, 300_000);
 
   it('a guest doing checksummed O_DIRECT I/O on a vhost-rt disk moves to a second daemon on the same image: no mismatch, no I/O error', async () => {
     const image = join(dir, 'rt.img');
@@ -334,7 +338,7 @@ describe('blk', () => {
     expect(r.src).not.toContain('LOOP_DONE');
     // No refused request, no broken ring on either side.
     for (const d of daemons) expect(d.log()).not.toMatch(/broken|VHOST_USER_[A-Z_]+\)/);
-  }, 180_000);
+  }, 300_000);
 });
 
 describe('net', () => {
@@ -400,14 +404,14 @@ sleep 600
     await waitFor(
       () => src.output().includes('NET_UP'),
       () => `the guest network; console:\n${src.output().slice(-2000)}`,
-      60_000,
+      120_000,
     );
     await waitFor(
       () =>
         spawnSync('ip', ['netns', 'exec', ns, 'busybox', 'ping', '-c', '1', '-W', '1', GUEST_IP])
           .status === 0,
       'a first ping reply',
-      60_000,
+      120_000,
     );
 
     // One ping every 100 ms across the migration.
@@ -456,5 +460,5 @@ sleep 600
     expect(dst.proc.exitCode).toBeNull();
     dst.proc.kill('SIGKILL');
     await dst.exited;
-  }, 240_000);
+  }, 300_000);
 });
