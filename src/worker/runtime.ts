@@ -395,6 +395,9 @@ export class DeviceRuntime {
    * flag): every ring marks the new log, or none, from its next batch on.
    */
   private setDirtyLog(cmd: DeviceCommand & { op: 'dirty-log' }): number {
+    const outside = this.dirtyLog?.outside ?? 0;
+    if (outside > 0)
+      this.events.log('warn', `${outside} dirty-log mark(s) fell beyond the front end's log`);
     const s = cmd.log;
     this.dirtyLog = s === null ? null : new DirtyLog(s.buffer, s.offset, s.size, this.maxSegments);
     if (this.memory !== null) this.dirtyLog?.setMemory(this.memory);
