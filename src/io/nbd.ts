@@ -328,6 +328,14 @@ export class NbdEngine implements IoEngine {
     return delivered;
   }
 
+  /**
+   * Busy polling (`--poll-us`): lets libnbd read whatever replies already
+   * arrived (one recv that finds nothing when none did) and delivers them.
+   */
+  poll(): void {
+    if (this.state === 'ready' && this.inFlight > 0) this.onSocket(NBD_STATUS.READ);
+  }
+
   private onSocket(events: number): void {
     this.afterStatus(this.client.pump(events));
   }

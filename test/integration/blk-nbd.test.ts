@@ -125,6 +125,16 @@ describe.each([
   });
 });
 
+describe('--image nbd+unix://... --poll-us 200 (replies reaped while polling)', () => {
+  it('carries the verified traffic', async () => {
+    const { nbd } = await server({ kind: 'nbdkit', transport: 'unix' });
+    const { socket } = await daemonFor(nbd.uri, ['--poll-us', '200']);
+    await withDriver(socket, async (d) => {
+      expect(await blkVerifiedTraffic(d, 4096)).toBe('ok');
+    });
+  });
+});
+
 describe('an export with fewer features', () => {
   it('a read-only export makes a read-only device (with a warning)', async () => {
     const { nbd } = await server({ kind: 'nbdkit', transport: 'unix', readonly: true });
