@@ -412,3 +412,36 @@ describe('vhost-rt blk shrunk under load (daemon, front end)', () => {
     }
   });
 });
+
+describe('vhost-rt blk --readonly at run time', () => {
+  it('refuses to resize a read-only image but re-reads its size', async () => {
+    const image = join(dir, 'ro.img');
+    const control = join(dir, 'ro.qmp');
+    writeFileSync(image, Buffer.alloc(MiB));
+    const d = await startDaemon([
+      'blk',
+      '--socket-path',
+      join(dir, 'ro.sock'),
+      '--image',
+      image,
+      '--readonly',
+      '--control-socket',
+      control,
+    ]);
+    const c = await QmpClient.connect(control);
+    try {
+      expect(error(await c.execute('block-resize', { device: 0, size: 2 * MiB }))?.desc).toMatch(
+        /read-only/,
+      );
+      expect(statSync(image).size).toBe(MiB);
+      truncateSync(image, 3 * MiB);
+      expect((await c.execute('block-resize', { device: 0 })).return).toEqual({
+        size: 3 * MiB,
+        previous: MiB,
+      });
+    } finally {
+      c.close();
+      await d.stop();
+    }
+  });
+});
