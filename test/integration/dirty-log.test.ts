@@ -10,12 +10,14 @@
  * guest's MAC address to the announcing port in every other port's table.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { native } from '../../src/native.js';
 import { ProtocolFeature, Request } from '../../src/vhost-user/protocol.js';
 import { BlkDriver, BlkType, REQ_HEADER_SIZE } from '../frontend/blk-driver.js';
+import { ConsoleDriver } from '../frontend/console-driver.js';
 import { ethFrame, macBytes, NetDriver } from '../frontend/net-driver.js';
 import { bitsOf, FRONTEND_PROTOCOL_FEATURES } from '../frontend/vmm.js';
 import { pattern } from '../support/bytes.js';
@@ -293,6 +295,54 @@ describe('net receive', () => {
     } finally {
       await a.close();
       await b.close();
+    }
+  });
+});
+
+describe('console input', () => {
+  it('marks the pages console input was written to, up to its used length', async () => {
+    const socket = join(dir, 'con.sock');
+    const input = join(dir, 'con.in');
+    const daemon = await startDaemon([
+      'console',
+      '--socket-path',
+      socket,
+      '--log',
+      join(dir, 'con.log'),
+      '--input',
+      input,
+    ]);
+    daemons.push(daemon);
+    const d = await ConsoleDriver.create({ socketPath: socket, ports: 1, rxBufferBytes: 3 * PAGE });
+    try {
+      const bits = await d.vmm.startDirtyLog();
+      bits.fill(0);
+      const rxq = d.rxQueue(0);
+      let seen: Uint8Array | null = null;
+      let used = { len: 0, slot: -1, addr: -1 };
+      const onUsed = rxq.onUsed;
+      rxq.onUsed = (u) => {
+        seen ??= bits.slice();
+        if (used.slot < 0) {
+          const slot = (rxq.driver.usedIdx - 1) & (rxq.driver.size - 1);
+          const desc = new DataView(d.vmm.ram.read(rxq.driver.descTable + 16 * u.id, 16).buffer);
+          used = { len: u.len, slot, addr: desc.getUint32(0, true) };
+        }
+        onUsed?.(u);
+      };
+      const typist = createConnection(input);
+      typist.end('typed into the guest\n');
+      await waitFor(() => d.text(0) === 'typed into the guest\n', 'the input in the guest');
+      rxq.onUsed = onUsed;
+      expect(used.len).toBe(21);
+      const expected = sorted([
+        ...pagesOf(used.addr, used.len),
+        ...pagesOf(rxq.driver.usedRing + 4 + 8 * used.slot, 8),
+        ...pagesOf(rxq.driver.usedRing + 2, 2),
+      ]);
+      expect(markedPages(seen as unknown as Uint8Array)).toEqual(expected);
+    } finally {
+      await d.close();
     }
   });
 });
