@@ -126,6 +126,8 @@ export class NbdEngine implements IoEngine {
   private backoffMs = 0;
   private retryTimer: NodeJS.Timeout | null = null;
   private deadlineTimer: NodeJS.Timeout | null = null;
+  /** The server came back with another export during this outage (warned once). */
+  private mismatchWarned = false;
 
   constructor(options: IoEngineOptions) {
     this.uri = checkNbdUri(options.path);
@@ -399,14 +401,20 @@ export class NbdEngine implements IoEngine {
   private reconnected(): void {
     const x = this.client.info();
     if (x.size !== this.sizeBytes || (x.readOnly && !this.capabilities.readonly)) {
-      this.warn(
-        `--image ${this.uri}: the server came back with another export (${x.size} bytes` +
-          `${x.readOnly ? ', read-only' : ''}; was ${this.sizeBytes}); not using it`,
-      );
+      // Said once per outage: attempts go on every NBD_BACKOFF_MAX_MS.
+      if (!this.mismatchWarned)
+        this.warn(
+          `--image ${this.uri}: the server came back with another export (${x.size} bytes` +
+            `${x.readOnly ? ', read-only' : ''}; was ${this.sizeBytes}); not using it`,
+        );
+      this.mismatchWarned = true;
+      // The watcher goes before the socket it watches.
+      this.unwatch();
       this.client.close();
-      this.retryLater();
+      this.scheduleAttempt();
       return;
     }
+    this.mismatchWarned = false;
     const held = this.client.held;
     this.state = 'ready';
     this.clearDeadline();

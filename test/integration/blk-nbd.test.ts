@@ -9,7 +9,7 @@
  * --nbd-timeout-ms (IOERR, then service again once it is back), and URIs that
  * cannot work (the daemon refuses to start, naming the URI).
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -220,6 +220,24 @@ describe('the NBD server goes away', () => {
         'the daemon to reconnect',
       );
       expect(same((await d.read(128, 4096)).data, data)).toBe(true);
+    });
+  });
+});
+
+describe('the NBD server comes back with another export', () => {
+  it('is not used: held requests fail after the timeout, with a warning naming the sizes', async () => {
+    const { nbd, image } = await server({ kind: 'qemu-nbd', transport: 'unix' });
+    const { socket, daemon } = await daemonFor(nbd.uri, ['--nbd-timeout-ms', '500']);
+    await withDriver(socket, async (d) => {
+      expect((await d.write(8, pattern(8, 4096))).status).toBe(BlkStatus.OK);
+      await nbd.kill();
+      truncateSync(image, IMAGE_BYTES / 2);
+      await nbd.start();
+      expect((await d.read(8, 4096)).status).toBe(BlkStatus.IOERR);
+      await waitFor(
+        () => /came back with another export \(33554432 bytes; was 67108864\)/.test(daemon.log()),
+        'the warning about the changed export',
+      );
     });
   });
 });
