@@ -245,6 +245,7 @@ async function resizeDevice(
     throw new BlkChangeError('ERR_BLK_RESIZE_IO', `${path}: cannot stat (${code})`, { cause: err });
   }
   if (bytes === undefined || bytes === current.size) {
+    if (current.size === previous) return { device: index, previous, size: previous };
     await handle.host.command({ type: 'resize', bytes: current.size });
     handle.sizeBytes = current.size;
     return { device: index, previous, size: current.size };

@@ -291,9 +291,12 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   resize(bytes: number): Promise<void> {
     if (!Number.isSafeInteger(bytes) || bytes < 0)
       throw new RangeError(`resize to ${bytes} bytes: must be a non-negative integer`);
-    this.capacityBytes = capacityOf(bytes);
-    writeCapacity(this.config, this.capacityBytes);
-    this.configChanged();
+    const capacity = capacityOf(bytes);
+    const changed = capacity !== this.capacityBytes;
+    this.capacityBytes = capacity;
+    writeCapacity(this.config, capacity);
+    // Only a real change is announced: a re-read (SIGHUP) of an unchanged image says nothing.
+    if (changed) this.configChanged();
     let tail = 0;
     for (let id = 0; id < this.slotEnd.length; id++)
       if (this.slotEnd[id] > this.capacityBytes) tail++;
