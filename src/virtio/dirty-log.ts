@@ -19,8 +19,8 @@
  *   have left part of its data);
  * - the used elements written and used.idx, at the ring's log address
  *   (SET_VRING_ADDR with VHOST_VRING_F_LOG), as the spec asks.
- * The chains are walked again from the descriptor table (the guest may not
- * touch a chain before its used entry is published, §2.7.13), with every
+ * The chains are walked again from the descriptor table (a chain stays the
+ * device's until its used entry is published: the driver may not touch it), with every
  * check `pop()` makes, and their heads are read back from the used elements
  * the device wrote: a guest that rewrites either meanwhile only breaks its
  * own migration, never the device.
