@@ -9,7 +9,7 @@
  * --nbd-timeout-ms (IOERR, then service again once it is back), and URIs that
  * cannot work (the daemon refuses to start, naming the URI).
  */
-import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -161,6 +161,45 @@ describe('an export with fewer features', () => {
       expect(same((await d.read(64, 8192)).data, data)).toBe(true);
       expect((await d.discard(64, 16)).status).toBe(BlkStatus.OK);
     });
+  });
+});
+
+describe('a server with FUA but no flush, trim or write-zeroes (nbdkit eval)', () => {
+  it('offers none of them, and every write goes out with FUA (a write-through disk)', async () => {
+    const file = join(dir, 'eval.img');
+    const log = join(dir, 'eval.log');
+    writeFileSync(file, Buffer.alloc(IMAGE_BYTES));
+    writeFileSync(log, '');
+    const nbd = await startNbdServer({
+      kind: 'nbdkit',
+      transport: 'unix',
+      socket: join(dir, 'eval.sock'),
+      // nbdkit emulates write-zeroes with writes unless the nozero filter takes it away.
+      extra: ['--filter=nozero'],
+      plugin: [
+        'eval',
+        `get_size=echo ${IMAGE_BYTES}`,
+        `pread=dd if=${file} skip=$4 count=$3 iflag=skip_bytes,count_bytes status=none`,
+        `pwrite=echo "pwrite $3 $4 $5" >> ${log}; dd of=${file} seek=$4 conv=notrunc oflag=seek_bytes status=none`,
+        'can_fua=echo native',
+      ],
+    });
+    servers.push(nbd);
+    const { socket } = await daemonFor(nbd.uri);
+    await withDriver(socket, async (d) => {
+      for (const bit of [
+        BlkFeature.FLUSH,
+        BlkFeature.CONFIG_WCE,
+        BlkFeature.DISCARD,
+        BlkFeature.WRITE_ZEROES,
+      ])
+        expect(d.vmm.hasFeature(bit), `feature bit ${bit}`).toBe(false);
+      const data = pattern(21, 4096);
+      expect((await d.write(16, data)).status).toBe(BlkStatus.OK);
+      expect(same((await d.read(16, 4096)).data, data)).toBe(true);
+      expect(same(onDisk(file, 16 * SECTOR_SIZE, 4096), data)).toBe(true);
+    });
+    expect(readFileSync(log, 'utf8')).toMatch(/^pwrite 4096 8192 fua$/m);
   });
 });
 

@@ -18,6 +18,8 @@ export interface NbdServerOptions {
   image?: string;
   /** nbdkit memory: the export's size (default 64M). */
   size?: string;
+  /** nbdkit: another plugin and its parameters instead of `memory SIZE`. */
+  plugin?: string[];
   /** unix: the socket path. */
   socket?: string;
   readonly?: boolean;
@@ -81,7 +83,14 @@ function argv(o: NbdServerOptions, port: number): [string, string[]] {
   const ro = o.readonly ? ['-r'] : [];
   return [
     'nbdkit',
-    ['--foreground', '--exit-with-parent', ...where, ...ro, ...extra, 'memory', o.size ?? '64M'],
+    [
+      '--foreground',
+      '--exit-with-parent',
+      ...where,
+      ...ro,
+      ...extra,
+      ...(o.plugin ?? ['memory', o.size ?? '64M']),
+    ],
   ];
 }
 
