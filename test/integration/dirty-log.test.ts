@@ -218,6 +218,43 @@ describe('blk', () => {
   });
 });
 
+describe('blk with two queues', () => {
+  it("marks each ring's used element at that ring's log address", async () => {
+    const image = join(dir, 'mq.img');
+    const socket = join(dir, 'mq.sock');
+    writeFileSync(image, Buffer.alloc(4 * MiB));
+    const daemon = await startDaemon([
+      'blk',
+      '--socket-path',
+      socket,
+      '--image',
+      image,
+      '--queues',
+      '2',
+    ]);
+    daemons.push(daemon);
+    const drv = await BlkDriver.create({ socketPath: socket, queues: 2 });
+    try {
+      const bits = await drv.vmm.startDirtyLog();
+      for (const qi of [0, 1]) {
+        bits.fill(0);
+        const q = drv.vmm.queues[qi];
+        const slot = q.driver.usedIdx & (q.driver.size - 1);
+        expect((await drv.read(8, PAGE, qi)).status).toBe(0);
+        const marked = markedPages(bits);
+        for (const p of pagesOf(q.driver.usedRing + 4 + 8 * slot, 8)) expect(marked).toContain(p);
+        const other = drv.vmm.queues[1 - qi].driver.usedRing;
+        // The other ring's used ring was not written (unless it shares a page).
+        if (Math.floor(other / PAGE) !== Math.floor(q.driver.usedRing / PAGE))
+          expect(marked).not.toContain(Math.floor((other + 2) / PAGE));
+      }
+      await drv.vmm.stopDirtyLog();
+    } finally {
+      await drv.close();
+    }
+  });
+});
+
 describe('blk without LOG_SHMFD', () => {
   it('refuses SET_LOG_BASE', async () => {
     const image = join(dir, 'plain.img');
