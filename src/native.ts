@@ -169,9 +169,17 @@ export const NBD_FLAG = { FUA: 1, NO_HOLE: 2 } as const;
 /**
  * Bits of the status {@link NbdClient} returns: the directions libnbd waits
  * for (its LIBNBD_AIO_DIRECTION_*, the same values as POLL_READABLE /
- * POLL_WRITABLE), completions waiting for getEvents, connected, dead.
+ * POLL_WRITABLE), completions waiting for getEvents, connected, dead, and
+ * commands held for a connection.
  */
-export const NBD_STATUS = { READ: 1, WRITE: 2, COMPLETIONS: 4, READY: 8, DEAD: 16 } as const;
+export const NBD_STATUS = {
+  READ: 1,
+  WRITE: 2,
+  COMPLETIONS: 4,
+  READY: 8,
+  DEAD: 16,
+  HELD: 32,
+} as const;
 
 /** What an NBD server said about its export during the handshake (libnbd's nbd_get_* / nbd_can_*). */
 export interface NbdExportInfo {
