@@ -53,6 +53,7 @@ enum Cmd : uint32_t { kRead = 0, kWrite = 1, kFlush = 2, kTrim = 3, kZero = 4 };
 constexpr uint32_t kCompletions = 4;
 constexpr uint32_t kReady = 8;
 constexpr uint32_t kDead = 16;
+constexpr uint32_t kHeld = 32;
 static_assert(LIBNBD_AIO_DIRECTION_READ == 1 && LIBNBD_AIO_DIRECTION_WRITE == 2, "NBD_STATUS");
 
 constexpr int64_t kMaxDepth = 65536;
@@ -137,7 +138,7 @@ bool NbdClient::Start(const std::string& uri) {
 }
 
 uint32_t NbdClient::Status() {
-  uint32_t s = doneCount_ > 0 ? kCompletions : 0;
+  uint32_t s = (doneCount_ > 0 ? kCompletions : 0) | (held_.empty() ? 0 : kHeld);
   if (h_ == nullptr) return s | kDead;
   if (nbd_aio_is_dead(h_) || nbd_aio_is_closed(h_)) {
     connected_ = false;
@@ -146,6 +147,8 @@ uint32_t NbdClient::Status() {
   if (nbd_aio_is_ready(h_) || nbd_aio_is_processing(h_)) {
     if (!connected_) {
       connected_ = true;
+      // A failed attempt's message must not be blamed for this connection's end.
+      lastError_.clear();
       int64_t max = nbd_get_block_size(h_, LIBNBD_SIZE_MAXIMUM);
       maxChunk_ = max > 0 ? std::min(static_cast<uint64_t>(max), kDefaultMaxChunk)
                           : kDefaultMaxChunk;

@@ -293,8 +293,11 @@ export class NbdEngine implements IoEngine {
     if (this.state === 'closed') return;
     const dead = (status & NBD_STATUS.DEAD) !== 0;
     if (this.state === 'ready') {
-      if (dead) this.lost();
-      else this.watch(status & (NBD_STATUS.READ | NBD_STATUS.WRITE));
+      if (dead) return this.lost();
+      // Held on a live connection: the server answered NBD_ESHUTDOWN and is
+      // about to close it. Should it never do, the timeout fails them.
+      if (status & NBD_STATUS.HELD) this.armDeadline();
+      this.watch(status & (NBD_STATUS.READ | NBD_STATUS.WRITE));
       return;
     }
     // Reconnecting (or failing fast): status comes from the new handle, or is 0 (nothing issued).
@@ -440,6 +443,16 @@ export class NbdEngine implements IoEngine {
   /** The server stayed away for the whole timeout: fail what is held; fail new requests at once. */
   private expire(): void {
     this.deadlineTimer = null;
+    if (this.state === 'ready') {
+      if (this.client.held > 0) {
+        this.warn(
+          `--image ${this.uri}: the NBD server said it is shutting down but kept the connection ` +
+            `for ${this.timeoutMs} ms; failing ${this.client.held} held command(s) with EIO`,
+        );
+        this.deliver(this.client.failHeld(Errno.EIO));
+      }
+      return;
+    }
     if (this.state !== 'reconnecting') return;
     this.state = 'failing';
     this.warn(
