@@ -290,6 +290,7 @@ function controlledBlk(
     queueStats: () => splitQueueStats(dev.queueStats.snapshot(), dev.latency.series),
     latency: () => dev.latency.snapshots(),
     resize: (bytes) => set.resize(set.devices.indexOf(dev), bytes),
+    backup: dev.backups,
   };
 }
 

@@ -6,6 +6,7 @@
 import type { HistogramSnapshot } from '../locking/index.js';
 import type { RtOptions, ThreadRtState } from '../rt/index.js';
 import type { VhostUserServer } from '../vhost-user/server.js';
+import type { DeviceBackups } from '../worker/backup.js';
 import type { DeviceHost } from '../worker/device-host.js';
 
 /** One device (blk disk, net port, console, serial UART) as the control socket reports it. */
@@ -40,6 +41,8 @@ export interface ControlledDevice {
    * before and after. Absent for devices that cannot be resized.
    */
   resize?(bytes: number | undefined): Promise<{ previous: number; size: number }>;
+  /** Live backups and snapshots (blk only, issue 12): blockdev-backup, query-backups, backup-cancel, blockdev-snapshot. */
+  backup?: DeviceBackups;
 }
 
 /**

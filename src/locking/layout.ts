@@ -107,6 +107,12 @@ export const PACKET_RING = {
   /** Line 1, producer-written: frames dropped because the ring was full (u32, wraps). */
   DROPS: LINE + 1,
   /**
+   * Line 1, producer-written: 1 while the producer holds a frame for want of
+   * room (backpressure); the consumer reads it after storing TAIL and then
+   * rings the producer's doorbell.
+   */
+  WAITING: LINE + 2,
+  /**
    * Line 2, consumer-written: free-running u32 count of record bytes ever
    * released. Publishing it hands the space before it back to the producer.
    */
@@ -181,4 +187,104 @@ export function histogramSeriesStride(): number {
 /** Bytes of a histogram block holding `series` series. */
 export function histogramByteLength(series: number): number {
   return (HISTOGRAM.FIRST + series * histogramSeriesStride()) * Int32Array.BYTES_PER_ELEMENT;
+}
+
+// ─────────────────────────── BackupShare (src/io/backup-share.ts, issue 12) ───────────────────────────
+// The state a live backup shares between the blk device worker (which saves
+// old blocks into the journal before a guest write overwrites them) and the
+// backup copier thread (which drains the journal and the rest of the disk to
+// the target). One SharedArrayBuffer viewed as Int32Array: four header
+// lines grouped by writer, then arrays whose offsets backupLayout() derives
+// from the chunk and entry counts. The journal's bytes live in a second,
+// page-aligned buffer (entry e at e * CHUNK_BYTES).
+
+/** Written at create; attach() refuses buffers without it. ASCII 'BKUP'. */
+export const BACKUP_MAGIC_VALUE = 0x424b5550;
+/** Int32 indexes of the BackupShare header. */
+export const BACKUP = {
+  /** Line 0, immutable: {@link BACKUP_MAGIC_VALUE}. */
+  MAGIC: 0,
+  /** Line 0, immutable: bytes per chunk (the unit copied, journaled and tracked). */
+  CHUNK_BYTES: 1,
+  /** Line 0, immutable: chunks on the disk (the last one may be short). */
+  CHUNKS: 2,
+  /** Line 0, immutable: journal entries (one chunk each). */
+  ENTRIES: 3,
+  /**
+   * Line 1, device-written: free-running count of journal entries published
+   * to the copier (ENTRY_CHUNK and the entry's bytes before it). The futex
+   * word the copier waits on.
+   */
+  READY_HEAD: LINE,
+  /** Line 1, device-written: free-running count of freed entries taken back from the FREE ring. */
+  FREE_TAIL: LINE + 1,
+  /** Line 1, device-written: {@link BackupState}. */
+  STATE: LINE + 2,
+  /** Line 1, device-written: errno number of a failed journal read (the backup then fails); 0: none. */
+  FAILED_ERRNO: LINE + 3,
+  /** Line 1, device-written: chunks saved into the journal in all. */
+  JOURNALED: LINE + 4,
+  /** Line 1, device-written: guest requests that waited for a free journal entry (journal full). */
+  FULL_WAITS: LINE + 5,
+  /** Line 1, device-written: 1 while a guest request waits for a free entry (the copier rings the doorbell). */
+  DEVICE_WAITING: LINE + 6,
+  /** Line 1, device-written: most journal entries ever in use at once. */
+  HIGH_WATER: LINE + 7,
+  /** Line 2, copier-written: free-running count of READY entries consumed. */
+  READY_TAIL: 2 * LINE,
+  /** Line 2, copier-written: free-running count of entries handed back through the FREE ring. */
+  FREE_HEAD: 2 * LINE + 1,
+  /** Line 2, copier-written: chunks written to the target (distinct), the progress. */
+  COPIED: 2 * LINE + 2,
+  /** Line 2, copier-written: chunks written from the journal. */
+  FROM_JOURNAL: 2 * LINE + 3,
+  /** Line 3, main-thread-written: 1 asks the copier to stop (backup-cancel). Also a futex word. */
+  CANCEL: 3 * LINE,
+  /** First array (ENTRY_CHUNK); see backupLayout(). */
+  ARRAYS: 4 * LINE,
+} as const;
+
+/** BACKUP.STATE values (device-written). */
+export const BackupState = {
+  /** Writes are held until those in flight completed: the start instant is not reached yet. */
+  PENDING: 0,
+  /** The start instant passed: writes to chunks not yet copied save the old chunk first. */
+  ACTIVE: 1,
+  /** The device let go (completed, failed or cancelled): nothing is journaled any more. */
+  ENDED: 2,
+} as const;
+
+/**
+ * Int32 offsets of the BackupShare arrays for `chunks` chunks and `entries`
+ * journal entries: ENTRY_CHUNK (device-written: the chunk entry e holds),
+ * READY (device-written ring of entry numbers), FREE (copier-written ring of
+ * entry numbers), then three bitmaps of one bit per chunk in Int32 words:
+ * NEEDED (device-written before STATE turns ACTIVE, immutable after: the
+ * chunks this backup copies), CLAIMED (device-written: the old chunk is, or
+ * is being, saved in the journal — the copier must not copy it from disk),
+ * COPIED (copier-written: the chunk is in the target, or read from disk
+ * before any claim). `total` is the buffer's Int32 length.
+ */
+export function backupLayout(
+  chunks: number,
+  entries: number,
+): {
+  entryChunk: number;
+  ready: number;
+  free: number;
+  needed: number;
+  claimed: number;
+  copied: number;
+  total: number;
+} {
+  const words = Math.ceil(chunks / 32);
+  // Each array starts on a cache line of its own: its writer never shares a line with another's.
+  const up = (n: number) => Math.ceil(n / LINE) * LINE;
+  const entryChunk = BACKUP.ARRAYS;
+  const ready = entryChunk + up(entries);
+  const free = ready + up(entries);
+  const needed = free + up(entries);
+  const claimed = needed + up(words);
+  const copied = claimed + up(words);
+  return { entryChunk, ready, free, needed, claimed, copied, total: copied + up(words) };
 }

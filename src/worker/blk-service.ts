@@ -13,6 +13,7 @@ import { VhostRtError } from '../errors.js';
 import { type LatencyHistograms, StatCounters } from '../locking/index.js';
 import type { Logger } from '../log.js';
 import type { RtOptions } from '../rt/index.js';
+import { DeviceBackups } from './backup.js';
 import { type DeviceHost, DeviceWorkerSet } from './device-host.js';
 
 /** One device to start: its options and the RT options of the thread that serves it. */
@@ -40,6 +41,8 @@ export interface BlkDeviceHandle {
   sharedWorker: boolean;
   /** Resizes of this device run one after the other: the last one queued. */
   resizing: Promise<unknown>;
+  /** Its live backups and snapshots (issue 12). */
+  backups: DeviceBackups;
 }
 
 /**
@@ -145,6 +148,7 @@ export class BlkDeviceSet {
         'the device shares its worker thread with others (--single-thread)',
       );
     this.devices.splice(index, 1);
+    await handle.backups.close();
     await handle.resizing.catch(() => {});
     await handle.workers.shutdown();
   }
@@ -180,6 +184,8 @@ export class BlkDeviceSet {
 
   /** Completes in-flight I/O, closes the images and ends the worker threads. */
   async shutdown(): Promise<void> {
+    // A running backup is cancelled first (BACKUP_CANCELLED): its device then lets go of it.
+    await Promise.all(this.devices.map((d) => d.backups.close()));
     const sets = new Set(this.devices.map((d) => d.workers));
     await Promise.all([...sets].map((w) => w.shutdown()));
   }
@@ -214,7 +220,7 @@ async function startGroup(
   );
   return workers.hosts[0].map((host, i) => {
     if (host.description.kind !== 'blk') throw new TypeError('blk worker opened another kind');
-    return {
+    const handle: BlkDeviceHandle = {
       host,
       options: specs[i].options,
       info: host.description.info,
@@ -225,7 +231,18 @@ async function startGroup(
       workers,
       sharedWorker: specs.length > 1,
       resizing: Promise.resolve(),
+      backups: null as unknown as DeviceBackups,
     };
+    handle.backups = new DeviceBackups(
+      {
+        host,
+        image: specs[i].options.image,
+        engine: host.description.info.engine,
+        sizeBytes: () => handle.sizeBytes,
+      },
+      log,
+    );
+    return handle;
   });
 }
 

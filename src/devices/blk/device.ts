@@ -8,6 +8,10 @@
  * shared drain loop and read through one ChainReader / ChainWriter pair
  * re-pointed at each chain. Nothing is allocated per request or per kick.
  */
+
+import { VhostRtError } from '../../errors.js';
+import type { ChangedBlocks } from '../../io/backup-cbt.js';
+import type { BackupShareInit } from '../../io/backup-share.js';
 import { type IoEngine, IoOp, type IoOpCode } from '../../io/engine.js';
 import { IoprioPolicy, ioprioClass } from '../../io/ioprio.js';
 import { IoThrottle, type ThrottleLimits } from '../../io/throttle.js';
@@ -27,6 +31,7 @@ import {
   type Vring,
 } from '../../virtio/index.js';
 import { readConfigBytes, type VirtioDeviceModel } from '../device.js';
+import { BackupTracker } from './backup.js';
 import {
   BLK_ID_BYTES,
   BlkCacheMode,
@@ -71,6 +76,20 @@ export interface BlkDeviceOptions {
   ioprio?: IoprioPolicy;
   /** Token-bucket limits (QoS); absent or all 0: none. */
   throttle?: ThrottleLimits;
+  /** Changed-block tracking (issue 12): marked by every write, discard and write-zeroes; absent: none. */
+  cbt?: ChangedBlocks;
+}
+
+/** What `backup-start` answers once the start instant has passed (issue 12). */
+export interface BackupStarted {
+  /** The sync mode done: 'full' also when 'incremental' was asked but the bitmap is invalid. */
+  sync: 'full' | 'incremental';
+  /** Why an incremental became a full backup ('' when it did not). */
+  reason: string;
+  /** Chunks the backup copies. */
+  chunks: number;
+  /** The changed-block bitmap's generation (completed backups). */
+  generation: number;
 }
 
 /**
@@ -82,7 +101,18 @@ export interface BlkDeviceOptions {
 export type BlkCommand =
   | { type: 'resize'; bytes: number }
   /** block-set-io-throttle: new token-bucket limits (issue 14); answered with the limits in force. */
-  | { type: 'set-io-throttle'; limits: ThrottleLimits };
+  | { type: 'set-io-throttle'; limits: ThrottleLimits }
+  /**
+   * Live backup (issue 12): holds new writes, waits for those in flight (the
+   * start instant), then saves old chunks into the share's journal before
+   * guest writes overwrite them. Answered with a {@link BackupStarted}.
+   */
+  | { type: 'backup-start'; share: BackupShareInit; sync: 'full' | 'incremental' }
+  /** The backup is over: `ok` clears the changed blocks it copied, else they stay changed. */
+  | { type: 'backup-end'; ok: boolean }
+  /** A snapshot's instant: hold new writes, resolve once none is in flight; `release-writes` lets them go. */
+  | { type: 'hold-writes' }
+  | { type: 'release-writes' };
 
 /** slotType of a write that completed and now waits for its writethrough flush. */
 const WRITE_FLUSHING = 0xf0;
@@ -176,6 +206,16 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   private bytes: readonly Uint8Array[] = [];
   private retired: GuestMemory[] = [];
   private inFlight = 0;
+  /** The live backup (or write hold) in progress; null: none, and no cost per request. */
+  private backup: BackupTracker | null = null;
+  private readonly cbt: ChangedBlocks | null;
+  /** The changed blocks a running backup took over (given back if it fails). */
+  private cbtTaken: Int32Array | null = null;
+  /** Write-type requests handed to the engine and not finished (the start instant waits for 0). */
+  private writesInFlight = 0;
+  /** 1 while slot id's write-type request counts in {@link writesInFlight}. */
+  private readonly slotWrite: Uint8Array;
+  private writesIdle: (() => void) | null = null;
 
   constructor(options: BlkDeviceOptions) {
     this.engine = options.engine;
@@ -200,6 +240,8 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     this.slotDataLen = new Float64Array(slots);
     this.slotEnd = new Float64Array(slots);
     this.slotType = new Uint8Array(slots);
+    this.slotWrite = new Uint8Array(slots);
+    this.cbt = options.cbt ?? null;
     this.statusRegion = new Int32Array(slots);
     this.statusOffset = new Float64Array(slots);
     this.freeCount = new Int32Array(n);
@@ -280,6 +322,14 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
       case 'set-io-throttle':
         this.setIoThrottle(cmd.limits);
         return Promise.resolve(this.ioThrottle);
+      case 'backup-start':
+        return this.backupStart(cmd.share, cmd.sync);
+      case 'backup-end':
+        return this.backupEnd(cmd.ok);
+      case 'hold-writes':
+        return this.backupStart(null, 'full');
+      case 'release-writes':
+        return this.backupEnd(false);
     }
   }
 
@@ -293,6 +343,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
       throw new RangeError(`resize to ${bytes} bytes: must be a non-negative integer`);
     const capacity = capacityOf(bytes);
     const changed = capacity !== this.capacityBytes;
+    if (changed) this.cbt?.resized(capacity);
     this.capacityBytes = capacity;
     writeCapacity(this.config, capacity);
     // Only a real change is announced: a re-read (SIGHUP) of an unchanged image says nothing.
@@ -339,7 +390,93 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     if (this.memory !== null && this.inFlight > 0) this.retired.push(this.memory);
     this.memory = memory;
     this.bytes = memory.bytes;
-    this.engine.setBuffers(memory.buffers);
+    this.installBuffers();
+  }
+
+  /** The engine's buffers: guest memory, and a running backup's journal after it. */
+  private installBuffers(): void {
+    const buffers = this.memory?.buffers ?? [];
+    const share = this.backup?.share ?? null;
+    if (this.backup !== null) this.backup.journalBuffer = share === null ? -1 : buffers.length;
+    this.engine.setBuffers(share === null ? buffers : [...buffers, share.init.journal]);
+  }
+
+  /**
+   * `backup-start` (share null: `hold-writes`): new writes are held, those
+   * in flight complete — that moment is the start instant — then the backup
+   * becomes active (see backup.ts).
+   */
+  private async backupStart(
+    share: BackupShareInit | null,
+    sync: 'full' | 'incremental',
+  ): Promise<BackupStarted> {
+    if (this.backup !== null)
+      throw new VhostRtError(
+        'ERR_BACKUP_RUNNING',
+        'a backup or snapshot of this device is running',
+      );
+    const t = new BackupTracker({
+      share,
+      engine: this.engine,
+      slots: this.slotType.length,
+      maxIovs: this.chain.capacity,
+      diskBytes: this.capacityBytes,
+      hooks: { resume: (id) => this.resumeHeld(id), endBatch: () => this.endBackupBatch() },
+    });
+    this.backup = t;
+    this.installBuffers();
+    if (this.writesInFlight > 0)
+      await new Promise<void>((resolve) => {
+        this.writesIdle = resolve;
+      });
+    const cbt = this.cbt;
+    let reason = '';
+    if (sync === 'incremental' && (cbt === null || !cbt.valid)) {
+      reason = cbt?.invalidReason ?? 'no changed-block tracking on this device';
+      sync = 'full';
+    }
+    if (share === null) return { sync, reason, chunks: 0, generation: cbt?.generation ?? 0 };
+    this.cbtTaken = cbt?.take() ?? null;
+    t.activate(sync === 'incremental' ? this.cbtTaken : null);
+    this.endBackupBatch();
+    return { sync, reason, chunks: t.neededChunks, generation: cbt?.generation ?? 0 };
+  }
+
+  /** `backup-end` / `release-writes`: held writes go; the changed blocks are settled. */
+  private async backupEnd(ok: boolean): Promise<number> {
+    const t = this.backup;
+    if (t === null) return 0;
+    await t.end();
+    this.backup = null;
+    this.installBuffers();
+    const taken = this.cbtTaken;
+    this.cbtTaken = null;
+    if (t.share === null || this.cbt === null) return 0;
+    if (ok && t.failure === '') this.cbt.completed();
+    else if (taken !== null) this.cbt.giveBack(taken);
+    return this.cbt.generation;
+  }
+
+  /** A request the backup held may go now. */
+  private resumeHeld(id: number): void {
+    if (!(this.backup as BackupTracker).stage(id)) {
+      this.stats.add(BlkStat.ioErrors, 1);
+      this.finish(id, BlkStatus.IOERR, 0);
+      return;
+    }
+    this.countWrite(id);
+  }
+
+  /** Ends a batch the backup started (a doorbell, an activation): submit, publish, notify. */
+  private endBackupBatch(): void {
+    const t = this.backup;
+    if (t?.needsSubmit) {
+      t.needsSubmit = false;
+      this.engine.submit();
+    }
+    t?.publish();
+    this.flushNotifications();
+    this.acct?.publish();
   }
 
   /** Resolves once queue `index` has no request in flight. */
@@ -544,6 +681,10 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     if (write && this.geometry.readonly) return this.ioError();
     if (bytes === 0) return BlkStatus.OK;
     part.seek(write ? REQUEST_HEADER_SIZE : 0);
+    if (write) {
+      this.cbt?.mark(offset, bytes);
+      if (this.backup?.mustHold(offset, bytes)) return this.holdForBackup(id, op, offset, bytes);
+    }
     const firstIov = this.engine.stagedIovs;
     let count = part.stageIovecs(this.engine, bytes);
     if (count < 0) {
@@ -566,6 +707,24 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
       return this.startReadWrite(id, op, sector, true);
     }
     this.throttle?.charge(write, bytes);
+    if (write) this.countWrite(id);
+    return STARTED;
+  }
+
+  /** Counts a write-type request handed to the engine (the start instant waits for these). */
+  private countWrite(id: number): void {
+    this.slotWrite[id] = 1;
+    this.writesInFlight++;
+  }
+
+  /** Holds a write-type request for the backup (its payload's iovecs recorded); STARTED. */
+  private holdForBackup(id: number, op: IoOpCode, offset: number, bytes: number): number {
+    const write = op === IoOp.WRITE;
+    if (!(this.backup as BackupTracker).hold(id, op, offset, bytes, write ? this.reader : null))
+      return this.ioError();
+    this.slotDataLen[id] = write ? bytes : 0;
+    this.slotEnd[id] = offset + bytes;
+    if (write) this.throttle?.charge(true, bytes);
     return STARTED;
   }
 
@@ -588,8 +747,13 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
       return this.ioError();
     if (length === 0) return BlkStatus.OK;
     const unmap = flags & WRITE_ZEROES_FLAG_UNMAP;
+    const slowOp = unmap ? IoOp.DISCARD : op;
+    this.cbt?.mark(offset, length);
+    if (this.backup?.mustHold(offset, length))
+      return this.holdForBackup(id, slowOp, offset, length);
     this.slotEnd[id] = offset + length;
-    this.engine.queueSlowOp(unmap ? IoOp.DISCARD : op, offset, length, id);
+    this.engine.queueSlowOp(slowOp, offset, length, id);
+    this.countWrite(id);
     return STARTED;
   }
 
@@ -609,6 +773,11 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   }
 
   private complete(id: number, result: number): void {
+    // Past the request slots: a backup's journal read (userData slots + entry).
+    if (id >= this.slotType.length) {
+      this.backup?.readDone(id - this.slotType.length, result);
+      return;
+    }
     const type = this.slotType[id];
     const expected =
       type === BlkRequestType.IN || type === BlkRequestType.OUT ? this.slotDataLen[id] : 0;
@@ -644,12 +813,22 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
       used = dataWritten + 1;
     }
     q.vring?.addUsed(this.slotHead[id], used);
+    if (this.slotWrite[id] === 1) this.writeFinished(id);
     if (this.tailInFlight > 0 && this.slotEnd[id] > this.capacityBytes) this.tailEnded();
     this.slotEnd[id] = 0;
     this.releaseSlot(queue, id % this.slotsPerQueue);
     q.inFlight--;
     this.inFlight--;
     if (q.inFlight === 0) q.onIdle?.();
+  }
+
+  /** A counted write-type request finished; the last one wakes a backup waiting for its start instant. */
+  private writeFinished(id: number): void {
+    this.slotWrite[id] = 0;
+    if (--this.writesInFlight > 0 || this.writesIdle === null) return;
+    const idle = this.writesIdle;
+    this.writesIdle = null;
+    idle();
   }
 
   /** One request in flight past a shrink's new end finished; the last wakes the resize. */
@@ -661,10 +840,13 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   }
 
   private endCompletionBatch(): void {
-    if (this.flushQueued) {
+    const backup = this.backup;
+    if (this.flushQueued || backup?.needsSubmit === true) {
       this.flushQueued = false;
+      if (backup !== null) backup.needsSubmit = false;
       this.engine.submit();
     }
+    backup?.publish();
     if (this.inFlight === 0 && this.retired.length > 0) this.retired = [];
     this.flushNotifications();
     this.acct?.publish();
@@ -714,8 +896,10 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   async close(): Promise<void> {
     if (this.throttleTimer !== null) clearTimeout(this.throttleTimer);
     this.throttleTimer = null;
+    if (this.backup !== null) await this.backupEnd(false);
     for (let i = 0; i < this.queues.length; i++) await this.quiesce(i);
     this.engine.close();
+    this.cbt?.persist();
   }
 
   /** Requests in flight on every queue. */

@@ -3,6 +3,7 @@
  * engine, then the model over it.
  */
 import { ConfigError } from '../../errors.js';
+import { ChangedBlocks } from '../../io/backup-cbt.js';
 import { lockedWhileOpen, lockImage } from '../../io/image-lock.js';
 import {
   createEngine,
@@ -15,6 +16,7 @@ import {
 import { StatCounters } from '../../locking/index.js';
 import { probeIoprio } from '../../rt/index.js';
 import { type DeviceEnv, describeModel, type OpenedDevice } from '../device.js';
+import { JOURNAL_READS_MAX } from './backup.js';
 import { BlkDevice } from './device.js';
 import type { BlkDeviceInit, BlkInfo } from './options.js';
 import { BLK_STAT_NAMES, BlkAccounting } from './stats.js';
@@ -29,7 +31,8 @@ export function openBlkDevice(init: BlkDeviceInit, env: DeviceEnv): OpenedDevice
       path: o.image,
       readonly: o.readonly,
       direct: o.direct,
-      depth: o.queues * o.queueSize,
+      // A live backup's journal reads (issue 12) share the engine with the guest's requests.
+      depth: o.queues * o.queueSize + JOURNAL_READS_MAX,
       maxIovs: o.queueSize * (o.queueSize + 2),
       warn: env.warn,
       uringSqpoll: o.uringSqpoll,
@@ -80,6 +83,11 @@ export function openBlkDevice(init: BlkDeviceInit, env: DeviceEnv): OpenedDevice
     configChanged: env.configChanged,
     ioprio: new IoprioPolicy(o.guestIoprio, o.ioprio),
     throttle: o.throttle,
+    // Changed-block tracking (issue 12): persisted next to a local, writable image only.
+    cbt:
+      o.aio === 'nbd' || o.readonly
+        ? ChangedBlocks.inMemory(engine.sizeBytes)
+        : ChangedBlocks.open(o.image, engine.sizeBytes, env.warn),
   });
   const pollUs = o.pollUs ?? 0;
   const info: BlkInfo = {

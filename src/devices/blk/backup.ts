@@ -1,0 +1,465 @@
+/**
+ * The blk device's side of a live backup (issue 12): the guest's writes are
+ * never written to the backup target on their way to the disk. Instead, a
+ * write (or discard, write-zeroes) that touches a chunk the backup still
+ * needs and has not copied is held, the chunk's old bytes are read into a
+ * preallocated in-memory journal (one read through the device's own
+ * engine), and only then is the guest's write submitted. The backup copier
+ * thread (src/worker/backup-copier.ts), at idle CPU and I/O priority, drains
+ * the journal and the rest of the disk to the target. So a guest write that
+ * hits an uncopied chunk waits for ONE disk read (the old chunk), never for
+ * the target; every later write to that chunk, and every write to a copied
+ * chunk, waits for nothing.
+ *
+ * Journal full — the policy: THROTTLE. A request that needs an entry while
+ * none is free stays held until the copier frees one (it rings the
+ * doorbell eventfd): the guest's writes to uncopied chunks go at the
+ * copier's drain rate. Each such request is counted (BACKUP.FULL_WAITS).
+ * Nothing is ever dropped, and no write reaches the disk before its old
+ * chunk is safe.
+ *
+ * The start instant: while the tracker is PENDING every new write is held
+ * and those already in flight complete; the instant they have, NEEDED is
+ * written and the state turns ACTIVE. The held writes then go through the
+ * journal rule like any other.
+ *
+ * Held requests keep their iovecs in a table preallocated per request slot
+ * (the chain reader is re-pointed per request): no allocation per request.
+ */
+
+import { BackupShare, type BackupShareInit } from '../../io/backup-share.js';
+import type { IoEngine, IoOpCode } from '../../io/engine.js';
+import { IoOp } from '../../io/engine.js';
+import { BACKUP, BackupState } from '../../locking/layout.js';
+import { type FdWatcher, native, POLL_READABLE } from '../../native.js';
+
+/** Most journal reads a device has in flight at once (its engine's depth is raised by this many). */
+export const JOURNAL_READS_MAX = 32;
+
+/** Chunk states the device keeps for itself. */
+const NOT_SAVED = 0;
+const READING = 1;
+const SAVED = 2;
+
+/** What the tracker asks of its device. */
+export interface BackupTrackerHooks {
+  /** A held request may go now: the device stages it (see {@link BackupTracker.stage}) and counts it in flight. */
+  resume(id: number): void;
+  /** A batch started outside the device's own batches (the doorbell) is over: submit and notify. */
+  endBatch(): void;
+}
+
+/** Where the tracker gets its data. */
+export interface BackupTrackerOptions {
+  /** The share of a backup; null for a plain hold of writes (a snapshot's instant). */
+  share: BackupShareInit | null;
+  engine: IoEngine;
+  /** Request slots of the device; journal reads complete with userData slots + entry. */
+  slots: number;
+  /** Most iovecs one request may carry. */
+  maxIovs: number;
+  diskBytes: number;
+  hooks: BackupTrackerHooks;
+}
+
+/**
+ * One backup (or one hold) on a blk device, driven from its worker thread.
+ * The device asks {@link mustHold} for each write-type request, {@link hold}s
+ * those that must wait, and hands journal-read completions to {@link readDone}.
+ */
+export class BackupTracker {
+  /** The share, or null for a plain hold. */
+  readonly share: BackupShare | null;
+  /** PENDING, ACTIVE or ENDED (BackupState), as this thread sees it. */
+  state: number = BackupState.PENDING;
+  /** userData of journal entry 0's read. */
+  readonly readBase: number;
+  /** Errno name of a failed journal read ('' while none failed). */
+  failure = '';
+  /** Chunks this backup copies (set by activate). */
+  neededChunks = 0;
+  private readonly engine: IoEngine;
+  private readonly hooks: BackupTrackerHooks;
+  private readonly diskBytes: number;
+  private readonly maxIovs: number;
+  private readonly heldOp: Uint8Array;
+  private readonly heldOffset: Float64Array;
+  private readonly heldLength: Float64Array;
+  private readonly heldIovCount: Int32Array;
+  private readonly heldIovs: Float64Array;
+  /** The request was counted as waiting for a free entry (counted once). */
+  private readonly heldFull: Uint8Array;
+  private readonly heldList: Int32Array;
+  private heldCount = 0;
+  private readonly chunkState: Uint8Array;
+  /** NEEDED as this thread wrote it (read without atomics: only this thread writes it). */
+  private needed: Int32Array;
+  private readonly freeStack: Int32Array;
+  private freeCount = 0;
+  private readsInFlight = 0;
+  /** READY entries published by this thread (stored to READY_HEAD once per batch). */
+  private readyHead = 0;
+  private freeTail = 0;
+  private dirty = false;
+  /** Staged resumed requests or journal reads since the last submit. */
+  needsSubmit = false;
+  /** The engine buffer index of the journal (set by the device when it installs the buffers). */
+  journalBuffer = -1;
+  private watcher: FdWatcher | null = null;
+  private recordAt = 0;
+  private onReadsDone: (() => void) | null = null;
+  private pumping = false;
+  private repump = false;
+  /** Records a chain's iovecs into the held table (an IovecSink for ChainReader.stageIovecs). */
+  private readonly recorder = {
+    addIov: (buffer: number, offset: number, length: number): boolean => {
+      const at = this.recordAt;
+      const end = Math.floor(at / (3 * this.maxIovs)) * 3 * this.maxIovs + 3 * this.maxIovs;
+      if (at + 3 > end) return false;
+      this.heldIovs[at] = buffer;
+      this.heldIovs[at + 1] = offset;
+      this.heldIovs[at + 2] = length;
+      this.recordAt = at + 3;
+      return true;
+    },
+  };
+
+  constructor(o: BackupTrackerOptions) {
+    this.share = o.share === null ? null : BackupShare.attach(o.share);
+    this.engine = o.engine;
+    this.hooks = o.hooks;
+    this.diskBytes = o.diskBytes;
+    this.maxIovs = o.maxIovs;
+    this.readBase = o.slots;
+    this.heldOp = new Uint8Array(o.slots);
+    this.heldOffset = new Float64Array(o.slots);
+    this.heldLength = new Float64Array(o.slots);
+    this.heldIovCount = new Int32Array(o.slots);
+    this.heldIovs = new Float64Array(o.slots * o.maxIovs * 3);
+    this.heldFull = new Uint8Array(o.slots);
+    this.heldList = new Int32Array(o.slots);
+    const s = this.share;
+    this.chunkState = new Uint8Array(s?.chunks ?? 0);
+    this.needed = new Int32Array(0);
+    this.freeStack = Int32Array.from({ length: s?.entries ?? 0 }, (_, i) => i);
+    this.freeCount = this.freeStack.length;
+    if (s !== null) {
+      const fd = s.init.doorbellFd;
+      this.watcher = new native.FdWatcher(fd, () => this.doorbell());
+      this.watcher.start(POLL_READABLE);
+    }
+  }
+
+  /** Requests held now. */
+  get held(): number {
+    return this.heldCount;
+  }
+
+  /**
+   * The start instant: `needed` (one bit per chunk; null: every chunk) is
+   * what this backup copies. Published with STATE = ACTIVE; held requests go
+   * through the journal rule from here on.
+   */
+  activate(needed: Int32Array | null): void {
+    const s = this.share;
+    if (s === null) return;
+    const words = Math.ceil(s.chunks / 32);
+    const bits = new Int32Array(words);
+    let count = 0;
+    for (let c = 0; c < s.chunks; c++) {
+      if (needed !== null && (needed[c >>> 5] & (1 << (c & 31))) === 0) continue;
+      bits[c >>> 5] |= 1 << (c & 31);
+      count++;
+    }
+    this.needed = bits;
+    this.neededChunks = count;
+    for (let w = 0; w < words; w++) s.i32[s.at.needed + w] = bits[w];
+    // Sequentially consistent: NEEDED's plain stores above are visible to a copier that loads ACTIVE.
+    Atomics.store(s.i32, BACKUP.STATE, BackupState.ACTIVE);
+    this.state = BackupState.ACTIVE;
+    this.pump();
+  }
+
+  /** Whether a write-type request over [offset, offset + length) must wait (see the module comment). */
+  mustHold(offset: number, length: number): boolean {
+    if (this.state === BackupState.PENDING) return true;
+    if (this.state !== BackupState.ACTIVE) return false;
+    const s = this.share as BackupShare;
+    const first = Math.floor(offset / s.chunkBytes);
+    const last = Math.min(Math.floor((offset + length - 1) / s.chunkBytes), s.chunks - 1);
+    for (let c = first; c <= last; c++) {
+      if ((this.needed[c >>> 5] & (1 << (c & 31))) === 0) continue;
+      const st = this.chunkState[c];
+      if (st === SAVED) continue;
+      // Atomics.load (in bit): pairs with the copier's store of COPIED after its post-read check.
+      if (st === NOT_SAVED && s.bit(s.at.copied, c)) {
+        this.chunkState[c] = SAVED;
+        continue;
+      }
+      return true;
+    }
+    return false;
+  }
+
+  /**
+   * Holds request `id` (op, range; `source` stages a write's payload, null
+   * for discard / write-zeroes) and starts saving the chunks it needs.
+   * False when its iovecs do not fit the table (the device fails it).
+   */
+  hold(
+    id: number,
+    op: IoOpCode,
+    offset: number,
+    length: number,
+    source: {
+      stageIovecs(sink: { addIov(b: number, o: number, l: number): boolean }, n: number): number;
+    } | null,
+  ): boolean {
+    this.recordAt = id * this.maxIovs * 3;
+    let count = 0;
+    if (source !== null) {
+      count = source.stageIovecs(this.recorder, length);
+      if (count < 0) return false;
+    }
+    this.heldOp[id] = op + 1;
+    this.heldOffset[id] = offset;
+    this.heldLength[id] = length;
+    this.heldIovCount[id] = count;
+    this.heldFull[id] = 0;
+    this.heldList[this.heldCount++] = id;
+    if (this.state === BackupState.ACTIVE) this.pump();
+    return true;
+  }
+
+  /**
+   * Stages held request `id` into the engine (its iovecs, then its op);
+   * false when the engine refuses it even after a submit.
+   */
+  stage(id: number): boolean {
+    const e = this.engine;
+    const op = (this.heldOp[id] - 1) as IoOpCode;
+    this.heldOp[id] = 0;
+    this.needsSubmit = true;
+    if (op !== IoOp.READ && op !== IoOp.WRITE) {
+      e.queueSlowOp(op, this.heldOffset[id], this.heldLength[id], id);
+      return true;
+    }
+    for (let attempt = 0; attempt < 2; attempt++) {
+      if (this.stageOnce(id, op)) return true;
+      e.submit();
+    }
+    return false;
+  }
+
+  private stageOnce(id: number, op: IoOpCode): boolean {
+    const e = this.engine;
+    const first = e.stagedIovs;
+    const base = id * this.maxIovs * 3;
+    const count = this.heldIovCount[id];
+    for (let i = 0; i < count; i++) {
+      const at = base + 3 * i;
+      if (!e.addIov(this.heldIovs[at], this.heldIovs[at + 1], this.heldIovs[at + 2])) return false;
+    }
+    return e.queueReadWrite(op, this.heldOffset[id], first, count, id);
+  }
+
+  /**
+   * Walks the held requests in the order they were held: each whose chunks
+   * are all safe goes (hooks.resume); the others claim what they can.
+   */
+  private pump(): void {
+    // Re-entered from a completion that a resumed request's submit delivered at once (sync
+    // engines): the outer walk goes round once more instead.
+    if (this.pumping) {
+      this.repump = true;
+      return;
+    }
+    this.pumping = true;
+    try {
+      do {
+        this.repump = false;
+        this.walk();
+      } while (this.repump);
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  /** One walk over the held list, in the order requests were held. */
+  private walk(): void {
+    const list = this.heldList;
+    const n = this.heldCount;
+    let kept = 0;
+    for (let i = 0; i < n; i++) {
+      const id = list[i];
+      if (this.state === BackupState.ACTIVE && !this.advance(id)) list[kept++] = id;
+      // resume may re-enter pump through a completion: that only sets repump.
+      else this.hooks.resume(id);
+    }
+    // Requests held during the walk (a completion re-draining a queue) wait for the repump.
+    for (let j = n; j < this.heldCount; j++) list[kept++] = list[j];
+    this.heldCount = kept;
+  }
+
+  /** Claims the chunks request `id` needs; true once every one is saved (or copied). */
+  private advance(id: number): boolean {
+    const s = this.share as BackupShare;
+    const offset = this.heldOffset[id];
+    const first = Math.floor(offset / s.chunkBytes);
+    const last = Math.min(
+      Math.floor((offset + this.heldLength[id] - 1) / s.chunkBytes),
+      s.chunks - 1,
+    );
+    let ready = true;
+    for (let c = first; c <= last; c++) {
+      if ((this.needed[c >>> 5] & (1 << (c & 31))) === 0) continue;
+      const st = this.chunkState[c];
+      if (st === SAVED) continue;
+      // Atomics.load (in bit): the copier stored COPIED after its post-read check of CLAIMED.
+      if (st === NOT_SAVED && s.bit(s.at.copied, c)) {
+        this.chunkState[c] = SAVED;
+        continue;
+      }
+      ready = false;
+      if (st === NOT_SAVED && !this.claim(c, id)) break;
+    }
+    return ready;
+  }
+
+  /**
+   * Saves chunk `c`: CLAIMED first (the copier will not copy it from disk
+   * any more), then the read of its old bytes into a free entry. False when
+   * no entry is free or too many reads are in flight (the request waits).
+   */
+  private claim(c: number, id: number): boolean {
+    const s = this.share as BackupShare;
+    if (this.readsInFlight >= JOURNAL_READS_MAX) return false;
+    if (this.freeCount === 0 && !this.refill()) {
+      if (this.heldFull[id] === 0) {
+        this.heldFull[id] = 1;
+        s.i32[BACKUP.FULL_WAITS]++;
+        this.dirty = true;
+      }
+      return false;
+    }
+    const e = this.freeStack[--this.freeCount];
+    const length = s.chunkLength(c, this.diskBytes);
+    const eng = this.engine;
+    const iov = eng.stagedIovs;
+    if (
+      !eng.addIov(this.journalBuffer, e * s.chunkBytes, length) ||
+      !eng.queueReadWrite(IoOp.READ, c * s.chunkBytes, iov, 1, this.readBase + e)
+    ) {
+      // The staging table is full: give the entry back and try on the next pump.
+      this.freeCount++;
+      return false;
+    }
+    // Sequentially consistent store, BEFORE the journal read and the guest write are submitted:
+    // the copier's Atomics.load after its own disk read of c orders against it (backup-share.ts).
+    s.setBit(s.at.claimed, c);
+    s.i32[s.at.entryChunk + e] = c;
+    this.chunkState[c] = READING;
+    this.readsInFlight++;
+    this.needsSubmit = true;
+    return true;
+  }
+
+  /**
+   * Takes back entries the copier freed (FREE ring). When none: says so
+   * (DEVICE_WAITING) and looks once more, so a free published meanwhile is not missed.
+   */
+  private refill(): boolean {
+    const s = this.share as BackupShare;
+    const take = () => {
+      // Atomics.load of FREE_HEAD orders after the copier's stores of the ring slots before it.
+      const head = Atomics.load(s.i32, BACKUP.FREE_HEAD);
+      while (this.freeTail !== head) {
+        this.freeStack[this.freeCount++] = s.i32[s.at.free + (this.freeTail % s.entries)];
+        this.freeTail++;
+      }
+      Atomics.store(s.i32, BACKUP.FREE_TAIL, this.freeTail);
+      return this.freeCount > 0;
+    };
+    if (take()) return true;
+    // Stored before the second look; the copier stores FREE_HEAD before it loads DEVICE_WAITING.
+    Atomics.store(s.i32, BACKUP.DEVICE_WAITING, 1);
+    return take();
+  }
+
+  /** A journal read finished: the chunk is safe (or the backup failed); held requests move on. */
+  readDone(entry: number, result: number): void {
+    const s = this.share as BackupShare;
+    this.readsInFlight--;
+    const c = s.i32[s.at.entryChunk + entry];
+    if (result !== s.chunkLength(c, this.diskBytes)) {
+      this.fail(result < 0 ? -result : 5);
+    } else if (this.state === BackupState.ACTIVE) {
+      this.chunkState[c] = SAVED;
+      s.i32[s.at.ready + (this.readyHead % s.entries)] = entry;
+      this.readyHead++;
+      s.i32[BACKUP.JOURNALED]++;
+      this.dirty = true;
+    }
+    if (this.readsInFlight === 0) this.onReadsDone?.();
+    this.pump();
+  }
+
+  /** The old bytes of a chunk could not be read: the backup cannot be exact any more, it fails. */
+  private fail(errno: number): void {
+    const s = this.share as BackupShare;
+    if (this.state !== BackupState.ACTIVE) return;
+    this.failure = errnoName(errno);
+    Atomics.store(s.i32, BACKUP.FAILED_ERRNO, errno);
+    this.state = BackupState.ENDED;
+  }
+
+  /**
+   * Once per batch: publishes the READY entries (one Atomics.store of
+   * READY_HEAD, which orders the ring slots and ENTRY_CHUNK before it) and
+   * wakes the copier if it waits on it.
+   */
+  publish(): void {
+    const s = this.share;
+    if (s === null || !this.dirty) return;
+    this.dirty = false;
+    Atomics.store(s.i32, BACKUP.READY_HEAD, this.readyHead);
+    const inUse = s.entries - this.freeCount;
+    if (inUse > s.i32[BACKUP.HIGH_WATER]) s.i32[BACKUP.HIGH_WATER] = inUse;
+    Atomics.notify(s.i32, BACKUP.READY_HEAD);
+  }
+
+  /** The copier freed entries while a request waited: take them, move on, end the batch. */
+  private doorbell(): void {
+    const s = this.share as BackupShare;
+    native.eventfdRead(s.init.doorbellFd);
+    Atomics.store(s.i32, BACKUP.DEVICE_WAITING, 0);
+    this.refill();
+    this.pump();
+    this.publish();
+    this.hooks.endBatch();
+  }
+
+  /**
+   * The backup is over (or the hold released): nothing is journaled any
+   * more, every held request goes. Resolves once no journal read is in
+   * flight (only then may the device drop the journal buffer).
+   */
+  end(): Promise<void> {
+    if (this.share !== null) Atomics.store(this.share.i32, BACKUP.STATE, BackupState.ENDED);
+    this.state = BackupState.ENDED;
+    this.watcher?.close();
+    this.watcher = null;
+    this.pump();
+    this.hooks.endBatch();
+    if (this.readsInFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.onReadsDone = resolve;
+    });
+  }
+}
+
+/** An errno number's name (EIO, ENOSPC...), or `errno N`. */
+export function errnoName(errno: number): string {
+  const names: Record<number, string> = { 5: 'EIO', 28: 'ENOSPC', 22: 'EINVAL', 12: 'ENOMEM' };
+  return names[errno] ?? `errno ${errno}`;
+}

@@ -1,0 +1,397 @@
+/**
+ * The backup copier thread (issue 12): one per running backup, at idle CPU
+ * priority (SCHED_IDLE, or SCHED_BATCH when asked) and the idle I/O class.
+ * It copies the disk's chunks that the backup needs to the target — a raw
+ * file (preadv/pwritev on this thread, so the idle I/O class applies to
+ * them) or an NBD export (the nbd engine) — and drains the journal the blk
+ * device fills with chunks the guest was about to overwrite. It never
+ * stands in the guest's path: a guest write waits for the copier only when
+ * the journal is full (the THROTTLE policy, src/devices/blk/backup.ts).
+ *
+ * Exactness (see src/io/backup-share.ts): a chunk read from disk is written
+ * to the target only if it was not CLAIMED when the read had completed;
+ * otherwise the journal's copy, read before the guest's write, is the one
+ * written.
+ */
+import { getSystemErrorName } from 'node:util';
+import { BackupShare, type BackupShareInit } from '../io/backup-share.js';
+import {
+  createEngine,
+  type IoEngine,
+  IoOp,
+  type IoOpCode,
+  IoprioClass,
+  ioprioValue,
+} from '../io/index.js';
+import { BACKUP } from '../locking/layout.js';
+import { native } from '../native.js';
+import { applyRtOptions, lowerToBackground } from '../rt/index.js';
+import { postEvent, postLog, runWorker } from '../thread/index.js';
+
+/** Chunks copied from disk per read (1 MiB with 64 KiB chunks). */
+export const COPY_BATCH_CHUNKS = 16;
+/** Least time between two progress events from the copier (ms). */
+export const PROGRESS_INTERVAL_MS = 1000;
+/** How long the copier waits on an empty journal before it looks at CANCEL again (ms). */
+const JOURNAL_WAIT_MS = 200;
+
+/** workerData of the copier. */
+export interface BackupCopierInit {
+  share: BackupShareInit;
+  /** The device's image (path or NBD URI) and the engine to read it with. */
+  image: string;
+  imageEngine: 'sync' | 'nbd';
+  /** The target (file path or NBD URI) and the engine to write it with. */
+  target: string;
+  targetEngine: 'sync' | 'nbd';
+  diskBytes: number;
+  /** Bytes per second to the target; 0: no limit. */
+  speed: number;
+  /** CPU scheduling of the copier: 'idle' (default) or 'batch'. */
+  policy: 'idle' | 'batch';
+}
+
+/** What the copier reports on its own. */
+export type BackupCopierEvent =
+  | { type: 'progress'; copiedChunks: number; fromJournal: number; bytesWritten: number }
+  | { type: 'completed'; copiedChunks: number; fromJournal: number; bytesWritten: number }
+  | { type: 'failed'; code: string; reason: string };
+
+/** Commands of the copier: `run` starts copying (after the device passed the start instant). */
+export type BackupCopierCommand = { op: 'run' };
+
+/** A backup that cannot go on: `code` says why (ERR_BACKUP_TARGET, ERR_BACKUP_CANCELLED...). */
+class CopyFailure extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** One engine driven as promises (the copier's I/O is not on any guest's path). */
+class EngineIo {
+  private next = 0;
+  private readonly waiting = new Map<number, (result: number) => void>();
+
+  constructor(readonly engine: IoEngine) {
+    engine.onComplete(
+      (userData, result) => {
+        const done = this.waiting.get(userData);
+        this.waiting.delete(userData);
+        done?.(result);
+      },
+      () => {},
+    );
+  }
+
+  /** One read or write of `length` bytes at `offset` from/to buffer `buffer` at `at`. */
+  rw(op: IoOpCode, offset: number, buffer: number, at: number, length: number): Promise<number> {
+    const id = this.next++;
+    const e = this.engine;
+    return new Promise((resolve) => {
+      this.waiting.set(id, resolve);
+      const first = e.stagedIovs;
+      if (!e.addIov(buffer, at, length)) return resolve(-22);
+      if (!e.queueReadWrite(op, offset, first, 1, id, IDLE_IOPRIO)) return resolve(-22);
+      e.submit();
+    });
+  }
+
+  /** Makes what was written durable. */
+  flush(): Promise<number> {
+    const id = this.next++;
+    return new Promise((resolve) => {
+      this.waiting.set(id, resolve);
+      this.engine.queueSlowOp(IoOp.FLUSH, 0, 0, id);
+      this.engine.submit();
+    });
+  }
+}
+
+/** Atomics.waitAsync (Node 20 has it; the ES2022 lib this project compiles against does not name it). */
+const waitAsync = (
+  Atomics as unknown as {
+    waitAsync(
+      a: Int32Array,
+      index: number,
+      value: number,
+      timeoutMs: number,
+    ): { async: boolean; value: Promise<string> | string };
+  }
+).waitAsync;
+
+/** The idle I/O class: the copier's reads and writes go when nobody else's do. */
+const IDLE_IOPRIO = ioprioValue(IoprioClass.IDLE, 7);
+/** Engine buffer indexes. */
+const JOURNAL = 0;
+const COPY = 1;
+
+/** The copy itself. */
+class Copier {
+  private readonly s: BackupShare;
+  private readonly copyBuf: SharedArrayBuffer;
+  private src: EngineIo | null = null;
+  private dst: EngineIo | null = null;
+  private readyTail = 0;
+  private freeHead = 0;
+  private copied = 0;
+  private fromJournal = 0;
+  private written = 0;
+  private readonly started = performance.now();
+  private lastProgress = 0;
+  private readonly needed: number;
+
+  constructor(private readonly init: BackupCopierInit) {
+    this.s = BackupShare.attach(init.share);
+    const bytes = COPY_BATCH_CHUNKS * this.s.chunkBytes;
+    const fd = native.memfdCreate('vhost-rt-backup-copy', bytes);
+    try {
+      this.copyBuf = native.mmapShared(fd, bytes, 0);
+    } finally {
+      native.close(fd);
+    }
+    let n = 0;
+    for (let c = 0; c < this.s.chunks; c++) if (this.s.bit(this.s.at.needed, c)) n++;
+    this.needed = n;
+  }
+
+  /** Opens the image (read-only) and the target. */
+  open(): void {
+    const common = {
+      readonly: false,
+      direct: true,
+      depth: 4,
+      maxIovs: 4,
+      warn: (m: string) => postLog('warn', m),
+    };
+    const buffers = [this.s.init.journal, this.copyBuf];
+    const src = createEngine(this.init.imageEngine, {
+      ...common,
+      path: this.init.image,
+      readonly: true,
+      ...nbdTimeout(this.init.imageEngine),
+    });
+    src.setBuffers(buffers);
+    this.src = new EngineIo(src);
+    let dst: IoEngine;
+    try {
+      dst = createEngine(this.init.targetEngine, {
+        ...common,
+        path: this.init.target,
+        ...nbdTimeout(this.init.targetEngine),
+      });
+    } catch (err) {
+      src.close();
+      throw err;
+    }
+    dst.setBuffers(buffers);
+    this.dst = new EngineIo(dst);
+  }
+
+  /** Copies everything; resolves with the totals or rejects with a CopyFailure. */
+  async run(): Promise<BackupCopierEvent> {
+    const s = this.s;
+    for (let c = 0; c < s.chunks; ) {
+      await this.drainJournal();
+      this.check();
+      if (!this.wanted(c)) {
+        c++;
+        continue;
+      }
+      let n = 1;
+      while (n < COPY_BATCH_CHUNKS && c + n < s.chunks && this.wanted(c + n)) n++;
+      await this.copyFromDisk(c, n);
+      c += n;
+    }
+    // What is left: chunks the device claimed, whose journal entries are still coming.
+    while (this.copied < this.needed) {
+      if (!(await this.drainJournal())) await this.waitReady();
+      this.check();
+    }
+    const r = await (this.dst as EngineIo).flush();
+    if (r < 0) throw targetFailure('flushing the target', r);
+    return { type: 'completed', ...this.totals() };
+  }
+
+  private totals() {
+    return { copiedChunks: this.copied, fromJournal: this.fromJournal, bytesWritten: this.written };
+  }
+
+  /** Needed, not copied, not claimed: this pass copies it from disk. */
+  private wanted(c: number): boolean {
+    const s = this.s;
+    return s.bit(s.at.needed, c) && !s.bit(s.at.copied, c) && !s.bit(s.at.claimed, c);
+  }
+
+  /** Reads chunks [c, c + n) from disk, then writes those still unclaimed to the target. */
+  private async copyFromDisk(c: number, n: number): Promise<void> {
+    const s = this.s;
+    const offset = c * s.chunkBytes;
+    const length = Math.min(n * s.chunkBytes, this.init.diskBytes - offset);
+    const r = await (this.src as EngineIo).rw(IoOp.READ, offset, COPY, 0, length);
+    if (r !== length)
+      throw new CopyFailure(
+        'ERR_BACKUP_SOURCE',
+        `reading the disk at ${offset} failed: ${errnoText(r)}`,
+      );
+    for (let i = 0; i < n; ) {
+      // Atomics.load after the read completed (bit): a claim not seen here came after the read.
+      if (s.bit(s.at.claimed, c + i)) {
+        i++;
+        continue;
+      }
+      let j = i;
+      while (j < n && !s.bit(s.at.claimed, c + j)) this.markCopied(c + j++);
+      const at = i * s.chunkBytes;
+      await this.write(offset + at, COPY, at, Math.min(j * s.chunkBytes, length) - at);
+      i = j;
+    }
+  }
+
+  /** Writes journal entries published so far; false when there were none. */
+  private async drainJournal(): Promise<boolean> {
+    const s = this.s;
+    // Atomics.load of READY_HEAD: the device stored the ring slots, ENTRY_CHUNK and the bytes before it.
+    const head = Atomics.load(s.i32, BACKUP.READY_HEAD);
+    if (head === this.readyTail) return false;
+    while (this.readyTail !== head) {
+      const e = s.i32[s.at.ready + (this.readyTail % s.entries)];
+      const c = s.i32[s.at.entryChunk + e];
+      await this.write(
+        c * s.chunkBytes,
+        JOURNAL,
+        e * s.chunkBytes,
+        s.chunkLength(c, this.init.diskBytes),
+      );
+      this.markCopied(c);
+      this.fromJournal++;
+      this.readyTail++;
+      Atomics.store(s.i32, BACKUP.READY_TAIL, this.readyTail);
+      s.i32[s.at.free + (this.freeHead % s.entries)] = e;
+      this.freeHead++;
+      // Stored before DEVICE_WAITING is loaded: a device that looked before this store set it first.
+      Atomics.store(s.i32, BACKUP.FREE_HEAD, this.freeHead);
+      if (Atomics.load(s.i32, BACKUP.DEVICE_WAITING) === 1)
+        native.eventfdWrite(s.init.doorbellFd, 1);
+    }
+    return true;
+  }
+
+  private markCopied(c: number): void {
+    const s = this.s;
+    if (s.bit(s.at.copied, c)) return;
+    s.setBit(s.at.copied, c);
+    this.copied++;
+    Atomics.store(s.i32, BACKUP.COPIED, this.copied);
+  }
+
+  /** One write to the target, paced to `speed`, with a progress event now and then. */
+  private async write(offset: number, buffer: number, at: number, length: number): Promise<void> {
+    this.check();
+    // A short write (a file system filling up) is followed by one for the rest, which says why.
+    for (let done = 0; done < length; ) {
+      const r = await (this.dst as EngineIo).rw(
+        IoOp.WRITE,
+        offset + done,
+        buffer,
+        at + done,
+        length - done,
+      );
+      if (r <= 0) throw targetFailure(`writing the target at ${offset + done}`, r === 0 ? -28 : r);
+      done += r;
+    }
+    this.written += length;
+    Atomics.store(this.s.i32, BACKUP.FROM_JOURNAL, this.fromJournal);
+    const now = performance.now();
+    if (now - this.lastProgress >= PROGRESS_INTERVAL_MS) {
+      this.lastProgress = now;
+      postEvent<BackupCopierEvent>({ type: 'progress', ...this.totals() });
+    }
+    if (this.init.speed <= 0) return;
+    const ahead = (this.written / this.init.speed) * 1000 - (now - this.started);
+    if (ahead > 1) await new Promise((resolve) => setTimeout(resolve, ahead));
+  }
+
+  /** Sleeps until the device publishes journal entries (or the wait times out, or a cancel wakes it). */
+  private async waitReady(): Promise<void> {
+    const w = waitAsync(this.s.i32, BACKUP.READY_HEAD, this.readyTail, JOURNAL_WAIT_MS);
+    if (w.async) await w.value;
+  }
+
+  /** Stops at a cancel or a failed journal read. */
+  private check(): void {
+    const s = this.s;
+    if (Atomics.load(s.i32, BACKUP.CANCEL) !== 0)
+      throw new CopyFailure('ERR_BACKUP_CANCELLED', 'cancelled (backup-cancel)');
+    const errno = Atomics.load(s.i32, BACKUP.FAILED_ERRNO);
+    if (errno !== 0)
+      throw new CopyFailure(
+        'ERR_BACKUP_JOURNAL',
+        `saving old blocks into the journal failed: ${errnoText(-errno)}`,
+      );
+  }
+
+  /** Closes both engines (after the last I/O). */
+  close(): void {
+    this.src?.engine.close();
+    this.dst?.engine.close();
+    this.src = null;
+    this.dst = null;
+    native.retireMapping(this.copyBuf);
+  }
+}
+
+/** An NBD engine gets a short timeout: a target that went away fails the backup, not the guest. */
+function nbdTimeout(engine: 'sync' | 'nbd'): { nbdTimeoutMs?: number } {
+  return engine === 'nbd' ? { nbdTimeoutMs: 5000 } : {};
+}
+
+function errnoText(result: number): string {
+  if (result >= 0) return `short transfer (${result} bytes)`;
+  try {
+    return getSystemErrorName(result);
+  } catch {
+    return `errno ${-result}`;
+  }
+}
+
+function targetFailure(what: string, result: number): CopyFailure {
+  return new CopyFailure('ERR_BACKUP_TARGET', `${what} failed: ${errnoText(result)}`);
+}
+
+/** The thread's scheduling: idle CPU class (or batch), idle I/O class. */
+function lowerPriority(policy: 'idle' | 'batch'): void {
+  if (policy === 'batch') applyRtOptions({ policy: 'batch' });
+  else lowerToBackground();
+  try {
+    native.ioprioSet(0, IDLE_IOPRIO);
+  } catch (err) {
+    postLog('warn', `backup copier: idle I/O class refused: ${(err as Error).message}`);
+  }
+}
+
+runWorker<BackupCopierInit, { chunks: number }, BackupCopierCommand>((init) => {
+  lowerPriority(init.policy);
+  const copier = new Copier(init);
+  copier.open();
+  let running: Promise<void> | null = null;
+  return {
+    ready: { chunks: init.share ? BackupShare.attach(init.share).chunks : 0 },
+    handle: () => {
+      running ??= copier.run().then(
+        (done) => postEvent<BackupCopierEvent>(done),
+        (err: unknown) => {
+          const code = (err as { code?: string }).code ?? 'ERR_BACKUP';
+          postEvent<BackupCopierEvent>({ type: 'failed', code, reason: (err as Error).message });
+        },
+      );
+      return 0;
+    },
+    shutdown: async () => {
+      await running?.catch(() => {});
+      copier.close();
+    },
+  };
+});

@@ -1,0 +1,404 @@
+/**
+ * Live backups of one blk device, driven from the main thread (issue 12):
+ * `blockdev-backup` prepares the target and the shared journal, starts the
+ * copier thread (src/worker/backup-copier.ts), has the device pass its
+ * start instant (a typed device command, answered once the writes in flight
+ * at that instant completed), then lets the copier run. The copier's events
+ * become BACKUP_PROGRESS (at most one a second), BACKUP_COMPLETED and
+ * BACKUP_FAILED (with the reason); `backup-cancel` stops it. `snapshot`
+ * clones the image with FICLONE (reflink, XFS / btrfs) at an instant where
+ * no write is in flight, or falls back to a full backup.
+ */
+import { constants, copyFile, open, stat, truncate } from 'node:fs/promises';
+import type { BackupStarted } from '../devices/blk/device.js';
+import { VhostRtError } from '../errors.js';
+import {
+  BackupShare,
+  DEFAULT_JOURNAL_BYTES,
+  MAX_JOURNAL_BYTES,
+  MIN_JOURNAL_BYTES,
+} from '../io/backup-share.js';
+import { checkNbdUri, looksLikeNbdUri } from '../io/index.js';
+import { BACKUP } from '../locking/layout.js';
+import type { Logger } from '../log.js';
+import { WorkerHost } from '../thread/index.js';
+import type { BackupCopierCommand, BackupCopierEvent, BackupCopierInit } from './backup-copier.js';
+import type { DeviceHost } from './device-host.js';
+
+/** A backup refused or failed: `code` says why (ERR_BACKUP_RUNNING, ERR_BACKUP_TARGET, ...). */
+export class BackupError extends VhostRtError {}
+
+/** Arguments of `blockdev-backup`, checked. */
+export interface BackupRequest {
+  /** A raw file path, or an NBD URI (nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH). */
+  target: string;
+  sync: 'full' | 'incremental';
+  /** Bytes per second to the target; 0: no limit. */
+  speed: number;
+  /** Journal bytes (whole 64 KiB chunks); default {@link DEFAULT_JOURNAL_BYTES}. */
+  journalBytes?: number;
+  /** The copier's CPU class: 'idle' (SCHED_IDLE, default) or 'batch' (SCHED_BATCH). */
+  priority?: 'idle' | 'batch';
+}
+
+/** Sends a control-socket event (the device's index and socket are added by the caller). */
+export type BackupEmit = (name: string, data: Record<string, unknown>) => void;
+
+/** A backup as `query-backups` reports it. */
+export interface BackupStatus {
+  status: 'running' | 'completed' | 'failed' | 'cancelled';
+  target: string;
+  sync: 'full' | 'incremental';
+  /** Why an incremental was done as a full one ('' when it was not). */
+  'sync-reason': string;
+  speed: number;
+  'total-bytes': number;
+  'copied-bytes': number;
+  /** Chunks saved into the journal before guest writes overwrote them. */
+  journaled: number;
+  /** Guest requests that waited for a free journal entry (the THROTTLE policy). */
+  'journal-full-waits': number;
+  'journal-entries': number;
+  'journal-high-water': number;
+  'started-ms': number;
+  'finished-ms'?: number;
+  error?: string;
+  code?: string;
+}
+
+/** Where a device's backups come from. */
+export interface BackupSource {
+  host: DeviceHost;
+  /** The image path or NBD URI. */
+  image: string;
+  /** The device's engine name ('nbd' for NBD images). */
+  engine: string;
+  /** The disk's size now. */
+  sizeBytes(): number;
+}
+
+type Copier = WorkerHost<
+  BackupCopierInit,
+  { chunks: number },
+  BackupCopierCommand,
+  BackupCopierEvent
+>;
+
+interface Job {
+  status: BackupStatus;
+  share: BackupShare;
+  copier: Copier;
+  emit: BackupEmit;
+  chunks: number;
+  lastProgress: number;
+  done: Promise<void>;
+  finish: () => void;
+}
+
+/** The backups of one blk device: at most one at a time, and the last one finished. */
+export class DeviceBackups {
+  private current: Job | null = null;
+  private last: BackupStatus | null = null;
+
+  constructor(
+    private readonly source: BackupSource,
+    private readonly log: Logger,
+  ) {}
+
+  /** The running backup and the last finished one, newest first. */
+  query(): BackupStatus[] {
+    const out: BackupStatus[] = [];
+    if (this.current !== null) out.push(this.refresh(this.current));
+    if (this.last !== null) out.push(this.last);
+    return out;
+  }
+
+  /** Starts a backup; resolves once its start instant passed (the reply), events follow. */
+  async start(req: BackupRequest, emit: BackupEmit): Promise<Record<string, unknown>> {
+    if (this.current !== null)
+      throw new BackupError('ERR_BACKUP_RUNNING', 'a backup of this device is running');
+    const journalBytes = checkJournal(req.journalBytes ?? DEFAULT_JOURNAL_BYTES);
+    const size = this.source.sizeBytes();
+    const nbd = looksLikeNbdUri(req.target);
+    if (nbd) checkNbdUri(req.target);
+    else await prepareFile(req.target, size, req.sync);
+    const share = BackupShare.create(size, journalBytes);
+    let copier: Copier;
+    try {
+      copier = await this.startCopier(req, share, size, nbd);
+    } catch (err) {
+      share.release();
+      throw new BackupError(
+        'ERR_BACKUP_TARGET',
+        `opening the target failed: ${(err as Error).message}`,
+        { cause: err },
+      );
+    }
+    let started: BackupStarted;
+    try {
+      started = (await this.source.host.command({
+        type: 'backup-start',
+        share: share.init,
+        sync: req.sync,
+      })) as BackupStarted;
+    } catch (err) {
+      await copier.shutdown();
+      share.release();
+      throw err;
+    }
+    const job = this.newJob(req, share, copier, emit, started, size);
+    this.current = job;
+    await copier.request({ op: 'run' });
+    return {
+      sync: started.sync,
+      ...(started.reason === '' ? {} : { 'sync-reason': started.reason }),
+      'total-bytes': job.status['total-bytes'],
+      generation: started.generation,
+    };
+  }
+
+  private async startCopier(
+    req: BackupRequest,
+    share: BackupShare,
+    size: number,
+    nbd: boolean,
+  ): Promise<Copier> {
+    let job: Job | null = null;
+    const copier: Copier = new WorkerHost(
+      'worker/backup-copier.js',
+      {
+        share: share.init,
+        image: this.source.image,
+        imageEngine: this.source.engine === 'nbd' ? 'nbd' : 'sync',
+        target: req.target,
+        targetEngine: nbd ? 'nbd' : 'sync',
+        diskBytes: size,
+        speed: req.speed,
+        policy: req.priority ?? 'idle',
+      },
+      {
+        name: 'backup',
+        log: this.log,
+        onEvent: (e) => {
+          job ??= this.current;
+          if (job !== null) this.onEvent(job, e);
+        },
+      },
+    );
+    try {
+      await copier.ready;
+    } catch (err) {
+      await copier.terminate();
+      throw err;
+    }
+    return copier;
+  }
+
+  private newJob(
+    req: BackupRequest,
+    share: BackupShare,
+    copier: Copier,
+    emit: BackupEmit,
+    started: BackupStarted,
+    size: number,
+  ): Job {
+    let finish: () => void = () => {};
+    const done = new Promise<void>((resolve) => {
+      finish = resolve;
+    });
+    const chunkBytes = share.chunkBytes;
+    return {
+      share,
+      copier,
+      emit,
+      chunks: started.chunks,
+      lastProgress: 0,
+      done,
+      finish,
+      status: {
+        status: 'running',
+        target: req.target,
+        sync: started.sync,
+        'sync-reason': started.reason,
+        speed: req.speed,
+        'total-bytes': started.sync === 'full' ? size : Math.min(started.chunks * chunkBytes, size),
+        'copied-bytes': 0,
+        journaled: 0,
+        'journal-full-waits': 0,
+        'journal-entries': share.entries,
+        'journal-high-water': 0,
+        'started-ms': Date.now(),
+      },
+    };
+  }
+
+  /** The shared counters into the status (read only when asked or at an event). */
+  private refresh(job: Job): BackupStatus {
+    const i32 = job.share.i32;
+    const st = job.status;
+    st['copied-bytes'] = Math.min(
+      Atomics.load(i32, BACKUP.COPIED) * job.share.chunkBytes,
+      st['total-bytes'],
+    );
+    st.journaled = Atomics.load(i32, BACKUP.JOURNALED);
+    st['journal-full-waits'] = Atomics.load(i32, BACKUP.FULL_WAITS);
+    st['journal-high-water'] = Atomics.load(i32, BACKUP.HIGH_WATER);
+    return { ...st };
+  }
+
+  private onEvent(job: Job, e: BackupCopierEvent): void {
+    if (e.type === 'progress') {
+      const now = Date.now();
+      if (now - job.lastProgress < 1000) return;
+      job.lastProgress = now;
+      const s = this.refresh(job);
+      job.emit('BACKUP_PROGRESS', {
+        'copied-bytes': s['copied-bytes'],
+        'total-bytes': s['total-bytes'],
+        journaled: s.journaled,
+      });
+      return;
+    }
+    void this.end(job, e);
+  }
+
+  /** The copier finished (or failed): the device lets go, then the event. */
+  private async end(
+    job: Job,
+    e: BackupCopierEvent & { type: 'completed' | 'failed' },
+  ): Promise<void> {
+    const ok = e.type === 'completed';
+    let generation = 0;
+    try {
+      generation = (await this.source.host.command({ type: 'backup-end', ok })) as number;
+    } catch (err) {
+      this.log(
+        'warn',
+        `backup: the device did not take the end of its backup: ${(err as Error).message}`,
+      );
+    }
+    await job.copier.shutdown();
+    const s = this.refresh(job);
+    job.share.release();
+    s['finished-ms'] = Date.now();
+    const data: Record<string, unknown> = {
+      target: s.target,
+      sync: s.sync,
+      'copied-bytes': s['copied-bytes'],
+      'total-bytes': s['total-bytes'],
+      journaled: s.journaled,
+      'journal-full-waits': s['journal-full-waits'],
+    };
+    if (ok) {
+      s.status = 'completed';
+      job.emit('BACKUP_COMPLETED', { ...data, generation });
+    } else {
+      s.status = e.code === 'ERR_BACKUP_CANCELLED' ? 'cancelled' : 'failed';
+      s.error = e.reason;
+      s.code = e.code;
+      this.log('warn', `backup to ${s.target} ${s.status}: ${e.reason}`);
+      job.emit(s.status === 'cancelled' ? 'BACKUP_CANCELLED' : 'BACKUP_FAILED', {
+        ...data,
+        code: e.code,
+        reason: e.reason,
+      });
+    }
+    this.last = s;
+    this.current = null;
+    job.finish();
+  }
+
+  /** `backup-cancel`: the copier stops at its next step; resolves once the backup ended (BACKUP_CANCELLED). */
+  async cancel(): Promise<boolean> {
+    const job = this.current;
+    if (job === null) return false;
+    // The main thread is CANCEL's only writer; the notify wakes a copier waiting on the journal.
+    Atomics.store(job.share.i32, BACKUP.CANCEL, 1);
+    Atomics.notify(job.share.i32, BACKUP.READY_HEAD);
+    await job.done;
+    return true;
+  }
+
+  /**
+   * `blockdev-snapshot`: with no write in flight (new ones held), clones
+   * the image to `target` with FICLONE (libuv's COPYFILE_FICLONE_FORCE is
+   * the ioctl itself): instant on XFS / btrfs. Where the file system cannot,
+   * falls back to a full backup to `target` (the reply says which).
+   */
+  async snapshot(target: string, emit: BackupEmit): Promise<Record<string, unknown>> {
+    if (this.current !== null)
+      throw new BackupError('ERR_BACKUP_RUNNING', 'a backup of this device is running');
+    if (this.source.engine === 'nbd' || looksLikeNbdUri(target))
+      return {
+        method: 'backup',
+        reason: 'NBD images and targets have no reflink',
+        ...(await this.start({ target, sync: 'full', speed: 0 }, emit)),
+      };
+    await this.source.host.command({ type: 'hold-writes' });
+    let refused: string | null = null;
+    const t0 = performance.now();
+    try {
+      await copyFile(this.source.image, target, constants.COPYFILE_FICLONE_FORCE);
+    } catch (err) {
+      refused = (err as { code?: string }).code ?? (err as Error).message;
+    } finally {
+      await this.source.host.command({ type: 'release-writes' });
+    }
+    if (refused === null)
+      return { method: 'reflink', 'held-us': Math.round((performance.now() - t0) * 1000) };
+    return {
+      method: 'backup',
+      reason: `FICLONE refused (${refused})`,
+      ...(await this.start({ target, sync: 'full', speed: 0 }, emit)),
+    };
+  }
+
+  /** Cancels a running backup and waits for its end (device-del, shutdown). */
+  async close(): Promise<void> {
+    await this.cancel();
+  }
+}
+
+function checkJournal(bytes: number): number {
+  if (!Number.isSafeInteger(bytes) || bytes < MIN_JOURNAL_BYTES || bytes > MAX_JOURNAL_BYTES)
+    throw new RangeError(
+      `Parameter 'journal-size' must be in ${MIN_JOURNAL_BYTES}..${MAX_JOURNAL_BYTES}, not ${bytes}`,
+    );
+  return bytes;
+}
+
+/**
+ * A raw target file: a full backup writes it whole (created, cut to the
+ * disk's size); an incremental one updates a previous backup in place, which
+ * must exist.
+ */
+async function prepareFile(
+  path: string,
+  size: number,
+  sync: 'full' | 'incremental',
+): Promise<void> {
+  if (sync === 'incremental') {
+    try {
+      await stat(path);
+    } catch (err) {
+      throw new BackupError(
+        'ERR_BACKUP_TARGET',
+        `an incremental backup updates a previous one: ${path} (${(err as { code?: string }).code ?? 'missing'})`,
+        { cause: err },
+      );
+    }
+    await truncate(path, size);
+    return;
+  }
+  try {
+    const f = await open(path, 'w');
+    await f.truncate(size);
+    await f.close();
+  } catch (err) {
+    throw new BackupError(
+      'ERR_BACKUP_TARGET',
+      `cannot create ${path} (${(err as { code?: string }).code ?? 'error'})`,
+      { cause: err },
+    );
+  }
+}

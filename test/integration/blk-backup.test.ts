@@ -1,0 +1,251 @@
+/**
+ * Live backup (issue 12) through a real daemon's control socket, with the
+ * project's front end writing verified blocks (a sequence number per block)
+ * all the while: a full backup equals the disk at its start instant, an
+ * incremental one after more writes updates it to the next instant, the
+ * changed-block bitmap survives a clean restart and a crash forces a full
+ * backup, a target that fills up (a tiny tmpfs) or an NBD target whose
+ * server is killed gives BACKUP_FAILED with the reason — and the front end
+ * never sees an I/O error.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BlkDriver } from '../frontend/index.js';
+import { BLOCK, WriteModel } from '../support/backup-model.js';
+import { type Daemon, startDaemon } from '../support/daemon.js';
+import { startNbdServer } from '../support/nbd-server.js';
+import { type Json, QmpClient } from '../support/qmp-client.js';
+import { waitFor } from '../support/wait.js';
+
+const MiB = 1024 * 1024;
+const SIZE = 32 * MiB;
+let dir: string;
+
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'vhost-rt-backup-'));
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** The first BACKUP_COMPLETED / FAILED / CANCELLED after message `from` (backups may take a while). */
+async function backupEnd(c: QmpClient, from: number, timeoutMs = 60_000): Promise<Json> {
+  return waitFor(
+    () =>
+      c.messages
+        .slice(from)
+        .find(
+          (m) =>
+            typeof m.event === 'string' && /^BACKUP_(COMPLETED|FAILED|CANCELLED)$/.test(m.event),
+        ),
+    'the end of the backup',
+    timeoutMs,
+  );
+}
+
+/** Starts a backup inside a model window; returns the window and the reply. */
+async function backup(c: QmpClient, model: WriteModel, args: Json) {
+  const from = c.messages.length;
+  const window = model.openWindow();
+  const reply = await c.execute('blockdev-backup', { device: 0, ...args });
+  model.closeWindow(window);
+  return { window, reply, from };
+}
+
+function startBlk(image: string, socket: string, control: string): Promise<Daemon> {
+  return startDaemon([
+    'blk',
+    '--socket-path',
+    socket,
+    '--image',
+    image,
+    '--queues',
+    '1',
+    '--control-socket',
+    control,
+  ]);
+}
+
+describe('blockdev-backup under verified writes', () => {
+  const image = () => join(dir, 'disk.img');
+  const socket = () => join(dir, 'blk.sock');
+  const control = () => join(dir, 'blk.qmp');
+  let daemon: Daemon;
+
+  beforeAll(async () => {
+    writeFileSync(image(), Buffer.alloc(SIZE));
+    daemon = await startBlk(image(), socket(), control());
+  });
+  afterAll(async () => {
+    await daemon.stop();
+  });
+
+  it('a full backup equals the disk at its start instant; an incremental one after more writes, the next instant', async () => {
+    const c = await QmpClient.connect(control());
+    const driver = await BlkDriver.create({ socketPath: socket() });
+    const model = new WriteModel(SIZE / BLOCK);
+    // Writes to the first quarter only: the incremental backup then copies at most that.
+    model.span = SIZE / BLOCK / 4;
+    let stop = false;
+    const load = model.run(driver, 8, () => stop);
+    try {
+      await waitFor(() => model.completed >= 500, 'the first writes');
+      const target = join(dir, 'full.img');
+      // A tiny journal (4 chunks) and a speed limit: guest writes hit uncopied chunks and fill it.
+      const full = await backup(c, model, {
+        target,
+        sync: 'full',
+        speed: 8 * MiB,
+        'journal-size': 256 * 1024,
+      });
+      expect(full.reply.return).toMatchObject({ sync: 'full', 'total-bytes': SIZE });
+      const running = (await c.execute('query-backups', { device: 0 })).return as Json[];
+      expect(running[0]).toMatchObject({ device: 0, status: 'running', target, sync: 'full' });
+      const atStart = model.completed;
+      const end = await backupEnd(c, full.from);
+      expect(end.event).toBe('BACKUP_COMPLETED');
+      const data = end.data as Json;
+      expect(data).toMatchObject({ 'copied-bytes': SIZE, 'total-bytes': SIZE, generation: 1 });
+      // The guest kept writing, and its writes reached uncopied chunks: old chunks went through the journal.
+      expect(model.completed).toBeGreaterThan(atStart);
+      expect(data.journaled as number).toBeGreaterThan(0);
+      expect(data['journal-full-waits'] as number).toBeGreaterThan(0);
+      expect(model.check(readFileSync(target), full.window)).toBe('ok');
+      expect(c.messages.slice(full.from).some((m) => m.event === 'BACKUP_PROGRESS')).toBe(true);
+
+      // More writes, then an incremental backup into the same target: only the changed chunks.
+      const before = model.completed;
+      await waitFor(() => model.completed >= before + 500, 'more writes');
+      const inc = await backup(c, model, { target, sync: 'incremental', speed: 16 * MiB });
+      const r = inc.reply.return as Json;
+      expect(r.sync).toBe('incremental');
+      expect(r['total-bytes'] as number).toBeLessThanOrEqual(SIZE / 4);
+      expect(r['total-bytes'] as number).toBeGreaterThan(0);
+      const end2 = await backupEnd(c, inc.from);
+      expect(end2.event).toBe('BACKUP_COMPLETED');
+      expect(model.check(readFileSync(target), inc.window)).toBe('ok');
+      const last = (await c.execute('query-backups', { device: 0 })).return as Json[];
+      expect(last[0]).toMatchObject({ status: 'completed', sync: 'incremental' });
+    } finally {
+      stop = true;
+      await load;
+      await driver.close();
+      c.close();
+    }
+    expect(model.errors).toEqual([]);
+    expect(model.checkLive(readFileSync(image()))).toBe('ok');
+  });
+
+  it('a target that fills up (a 4 MiB tmpfs) gives BACKUP_FAILED naming ENOSPC; the writes never fail', async () => {
+    const mnt = join(dir, 'small');
+    mkdirSync(mnt);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mnt]);
+    const c = await QmpClient.connect(control());
+    const driver = await BlkDriver.create({ socketPath: socket() });
+    const model = new WriteModel(SIZE / BLOCK, 99);
+    let stop = false;
+    const load = model.run(driver, 8, () => stop);
+    try {
+      await waitFor(() => model.completed >= 200, 'the first writes');
+      const b = await backup(c, model, { target: join(mnt, 'full.img'), sync: 'full' });
+      expect(b.reply.return).toMatchObject({ sync: 'full' });
+      const end = await backupEnd(c, b.from);
+      expect(end.event).toBe('BACKUP_FAILED');
+      expect(end.data).toMatchObject({
+        code: 'ERR_BACKUP_TARGET',
+        reason: expect.stringMatching(/ENOSPC/),
+      });
+      const q = (await c.execute('query-backups', { device: 0 })).return as Json[];
+      expect(q[0]).toMatchObject({ status: 'failed', error: expect.stringMatching(/ENOSPC/) });
+      // The device serves on, and a new backup can start (then is cancelled).
+      const before = model.completed;
+      await waitFor(() => model.completed >= before + 100, 'writes after the failure');
+      const again = await backup(c, model, {
+        target: join(dir, 'again.img'),
+        sync: 'full',
+        speed: MiB,
+      });
+      expect((await c.execute('backup-cancel', { device: 0 })).return).toEqual({ cancelled: true });
+      expect((await backupEnd(c, again.from)).event).toBe('BACKUP_CANCELLED');
+    } finally {
+      stop = true;
+      await load;
+      await driver.close();
+      c.close();
+      execFileSync('umount', [mnt]);
+    }
+    expect(model.errors).toEqual([]);
+  });
+
+  it('an NBD target (qemu-nbd over a unix socket) gets the disk; killed mid-way, BACKUP_FAILED, the writes never fail', async () => {
+    const c = await QmpClient.connect(control());
+    const driver = await BlkDriver.create({ socketPath: socket() });
+    const model = new WriteModel(SIZE / BLOCK, 7);
+    model.adopt(readFileSync(image()));
+    const exported = join(dir, 'nbd-target.img');
+    writeFileSync(exported, Buffer.alloc(SIZE));
+    const server = await startNbdServer({
+      kind: 'qemu-nbd',
+      transport: 'unix',
+      image: exported,
+      socket: join(dir, 'nbd.sock'),
+    });
+    let stop = false;
+    const load = model.run(driver, 8, () => stop);
+    try {
+      await waitFor(() => model.completed >= 200, 'the first writes');
+      const b = await backup(c, model, { target: server.uri, sync: 'full', speed: 32 * MiB });
+      expect(b.reply.return).toMatchObject({ 'total-bytes': SIZE });
+      expect((await backupEnd(c, b.from)).event).toBe('BACKUP_COMPLETED');
+      await server.kill();
+      expect(model.check(readFileSync(exported), b.window)).toBe('ok');
+
+      // Again, slowly; the server is killed once the copier is on its way.
+      await server.start();
+      const k = await backup(c, model, { target: server.uri, sync: 'full', speed: 4 * MiB });
+      await waitFor(async () => {
+        const q = (await c.execute('query-backups', { device: 0 })).return as Json[];
+        return (q[0]['copied-bytes'] as number) > 0;
+      }, 'the copier on its way');
+      await server.kill();
+      const end = await backupEnd(c, k.from);
+      expect(end.event).toBe('BACKUP_FAILED');
+      expect(end.data).toMatchObject({ code: 'ERR_BACKUP_TARGET' });
+    } finally {
+      stop = true;
+      await load;
+      await driver.close();
+      c.close();
+      await server.stop();
+    }
+    expect(model.errors).toEqual([]);
+  });
+
+  it('the changed-block bitmap survives SIGTERM (incremental after a restart); after SIGKILL the next incremental is a full one', async () => {
+    const target = join(dir, 'restart.img');
+    let c = await QmpClient.connect(control());
+    const full = await c.execute('blockdev-backup', { device: 0, target, sync: 'full' });
+    expect(full.return).toBeDefined();
+    expect((await backupEnd(c, 0)).event).toBe('BACKUP_COMPLETED');
+    c.close();
+    await daemon.stop('SIGTERM');
+    expect(existsSync(`${image()}.vhost-rt-cbt`)).toBe(true);
+    daemon = await startBlk(image(), socket(), control());
+    c = await QmpClient.connect(control());
+    const inc = await c.execute('blockdev-backup', { device: 0, target, sync: 'incremental' });
+    expect(inc.return).toMatchObject({ sync: 'incremental', 'total-bytes': 0 });
+    expect((await backupEnd(c, 0)).event).toBe('BACKUP_COMPLETED');
+    c.close();
+    await daemon.stop('SIGKILL');
+    daemon = await startBlk(image(), socket(), control());
+    c = await QmpClient.connect(control());
+    const after = await c.execute('blockdev-backup', { device: 0, target, sync: 'incremental' });
+    expect(after.return).toMatchObject({
+      sync: 'full',
+      'sync-reason': expect.stringMatching(/crash/),
+    });
+    expect((await backupEnd(c, 0)).event).toBe('BACKUP_COMPLETED');
+    c.close();
+  });
+});
