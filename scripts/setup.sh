@@ -13,7 +13,7 @@ export DEBIAN_FRONTEND=noninteractive
 # kernel modules and vmlinux; g++/make/python3 are node-gyp's toolchain.
 APT_PACKAGES=(qemu-system-x86 qemu-utils busybox-static cpio libaio-dev liburing-dev fio socat
   iproute2 xz-utils zstd gzip g++ make python3 libnbd-dev nbdkit prometheus
-  libvirt-daemon-system libvirt-clients)
+  libvirt-daemon-system libvirt-clients xfsprogs)
 NATIVE_ADDON=native/build/Release/vhost_rt.node
 
 log() { echo "setup: $*" >&2; }
