@@ -35,6 +35,21 @@ export interface FdWatcher {
 }
 
 /**
+ * Copies byte ranges between views it names by index (native/net.cc). Every
+ * range is checked against its view; a bad op throws RangeError (ops before
+ * it were copied).
+ */
+export interface FrameCopier {
+  /** View i is what ops call buffer i; replaces the previous table. */
+  setViews(views: Uint8Array[]): void;
+  /**
+   * Performs ops `[0, count)`, op k being `ops[5k, 5k + 5)` = (source view,
+   * source offset, destination view, destination offset, length).
+   */
+  copy(ops: Float64Array, count: number): void;
+}
+
+/**
  * Maps small integers to the base addresses of SharedArrayBuffers (guest RAM
  * regions, or any other SAB), so that iovec tables can name memory as
  * (buffer index, offset, length) and the native side builds real pointers.
@@ -431,6 +446,12 @@ export interface NativeBinding {
   };
 
   // --- net: TAP devices (issue 5) ---
+  /**
+   * The network switch's batched frame copy (issue 13): `memcpy` between
+   * Uint8Array views (guest RAM, packet rings) that `setViews` names by index,
+   * one native call per batch instead of a `TypedArray.set` per frame.
+   */
+  FrameCopier: new () => FrameCopier;
   /**
    * Opens (creating it if absent) the TAP device `name` (empty: the kernel picks
    * one) with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, sets the virtio-net header size

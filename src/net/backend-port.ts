@@ -45,6 +45,7 @@ export interface NetBackendPort {
    * Returns how many destinations took a reservation. 0: nothing to write —
    * the frame is filtered (its destination is behind this very port) or
    * every destination was full (each such drop is counted by the port).
+   * {@link RESERVE_HOLD}: hold the frame (backpressure) and retry later.
    * Otherwise the caller writes the whole frame, once, to
    * {@link txBytes}`[txOffset, txOffset + length)` and calls {@link commit}
    * before the next reserve.
@@ -85,8 +86,59 @@ export interface NetBackendPort {
   release(): void;
 
   /**
-   * Ends a batch: rings the doorbell of every port that was sent frames
-   * since {@link beginBatch}, once each.
+   * Ends a batch: publishes the batch's frames and freed space, and rings the
+   * doorbell of every port that was sent frames since {@link beginBatch} (or
+   * waits for the room freed), once each. Every copy into a reservation and
+   * out of a peeked frame must be done before.
    */
   endBatch(): void;
+
+  // --- batched native copies (frame-copy.ts) --------------------------------
+
+  /**
+   * The data areas of every ring the port writes or reads: a peer that
+   * copies frames natively names them as views `0..frameViews.length - 1`.
+   */
+  readonly frameViews: readonly Uint8Array[];
+
+  /** Destinations the last {@link reserve} took (its return value when positive). */
+  readonly reservations: number;
+
+  /** View index (in {@link frameViews}) of reservation `i` of the last reserve. */
+  reservedView(i: number): number;
+
+  /** Offset in that view of reservation `i`. */
+  reservedOffset(i: number): number;
+
+  /**
+   * As {@link commit}, when the caller copies the frame into EVERY
+   * reservation itself (nothing is duplicated); the copies must be done
+   * before {@link endBatch}.
+   */
+  commitWritten(): void;
+
+  /** View index (in {@link frameViews}) of the frame returned by the last {@link peek}. */
+  readonly rxView: number;
+
+  // --- backpressure ----------------------------------------------------------
+
+  /**
+   * ms (from this batch's clock) until a held destination is given up on,
+   * -1 when nothing is held: retry transmitting by then at the latest.
+   */
+  holdDeadline(): number;
+
+  /** Unicast frames dropped after their destination stayed full too long (a plain running count). */
+  readonly stallDrops: number;
+
+  /** Times a frame was held for a full destination (a plain running count). */
+  readonly holds: number;
 }
+
+/**
+ * {@link NetBackendPort.reserve}'s answer for a unicast frame whose
+ * destination is full: the peer leaves the frame where it is (the guest's
+ * transmit ring), stops transmitting, and retries on its doorbell or at
+ * {@link NetBackendPort.holdDeadline}.
+ */
+export const RESERVE_HOLD = -1;

@@ -19,9 +19,18 @@
  * the producer's cache line, TAIL on the consumer's, so the two threads never
  * write the same line.
  *
- * A full ring drops the frame on the producer side and counts it in DROPS
- * (producer-written): a stalled consumer loses its own traffic and never
- * blocks the port that sends to it.
+ * A full ring is the producer's to handle: {@link PacketRing.reserve} drops
+ * the frame and counts it in DROPS (producer-written); {@link PacketRing.tryReserve}
+ * only says the ring is full, so the producer can hold the frame and wait
+ * for room (backpressure, switch-port.ts), raising the WAITING slot so the
+ * consumer rings its doorbell once it has freed space.
+ *
+ * Batches: {@link PacketRing.commitDeferred} and {@link PacketRing.releaseDeferred}
+ * move only the thread's private index; {@link PacketRing.publish} /
+ * {@link PacketRing.publishTail} store HEAD / TAIL once per batch, after the
+ * batch's frame bytes were copied (natively, in one call: frame-copy.ts).
+ * One shared store per batch instead of one per frame, and the consumer's
+ * cache line is touched once per batch.
  *
  * The hot path (reserve, commit, peek, release) allocates nothing: it works
  * on views made once per handle and returns plain numbers.
@@ -57,6 +66,12 @@ export class PacketRing {
   private readonly mask: number;
   /** Producer: reservation in progress (position of its length word), -1 none. */
   private reservedPos = -1;
+  /** Producer: HEAD including committed, unpublished records; and HEAD as last stored. */
+  private head: number;
+  private headPublished: number;
+  /** Consumer: TAIL including released, unpublished records; and TAIL as last stored. */
+  private tail: number;
+  private tailPublished: number;
   private reservedAdvance = 0;
   /**
    * Producer: the last TAIL loaded. The consumer only moves TAIL forward, so
@@ -80,6 +95,10 @@ export class PacketRing {
     // existed (nothing, unless a ring is re-attached) is visible.
     this.tailSeen = Atomics.load(this.header, PACKET_RING.TAIL);
     this.headSeen = Atomics.load(this.header, PACKET_RING.HEAD);
+    this.head = this.headSeen;
+    this.headPublished = this.headSeen;
+    this.tail = this.tailSeen;
+    this.tailPublished = this.tailSeen;
   }
 
   /** A new empty ring with `capacity` data bytes: a power of two in 4 KiB..256 MiB. */
@@ -146,9 +165,19 @@ export class PacketRing {
    * drop is counted). Follow with {@link commit}.
    */
   reserve(length: number): number {
-    if (length > this.maxFrame || length < 0) return this.drop();
-    // Our own index: current without synchronisation beyond program order.
-    const head = Atomics.load(this.header, PACKET_RING.HEAD);
+    const at = this.tryReserve(length);
+    return at < 0 ? this.drop() : at;
+  }
+
+  /**
+   * Producer: as {@link reserve}, but a full ring (or a frame longer than
+   * {@link maxFrame}) returns -1 without counting a drop: the caller decides
+   * (hold the frame, or {@link countDrop}).
+   */
+  tryReserve(length: number): number {
+    if (length > this.maxFrame || length < 0) return -1;
+    // Our own private index (committed records, published or not).
+    const head = this.head;
     const pos = head & this.mask;
     const record = RECORD_HEADER + align4(length);
     const pad = pos + record > this.capacity ? this.capacity - pos : 0;
@@ -157,7 +186,7 @@ export class PacketRing {
       // of its seq-cst store in release(), so that space is really free.
       // (Space freed by an older TAIL was ordered by the load that saw it.)
       this.tailSeen = Atomics.load(this.header, PACKET_RING.TAIL);
-      if (((head - this.tailSeen) >>> 0) + pad + record > this.capacity) return this.drop();
+      if (((head - this.tailSeen) >>> 0) + pad + record > this.capacity) return -1;
     }
     if (pad > 0) this.words.setUint32(pos, WRAP, true);
     const at = pad > 0 ? 0 : pos;
@@ -168,16 +197,58 @@ export class PacketRing {
 
   /** Producer: publishes the frame reserved last, `length` bytes long. */
   commit(length: number): void {
+    this.commitDeferred(length);
+    this.publish();
+  }
+
+  /**
+   * Producer: ends the frame reserved last, `length` bytes long, without
+   * publishing it: the consumer sees it after the next {@link publish}, which
+   * must follow the copy of its bytes.
+   */
+  commitDeferred(length: number): void {
     if (this.reservedPos < 0) {
       throw new PacketRingError('PACKET_RING_NO_RESERVATION', 'commit without reserve');
     }
     this.words.setUint32(this.reservedPos, length, true);
-    const head = Atomics.load(this.header, PACKET_RING.HEAD);
-    // Release: the frame bytes, its length word and any WRAP marker were
-    // written above, before this seq-cst store; the consumer's load of HEAD
-    // in peek() that sees it therefore sees them.
-    Atomics.store(this.header, PACKET_RING.HEAD, (head + this.reservedAdvance) | 0);
+    this.head = (this.head + this.reservedAdvance) | 0;
     this.reservedPos = -1;
+  }
+
+  /** Producer: publishes every committed frame (one store of HEAD); false when there was none. */
+  publish(): boolean {
+    if (this.head === this.headPublished) return false;
+    // Release: the frames' bytes (copied by this thread, natively or not),
+    // their length words and any WRAP marker were written before this seq-cst
+    // store; the consumer's load of HEAD in peek() that sees it sees them.
+    Atomics.store(this.header, PACKET_RING.HEAD, this.head);
+    this.headPublished = this.head;
+    return true;
+  }
+
+  /** Producer: counts one frame dropped because the ring was full. */
+  countDrop(): void {
+    this.drop();
+  }
+
+  /**
+   * Producer: says whether it waits for room (WAITING). Raise it, then look
+   * at the free space once more with {@link tryReserve}: the consumer
+   * publishes TAIL and then reads WAITING, the producer stores WAITING and
+   * then reloads TAIL (both seq-cst), so one of them sees the other's store
+   * and a wake-up is never lost.
+   */
+  setWaiting(waiting: boolean): void {
+    // Seq-cst store, ordered before the TAIL reload of the next tryReserve.
+    Atomics.store(this.header, PACKET_RING.WAITING, waiting ? 1 : 0);
+    // Forget the cached TAIL so the next tryReserve reloads it.
+    if (waiting) this.tailSeen = (this.head - this.capacity) | 0;
+  }
+
+  /** Consumer: whether the producer waits for room (read after {@link publishTail}). */
+  get producerWaiting(): boolean {
+    // Seq-cst load after the seq-cst TAIL store of publishTail: see setWaiting.
+    return Atomics.load(this.header, PACKET_RING.WAITING) !== 0;
   }
 
   private drop(): number {
@@ -197,7 +268,7 @@ export class PacketRing {
    * {@link release}.
    */
   peek(): number {
-    let tail = Atomics.load(this.header, PACKET_RING.TAIL); // our own index
+    let tail = this.tail; // our own private index
     if (tail === this.headSeen) {
       // Acquire: pairs with the seq-cst store of HEAD in commit(); every
       // record before that index is fully written. (Records before an older
@@ -221,10 +292,28 @@ export class PacketRing {
 
   /** Consumer: frees the frame returned by the last {@link peek}. */
   release(): void {
-    const tail = Atomics.load(this.header, PACKET_RING.TAIL);
-    // Release: our reads of the frame happen before this seq-cst store; the
-    // producer reuses the space only after its load of TAIL in reserve() sees it.
-    Atomics.store(this.header, PACKET_RING.TAIL, (tail + this.peekedAdvance) | 0);
+    this.releaseDeferred();
+    this.publishTail();
+  }
+
+  /**
+   * Consumer: moves past the frame returned by the last {@link peek} without
+   * handing its space back: that happens at the next {@link publishTail},
+   * which must follow every read (copy) of the frame.
+   */
+  releaseDeferred(): void {
+    this.tail = (this.tail + this.peekedAdvance) | 0;
     this.peekedAdvance = 0;
+  }
+
+  /** Consumer: hands back the space of every released frame (one store of TAIL); false when none. */
+  publishTail(): boolean {
+    if (this.tail === this.tailPublished) return false;
+    // Release: our reads of the frames (native copies included) happen before
+    // this seq-cst store; the producer reuses the space only after its load
+    // of TAIL in tryReserve() sees it.
+    Atomics.store(this.header, PACKET_RING.TAIL, this.tail);
+    this.tailPublished = this.tail;
+    return true;
   }
 }

@@ -22,6 +22,10 @@ export const NET_STAT_NAMES = [
   'ctrlCommands',
   'ctrlErrors',
   'brokenQueues',
+  /** Times a unicast frame was held in the peer's transmit ring because its destination was full (backpressure). */
+  'txHolds',
+  /** Unicast frames dropped because their destination stayed full longer than the hold time. */
+  'txStallDrops',
 ] as const;
 
 /** Index of each counter in {@link NET_STAT_NAMES}. */

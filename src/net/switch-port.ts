@@ -15,8 +15,21 @@
  *   ageing time is forgotten and its frames are flooded again.
  * - A port wakes a destination by writing the destination's doorbell eventfd
  *   once per batch; the destination drains its incoming rings on its own loop.
- * - A full ring drops the frame on the producer side (counted in the ring):
- *   a stalled port loses its own traffic and never blocks a sender.
+ * - Backpressure, bounded (issue 13): a frame with one destination (a
+ *   learnt unicast address; in a two-port switch, any frame) whose ring is
+ *   full is held — {@link SwitchPort.reserve} returns {@link HOLD} and the
+ *   peer leaves the frame where it was (the guest's TX ring) — and the port
+ *   raises the ring's WAITING flag; the destination rings this port's
+ *   doorbell once it has freed room, and the peer retries. If the ring stays
+ *   full for `holdMs` (a guest that posts no receive buffers, a port that
+ *   went away), its frames are dropped from then on, counted (the ring's
+ *   DROPS, and {@link SwitchPort.stallDrops}), until it has room again: a
+ *   dead receiver delays a sender at most `holdMs` once, never stalls it.
+ *   Frames flooded to several ports (broadcast, multicast, unknown unicast)
+ *   are never held: a full destination drops its copy, the others get theirs.
+ * - Ring indexes are published once per batch ({@link SwitchPort.endBatch}):
+ *   HEAD of every ring written, TAIL of every ring read, after the batch's
+ *   frame copies (frame-copy.ts) are done.
  *
  * The port is what its peer (the virtio-net device, the TAP peer) sees of the
  * switch: it implements {@link NetBackendPort}, and rings, port numbers and
@@ -25,7 +38,7 @@
 
 import { copyBytes } from '../locking/copy.js';
 import { native } from '../native.js';
-import type { NetBackendPort } from './backend-port.js';
+import { type NetBackendPort, RESERVE_HOLD } from './backend-port.js';
 import { isGroupAddress, MacTable, UNKNOWN_PORT } from './mac-table.js';
 import { PacketRing } from './packet-ring.js';
 
@@ -43,7 +56,15 @@ export interface SwitchPortInit {
   ageingMs: number;
   /** Most MAC addresses one port's table holds. */
   macCapacity: number;
+  /**
+   * How long (ms) a unicast frame for a full ring is held before the port
+   * drops for that destination instead; 0 (the default) drops at once.
+   */
+  holdMs?: number;
 }
+
+/** {@link SwitchPort.reserve}: the frame's destination is full; leave the frame, retry on the doorbell. */
+export const HOLD = RESERVE_HOLD;
 
 /** Default ageing time of learnt addresses (IEEE 802.1D's 300 s). */
 export const DEFAULT_AGEING_MS = 300_000;
@@ -51,6 +72,8 @@ export const DEFAULT_AGEING_MS = 300_000;
 export const DEFAULT_MAC_CAPACITY = 4096;
 
 const NO_BYTES = new Uint8Array(0);
+/** No destination is blocked since this time. */
+const NOT_BLOCKED = -1;
 
 /**
  * Frames taken from one incoming ring before the next source's turn: long
@@ -92,6 +115,27 @@ export class SwitchPort implements NetBackendPort {
   private txAt = 0;
   private rxData: Uint8Array = NO_BYTES;
   private rxAt = 0;
+  /**
+   * Every ring data area this port writes or reads, out rings first (by
+   * destination, skipping itself), then in rings: what {@link txView} and
+   * {@link rxView} index (the frame copier's first views).
+   */
+  readonly frameViews: readonly Uint8Array[];
+  /** View index (in {@link frameViews}) of each out ring, by destination port; -1 on the diagonal. */
+  private readonly outView: Int32Array;
+  /** View index of each in ring (by position in inRings). */
+  private readonly inView: Int32Array;
+  /** View of the frame returned by peek(). */
+  private rxViewAt = 0;
+  /** Per in ring: released frames not yet handed back (publishTail due at endBatch). */
+  private readonly inDirty: Uint8Array;
+  private readonly holdMs: number;
+  /** Per destination: batch time since which its ring is full (held or dropping); NOT_BLOCKED. */
+  private readonly blockedSince: Float64Array;
+  /** Unicast frames dropped because their destination stayed full past holdMs (plain count). */
+  stallDrops = 0;
+  /** Times a unicast frame was held for a full destination (plain count). */
+  holds = 0;
 
   constructor(init: SwitchPortInit) {
     this.port = init.port;
@@ -107,6 +151,15 @@ export class SwitchPort implements NetBackendPort {
     this.reservedAt = new Int32Array(this.ports);
     this.pending = new Uint8Array(this.ports);
     this.table = new MacTable(init.macCapacity, init.ageingMs);
+    const views: Uint8Array[] = [];
+    this.outView = Int32Array.from(this.out, (r) => (r === null ? -1 : views.push(r.data) - 1));
+    this.inView = Int32Array.from(this.inRings, (r) => views.push(r.data) - 1);
+    this.frameViews = views;
+    this.inDirty = new Uint8Array(this.inRings.length);
+    const hold = init.holdMs ?? 0;
+    if (!(hold >= 0)) throw new RangeError(`holdMs ${hold} must be >= 0`);
+    this.holdMs = hold;
+    this.blockedSince = new Float64Array(this.ports).fill(NOT_BLOCKED);
   }
 
   beginBatch(): void {
@@ -118,6 +171,9 @@ export class SwitchPort implements NetBackendPort {
 
   reserve(addresses: Uint8Array, offset: number, length: number): number {
     const n = this.route(addresses, offset);
+    this.reservedCount = 0;
+    // One destination (learnt unicast, or any frame in a two-port switch): backpressure.
+    if (n === 1 && this.holdMs > 0) return this.reserveUnicast(this.targets[0], length);
     let count = 0;
     for (let t = 0; t < n; t++) {
       const ring = this.out[this.targets[t]];
@@ -125,18 +181,90 @@ export class SwitchPort implements NetBackendPort {
       // A full ring counts its own drop; the other destinations still get the frame.
       const at = ring.reserve(length);
       if (at < 0) continue;
-      this.reservedDst[count] = this.targets[t];
-      this.reservedRing[count] = ring;
-      this.reservedAt[count] = at;
-      count++;
+      this.addReservation(count++, this.targets[t], ring, at);
     }
     this.reservedCount = count;
     this.reservedLength = length;
-    if (count > 0) {
-      this.txData = (this.reservedRing[0] as PacketRing).data;
-      this.txAt = this.reservedAt[0];
-    }
     return count;
+  }
+
+  /** One destination with backpressure: 1, {@link HOLD}, or 0 when dropped (counted). */
+  private reserveUnicast(dst: number, length: number): number {
+    const ring = this.out[dst];
+    if (ring === null) return 0;
+    let at = ring.tryReserve(length);
+    if (at < 0) {
+      const since = this.blockedSince[dst];
+      const now = this.table.now;
+      if (since === NOT_BLOCKED) {
+        this.blockedSince[dst] = now;
+        // Raise WAITING, then look once more: the consumer may have freed room meanwhile.
+        ring.setWaiting(true);
+        at = ring.tryReserve(length);
+      }
+      if (at < 0) {
+        if (since === NOT_BLOCKED || now - since < this.holdMs) {
+          this.holds++;
+          return HOLD;
+        }
+        ring.countDrop();
+        this.stallDrops++;
+        return 0;
+      }
+    }
+    if (this.blockedSince[dst] !== NOT_BLOCKED) {
+      this.blockedSince[dst] = NOT_BLOCKED;
+      ring.setWaiting(false);
+    }
+    this.addReservation(0, dst, ring, at);
+    this.reservedCount = 1;
+    this.reservedLength = length;
+    return 1;
+  }
+
+  private addReservation(i: number, dst: number, ring: PacketRing, at: number): void {
+    this.reservedDst[i] = dst;
+    this.reservedRing[i] = ring;
+    this.reservedAt[i] = at;
+    if (i > 0) return;
+    this.txData = ring.data;
+    this.txAt = at;
+  }
+
+  /**
+   * The longest a held frame may still wait (ms from the batch's clock)
+   * before its destination is dropped for instead; -1 when none is held.
+   * The peer retries at the latest then, even if no doorbell comes.
+   */
+  holdDeadline(): number {
+    let deadline = -1;
+    for (let p = 0; p < this.ports; p++) {
+      const since = this.blockedSince[p];
+      if (since === NOT_BLOCKED) continue;
+      const left = Math.max(0, since + this.holdMs - this.table.now);
+      if (deadline < 0 || left < deadline) deadline = left;
+    }
+    return deadline;
+  }
+
+  /** Reservations the last reserve took (destinations the frame goes to). */
+  get reservations(): number {
+    return this.reservedCount;
+  }
+
+  /** View index (in {@link frameViews}) of reservation `i` of the last reserve. */
+  reservedView(i: number): number {
+    return this.outView[this.reservedDst[i]];
+  }
+
+  /** Offset in its ring's data of reservation `i` of the last reserve. */
+  reservedOffset(i: number): number {
+    return this.reservedAt[i];
+  }
+
+  /** View index of the frame returned by the last peek (in {@link frameViews}). */
+  get rxView(): number {
+    return this.rxViewAt;
   }
 
   get txBytes(): Uint8Array {
@@ -148,12 +276,28 @@ export class SwitchPort implements NetBackendPort {
   }
 
   commit(): void {
+    this.commitReserved(false);
+  }
+
+  /**
+   * As {@link commit}, for a caller that writes (or has recorded the copy
+   * of) the frame into every reservation itself ({@link reservedView} /
+   * {@link reservedOffset}), so nothing is duplicated here. The bytes must
+   * be in place before {@link endBatch}, which publishes them.
+   */
+  commitWritten(): void {
+    this.commitReserved(true);
+  }
+
+  private commitReserved(written: boolean): void {
     const length = this.reservedLength;
     for (let i = this.reservedCount - 1; i >= 0; i--) {
       const ring = this.reservedRing[i] as PacketRing;
       // The caller wrote the frame into reservation 0 only: copy it into the others.
-      if (i > 0) copyBytes(this.txData, this.txAt, ring.data, this.reservedAt[i], length);
-      ring.commit(length);
+      if (i > 0 && !written)
+        copyBytes(this.txData, this.txAt, ring.data, this.reservedAt[i], length);
+      // Published (HEAD) once per batch, in endBatch.
+      ring.commitDeferred(length);
       this.reservedRing[i] = null;
       this.pending[this.reservedDst[i]] = 1;
     }
@@ -197,6 +341,7 @@ export class SwitchPort implements NetBackendPort {
         this.rxPeeked = i;
         this.rxData = rings[i].data;
         this.rxAt = rings[i].frameOffset;
+        this.rxViewAt = this.inView[i];
         return length;
       }
       this.rxNext = i + 1 === rings.length ? 0 : i + 1;
@@ -219,7 +364,9 @@ export class SwitchPort implements NetBackendPort {
     if (i < 0) return;
     // The frame arrived from port inSources[i]: its source address lives there.
     this.table.learn(this.rxData, this.rxAt + 6, this.inSources[i]);
-    this.inRings[i].release();
+    // Handed back (TAIL) once per batch, in endBatch, after the frame was copied out.
+    this.inRings[i].releaseDeferred();
+    this.inDirty[i] = 1;
     this.rxPeeked = -1;
     if (++this.rxTaken < RX_BURST) return;
     // The next source's turn: a busy sender cannot starve the others.
@@ -227,13 +374,26 @@ export class SwitchPort implements NetBackendPort {
     this.rxTaken = 0;
   }
 
-  /** Ends a batch: one doorbell per destination that received frames. */
+  /**
+   * Ends a batch: publishes HEAD of every ring written and TAIL of every ring
+   * read (the caller has finished every copy of the batch), then one doorbell
+   * per destination that received frames and per source that waits for the
+   * room this batch freed.
+   */
   endBatch(): void {
+    for (let i = 0; i < this.inRings.length; i++) {
+      if (this.inDirty[i] === 0) continue;
+      this.inDirty[i] = 0;
+      const ring = this.inRings[i];
+      // publishTail's seq-cst store of TAIL precedes this load of WAITING (see PacketRing.setWaiting).
+      if (ring.publishTail() && ring.producerWaiting) this.pending[this.inSources[i]] = 1;
+    }
     for (let p = 0; p < this.ports; p++) {
       if (this.pending[p] === 0) continue;
       this.pending[p] = 0;
+      this.out[p]?.publish();
       // The eventfd write is a system call, a full barrier: the ring's HEAD
-      // store (commit) precedes it, and the consumer reads HEAD after being woken.
+      // store (publish) precedes it, and the consumer reads HEAD after being woken.
       native.eventfdWrite(this.doorbells[p], 1);
     }
   }

@@ -7,7 +7,7 @@
  */
 
 import type { NetOptions, NetPortSpec } from '../devices/net/options.js';
-import { validateNetOptions } from '../devices/net/options.js';
+import { DEFAULT_HOLD_MS, validateNetOptions } from '../devices/net/options.js';
 import { StatCounters } from '../locking/index.js';
 import type { Logger } from '../log.js';
 import { native } from '../native.js';
@@ -79,7 +79,7 @@ export class NetSwitch {
           'net/tap-worker.js',
           {
             name: spec.name,
-            switchPort: sw.switchPort(port),
+            switchPort: sw.switchPort(port, true),
             statsBuffer: stats[port].buffer,
             rt: options.rt,
           },
@@ -117,8 +117,13 @@ export class NetSwitch {
     return sw;
   }
 
-  /** What port `port`'s worker is handed: its rings and every doorbell. */
-  private switchPort(port: number): SwitchPortInit {
+  /**
+   * What port `port`'s worker is handed: its rings and every doorbell. A TAP
+   * port never holds frames (`tap`: the kernel's queue is its buffer, and a
+   * read frame has nowhere to wait), a vhost-user port holds them in the
+   * guest's ring for up to holdMs.
+   */
+  private switchPort(port: number, tap = false): SwitchPortInit {
     return {
       port,
       outRings: this.rings[port].map((r) => r?.buffer ?? null),
@@ -126,6 +131,7 @@ export class NetSwitch {
       doorbells: this.doorbells,
       ageingMs: this.options.ageingMs,
       macCapacity: this.options.macCapacity,
+      holdMs: tap ? 0 : (this.options.holdMs ?? DEFAULT_HOLD_MS),
     };
   }
 

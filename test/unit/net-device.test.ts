@@ -152,33 +152,56 @@ describe('NetDevice', () => {
     expect(b.stats.get(NetStat.rxPackets)).toBe(1);
   });
 
-  it('talks only to its NetBackendPort: one reservation per frame, one copy, one batch per kick', async () => {
-    /** A port with no switch behind it: records what is sent, hands out what `waiting` holds. */
+  it('talks only to its NetBackendPort: one reservation per frame, a copy per destination, one batch per kick', async () => {
+    /**
+     * A port with no switch behind it: records what is sent (read back at
+     * endBatch, after the device's batched copies), hands out what `waiting` holds.
+     */
     class FakePort implements NetBackendPort {
       txBytes = new Uint8Array(4096);
       txOffset = 100;
-      rxBytes = new Uint8Array(0);
+      rxBytes = new Uint8Array(4096);
       rxOffset = 0;
+      readonly frameViews = [this.txBytes, this.rxBytes];
+      readonly rxView = 1;
+      readonly stallDrops = 0;
+      readonly holds = 0;
+      reservations = 0;
       readonly sent: Uint8Array[] = [];
       readonly waiting: Uint8Array[] = [];
       readonly calls: string[] = [];
       private length = 0;
+      private committed = 0;
       beginBatch(): void {
         this.calls.push('begin');
       }
       reserve(addresses: Uint8Array, offset: number, length: number): number {
         this.calls.push(`reserve ${addresses.subarray(offset, offset + 12).join(',')} ${length}`);
         this.length = length;
-        return 3; // as for a flood to three ports: the device still copies once
+        this.reservations = 3; // as for a flood to three ports
+        return 3;
+      }
+      reservedView(): number {
+        return 0;
+      }
+      reservedOffset(i: number): number {
+        return this.txOffset + i * 1024;
       }
       commit(): void {
         this.calls.push('commit');
-        this.sent.push(this.txBytes.slice(this.txOffset, this.txOffset + this.length));
+      }
+      commitWritten(): void {
+        this.calls.push('commitWritten');
+        this.committed = this.reservations;
+      }
+      holdDeadline(): number {
+        return -1;
       }
       peek(): number {
-        if (this.waiting.length === 0) return -1;
-        this.rxBytes = this.waiting[0];
-        return this.rxBytes.length;
+        const f = this.waiting[0];
+        if (f === undefined) return -1;
+        this.rxBytes.set(f, 0);
+        return f.length;
       }
       release(): void {
         this.calls.push('release');
@@ -186,6 +209,11 @@ describe('NetDevice', () => {
       }
       endBatch(): void {
         this.calls.push('end');
+        for (let i = 0; i < this.committed; i++) {
+          const at = this.reservedOffset(i);
+          this.sent.push(this.txBytes.slice(at, at + this.length));
+        }
+        this.committed = 0;
       }
     }
     const ram = new GuestRam([{ guestPhysAddr: 0, size: 1 << 20 }]);
@@ -216,10 +244,11 @@ describe('NetDevice', () => {
     expect(port.calls).toEqual([
       `begin`,
       `reserve ${p.subarray(HDR, HDR + 12).join(',')} 200`,
-      'commit',
+      'commitWritten',
       'end',
     ]);
-    expect(port.sent).toEqual([p.subarray(HDR)]);
+    // Every destination got the frame, in place when endBatch publishes it.
+    expect(port.sent).toEqual([p.subarray(HDR), p.subarray(HDR), p.subarray(HDR)]);
     // Receive: the frame the port holds goes into the posted buffer, then is released.
     const incoming = packet(90).subarray(HDR);
     port.waiting.push(incoming);

@@ -16,13 +16,34 @@
  * so stopping a queue is immediate. Work per wake-up is bounded by a budget,
  * and what is left continues on the next loop turn, so a busy queue cannot
  * starve the others or the control commands.
+ *
+ * Fast path (issue 13): the frame bytes of a whole batch move between guest
+ * RAM and the packet rings in ONE native call (FrameCopyBatch, `memcpy`),
+ * made before the batch's ring indexes and used index are published; every
+ * chain is walked once (its segments give the copy ops directly); counters
+ * are plain fields published once per batch. What stays per frame in
+ * TypeScript — popping and checking the chain (src/virtio, as strict as
+ * ever), routing and learning — measured cheaper than a native crossing per
+ * frame (see src/net/frame-copy.ts).
+ *
+ * Backpressure: a unicast frame whose destination ring is full is left in
+ * the transmit ring (the chain is "un-popped": net keeps no inflight
+ * region) and the queue is retried when the destination frees room (its
+ * doorbell) or at the port's hold deadline, after which the port drops for
+ * that destination (switch-port.ts).
+ *
+ * Multiqueue: with several receive queues enabled, each frame goes to the
+ * queue its flow hash picks (addresses, and for IPv4 the IP addresses and
+ * TCP/UDP ports), so one flow keeps its order and flows spread; when that
+ * queue has no buffer posted, the next ready queue that has one takes it (a
+ * driver may post on some queues only).
  */
 import type { StatCounters } from '../../locking/index.js';
-import type { NetBackendPort } from '../../net/backend-port.js';
+import { type NetBackendPort, RESERVE_HOLD } from '../../net/backend-port.js';
+import { FrameCopyBatch } from '../../net/frame-copy.js';
 import { NetStat } from '../../net/port-stats.js';
 import { RARP_FRAME_BYTES, writeRarpAnnouncement } from '../../net/rarp.js';
 import {
-  type ByteLocation,
   type ChainHandler,
   ChainReader,
   ChainWriter,
@@ -82,6 +103,12 @@ export type NetCommand = { type: 'announce'; mac: Uint8Array };
 
 /** Chains popped per wake-up before yielding to the loop. */
 const BUDGET = 256;
+/** virtio_net_hdr plus the Ethernet addresses: what a transmitted frame is routed by. */
+const HEAD_BYTES = NET_HDR_SIZE + 12;
+/** Most copy ops one received frame takes: its header and its bytes, at least one byte each. */
+const MAX_FRAME_OPS = 2 * (NET_HDR_SIZE + MAX_FRAME);
+/** FNV-1a's 32-bit prime, for the flow hash. */
+const FNV_PRIME = 0x01000193;
 
 type QueueState = Vring;
 
@@ -112,11 +139,33 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
   /** Forwards each transmitted chain; made once. */
   private readonly txHandler: ChainHandler = {
     handleChain: () => {
-      this.transmitChain();
-      this.txQueue?.addUsed(this.chain.head, 0);
+      const q = this.txQueue as QueueState;
+      if (!this.transmitChain()) {
+        // Held (backpressure): un-pop the chain, it stays in the guest's ring
+        // for the retry. Safe: net keeps no inflight region, nothing else saw it.
+        const vq = q.queue as SplitVirtqueue;
+        vq.lastAvailIdx = (vq.lastAvailIdx - 1) & 0xffff;
+        return false;
+      }
+      q.addUsed(this.chain.head, 0);
       return true;
     },
   };
+  /** Frame copies of the batch in progress, done natively in one call before anything is published. */
+  private readonly copies: FrameCopyBatch;
+  // Counters of the batch in progress, published once per batch (publishCounts).
+  private txPacketCount = 0;
+  private txByteCount = 0;
+  private rxPacketCount = 0;
+  private rxByteCount = 0;
+  private stallDropsSeen = 0;
+  private holdsSeen = 0;
+  /** Transmit queues whose frame is held for a full destination (retried on doorbell or timer). */
+  private readonly txHeld: boolean[];
+  private holdTimer: ReturnType<typeof setTimeout> | null = null;
+  /** Receive queues ready in this batch, and how many. */
+  private readonly rxReady: Int32Array;
+  private rxReadyCount = 0;
   /** The transmit queue being drained (read by txHandler). */
   private txQueue: QueueState | null = null;
   /** Answers each control command; made once. */
@@ -126,12 +175,23 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
       return true;
     },
   };
-  private readonly header = new Uint8Array(NET_HDR_SIZE);
-  private readonly addresses = new Uint8Array(12);
-  private readonly numBuffersAt: ByteLocation[] = [
-    { region: -1, offset: 0 },
-    { region: -1, offset: 0 },
-  ];
+  /** A transmitted frame's header and addresses, copied out of guest memory once. */
+  private readonly head = new Uint8Array(HEAD_BYTES);
+  /**
+   * Headers of received frames, copied into guest memory with the frame: for
+   * every count n of buffers a frame may take, a virtio_net_hdr that is all
+   * zero but num_buffers = n, at n * NET_HDR_SIZE (JS stores into guest
+   * memory cost more per byte than the native copy).
+   */
+  private readonly headerTemplates: Uint8Array;
+  /** Copy-view index of {@link headerTemplates}. */
+  private readonly templateView: number;
+  /** The ops that copy the header of the frame being placed: first op, count, copy generation. */
+  private headerOp = 0;
+  private headerOps = 0;
+  private headerGeneration = 0;
+  /** Where num_buffers (le16) of the frame being placed lives: region and offset of each byte. */
+  private readonly numBuffersAt = new Float64Array(4);
   /** Heads and used lengths of the chains holding the frame being received. */
   private readonly rxHeads: Int32Array;
   private readonly rxLens: Int32Array;
@@ -170,6 +230,16 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
     this.ctrlIndex = n - 1;
     this.filter = new RxFilter(options.mac, options.queuePairs);
     this.txScheduled = Array.from({ length: n }, () => false);
+    this.txHeld = Array.from({ length: n }, () => false);
+    this.rxReady = new Int32Array(options.queuePairs);
+    this.headerTemplates = new Uint8Array(NET_HDR_SIZE * (options.queueSize + 1));
+    for (let n = 1; n <= options.queueSize; n++) {
+      this.headerTemplates[n * NET_HDR_SIZE + NET_HDR_NUM_BUFFERS] = n & 0xff;
+      this.headerTemplates[n * NET_HDR_SIZE + NET_HDR_NUM_BUFFERS + 1] = n >> 8;
+    }
+    this.templateView = this.port.frameViews.length;
+    this.copies = new FrameCopyBatch();
+    this.copies.setViews([...this.port.frameViews, this.headerTemplates], []);
     this.chain = new DescriptorChain(options.queueSize + 16);
     this.rxHeads = new Int32Array(options.queueSize);
     this.rxLens = new Int32Array(options.queueSize);
@@ -194,6 +264,7 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
 
   setMemory(memory: GuestMemory): void {
     this.bytes = memory.bytes;
+    this.copies.setGuest(memory.bytes);
   }
 
   /** Nothing is ever in flight: every chain is completed in the batch that popped it. */
@@ -203,6 +274,8 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
   }
 
   async close(): Promise<void> {
+    if (this.holdTimer !== null) clearTimeout(this.holdTimer);
+    this.holdTimer = null;
     this.onClose?.();
     this.onClose = undefined;
   }
@@ -283,10 +356,36 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
     }
   }
 
-  /** Another port rang this port's doorbell (PortPeer): frames wait in the backend port. */
+  /**
+   * Another port rang this port's doorbell (PortPeer): frames wait in the
+   * backend port, or a destination this port waits for has freed room.
+   */
   doorbell(): void {
     this.guard(this.receiveNow);
+    this.guard(this.retryHeldNow);
   }
+
+  /** {@link retryHeld}, made once. */
+  private readonly retryHeldNow = (): void => this.retryHeld();
+
+  /** Transmits again on every queue holding a frame for a full destination. */
+  private retryHeld(): void {
+    for (let i = 1; i < this.ctrlIndex; i += 2) if (this.txHeld[i]) this.transmit(i);
+  }
+
+  /** Queue `index` holds a frame: retry at the port's hold deadline at the latest. */
+  private holdTx(index: number): void {
+    this.txHeld[index] = true;
+    if (this.holdTimer !== null) return;
+    const deadline = this.port.holdDeadline();
+    // +1 ms: the deadline is measured from the batch's clock, which is a little behind.
+    this.holdTimer = setTimeout(this.onHoldTimer, Math.max(0, deadline) + 1);
+  }
+
+  private readonly onHoldTimer = (): void => {
+    this.holdTimer = null;
+    this.guard(this.retryHeldNow);
+  };
 
   /**
    * Runs `fn`, work the device does on its own (no kick led here): a throw
@@ -310,27 +409,37 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
 
   private transmit(index: number): void {
     const q = this.queues[index];
+    this.txHeld[index] = false;
     if (q === undefined || !q.ready) return;
     this.port.beginBatch();
     // One seqlock section for the whole batch: readers see its counters together.
     this.stats.beginBatch();
-    let more = false;
+    let stop: number = DrainStop.EMPTY;
     this.txQueue = q;
     try {
       // Up to BUDGET chains; a budget stop leaves kicks off and continues on the next loop turn.
-      more =
-        drainQueue(q.queue as SplitVirtqueue, this.chain, this.txHandler, BUDGET, this.drained) ===
-        DrainStop.BUDGET;
+      // A handler stop is a held frame: kicks stay off, the doorbell or the hold timer retries.
+      stop = drainQueue(
+        q.queue as SplitVirtqueue,
+        this.chain,
+        this.txHandler,
+        BUDGET,
+        this.drained,
+      );
       if (this.drained.popped > 0) this.stats.add(NetStat.kicks, 1);
     } catch (err) {
       this.breakQueue(q, err);
     } finally {
       this.txQueue = null;
+      // The frames' bytes go into the rings before endBatch publishes their HEADs.
+      this.copies.flush();
       this.port.endBatch();
       this.flush(q);
+      this.publishCounts();
       this.stats.endBatch();
     }
-    if (more) this.scheduleTx(index);
+    if (stop === DrainStop.BUDGET) this.scheduleTx(index);
+    else if (stop === DrainStop.HANDLER) this.holdTx(index);
   }
 
   private scheduleTx(index: number): void {
@@ -346,31 +455,96 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
     });
   }
 
-  /** Validates one transmitted chain and forwards its frame. */
-  private transmitChain(): void {
+  /**
+   * Validates one transmitted chain and forwards its frame; false when the
+   * frame is held (its destination is full: leave the chain in the ring).
+   */
+  private transmitChain(): boolean {
     const chain = this.chain;
     const length = chain.readableBytes - NET_HDR_SIZE;
     if (chain.error !== null || length < MIN_FRAME || length > this.maxFrame) {
       this.malformed(chain.error ?? `frame of ${length} bytes`);
-      return;
+      return true;
     }
-    const r = this.reader.reset(chain, this.bytes);
-    r.read(this.header, 0, NET_HDR_SIZE);
+    // Header and addresses, read once out of guest memory (the guest may
+    // rewrite them meanwhile: only this copy is looked at).
+    const head = this.head;
+    const b = this.bytes[chain.region[0]];
+    const o = chain.offset[0];
+    if (chain.length[0] >= HEAD_BYTES) {
+      // flags, gso_type and the addresses: the rest of the header is not looked at.
+      head[0] = b[o];
+      head[1] = b[o + 1];
+      for (let i = NET_HDR_SIZE; i < HEAD_BYTES; i++) head[i] = b[o + i];
+    } else this.reader.reset(chain, this.bytes).read(head, 0, HEAD_BYTES);
     // flags and gso_type: without CSUM / HOST_TSO* negotiated both must be 0.
-    if (this.header[0] !== 0 || this.header[1] !== 0) {
-      this.malformed(`header flags ${this.header[0]} gso_type ${this.header[1]}`);
-      return;
+    if (head[0] !== 0 || head[1] !== 0) {
+      this.malformed(`header flags ${head[0]} gso_type ${head[1]}`);
+      return true;
     }
-    r.read(this.addresses, 0, 12);
-    // Once out of guest memory, straight into the port, whatever the number
-    // of destinations (the port duplicates a flooded frame on commit).
-    if (this.port.reserve(this.addresses, 0, length) > 0) {
-      r.seek(NET_HDR_SIZE);
-      r.read(this.port.txBytes, this.port.txOffset, length);
-      this.port.commit();
+    const port = this.port;
+    const taken = port.reserve(head, NET_HDR_SIZE, length);
+    if (taken === RESERVE_HOLD) return false;
+    if (taken > 0) {
+      // Out of guest memory once, into the first reservation; the others are
+      // copied from there (the ops run in order, in one native call).
+      const view = port.reservedView(0);
+      const at = port.reservedOffset(0);
+      this.copyFromChain(view, at, length);
+      for (let i = 1; i < taken; i++)
+        this.copies.add(view, at, port.reservedView(i), port.reservedOffset(i), length);
+      port.commitWritten();
     }
-    this.stats.add(NetStat.txPackets, 1);
-    this.stats.add(NetStat.txBytes, length);
+    this.txPacketCount++;
+    this.txByteCount += length;
+    return true;
+  }
+
+  /** Records the copy of the chain's frame (its readable part after the header) to `view[at...]`. */
+  private copyFromChain(view: number, at: number, length: number): void {
+    const c = this.chain;
+    const copies = this.copies;
+    let skip = NET_HDR_SIZE;
+    let left = length;
+    for (let s = 0; s < c.firstWritable && left > 0; s++) {
+      let segLength = c.length[s];
+      if (skip >= segLength) {
+        skip -= segLength;
+        continue;
+      }
+      segLength -= skip;
+      const take = segLength < left ? segLength : left;
+      copies.add(copies.guestView(c.region[s]), c.offset[s] + skip, view, at, take);
+      skip = 0;
+      at += take;
+      left -= take;
+    }
+  }
+
+  /** Publishes the batch's counters (inside the stats section). */
+  private publishCounts(): void {
+    const stats = this.stats;
+    if (this.txPacketCount > 0) {
+      stats.add(NetStat.txPackets, this.txPacketCount);
+      stats.add(NetStat.txBytes, this.txByteCount);
+      this.txPacketCount = 0;
+      this.txByteCount = 0;
+    }
+    if (this.rxPacketCount > 0) {
+      stats.add(NetStat.rxPackets, this.rxPacketCount);
+      stats.add(NetStat.rxBytes, this.rxByteCount);
+      this.rxPacketCount = 0;
+      this.rxByteCount = 0;
+    }
+    const port = this.port;
+    if (port.stallDrops !== this.stallDropsSeen) {
+      stats.add(NetStat.txStallDrops, port.stallDrops - this.stallDropsSeen);
+      this.stallDropsSeen = port.stallDrops;
+    }
+    if (port.holds !== this.holdsSeen) {
+      stats.add(NetStat.txHolds, port.holds - this.holdsSeen);
+      this.holdsSeen = port.holds;
+    }
   }
 
   private malformed(what: string): void {
@@ -382,37 +556,57 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
 
   /** Delivers the port's frames until none is left, buffers run out, or the budget. */
   private receive(): void {
-    const index = this.rxQueue();
-    const q = index < 0 ? null : this.queues[index];
+    this.readyRxQueues();
     this.port.beginBatch();
     this.stats.beginBatch();
     let delivered = 0;
     try {
-      delivered = this.drainPort(q);
+      delivered = this.drainPort();
     } catch (err) {
+      // A ring the guest broke: which one is in `rxCurrent`.
+      const q = this.rxCurrent;
       if (q === null) throw err;
+      // Frames delivered before the break keep their copies (flushed below).
       this.breakQueue(q, err);
     } finally {
-      if (q !== null) this.flush(q);
+      // The frames' bytes go into guest memory before the used indexes (flush)
+      // expose them and before endBatch hands the ring space back.
+      this.copies.flush();
+      for (let i = 0; i < this.rxReadyCount; i++) this.flush(this.queues[this.rxReady[i]]);
       this.port.endBatch();
+      this.publishCounts();
       this.stats.endBatch();
+      this.rxCurrent = null;
     }
     if (delivered >= BUDGET) this.scheduleRx();
   }
 
+  /** The receive queue of the frame being delivered (for a guest's ring break). */
+  private rxCurrent: QueueState | null = null;
+
   /** Moves frames from the port to the driver, up to BUDGET; returns how many left the port. */
-  private drainPort(q: QueueState | null): number {
+  private drainPort(): number {
     const port = this.port;
+    const ready = this.rxReadyCount;
     let n = 0;
     for (let length = port.peek(); length >= 0 && n < BUDGET; length = port.peek()) {
-      const accepted = this.filter.accepts(port.rxBytes, port.rxOffset);
-      const result =
-        q === null || !accepted
-          ? BAD_BUFFERS
-          : this.deliver(q, port.rxBytes, port.rxOffset, length);
+      const bytes = port.rxBytes;
+      const at = port.rxOffset;
+      const accepted = this.filter.accepts(bytes, at);
+      let result = BAD_BUFFERS;
+      if (ready > 0 && accepted) {
+        // The flow's queue; when it has no buffers, the next ready one that has.
+        const pick = ready === 1 ? 0 : flowHash(bytes, at, length) % ready;
+        result = NO_BUFFERS;
+        for (let k = 0; k < ready && result === NO_BUFFERS; k++) {
+          const q = this.queues[this.rxReady[(pick + k) % ready]];
+          this.rxCurrent = q;
+          result = this.deliver(q, port.rxView, at, length);
+        }
+      }
       // No buffers: the frame stays in the port (peek returns it again) until the driver posts some.
       if (result === NO_BUFFERS) return n;
-      if (q === null) this.stats.add(NetStat.rxDropsDown, 1);
+      if (ready === 0) this.stats.add(NetStat.rxDropsDown, 1);
       else if (!accepted) this.stats.add(NetStat.rxFiltered, 1);
       port.release();
       n++;
@@ -426,12 +620,11 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
     setImmediate(this.runReceive);
   }
 
-  /** The receive queue frames go to: the first enabled, unbroken one; -1 when the link is down. */
-  private rxQueue(): number {
-    for (let i = 0; i < this.ctrlIndex; i += 2) {
-      if (this.queues[i].ready) return i;
-    }
-    return -1;
+  /** Notes the enabled, unbroken receive queues in {@link rxReady} (none: the link is down). */
+  private readyRxQueues(): void {
+    let n = 0;
+    for (let i = 0; i < this.ctrlIndex; i += 2) if (this.queues[i].ready) this.rxReady[n++] = i;
+    this.rxReadyCount = n;
   }
 
   /**
@@ -439,49 +632,111 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
    * is published until the whole frame is placed; when buffers run out the
    * ring is rewound to where the frame started and the frame waits.
    */
-  private deliver(q: QueueState, data: Uint8Array, offset: number, length: number): number {
+  private deliver(q: QueueState, view: number, offset: number, length: number): number {
     const vq = q.queue as SplitVirtqueue;
     const start = vq.lastAvailIdx;
+    // The ops of a frame of up to MAX_FRAME bytes stay unflushed until it is
+    // placed: they can be rolled back or patched (see setNumBuffers for others).
+    this.copies.ensureRoom(MAX_FRAME_OPS);
+    const mark = this.copies.count;
     let written = 0;
     let count = 0;
     while (written < length || count === 0) {
       if (count === this.rxHeads.length || !vq.pop(this.chain)) {
         vq.lastAvailIdx = start;
+        this.copies.rollback(mark);
         return NO_BUFFERS;
       }
-      const used = this.fillChain(count, data, offset + written, length - written);
-      if (used < 0) return this.dropBadBuffers(q, count);
+      const used = this.fillChain(count, view, offset + written, length - written);
+      if (used < 0) {
+        this.copies.rollback(mark);
+        return this.dropBadBuffers(q, count);
+      }
       this.rxHeads[count] = this.chain.head;
       this.rxLens[count] = used;
       written += count === 0 ? used - NET_HDR_SIZE : used;
       count++;
     }
-    this.writeNumBuffers(count);
+    if (count > 1) this.setNumBuffers(count);
     for (let i = 0; i < count; i++) q.addUsed(this.rxHeads[i], this.rxLens[i]);
-    this.stats.add(NetStat.rxPackets, 1);
-    this.stats.add(NetStat.rxBytes, length);
+    this.rxPacketCount++;
+    this.rxByteCount += length;
     return DELIVERED;
   }
 
-  /** Fills the popped chain; returns the bytes written, or -1 for an unusable chain. */
-  private fillChain(count: number, data: Uint8Array, from: number, left: number): number {
-    const chain = this.chain;
-    if (chain.error !== null || chain.writableBytes === 0) return -1;
-    const w = this.writer.reset(chain, this.bytes);
-    if (count > 0) return w.write(data, from, left);
-    if (chain.writableBytes < NET_HDR_SIZE) return -1;
-    w.fill(0, NET_HDR_SIZE);
-    w.locate(NET_HDR_NUM_BUFFERS, this.numBuffersAt[0]);
-    w.locate(NET_HDR_NUM_BUFFERS + 1, this.numBuffersAt[1]);
-    return NET_HDR_SIZE + w.write(data, from, left);
+  /**
+   * Fills the popped chain's writable part, walked once: the header (first
+   * chain of a frame: zeroes, num_buffers located for later) written here,
+   * the frame's bytes from ring view `view` recorded as copies. Returns the
+   * bytes placed, or -1 for an unusable chain.
+   */
+  private fillChain(count: number, view: number, from: number, left: number): number {
+    const c = this.chain;
+    if (c.error !== null || c.writableBytes === 0) return -1;
+    let s = c.firstWritable;
+    let within = 0;
+    let placed = 0;
+    const copies = this.copies;
+    if (count === 0) {
+      if (c.writableBytes < NET_HDR_SIZE) return -1;
+      // The header from template 1 (num_buffers 1; deliver re-points it when
+      // the frame takes more buffers). Segments are never empty.
+      this.headerOp = copies.count;
+      this.headerGeneration = copies.generation;
+      let h = 0;
+      while (h < NET_HDR_SIZE) {
+        const room = c.length[s];
+        const take = room < NET_HDR_SIZE - h ? room : NET_HDR_SIZE - h;
+        const region = c.region[s];
+        copies.add(
+          this.templateView,
+          NET_HDR_SIZE + h,
+          copies.guestView(region),
+          c.offset[s],
+          take,
+        );
+        for (let b = 0; b < 2; b++) {
+          const k = NET_HDR_NUM_BUFFERS + b - h;
+          if (k < 0 || k >= take) continue;
+          this.numBuffersAt[2 * b] = region;
+          this.numBuffersAt[2 * b + 1] = c.offset[s] + k;
+        }
+        h += take;
+        if (take === room) s++;
+        else within = take;
+      }
+      this.headerOps = copies.count - this.headerOp;
+      placed = NET_HDR_SIZE;
+    }
+    const end = c.segments;
+    let done = 0;
+    while (done < left && s < end) {
+      const room = c.length[s] - within;
+      const take = room < left - done ? room : left - done;
+      copies.add(view, from + done, copies.guestView(c.region[s]), c.offset[s] + within, take);
+      done += take;
+      s++;
+      within = 0;
+    }
+    return placed + done;
   }
 
-  /** num_buffers (le16) in the first chain's header, which may straddle two buffers. */
-  private writeNumBuffers(count: number): void {
-    const lo = this.numBuffersAt[0];
-    const hi = this.numBuffersAt[1];
-    this.bytes[lo.region][lo.offset] = count & 0xff;
-    this.bytes[hi.region][hi.offset] = count >> 8;
+  /**
+   * num_buffers of a frame placed in `count` > 1 buffers: its header is
+   * copied from template `count` instead of 1 — or, when the header's copy
+   * already went out (a batch flushed mid-frame: only for frames of
+   * thousands of tiny buffers), written here after it.
+   */
+  private setNumBuffers(count: number): void {
+    const copies = this.copies;
+    if (copies.generation === this.headerGeneration) {
+      copies.shiftSource(this.headerOp, this.headerOps, (count - 1) * NET_HDR_SIZE);
+      return;
+    }
+    copies.flush();
+    const at = this.numBuffersAt;
+    this.bytes[at[0]][at[1]] = count & 0xff;
+    this.bytes[at[2]][at[3]] = count >> 8;
   }
 
   /** An unusable receive chain: return it and the frame's earlier chains empty, drop the frame. */
@@ -504,4 +759,22 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
     q.fail(err, this.warn);
     this.stats.add(NetStat.brokenQueues, 1);
   }
+}
+
+/**
+ * A frame's flow hash (FNV-1a): its Ethernet addresses, and for IPv4 its IP
+ * addresses and, for TCP and UDP, its ports. Frames of one flow hash alike,
+ * so they reach one receive queue in order.
+ */
+export function flowHash(b: Uint8Array, o: number, length: number): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < 12; i++) h = Math.imul(h ^ b[o + i], FNV_PRIME);
+  if (length >= 34 && b[o + 12] === 0x08 && b[o + 13] === 0x00) {
+    for (let i = 26; i < 34; i++) h = Math.imul(h ^ b[o + i], FNV_PRIME);
+    const l4 = 14 + (b[o + 14] & 0xf) * 4;
+    const proto = b[o + 23];
+    if ((proto === 6 || proto === 17) && length >= l4 + 4)
+      for (let i = l4; i < l4 + 4; i++) h = Math.imul(h ^ b[o + i], FNV_PRIME);
+  }
+  return (h ^ (h >>> 16)) >>> 0;
 }

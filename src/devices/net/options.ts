@@ -18,8 +18,17 @@ export interface NetOptions {
   ringBytes: number;
   ageingMs: number;
   macCapacity: number;
+  /**
+   * Backpressure bound: how long (ms) a unicast frame for a full port is held
+   * in its sender's transmit ring before that port is dropped for instead
+   * (default {@link DEFAULT_HOLD_MS}; 0: drop at once).
+   */
+  holdMs?: number;
   rt: RtOptions;
 }
+
+/** Default of {@link NetOptions.holdMs}. */
+export const DEFAULT_HOLD_MS = 5;
 
 /** What a device worker is given to open one vhost-user port of the switch. */
 export interface NetDeviceInit {
@@ -51,4 +60,6 @@ export function validateNetOptions(o: NetOptions): void {
     throw new RangeError(`--ring-bytes ${r}: must be a power of two in 64 KiB..256 MiB`);
   }
   if (!(o.ageingMs > 0)) throw new RangeError(`--ageing-ms ${o.ageingMs}: must be > 0`);
+  if (o.holdMs !== undefined && !(o.holdMs >= 0 && o.holdMs <= 60_000))
+    throw new RangeError(`holdMs ${o.holdMs}: must be in 0..60000`);
 }

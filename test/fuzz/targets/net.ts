@@ -37,20 +37,31 @@ const RX = 0;
 const TX = 1;
 const CTRL = 2;
 
-/** A port that records what it is given and hands out frames the case queued. */
+/**
+ * A port that records what it is given and hands out frames the case queued.
+ * Frames of a batch get consecutive places in `txBytes` and are read back at
+ * endBatch (the device copies them natively once per batch, before it).
+ */
 class FakePort implements NetBackendPort {
-  readonly txBytes = new Uint8Array(0x10000);
-  readonly txOffset = 16;
-  rxBytes: Uint8Array = new Uint8Array(0);
+  readonly txBytes = new Uint8Array(1 << 20);
+  txOffset = 16;
+  readonly rxBytes = new Uint8Array(0x10000);
   readonly rxOffset = 0;
+  readonly frameViews: readonly Uint8Array[] = [this.txBytes, this.rxBytes];
+  readonly rxView = 1;
+  readonly stallDrops = 0;
+  readonly holds = 0;
+  reservations = 0;
   readonly sent: Uint8Array[] = [];
   readonly waiting: Uint8Array[] = [];
   private reserved = -1;
+  private readonly committed: number[] = [];
   private inBatch = false;
   refuse = false;
 
   beginBatch(): void {
     this.inBatch = true;
+    this.txOffset = 16;
   }
 
   reserve(addresses: Uint8Array, offset: number, length: number): number {
@@ -61,20 +72,41 @@ class FakePort implements NetBackendPort {
       `reserve of ${length} bytes`,
     );
     this.reserved = this.refuse ? -1 : length;
-    return this.refuse ? 0 : 1;
+    this.reservations = this.refuse ? 0 : 1;
+    return this.reservations;
+  }
+
+  reservedView(i: number): number {
+    check(i === 0 && this.reserved >= 0, `reservedView(${i})`);
+    return 0;
+  }
+
+  reservedOffset(i: number): number {
+    check(i === 0 && this.reserved >= 0, `reservedOffset(${i})`);
+    return this.txOffset;
   }
 
   commit(): void {
     if (this.reserved < 0) return;
-    this.sent.push(this.txBytes.slice(this.txOffset, this.txOffset + this.reserved));
+    this.committed.push(this.txOffset, this.reserved);
+    this.txOffset += this.reserved;
     this.reserved = -1;
+    this.reservations = 0;
+  }
+
+  commitWritten(): void {
+    this.commit();
+  }
+
+  holdDeadline(): number {
+    return -1;
   }
 
   peek(): number {
     check(this.inBatch, 'peek outside a batch');
     const f = this.waiting[0];
     if (f === undefined) return -1;
-    this.rxBytes = f;
+    this.rxBytes.set(f, 0);
     return f.length;
   }
 
@@ -85,6 +117,9 @@ class FakePort implements NetBackendPort {
 
   endBatch(): void {
     this.inBatch = false;
+    const c = this.committed;
+    for (let i = 0; i < c.length; i += 2) this.sent.push(this.txBytes.slice(c[i], c[i] + c[i + 1]));
+    c.length = 0;
   }
 }
 
