@@ -1,0 +1,345 @@
+/**
+ * One question (issue 12): what does a running live backup cost the guest's write latency —
+ * vhost-rt's journal (a write to an uncopied chunk waits for one read of the old chunk; the
+ * target is written by an idle-priority copier) against qemu-storage-daemon's
+ * `blockdev-backup` (copy-before-write: the old cluster is read and written to the target
+ * inside the guest's write)? Both back ends serve the same image side by side (qsd with
+ * locking=off: only one is driven at a time), the same load generator drives 4k randwrite at
+ * QD1 and QD32, each without a backup and during a full backup to a raw file on the same
+ * disk, interleaved per round. Each round gives, per back end, during/idle ratios of p50, p99
+ * and p99.9, and the ratio of those ratios (vhost-rt's over qsd's); the report gives medians
+ * with min..max over the rounds. Writes every sample to bench/results/backup.json.
+ *
+ *   node dist/bench/backup.js [--rounds N] [--runtime SEC] [--ramp SEC] [--speed MiB/s]
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, rm, truncate } from 'node:fs/promises';
+import { connect, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import {
+  type Backend,
+  BackendError,
+  ensureImage,
+  REPO_ROOT,
+  startVhostRt,
+} from './loadgen/backends.js';
+import { type LoadResult, runLoad } from './loadgen/generator.js';
+import { fmtRatio, fmtUs, markdownTable, writeJson } from './report.js';
+
+const MiB = 1024 * 1024;
+const IMAGE_BYTES = 256 * MiB;
+const DEPTHS = [1, 32] as const;
+type Label = 'vhost-rt' | 'qsd';
+type Phase = 'idle' | 'backup';
+
+interface Sample {
+  round: number;
+  backend: Label;
+  depth: number;
+  phase: Phase;
+  result: LoadResult;
+}
+
+/** A line-JSON QMP client (greeting, qmp_capabilities, execute, events). */
+class Qmp {
+  private buf = '';
+  readonly messages: Record<string, unknown>[] = [];
+  private waiters: (() => void)[] = [];
+  private id = 0;
+
+  private constructor(private readonly socket: Socket) {
+    socket.setEncoding('utf8');
+    socket.on('data', (t: string) => {
+      this.buf += t;
+      for (let nl = this.buf.indexOf('\n'); nl >= 0; nl = this.buf.indexOf('\n')) {
+        const line = this.buf.slice(0, nl).trim();
+        this.buf = this.buf.slice(nl + 1);
+        if (line !== '') this.messages.push(JSON.parse(line) as Record<string, unknown>);
+      }
+      for (const w of this.waiters.splice(0)) w();
+    });
+  }
+
+  static async open(path: string): Promise<Qmp> {
+    const deadline = Date.now() + 10_000;
+    while (!existsSync(path)) {
+      if (Date.now() > deadline) throw new BackendError('BENCH_QMP', `no QMP socket ${path}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const socket = connect(path);
+    await new Promise((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+    const q = new Qmp(socket);
+    await q.next((m) => 'QMP' in m);
+    await q.execute('qmp_capabilities');
+    return q;
+  }
+
+  /** The first message from `from` on that `match` accepts. */
+  async next(match: (m: Record<string, unknown>) => boolean, from = 0, timeoutMs = 120_000) {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const m = this.messages.slice(from).find(match);
+      if (m !== undefined) return m;
+      if (Date.now() > deadline) throw new BackendError('BENCH_QMP', 'QMP: timed out');
+      await new Promise<void>((r) => {
+        this.waiters.push(r);
+        setTimeout(r, 500);
+      });
+    }
+  }
+
+  async execute(command: string, args?: Record<string, unknown>) {
+    const id = `b${++this.id}`;
+    this.socket.write(
+      `${JSON.stringify({ execute: command, id, ...(args ? { arguments: args } : {}) })}\n`,
+    );
+    const r = await this.next((m) => m.id === id);
+    if ('error' in r) throw new BackendError('BENCH_QMP', `${command}: ${JSON.stringify(r.error)}`);
+    return r.return;
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
+
+/** qsd: the image (locking=off), a target node, the vhost-user-blk export and a QMP monitor. */
+async function startQsdWithMonitor(image: string, target: string, socket: string, qmp: string) {
+  await rm(socket, { force: true });
+  await rm(qmp, { force: true });
+  const args = [
+    '--blockdev',
+    `driver=file,node-name=f0,filename=${image},cache.direct=on,aio=native,locking=off`,
+    '--blockdev',
+    `driver=file,node-name=t0,filename=${target},cache.direct=on,aio=native`,
+    '--export',
+    `type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path=${socket},writable=on`,
+    '--chardev',
+    `socket,id=m0,path=${qmp},server=on,wait=off`,
+    '--monitor',
+    'chardev=m0',
+  ];
+  const child: ChildProcess = spawn('qemu-storage-daemon', args, {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  const deadline = Date.now() + 10_000;
+  while (!existsSync(socket)) {
+    if (child.exitCode !== null || Date.now() > deadline)
+      throw new BackendError('BENCH_QSD', 'qemu-storage-daemon did not export its socket');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const stop = async () => {
+    if (child.exitCode === null) child.kill('SIGTERM');
+    await new Promise((r) => (child.exitCode !== null ? r(null) : child.once('exit', r)));
+    return '';
+  };
+  return {
+    backend: { label: 'qsd', pid: child.pid ?? -1, sockets: [socket], stop } as Backend,
+    qmp: await Qmp.open(qmp),
+  };
+}
+
+/** Starts a full backup on `label`, returns how to stop it (cancel, wait for its end). */
+async function startBackup(
+  label: Label,
+  q: Qmp,
+  target: string,
+  speed: number,
+): Promise<() => Promise<void>> {
+  const from = q.messages.length;
+  if (label === 'vhost-rt') {
+    await q.execute('blockdev-backup', { device: 0, target, sync: 'full', speed });
+    return async () => {
+      await q.execute('backup-cancel', { device: 0 });
+      await q.next((m) => /^BACKUP_(CANCELLED|COMPLETED|FAILED)$/.test(String(m.event)), from);
+    };
+  }
+  await q.execute('blockdev-backup', {
+    'job-id': 'b0',
+    device: 'f0',
+    target: 't0',
+    sync: 'full',
+    speed,
+  });
+  return async () => {
+    await q.execute('block-job-cancel', { device: 'b0', force: true }).catch(() => undefined);
+    await q.next((m) => /^BLOCK_JOB_(CANCELLED|COMPLETED)$/.test(String(m.event)), from);
+    // The job is gone only after its JOB_STATUS_CHANGE to null; dismiss is automatic (auto-dismiss).
+    await q.next(
+      (m) => m.event === 'JOB_STATUS_CHANGE' && (m.data as { status?: string }).status === 'null',
+      from,
+    );
+  };
+}
+
+function median(v: number[]): number {
+  const s = [...v].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+const fmtRange = (xs: number[]) =>
+  `${fmtRatio(median(xs))} (${fmtRatio(Math.min(...xs))}..${fmtRatio(Math.max(...xs))})`;
+
+const PCTS = [
+  ['p50', (r: LoadResult) => r.latency.p50Us],
+  ['p99', (r: LoadResult) => r.latency.p99Us],
+  ['p99.9', (r: LoadResult) => r.latency.p999Us],
+] as const;
+
+function report(samples: Sample[], rounds: number): string {
+  const rows: string[][] = [];
+  for (const depth of DEPTHS) {
+    const get = (b: Label, p: Phase, round: number) =>
+      samples.find(
+        (s) => s.backend === b && s.depth === depth && s.phase === p && s.round === round,
+      )?.result;
+    const ratioOfRatios: Record<string, number[]> = {};
+    for (const b of ['vhost-rt', 'qsd'] as const) {
+      for (const p of ['idle', 'backup'] as const) {
+        const xs = samples.filter((s) => s.backend === b && s.depth === depth && s.phase === p);
+        rows.push([
+          `4k randwrite QD${depth}`,
+          b,
+          p,
+          String(Math.round(median(xs.map((s) => s.result.iops)))),
+          ...PCTS.map(
+            ([, f]) =>
+              `${fmtUs(median(xs.map((s) => f(s.result))))} (${fmtUs(Math.min(...xs.map((s) => f(s.result))))}..${fmtUs(Math.max(...xs.map((s) => f(s.result))))})`,
+          ),
+          String(xs.reduce((n, s) => n + s.result.errors, 0)),
+        ]);
+      }
+    }
+    const cells: string[] = [`4k randwrite QD${depth}`, 'during/idle', 'ratios'];
+    for (const [name, f] of PCTS) {
+      const v: number[] = [];
+      const q: number[] = [];
+      const rr: number[] = [];
+      for (let r = 0; r < rounds; r++) {
+        const vi = get('vhost-rt', 'idle', r);
+        const vb = get('vhost-rt', 'backup', r);
+        const qi = get('qsd', 'idle', r);
+        const qb = get('qsd', 'backup', r);
+        if (!vi || !vb || !qi || !qb) continue;
+        v.push(f(vb) / f(vi));
+        q.push(f(qb) / f(qi));
+        rr.push(f(vb) / f(vi) / (f(qb) / f(qi)));
+      }
+      ratioOfRatios[name] = rr;
+      cells.push(`vhost-rt ${fmtRange(v)}; qsd ${fmtRange(q)}; vhost-rt/qsd ${fmtRange(rr)}`);
+    }
+    rows.push([...cells, '']);
+  }
+  const header = [
+    'workload',
+    'back end',
+    'phase',
+    'IOPS (median)',
+    'p50 µs',
+    'p99 µs',
+    'p99.9 µs',
+    'errors',
+  ];
+  return `${markdownTable(header, rows)}\n\n${rounds} interleaved rounds; latency cells: median (min..max) over the rounds; the "during/idle" rows give per-round ratios.\n`;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      rounds: { type: 'string', default: '3' },
+      runtime: { type: 'string', default: '3' },
+      ramp: { type: 'string', default: '1' },
+      speed: { type: 'string', default: '32' },
+      out: { type: 'string' },
+    },
+  });
+  const rounds = Number(values.rounds);
+  const runtimeSec = Number(values.runtime);
+  const rampSec = Number(values.ramp);
+  const speed = Number(values.speed) * MiB;
+  const out = values.out ?? join(REPO_ROOT, 'bench', 'results');
+  const work = join(REPO_ROOT, '.cache', 'bench', `backup-${process.pid}`);
+  await mkdir(work, { recursive: true });
+  const image = join(REPO_ROOT, '.cache', 'bench', 'backup-256m.raw');
+  ensureImage(image, IMAGE_BYTES);
+  const vTarget = join(work, 'vhost-rt-target.raw');
+  const qTarget = join(work, 'qsd-target.raw');
+  await truncate(qTarget, IMAGE_BYTES).catch(async () => {
+    const { writeFile } = await import('node:fs/promises');
+    await writeFile(qTarget, '');
+    await truncate(qTarget, IMAGE_BYTES);
+  });
+  const ctl = join(work, 'vhost-rt.qmp');
+  const samples: Sample[] = [];
+  const v = await startVhostRt({
+    label: 'vhost-rt',
+    devices: [`socket-path=${join(work, 'vhost-rt.sock')},image=${image}`],
+    flags: ['--queues', '1', '--control-socket', ctl],
+  });
+  const vq = await Qmp.open(ctl);
+  const q = await startQsdWithMonitor(
+    image,
+    qTarget,
+    join(work, 'qsd.sock'),
+    join(work, 'qsd.qmp'),
+  );
+  const sides = [
+    { label: 'vhost-rt' as const, backend: v, qmp: vq, target: vTarget },
+    { label: 'qsd' as const, backend: q.backend, qmp: q.qmp, target: qTarget },
+  ];
+  try {
+    for (let round = 0; round < rounds; round++) {
+      const order = round % 2 === 0 ? sides : [...sides].reverse();
+      for (const depth of DEPTHS) {
+        for (const side of order) {
+          for (const phase of ['idle', 'backup'] as const) {
+            const stop =
+              phase === 'backup'
+                ? await startBackup(side.label, side.qmp, side.target, speed)
+                : null;
+            const result = await runLoad({
+              socketPath: side.backend.sockets[0],
+              backendPid: side.backend.pid,
+              rw: 'randwrite',
+              bs: 4096,
+              iodepth: depth,
+              runtimeSec,
+              rampSec,
+            });
+            await stop?.();
+            samples.push({ round, backend: side.label, depth, phase, result });
+            const l = result.latency;
+            process.stderr.write(
+              `round ${round + 1}/${rounds} QD${depth} ${side.label} ${phase}: ${Math.round(result.iops)} IOPS p50 ${l.p50Us.toFixed(0)} p99 ${l.p99Us.toFixed(0)} p99.9 ${l.p999Us.toFixed(0)} µs\n`,
+            );
+          }
+        }
+      }
+    }
+  } finally {
+    vq.close();
+    q.qmp.close();
+    await v.stop();
+    await q.backend.stop();
+    await rm(work, { recursive: true, force: true });
+  }
+  const table = report(samples, rounds);
+  process.stdout.write(table);
+  await mkdir(out, { recursive: true });
+  await writeJson(join(out, 'backup.json'), {
+    date: new Date().toISOString(),
+    rounds,
+    runtimeSec,
+    rampSec,
+    speed,
+    samples,
+  });
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
+  process.exitCode = 1;
+});
