@@ -268,6 +268,8 @@ class Copier {
       this.markCopied(c);
       this.fromJournal++;
       this.readyTail++;
+      // Progress for the main thread's reports only; the device never reads READY_TAIL (it gets
+      // entries back through FREE_HEAD below).
       Atomics.store(s.i32, BACKUP.READY_TAIL, this.readyTail);
       s.i32[s.at.free + (this.freeHead % s.entries)] = e;
       this.freeHead++;
@@ -284,6 +286,7 @@ class Copier {
     if (s.bit(s.at.copied, c)) return;
     s.setBit(s.at.copied, c);
     this.copied++;
+    // Progress for query-backups (main thread's Atomics.load); COPIED bits are published by setBit.
     Atomics.store(s.i32, BACKUP.COPIED, this.copied);
   }
 
@@ -303,13 +306,16 @@ class Copier {
       done += r;
     }
     this.written += length;
+    // Statistics only: the main thread's Atomics.load reads it when asked; orders nothing else.
     Atomics.store(this.s.i32, BACKUP.FROM_JOURNAL, this.fromJournal);
     const now = performance.now();
     if (now - this.lastProgress >= PROGRESS_INTERVAL_MS) {
       this.lastProgress = now;
       postEvent<BackupCopierEvent>({ type: 'progress', ...this.totals() });
     }
-    if (this.init.speed <= 0) return;
+    // `speed` paces the disk pass only: a journal entry may have a guest write waiting on it
+    // (journal full), so it is never held back; its bytes count, and the disk pass slows for them.
+    if (this.init.speed <= 0 || buffer === JOURNAL) return;
     const ahead = (this.written / this.init.speed) * 1000 - (now - this.started);
     if (ahead > 1) await new Promise((resolve) => setTimeout(resolve, ahead));
   }
@@ -323,6 +329,8 @@ class Copier {
   /** Stops at a cancel or a failed journal read. */
   private check(): void {
     const s = this.s;
+    // CANCEL: the main thread's Atomics.store; FAILED_ERRNO: the device's, stored before its
+    // STATE says ENDED. Both are plain flags; nothing else is ordered by them.
     if (Atomics.load(s.i32, BACKUP.CANCEL) !== 0)
       throw new CopyFailure('ERR_BACKUP_CANCELLED', 'cancelled (backup-cancel)');
     const errno = Atomics.load(s.i32, BACKUP.FAILED_ERRNO);

@@ -236,6 +236,7 @@ export class DeviceBackups {
   private refresh(job: Job): BackupStatus {
     const i32 = job.share.i32;
     const st = job.status;
+    // Counters single writers publish with Atomics.store; each is read alone, none orders another.
     st['copied-bytes'] = Math.min(
       Atomics.load(i32, BACKUP.COPIED) * job.share.chunkBytes,
       st['total-bytes'],

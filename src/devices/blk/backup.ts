@@ -27,6 +27,7 @@
  * (the chain reader is re-pointed per request): no allocation per request.
  */
 
+import { getSystemErrorName } from 'node:util';
 import { BackupShare, type BackupShareInit } from '../../io/backup-share.js';
 import type { IoEngine, IoOpCode } from '../../io/engine.js';
 import { IoOp } from '../../io/engine.js';
@@ -377,6 +378,8 @@ export class BackupTracker {
         this.freeStack[this.freeCount++] = s.i32[s.at.free + (this.freeTail % s.entries)];
         this.freeTail++;
       }
+      // Statistics only (the copier never reads FREE_TAIL: the ring cannot overflow, it holds
+      // at most every entry once); orders nothing.
       Atomics.store(s.i32, BACKUP.FREE_TAIL, this.freeTail);
       return this.freeCount > 0;
     };
@@ -409,6 +412,7 @@ export class BackupTracker {
     const s = this.share as BackupShare;
     if (this.state !== BackupState.ACTIVE) return;
     this.failure = errnoName(errno);
+    // Read by the copier's check() with Atomics.load: the backup fails; nothing else is ordered.
     Atomics.store(s.i32, BACKUP.FAILED_ERRNO, errno);
     this.state = BackupState.ENDED;
   }
@@ -425,6 +429,7 @@ export class BackupTracker {
     Atomics.store(s.i32, BACKUP.READY_HEAD, this.readyHead);
     const inUse = s.entries - this.freeCount;
     if (inUse > s.i32[BACKUP.HIGH_WATER]) s.i32[BACKUP.HIGH_WATER] = inUse;
+    // Wakes a copier in Atomics.waitAsync on READY_HEAD (after the store above it can see).
     Atomics.notify(s.i32, BACKUP.READY_HEAD);
   }
 
@@ -432,6 +437,8 @@ export class BackupTracker {
   private doorbell(): void {
     const s = this.share as BackupShare;
     native.eventfdRead(s.init.doorbellFd);
+    // Cleared before refill() looks at FREE_HEAD: a free published after that look finds it set
+    // again (refill sets it when it finds nothing) and rings once more.
     Atomics.store(s.i32, BACKUP.DEVICE_WAITING, 0);
     this.refill();
     this.pump();
@@ -445,6 +452,7 @@ export class BackupTracker {
    * flight (only then may the device drop the journal buffer).
    */
   end(): Promise<void> {
+    // For the main thread's reports; the copier has finished (or is told by CANCEL) already.
     if (this.share !== null) Atomics.store(this.share.i32, BACKUP.STATE, BackupState.ENDED);
     this.state = BackupState.ENDED;
     this.watcher?.close();
@@ -460,6 +468,9 @@ export class BackupTracker {
 
 /** An errno number's name (EIO, ENOSPC...), or `errno N`. */
 export function errnoName(errno: number): string {
-  const names: Record<number, string> = { 5: 'EIO', 28: 'ENOSPC', 22: 'EINVAL', 12: 'ENOMEM' };
-  return names[errno] ?? `errno ${errno}`;
+  try {
+    return getSystemErrorName(-errno);
+  } catch {
+    return `errno ${errno}`;
+  }
 }

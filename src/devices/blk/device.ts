@@ -343,6 +343,8 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
       throw new RangeError(`resize to ${bytes} bytes: must be a non-negative integer`);
     const capacity = capacityOf(bytes);
     const changed = capacity !== this.capacityBytes;
+    if (changed && this.backup !== null)
+      throw new VhostRtError('ERR_BACKUP_RUNNING', 'a backup or snapshot of this device is running');
     if (changed) this.cbt?.resized(capacity);
     this.capacityBytes = capacity;
     writeCapacity(this.config, capacity);
