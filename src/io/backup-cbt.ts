@@ -12,9 +12,13 @@
  * state CLEAN. A file found OPEN means the daemon died without writing it:
  * writes may have gone unrecorded, so the bitmap is invalid and the next
  * incremental backup is done as a full one (its reply says so). A missing,
- * foreign or resized file is invalid likewise.
+ * foreign or resized file is invalid likewise. Two daemons on one image (a
+ * live migration's source and destination): the later one finds the file
+ * OPEN (invalid) and marks it as its own, so the earlier one's clean close
+ * leaves it alone. A block device's bitmap is kept in memory only.
  */
-import { closeSync, existsSync, openSync, readSync, writeSync } from 'node:fs';
+import { randomInt } from 'node:crypto';
+import { closeSync, existsSync, openSync, readSync, statSync, writeSync } from 'node:fs';
 import { BACKUP_CHUNK_BYTES } from './backup-share.js';
 
 /** Header bytes of a `.vhost-rt-cbt` file. */
@@ -45,6 +49,11 @@ export class ChangedBlocks {
   generation: number;
   /** Chunks covered. */
   chunks: number;
+  /**
+   * Written into the header at open: a second daemon opening the image (a live migration's
+   * destination) writes its own, and then this one's clean close leaves the file alone.
+   */
+  private readonly owner = randomInt(1, 2 ** 31);
 
   private constructor(
     chunks: number,
@@ -68,6 +77,8 @@ export class ChangedBlocks {
    * crash from now on invalidates it. I/O errors leave an invalid in-memory bitmap.
    */
   static open(image: string, imageBytes: number, warn: (m: string) => void): ChangedBlocks {
+    // A block device's directory (/dev) is no place for it: kept in memory only.
+    if (!statSync(image).isFile()) return ChangedBlocks.inMemory(imageBytes);
     const path = cbtPath(image);
     const cbt = new ChangedBlocks(Math.ceil(imageBytes / BACKUP_CHUNK_BYTES), path, imageBytes);
     try {
@@ -123,6 +134,7 @@ export class ChangedBlocks {
     h.writeBigUInt64LE(BigInt(this.imageBytes), 16);
     h.writeBigUInt64LE(BigInt(this.generation), 24);
     h.writeUInt32LE(state, 32);
+    h.writeUInt32LE(this.owner, 36);
     return h;
   }
 
@@ -133,6 +145,22 @@ export class ChangedBlocks {
       writeSync(fd, this.header(state), 0, CBT_HEADER_BYTES, 0);
     } finally {
       closeSync(fd);
+    }
+  }
+
+  /** The header still carries this daemon's owner mark (no other daemon opened the image since). */
+  private stillOwned(): boolean {
+    try {
+      const fd = openSync(this.path as string, 'r');
+      try {
+        const h = Buffer.alloc(CBT_HEADER_BYTES);
+        readSync(fd, h, 0, CBT_HEADER_BYTES, 0);
+        return h.readUInt32LE(36) === this.owner;
+      } finally {
+        closeSync(fd);
+      }
+    } catch {
+      return false;
     }
   }
 
@@ -181,7 +209,7 @@ export class ChangedBlocks {
 
   /** Clean close: writes the bitmap, then the header with state CLEAN (only a valid bitmap is kept valid). */
   persist(): void {
-    if (this.path === null) return;
+    if (this.path === null || !this.stillOwned()) return;
     const fd = openSync(this.path, 'w');
     try {
       const body = Buffer.from(this.bits.buffer, this.bits.byteOffset, this.bits.byteLength);
