@@ -20,6 +20,8 @@
  * use host order, so the host must be little-endian (checked at construction).
  */
 import type { DescriptorChain } from './descriptor-chain.js';
+import type { DirtyLog } from './dirty-log.js';
+import type { DrainableQueue } from './drain.js';
 import { ChainErrorCode, QueueBrokenError, QueueErrorCode } from './errors.js';
 import type { GuestMemory } from './guest-memory.js';
 import type { InflightQueue, InflightRecovery } from './inflight.js';
@@ -71,6 +73,56 @@ export interface SplitQueueConfig {
   indirect: boolean;
   /** VIRTIO_F_NOTIFY_ON_EMPTY negotiated: interrupt when the ring runs empty despite suppression. */
   notifyOnEmpty?: boolean;
+  /**
+   * VIRTIO_F_RING_PACKED negotiated: the ring is a PackedVirtqueue
+   * (packed-virtqueue.ts) and the three addresses are read as descriptor
+   * ring, driver area and device area.
+   */
+  packed?: boolean;
+}
+
+/**
+ * What devices, the drain loop, {@link Vring} and the worker runtime need
+ * of a started ring, whichever its layout: {@link SplitVirtqueue} and
+ * PackedVirtqueue (packed-virtqueue.ts) both have it. `head` is the split
+ * ring's head descriptor index or the packed ring's buffer id.
+ */
+export interface Virtqueue extends DrainableQueue {
+  /** Queue size. */
+  readonly size: number;
+  /** EVENT_IDX negotiated. */
+  readonly eventIdx: boolean;
+  /** Tells the layouts apart. */
+  readonly packed: boolean;
+  /**
+   * Chains popped, u16: the split ring's last_avail_idx. Setting an earlier
+   * value puts chains popped since then (and not yet returned) back.
+   */
+  lastAvailIdx: number;
+  /** Used elements added, u16 free-running (the split ring's used idx). */
+  readonly usedIdx: number;
+  /** What GET_VRING_BASE hands back for this ring. */
+  readonly vringBase: number;
+  /** Bytes of the used ring (split) or device area (packed), logged whole at a ring stop. */
+  readonly usedAreaBytes: number;
+  /** More than 0 when chains are available (inflight resubmissions included). */
+  pending(): number;
+  /** Writes one used element without publishing it. */
+  addUsed(head: number, len: number): void;
+  /** Writes one used element and publishes it. */
+  pushUsed(head: number, len: number): void;
+  /** Publishes every used element added so far. */
+  publishUsed(): void;
+  /** Whether the driver wants an interrupt for what was published since the last call. */
+  needsInterrupt(): boolean;
+  /** Switches to a new memory table (re-validates the rings). */
+  setMemory(memory: GuestMemory): void;
+  /**
+   * Marks in `log` what the used elements added since used index `from`
+   * wrote (their writable buffers, up to the used length unless `whole`),
+   * and the ring's own writes at `ringLogAddr` (-1: the ring is not logged).
+   */
+  logBatch(log: DirtyLog, from: number, ringLogAddr: number, whole: boolean): void;
 }
 
 /** Segment limit per chain when the constructor is not given one (QEMU's VIRTQUEUE_MAX_SIZE). */
@@ -107,7 +159,7 @@ interface RingLocation {
  * if (q.needsInterrupt()) signal(callFd);
  * ```
  */
-export class SplitVirtqueue {
+export class SplitVirtqueue implements Virtqueue {
   /** Queue size (number of descriptors and ring slots). */
   readonly size: number;
   /** Guest-physical addresses of the three parts. */
@@ -194,6 +246,26 @@ export class SplitVirtqueue {
   set lastAvailIdx(value: number) {
     this.lastAvail = checkU16('lastAvailIdx', value);
     this.shadowAvail = this.lastAvail;
+  }
+
+  /** Always false: tells the two ring layouts apart. */
+  get packed(): false {
+    return false;
+  }
+
+  /** GET_VRING_BASE of a split ring: last_avail_idx. */
+  get vringBase(): number {
+    return this.lastAvail;
+  }
+
+  /** Bytes of the used ring. */
+  get usedAreaBytes(): number {
+    return usedRingBytes(this.size, this.eventIdx);
+  }
+
+  /** Marks the batch `[from, usedIdx)` in `log` (DirtyLog.logBatch). */
+  logBatch(log: DirtyLog, from: number, ringLogAddr: number, whole: boolean): void {
+    log.logBatch(this, from, ringLogAddr, whole);
   }
 
   /** The device's next used index, u16 free-running; setting it forgets the interrupt history. */

@@ -20,8 +20,7 @@
 import type { DirtyLog } from './dirty-log.js';
 import { QueueBrokenError } from './errors.js';
 import type { GuestMemory } from './guest-memory.js';
-import { usedRingBytes } from './split-ring.js';
-import type { SplitVirtqueue } from './virtqueue.js';
+import type { Virtqueue } from './virtqueue.js';
 
 /** Something the runtime closes when the ring stops (the kick watcher). */
 export interface Closable {
@@ -42,8 +41,8 @@ export type RingBroken = (vring: Vring, code: string, reason: string) => void;
  * state, kick/call fds and the open batch; see the module comment.
  */
 export class Vring {
-  /** The started ring, or null while stopped. */
-  queue: SplitVirtqueue | null = null;
+  /** The started ring (split or packed), or null while stopped. */
+  queue: Virtqueue | null = null;
   /** The driver enabled the ring (SET_VRING_ENABLE, or started without protocol features). */
   enabled = false;
   /**
@@ -102,7 +101,7 @@ export class Vring {
   }
 
   /** (Re)starts the ring on `queue`: a restarted ring is served again even if the guest broke the old one. */
-  start(queue: SplitVirtqueue): void {
+  start(queue: Virtqueue): void {
     this.queue = queue;
     this.broken = false;
     this.brokenCode = null;
@@ -111,15 +110,16 @@ export class Vring {
   }
 
   /**
-   * Forgets the ring; returns the next avail index to hand back
-   * (GET_VRING_BASE). While logging, the whole used ring is marked first:
+   * Forgets the ring; returns the ring base to hand back (GET_VRING_BASE:
+   * the next avail index; a packed ring's also carries wrap counters and
+   * the used position). While logging, the whole used ring is marked first:
    * its flags and avail_event were written without a batch.
    */
   stop(): number {
     const q = this.queue;
     if (q !== null && this.logUsedAddr >= 0)
-      this.dirtyLog?.markRange(this.logUsedAddr, usedRingBytes(q.size, q.eventIdx));
-    const last = this.queue?.lastAvailIdx ?? 0;
+      this.dirtyLog?.markRange(this.logUsedAddr, q.usedAreaBytes);
+    const last = this.queue?.vringBase ?? 0;
     this.queue = null;
     this.batchOpen = false;
     return last;
@@ -148,7 +148,7 @@ export class Vring {
     this.batchOpen = false;
     // Logging on: mark what the batch wrote before used.idx exposes it.
     if (this.dirtyLog !== null)
-      this.dirtyLog.logBatch(q, this.publishedUsed, this.logUsedAddr, this.logsWholeWritablePart);
+      q.logBatch(this.dirtyLog, this.publishedUsed, this.logUsedAddr, this.logsWholeWritablePart);
     q.publishUsed();
     this.publishedUsed = q.usedIdx;
     if (!q.needsInterrupt()) return false;

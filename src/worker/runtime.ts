@@ -36,7 +36,9 @@ import {
   DirtyLog,
   GuestMemory,
   type MemoryRegion,
+  PackedVirtqueue,
   SplitVirtqueue,
+  type Virtqueue,
   type Vring,
   vringAt,
 } from '../virtio/index.js';
@@ -71,6 +73,15 @@ export interface RuntimeEvents {
  * leaves them off, so the driver does not kick a queue that is being polled.
  */
 class PolledVirtqueue extends SplitVirtqueue {
+  suppressed = false;
+
+  override setNotification(enabled: boolean): void {
+    super.setNotification(enabled && !this.suppressed);
+  }
+}
+
+/** {@link PolledVirtqueue} for a packed ring (VIRTIO_F_RING_PACKED). */
+class PolledPackedVirtqueue extends PackedVirtqueue {
   suppressed = false;
 
   override setNotification(enabled: boolean): void {
@@ -158,7 +169,7 @@ class AdaptivePoller {
 
   private suppress(on: boolean): void {
     for (const v of this.vrings) {
-      const q = v.queue as PolledVirtqueue | null;
+      const q = v.queue as PolledVirtqueue | PolledPackedVirtqueue | null;
       if (q === null) continue;
       q.suppressed = on;
       if (on) q.setNotification(false);
@@ -176,7 +187,7 @@ class AdaptivePoller {
 }
 
 /** Whether `vq` has chains; a broken ring counts as "yes" so the device sees and reports it. */
-function hasPending(vq: SplitVirtqueue): boolean {
+function hasPending(vq: Virtqueue): boolean {
   try {
     return vq.pending() > 0;
   } catch {
@@ -428,10 +439,7 @@ export class DeviceRuntime {
     const v = this.vring(cmd.index);
     if (this.memory === null)
       throw new VhostRtError('ERR_NO_MEMORY', 'ring started before any memory table');
-    const vq = new PolledVirtqueue(this.memory, cmd.config, this.maxSegments);
-    vq.lastAvailIdx = cmd.lastAvailIdx;
-    vq.usedIdx = readUsedIdx(this.memory, cmd.config.usedRing);
-    if (cmd.inflight !== null) this.attachInflight(cmd.index, vq, cmd.inflight);
+    const vq = this.newQueue(cmd);
     v.callFd = cmd.callFd;
     v.errFd = cmd.errFd;
     this.unwatchKick(v);
@@ -443,6 +451,25 @@ export class DeviceRuntime {
     else if (this.memoryLost) v.markBroken(RingBreak.GUEST_MEMORY, GUEST_MEMORY_SHRANK);
     this.checkGuestMemory();
     return 0;
+  }
+
+  /**
+   * The ring of a start-queue command, positioned where the front end said.
+   * A packed ring's base carries both positions; it keeps no inflight
+   * region (the backend offers INFLIGHT_SHMFD only without RING_PACKED).
+   */
+  private newQueue(cmd: DeviceCommand & { op: 'start-queue' }): Virtqueue {
+    const memory = this.memory as GuestMemory;
+    if (cmd.config.packed === true) {
+      const pq = new PolledPackedVirtqueue(memory, cmd.config, this.maxSegments);
+      pq.vringBase = cmd.lastAvailIdx;
+      return pq;
+    }
+    const vq = new PolledVirtqueue(memory, cmd.config, this.maxSegments);
+    vq.lastAvailIdx = cmd.lastAvailIdx;
+    vq.usedIdx = readUsedIdx(memory, cmd.config.usedRing);
+    if (cmd.inflight !== null) this.attachInflight(cmd.index, vq, cmd.inflight);
+    return vq;
   }
 
   /**
