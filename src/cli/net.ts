@@ -4,7 +4,7 @@
  * worker thread.
  */
 import type { ControlledDevice } from '../control/index.js';
-import type { NetOptions, NetPortSpec } from '../devices/net/options.js';
+import { DEFAULT_HOLD_MS, type NetOptions, type NetPortSpec } from '../devices/net/options.js';
 import { ConfigError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { parseMac } from '../net/mac-table.js';
@@ -46,6 +46,7 @@ const FLAGS = {
   'mac-base': { type: 'string' },
   'ring-bytes': { type: 'string' },
   'ageing-ms': { type: 'string' },
+  'hold-ms': { type: 'string' },
   'spare-ports': { type: 'string' },
   quiet: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
@@ -73,6 +74,9 @@ Options:
                        (default 52:54:00:12:34:00; QEMU uses its own -device mac=)
   --ring-bytes N       bytes of each port-to-port ring (default 1048576)
   --ageing-ms N        MAC ageing time (default 300000)
+  --hold-ms N          backpressure: a frame for a port whose ring is full waits in its
+                       sender's transmit ring until that port drains it, or drops once
+                       that port made no progress for N ms (default ${DEFAULT_HOLD_MS}; 0: drop at once)
   --spare-ports N      port slots kept free for device-add on the control socket,
                        0..${MAX_SPARE_PORTS} (default 0; each costs a ring to and from every port)
 
@@ -140,6 +144,7 @@ export function parseNetArgs(args: string[]): NetPlan | 'help' {
       queueSize: integerFlag('queue-size', v['queue-size'], 256),
       ringBytes: integerFlag('ring-bytes', v['ring-bytes'], 1 << 20),
       ageingMs: integerFlag('ageing-ms', v['ageing-ms'], DEFAULT_AGEING_MS),
+      holdMs: integerFlag('hold-ms', v['hold-ms'], DEFAULT_HOLD_MS, { min: 0, max: 60_000 }),
       macCapacity: DEFAULT_MAC_CAPACITY,
       rt: parseRtFlags(v),
     },

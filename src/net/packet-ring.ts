@@ -149,6 +149,12 @@ export class PacketRing {
     return Atomics.load(this.header, PACKET_RING.DROPS) >>> 0;
   }
 
+  /** TAIL as the consumer last published it (any thread; a snapshot: moves when the consumer progresses). */
+  get consumed(): number {
+    // A load of the other side's index, used only to see that it moved.
+    return Atomics.load(this.header, PACKET_RING.TAIL);
+  }
+
   /** Bytes in use (any thread; a snapshot). */
   get fill(): number {
     // Two loads, each of the other side's published index: a snapshot only.

@@ -20,11 +20,12 @@
  *   full is held — {@link SwitchPort.reserve} returns {@link HOLD} and the
  *   peer leaves the frame where it was (the guest's TX ring) — and the port
  *   raises the ring's WAITING flag; the destination rings this port's
- *   doorbell once it has freed room, and the peer retries. If the ring stays
- *   full for `holdMs` (a guest that posts no receive buffers, a port that
- *   went away), its frames are dropped from then on, counted (the ring's
- *   DROPS, and {@link SwitchPort.stallDrops}), until it has room again: a
- *   dead receiver delays a sender at most `holdMs` once, never stalls it.
+ *   doorbell once it has freed room, and the peer retries. If the
+ *   destination makes no progress for `holdMs` (a guest that posts no
+ *   receive buffers, a port that went away), its frames are dropped from
+ *   then on, counted (the ring's DROPS, and {@link SwitchPort.stallDrops}),
+ *   until it has room again: a dead receiver delays a sender at most
+ *   `holdMs` once, never stalls it; a slow one loses nothing.
  *   Frames flooded to several ports (broadcast, multicast, unknown unicast)
  *   are never held: a full destination drops its copy, the others get theirs.
  * - Ring indexes are published once per batch ({@link SwitchPort.endBatch}):
@@ -130,8 +131,13 @@ export class SwitchPort implements NetBackendPort {
   /** Per in ring: released frames not yet handed back (publishTail due at endBatch). */
   private readonly inDirty: Uint8Array;
   private readonly holdMs: number;
-  /** Per destination: batch time since which its ring is full (held or dropping); NOT_BLOCKED. */
+  /**
+   * Per destination whose ring is full (held or dropping): the batch time
+   * of its consumer's last progress seen (TAIL moved), else NOT_BLOCKED.
+   */
   private readonly blockedSince: Float64Array;
+  /** Per blocked destination: its ring's TAIL when last looked at. */
+  private readonly blockedTail: Int32Array;
   /** Unicast frames dropped because their destination stayed full past holdMs (plain count). */
   stallDrops = 0;
   /** Times a unicast frame was held for a full destination (plain count). */
@@ -160,6 +166,7 @@ export class SwitchPort implements NetBackendPort {
     if (!(hold >= 0)) throw new RangeError(`holdMs ${hold} must be >= 0`);
     this.holdMs = hold;
     this.blockedSince = new Float64Array(this.ports).fill(NOT_BLOCKED);
+    this.blockedTail = new Int32Array(this.ports);
   }
 
   beginBatch(): void {
@@ -194,19 +201,24 @@ export class SwitchPort implements NetBackendPort {
     if (ring === null) return 0;
     let at = ring.tryReserve(length);
     if (at < 0) {
-      const since = this.blockedSince[dst];
       const now = this.table.now;
-      if (since === NOT_BLOCKED) {
+      if (this.blockedSince[dst] === NOT_BLOCKED) {
         this.blockedSince[dst] = now;
+        this.blockedTail[dst] = ring.consumed;
         // Raise WAITING, then look once more: the consumer may have freed room meanwhile.
         ring.setWaiting(true);
         at = ring.tryReserve(length);
+      } else if (ring.consumed !== this.blockedTail[dst]) {
+        // The consumer is alive, only slow: wait on.
+        this.blockedTail[dst] = ring.consumed;
+        this.blockedSince[dst] = now;
       }
       if (at < 0) {
-        if (since === NOT_BLOCKED || now - since < this.holdMs) {
+        if (now - this.blockedSince[dst] < this.holdMs) {
           this.holds++;
           return HOLD;
         }
+        // No progress for holdMs: the destination is dead to us until it drains.
         ring.countDrop();
         this.stallDrops++;
         return 0;

@@ -30,6 +30,8 @@ export interface ReceivedFrame {
   header: Uint8Array;
   frame: Uint8Array;
   buffers: number;
+  /** The receive queue it arrived on (0 for pair 0, 2 for pair 1, ...). */
+  queue: number;
 }
 
 /** Options of {@link NetDriver.create}. */
@@ -43,8 +45,10 @@ export interface NetDriverOptions extends Omit<VmmOptions, 'driverFeatures' | 'q
   rxSegments?: number;
   /** Bytes of guest RAM for buffers; default 8 MiB. */
   heapBytes?: number;
-  /** Queue pairs to set up (more than 1 needs MQ); default 1. Receive buffers go to pair 0. */
+  /** Queue pairs to set up (more than 1 needs MQ); default 1. Receive buffers go to pair 0 ... */
   pairs?: number;
+  /** ... and to the next pairs up to this many (default 1: pair 0 only; at most `pairs`). */
+  rxPairs?: number;
   /** Also set up the control queue (queue 2 * pairs); default false. */
   ctrl?: boolean;
 }
@@ -56,11 +60,18 @@ export class NetDriver {
   /** Used receive buffers with a length the driver cannot accept, for tests to assert on. */
   readonly violations: string[] = [];
   private readonly heap: GuestHeap;
-  private readonly rxAddr = new Map<number, { gpa: number; segments: DriverBuffer[] }>();
+  /** Posted receive buffers by `queue:head`. */
+  private readonly rxAddr = new Map<string, { gpa: number; segments: DriverBuffer[] }>();
   /** In-flight transmissions by `queue:head`. */
   private readonly txAddr = new Map<string, { gpa: number; resolve: (len: number) => void }>();
-  private pending: { header: Uint8Array; parts: Uint8Array[]; left: number } | null = null;
+  /** A frame being reassembled, per receive queue. */
+  private readonly pending = new Map<
+    number,
+    { header: Uint8Array; parts: Uint8Array[]; left: number }
+  >();
   private waiters: (() => void)[] = [];
+  /** Pairs whose receive queue gets buffers. */
+  private readonly rxPairs: number;
   private readonly o: Required<
     Pick<NetDriverOptions, 'rxBuffers' | 'rxBufferBytes' | 'rxSegments'>
   >;
@@ -72,7 +83,11 @@ export class NetDriver {
     this.o = { rxBuffers: 64, rxBufferBytes: 1530, rxSegments: 1, ...options };
     const heapBytes = options.heapBytes ?? 8 * 1024 * 1024;
     this.heap = new GuestHeap(vmm.ram.alloc(heapBytes, 4096), heapBytes);
-    this.rxq.onUsed = (used) => this.onReceive(used.id, used.len);
+    this.rxPairs = Math.min(options.rxPairs ?? 1, options.pairs ?? 1);
+    for (let p = 0; p < this.rxPairs; p++) {
+      const rxq = vmm.queues[2 * p];
+      rxq.onUsed = (used) => this.onReceive(rxq, used.id, used.len);
+    }
     const dataQueues = 2 * (options.pairs ?? 1);
     if (options.ctrl) {
       const ctrlq = vmm.queues[dataQueues];
@@ -97,7 +112,7 @@ export class NetDriver {
     try {
       const driver = new NetDriver(vmm, options);
       await vmm.start();
-      driver.postRxBuffers(driver.o.rxBuffers);
+      for (let p = 0; p < driver.rxPairs; p++) driver.postRxBuffers(driver.o.rxBuffers, p);
       return driver;
     } catch (err) {
       vmm.close();
@@ -114,20 +129,21 @@ export class NetDriver {
     return this.vmm.queues[2 * pair + 1];
   }
 
-  /** Posts `count` receive buffers (as configured) and kicks if the device asks for it. */
-  postRxBuffers(count: number): void {
+  /** Posts `count` receive buffers (as configured) on pair `pair` and kicks if the device asks for it. */
+  postRxBuffers(count: number, pair = 0): void {
     const size = this.o.rxBufferBytes;
     const seg = Math.ceil(size / this.o.rxSegments);
-    for (let i = 0; i < count && this.rxq.driver.numFree >= this.o.rxSegments; i++) {
+    const rxq = this.vmm.queues[2 * pair];
+    for (let i = 0; i < count && rxq.driver.numFree >= this.o.rxSegments; i++) {
       const gpa = this.heap.alloc(size);
       const segments: DriverBuffer[] = [];
       for (let off = 0; off < size; off += seg) {
         segments.push({ addr: gpa + off, len: Math.min(seg, size - off), write: true });
       }
-      const head = this.rxq.driver.addChain(segments);
-      this.rxAddr.set(head, { gpa, segments });
+      const head = rxq.driver.addChain(segments);
+      this.rxAddr.set(`${rxq.index}:${head}`, { gpa, segments });
     }
-    this.rxq.kickIfNeeded();
+    rxq.kickIfNeeded();
   }
 
   /**
@@ -217,39 +233,41 @@ export class NetDriver {
     t.resolve(len);
   }
 
-  private onReceive(id: number, len: number): void {
-    const b = this.rxAddr.get(id);
+  private onReceive(rxq: VmmQueue, id: number, len: number): void {
+    const key = `${rxq.index}:${id}`;
+    const b = this.rxAddr.get(key);
     if (b === undefined) {
-      this.violations.push(`rx used id ${id} was never posted`);
+      this.violations.push(`rx used id ${id} on queue ${rxq.index} was never posted`);
       return;
     }
-    this.rxAddr.delete(id);
+    this.rxAddr.delete(key);
     if (len > this.o.rxBufferBytes) this.violations.push(`rx used len ${len} exceeds the buffer`);
     const data = this.vmm.ram.read(b.gpa, Math.min(len, this.o.rxBufferBytes));
     this.heap.free(b.gpa);
-    this.assemble(data);
+    this.assemble(rxq.index, data);
     // Refill as Linux does: every consumed buffer is replaced.
-    this.postRxBuffers(1);
+    this.postRxBuffers(1, rxq.index / 2);
   }
 
-  private assemble(data: Uint8Array): void {
-    if (this.pending === null) {
+  private assemble(queue: number, data: Uint8Array): void {
+    let p = this.pending.get(queue);
+    if (p === undefined) {
       if (data.length < NET_HDR_BYTES) {
         this.violations.push(`rx buffer of ${data.length} bytes holds no header`);
         return;
       }
       const header = data.slice(0, NET_HDR_BYTES);
       const buffers = header[10] | (header[11] << 8);
-      this.pending = { header, parts: [data.slice(NET_HDR_BYTES)], left: buffers - 1 };
+      p = { header, parts: [data.slice(NET_HDR_BYTES)], left: buffers - 1 };
+      this.pending.set(queue, p);
     } else {
-      this.pending.parts.push(data);
-      this.pending.left--;
+      p.parts.push(data);
+      p.left--;
     }
-    if (this.pending.left > 0) return;
-    const p = this.pending;
-    this.pending = null;
+    if (p.left > 0) return;
+    this.pending.delete(queue);
     const frame = Buffer.concat(p.parts);
-    this.received.push({ header: p.header, frame, buffers: p.parts.length });
+    this.received.push({ header: p.header, frame, buffers: p.parts.length, queue });
     for (const w of this.waiters.splice(0)) w();
   }
 

@@ -28,7 +28,7 @@ export interface NetOptions {
 }
 
 /** Default of {@link NetOptions.holdMs}. */
-export const DEFAULT_HOLD_MS = 5;
+export const DEFAULT_HOLD_MS = 10;
 
 /** What a device worker is given to open one vhost-user port of the switch. */
 export interface NetDeviceInit {
