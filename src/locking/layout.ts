@@ -230,6 +230,11 @@ export const BACKUP = {
   DEVICE_WAITING: LINE + 6,
   /** Line 1, device-written: most journal entries ever in use at once. */
   HIGH_WATER: LINE + 7,
+  /**
+   * Line 1, device-written: times the device raised the copier to SCHED_OTHER because a guest
+   * request waited for a journal entry (priority inheritance, src/devices/blk/backup.ts).
+   */
+  BOOSTS: LINE + 8,
   /** Line 2, copier-written: free-running count of READY entries consumed. */
   READY_TAIL: 2 * LINE,
   /** Line 2, copier-written: free-running count of entries handed back through the FREE ring. */
@@ -238,6 +243,10 @@ export const BACKUP = {
   COPIED: 2 * LINE + 2,
   /** Line 2, copier-written: chunks written from the journal. */
   FROM_JOURNAL: 2 * LINE + 3,
+  /** Line 2, copier-written once before it copies: its thread id (the device boosts it, see BOOSTED). */
+  COPIER_TID: 2 * LINE + 4,
+  /** Line 2, copier-written once before it copies: its own scheduling policy number (SCHED_IDLE / SCHED_BATCH). */
+  COPIER_POLICY: 2 * LINE + 5,
   /** Line 3, main-thread-written: 1 asks the copier to stop (backup-cancel). Also a futex word. */
   CANCEL: 3 * LINE,
   /** First array (ENTRY_CHUNK); see backupLayout(). */

@@ -383,6 +383,12 @@ function lowerPriority(policy: 'idle' | 'batch'): void {
 runWorker<BackupCopierInit, { chunks: number }, BackupCopierCommand>((init) => {
   lowerPriority(init.policy);
   const copier = new Copier(init);
+  // For the device's priority inheritance (journal full): who to boost, and back to what.
+  const state = new Int32Array(init.share.state);
+  const policy = native.schedGetScheduler(0).policy;
+  Atomics.store(state, BACKUP.COPIER_POLICY, policy);
+  // Stored before `ready` is posted: the device gets the share only after that (backup-start).
+  Atomics.store(state, BACKUP.COPIER_TID, native.gettid());
   copier.open();
   let running: Promise<void> | null = null;
   return {

@@ -60,6 +60,8 @@ export interface BackupStatus {
   'journal-full-waits': number;
   'journal-entries': number;
   'journal-high-water': number;
+  /** Times a guest request waiting on a full journal raised the copier out of SCHED_IDLE. */
+  'copier-boosts': number;
   'started-ms': number;
   'finished-ms'?: number;
   error?: string;
@@ -227,6 +229,7 @@ export class DeviceBackups {
         'journal-full-waits': 0,
         'journal-entries': share.entries,
         'journal-high-water': 0,
+        'copier-boosts': 0,
         'started-ms': Date.now(),
       },
     };
@@ -244,6 +247,7 @@ export class DeviceBackups {
     st.journaled = Atomics.load(i32, BACKUP.JOURNALED);
     st['journal-full-waits'] = Atomics.load(i32, BACKUP.FULL_WAITS);
     st['journal-high-water'] = Atomics.load(i32, BACKUP.HIGH_WATER);
+    st['copier-boosts'] = Atomics.load(i32, BACKUP.BOOSTS);
     return { ...st };
   }
 
@@ -289,6 +293,7 @@ export class DeviceBackups {
       'total-bytes': s['total-bytes'],
       journaled: s.journaled,
       'journal-full-waits': s['journal-full-waits'],
+      'copier-boosts': s['copier-boosts'],
     };
     if (ok) {
       s.status = 'completed';

@@ -31,11 +31,16 @@ import { getSystemErrorName } from 'node:util';
 import { BackupShare, type BackupShareInit } from '../../io/backup-share.js';
 import type { IoEngine, IoOpCode } from '../../io/engine.js';
 import { IoOp } from '../../io/engine.js';
+import { IoprioClass, ioprioValue } from '../../io/ioprio.js';
 import { BACKUP, BackupState } from '../../locking/layout.js';
 import { type FdWatcher, native, POLL_READABLE } from '../../native.js';
 
 /** Most journal reads a device has in flight at once (its engine's depth is raised by this many). */
 export const JOURNAL_READS_MAX = 32;
+
+/** The copier's I/O priority while boosted (best effort, the default level) and otherwise (idle). */
+const BOOSTED_IOPRIO = ioprioValue(IoprioClass.BE, 4);
+const IDLE_IOPRIO = ioprioValue(IoprioClass.IDLE, 7);
 
 /** Chunk states the device keeps for itself. */
 const NOT_SAVED = 0;
@@ -111,6 +116,10 @@ export class BackupTracker {
   private onReadsDone: (() => void) | null = null;
   private pumping = false;
   private repump = false;
+  /** The copier runs at SCHED_OTHER / best effort because a guest request waited on it. */
+  private boosted = false;
+  /** The kernel refused a boost once (no privilege): not tried again. */
+  private boostRefused = false;
   /** Records a chain's iovecs into the held table (an IovecSink for ChainReader.stageIovecs). */
   private readonly recorder = {
     addIov: (buffer: number, offset: number, length: number): boolean => {
@@ -341,6 +350,7 @@ export class BackupTracker {
         s.i32[BACKUP.FULL_WAITS]++;
         this.dirty = true;
       }
+      this.boost(true);
       return false;
     }
     const e = this.freeStack[--this.freeCount];
@@ -387,6 +397,37 @@ export class BackupTracker {
     // Stored before the second look; the copier stores FREE_HEAD before it loads DEVICE_WAITING.
     Atomics.store(s.i32, BACKUP.DEVICE_WAITING, 1);
     return take();
+  }
+
+  /** Entries the copier freed that this thread has not taken yet. */
+  private pendingFrees(): number {
+    // Atomics.load: pairs with the copier's store of FREE_HEAD (a count only, no slot is read).
+    return Atomics.load((this.share as BackupShare).i32, BACKUP.FREE_HEAD) - this.freeTail;
+  }
+
+  /**
+   * Priority inheritance for a full journal: a guest request that waits for a free entry
+   * waits for the copier, so the copier leaves SCHED_IDLE / the idle I/O class
+   * (sched_setscheduler and ioprio_set on its thread) until half the journal is free again.
+   * Two system calls per episode, none per request; refused without the privilege (warned
+   * nowhere: the counters show the waits), then never tried again.
+   */
+  private boost(on: boolean): void {
+    const s = this.share as BackupShare;
+    if (on === this.boosted || this.boostRefused) return;
+    // Stored once by the copier before it was started: a plain value, nothing else ordered.
+    const tid = Atomics.load(s.i32, BACKUP.COPIER_TID);
+    if (tid === 0) return;
+    const c = native.constants;
+    try {
+      native.schedSetScheduler(tid, on ? c.SCHED_OTHER : s.i32[BACKUP.COPIER_POLICY], 0);
+      native.ioprioSet(tid, on ? BOOSTED_IOPRIO : IDLE_IOPRIO);
+    } catch {
+      this.boostRefused = true;
+      return;
+    }
+    this.boosted = on;
+    if (on) s.i32[BACKUP.BOOSTS]++;
   }
 
   /** A journal read finished: the chunk is safe (or the backup failed); held requests move on. */
@@ -437,6 +478,8 @@ export class BackupTracker {
   private doorbell(): void {
     const s = this.share as BackupShare;
     native.eventfdRead(s.init.doorbellFd);
+    // Hysteresis: back to idle once half the journal is free again, not at every freed entry.
+    if (this.boosted && this.freeCount + this.pendingFrees() >= s.entries / 2) this.boost(false);
     // Cleared before refill() looks at FREE_HEAD: a free published after that look finds it set
     // again (refill sets it when it finds nothing) and rings once more.
     Atomics.store(s.i32, BACKUP.DEVICE_WAITING, 0);
@@ -455,6 +498,7 @@ export class BackupTracker {
     // For the main thread's reports; the copier has finished (or is told by CANCEL) already.
     if (this.share !== null) Atomics.store(this.share.i32, BACKUP.STATE, BackupState.ENDED);
     this.state = BackupState.ENDED;
+    this.boost(false);
     this.watcher?.close();
     this.watcher = null;
     this.pump();
