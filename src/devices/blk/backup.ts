@@ -465,7 +465,10 @@ export class BackupTracker {
    */
   publish(): void {
     const s = this.share;
-    if (s === null || !this.dirty) return;
+    if (s === null) return;
+    // While boosted, once per batch: back to idle once half the journal is free (hysteresis).
+    if (this.boosted && this.freeCount + this.pendingFrees() >= s.entries / 2) this.boost(false);
+    if (!this.dirty) return;
     this.dirty = false;
     Atomics.store(s.i32, BACKUP.READY_HEAD, this.readyHead);
     const inUse = s.entries - this.freeCount;
@@ -478,8 +481,6 @@ export class BackupTracker {
   private doorbell(): void {
     const s = this.share as BackupShare;
     native.eventfdRead(s.init.doorbellFd);
-    // Hysteresis: back to idle once half the journal is free again, not at every freed entry.
-    if (this.boosted && this.freeCount + this.pendingFrees() >= s.entries / 2) this.boost(false);
     // Cleared before refill() looks at FREE_HEAD: a free published after that look finds it set
     // again (refill sets it when it finds nothing) and rings once more.
     Atomics.store(s.i32, BACKUP.DEVICE_WAITING, 0);
