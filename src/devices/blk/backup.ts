@@ -242,6 +242,17 @@ export class BackupTracker {
   }
 
   /**
+   * Calls `mark(offset, length)` for every held request: writes held at the start instant
+   * come after it, so they belong in the changed-block record that starts there.
+   */
+  forEachHeld(mark: (offset: number, length: number) => void): void {
+    for (let i = 0; i < this.heldCount; i++) {
+      const id = this.heldList[i];
+      mark(this.heldOffset[id], this.heldLength[id]);
+    }
+  }
+
+  /**
    * Stages held request `id` into the engine (its iovecs, then its op);
    * false when the engine refuses it even after a submit.
    */

@@ -439,6 +439,8 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     }
     if (share === null) return { sync, reason, chunks: 0, generation: cbt?.generation ?? 0 };
     this.cbtTaken = cbt?.take() ?? null;
+    // The writes held since the tracker went in come after the instant: the new record has them.
+    if (cbt !== null) t.forEachHeld((offset, length) => cbt.mark(offset, length));
     t.activate(sync === 'incremental' ? this.cbtTaken : null);
     this.endBackupBatch();
     return { sync, reason, chunks: t.neededChunks, generation: cbt?.generation ?? 0 };
