@@ -371,7 +371,8 @@ async function measure(o: CaseOptions): Promise<NetSample & { log: string }> {
     const after = parsePortStats(await fe.command('show port stats all', STATS_END));
     const cpu1 = cpuSeconds(sw.pid);
     const dt = (performance.now() - t0) / 1000;
-    await fe.command('stop');
+    const stopped = await fe.command('stop', /Done|Telling cores to stop[\s\S]*testpmd> /);
+    if (process.env.NET_DPDK_DEBUG) console.error(stopped);
     const rx = sum(after, 'rxPackets') - sum(before, 'rxPackets');
     const tx = sum(after, 'txPackets') - sum(before, 'txPackets');
     const rxBytes = sum(after, 'rxBytes') - sum(before, 'rxBytes');

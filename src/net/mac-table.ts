@@ -91,6 +91,24 @@ export class MacTable {
   private readonly buckets: Int32Array;
   private readonly bucketMask: number;
   private held = 0;
+  /**
+   * Bumped whenever what a lookup answers may change (an entry moves port, is
+   * added, reused or forgotten); the one-entry caches below are valid only
+   * for the version, and the {@link now}, they were filled at. Frames of a
+   * burst mostly share their addresses: the cache answers them without
+   * hashing (issue 13).
+   */
+  private version = 0;
+  private learntHigh = -1;
+  private learntLow = 0;
+  private learntPort = 0;
+  private learntNow = Number.NaN;
+  private learntVersion = -1;
+  private lookedHigh = -1;
+  private lookedLow = 0;
+  private lookedNow = Number.NaN;
+  private lookedVersion = -1;
+  private lookedPort = UNKNOWN_PORT;
 
   /**
    * @param capacity most addresses held (1..65536)
@@ -123,12 +141,30 @@ export class MacTable {
   learn(bytes: Uint8Array, offset: number, port: number): void {
     const high = macHigh(bytes, offset);
     const low = macLow(bytes, offset);
+    // The same address behind the same port in the same batch: already stamped.
+    if (
+      low === this.learntLow &&
+      high === this.learntHigh &&
+      port === this.learntPort &&
+      this.now === this.learntNow &&
+      this.version === this.learntVersion
+    )
+      return;
     const held = this.buckets[this.find(high, low)];
     if (held !== 0) {
+      // A new port, or an aged-out entry coming back: lookups answer differently.
+      if (this.ports[held - 1] !== port || this.now - this.seen[held - 1] > this.ageingMs)
+        this.version++;
       this.ports[held - 1] = port;
       this.seen[held - 1] = this.now;
+      this.learntHigh = high;
+      this.learntLow = low;
+      this.learntPort = port;
+      this.learntNow = this.now;
+      this.learntVersion = this.version;
       return;
     }
+    this.version++;
     let free: number;
     if (this.used < this.capacity) {
       free = this.used++;
@@ -151,13 +187,31 @@ export class MacTable {
    * {@link UNKNOWN_PORT} when it is unknown or aged out as of {@link now}.
    */
   lookup(bytes: Uint8Array, offset: number): number {
-    const held = this.buckets[this.find(macHigh(bytes, offset), macLow(bytes, offset))];
-    if (held === 0 || this.now - this.seen[held - 1] > this.ageingMs) return UNKNOWN_PORT;
-    return this.ports[held - 1];
+    const high = macHigh(bytes, offset);
+    const low = macLow(bytes, offset);
+    if (
+      low === this.lookedLow &&
+      high === this.lookedHigh &&
+      this.now === this.lookedNow &&
+      this.version === this.lookedVersion
+    )
+      return this.lookedPort;
+    const held = this.buckets[this.find(high, low)];
+    const port =
+      held === 0 || this.now - this.seen[held - 1] > this.ageingMs
+        ? UNKNOWN_PORT
+        : this.ports[held - 1];
+    this.lookedHigh = high;
+    this.lookedLow = low;
+    this.lookedNow = this.now;
+    this.lookedVersion = this.version;
+    this.lookedPort = port;
+    return port;
   }
 
   /** Forgets every address learnt behind `port` (its peer went away). */
   forgetPort(port: number): void {
+    this.version++;
     for (let i = 0; i < this.used; i++) if (this.ports[i] === port) this.seen[i] = -Infinity;
   }
 
