@@ -293,3 +293,51 @@ describe('blockdev-backup of a disk on an NBD export', () => {
     expect(model.errors).toEqual([]);
   });
 });
+
+describe.each(['io_uring', 'threads', 'sync'])('a full backup on the %s engine', (aio) => {
+  it('equals the disk at its start instant while the front end writes', async () => {
+    const image = join(dir, `${aio}.img`);
+    writeFileSync(image, Buffer.alloc(SIZE));
+    const socket = join(dir, `${aio}.sock`);
+    const control = join(dir, `${aio}.qmp`);
+    const daemon = await startDaemon([
+      'blk',
+      '--socket-path',
+      socket,
+      '--image',
+      image,
+      '--aio',
+      aio,
+      '--queues',
+      '1',
+      '--control-socket',
+      control,
+    ]);
+    const c = await QmpClient.connect(control);
+    const driver = await BlkDriver.create({ socketPath: socket });
+    const model = new WriteModel(SIZE / BLOCK, 11);
+    let stop = false;
+    const load = model.run(driver, 8, () => stop);
+    try {
+      await waitFor(() => model.completed >= 200, 'the first writes');
+      const target = join(dir, `${aio}.backup`);
+      const b = await backup(c, model, {
+        target,
+        sync: 'full',
+        speed: 16 * MiB,
+        'journal-size': 1024 * 1024,
+      });
+      const end = await backupEnd(c, b.from);
+      expect(end.event).toBe('BACKUP_COMPLETED');
+      expect((end.data as Json).journaled as number).toBeGreaterThan(0);
+      expect(model.check(readFileSync(target), b.window)).toBe('ok');
+    } finally {
+      stop = true;
+      await load;
+      await driver.close();
+      c.close();
+      await daemon.stop();
+    }
+    expect(model.errors).toEqual([]);
+  });
+});

@@ -724,10 +724,13 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   /** Holds a write-type request for the backup (its payload's iovecs recorded); STARTED. */
   private holdForBackup(id: number, op: IoOpCode, offset: number, bytes: number): number {
     const write = op === IoOp.WRITE;
-    if (!(this.backup as BackupTracker).hold(id, op, offset, bytes, write ? this.reader : null))
-      return this.ioError();
+    // Set first: hold() may resume the request at once, and a sync engine completes it inside.
     this.slotDataLen[id] = write ? bytes : 0;
     this.slotEnd[id] = offset + bytes;
+    if (!(this.backup as BackupTracker).hold(id, op, offset, bytes, write ? this.reader : null)) {
+      this.slotEnd[id] = 0;
+      return this.ioError();
+    }
     if (write) this.throttle?.charge(true, bytes);
     return STARTED;
   }
