@@ -61,7 +61,7 @@ Usage:
   vhost-rt net --socket-path SOCK [--socket-path SOCK2 ...] [--tap NAME] [options]
 
 Ports (each served by its own worker thread; frames cross between them through
-lock-free per-pair rings, a full ring drops its own frames, counted):
+lock-free per-pair rings; a full ring holds the sender (see --hold-ms) or drops, counted):
   --socket-path SOCK   one vhost-user port per flag (a stale socket file is replaced)
   --socket-fd N        one vhost-user port on the listening Unix socket inherited as
                        fd N (systemd, a parent process); repeatable
