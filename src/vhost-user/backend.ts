@@ -20,6 +20,7 @@ import {
   featureBit,
   GuestMemory,
   type MemoryRegion,
+  VIRTIO_F_RING_PACKED,
   VIRTIO_F_VERSION_1,
   VIRTIO_RING_F_EVENT_IDX,
   VIRTIO_RING_F_INDIRECT_DESC,
@@ -184,8 +185,16 @@ export class VhostUserBackend {
 
   constructor(private readonly device: VhostUserDevice) {
     const logs = device.setDirtyLog !== undefined;
+    const inflight = device.tracksInflight === true && inflightTrackingEnabled();
+    // A packed ring keeps no inflight region (packed-virtqueue.ts): a device
+    // that offers INFLIGHT_SHMFD does not offer RING_PACKED, so a front end
+    // never gets a packed ring it believes crash-safe.
+    const packed = inflight ? 0n : device.deviceFeatures & featureBit(VIRTIO_F_RING_PACKED);
     this.offeredFeatures =
-      device.deviceFeatures | TRANSPORT_FEATURES | (logs ? featureBit(VHOST_F_LOG_ALL) : 0n);
+      (device.deviceFeatures & ~featureBit(VIRTIO_F_RING_PACKED)) |
+      packed |
+      TRANSPORT_FEATURES |
+      (logs ? featureBit(VHOST_F_LOG_ALL) : 0n);
     this.offeredProtocolFeatures =
       BASE_PROTOCOL_FEATURES |
       (logs ? featureBit(ProtocolFeature.LOG_SHMFD) : 0n) |
@@ -194,9 +203,7 @@ export class VhostUserBackend {
         : 0n) |
       (device.servesConfig ? featureBit(ProtocolFeature.CONFIG) : 0n) |
       (device.raisesConfigChanges ? featureBit(ProtocolFeature.BACKEND_REQ) : 0n) |
-      (device.tracksInflight === true && inflightTrackingEnabled()
-        ? featureBit(ProtocolFeature.INFLIGHT_SHMFD)
-        : 0n);
+      (inflight ? featureBit(ProtocolFeature.INFLIGHT_SHMFD) : 0n);
     this.vrings = Array.from({ length: device.numQueues }, newVringSetup);
   }
 
@@ -440,7 +447,15 @@ export class VhostUserBackend {
   private setVringBase(msg: IncomingMessage): undefined {
     const { index, num } = decodeVringState(msg.payload);
     const v = this.vring(index);
-    if (num > 0xffff)
+    if (this.has(VIRTIO_F_RING_PACKED)) {
+      // Packed: avail slot | wrap << 15, and the used slot | wrap << 16 above.
+      const size = v.num === 0 ? 0x8000 : v.num;
+      if ((num & 0x7fff) >= size || ((num >>> 16) & 0x7fff) >= size)
+        throw new RequestError(
+          'VHOST_USER_BAD_VALUE',
+          `vring ${index} packed base 0x${num.toString(16)} names a slot beyond size ${size}`,
+        );
+    } else if (num > 0xffff)
       throw new RequestError('VHOST_USER_BAD_VALUE', `vring ${index} base ${num} exceeds 16 bits`);
     v.base = num;
     return undefined;
@@ -490,6 +505,7 @@ export class VhostUserBackend {
         'VHOST_USER_NO_MEMORY',
         `vring ${index} started without a memory table`,
       );
+    if (this.has(VIRTIO_F_RING_PACKED)) return this.startPackedVring(index, v, memory);
     const config = {
       size: v.num,
       descTable: translate(memory, v.addr.descUserAddr, 16 * v.num, index, 'descriptor table'),
@@ -506,6 +522,34 @@ export class VhostUserBackend {
       errFd: v.errFd,
       enabled: v.enabled,
       inflight: this.inflight === null ? null : inflightAreaOf(this.inflight, index),
+    });
+    v.started = true;
+    await this.syncDirtyLog();
+  }
+
+  /**
+   * Starts a packed ring: SET_VRING_ADDR's desc / avail / used addresses are
+   * the descriptor ring, the driver area and the device area (4 bytes each).
+   */
+  private async startPackedVring(index: number, v: VringSetup, memory: GuestMemory): Promise<void> {
+    const addr = v.addr as VringAddr;
+    const config = {
+      size: v.num,
+      descTable: translate(memory, addr.descUserAddr, 16 * v.num, index, 'descriptor ring'),
+      availRing: translate(memory, addr.availUserAddr, 4, index, 'driver area'),
+      usedRing: translate(memory, addr.usedUserAddr, 4, index, 'device area'),
+      eventIdx: this.has(VIRTIO_RING_F_EVENT_IDX),
+      indirect: this.has(VIRTIO_RING_F_INDIRECT_DESC),
+      packed: true,
+    };
+    await this.device.startQueue(index, {
+      config,
+      lastAvailIdx: v.base,
+      kickFd: v.kickFd,
+      callFd: v.callFd,
+      errFd: v.errFd,
+      enabled: v.enabled,
+      inflight: null,
     });
     v.started = true;
     await this.syncDirtyLog();

@@ -13,7 +13,7 @@ export const VIRTIO_RING_F_EVENT_IDX = 29;
 export const VIRTIO_F_VERSION_1 = 32;
 /** Buffer addresses go through an IOMMU / platform translation. */
 export const VIRTIO_F_ACCESS_PLATFORM = 33;
-/** The packed virtqueue layout (§2.8); never offered: vhost-rt serves split rings only. */
+/** The packed virtqueue layout (§2.8): PackedVirtqueue (packed-virtqueue.ts); not offered together with INFLIGHT_SHMFD. */
 export const VIRTIO_F_RING_PACKED = 34;
 
 /** The mask of one feature bit, e.g. `featureBit(VIRTIO_F_VERSION_1) === 1n << 32n`. */

@@ -53,6 +53,7 @@ import {
 } from '../../src/vhost-user/protocol.js';
 import { DriverQueue } from '../support/driver-queue.js';
 import { GuestRam } from '../support/guest-ram.js';
+import { PackedDriverQueue } from '../support/packed-driver.js';
 import { BackendChannel } from './backend-channel.js';
 import { FrontendConnection, type Reply } from './connection.js';
 import { FrontendError } from './errors.js';
@@ -171,7 +172,7 @@ export class VmmQueue {
 
   constructor(
     readonly index: number,
-    readonly driver: DriverQueue,
+    readonly driver: DriverQueue | PackedDriverQueue,
   ) {}
 
   /** Notifies the back-end unconditionally (eventfd write on the kick fd). */
@@ -223,7 +224,8 @@ export class VmmQueue {
   startAt(idx: number): void {
     this.driver.startAt(idx);
     this.usedSeen = idx & 0xffff;
-    this.base = idx & 0xffff;
+    // A packed ring's base carries both positions and wrap counters.
+    this.base = this.driver instanceof PackedDriverQueue ? this.driver.vringBase : idx & 0xffff;
   }
 
   /** Closes every fd of the queue. */
@@ -290,9 +292,12 @@ export class Vmm {
     this.regions = makeRegions(options.regions ?? [{ size: 32 * MiB }]);
     this.ram = new GuestRam(this.regions.map(ramSpec));
     const eventIdx = (options.driverFeatures & bitsOf([VIRTIO_RING_F_EVENT_IDX])) !== 0n;
+    // VIRTIO_F_RING_PACKED among the driver's features: every ring is packed (realize checks the back end agreed).
+    const packed = (options.driverFeatures & bitsOf([VIRTIO_F_RING_PACKED])) !== 0n;
+    const Driver = packed ? PackedDriverQueue : DriverQueue;
     this.queues = Array.from(
       { length: this.options.queues },
-      (_, i) => new VmmQueue(i, new DriverQueue(this.ram, this.options.queueSize, { eventIdx })),
+      (_, i) => new VmmQueue(i, new Driver(this.ram, this.options.queueSize, { eventIdx })),
     );
   }
 
@@ -488,6 +493,14 @@ export class Vmm {
     // vhost_dev_init asks again after SET_OWNER.
     this.backendFeatures = await this.getU64(Request.GET_FEATURES);
     this.features = this.backendFeatures & this.options.driverFeatures & ~protocolFeaturesBit();
+    if (
+      this.queues[0]?.driver instanceof PackedDriverQueue &&
+      !this.hasFeature(VIRTIO_F_RING_PACKED)
+    )
+      throw new FrontendError(
+        'FRONTEND_UNSUPPORTED',
+        'the back end does not offer VIRTIO_F_RING_PACKED',
+      );
     for (const q of this.queues) q.startAt(0);
     await this.sendCallFds(true);
     if (this.options.configSize > 0) await this.fetchConfig();
@@ -685,6 +698,8 @@ export class Vmm {
 }
 
 const VIRTIO_RING_F_EVENT_IDX = 29;
+/** VIRTIO_F_RING_PACKED: the driver sets up packed rings. */
+const VIRTIO_F_RING_PACKED = 34;
 
 function protocolFeaturesBit(): bigint {
   return 1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES);

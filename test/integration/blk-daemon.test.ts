@@ -19,6 +19,7 @@ import {
 } from '../../src/vhost-user/codec.js';
 import { HeaderFlag, ProtocolFeature, Request } from '../../src/vhost-user/protocol.js';
 import {
+  BLK_DRIVER_FEATURES,
   BlkDriver,
   type BlkDriverOptions,
   BlkFeature,
@@ -130,6 +131,9 @@ describe.each(ENGINES)('--aio %s', (engine) => {
           expect(vmm.hasFeature(bit), `feature bit ${bit}`).toBe(true);
         }
         expect(vmm.hasFeature(BlkFeature.RO)).toBe(false);
+        // Inflight tracking on (the default): packed rings are not offered with it.
+        expect(vmm.hasProtocolFeature(ProtocolFeature.INFLIGHT_SHMFD)).toBe(true);
+        expect(vmm.backendFeatures & (1n << 34n)).toBe(0n);
         expect(d.config.capacity).toBe(BigInt(IMAGE_BYTES / SECTOR_SIZE));
         expect(d.config.blkSize).toBe(512);
         expect(d.config.numQueues).toBe(1);
@@ -456,16 +460,30 @@ describe.each(
     { engine: 'linux-aio', extra: ['--poll-us', '200'] },
     { engine: 'io_uring', extra: ['--poll-us', '200'] },
     { engine: 'threads', extra: ['--aio-threads', '2', '--aio-threads-policy', 'batch'] },
-  ].map((v) => ({ ...v, flags: v.extra.join(' ') })),
-)('--aio $engine $flags', ({ engine, extra }) => {
+    // Packed rings (VIRTIO_F_RING_PACKED): offered only without inflight tracking.
+    { engine: 'linux-aio', extra: [], packed: true },
+    { engine: 'io_uring', extra: ['--poll-us', '200'], packed: true },
+  ].map((v) => ({
+    packed: false,
+    ...v,
+    flags: v.extra.join(' ') + (v.packed ? ' packed ring' : ''),
+  })),
+)('--aio $engine $flags', ({ engine, extra, packed }) => {
   let socket: string;
   let image: string;
   beforeAll(async () => {
-    ({ socket, image } = await serve(engine, `v${extra.join('')}`, extra));
+    const name = `v${extra.join('')}${packed ? 'p' : ''}`;
+    ({ socket, image } = packed
+      ? await withoutInflight(() => serve(engine, name, extra))
+      : await serve(engine, name, extra));
   });
+  const driverFeatures = packed ? BLK_DRIVER_FEATURES | (1n << 34n) : BLK_DRIVER_FEATURES;
 
   it('moves data, flushes, discards and keeps 64 requests in flight', async () => {
-    await withDriver(socket, { indirect: true, segmentBytes: 4096, queueSize: 128 }, async (d) => {
+    const options = { indirect: true, segmentBytes: 4096, queueSize: 128, driverFeatures };
+    await withDriver(socket, options, async (d) => {
+      expect(d.vmm.hasFeature(34)).toBe(packed);
+      if (packed) expect(d.vmm.hasProtocolFeature(ProtocolFeature.INFLIGHT_SHMFD)).toBe(false);
       const writes = Array.from({ length: 64 }, (_, i) => ({
         type: 'write' as const,
         sector: 8192 + i * 32,
@@ -491,6 +509,24 @@ describe.each(
       // While the device polls it asks for no kicks: some of the 100 requests went without.
       if (extra.includes('--poll-us'))
         expect(d.vmm.queues[0].kicks - kicksBefore).toBeLessThan(100);
+      // Stopped (GET_VRING_BASE) and started again where it left off.
+      const [base] = await d.vmm.stop();
+      await d.vmm.start();
+      expect(same((await d.read(60000, 4096)).data, pattern(900, 4096))).toBe(true);
+      expect((await d.vmm.stop())[0]).not.toBe(base);
+      await d.vmm.start();
     });
   });
 });
+
+/** Runs `start` (which spawns a daemon) with VHOST_RT_INFLIGHT=off in the environment it inherits. */
+async function withoutInflight<T>(start: () => Promise<T>): Promise<T> {
+  const old = process.env.VHOST_RT_INFLIGHT;
+  process.env.VHOST_RT_INFLIGHT = 'off';
+  try {
+    return await start();
+  } finally {
+    if (old === undefined) delete process.env.VHOST_RT_INFLIGHT;
+    else process.env.VHOST_RT_INFLIGHT = old;
+  }
+}

@@ -9,7 +9,11 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ConsoleDriver, ControlEvent } from '../frontend/console-driver.js';
+import {
+  CONSOLE_DRIVER_FEATURES,
+  ConsoleDriver,
+  ControlEvent,
+} from '../frontend/console-driver.js';
 import { CLI, type Daemon, daemonStats, runCli, startDaemon } from '../support/daemon.js';
 import { waitFor } from '../support/wait.js';
 
@@ -89,6 +93,30 @@ describe('vhost-rt console daemon', () => {
       expect(stats).toMatch(/badControl=2/);
       expect(stats).toMatch(/\[port 0\] bytesIn=6 bytesOut=22 bytesDropped=0/);
       expect(stats).toMatch(/\[port 1\] bytesIn=0 bytesOut=10 .*ringHighWater=10/);
+    } finally {
+      await d.close();
+    }
+  });
+
+  it('serves both ports over packed rings (VIRTIO_F_RING_PACKED), output and input', async () => {
+    const d = await ConsoleDriver.create({
+      socketPath: join(dir, 'c.sock'),
+      ports: 2,
+      driverFeatures: CONSOLE_DRIVER_FEATURES | (1n << 34n),
+    });
+    try {
+      expect(d.vmm.hasFeature(34)).toBe(true);
+      await waitFor(() => d.ports.every((p) => p.hostOpen), 'ports open');
+      for (let i = 0; i < 40; i++) await d.write(0, Buffer.from(`packed line ${i}\n`));
+      await d.write(1, Buffer.from('packed data\n'));
+      await waitFor(() => fileText('port0.log').endsWith('packed line 39\n'), 'packed output');
+      await waitFor(() => fileText('data.log').endsWith('packed data\n'), 'packed data port');
+      expect(fileText('port0.log')).toContain('packed line 0\npacked line 1\n');
+      const attach = spawn(process.execPath, [CLI, 'attach', join(dir, 'port0.in')], {
+        stdio: ['pipe', 'ignore', 'inherit'],
+      });
+      attach.stdin.end('typed on packed\n');
+      await waitFor(() => d.text(0) === 'typed on packed\n', 'typed input');
     } finally {
       await d.close();
     }

@@ -3,6 +3,8 @@
  * (virtio 1.x §5.2.3 – §5.2.6).
  */
 
+import { VIRTIO_F_RING_PACKED } from '../../virtio/features.js';
+
 /** Device feature bits (§5.2.3). */
 export const BlkFeature = {
   SIZE_MAX: 1,
@@ -104,6 +106,9 @@ export function blkDeviceFeatures(g: BlkGeometry): bigint {
     f |= 1n << BigInt(bit);
   }
   if (g.numQueues > 1) f |= 1n << BigInt(BlkFeature.MQ);
+  // Packed rings (src/virtio/packed-virtqueue.ts); the vhost-user backend
+  // withholds the bit while it offers INFLIGHT_SHMFD (packed rings keep no inflight region).
+  f |= 1n << BigInt(VIRTIO_F_RING_PACKED);
   // Storage that cannot flush has no cache for the driver to control either.
   if (g.flush === false)
     f &= ~((1n << BigInt(BlkFeature.FLUSH)) | (1n << BigInt(BlkFeature.CONFIG_WCE)));

@@ -2,7 +2,7 @@
  * virtio-console layouts (virtio 1.x §5.3): feature bits, the config space,
  * queue numbering and the multiport control messages. All little-endian.
  */
-import { featureBit } from '../../virtio/index.js';
+import { featureBit, VIRTIO_F_RING_PACKED } from '../../virtio/index.js';
 
 /** Device feature bits, §5.3.3. */
 export const ConsoleFeature = {
@@ -81,7 +81,11 @@ export function consoleQueueCount(ports: number, multiport: boolean): number {
 
 /** The features the device offers (transport bits are added by the vhost-user backend). */
 export function consoleDeviceFeatures(multiport: boolean): bigint {
-  const base = featureBit(ConsoleFeature.SIZE) | featureBit(ConsoleFeature.EMERG_WRITE);
+  // Packed rings (src/virtio/packed-virtqueue.ts) as well as split ones.
+  const base =
+    featureBit(ConsoleFeature.SIZE) |
+    featureBit(ConsoleFeature.EMERG_WRITE) |
+    featureBit(VIRTIO_F_RING_PACKED);
   return multiport ? base | featureBit(ConsoleFeature.MULTIPORT) : base;
 }
 

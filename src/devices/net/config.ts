@@ -2,7 +2,7 @@
  * virtio-net feature bits and config space (virtio 1.x §5.1.3, §5.1.4), and
  * the header every frame carries (§5.1.6).
  */
-import { featureBit } from '../../virtio/index.js';
+import { featureBit, VIRTIO_F_RING_PACKED } from '../../virtio/index.js';
 
 /** Device feature bits (§5.1.3). */
 export const NetFeature = {
@@ -65,6 +65,8 @@ export function netDeviceFeatures(g: NetGeometry): bigint {
   // The config space says mtu 1500, the largest payload the switch carries (MAX_FRAME).
   f |= featureBit(NetFeature.MTU);
   if (g.queuePairs > 1) f |= featureBit(NetFeature.MQ);
+  // Packed rings (src/virtio/packed-virtqueue.ts), as DPDK's virtio_user packed_vq=1 asks.
+  f |= featureBit(VIRTIO_F_RING_PACKED);
   return f;
 }
 
