@@ -156,6 +156,7 @@ export class DeviceBackups {
       ...(started.reason === '' ? {} : { 'sync-reason': started.reason }),
       'total-bytes': job.status['total-bytes'],
       generation: started.generation,
+      'start-held-us': started.heldUs,
     };
   }
 
@@ -340,9 +341,10 @@ export class DeviceBackups {
         reason: 'NBD images and targets have no reflink',
         ...(await this.start({ target, sync: 'full', speed: 0 }, emit)),
       };
+    // From the hold to the release: how long the guest's writes waited for the clone.
+    const t0 = performance.now();
     await this.source.host.command({ type: 'hold-writes' });
     let refused: string | null = null;
-    const t0 = performance.now();
     try {
       await copyFile(this.source.image, target, constants.COPYFILE_FICLONE_FORCE);
     } catch (err) {

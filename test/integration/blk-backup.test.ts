@@ -99,7 +99,11 @@ describe('blockdev-backup under verified writes', () => {
         speed: 8 * MiB,
         'journal-size': 256 * 1024,
       });
-      expect(full.reply.return).toMatchObject({ sync: 'full', 'total-bytes': SIZE });
+      expect(full.reply.return).toMatchObject({
+        sync: 'full',
+        'total-bytes': SIZE,
+        'start-held-us': expect.any(Number),
+      });
       const running = (await c.execute('query-backups', { device: 0 })).return as Json[];
       expect(running[0]).toMatchObject({ device: 0, status: 'running', target, sync: 'full' });
       const atStart = model.completed;

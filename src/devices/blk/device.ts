@@ -90,6 +90,8 @@ export interface BackupStarted {
   chunks: number;
   /** The changed-block bitmap's generation (completed backups). */
   generation: number;
+  /** How long new writes were held at the start instant, waiting for those in flight (µs). */
+  heldUs: number;
 }
 
 /**
@@ -427,6 +429,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     });
     this.backup = t;
     this.installBuffers();
+    const t0 = performance.now();
     if (this.writesInFlight > 0)
       await new Promise<void>((resolve) => {
         this.writesIdle = resolve;
@@ -437,13 +440,15 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
       reason = cbt?.invalidReason ?? 'no changed-block tracking on this device';
       sync = 'full';
     }
-    if (share === null) return { sync, reason, chunks: 0, generation: cbt?.generation ?? 0 };
+    const heldUs = Math.round((performance.now() - t0) * 1000);
+    const generation = cbt?.generation ?? 0;
+    if (share === null) return { sync, reason, chunks: 0, generation, heldUs };
     this.cbtTaken = cbt?.take() ?? null;
     // The writes held since the tracker went in come after the instant: the new record has them.
     if (cbt !== null) t.forEachHeld((offset, length) => cbt.mark(offset, length));
     t.activate(sync === 'incremental' ? this.cbtTaken : null);
     this.endBackupBatch();
-    return { sync, reason, chunks: t.neededChunks, generation: cbt?.generation ?? 0 };
+    return { sync, reason, chunks: t.neededChunks, generation, heldUs };
   }
 
   /** `backup-end` / `release-writes`: held writes go; the changed blocks are settled. */
