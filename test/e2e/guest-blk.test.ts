@@ -41,6 +41,7 @@ function guestScript(cpus: number): string {
   return `
 wait_dev /dev/vda
 echo "QUEUES=$(ls /sys/block/vda/mq | wc -l)"
+echo "FEATURES=$(cat /sys/block/vda/device/features)"
 echo "SERIAL=$(cat /sys/block/vda/serial)"
 dd if=/dev/vda of=/tmp/host.bin bs=4096 count=256 iflag=direct 2>/dev/null
 echo "HOST_MD5=$(md5sum /tmp/host.bin | cut -d' ' -f1)"
@@ -63,15 +64,19 @@ function field(output: string, name: string): string {
  * other engine runs the data check once with 1 queue (reconnects do not
  * depend on the engine).
  */
-describe.each([
-  { aio: 'linux-aio', queues: 1, cpus: 1, reconnect: true },
-  { aio: 'linux-aio', queues: 2, cpus: 2, reconnect: true },
-  { aio: 'io_uring', queues: 1, cpus: 1, reconnect: false },
-  { aio: 'threads', queues: 1, cpus: 1, reconnect: false },
-  { aio: 'sync', queues: 1, cpus: 1, reconnect: false },
-])(
-  'vhost-rt blk --aio $aio with a QEMU guest, $queues queue(s)',
-  ({ aio, queues, cpus, reconnect }) => {
+describe.each(
+  [
+    { aio: 'linux-aio', queues: 1, cpus: 1, reconnect: true },
+    { aio: 'linux-aio', queues: 2, cpus: 2, reconnect: true },
+    { aio: 'io_uring', queues: 1, cpus: 1, reconnect: false },
+    { aio: 'threads', queues: 1, cpus: 1, reconnect: false },
+    { aio: 'sync', queues: 1, cpus: 1, reconnect: false },
+    // packed=on: the guest drives packed rings (offered without inflight tracking only).
+    { aio: 'linux-aio', queues: 2, cpus: 2, reconnect: true, packed: true },
+  ].map((v) => ({ packed: false, ...v })),
+)(
+  'vhost-rt blk --aio $aio with a QEMU guest, $queues queue(s), packed $packed',
+  ({ aio, queues, cpus, reconnect, packed }) => {
     let dir: string;
     let image: string;
     let socket: string;
@@ -88,7 +93,10 @@ describe.each([
       const fd = openSync(image, 'r+');
       writeFileSync(fd, hostPattern);
       closeSync(fd);
-      daemon = await startDaemon([
+      // Packed rings are offered only with inflight tracking off (VHOST_RT_INFLIGHT=off).
+      const inflight = process.env.VHOST_RT_INFLIGHT;
+      if (packed) process.env.VHOST_RT_INFLIGHT = 'off';
+      const started = startDaemon([
         'blk',
         '--socket-path',
         socket,
@@ -101,6 +109,9 @@ describe.each([
         '--aio',
         aio,
       ]);
+      if (inflight === undefined) delete process.env.VHOST_RT_INFLIGHT;
+      else process.env.VHOST_RT_INFLIGHT = inflight;
+      daemon = await started;
     });
 
     afterAll(async () => {
@@ -111,12 +122,14 @@ describe.each([
     it('reads the host pattern, writes with O_DIRECT, and the image matches', async () => {
       const result = await runGuest({
         script: guestScript(cpus),
-        blk: [{ socket, queues }],
+        blk: [{ socket, queues, packed }],
         cpus,
         timeoutMs: 120_000,
       });
       expect(result.exitCode, result.output).toBe(0);
       expect(field(result.output, 'QUEUES')).toBe(String(queues));
+      // The guest's negotiated feature bits, bit 0 first: VIRTIO_F_RING_PACKED is bit 34.
+      expect(field(result.output, 'FEATURES')[34]).toBe(packed ? '1' : '0');
       expect(field(result.output, 'SERIAL')).toBe('e2e-disk');
       expect(field(result.output, 'HOST_MD5')).toBe(md5(hostPattern.subarray(0, MiB)));
       expect(result.output).toContain('READBACK_OK');
@@ -136,7 +149,7 @@ dd if=/tmp/s.txt of=/dev/vda bs=512 seek=${(40 * MiB) / 512} conv=sync,notrunc o
 `;
       const result = await runGuest({
         script,
-        blk: [{ socket, queues }],
+        blk: [{ socket, queues, packed }],
         cpus,
         timeoutMs: 120_000,
       });

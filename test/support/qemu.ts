@@ -27,6 +27,8 @@ export interface GuestBlk {
   socket: string;
   /** Virtqueues the device offers (`num-queues`); default 1. */
   queues?: number;
+  /** Offer the guest packed virtqueues (`packed=on`, VIRTIO_F_RING_PACKED); default off. */
+  packed?: boolean;
 }
 
 /** What to boot and run. */
@@ -278,7 +280,11 @@ export function guestQemuArgs(options: GuestOptions, initrd: string): string[] {
   args.push('-kernel', guestKernel(dir), '-initrd', initrd, '-append', KERNEL_CMDLINE);
   for (const [i, blk] of (options.blk ?? []).entries()) {
     args.push('-chardev', `socket,id=blk${i},path=${qemuEscape(blk.socket)}`);
-    args.push('-device', `vhost-user-blk-pci,chardev=blk${i},num-queues=${blk.queues ?? 1}`);
+    const packed = blk.packed === true ? ',packed=on' : '';
+    args.push(
+      '-device',
+      `vhost-user-blk-pci,chardev=blk${i},num-queues=${blk.queues ?? 1}${packed}`,
+    );
   }
   return args.concat(options.extraArgs ?? []);
 }
