@@ -31,6 +31,7 @@
  *   node dist/bench/net-dpdk.js [--rounds 3] [--seconds 5] [--warmup 2] [--sizes 64,1518]
  *     [--modes flowgen,io] [--switch-cpu 0] [--frontend-cpu 1] [--out bench/results/net-dpdk.json]
  *     [--md FILE] [--switch-args "..."] [--node-args "--cpu-prof --cpu-prof-dir=DIR"] [--only vhost-rt]
+ *     [--baseline DIR]   (a built checkout of another vhost-rt version: a third switch, interleaved)
  *
  * It installs Debian's dpdk packages when dpdk-testpmd is missing (needs root).
  */
@@ -44,7 +45,8 @@ import { fmtRatio, markdownTable, writeJson, writeText } from './report.js';
 
 const MAC = ['02:00:00:00:13:00', '02:00:00:00:13:01'] as const;
 const DPDK_PACKAGES = ['dpdk', 'dpdk-dev', 'librte-net-vhost23', 'librte-net-virtio23'];
-const SWITCHES = ['vhost-rt', 'dpdk-vhost'] as const;
+/** `vhost-rt-baseline`: another build of vhost-rt (`--baseline DIR`), for before/after in one run. */
+const SWITCHES = ['vhost-rt', 'dpdk-vhost', 'vhost-rt-baseline'] as const;
 type SwitchKind = (typeof SWITCHES)[number];
 type Mode = 'flowgen' | 'io';
 
@@ -247,8 +249,9 @@ async function startVhostRt(
   cpu: number,
   extra: string[],
   nodeArgs: string[],
+  cli = VHOST_RT_CLI,
 ): Promise<RunningSwitch> {
-  const args = ['-c', String(cpu), process.execPath, ...nodeArgs, VHOST_RT_CLI, 'net', ...extra];
+  const args = ['-c', String(cpu), process.execPath, ...nodeArgs, cli, 'net', ...extra];
   for (const s of socks) args.push('--socket-path', s);
   const child = spawn('taskset', args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
@@ -345,6 +348,8 @@ interface CaseOptions {
   switchArgs: string[];
   /** Node options of the vhost-rt process (e.g. --cpu-prof). */
   nodeArgs: string[];
+  /** The CLI of the baseline build (`--baseline DIR`: DIR/dist/src/cli/main.js). */
+  baselineCli: string;
 }
 
 let runs = 0;
@@ -355,13 +360,25 @@ async function measure(o: CaseOptions): Promise<NetSample & { log: string }> {
   const socks = [join(dir, 'p0.sock'), join(dir, 'p1.sock')];
   const tag = `vhrtb${process.pid}x${runs++}`;
   const sw =
-    o.kind === 'vhost-rt'
-      ? await startVhostRt(socks, o.switchCpu, o.switchArgs, o.nodeArgs)
-      : await startDpdkSwitch(socks, o.switchCpu, `${tag}s`);
+    o.kind === 'dpdk-vhost'
+      ? await startDpdkSwitch(socks, o.switchCpu, `${tag}s`)
+      : await startVhostRt(
+          socks,
+          o.switchCpu,
+          o.kind === 'vhost-rt' ? o.switchArgs : ['--quiet'],
+          o.nodeArgs,
+          o.kind === 'vhost-rt' ? VHOST_RT_CLI : o.baselineCli,
+        );
   let fe: Testpmd | null = null;
   const result = { log: '' };
   try {
     fe = await startFrontend(socks, o.frontendCpu, `${tag}f`, o.mode, o.size);
+    // The links come up once the back end has taken the rings: frames sent
+    // before are lost, and io mode never gets them back.
+    await fe
+      .waitFor(/Port 1: link state change event|Link status: up/, 0, 5_000)
+      .catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 1000));
     await fe.command(o.mode === 'io' ? 'start tx_first 8' : 'start');
     await new Promise((r) => setTimeout(r, o.warmup * 1000));
     const before = parsePortStats(await fe.command('show port stats all', STATS_END));
@@ -418,13 +435,18 @@ export function netReport(samples: NetSample[]): string {
     const of = (k: SwitchKind) =>
       samples.filter((s) => s.mode === mode && `${s.size}` === size && s.switch === k);
     const ratios: number[] = [];
-    for (const a of of('vhost-rt')) {
-      const b = of('dpdk-vhost').find((s) => s.round === a.round);
-      if (b !== undefined && b.mpps > 0) ratios.push(a.mpps / b.mpps);
-    }
+    const ratiosOf = (k: SwitchKind) => {
+      const out: number[] = [];
+      for (const a of of(k)) {
+        const b = of('dpdk-vhost').find((s) => s.round === a.round);
+        if (b !== undefined && b.mpps > 0) out.push(a.mpps / b.mpps);
+      }
+      return out;
+    };
     for (const k of SWITCHES) {
       const xs = of(k);
       if (xs.length === 0) continue;
+      const ratios = k === 'dpdk-vhost' ? [] : ratiosOf(k);
       rows.push([
         `${mode} ${size} B`,
         k,
@@ -449,7 +471,7 @@ export function netReport(samples: NetSample[]): string {
           2,
           100,
         ),
-        k === 'vhost-rt' && ratios.length > 0
+        ratios.length > 0
           ? `${fmtRatio(median(ratios))} (${fmtRatio(Math.min(...ratios))}..${fmtRatio(Math.max(...ratios))})`
           : '',
       ]);
@@ -464,7 +486,7 @@ export function netReport(samples: NetSample[]): string {
       'switch CPU µs/frame',
       'switch CPUs busy',
       'lost % of sent',
-      'ratio vhost-rt/DPDK',
+      'Mpps ratio to DPDK, per round',
     ],
     rows,
   );
@@ -483,6 +505,7 @@ async function main(): Promise<void> {
       'switch-args': { type: 'string', default: '--quiet' },
       'node-args': { type: 'string', default: '' },
       only: { type: 'string' },
+      baseline: { type: 'string' },
       out: { type: 'string', default: 'bench/results/net-dpdk.json' },
       md: { type: 'string' },
     },
@@ -491,7 +514,12 @@ async function main(): Promise<void> {
   const rounds = Number(v.rounds);
   const sizes = (v.sizes as string).split(',').map(Number);
   const modes = (v.modes as string).split(',') as Mode[];
-  const kinds = v.only === undefined ? [...SWITCHES] : [v.only as SwitchKind];
+  const kinds: SwitchKind[] =
+    v.only !== undefined
+      ? [v.only as SwitchKind]
+      : v.baseline !== undefined
+        ? [...SWITCHES]
+        : ['vhost-rt', 'dpdk-vhost'];
   const base = {
     seconds: Number(v.seconds),
     warmup: Number(v.warmup),
@@ -499,6 +527,7 @@ async function main(): Promise<void> {
     frontendCpu: Number(v['frontend-cpu']),
     switchArgs: (v['switch-args'] as string).split(' ').filter((a) => a !== ''),
     nodeArgs: (v['node-args'] as string).split(' ').filter((a) => a !== ''),
+    baselineCli: join(v.baseline ?? '.', 'dist', 'src', 'cli', 'main.js'),
   };
   const loadBefore = machineLoad();
   const startedAt = new Date().toISOString();
@@ -506,7 +535,7 @@ async function main(): Promise<void> {
   for (let round = 0; round < rounds; round++) {
     for (const mode of modes) {
       for (const size of sizes) {
-        // Interleaved: A/B in even rounds, B/A in odd ones.
+        // Interleaved: A/B(/C) in even rounds, reversed in odd ones.
         const order = round % 2 === 0 ? kinds : [...kinds].reverse();
         for (const kind of order) {
           const s = await measure({ ...base, round, kind, mode, size });
