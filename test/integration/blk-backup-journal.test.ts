@@ -1,0 +1,184 @@
+/**
+ * The journal protocol of a live backup (issue 12), step by step on an
+ * embedded BlkDevice over a real linux-aio engine and a real image, with the
+ * test playing the copier on the shared state: a guest write to an uncopied
+ * chunk completes only after the chunk's OLD bytes are in the journal and
+ * published (and a disk read the copier made before the claim is dropped: the
+ * journal wins); a chunk the copier marked copied needs no journal entry; a
+ * full journal holds the write (THROTTLE, counted) until an entry is freed.
+ */
+import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  BLK_STAT_NAMES,
+  BlkDevice,
+  BlkStatus,
+  createVrings,
+  LinuxAioEngine,
+  SplitVirtqueue,
+  StatCounters,
+} from '../../src/index.js';
+import { BACKUP_CHUNK_BYTES, BackupShare } from '../../src/io/backup-share.js';
+import { BACKUP } from '../../src/locking/layout.js';
+import { native } from '../../src/native.js';
+import { DriverQueue } from '../support/driver-queue.js';
+import { GuestRam } from '../support/guest-ram.js';
+import { waitFor } from '../support/wait.js';
+
+const MiB = 1024 * 1024;
+const CHUNK = BACKUP_CHUNK_BYTES;
+let dir: string;
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'vhost-rt-journal-'));
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** Chunk c of the image as first written: every byte c + 1. */
+const oldByte = (c: number) => c + 1;
+
+function embedded(image: string) {
+  const ram = new GuestRam([{ guestPhysAddr: 0, size: 4 * MiB }]);
+  const driver = new DriverQueue(ram, 64);
+  const memory = ram.toGuestMemory();
+  const engine = new LinuxAioEngine({
+    path: image,
+    readonly: false,
+    direct: true,
+    depth: 128,
+    maxIovs: 1024,
+    warn: () => {},
+  });
+  const device = new BlkDevice({
+    engine,
+    geometry: {
+      imageBytes: engine.sizeBytes,
+      blockSize: 512,
+      numQueues: 1,
+      segMax: 62,
+      readonly: false,
+    },
+    serial: 'journal',
+    queueSize: 64,
+    stats: StatCounters.create(BLK_STAT_NAMES),
+    warn: () => {},
+  });
+  const vrings = createVrings(1, () => {});
+  device.activate(vrings);
+  device.setMemory(memory);
+  vrings[0].start(new SplitVirtqueue(memory, driver.config(), 64));
+  vrings[0].enabled = true;
+  device.kick(0);
+  /** A 4 KiB write of `fill` at byte `offset`; `status()` is 0xff until it completed. */
+  const write = (offset: number, fill: number) => {
+    const header = ram.alloc(16, 16);
+    const buf = ram.alloc(4096, 4096);
+    const status = ram.alloc(1, 1);
+    ram.write(status, new Uint8Array([0xff]));
+    const h = new DataView(new ArrayBuffer(16));
+    h.setUint32(0, 1, true);
+    h.setUint32(8, offset / 512, true);
+    ram.write(header, new Uint8Array(h.buffer));
+    ram.write(buf, new Uint8Array(4096).fill(fill));
+    driver.addChain([
+      { addr: header, len: 16, write: false },
+      { addr: buf, len: 4096, write: false },
+      { addr: status, len: 1, write: true },
+    ]);
+    device.kick(0);
+    return { status: () => ram.read(status, 1)[0] };
+  };
+  return { device, write };
+}
+
+function onDisk(image: string, offset: number, length: number): Uint8Array {
+  const fd = openSync(image, 'r');
+  try {
+    const out = Buffer.alloc(length);
+    readSync(fd, out, 0, length, offset);
+    return out;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+const allBytes = (b: Uint8Array, v: number) => b.every((x) => x === v);
+
+describe('the backup journal on a blk device (embedded, linux-aio)', () => {
+  it('saves the old chunk before the write, skips copied chunks, and throttles on a full journal', async () => {
+    const image = join(dir, 'disk.img');
+    const chunks = 16;
+    const bytes = Buffer.alloc(chunks * CHUNK);
+    for (let c = 0; c < chunks; c++) bytes.fill(oldByte(c), c * CHUNK, (c + 1) * CHUNK);
+    writeFileSync(image, bytes);
+    const { device, write } = embedded(image);
+    const share = BackupShare.create(chunks * CHUNK, 4 * CHUNK);
+    const i32 = share.i32;
+    const journal = new Uint8Array(share.init.journal);
+    try {
+      const started = (await device.command({
+        type: 'backup-start',
+        share: share.init,
+        sync: 'full',
+      })) as {
+        sync: string;
+        chunks: number;
+      };
+      expect(started).toMatchObject({ sync: 'full', chunks });
+
+      // The copier read chunk 0 from disk before any claim: it must drop that read if claimed since.
+      const w0 = write(0, 0xa0);
+      await waitFor(() => w0.status() === BlkStatus.OK, 'the write to chunk 0');
+      expect(share.bit(share.at.claimed, 0)).toBe(true); // so a copier's disk read of chunk 0 is dropped
+      expect(Atomics.load(i32, BACKUP.READY_HEAD)).toBe(1);
+      const e0 = i32[share.at.ready];
+      expect(i32[share.at.entryChunk + e0]).toBe(0);
+      // The journal holds the OLD chunk, the disk the new bytes.
+      expect(allBytes(journal.subarray(e0 * CHUNK, (e0 + 1) * CHUNK), oldByte(0))).toBe(true);
+      expect(allBytes(onDisk(image, 0, 4096), 0xa0)).toBe(true);
+      // A second write to the same chunk is not journaled again.
+      const w0b = write(4096, 0xa1);
+      await waitFor(() => w0b.status() === BlkStatus.OK, 'the second write to chunk 0');
+      expect(Atomics.load(i32, BACKUP.JOURNALED)).toBe(1);
+
+      // A chunk the copier already copied needs no journal entry.
+      share.setBit(share.at.copied, 1);
+      const w1 = write(CHUNK, 0xb1);
+      await waitFor(() => w1.status() === BlkStatus.OK, 'the write to copied chunk 1');
+      expect(Atomics.load(i32, BACKUP.JOURNALED)).toBe(1);
+      expect(share.bit(share.at.claimed, 1)).toBe(false);
+
+      // Journal of 4 entries, one used: three more chunks fill it, the fifth chunk's write is held.
+      const fills = [2, 3, 4].map((c) => write(c * CHUNK, 0xc0 + c));
+      await waitFor(
+        () => fills.every((w) => w.status() === BlkStatus.OK),
+        'three journaled writes',
+      );
+      const held = write(5 * CHUNK, 0xc5);
+      await waitFor(() => Atomics.load(i32, BACKUP.FULL_WAITS) === 1, 'the full-journal wait');
+      expect(held.status()).toBe(0xff);
+      expect(Atomics.load(i32, BACKUP.DEVICE_WAITING)).toBe(1);
+      expect(allBytes(onDisk(image, 5 * CHUNK, 4096), oldByte(5))).toBe(true);
+      // The copier drains entry e0 and hands it back: FREE ring, FREE_HEAD, doorbell.
+      i32[share.at.free] = e0;
+      Atomics.store(i32, BACKUP.FREE_HEAD, 1);
+      native.eventfdWrite(share.init.doorbellFd, 1);
+      await waitFor(() => held.status() === BlkStatus.OK, 'the held write after a free entry');
+      expect(Atomics.load(i32, BACKUP.READY_HEAD)).toBe(5);
+      const e5 = i32[share.at.ready + (4 % share.entries)];
+      expect(i32[share.at.entryChunk + e5]).toBe(5);
+      expect(allBytes(journal.subarray(e5 * CHUNK, (e5 + 1) * CHUNK), oldByte(5))).toBe(true);
+      expect(allBytes(onDisk(image, 5 * CHUNK, 4096), 0xc5)).toBe(true);
+
+      // The end: writes go straight to disk, nothing more is journaled.
+      await device.command({ type: 'backup-end', ok: true });
+      const after = write(6 * CHUNK, 0xd6);
+      await waitFor(() => after.status() === BlkStatus.OK, 'a write after the end');
+      expect(Atomics.load(i32, BACKUP.JOURNALED)).toBe(5);
+    } finally {
+      await device.close();
+      share.release();
+    }
+  });
+});
