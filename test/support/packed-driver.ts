@@ -254,7 +254,7 @@ export class PackedDriverQueue {
 
   /**
    * Starts a fresh ring (`idx` must be 0: a packed ring's positions are not
-   * one index): zeroed ring, both wrap counters 1.
+   * one index): zeroed ring, both wrap counters 1, every id and slot free.
    */
   startAt(idx: number): void {
     if (idx !== 0) throw new RangeError('a packed driver starts at position 0 only');
@@ -267,6 +267,10 @@ export class PackedDriverQueue {
     this.taken = 0;
     this.kickedAt = 0;
     this.kickedPos = 1 << 15;
+    this.freeIds.length = 0;
+    for (let i = this.size - 1; i >= 0; i--) this.freeIds.push(i);
+    this.idSlots.fill(0);
+    this.freeSlots = this.size;
   }
 
   private usedReady(): boolean {

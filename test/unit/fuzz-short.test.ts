@@ -1,6 +1,6 @@
 /**
  * The bounded fuzz pass CI runs: every target of test/fuzz (codec, back-end
- * state machine, split virtqueue, blk, net, console) for a fixed number of
+ * state machine, split and packed virtqueues, blk, net, console) for a fixed number of
  * inputs from a fixed seed, in this process. Each must finish its inputs with
  * no crash, hang or out-of-region access, and reach a spread of outcomes (so
  * the generators still reach past the first check). The long run is
@@ -16,6 +16,7 @@ const PLAN: Record<string, { inputs: number; outcomes: number }> = {
   codec: { inputs: 15_000, outcomes: 500 },
   backend: { inputs: 500, outcomes: 100 },
   virtqueue: { inputs: 2_000, outcomes: 50 },
+  packed: { inputs: 2_000, outcomes: 30 },
   blk: { inputs: 1_200, outcomes: 12 },
   net: { inputs: 800, outcomes: 15 },
   console: { inputs: 500, outcomes: 50 },

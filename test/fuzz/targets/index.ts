@@ -5,6 +5,7 @@ import { blkTarget } from './blk.js';
 import { codecTarget } from './codec.js';
 import { consoleTarget } from './console.js';
 import { netTarget } from './net.js';
+import { packedVirtqueueTarget } from './packed-virtqueue.js';
 import { virtqueueTarget } from './virtqueue.js';
 
 /** The targets by name. */
@@ -13,6 +14,7 @@ export const TARGETS: FuzzTarget<any>[] = [
   codecTarget,
   backendTarget,
   virtqueueTarget,
+  packedVirtqueueTarget,
   blkTarget,
   netTarget,
   consoleTarget,
