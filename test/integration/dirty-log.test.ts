@@ -16,12 +16,18 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { native } from '../../src/native.js';
 import { ProtocolFeature, Request } from '../../src/vhost-user/protocol.js';
-import { BlkDriver, BlkType, REQ_HEADER_SIZE } from '../frontend/blk-driver.js';
+import {
+  BLK_DRIVER_FEATURES,
+  BlkDriver,
+  BlkType,
+  REQ_HEADER_SIZE,
+} from '../frontend/blk-driver.js';
 import { ConsoleDriver } from '../frontend/console-driver.js';
 import { ethFrame, macBytes, NetDriver } from '../frontend/net-driver.js';
 import { bitsOf, FRONTEND_PROTOCOL_FEATURES } from '../frontend/vmm.js';
 import { pattern } from '../support/bytes.js';
 import { type Daemon, startDaemon } from '../support/daemon.js';
+import type { PackedDriverQueue } from '../support/packed-driver.js';
 import { waitFor } from '../support/wait.js';
 
 const PAGE = 4096;
@@ -215,6 +221,66 @@ describe('blk', () => {
       native.close(efd);
     }
     expect((await drv.read(0, PAGE)).status).toBe(0);
+  });
+});
+
+describe('blk with packed rings', () => {
+  it("marks exactly the pages a read wrote and the used element's descriptor slot, before the driver sees it", async () => {
+    const image = join(dir, 'packed.img');
+    const socket = join(dir, 'packed.sock');
+    writeFileSync(image, Buffer.alloc(16 * MiB));
+    // Packed rings are offered only without inflight tracking.
+    const inflight = process.env.VHOST_RT_INFLIGHT;
+    process.env.VHOST_RT_INFLIGHT = 'off';
+    const started = startDaemon(['blk', '--socket-path', socket, '--image', image]);
+    if (inflight === undefined) delete process.env.VHOST_RT_INFLIGHT;
+    else process.env.VHOST_RT_INFLIGHT = inflight;
+    daemons.push(await started);
+    const drv = await BlkDriver.create({
+      socketPath: socket,
+      driverFeatures: BLK_DRIVER_FEATURES | (1n << 34n),
+    });
+    try {
+      expect(drv.vmm.hasFeature(34)).toBe(true);
+      const q = drv.vmm.queues[0];
+      const ring = q.driver as PackedDriverQueue;
+      const bits = await drv.vmm.startDirtyLog();
+      for (let round = 0; round < 3; round++) {
+        bits.fill(0);
+        const header = drv.allocBuffer(PAGE, PAGE);
+        const buf = drv.allocBuffer(3 * PAGE, PAGE);
+        const status = drv.allocBuffer(PAGE, PAGE);
+        const h = new Uint8Array(REQ_HEADER_SIZE);
+        new DataView(h.buffer).setUint32(0, BlkType.IN, true);
+        drv.vmm.ram.write(header, h);
+        const slot = ring.usedPosition.slot;
+        let seen: number[] = [];
+        const onUsed = q.onUsed;
+        q.onUsed = (used) => {
+          seen = markedPages(bits);
+          onUsed?.(used);
+        };
+        const result = await drv.submitRaw([
+          { addr: header, len: REQ_HEADER_SIZE, write: false },
+          { addr: buf + 100, len: 2 * PAGE, write: true },
+          { addr: status, len: 1, write: true },
+        ]);
+        q.onUsed = onUsed;
+        expect(result.len).toBe(2 * PAGE + 1);
+        expect(drv.vmm.ram.read(status, 1)[0]).toBe(0);
+        const expected = sorted([
+          ...pagesOf(buf + 100, 2 * PAGE),
+          ...pagesOf(status, 1),
+          ...pagesOf(ring.descTable + 16 * slot, 16),
+        ]);
+        expect(seen).toEqual(expected);
+        expect(markedPages(bits)).toEqual(expected);
+        for (const b of [header, buf, status]) drv.freeBuffer(b);
+      }
+      await drv.vmm.stopDirtyLog();
+    } finally {
+      await drv.close();
+    }
   });
 });
 

@@ -133,6 +133,11 @@ export class PackedDriverQueue {
     return Atomics.load(this.deviceEvent, 1);
   }
 
+  /** Where the next used element will be: slot and wrap counter. */
+  get usedPosition(): { slot: number; wrap: number } {
+    return { slot: this.lastUsed, wrap: this.usedWrap };
+  }
+
   /** Where the next chain goes: slot and wrap counter. */
   get availPosition(): { slot: number; wrap: number } {
     return { slot: this.nextAvail, wrap: this.availWrap };
