@@ -29,8 +29,8 @@ export const DrainStop = {
 export type DrainStopCode = (typeof DrainStop)[keyof typeof DrainStop];
 
 /**
- * What the loop needs of a queue; `SplitVirtqueue` has it (and a packed
- * queue would). Any method may throw `QueueBrokenError`, which the loop
+ * What the loop needs of a queue; `SplitVirtqueue` and `PackedVirtqueue`
+ * have it. Any method may throw `QueueBrokenError`, which the loop
  * passes on.
  */
 export interface DrainableQueue {
