@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ethFrame, NET_DRIVER_FEATURES, NET_HDR_BYTES, NetDriver } from '../frontend/net-driver.js';
 import { type Daemon, daemonStats, startDaemon } from '../support/daemon.js';
+import { waitFor } from '../support/wait.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vhost-rt-net-packed-'));
 const sock = (p: string) => join(dir, `${p}.sock`);
@@ -47,7 +48,7 @@ async function announce(from: NetDriver, mac: string, receivers: NetDriver[]): P
 beforeAll(async () => {
   daemon = await startDaemon([
     'net',
-    ...['a', 'b', 'c', 's'].flatMap((p) => ['--socket-path', sock(p)]),
+    ...['a', 'b', 'c', 's', 'h'].flatMap((p) => ['--socket-path', sock(p)]),
     '--ring-bytes',
     '65536',
   ]);
@@ -115,6 +116,39 @@ describe('vhost-rt net with packed rings', () => {
       expect(got[i].buffers).toBe(Math.ceil((frames[i].length + NET_HDR_BYTES) / 256));
     }
     expect(c.violations).toEqual([]);
+  });
+
+  it('hands back both positions and wrap counters in GET_VRING_BASE, resumes from them, and refuses a base naming a slot past the ring', async () => {
+    const h = await NetDriver.create({
+      socketPath: sock('h'),
+      driverFeatures: PACKED,
+      queueSize: 16,
+    });
+    try {
+      // 40 frames through a 16-slot ring: the wrap counters have flipped.
+      for (let i = 0; i < 40; i++) await h.send(ethFrame(MAC.a, '02:00:00:00:0e:0f', 60, i));
+      const bases = await h.vmm.stop();
+      const tx = bases[1];
+      // 40 single-slot chains: avail and used both at slot 8 after two laps (wrap 1 again).
+      expect(tx & 0xffff).toBe(8 | (1 << 15));
+      expect(tx >>> 16).toBe(8 | (1 << 15));
+      await h.vmm.start();
+      const start = a.received.length;
+      await h.send(ethFrame(MAC.a, '02:00:00:00:0e:0f', 61, 99));
+      await a.waitReceived(start + 1);
+      await h.vmm.stop();
+      // A lying base (slot 0x7fff of a 16-slot ring) is refused; the ring keeps the last good one.
+      h.vmm.queues[1].base = 0x7fff;
+      await h.vmm.start();
+      await waitFor(
+        () => /packed base 0x7fff names a slot beyond size 16/.test(daemon.log()),
+        'the refusal',
+      );
+      await h.send(ethFrame(MAC.a, '02:00:00:00:0e:0f', 62, 100));
+      await a.waitReceived(start + 2);
+    } finally {
+      await h.close();
+    }
   });
 
   it('a slow packed receiver gets every frame of a burst larger than its ring, in order', async () => {
