@@ -10,6 +10,7 @@
 import { describe, expect, it } from 'vitest';
 import { DescriptorChain } from '../../src/virtio/descriptor-chain.js';
 import { DirtyLog, LOG_PAGE_SIZE, logBytesFor } from '../../src/virtio/dirty-log.js';
+import { type ChainHandler, DrainResult, DrainStop, drainQueue } from '../../src/virtio/drain.js';
 import { ChainErrorCode, QueueBrokenError, QueueErrorCode } from '../../src/virtio/errors.js';
 import {
   PACKED_DESC_F_AVAIL,
@@ -595,5 +596,66 @@ describe('dirty log of a packed batch', () => {
     log.bits.fill(0);
     v.stop();
     expect(pages(log.bits)).toEqual([Math.floor(drv.usedRing / PAGE)]);
+  });
+});
+
+describe('drainQueue over a packed ring', () => {
+  /** A packed queue whose "kicks back on" first lets the driver publish a chain (the race). */
+  class RacyPackedQueue extends PackedVirtqueue {
+    beforeEnable: (() => void) | null = null;
+
+    override setNotification(enabled: boolean): void {
+      const race = this.beforeEnable;
+      if (enabled && race !== null) {
+        this.beforeEnable = null;
+        race();
+      }
+      super.setNotification(enabled);
+    }
+  }
+
+  it('pops a chain published between the last empty pop and kicks back on, then sleeps with kicks on', () => {
+    const ram = new GuestRam([{ guestPhysAddr: 0, size: 0x10000 }]);
+    const drv = new PackedDriverQueue(ram, 8);
+    const q = new RacyPackedQueue(ram.toGuestMemory(), drv.config());
+    const chain = new DescriptorChain(8);
+    const buf = ram.alloc(8);
+    const heads: number[] = [];
+    const handler: ChainHandler = {
+      handleChain: (c) => {
+        heads.push(c.head);
+        q.addUsed(c.head, 0);
+        return true;
+      },
+    };
+    const first = drv.addChain([{ addr: buf, len: 8, write: true }]);
+    let late = -1;
+    q.beforeEnable = () => {
+      late = drv.addChain([{ addr: buf, len: 8, write: true }]);
+    };
+    const result = new DrainResult();
+    expect(drainQueue(q, chain, handler, Number.POSITIVE_INFINITY, result)).toBe(DrainStop.EMPTY);
+    expect(heads).toEqual([first, late]);
+    expect(drv.deviceFlags).toBe(RING_EVENT_FLAGS_ENABLE);
+    q.publishUsed();
+    expect([drv.popUsed()?.id, drv.popUsed()?.id]).toEqual([first, late]);
+  });
+
+  it('stops at the budget with kicks still off', () => {
+    const ram = new GuestRam([{ guestPhysAddr: 0, size: 0x10000 }]);
+    const drv = new PackedDriverQueue(ram, 8);
+    const q = new PackedVirtqueue(ram.toGuestMemory(), drv.config());
+    const buf = ram.alloc(8);
+    for (let i = 0; i < 3; i++) drv.addChain([{ addr: buf, len: 8, write: true }]);
+    const handler: ChainHandler = {
+      handleChain: (c) => {
+        q.addUsed(c.head, 0);
+        return true;
+      },
+    };
+    const result = new DrainResult();
+    expect(drainQueue(q, new DescriptorChain(8), handler, 2, result)).toBe(DrainStop.BUDGET);
+    expect(result.popped).toBe(2);
+    expect(drv.deviceFlags).toBe(RING_EVENT_FLAGS_DISABLE);
   });
 });
