@@ -202,10 +202,13 @@ sleep 600
   }, 300_000);
 });
 
-describe('two guests with two queue pairs each', () => {
+describe.each([
+  { rings: 'split', packed: false },
+  { rings: 'packed', packed: true },
+])('two guests with two queue pairs each, $rings rings', ({ rings, packed }) => {
   it('negotiate multiqueue with QEMU (one vhost device per pair on one socket) and ping both ways', async () => {
-    const sa = join(dir, 'mq-a.sock');
-    const sb = join(dir, 'mq-b.sock');
+    const sa = join(dir, `mq-a-${rings}.sock`);
+    const sb = join(dir, `mq-b-${rings}.sock`);
     const mq = await startDaemon([
       'net',
       '--socket-path',
@@ -218,14 +221,16 @@ describe('two guests with two queue pairs each', () => {
     try {
       const script = (me: string, peer: string, tag: string) => `${netUp(me)}
 echo "${tag}_QUEUES $(ls -d /sys/class/net/eth0/queues/rx-* | wc -l)"
+echo "${tag}_PACKED $(cut -c35 /sys/class/net/eth0/device/features)"
 ${waitPeer(peer)}
 ping -c 5 -i 0.2 ${peer} | grep -o '[0-9]*% packet loss' | sed 's/^/${tag}_LOSS /'
 sleep 600
 `;
-      const a = boot('mqa', sa, MAC_A, script(IP_A, IP_B, 'MQA'), 2);
-      const b = boot('mqb', sb, MAC_B, script(IP_B, IP_A, 'MQB'), 2);
+      const a = boot(`mqa-${rings}`, sa, MAC_A, script(IP_A, IP_B, 'MQA'), 2, packed);
+      const b = boot(`mqb-${rings}`, sb, MAC_B, script(IP_B, IP_A, 'MQB'), 2, packed);
       guests.push(a, b);
       expect((await a.waitFor(/MQA_QUEUES (\d+)/, 90_000))[1]).toBe('2');
+      expect((await a.waitFor(/MQA_PACKED (\d)/, 30_000))[1]).toBe(packed ? '1' : '0');
       expect((await a.waitFor(/MQA_LOSS (\d+)%/, 90_000))[1]).toBe('0');
       expect((await b.waitFor(/MQB_LOSS (\d+)%/, 60_000))[1]).toBe('0');
       await Promise.all([kill(a), kill(b)]);
