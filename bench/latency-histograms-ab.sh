@@ -6,10 +6,11 @@
 #   bash bench/latency-histograms-ab.sh ROUNDS IMAGE AIO [loadgen flags...]
 #   e.g. bash bench/latency-histograms-ab.sh 3 /var/tmp/img linux-aio --rw randread --bs 4k --iodepth 1 --runtime 4
 #
+# BLK_FLAGS adds daemon flags to both (e.g. BLK_FLAGS=--readonly for a shared image lock).
 # Prints one line per run (IOPS, p50/p99 µs, back-end CPU µs per I/O), then the per-round ratios
 # B/A of IOPS and of CPU per I/O with their median. Results: bench/results/latency-histograms.md.
 set -euo pipefail
-[[ $# -ge 3 ]] || { sed -n '2,9p' "$0"; exit 2; }
+[[ $# -ge 3 ]] || { sed -n '2,10p' "$0"; exit 2; }
 tree=$(cd "$(dirname "$0")/.." && pwd); rounds=$1; image=$2; aio=$3; shift 3
 dir=$(mktemp -d); trap 'rm -rf "$dir"' EXIT
 run() { # label round daemon-flag...
@@ -17,7 +18,7 @@ run() { # label round daemon-flag...
   shift 2
   rm -f "$sock"
   node "$tree/dist/src/cli/main.js" blk --socket-path "$sock" --image "$image" --aio "$aio" \
-    --queues 1 --quiet "$@" 2>"$dir/err" &
+    --queues 1 --quiet ${BLK_FLAGS:-} "$@" 2>"$dir/err" &
   pid=$!
   for _ in $(seq 1 200); do [[ -S $sock ]] && break; sleep 0.05; done
   node "$tree/dist/bench/loadgen/cli.js" --socket "$sock" --pid "$pid" --json "${loadgen[@]}" \
