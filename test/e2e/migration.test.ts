@@ -252,12 +252,18 @@ function withKernelArgs(args: string[]): string[] {
 }
 
 /** Migrates the loop's guest from a disk on `srcSocket` to one on `dstSocket` (both on `image`). */
-async function migrateDiskGuest(name: string, image: string, srcSocket: string, dstSocket: string) {
+async function migrateDiskGuest(
+  name: string,
+  image: string,
+  srcSocket: string,
+  dstSocket: string,
+  packed = false,
+) {
   const initrd = join(dir, `${name}.initrd`);
   const script = loopScript(writePattern(image));
   writeInitrd(initrd, script);
   const args = (socket: string) =>
-    withKernelArgs(guestQemuArgs({ script, memMb: MEM_MB, blk: [{ socket }] }, initrd));
+    withKernelArgs(guestQemuArgs({ script, memMb: MEM_MB, blk: [{ socket, packed }] }, initrd));
   const src = await launch(`${name}-src`, args(srcSocket));
   const incoming = join(dir, `${name}.migrate`);
   const dst = await launch(`${name}-dst`, [...args(dstSocket), '-incoming', `unix:${incoming}`]);
@@ -299,46 +305,70 @@ describe('blk', () => {
     expect(r.exit).toBe(0);
   }, 300_000);
 
-  it('a guest doing checksummed O_DIRECT I/O on a vhost-rt disk moves to a second daemon on the same image: no mismatch, no I/O error', async () => {
-    const image = join(dir, 'rt.img');
-    writeFileSync(image, Buffer.alloc(0));
-    execFileSync('truncate', ['-s', `${64 * MiB}`, image]);
-    // The destination reaches the image through a loop device, as a second host reaches
-    // shared storage through its own path: image locks are per host (per inode here), and
-    // on one machine the source daemon's write lock on the file would refuse a second writer.
-    const loop = execFileSync('losetup', ['--find', '--show', '--direct-io=on', image], {
-      encoding: 'utf8',
-    }).trim();
-    const daemons: Daemon[] = [];
-    cleanups.push(async () => {
-      await Promise.all(daemons.map((d) => d.stop()));
-      spawnSync('losetup', ['-d', loop]);
-    });
-    for (const [s, path] of [
-      ['rt-a', image],
-      ['rt-b', loop],
-    ])
-      daemons.push(
-        await startDaemon(['blk', '--socket-path', join(dir, `${s}.sock`), '--image', path]),
+  // Packed rings (packed=on) are offered only with inflight tracking off (VHOST_RT_INFLIGHT=off).
+  it.each([
+    { rings: 'split', packed: false },
+    { rings: 'packed', packed: true },
+  ])(
+    'a guest doing checksummed O_DIRECT I/O on a vhost-rt disk ($rings rings) moves to a second daemon on the same image: no mismatch, no I/O error',
+    async ({ rings, packed }) => {
+      const image = join(dir, `rt-${rings}.img`);
+      writeFileSync(image, Buffer.alloc(0));
+      execFileSync('truncate', ['-s', `${64 * MiB}`, image]);
+      // The destination reaches the image through a loop device, as a second host reaches
+      // shared storage through its own path: image locks are per host (per inode here), and
+      // on one machine the source daemon's write lock on the file would refuse a second writer.
+      const loop = execFileSync('losetup', ['--find', '--show', '--direct-io=on', image], {
+        encoding: 'utf8',
+      }).trim();
+      const daemons: Daemon[] = [];
+      cleanups.push(async () => {
+        await Promise.all(daemons.map((d) => d.stop()));
+        spawnSync('losetup', ['-d', loop]);
+      });
+      const inflight = process.env.VHOST_RT_INFLIGHT;
+      for (const [s, path] of [
+        [`rt-a-${rings}`, image],
+        [`rt-b-${rings}`, loop],
+      ]) {
+        if (packed) process.env.VHOST_RT_INFLIGHT = 'off';
+        const started = startDaemon([
+          'blk',
+          '--socket-path',
+          join(dir, `${s}.sock`),
+          '--image',
+          path,
+        ]);
+        if (inflight === undefined) delete process.env.VHOST_RT_INFLIGHT;
+        else process.env.VHOST_RT_INFLIGHT = inflight;
+        daemons.push(await started);
+      }
+      const r = await migrateDiskGuest(
+        `rt-${rings}`,
+        image,
+        join(dir, `rt-a-${rings}.sock`),
+        join(dir, `rt-b-${rings}.sock`),
+        packed,
       );
-    const r = await migrateDiskGuest('rt', image, join(dir, 'rt-a.sock'), join(dir, 'rt-b.sock'));
-    const done = /LOOP_DONE iterations=(\d+) bad=(\d+) seen=(\d+)/.exec(r.out);
-    const cache = /CACHE_CYCLES=(\d+) CACHE_BAD=(\d+)/.exec(r.out);
-    console.log(
-      `vhost-rt blk migration: downtime ${r.m.downtimeMs} ms, total ${r.m.totalMs} ms, ` +
-        `setup ${r.m.setupMs} ms; guest loop iterations ${done?.[1]}, page-cache cycles ${cache?.[1]}`,
-    );
-    expect(r.out, r.out.slice(-3000)).toMatch(/LOOP_DONE iterations=\d+ bad=0 seen=8/);
-    expect(r.out).toContain('KERNEL_IO_ERRORS=0');
-    expect(cache?.[2]).toBe('0');
-    expect(r.out).not.toMatch(/MISMATCH|IO_ERROR write/);
-    expect(r.exit).toBe(0);
-    // The source's last lines came from the source, the loop's end from the destination.
-    expect(r.src).toContain('LOOP_RUNNING');
-    expect(r.src).not.toContain('LOOP_DONE');
-    // No refused request, no broken ring on either side.
-    for (const d of daemons) expect(d.log()).not.toMatch(/broken|VHOST_USER_[A-Z_]+\)/);
-  }, 300_000);
+      const done = /LOOP_DONE iterations=(\d+) bad=(\d+) seen=(\d+)/.exec(r.out);
+      const cache = /CACHE_CYCLES=(\d+) CACHE_BAD=(\d+)/.exec(r.out);
+      console.log(
+        `vhost-rt blk migration (${rings} rings): downtime ${r.m.downtimeMs} ms, total ${r.m.totalMs} ms, ` +
+          `setup ${r.m.setupMs} ms; guest loop iterations ${done?.[1]}, page-cache cycles ${cache?.[1]}`,
+      );
+      expect(r.out, r.out.slice(-3000)).toMatch(/LOOP_DONE iterations=\d+ bad=0 seen=8/);
+      expect(r.out).toContain('KERNEL_IO_ERRORS=0');
+      expect(cache?.[2]).toBe('0');
+      expect(r.out).not.toMatch(/MISMATCH|IO_ERROR write/);
+      expect(r.exit).toBe(0);
+      // The source's last lines came from the source, the loop's end from the destination.
+      expect(r.src).toContain('LOOP_RUNNING');
+      expect(r.src).not.toContain('LOOP_DONE');
+      // No refused request, no broken ring on either side.
+      for (const d of daemons) expect(d.log()).not.toMatch(/broken|VHOST_USER_[A-Z_]+\)/);
+    },
+    300_000,
+  );
 });
 
 describe('net', () => {
