@@ -85,6 +85,7 @@ async function started(runtime: DeviceRuntime, ram: GuestRam, queues: DriverQueu
       kickFd,
       callFd: -1,
       errFd: -1,
+      inflight: null,
     });
     await runtime.handle({ op: 'enable', device: 0, index, enabled: true });
   }
@@ -134,6 +135,7 @@ describe('DeviceRuntime boundary', () => {
         kickFd: fds[0],
         callFd: -1,
         errFd: -1,
+        inflight: null,
       });
       expect(events.broken_.length).toBe(3);
       expect(events.logs.length).toBe(1);
@@ -221,11 +223,11 @@ describe('BlkDevice completion boundary', () => {
     expect(() => engine.handler(1e6, 0)).not.toThrow();
     expect(() => engine.batchDone()).not.toThrow();
     expect(faults.length).toBe(1);
-    expect(faults[0]).toBeInstanceOf(TypeError);
+    expect(faults[0]).toBeInstanceOf(RangeError);
   });
 
   it('lets it propagate when the host gives no fault hook', () => {
     const engine = device();
-    expect(() => engine.handler(1e6, 0)).toThrow(TypeError);
+    expect(() => engine.handler(1e6, 0)).toThrow(RangeError);
   });
 });

@@ -787,7 +787,11 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   private complete(id: number, result: number): void {
     // Past the request slots: a backup's journal read (userData slots + entry).
     if (id >= this.slotType.length) {
-      this.backup?.readDone(id - this.slotType.length, result);
+      // Anything else past the slots is a completion the device never asked for: an
+      // engine bug, thrown to the host's fault hook rather than ignored.
+      if (this.backup === null)
+        throw new RangeError(`blk: completion for request ${id}, which was never started`);
+      this.backup.readDone(id - this.slotType.length, result);
       return;
     }
     const type = this.slotType[id];
