@@ -324,10 +324,14 @@ async function startFrontend(
   prefix: string,
   mode: Mode,
   size: number,
+  queueSize: number,
 ): Promise<Testpmd> {
   const args = [...eal(cpu, prefix)];
   for (const [i, s] of socks.entries())
-    args.push('--vdev', `net_virtio_user${i},path=${s},mac=${MAC[i]},queues=1,queue_size=256`);
+    args.push(
+      '--vdev',
+      `net_virtio_user${i},path=${s},mac=${MAC[i]},queues=1,queue_size=${queueSize}`,
+    );
   args.push('--', '-i', `--forward-mode=${mode}`, '--nb-cores=1', '--total-num-mbufs=32768');
   args.push(`--txpkts=${size}`);
   args.push(`--eth-peer=0,${MAC[1]}`, `--eth-peer=1,${MAC[0]}`);
@@ -350,6 +354,8 @@ interface CaseOptions {
   nodeArgs: string[];
   /** The CLI of the baseline build (`--baseline DIR`: DIR/dist/src/cli/main.js). */
   baselineCli: string;
+  /** The front end's ring size (vhost-rt is started with `--queue-size` to match). */
+  queueSize: number;
 }
 
 let runs = 0;
@@ -365,14 +371,18 @@ async function measure(o: CaseOptions): Promise<NetSample & { log: string }> {
       : await startVhostRt(
           socks,
           o.switchCpu,
-          o.kind === 'vhost-rt' ? o.switchArgs : ['--quiet'],
+          [
+            ...(o.kind === 'vhost-rt' ? o.switchArgs : ['--quiet']),
+            '--queue-size',
+            `${o.queueSize}`,
+          ],
           o.nodeArgs,
           o.kind === 'vhost-rt' ? VHOST_RT_CLI : o.baselineCli,
         );
   let fe: Testpmd | null = null;
   const result = { log: '' };
   try {
-    fe = await startFrontend(socks, o.frontendCpu, `${tag}f`, o.mode, o.size);
+    fe = await startFrontend(socks, o.frontendCpu, `${tag}f`, o.mode, o.size, o.queueSize);
     // The links come up once the back end has taken the rings: frames sent
     // before are lost, and io mode never gets them back.
     await fe
@@ -503,6 +513,7 @@ async function main(): Promise<void> {
       'switch-cpu': { type: 'string', default: '0' },
       'frontend-cpu': { type: 'string', default: '1' },
       'switch-args': { type: 'string', default: '--quiet' },
+      'queue-size': { type: 'string', default: '1024' },
       'node-args': { type: 'string', default: '' },
       only: { type: 'string' },
       baseline: { type: 'string' },
@@ -528,6 +539,7 @@ async function main(): Promise<void> {
     switchArgs: (v['switch-args'] as string).split(' ').filter((a) => a !== ''),
     nodeArgs: (v['node-args'] as string).split(' ').filter((a) => a !== ''),
     baselineCli: join(v.baseline ?? '.', 'dist', 'src', 'cli', 'main.js'),
+    queueSize: Number(v['queue-size']),
   };
   const loadBefore = machineLoad();
   const startedAt = new Date().toISOString();
@@ -554,7 +566,7 @@ async function main(): Promise<void> {
   const table = netReport(samples);
   const conditions = [
     `started ${startedAt}, ended ${new Date().toISOString()}; ${rounds} rounds, ${base.seconds} s windows after ${base.warmup} s warm-up`,
-    `switch on CPU ${base.switchCpu} (taskset, every thread), front end on CPU ${base.frontendCpu}; vhost-rt args: ${base.switchArgs.join(' ')}`,
+    `switch on CPU ${base.switchCpu} (taskset, every thread), front end on CPU ${base.frontendCpu}; rings of ${base.queueSize}; vhost-rt args: ${base.switchArgs.join(' ')} --queue-size ${base.queueSize}`,
     `before: ${loadBefore}`,
     `after: ${loadAfter}`,
   ];

@@ -588,7 +588,15 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
   private drainPort(): number {
     const port = this.port;
     const ready = this.rxReadyCount;
+    // No kicks for new receive buffers while frames find buffers: the driver
+    // is asked for one only when they run out (armRx), as vhost-net does.
+    for (let i = 0; i < ready; i++) {
+      const q = this.queues[this.rxReady[i]];
+      this.rxCurrent = q;
+      (q.queue as SplitVirtqueue).setNotification(false);
+    }
     let n = 0;
+    let retried = false;
     for (let length = port.peek(); length >= 0 && n < BUDGET; length = port.peek()) {
       const bytes = port.rxBytes;
       const at = port.rxOffset;
@@ -604,8 +612,15 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
           result = this.deliver(q, port.rxView, at, length);
         }
       }
-      // No buffers: the frame stays in the port (peek returns it again) until the driver posts some.
-      if (result === NO_BUFFERS) return n;
+      // No buffers: the frame stays in the port (peek returns it again) until
+      // the driver posts some and kicks; buffers posted before kicks were back
+      // on are tried once more here.
+      if (result === NO_BUFFERS) {
+        if (retried || !this.armRx()) return n;
+        retried = true;
+        continue;
+      }
+      retried = false;
       if (ready === 0) this.stats.add(NetStat.rxDropsDown, 1);
       else if (!accepted) this.stats.add(NetStat.rxFiltered, 1);
       port.release();
@@ -618,6 +633,20 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
     if (this.rxScheduled) return;
     this.rxScheduled = true;
     setImmediate(this.runReceive);
+  }
+
+  /**
+   * Turns receive kicks back on for every ready receive queue; true when one
+   * of them had buffers posted meanwhile (try again rather than sleep).
+   */
+  private armRx(): boolean {
+    let posted = false;
+    for (let i = 0; i < this.rxReadyCount; i++) {
+      const q = this.queues[this.rxReady[i]];
+      this.rxCurrent = q;
+      if ((q.queue as SplitVirtqueue).enableNotification()) posted = true;
+    }
+    return posted;
   }
 
   /** Notes the enabled, unbroken receive queues in {@link rxReady} (none: the link is down). */
