@@ -175,13 +175,13 @@ class FrameCopier : public Napi::ObjectWrap<FrameCopier> {
     const double* op = ops.Data();
     const double views = static_cast<double>(views_.size()) - 1;
     for (int64_t k = 0; k < count; k++, op += 5) {
-      if (!IsIntegerIn(op[0], 0, views) || !IsIntegerIn(op[2], 0, views))
+      if (!InRange(op[0], views) || !InRange(op[2], views))
         ThrowRangeError(env, "ops[" + std::to_string(k) + "] names a view outside the table");
       const View& src = views_[static_cast<size_t>(op[0])];
       const View& dst = views_[static_cast<size_t>(op[2])];
       double len = op[4];
-      if (!IsIntegerIn(len, 0, src.length) || !IsIntegerIn(op[1], 0, src.length - len) ||
-          !IsIntegerIn(op[3], 0, dst.length - len))
+      if (!InRange(len, src.length) || !InRange(op[1], src.length - len) ||
+          !InRange(op[3], dst.length - len))
         ThrowRangeError(env, "ops[" + std::to_string(k) + "] range is outside its views");
       // Invariant: both ranges were just checked against their views, which
       // their backing stores keep alive. Guest RAM that a front end truncates
@@ -190,6 +190,11 @@ class FrameCopier : public Napi::ObjectWrap<FrameCopier> {
                   static_cast<size_t>(len));
     }
     return env.Undefined();
+  }
+
+  /** `v` is an integer in [0, max] (false for NaN); no libm call, unlike IsIntegerIn. */
+  static bool InRange(double v, double max) {
+    return v >= 0 && v <= max && static_cast<double>(static_cast<int64_t>(v)) == v;
   }
 
   std::vector<View> views_;

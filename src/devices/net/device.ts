@@ -513,7 +513,7 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
         continue;
       }
       segLength -= skip;
-      const take = segLength < left ? segLength : left;
+      const take = Math.min(segLength, left);
       copies.add(copies.guestView(c.region[s]), c.offset[s] + skip, view, at, take);
       skip = 0;
       at += take;
@@ -715,7 +715,7 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
       let h = 0;
       while (h < NET_HDR_SIZE) {
         const room = c.length[s];
-        const take = room < NET_HDR_SIZE - h ? room : NET_HDR_SIZE - h;
+        const take = Math.min(room, NET_HDR_SIZE - h);
         const region = c.region[s];
         copies.add(
           this.templateView,
@@ -741,7 +741,7 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
     let done = 0;
     while (done < left && s < end) {
       const room = c.length[s] - within;
-      const take = room < left - done ? room : left - done;
+      const take = Math.min(room, left - done);
       copies.add(view, from + done, copies.guestView(c.region[s]), c.offset[s] + within, take);
       done += take;
       s++;
