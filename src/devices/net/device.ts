@@ -52,8 +52,8 @@ import {
   DrainStop,
   drainQueue,
   type GuestMemory,
-  type SplitVirtqueue,
   takeVrings,
+  type Virtqueue,
   type Vring,
   vringAt,
 } from '../../virtio/index.js';
@@ -143,7 +143,7 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
       if (!this.transmitChain()) {
         // Held (backpressure): un-pop the chain, it stays in the guest's ring
         // for the retry. Safe: net keeps no inflight region, nothing else saw it.
-        const vq = q.queue as SplitVirtqueue;
+        const vq = q.queue as Virtqueue;
         vq.lastAvailIdx = (vq.lastAvailIdx - 1) & 0xffff;
         return false;
       }
@@ -295,7 +295,7 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
     this.stats.beginBatch();
     try {
       drainQueue(
-        q.queue as SplitVirtqueue,
+        q.queue as Virtqueue,
         this.chain,
         this.ctrlHandler,
         Number.POSITIVE_INFINITY,
@@ -419,13 +419,7 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
     try {
       // Up to BUDGET chains; a budget stop leaves kicks off and continues on the next loop turn.
       // A handler stop is a held frame: kicks stay off, the doorbell or the hold timer retries.
-      stop = drainQueue(
-        q.queue as SplitVirtqueue,
-        this.chain,
-        this.txHandler,
-        BUDGET,
-        this.drained,
-      );
+      stop = drainQueue(q.queue as Virtqueue, this.chain, this.txHandler, BUDGET, this.drained);
       if (this.drained.popped > 0) this.stats.add(NetStat.kicks, 1);
     } catch (err) {
       this.breakQueue(q, err);
@@ -593,7 +587,7 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
     for (let i = 0; i < ready; i++) {
       const q = this.queues[this.rxReady[i]];
       this.rxCurrent = q;
-      (q.queue as SplitVirtqueue).setNotification(false);
+      (q.queue as Virtqueue).setNotification(false);
     }
     let n = 0;
     let retried = false;
@@ -644,7 +638,7 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
     for (let i = 0; i < this.rxReadyCount; i++) {
       const q = this.queues[this.rxReady[i]];
       this.rxCurrent = q;
-      if ((q.queue as SplitVirtqueue).enableNotification()) posted = true;
+      if ((q.queue as Virtqueue).enableNotification()) posted = true;
     }
     return posted;
   }
@@ -662,7 +656,7 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
    * ring is rewound to where the frame started and the frame waits.
    */
   private deliver(q: QueueState, view: number, offset: number, length: number): number {
-    const vq = q.queue as SplitVirtqueue;
+    const vq = q.queue as Virtqueue;
     const start = vq.lastAvailIdx;
     // The ops of a frame of up to MAX_FRAME bytes stay unflushed until it is
     // placed: they can be rolled back or patched (see setNumBuffers for others).
