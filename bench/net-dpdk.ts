@@ -550,7 +550,11 @@ async function main(): Promise<void> {
         // Interleaved: A/B(/C) in even rounds, reversed in odd ones.
         const order = round % 2 === 0 ? kinds : [...kinds].reverse();
         for (const kind of order) {
-          const s = await measure({ ...base, round, kind, mode, size });
+          // One retry: a front end that failed to start must not end the whole run.
+          const s = await measure({ ...base, round, kind, mode, size }).catch((err) => {
+            console.error(`round ${round} ${mode} ${size} B ${kind}: retrying after ${err}`);
+            return measure({ ...base, round, kind, mode, size });
+          });
           const { log, ...sample } = s;
           if (process.env.NET_DPDK_DEBUG) console.error(log.slice(-3000));
           samples.push(sample);
