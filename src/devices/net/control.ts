@@ -29,8 +29,6 @@ export const CTRL_ERR = 1;
 /** Most MAC addresses a filter table may list (QEMU's MAC_TABLE_ENTRIES is 64). */
 export const MAX_FILTER_MACS = 64;
 
-const BROADCAST_KEY = 2 ** 48 - 1;
-
 /** Receive-filter state of one port. */
 export class RxFilter {
   /** Receive every frame (the reset state, as QEMU's). */
@@ -41,23 +39,36 @@ export class RxFilter {
   private active = false;
   private readonly unicast = new Set<number>();
   private readonly multicast = new Set<number>();
-  private primary: number;
+  /** The primary MAC's high 16 and low 32 bits (as int32), for the per-frame test. */
+  private primaryHigh = 0;
+  private primaryLow = 0;
 
   constructor(
     mac: Uint8Array,
     private readonly maxPairs: number,
   ) {
-    this.primary = macKey(mac, 0);
+    this.setPrimary(mac);
+  }
+
+  private setPrimary(mac: Uint8Array): void {
+    this.primaryHigh = (mac[0] << 8) | mac[1];
+    this.primaryLow = (mac[2] << 24) | (mac[3] << 16) | (mac[4] << 8) | mac[5];
   }
 
   /** Whether the frame at `bytes[off]` (its destination first) is for this port. */
   accepts(bytes: Uint8Array, off: number): boolean {
     if (!this.active || this.promisc) return true;
-    const key = macKey(bytes, off);
+    // The common cases compare small integers; only a table lookup builds the
+    // 48-bit key (a heap number: issue 13).
+    const high = (bytes[off] << 8) | bytes[off + 1];
+    const low =
+      (bytes[off + 2] << 24) | (bytes[off + 3] << 16) | (bytes[off + 4] << 8) | bytes[off + 5];
     if (isGroupAddress(bytes, off)) {
-      return key === BROADCAST_KEY || this.allMulti || this.multicast.has(key);
+      if ((high === 0xffff && low === -1) || this.allMulti) return true;
+      return this.multicast.has(macKey(bytes, off));
     }
-    return key === this.primary || this.unicast.has(key);
+    if (high === this.primaryHigh && low === this.primaryLow) return true;
+    return this.unicast.size > 0 && this.unicast.has(macKey(bytes, off));
   }
 
   /** Carries out one command; `data` is its payload. Returns the ack byte. */
@@ -88,7 +99,7 @@ export class RxFilter {
 
   private addrSet(cmd: number, data: Uint8Array, length: number): number {
     if (cmd !== CtrlMac.ADDR_SET || length !== 6) return CTRL_ERR;
-    this.primary = macKey(data, 0);
+    this.setPrimary(data);
     return CTRL_OK;
   }
 
