@@ -7,12 +7,13 @@
  * report gives the median ratio with its min..max over the rounds. Prints the table and
  * writes every sample to bench/results/nbd.json (bench/results/nbd.md discusses a run).
  *
- *   node dist/bench/nbd.js [--rounds N] [--runtime SEC] [--ramp SEC] [--image PATH] [--out DIR]
+ *   node dist/bench/nbd.js [--transport tcp|unix] [--rounds N] [--runtime SEC] [--ramp SEC]
+ *                          [--image PATH] [--out DIR]
  *
- * The server is `qemu-nbd --persistent --shared=4 -f raw` on the 1 GiB bench image (random
- * data, page cache: the server is fast, so the clients' own costs show).
+ * The server is `qemu-nbd --persistent --shared=4 -f raw` on a 1 GiB image of random data,
+ * read into the page cache first: the server answers from RAM, so the clients' own costs show.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { connect } from 'node:net';
@@ -46,12 +47,12 @@ interface Sample {
   result: LoadResult;
 }
 
-function waitAccepting(port: number, child: ChildProcess): Promise<void> {
+function waitAccepting(at: Address, child: ChildProcess): Promise<void> {
   const deadline = Date.now() + 10_000;
   return new Promise((resolve, reject) => {
     const probe = () => {
       if (child.exitCode !== null) return reject(new BackendError('BENCH_NBD', 'qemu-nbd exited'));
-      const c = connect(port, '127.0.0.1');
+      const c = 'port' in at ? connect(at.port, '127.0.0.1') : connect(at.path);
       c.once('connect', () => {
         c.destroy();
         resolve();
@@ -65,17 +66,25 @@ function waitAccepting(port: number, child: ChildProcess): Promise<void> {
   });
 }
 
-async function startQemuNbd(image: string, port: number): Promise<ChildProcess> {
+/** Where qemu-nbd listens: a TCP port on 127.0.0.1, or a unix socket path. */
+type Address = { port: number } | { path: string };
+
+async function startQemuNbd(image: string, at: Address): Promise<ChildProcess> {
   const args = ['--persistent', '--shared=4', '-f', 'raw', '-x', 'disk'];
-  args.push('-b', '127.0.0.1', '-p', String(port), image);
+  if ('port' in at) args.push('-b', '127.0.0.1', '-p', String(at.port), image);
+  else args.push(`--socket=${at.path}`, image);
   const child = spawn('qemu-nbd', args, { stdio: ['ignore', 'ignore', 'inherit'] });
-  await waitAccepting(port, child);
+  await waitAccepting(at, child);
   return child;
 }
 
-async function startQsdNbd(port: number, socket: string): Promise<Backend> {
+async function startQsdNbd(at: Address, socket: string): Promise<Backend> {
   await rm(socket, { force: true });
-  const node = `driver=nbd,node-name=n0,server.type=inet,server.host=127.0.0.1,server.port=${port},export=disk`;
+  const server =
+    'port' in at
+      ? `server.type=inet,server.host=127.0.0.1,server.port=${at.port}`
+      : `server.type=unix,server.path=${at.path}`;
+  const node = `driver=nbd,node-name=n0,${server},export=disk`;
   const exp = `type=vhost-user-blk,id=e0,node-name=n0,addr.type=unix,addr.path=${socket},writable=on`;
   const child = spawn('qemu-storage-daemon', ['--blockdev', node, '--export', exp], {
     stdio: ['ignore', 'ignore', 'inherit'],
@@ -104,7 +113,7 @@ function metricOf(w: Workload, r: LoadResult): number {
   return w.metric === 'iops' ? r.iops : r.mbPerSec;
 }
 
-function report(samples: Sample[], rounds: number, runtimeSec: number): string {
+function report(samples: Sample[], rounds: number, runtimeSec: number, transport: string): string {
   const rows: string[][] = [];
   for (const w of WORKLOADS) {
     const of = (b: Label) => samples.filter((s) => s.workload === w.name && s.backend === b);
@@ -142,7 +151,7 @@ function report(samples: Sample[], rounds: number, runtimeSec: number): string {
     '× qsd, median (min..max)',
     'errors',
   ];
-  return `${markdownTable(header, rows)}\n\n${rounds} interleaved rounds of ${runtimeSec} s per cell.\n`;
+  return `${markdownTable(header, rows)}\n\n${rounds} interleaved rounds of ${runtimeSec} s per cell, ${transport}.\n`;
 }
 
 async function main(): Promise<void> {
@@ -153,6 +162,7 @@ async function main(): Promise<void> {
       ramp: { type: 'string', default: '1' },
       image: { type: 'string' },
       out: { type: 'string' },
+      transport: { type: 'string', default: 'tcp' },
     },
   });
   const rounds = Number(values.rounds);
@@ -163,9 +173,16 @@ async function main(): Promise<void> {
   const work = join(REPO_ROOT, '.cache', 'bench', `nbd-${process.pid}`);
   await mkdir(work, { recursive: true });
   ensureImage(image, 1 << 30);
-  const port = 20000 + (process.pid % 20000);
-  const server = await startQemuNbd(image, port);
-  const uri = `nbd://127.0.0.1:${port}/disk`;
+  // Into the page cache (qemu-nbd's default cache mode uses it): the server answers from RAM,
+  // so what differs between the rows is the clients, not the disk's queue.
+  spawnSync('dd', [`if=${image}`, 'of=/dev/null', 'bs=4M', 'status=none'], { stdio: 'inherit' });
+  const unix = values.transport === 'unix';
+  const at: Address = unix
+    ? { path: join(work, 'nbd.sock') }
+    : { port: 20000 + (process.pid % 20000) };
+  const server = await startQemuNbd(image, at);
+  const uri =
+    'port' in at ? `nbd://127.0.0.1:${at.port}/disk` : `nbd+unix:///disk?socket=${at.path}`;
   const backends: Backend[] = [];
   const samples: Sample[] = [];
   try {
@@ -175,7 +192,7 @@ async function main(): Promise<void> {
         devices: [`socket-path=${join(work, 'vhost-rt.sock')},image=${uri}`],
       }),
     );
-    backends.push(await startQsdNbd(port, join(work, 'qsd.sock')));
+    backends.push(await startQsdNbd(at, join(work, 'qsd.sock')));
     for (let round = 0; round < rounds; round++) {
       const order = round % 2 === 0 ? backends : [...backends].reverse();
       for (const w of WORKLOADS) {
@@ -201,10 +218,11 @@ async function main(): Promise<void> {
     server.kill('SIGTERM');
     await rm(work, { recursive: true, force: true });
   }
-  const table = report(samples, rounds, runtimeSec);
+  const table = report(samples, rounds, runtimeSec, unix ? 'unix socket' : 'TCP on 127.0.0.1');
   process.stdout.write(table);
   await mkdir(out, { recursive: true });
-  await writeJson(join(out, 'nbd.json'), {
+  await writeJson(join(out, unix ? 'nbd-unix.json' : 'nbd.json'), {
+    transport: unix ? 'unix' : 'tcp',
     date: new Date().toISOString(),
     rounds,
     runtimeSec,
