@@ -30,7 +30,7 @@
  *
  *   node dist/bench/net-dpdk.js [--rounds 3] [--seconds 5] [--warmup 2] [--sizes 64,1518]
  *     [--modes flowgen,io] [--switch-cpu 0] [--frontend-cpu 1] [--out bench/results/net-dpdk.json]
- *     [--md FILE] [--switch-args "..."] [--node-args "--cpu-prof --cpu-prof-dir=DIR"] [--only vhost-rt]
+ *     [--md FILE] [--switch-args "..."] [--node-args "--cpu-prof --cpu-prof-dir=DIR"] [--only vhost-rt[,vhost-rt-baseline]]
  *     [--baseline DIR]   (a built checkout of another vhost-rt version: a third switch, interleaved)
  *
  * It installs Debian's dpdk packages when dpdk-testpmd is missing (needs root).
@@ -527,7 +527,7 @@ async function main(): Promise<void> {
   const modes = (v.modes as string).split(',') as Mode[];
   const kinds: SwitchKind[] =
     v.only !== undefined
-      ? [v.only as SwitchKind]
+      ? ((v.only as string).split(',') as SwitchKind[])
       : v.baseline !== undefined
         ? [...SWITCHES]
         : ['vhost-rt', 'dpdk-vhost'];
