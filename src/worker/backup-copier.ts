@@ -35,15 +35,22 @@ export const PROGRESS_INTERVAL_MS = 1000;
 /** How long the copier waits on an empty journal before it looks at CANCEL again (ms). */
 const JOURNAL_WAIT_MS = 200;
 
+/**
+ * Engines the copier uses: the image is read with `sync` (preadv on this thread, so the idle
+ * I/O class applies) or `nbd`; a file target is written with `linux-aio` (the idle class per
+ * request, many journal entries in flight at once), an NBD target with `nbd`.
+ */
+export type CopierEngine = 'sync' | 'linux-aio' | 'nbd';
+
 /** workerData of the copier. */
 export interface BackupCopierInit {
   share: BackupShareInit;
   /** The device's image (path or NBD URI) and the engine to read it with. */
   image: string;
-  imageEngine: 'sync' | 'nbd';
+  imageEngine: CopierEngine;
   /** The target (file path or NBD URI) and the engine to write it with. */
   target: string;
-  targetEngine: 'sync' | 'nbd';
+  targetEngine: CopierEngine;
   diskBytes: number;
   /** Bytes per second to the target; 0: no limit. */
   speed: number;
@@ -94,7 +101,9 @@ class EngineIo {
       this.waiting.set(id, resolve);
       const first = e.stagedIovs;
       if (!e.addIov(buffer, at, length)) return resolve(-22);
-      if (!e.queueReadWrite(op, offset, first, 1, id, IDLE_IOPRIO)) return resolve(-22);
+      // ioprio 0: the thread's own — the idle class lowerPriority set, or best effort while
+      // the device has boosted this thread (a guest request waits on a full journal).
+      if (!e.queueReadWrite(op, offset, first, 1, id, 0)) return resolve(-22);
       e.submit();
     });
   }
@@ -162,8 +171,9 @@ class Copier {
     const common = {
       readonly: false,
       direct: true,
-      depth: 4,
-      maxIovs: 4,
+      // Room for a whole journal in flight (drainJournal writes every published entry at once).
+      depth: this.s.entries + 4,
+      maxIovs: this.s.entries + 4,
       warn: (m: string) => postLog('warn', m),
     };
     const buffers = [this.s.init.journal, this.copyBuf];
@@ -256,28 +266,31 @@ class Copier {
     // Atomics.load of READY_HEAD: the device stored the ring slots, ENTRY_CHUNK and the bytes before it.
     const head = Atomics.load(s.i32, BACKUP.READY_HEAD);
     if (head === this.readyTail) return false;
-    while (this.readyTail !== head) {
-      const e = s.i32[s.at.ready + (this.readyTail % s.entries)];
+    // Every entry published so far is written at once (the target engine keeps them all in
+    // flight): a full journal drains at the target's parallel speed, not one write's latency.
+    const writes: Promise<void>[] = [];
+    for (let t = this.readyTail; t !== head; t++) {
+      const e = s.i32[s.at.ready + (t % s.entries)];
       const c = s.i32[s.at.entryChunk + e];
-      await this.write(
-        c * s.chunkBytes,
-        JOURNAL,
-        e * s.chunkBytes,
-        s.chunkLength(c, this.init.diskBytes),
-      );
-      this.markCopied(c);
+      const length = s.chunkLength(c, this.init.diskBytes);
+      writes.push(this.write(c * s.chunkBytes, JOURNAL, e * s.chunkBytes, length));
+    }
+    const settled = await Promise.allSettled(writes);
+    const failed = settled.find((r) => r.status === 'rejected');
+    if (failed !== undefined) throw (failed as PromiseRejectedResult).reason;
+    for (; this.readyTail !== head; this.readyTail++) {
+      const e = s.i32[s.at.ready + (this.readyTail % s.entries)];
+      this.markCopied(s.i32[s.at.entryChunk + e]);
       this.fromJournal++;
-      this.readyTail++;
-      // Progress for the main thread's reports only; the device never reads READY_TAIL (it gets
-      // entries back through FREE_HEAD below).
-      Atomics.store(s.i32, BACKUP.READY_TAIL, this.readyTail);
       s.i32[s.at.free + (this.freeHead % s.entries)] = e;
       this.freeHead++;
-      // Stored before DEVICE_WAITING is loaded: a device that looked before this store set it first.
-      Atomics.store(s.i32, BACKUP.FREE_HEAD, this.freeHead);
-      if (Atomics.load(s.i32, BACKUP.DEVICE_WAITING) === 1)
-        native.eventfdWrite(s.init.doorbellFd, 1);
     }
+    // Progress for the main thread's reports only; the device never reads READY_TAIL (it gets
+    // entries back through FREE_HEAD below).
+    Atomics.store(s.i32, BACKUP.READY_TAIL, this.readyTail);
+    // Stored before DEVICE_WAITING is loaded: a device that looked before this store set it first.
+    Atomics.store(s.i32, BACKUP.FREE_HEAD, this.freeHead);
+    if (Atomics.load(s.i32, BACKUP.DEVICE_WAITING) === 1) native.eventfdWrite(s.init.doorbellFd, 1);
     return true;
   }
 
@@ -352,7 +365,7 @@ class Copier {
 }
 
 /** An NBD engine gets a short timeout: a target that went away fails the backup, not the guest. */
-function nbdTimeout(engine: 'sync' | 'nbd'): { nbdTimeoutMs?: number } {
+function nbdTimeout(engine: CopierEngine): { nbdTimeoutMs?: number } {
   return engine === 'nbd' ? { nbdTimeoutMs: 5000 } : {};
 }
 

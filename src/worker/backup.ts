@@ -174,7 +174,7 @@ export class DeviceBackups {
         image: this.source.image,
         imageEngine: this.source.engine === 'nbd' ? 'nbd' : 'sync',
         target: req.target,
-        targetEngine: nbd ? 'nbd' : 'sync',
+        targetEngine: nbd ? 'nbd' : 'linux-aio',
         diskBytes: size,
         speed: req.speed,
         policy: req.priority ?? 'idle',
