@@ -70,6 +70,7 @@ const DEVICE_FLAGS = {
   'blk-file': { type: 'string' },
   readonly: { type: 'boolean' },
   'read-only': { type: 'boolean' },
+  'share-rw': { type: 'boolean' },
   queues: { type: 'string' },
   'queue-size': { type: 'string' },
   aio: { type: 'string' },
@@ -109,6 +110,9 @@ ${SOCKET_FD_HELP}  --image FILE         disk image (regular file or block device
   --blk-file FILE      the same as --image (vhost-user backend convention)
   --readonly           refuse writes (the guest sees VIRTIO_BLK_F_RO)
   --read-only          the same as --readonly (vhost-user backend convention)
+  --share-rw           let other writers open the image too (QEMU's share-rw=on): for
+                       shared storage, e.g. the destination of a live migration on
+                       the same host; the guests must coordinate their writes
   --queues N           request queues, 1..64 (default: one per CPU, ${DEFAULT_BLK_QUEUES} here,
                        as QEMU's -smp N asks for N queues unless num-queues says less)
   --queue-size N       largest ring size, a power of two in 4..1024 (default 256)
@@ -218,6 +222,7 @@ function deviceSpec(v: FlagValues, fallbackSerial: string): BlkDeviceSpec {
     options: {
       image: imageFlag(v),
       readonly: v.readonly === true || v['read-only'] === true,
+      shareWrite: v['share-rw'] === true,
       queues: integerFlag('queues', v.queues, DEFAULT_BLK_QUEUES),
       queueSize: integerFlag('queue-size', v['queue-size'], 256),
       ...engineFlags(v),

@@ -384,6 +384,7 @@ const DEVICE_ADD_ARGS: Record<string, ArgumentSpec> = {
   'socket-path': { type: 'string', required: true },
   image: { type: 'string', required: false },
   readonly: { type: 'boolean', required: false },
+  'share-rw': { type: 'boolean', required: false },
   queues: { type: 'integer', required: false },
   'queue-size': { type: 'integer', required: false },
   aio: { type: 'string', required: false },

@@ -80,6 +80,41 @@ describe('image locking between vhost-rt daemons', () => {
     await again.stop();
   });
 
+  it('lets two --share-rw writers share an image (a migration on one host), and refuses a plain writer beside them', async () => {
+    const { image, sock } = fresh();
+    const source = await startDaemon([
+      'blk',
+      '--socket-path',
+      sock,
+      '--image',
+      image,
+      '--share-rw',
+    ]);
+    try {
+      expect(lockedByte(image, 101)).toBe(true); // holds write
+      expect(lockedByte(image, 201)).toBe(false); // and shares it
+      const destination = await startDaemon([
+        'blk',
+        '--socket-path',
+        `${sock}2`,
+        '--image',
+        image,
+        '--share-rw',
+      ]);
+      try {
+        // A writer that shares write with nobody conflicts with the writers already there.
+        const plain = await runCli(['blk', '--socket-path', `${sock}3`, '--image', image]);
+        expect(plain.code).toBe(2);
+        expect(plain.stderr).toMatch(/is locked for writing by another process .*lock byte 101/);
+      } finally {
+        expect((await destination.stop()).code).toBe(0);
+      }
+    } finally {
+      expect((await source.stop()).code).toBe(0);
+    }
+    expect(lockedByte(image, 101)).toBe(false);
+  });
+
   it('lets read-only daemons share an image, and refuses a writer beside them', async () => {
     const { image, sock } = fresh();
     const a = await startDaemon([

@@ -44,7 +44,10 @@ export function openBlkDevice(init: BlkDeviceInit, env: DeviceEnv): OpenedDevice
   const engine =
     o.aio === 'nbd'
       ? open()
-      : lockedWhileOpen(lockImage(o.image, { readonly: o.readonly, warn: env.warn }), open);
+      : lockedWhileOpen(
+          lockImage(o.image, { readonly: o.readonly, shareWrite: o.shareWrite, warn: env.warn }),
+          open,
+        );
   // What the storage cannot do is not offered (nbd: what the server advertises).
   const caps = engine.capabilities;
   const model = new BlkDevice({

@@ -12,6 +12,11 @@ import type { BlkAccountingInit } from './stats.js';
 export interface BlkOptions {
   image: string;
   readonly: boolean;
+  /**
+   * `--share-rw`: other processes may write the image too (QEMU's share-rw=on); the
+   * image lock then leaves the write permission shared. Default false.
+   */
+  shareWrite?: boolean;
   queues: number;
   queueSize: number;
   aio: IoEngineName;
