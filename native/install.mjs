@@ -26,7 +26,7 @@ if (!fresh()) {
   if (r.status !== 0) {
     console.error(
       'vhost-rt: building the native addon failed. It needs a C++ toolchain and the Linux AIO and ' +
-        'io_uring headers; on Debian: apt-get install g++ make python3 libaio-dev liburing-dev',
+        'io_uring and libnbd headers; on Debian: apt-get install g++ make python3 libaio-dev liburing-dev libnbd-dev',
     );
     process.exit(1);
   }

@@ -524,7 +524,7 @@ function load(): NativeBinding {
 function unavailable(cause: unknown): NativeBinding {
   const message =
     `the native addon ${ADDON_PATH} cannot be loaded (${(cause as Error).message.split('\n')[0]}); ` +
-    'build it with `npm run build:native` (Debian: apt-get install g++ make python3 libaio-dev liburing-dev)';
+    'build it with `npm run build:native` (Debian: apt-get install g++ make python3 libaio-dev liburing-dev libnbd-dev)';
   return new Proxy({} as NativeBinding, {
     get(_target, property) {
       // `then` is probed by await/Promise.resolve: answer "not a thenable" instead of throwing.
