@@ -19,7 +19,7 @@ const SCHEME = /^([a-z][a-z0-9+.-]*):\/\//i;
 /** True when `image` is written as an NBD URI (any `nbd...://` scheme), valid or not. */
 export function looksLikeNbdUri(image: string): boolean {
   const m = SCHEME.exec(image);
-  return m !== null && m[1].toLowerCase().startsWith('nbd');
+  return m?.[1].toLowerCase().startsWith('nbd') === true;
 }
 
 /**

@@ -293,7 +293,10 @@ export class NbdEngine implements IoEngine {
     if (this.state === 'closed') return;
     const dead = (status & NBD_STATUS.DEAD) !== 0;
     if (this.state === 'ready') {
-      if (dead) return this.lost();
+      if (dead) {
+        this.lost();
+        return;
+      }
       // Held on a live connection: the server answered NBD_ESHUTDOWN and is
       // about to close it. Should it never do, the timeout fails them.
       if (status & NBD_STATUS.HELD) this.armDeadline();

@@ -405,9 +405,9 @@ export class BlkDriver {
   private layout(r: BlkRequest): Layout {
     const { type, sector, payload, dataLength } = describe(r);
     const align = this.options.dataAlign ?? 0;
-    const dataOffset = align > REQ_HEADER_SIZE ? align : REQ_HEADER_SIZE;
+    const dataOffset = Math.max(align, REQ_HEADER_SIZE);
     const total = dataOffset + dataLength + 1;
-    const gpa = this.heap.alloc(total, align > 16 ? align : 16);
+    const gpa = this.heap.alloc(total, Math.max(align, 16));
     const header = new Uint8Array(REQ_HEADER_SIZE);
     const dv = new DataView(header.buffer);
     dv.setUint32(0, type, true);

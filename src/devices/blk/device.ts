@@ -346,7 +346,10 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     const capacity = capacityOf(bytes);
     const changed = capacity !== this.capacityBytes;
     if (changed && this.backup !== null)
-      throw new VhostRtError('ERR_BACKUP_RUNNING', 'a backup or snapshot of this device is running');
+      throw new VhostRtError(
+        'ERR_BACKUP_RUNNING',
+        'a backup or snapshot of this device is running',
+      );
     if (changed) this.cbt?.resized(capacity);
     this.capacityBytes = capacity;
     writeCapacity(this.config, capacity);
@@ -533,7 +536,10 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
       q.starved = true;
       return;
     }
-    if (this.throttle !== null && !this.throttle.open()) return this.hold(q);
+    if (this.throttle !== null && !this.throttle.open()) {
+      this.hold(q);
+      return;
+    }
     const wasHeld = q.held;
     q.held = false;
     const stop = drainQueue(vq, this.chain, q.handler, Number.POSITIVE_INFINITY, this.drained);
