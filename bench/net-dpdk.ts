@@ -444,7 +444,6 @@ export function netReport(samples: NetSample[]): string {
     const [mode, size] = c.split('|');
     const of = (k: SwitchKind) =>
       samples.filter((s) => s.mode === mode && `${s.size}` === size && s.switch === k);
-    const ratios: number[] = [];
     const ratiosOf = (k: SwitchKind) => {
       const out: number[] = [];
       for (const a of of(k)) {
