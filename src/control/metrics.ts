@@ -248,11 +248,17 @@ const PLAIN_METRICS: PlainMetric[] = [
       bad_buffers: 'rxDropsBadBuffers',
       peer_full: 'rxDropsFull',
       filtered: 'rxFiltered',
+      receiver_stalled: 'txStallDrops',
     }),
   },
   ...(
     [
       ['net_kicks_total', 'Kicks that found frames.', 'kicks'],
+      [
+        'net_tx_holds_total',
+        "Frames left in the guest's TX ring because their receiver's ring was full (backpressure).",
+        'txHolds',
+      ],
       ['net_interrupts_total', 'Used-buffer notifications (interrupts) sent.', 'interrupts'],
       ['net_control_commands_total', 'Control-queue commands handled.', 'ctrlCommands'],
       ['net_control_errors_total', 'Control-queue commands answered with an error.', 'ctrlErrors'],
