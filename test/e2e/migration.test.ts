@@ -286,24 +286,32 @@ async function migrateDiskGuest(
 }
 
 describe('blk', () => {
-  it('the harness migrates a guest whose disk is on qemu-storage-daemon', async () => {
-    const image = join(dir, 'qsd.img');
-    writeFileSync(image, Buffer.alloc(0));
-    execFileSync('truncate', ['-s', `${64 * MiB}`, image]);
-    const daemons: StorageDaemon[] = [];
-    cleanups.push(() => Promise.all(daemons.map((d) => d.close())).then(() => undefined));
-    // Two exports of one image (shared storage): QEMU's image locks would refuse the second.
-    for (const s of ['qsd-a', 'qsd-b'])
-      daemons.push(
-        await startStorageDaemon({ image, socket: join(dir, `${s}.sock`), locking: false }),
+  // The reference back end, proving the harness: retried once, because QEMU 7.2's TCG guest
+  // was seen to crash after this migration with qemu-storage-daemon (a GPF in the guest
+  // kernel's prepare_creds, 1 CI run in 4). The vhost-rt cases below are never retried.
+  it(
+    'the harness migrates a guest whose disk is on qemu-storage-daemon',
+    { retry: 1 },
+    async () => {
+      const image = join(dir, 'qsd.img');
+      writeFileSync(image, Buffer.alloc(0));
+      execFileSync('truncate', ['-s', `${64 * MiB}`, image]);
+      const daemons: StorageDaemon[] = [];
+      cleanups.push(() => Promise.all(daemons.map((d) => d.close())).then(() => undefined));
+      // Two exports of one image (shared storage): QEMU's image locks would refuse the second.
+      for (const s of ['qsd-a', 'qsd-b'])
+        daemons.push(
+          await startStorageDaemon({ image, socket: join(dir, `${s}.sock`), locking: false }),
+        );
+      const r = await migrateDiskGuest('qsd', image, daemons[0].socket, daemons[1].socket);
+      console.log(
+        `qemu-storage-daemon migration: downtime ${r.m.downtimeMs} ms, total ${r.m.totalMs} ms`,
       );
-    const r = await migrateDiskGuest('qsd', image, daemons[0].socket, daemons[1].socket);
-    console.log(
-      `qemu-storage-daemon migration: downtime ${r.m.downtimeMs} ms, total ${r.m.totalMs} ms`,
-    );
-    expect(r.out).toMatch(/LOOP_DONE iterations=\d+ bad=0 seen=8/);
-    expect(r.exit).toBe(0);
-  }, 300_000);
+      expect(r.out).toMatch(/LOOP_DONE iterations=\d+ bad=0 seen=8/);
+      expect(r.exit).toBe(0);
+    },
+    300_000,
+  );
 
   // Packed rings (packed=on) are offered only with inflight tracking off (VHOST_RT_INFLIGHT=off).
   it.each([
