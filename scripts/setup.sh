@@ -12,10 +12,12 @@ export DEBIAN_FRONTEND=noninteractive
 # qemu-system-x86 brings qemu-system-common (qemu-storage-daemon); xz-utils/zstd unpack
 # kernel modules and vmlinux; g++/make/python3 are node-gyp's toolchain.
 # dpdk-dev (dpdk-testpmd) + the virtio_user/vhost PMDs: the independent net front end of the
-# packed-ring e2e test and bench/net-dpdk.ts.
+# packed-ring e2e test and bench/net-dpdk.ts. rt-tests (cyclictest): the machine's own latency
+# floor that bench/priority-inversion*.ts measure in the same run.
 APT_PACKAGES=(qemu-system-x86 qemu-utils busybox-static cpio libaio-dev liburing-dev fio socat
   iproute2 xz-utils zstd gzip g++ make python3 libnbd-dev nbdkit prometheus
-  libvirt-daemon-system libvirt-clients xfsprogs dpdk-dev librte-net-vhost23 librte-net-virtio23)
+  libvirt-daemon-system libvirt-clients xfsprogs dpdk-dev librte-net-vhost23 librte-net-virtio23
+  rt-tests)
 NATIVE_ADDON=native/build/Release/vhost_rt.node
 
 log() { echo "setup: $*" >&2; }
