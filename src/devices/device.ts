@@ -30,6 +30,12 @@ export interface VirtioDeviceModel<Command = never> {
   writeConfig(offset: number, data: Uint8Array): boolean;
   /** Hands the device its rings, once, before any is started. */
   activate(vrings: readonly Vring[]): void;
+  /**
+   * Optional: the features the driver accepted (SET_FEATURES), before each
+   * ring starts; for devices whose per-request handling depends on them
+   * (net offloads). Devices without it see only the ring-level bits.
+   */
+  setFeatures?(features: bigint): void;
   /** Installs a new guest memory table (the transport re-maps the rings itself). */
   setMemory(memory: GuestMemory): void;
   /** Ring `index` became ready, or the driver notified it: process what is available. */

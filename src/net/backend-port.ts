@@ -49,8 +49,19 @@ export interface NetBackendPort {
    * Otherwise the caller writes the whole frame, once, to
    * {@link txBytes}`[txOffset, txOffset + length)` and calls {@link commit}
    * before the next reserve.
+   *
+   * `vnetHeader`: the frame travels with its 12-byte virtio_net_hdr (it asks
+   * for a checksum or segmentation: src/net/offload.ts); the reservation is
+   * then 12 + `length` bytes, the header first, the frame after it.
    */
-  reserve(addresses: Uint8Array, offset: number, length: number): number;
+  reserve(addresses: Uint8Array, offset: number, length: number, vnetHeader?: boolean): number;
+
+  /**
+   * Largest frame (virtio_net_hdr included) every destination ring of the
+   * port can take: segmentation offloads (64 KiB frames) are offered only
+   * when it is at least {@link MAX_GSO_FRAME} + 12.
+   */
+  readonly maxFrame: number;
 
   /** Where to write the frame reserved last (valid until {@link commit}). */
   readonly txBytes: Uint8Array;
@@ -78,6 +89,13 @@ export interface NetBackendPort {
 
   /** Offset of that frame in {@link rxBytes}. */
   readonly rxOffset: number;
+
+  /**
+   * Offset in {@link rxBytes} of that frame's 12-byte virtio_net_hdr, -1
+   * when it carries none (nothing to complete or segment). The header and
+   * the frame are the receiver's to rewrite in place until {@link release}.
+   */
+  readonly rxHeader: number;
 
   /**
    * Consumes the frame returned by the last {@link peek} (delivered, filtered
@@ -142,3 +160,6 @@ export interface NetBackendPort {
  * {@link NetBackendPort.holdDeadline}.
  */
 export const RESERVE_HOLD = -1;
+
+/** See {@link NetBackendPort.maxFrame}. */
+export { MAX_GSO_FRAME } from './offload.js';

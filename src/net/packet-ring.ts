@@ -32,6 +32,17 @@
  * One shared store per batch instead of one per frame, and the consumer's
  * cache line is touched once per batch.
  *
+ * Offloads (issue 13): a frame that asks for work (a partial checksum, a
+ * 64 KiB TCP frame to segment: offload.ts) travels with its 12-byte
+ * virtio_net_hdr, as `[u32 length | VNET_HEADER][header][frame]`; every
+ * other frame stays `[u32 length][frame]`. Why a flag rather than a header
+ * in every record, or fixed slots chained for big frames: a 64-byte frame
+ * without offloads — the packet-rate case — keeps exactly the bytes and the
+ * one length word it had, while a 64 KiB frame is still one contiguous
+ * record (variable-length records already fit any size up to
+ * {@link PacketRing.maxFrame}), which the consumer checksums, segments or
+ * hands to writev in place with no reassembly.
+ *
  * The hot path (reserve, commit, peek, release) allocates nothing: it works
  * on views made once per handle and returns plain numbers.
  */
@@ -46,6 +57,10 @@ import {
 
 /** Length word of a record that only says "continue at offset 0". */
 const WRAP = 0xffffffff;
+/** Length-word bit: a 12-byte virtio_net_hdr precedes the frame (see the module comment). */
+const VNET_HEADER = 0x80000000;
+/** Bytes of the virtio_net_hdr a record may carry. */
+export const RING_VNET_HDR_BYTES = 12;
 const RECORD_HEADER = 4;
 const HEADER_SLOTS = PACKET_RING_HEADER_BYTES / Int32Array.BYTES_PER_ELEMENT;
 
@@ -81,6 +96,11 @@ export class PacketRing {
   private tailSeen: number;
   /** Consumer: where the frame returned by {@link peek} starts, and its record size. */
   frameOffset = 0;
+  /**
+   * Consumer: where the virtio_net_hdr of the frame returned by {@link peek}
+   * starts ({@link RING_VNET_HDR_BYTES} bytes), -1 when it carries none.
+   */
+  headerOffset = -1;
   private peekedAdvance = 0;
   /** Consumer: the last HEAD loaded; reloaded only when everything before it is consumed. */
   private headSeen: number;
@@ -210,13 +230,19 @@ export class PacketRing {
   /**
    * Producer: ends the frame reserved last, `length` bytes long, without
    * publishing it: the consumer sees it after the next {@link publish}, which
-   * must follow the copy of its bytes.
+   * must follow the copy of its bytes. With `vnetHeader`, the reservation
+   * (of `length` + {@link RING_VNET_HDR_BYTES} bytes) holds a virtio_net_hdr
+   * and then the frame.
    */
-  commitDeferred(length: number): void {
+  commitDeferred(length: number, vnetHeader = false): void {
     if (this.reservedPos < 0) {
       throw new PacketRingError('PACKET_RING_NO_RESERVATION', 'commit without reserve');
     }
-    this.words.setUint32(this.reservedPos, length, true);
+    this.words.setUint32(
+      this.reservedPos,
+      vnetHeader ? (length | VNET_HEADER) >>> 0 : length,
+      true,
+    );
     this.head = (this.head + this.reservedAdvance) | 0;
     this.reservedPos = -1;
   }
@@ -283,16 +309,24 @@ export class PacketRing {
       if (tail === this.headSeen) return -1;
     }
     let pos = tail & this.mask;
-    let length = this.words.getUint32(pos, true);
+    let word = this.words.getUint32(pos, true);
     let skip = 0;
-    if (length === WRAP) {
+    if (word === WRAP) {
       skip = this.capacity - pos;
       tail = (tail + skip) | 0;
       pos = 0;
-      length = this.words.getUint32(0, true);
+      word = this.words.getUint32(0, true);
     }
-    this.frameOffset = pos + RECORD_HEADER;
-    this.peekedAdvance = skip + RECORD_HEADER + align4(length);
+    if (word < VNET_HEADER) {
+      this.headerOffset = -1;
+      this.frameOffset = pos + RECORD_HEADER;
+      this.peekedAdvance = skip + RECORD_HEADER + align4(word);
+      return word;
+    }
+    const length = word - VNET_HEADER;
+    this.headerOffset = pos + RECORD_HEADER;
+    this.frameOffset = pos + RECORD_HEADER + RING_VNET_HDR_BYTES;
+    this.peekedAdvance = skip + RECORD_HEADER + align4(RING_VNET_HDR_BYTES + length);
     return length;
   }
 

@@ -26,6 +26,16 @@ export const NET_STAT_NAMES = [
   'txHolds',
   /** Unicast frames dropped because their destination stayed full longer than the hold time. */
   'txStallDrops',
+  /**
+   * Frames for the peer dropped because their headers do not match the
+   * checksum or segmentation their virtio_net_hdr asks for (offload.ts).
+   */
+  'rxDropsOffload',
+  /** Frames for the peer whose partial checksum the switch completed (the peer lacks GUEST_CSUM). */
+  'rxChecksummed',
+  /** Frames for the peer the switch segmented (the peer lacks GUEST_TSO4/6), and the segments made. */
+  'rxSegmented',
+  'rxSegments',
 ] as const;
 
 /** Index of each counter in {@link NET_STAT_NAMES}. */

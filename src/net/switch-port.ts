@@ -41,7 +41,7 @@ import { copyBytes } from '../locking/copy.js';
 import { native } from '../native.js';
 import { type NetBackendPort, RESERVE_HOLD } from './backend-port.js';
 import { isGroupAddress, MacTable, UNKNOWN_PORT } from './mac-table.js';
-import { PacketRing } from './packet-ring.js';
+import { PacketRing, RING_VNET_HDR_BYTES } from './packet-ring.js';
 
 /** What a port worker is handed at start: its rings and the doorbells of all ports. */
 export interface SwitchPortInit {
@@ -104,6 +104,8 @@ export class SwitchPort implements NetBackendPort {
   private readonly reservedAt: Int32Array;
   private reservedCount = 0;
   private reservedLength = 0;
+  /** The frame reserved last travels with its virtio_net_hdr. */
+  private reservedHeader = false;
   /** Incoming rings (the non-null ones) and the port each comes from. */
   private readonly inRings: readonly PacketRing[];
   private readonly inSources: Int32Array;
@@ -116,6 +118,9 @@ export class SwitchPort implements NetBackendPort {
   private txAt = 0;
   private rxData: Uint8Array = NO_BYTES;
   private rxAt = 0;
+  private rxHeaderAt = -1;
+  /** Largest record (header included) every out ring takes. */
+  readonly maxFrame: number;
   /**
    * Every ring data area this port writes or reads, out rings first (by
    * destination, skipping itself), then in rings: what {@link txView} and
@@ -161,6 +166,8 @@ export class SwitchPort implements NetBackendPort {
     this.outView = Int32Array.from(this.out, (r) => (r === null ? -1 : views.push(r.data) - 1));
     this.inView = Int32Array.from(this.inRings, (r) => views.push(r.data) - 1);
     this.frameViews = views;
+    const outs = this.out.filter((r): r is PacketRing => r !== null);
+    this.maxFrame = outs.length === 0 ? 0 : Math.min(...outs.map((r) => r.maxFrame));
     this.inDirty = new Uint8Array(this.inRings.length);
     const hold = init.holdMs ?? 0;
     if (!(hold >= 0)) throw new RangeError(`holdMs ${hold} must be >= 0`);
@@ -176,26 +183,28 @@ export class SwitchPort implements NetBackendPort {
 
   // --- transmit: this port's peer → other ports ------------------------------
 
-  reserve(addresses: Uint8Array, offset: number, length: number): number {
+  reserve(addresses: Uint8Array, offset: number, length: number, vnetHeader = false): number {
     const n = this.route(addresses, offset);
     this.reservedCount = 0;
+    this.reservedLength = length;
+    this.reservedHeader = vnetHeader;
+    const bytes = vnetHeader ? length + RING_VNET_HDR_BYTES : length;
     // One destination (learnt unicast, or any frame in a two-port switch): backpressure.
-    if (n === 1 && this.holdMs > 0) return this.reserveUnicast(this.targets[0], length);
+    if (n === 1 && this.holdMs > 0) return this.reserveUnicast(this.targets[0], bytes);
     let count = 0;
     for (let t = 0; t < n; t++) {
       const ring = this.out[this.targets[t]];
       if (ring === null) continue;
       // A full ring counts its own drop; the other destinations still get the frame.
-      const at = ring.reserve(length);
+      const at = ring.reserve(bytes);
       if (at < 0) continue;
       this.addReservation(count++, this.targets[t], ring, at);
     }
     this.reservedCount = count;
-    this.reservedLength = length;
     return count;
   }
 
-  /** One destination with backpressure: 1, {@link HOLD}, or 0 when dropped (counted). */
+  /** One destination with backpressure (`length`: record bytes): 1, {@link HOLD}, or 0 when dropped (counted). */
   private reserveUnicast(dst: number, length: number): number {
     const ring = this.out[dst];
     if (ring === null) return 0;
@@ -230,7 +239,6 @@ export class SwitchPort implements NetBackendPort {
     }
     this.addReservation(0, dst, ring, at);
     this.reservedCount = 1;
-    this.reservedLength = length;
     return 1;
   }
 
@@ -303,13 +311,15 @@ export class SwitchPort implements NetBackendPort {
 
   private commitReserved(written: boolean): void {
     const length = this.reservedLength;
+    const header = this.reservedHeader;
+    const bytes = header ? length + RING_VNET_HDR_BYTES : length;
     for (let i = this.reservedCount - 1; i >= 0; i--) {
       const ring = this.reservedRing[i] as PacketRing;
       // The caller wrote the frame into reservation 0 only: copy it into the others.
       if (i > 0 && !written)
-        copyBytes(this.txData, this.txAt, ring.data, this.reservedAt[i], length);
+        copyBytes(this.txData, this.txAt, ring.data, this.reservedAt[i], bytes);
       // Published (HEAD) once per batch, in endBatch.
-      ring.commitDeferred(length);
+      ring.commitDeferred(length, header);
       this.reservedRing[i] = null;
       this.pending[this.reservedDst[i]] = 1;
     }
@@ -353,6 +363,7 @@ export class SwitchPort implements NetBackendPort {
         this.rxPeeked = i;
         this.rxData = rings[i].data;
         this.rxAt = rings[i].frameOffset;
+        this.rxHeaderAt = rings[i].headerOffset;
         this.rxViewAt = this.inView[i];
         return length;
       }
@@ -369,6 +380,11 @@ export class SwitchPort implements NetBackendPort {
 
   get rxOffset(): number {
     return this.rxAt;
+  }
+
+  /** Offset of the peeked frame's virtio_net_hdr in {@link rxBytes}; -1: none. */
+  get rxHeader(): number {
+    return this.rxHeaderAt;
   }
 
   release(): void {

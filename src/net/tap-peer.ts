@@ -7,22 +7,39 @@
  * staging copy). It is hosted by a {@link PortRuntime}, which rings
  * {@link TapPeer.doorbell}; it is not a virtio device and has no queues.
  *
- * The TAP is opened with IFF_VNET_HDR and a 12-byte header but no offloads
- * (TUNSETOFFLOAD 0): the kernel then hands us only complete, checksummed,
- * unsegmented frames, and takes the same from us, which is all the switch's
- * vhost-user ports produce and accept.
+ * The TAP is opened with IFF_VNET_HDR and a 12-byte header, and
+ * TUNSETOFFLOAD says what the switch takes from the kernel: partial
+ * checksums always, TCP frames to segment (TSO4/TSO6, up to 64 KiB) when
+ * the port's rings hold them. Whatever the kernel hands us travels with its
+ * header (src/net/offload.ts): a port whose driver did not take that offload
+ * gets the work done in software by the switch. Towards the kernel, a frame's
+ * header goes out as it came (the kernel takes partial checksums and frames
+ * to segment whatever TUNSETOFFLOAD says), so traffic between a guest with
+ * offloads and the host is neither checksummed nor segmented by the switch.
  */
 
 import { copyBytes } from '../locking/copy.js';
 import type { StatCounters } from '../locking/index.js';
 import { type FdWatcher, native, POLL_READABLE } from '../native.js';
-import type { NetBackendPort } from './backend-port.js';
+import { MAX_GSO_FRAME, type NetBackendPort } from './backend-port.js';
+import {
+  ALL_OFFLOADS,
+  checkTxHeader,
+  describeHeaderError,
+  HeaderError,
+  Offload,
+} from './offload.js';
 import type { PortPeer } from './port-runtime.js';
 
 /** Frames read per wake-up before yielding to the loop. */
 const BUDGET = 256;
-/** Staging space for one frame read from the TAP (no GSO: at most MTU-sized). */
-const STAGING_BYTES = 65536;
+/** Staging space for one frame read from the TAP (a 64 KiB frame to segment at most). */
+const STAGING_BYTES = MAX_GSO_FRAME;
+/** TUNSETOFFLOAD bits (linux/if_tun.h). */
+const TUN_F_CSUM = 0x01;
+const TUN_F_TSO4 = 0x02;
+const TUN_F_TSO6 = 0x04;
+const NO_HEADER = new Uint8Array(0);
 /** Destination, source and EtherType: anything shorter is not a frame. */
 const MIN_FRAME = 14;
 /**
@@ -77,8 +94,10 @@ export class TapPeer implements PortPeer {
   private readonly warn: (message: string) => void;
   private readonly onClose: (() => void) | undefined;
   private readonly rxHeader = new Uint8Array(TAP_VNET_HDR_BYTES);
-  /** Header written in front of every frame: no checksum to complete, no GSO. */
+  /** Header written in front of a frame that carries none: no checksum to complete, no GSO. */
   private readonly txHeader = new Uint8Array(TAP_VNET_HDR_BYTES);
+  /** {@link Offload} bits the kernel may hand us (what TUNSETOFFLOAD said). */
+  private readonly offloads: number;
   private readonly staging = new Uint8Array(STAGING_BYTES);
   private closed = false;
   private readScheduled = false;
@@ -94,7 +113,14 @@ export class TapPeer implements PortPeer {
     this.counters = options.counters;
     this.warn = options.warn;
     this.onClose = options.onClose;
-    const tap = native.tapOpen(options.name, TAP_VNET_HDR_BYTES, 0);
+    // Segmentation only when the port's rings take 64 KiB frames (header included).
+    const gso = this.port.maxFrame >= MAX_GSO_FRAME + TAP_VNET_HDR_BYTES;
+    this.offloads = gso ? ALL_OFFLOADS : Offload.CSUM;
+    const tap = native.tapOpen(
+      options.name,
+      TAP_VNET_HDR_BYTES,
+      gso ? TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 : TUN_F_CSUM,
+    );
     this.fd = tap.fd;
     this.name = tap.name;
     this.watcher = new native.FdWatcher(this.fd, () => this.readFrames());
@@ -130,9 +156,30 @@ export class TapPeer implements PortPeer {
       this.warn(`TAP ${this.name}: ${length}-byte frame dropped`);
       return;
     }
-    if (this.port.reserve(this.staging, 0, length) > 0) {
-      copyBytes(this.staging, 0, this.port.txBytes, this.port.txOffset, length);
-      this.port.commit();
+    const hdr = this.rxHeader;
+    let withHeader = false;
+    if (hdr[0] !== 0 || hdr[1] !== 0) {
+      // The kernel's header, checked like a guest's: nothing is trusted that the rings carry.
+      const bad = checkTxHeader(hdr, 0, length, this.offloads, STAGING_BYTES);
+      if (bad !== HeaderError.OK) {
+        this.stats.add(this.counters.malformed, 1);
+        this.warn(`TAP ${this.name}: frame dropped: ${describeHeaderError(bad, hdr, 0)}`);
+        return;
+      }
+      withHeader = true;
+    }
+    const port = this.port;
+    if (port.reserve(this.staging, 0, length, withHeader) > 0) {
+      let at = port.txOffset;
+      if (withHeader) {
+        copyBytes(hdr, 0, port.txBytes, at, TAP_VNET_HDR_BYTES);
+        // num_buffers means nothing in the ring.
+        port.txBytes[at + TAP_VNET_HDR_BYTES - 2] = 0;
+        port.txBytes[at + TAP_VNET_HDR_BYTES - 1] = 0;
+        at += TAP_VNET_HDR_BYTES;
+      }
+      copyBytes(this.staging, 0, port.txBytes, at, length);
+      port.commit();
     }
     this.stats.add(this.counters.txPackets, 1);
     this.stats.add(this.counters.txBytes, length);
@@ -145,7 +192,10 @@ export class TapPeer implements PortPeer {
     this.stats.beginBatch();
     try {
       for (let len = this.port.peek(); len >= 0; len = this.port.peek()) {
-        this.write(this.port.rxBytes, this.port.rxOffset, len);
+        const h = this.port.rxHeader;
+        // A frame with its own header: header and frame are contiguous in the ring, one part.
+        if (h < 0) this.write(this.txHeader, this.port.rxBytes, this.port.rxOffset, len);
+        else this.write(NO_HEADER, this.port.rxBytes, h, TAP_VNET_HDR_BYTES + len);
         this.port.release();
       }
     } finally {
@@ -166,10 +216,10 @@ export class TapPeer implements PortPeer {
     }
   }
 
-  private write(data: Uint8Array, offset: number, length: number): void {
+  private write(header: Uint8Array, data: Uint8Array, offset: number, length: number): void {
     let written: number;
     try {
-      written = native.tapWrite(this.fd, this.txHeader, data, offset, length, 0, 0);
+      written = native.tapWrite(this.fd, header, data, offset, length, 0, 0);
     } catch (err) {
       // EIO: the interface is down (e.g. just moved to another namespace): the link is down, drop.
       if ((err as { code?: string }).code === 'EIO') this.stats.add(this.counters.rxDropsDown, 1);
@@ -185,7 +235,11 @@ export class TapPeer implements PortPeer {
       return;
     }
     this.stats.add(this.counters.rxPackets, 1);
-    this.stats.add(this.counters.rxBytes, length);
+    // Frame bytes only: with NO_HEADER the header was part of `length`.
+    this.stats.add(
+      this.counters.rxBytes,
+      header.length === 0 ? length - TAP_VNET_HDR_BYTES : length,
+    );
   }
 
   /** Stops reading and closes the TAP (a non-persistent TAP disappears with it). Idempotent. */

@@ -522,6 +522,7 @@ export class VhostUserBackend {
       errFd: v.errFd,
       enabled: v.enabled,
       inflight: this.inflight === null ? null : inflightAreaOf(this.inflight, index),
+      features: this.features,
     });
     v.started = true;
     await this.syncDirtyLog();
@@ -550,6 +551,7 @@ export class VhostUserBackend {
       errFd: v.errFd,
       enabled: v.enabled,
       inflight: null,
+      features: this.features,
     });
     v.started = true;
     await this.syncDirtyLog();

@@ -43,6 +43,8 @@ export interface QueueStart {
   enabled: boolean;
   /** The ring's part of the inflight area (INFLIGHT_SHMFD); null or absent: requests are not tracked. */
   inflight?: InflightArea | null;
+  /** The virtio features the front end set (SET_FEATURES), for the model's setFeatures; absent: 0. */
+  features?: bigint;
 }
 
 /** A ring that stopped being served (DEVICE_BROKEN), as the control plane sees it. */
@@ -170,6 +172,7 @@ export class DeviceHost {
       callFd: s.callFd,
       errFd: s.errFd ?? -1,
       inflight: s.inflight ?? null,
+      features: s.features ?? 0n,
     });
     if (s.enabled) await this.setEnabled(index, true);
   }

@@ -27,6 +27,8 @@ export type DeviceCommand =
       errFd: number;
       /** The ring's part of the inflight area (SET_INFLIGHT_FD); null: requests are not tracked. */
       inflight: InflightArea | null;
+      /** The virtio features the front end set (SET_FEATURES); absent: 0. */
+      features?: bigint;
     }
   | { op: 'set-call'; device: number; index: number; fd: number }
   | { op: 'set-err'; device: number; index: number; fd: number }

@@ -440,6 +440,8 @@ export class DeviceRuntime {
     if (this.memory === null)
       throw new VhostRtError('ERR_NO_MEMORY', 'ring started before any memory table');
     const vq = this.newQueue(cmd);
+    // Before the ring runs: what the driver negotiated decides how requests are handled.
+    this.device.setFeatures?.(cmd.features ?? 0n);
     v.callFd = cmd.callFd;
     v.errFd = cmd.errFd;
     this.unwatchKick(v);

@@ -48,21 +48,31 @@ export interface NetGeometry {
   mac: Uint8Array;
   queuePairs: number;
   linkUp: boolean;
+  /**
+   * The switch carries 64 KiB frames (its rings take them): HOST_TSO4/6 are
+   * offered. Absent: false.
+   */
+  gso?: boolean;
 }
 
 /**
- * Offered device features. No checksum or segmentation offload: every path
- * (vhost-user to vhost-user, and the TAP opened without offloads) carries
- * complete, checksummed frames, so nothing is offered that the switch would
- * have to finish in software. MQ only with several pairs. The control queue
+ * Offered device features. Offloads (src/net/offload.ts): the driver may
+ * send partial checksums (CSUM) and, when the switch's rings take 64 KiB
+ * frames, TCP frames to segment (HOST_TSO4/6); it may be sent them
+ * (GUEST_CSUM, GUEST_TSO4/6). Whatever a receiving driver did not take, the
+ * switch finishes in software for it. MQ only with several pairs. The control queue
  * (CTRL_VQ, CTRL_RX, CTRL_MAC_ADDR) is the last queue, 2 * pairs; QEMU keeps
  * these bits and that queue to itself for vhost-user, other front ends use ours.
  */
 export function netDeviceFeatures(g: NetGeometry): bigint {
   let f = featureBit(NetFeature.MAC) | featureBit(NetFeature.MRG_RXBUF);
+  f |= featureBit(NetFeature.CSUM) | featureBit(NetFeature.GUEST_CSUM);
+  f |= featureBit(NetFeature.GUEST_TSO4) | featureBit(NetFeature.GUEST_TSO6);
+  if (g.gso === true) f |= featureBit(NetFeature.HOST_TSO4) | featureBit(NetFeature.HOST_TSO6);
   f |= featureBit(NetFeature.STATUS) | featureBit(NetFeature.CTRL_VQ);
   f |= featureBit(NetFeature.CTRL_RX) | featureBit(NetFeature.CTRL_MAC_ADDR);
-  // The config space says mtu 1500, the largest payload the switch carries (MAX_FRAME).
+  // The config space says mtu 1500, the largest payload the switch carries
+  // (MAX_FRAME) other than frames to segment.
   f |= featureBit(NetFeature.MTU);
   if (g.queuePairs > 1) f |= featureBit(NetFeature.MQ);
   // Packed rings (src/virtio/packed-virtqueue.ts), as DPDK's virtio_user packed_vq=1 asks.

@@ -6,11 +6,19 @@
  * the switch behind the port: no ring, no port number, no forwarding table.
  *
  * Queues: receiveq N = 2N, transmitq N = 2N + 1, then the control queue
- * (§5.1.2, control.ts). Every frame carries
- * the 12-byte virtio_net_hdr (VERSION_1). No offload is offered, so a
- * transmitted header must say "no checksum to complete, no segmentation";
- * anything else is malformed. Received frames larger than one buffer are
- * spread over several (MRG_RXBUF) and num_buffers says how many.
+ * (§5.1.2, control.ts). Every frame carries the 12-byte virtio_net_hdr
+ * (VERSION_1). Received frames larger than one buffer are spread over
+ * several (MRG_RXBUF) and num_buffers says how many.
+ *
+ * Offloads (issue 13, policy in src/net/offload.ts): CSUM / GUEST_CSUM and
+ * GUEST_TSO4/6 are offered, HOST_TSO4/6 when the switch's rings take 64 KiB
+ * frames. A transmitted header is checked against what the driver
+ * negotiated (a header asking for an offload it did not take, or offsets
+ * outside the frame: dropped as malformed, counted); a frame that asks for
+ * nothing travels without its header (the fast path), one that asks for work
+ * travels with it. On receive, a frame's header passes through when this
+ * driver took what it asks for; otherwise this port completes the checksum
+ * or segments the frame in software before delivering it.
  *
  * Processing is synchronous on the port's worker: nothing is ever in flight,
  * so stopping a queue is immediate. Work per wake-up is bounded by a budget,
@@ -41,6 +49,21 @@
 import type { StatCounters } from '../../locking/index.js';
 import { type NetBackendPort, RESERVE_HOLD } from '../../net/backend-port.js';
 import { FrameCopyBatch } from '../../net/frame-copy.js';
+import {
+  checkTxHeader,
+  completeChecksum,
+  describeHeader,
+  describeHeaderError,
+  HeaderError,
+  MAX_GSO_FRAME,
+  Offload,
+  TcpSegmenter,
+  VNET_F_NEEDS_CSUM,
+  VNET_GSO_NONE,
+  VNET_GSO_TCPV4,
+  VNET_GSO_TCPV6,
+  VNET_HDR,
+} from '../../net/offload.js';
 import { NetStat } from '../../net/port-stats.js';
 import { RARP_FRAME_BYTES, writeRarpAnnouncement } from '../../net/rarp.js';
 import {
@@ -51,6 +74,7 @@ import {
   DrainResult,
   DrainStop,
   drainQueue,
+  featureBit,
   type GuestMemory,
   takeVrings,
   type Virtqueue,
@@ -64,6 +88,7 @@ import {
   MIN_FRAME,
   NET_HDR_NUM_BUFFERS,
   NET_HDR_SIZE,
+  NetFeature,
   netDeviceFeatures,
   netQueueCount,
 } from './config.js';
@@ -115,6 +140,8 @@ type QueueState = Vring;
 const DELIVERED = 0;
 const NO_BUFFERS = 1;
 const BAD_BUFFERS = 2;
+/** The frame's headers do not match what its virtio_net_hdr asks for (offload.ts). */
+const BAD_FRAME = 3;
 
 /**
  * The virtio-net device model of one switch port: transmitted frames go to its
@@ -160,6 +187,22 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
   private rxByteCount = 0;
   private stallDropsSeen = 0;
   private holdsSeen = 0;
+  private checksummedCount = 0;
+  private segmentedCount = 0;
+  private segmentCount = 0;
+  /** {@link Offload} bits the driver may send (CSUM, HOST_TSO4/6 negotiated). */
+  private txOffloads = 0;
+  /** {@link Offload} bits the driver takes (GUEST_CSUM, GUEST_TSO4/6 negotiated). */
+  private rxOffloads = 0;
+  /** Cuts frames for a driver without GUEST_TSO; one per port, reused. */
+  private readonly segmenter = new TcpSegmenter();
+  /**
+   * Where the header of the frame being delivered is copied from: view and
+   * offset (template 1 of {@link headerTemplates}, or the frame's own
+   * virtio_net_hdr in its ring).
+   */
+  private hdrView = 0;
+  private hdrFrom = NET_HDR_SIZE;
   /** Transmit queues whose frame is held for a full destination (retried on doorbell or timer). */
   private readonly txHeld: boolean[];
   private holdTimer: ReturnType<typeof setTimeout> | null = null;
@@ -221,7 +264,13 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
     this.onClose = options.onClose;
     this.fault = options.fault;
     const n = netQueueCount(options.queuePairs);
-    const geometry = { mac: options.mac, queuePairs: options.queuePairs, linkUp: true };
+    const geometry = {
+      mac: options.mac,
+      queuePairs: options.queuePairs,
+      linkUp: true,
+      // 64 KiB frames only when every ring towards the other ports takes them.
+      gso: options.port.maxFrame >= MAX_GSO_FRAME + NET_HDR_SIZE,
+    };
     this.features = netDeviceFeatures(geometry);
     this.numQueues = n;
     this.maxQueueSize = options.queueSize;
@@ -238,6 +287,7 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
       this.headerTemplates[n * NET_HDR_SIZE + NET_HDR_NUM_BUFFERS + 1] = n >> 8;
     }
     this.templateView = this.port.frameViews.length;
+    this.hdrView = this.templateView;
     this.copies = new FrameCopyBatch();
     this.copies.setViews([...this.port.frameViews, this.headerTemplates], []);
     this.chain = new DescriptorChain(options.queueSize + 16);
@@ -253,6 +303,27 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
   /** The MAC is writable only through the control queue. */
   writeConfig(_offset: number, _data: Uint8Array): boolean {
     return false;
+  }
+
+  /**
+   * The features the driver accepted (SET_FEATURES): which offloads it may
+   * send and which it takes. Until called, none (every header must be all zero).
+   */
+  setFeatures(features: bigint): void {
+    const has = (bit: number): boolean => (features & featureBit(bit)) !== 0n;
+    let tx = 0;
+    if (has(NetFeature.CSUM)) tx |= Offload.CSUM;
+    if (has(NetFeature.HOST_TSO4)) tx |= Offload.TSO4;
+    if (has(NetFeature.HOST_TSO6)) tx |= Offload.TSO6;
+    let rx = 0;
+    // GUEST_TSO4/6 depend on GUEST_CSUM (§5.1.3.1): a 64 KiB frame always has a partial checksum.
+    if (has(NetFeature.GUEST_CSUM)) {
+      rx |= Offload.CSUM;
+      if (has(NetFeature.GUEST_TSO4)) rx |= Offload.TSO4;
+      if (has(NetFeature.GUEST_TSO6)) rx |= Offload.TSO6;
+    }
+    this.txOffloads = tx;
+    this.rxOffloads = rx;
   }
 
   /** Takes the device's rings, one per queue. */
@@ -456,7 +527,7 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
   private transmitChain(): boolean {
     const chain = this.chain;
     const length = chain.readableBytes - NET_HDR_SIZE;
-    if (chain.error !== null || length < MIN_FRAME || length > this.maxFrame) {
+    if (chain.error !== null || length < MIN_FRAME || length > MAX_GSO_FRAME) {
       this.malformed(chain.error ?? `frame of ${length} bytes`);
       return true;
     }
@@ -471,27 +542,49 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
       head[1] = b[o + 1];
       for (let i = NET_HDR_SIZE; i < HEAD_BYTES; i++) head[i] = b[o + i];
     } else this.reader.reset(chain, this.bytes).read(head, 0, HEAD_BYTES);
-    // flags and gso_type: without CSUM / HOST_TSO* negotiated both must be 0.
+    // flags and gso_type 0: nothing asked of anyone, the frame travels bare (the fast path).
+    let withHeader = false;
     if (head[0] !== 0 || head[1] !== 0) {
-      this.malformed(`header flags ${head[0]} gso_type ${head[1]}`);
+      if (chain.length[0] >= HEAD_BYTES) for (let i = 2; i < NET_HDR_SIZE; i++) head[i] = b[o + i];
+      const bad = checkTxHeader(head, 0, length, this.txOffloads, this.maxFrame);
+      if (bad !== HeaderError.OK) {
+        this.malformed(describeHeaderError(bad, head, 0));
+        return true;
+      }
+      withHeader = true;
+    } else if (length > this.maxFrame) {
+      this.malformed(`frame of ${length} bytes without segmentation offload`);
       return true;
     }
     const port = this.port;
-    const taken = port.reserve(head, NET_HDR_SIZE, length);
+    const taken = port.reserve(head, NET_HDR_SIZE, length, withHeader);
     if (taken === RESERVE_HOLD) return false;
     if (taken > 0) {
       // Out of guest memory once, into the first reservation; the others are
       // copied from there (the ops run in order, in one native call).
       const view = port.reservedView(0);
       const at = port.reservedOffset(0);
-      this.copyFromChain(view, at, length);
+      // The header that was checked (this copy, not guest memory the guest
+      // may have rewritten since) goes in front of the frame.
+      if (withHeader) this.writeRingHeader(port.frameViews[view], at);
+      const frameAt = withHeader ? at + NET_HDR_SIZE : at;
+      this.copyFromChain(view, frameAt, length);
+      const bytes = frameAt - at + length;
       for (let i = 1; i < taken; i++)
-        this.copies.add(view, at, port.reservedView(i), port.reservedOffset(i), length);
+        this.copies.add(view, at, port.reservedView(i), port.reservedOffset(i), bytes);
       port.commitWritten();
     }
     this.txPacketCount++;
     this.txByteCount += length;
     return true;
+  }
+
+  /** The checked header (flags .. csum_offset; num_buffers 0) into a ring reservation. */
+  private writeRingHeader(data: Uint8Array, at: number): void {
+    const head = this.head;
+    for (let i = 0; i < VNET_HDR.NUM_BUFFERS; i++) data[at + i] = head[i];
+    data[at + VNET_HDR.NUM_BUFFERS] = 0;
+    data[at + VNET_HDR.NUM_BUFFERS + 1] = 0;
   }
 
   /** Records the copy of the chain's frame (its readable part after the header) to `view[at...]`. */
@@ -538,6 +631,14 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
     if (port.holds !== this.holdsSeen) {
       stats.add(NetStat.txHolds, port.holds - this.holdsSeen);
       this.holdsSeen = port.holds;
+    }
+    if (this.checksummedCount + this.segmentedCount > 0) {
+      stats.add(NetStat.rxChecksummed, this.checksummedCount);
+      stats.add(NetStat.rxSegmented, this.segmentedCount);
+      stats.add(NetStat.rxSegments, this.segmentCount);
+      this.checksummedCount = 0;
+      this.segmentedCount = 0;
+      this.segmentCount = 0;
     }
   }
 
@@ -597,14 +698,14 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
       const accepted = this.filter.accepts(bytes, at);
       let result = BAD_BUFFERS;
       if (ready > 0 && accepted) {
-        // The flow's queue; when it has no buffers, the next ready one that has.
         const pick = ready === 1 ? 0 : flowHash(bytes, at, length) % ready;
-        result = NO_BUFFERS;
-        for (let k = 0; k < ready && result === NO_BUFFERS; k++) {
-          const q = this.queues[this.rxReady[(pick + k) % ready]];
-          this.rxCurrent = q;
-          result = this.deliver(q, port.rxView, at, length);
-        }
+        const h = port.rxHeader;
+        if (h < 0) {
+          // No virtio_net_hdr: the all-zero header template (the fast path).
+          this.hdrView = this.templateView;
+          this.hdrFrom = NET_HDR_SIZE;
+          result = this.deliverAny(pick, port.rxView, at, length);
+        } else result = this.deliverOffloaded(pick, bytes, port.rxView, at, length, h);
       }
       // No buffers: the frame stays in the port (peek returns it again) until
       // the driver posts some and kicks; buffers posted before kicks were back
@@ -617,10 +718,97 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
       retried = false;
       if (ready === 0) this.stats.add(NetStat.rxDropsDown, 1);
       else if (!accepted) this.stats.add(NetStat.rxFiltered, 1);
+      else if (result === BAD_FRAME) this.badOffloadFrame(bytes, port.rxHeader);
+      // Whatever became of it, a frame being segmented is finished with.
+      this.segmenter.reset();
       port.release();
       n++;
     }
     return n;
+  }
+
+  /**
+   * Places one frame (view, at, length), header from {@link hdrView} /
+   * {@link hdrFrom}: into its flow's queue (`pick`), or when that has no
+   * buffers, the next ready one that has.
+   */
+  private deliverAny(pick: number, view: number, at: number, length: number): number {
+    const ready = this.rxReadyCount;
+    let result = NO_BUFFERS;
+    for (let k = 0; k < ready && result === NO_BUFFERS; k++) {
+      const q = this.queues[this.rxReady[(pick + k) % ready]];
+      this.rxCurrent = q;
+      result = this.deliver(q, view, at, length);
+    }
+    return result;
+  }
+
+  /**
+   * A frame with a virtio_net_hdr at `b[h]`: passed through as it is when the
+   * driver takes what the header asks for; otherwise its checksum completed,
+   * or the frame segmented, here (in place in the ring: offload.ts).
+   */
+  private deliverOffloaded(
+    pick: number,
+    b: Uint8Array,
+    view: number,
+    at: number,
+    length: number,
+    h: number,
+  ): number {
+    const gso = b[h + VNET_HDR.GSO_TYPE];
+    if (gso !== VNET_GSO_NONE && (this.rxOffloads & gsoOffload(gso)) === 0)
+      return this.deliverSegments(pick, b, view, at, length, h);
+    if ((b[h] & VNET_F_NEEDS_CSUM) !== 0 && (this.rxOffloads & Offload.CSUM) === 0) {
+      const start = b[h + VNET_HDR.CSUM_START] | (b[h + VNET_HDR.CSUM_START + 1] << 8);
+      const offset = b[h + VNET_HDR.CSUM_OFFSET] | (b[h + VNET_HDR.CSUM_OFFSET + 1] << 8);
+      if (!completeChecksum(b, at, length, start, offset)) return BAD_FRAME;
+      // Done: the driver is told nothing is left (and a retry, when buffers
+      // run out now, finds nothing to do).
+      for (let i = 0; i < VNET_HDR.NUM_BUFFERS; i++) b[h + i] = 0;
+      this.checksummedCount++;
+    }
+    this.hdrView = view;
+    this.hdrFrom = h;
+    return this.deliverAny(pick, view, at, length);
+  }
+
+  /**
+   * A frame to segment for a driver without the matching GUEST_TSO: its
+   * segments, each a complete frame, one after the other; when buffers run
+   * out the frame waits and continues with the next segment later.
+   */
+  private deliverSegments(
+    pick: number,
+    b: Uint8Array,
+    view: number,
+    at: number,
+    length: number,
+    h: number,
+  ): number {
+    const seg = this.segmenter;
+    if (!seg.isCurrent(view, at)) {
+      if (seg.begin(b, view, at, length, b, h) < 0) return BAD_FRAME;
+      this.segmentedCount++;
+    }
+    this.hdrView = this.templateView;
+    this.hdrFrom = NET_HDR_SIZE;
+    while (seg.next < seg.count) {
+      // The previous segment's bytes leave the ring before its tail is overwritten.
+      this.copies.flush();
+      const k = seg.next;
+      const result = this.deliverAny(pick, view, seg.writeSegment(b, at, k), seg.segmentLength(k));
+      if (result !== DELIVERED) return result;
+      seg.next++;
+      this.segmentCount++;
+    }
+    return DELIVERED;
+  }
+
+  /** Counts and reports a frame dropped because its headers contradict its virtio_net_hdr. */
+  private badOffloadFrame(b: Uint8Array, h: number): void {
+    this.stats.add(NetStat.rxDropsOffload, 1);
+    this.warn(`frame dropped: its headers do not match its ${describeHeader(b, h)}`);
   }
 
   private scheduleRx(): void {
@@ -680,7 +868,7 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
       written += count === 0 ? used - NET_HDR_SIZE : used;
       count++;
     }
-    if (count > 1) this.setNumBuffers(count);
+    if (count > 1 || this.hdrView !== this.templateView) this.setNumBuffers(count);
     for (let i = 0; i < count; i++) q.addUsed(this.rxHeads[i], this.rxLens[i]);
     this.rxPacketCount++;
     this.rxByteCount += length;
@@ -703,21 +891,18 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
     if (count === 0) {
       if (c.writableBytes < NET_HDR_SIZE) return -1;
       // The header from template 1 (num_buffers 1; deliver re-points it when
-      // the frame takes more buffers). Segments are never empty.
+      // the frame takes more buffers), or from the frame's own header in the
+      // ring (setNumBuffers writes num_buffers there). Segments are never empty.
       this.headerOp = copies.count;
       this.headerGeneration = copies.generation;
+      const hdrView = this.hdrView;
+      const hdrFrom = this.hdrFrom;
       let h = 0;
       while (h < NET_HDR_SIZE) {
         const room = c.length[s];
         const take = Math.min(room, NET_HDR_SIZE - h);
         const region = c.region[s];
-        copies.add(
-          this.templateView,
-          NET_HDR_SIZE + h,
-          copies.guestView(region),
-          c.offset[s],
-          take,
-        );
+        copies.add(hdrView, hdrFrom + h, copies.guestView(region), c.offset[s], take);
         for (let b = 0; b < 2; b++) {
           const k = NET_HDR_NUM_BUFFERS + b - h;
           if (k < 0 || k >= take) continue;
@@ -753,7 +938,14 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
   private setNumBuffers(count: number): void {
     const copies = this.copies;
     if (copies.generation === this.headerGeneration) {
-      copies.shiftSource(this.headerOp, this.headerOps, (count - 1) * NET_HDR_SIZE);
+      if (this.hdrView === this.templateView)
+        copies.shiftSource(this.headerOp, this.headerOps, (count - 1) * NET_HDR_SIZE);
+      else {
+        // The frame's own header, in its ring (the receiver's until release).
+        const ring = this.port.frameViews[this.hdrView];
+        ring[this.hdrFrom + NET_HDR_NUM_BUFFERS] = count & 0xff;
+        ring[this.hdrFrom + NET_HDR_NUM_BUFFERS + 1] = count >> 8;
+      }
       return;
     }
     copies.flush();
@@ -800,4 +992,11 @@ export function flowHash(b: Uint8Array, o: number, length: number): number {
       for (let i = l4; i < l4 + 4; i++) h = Math.imul(h ^ b[o + i], FNV_PRIME);
   }
   return (h ^ (h >>> 16)) >>> 0;
+}
+
+/** The {@link Offload} bit a gso_type needs of its receiver; 0 for a type the switch does not know. */
+function gsoOffload(gso: number): number {
+  if (gso === VNET_GSO_TCPV4) return Offload.TSO4;
+  if (gso === VNET_GSO_TCPV6) return Offload.TSO6;
+  return 0;
 }

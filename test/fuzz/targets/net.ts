@@ -50,6 +50,9 @@ class FakePort implements NetBackendPort {
   rxOffset = 0;
   readonly frameViews: readonly Uint8Array[] = [this.txBytes, this.rxBytes];
   readonly rxView = 1;
+  /** Frames travel bare here (the device negotiates no offload in this target). */
+  readonly rxHeader = -1;
+  readonly maxFrame = 1 << 16;
   readonly stallDrops = 0;
   readonly holds = 0;
   reservations = 0;
