@@ -247,6 +247,11 @@ export const BACKUP = {
   COPIER_TID: 2 * LINE + 4,
   /** Line 2, copier-written once before it copies: its own scheduling policy number (SCHED_IDLE / SCHED_BATCH). */
   COPIER_POLICY: 2 * LINE + 5,
+  /**
+   * Line 2, copier-written: 1 once the disk pass is over and only journal entries still
+   * claimed are awaited (for reports and tests; orders nothing).
+   */
+  PASS_DONE: 2 * LINE + 6,
   /** Line 3, main-thread-written: 1 asks the copier to stop (backup-cancel). Also a futex word. */
   CANCEL: 3 * LINE,
   /** First array (ENTRY_CHUNK); see backupLayout(). */

@@ -23,7 +23,7 @@ import {
   IoprioClass,
   ioprioValue,
 } from '../io/index.js';
-import { BACKUP } from '../locking/layout.js';
+import { BACKUP, BackupState } from '../locking/layout.js';
 import { native } from '../native.js';
 import { applyRtOptions, lowerToBackground } from '../rt/index.js';
 import { postEvent, postLog, runWorker } from '../thread/index.js';
@@ -152,7 +152,8 @@ class Copier {
   private paced = 0;
   private readonly started = performance.now();
   private lastProgress = 0;
-  private readonly needed: number;
+  /** Chunks this backup copies: counted in run(), once the start instant has published NEEDED. */
+  private needed = 0;
 
   constructor(private readonly init: BackupCopierInit) {
     this.s = BackupShare.attach(init.share);
@@ -163,9 +164,6 @@ class Copier {
     } finally {
       native.close(fd);
     }
-    let n = 0;
-    for (let c = 0; c < this.s.chunks; c++) if (this.s.bit(this.s.at.needed, c)) n++;
-    this.needed = n;
   }
 
   /** Opens the image (read-only) and the target. */
@@ -205,6 +203,16 @@ class Copier {
   /** Copies everything; resolves with the totals or rejects with a CopyFailure. */
   async run(): Promise<BackupCopierEvent> {
     const s = this.s;
+    // NEEDED is counted here, not when this thread starts: the thread starts before the device
+    // passes the start instant, and only then does the device write NEEDED. Counted too early
+    // (as it once was) it was 0, so the wait below for the chunks whose journal entries were
+    // still coming after the disk pass never ran: their target chunks stayed zero (the "last
+    // chunk zero" of issue 12, seen on the threads engine, whose journal reads are slowest).
+    // Atomics.load of STATE orders after the device's plain stores of NEEDED (made before it
+    // stored ACTIVE); `run` is only sent after the device answered backup-start.
+    if (Atomics.load(s.i32, BACKUP.STATE) === BackupState.PENDING)
+      throw new CopyFailure('ERR_BACKUP', 'the copier was started before the start instant');
+    for (let c = 0; c < s.chunks; c++) if (s.bit(s.at.needed, c)) this.needed++;
     for (let c = 0; c < s.chunks; ) {
       await this.drainJournal();
       this.check();
@@ -218,6 +226,8 @@ class Copier {
       c += n;
     }
     // What is left: chunks the device claimed, whose journal entries are still coming.
+    // PASS_DONE: for query-backups and tests only (the disk pass is over); orders nothing.
+    Atomics.store(s.i32, BACKUP.PASS_DONE, 1);
     while (this.copied < this.needed) {
       if (!(await this.drainJournal())) await this.waitReady();
       this.check();

@@ -298,7 +298,7 @@ describe('blockdev-backup of a disk on an NBD export', () => {
   });
 });
 
-describe.each(['io_uring', 'sync'])('a full backup on the %s engine', (aio) => {
+describe.each(['io_uring', 'threads', 'sync'])('a full backup on the %s engine', (aio) => {
   it('equals the disk at its start instant while the front end writes', async () => {
     const image = join(dir, `${aio}.img`);
     writeFileSync(image, Buffer.alloc(SIZE));
@@ -343,48 +343,5 @@ describe.each(['io_uring', 'sync'])('a full backup on the %s engine', (aio) => {
       await daemon.stop();
     }
     expect(model.errors).toEqual([]);
-  });
-});
-
-describe('a backup on the threads engine', () => {
-  it('is refused with a QMP error naming the engine, and the device serves on', async () => {
-    const image = join(dir, 'threads-refused.img');
-    writeFileSync(image, Buffer.alloc(SIZE));
-    const socket = join(dir, 'threads-refused.sock');
-    const control = join(dir, 'threads-refused.qmp');
-    const daemon = await startDaemon([
-      'blk',
-      '--socket-path',
-      socket,
-      '--image',
-      image,
-      '--aio',
-      'threads',
-      '--queues',
-      '1',
-      '--control-socket',
-      control,
-    ]);
-    const c = await QmpClient.connect(control);
-    const driver = await BlkDriver.create({ socketPath: socket });
-    try {
-      const reply = await c.execute('blockdev-backup', {
-        device: 0,
-        target: join(dir, 'threads-refused.backup'),
-        sync: 'full',
-      });
-      expect(reply.error).toMatchObject({ desc: expect.stringMatching(/threads engine/) });
-      const model = new WriteModel(SIZE / BLOCK, 12);
-      let stop = false;
-      const load = model.run(driver, 4, () => stop);
-      await waitFor(() => model.completed >= 50, 'writes after the refusal');
-      stop = true;
-      await load;
-      expect(model.errors).toEqual([]);
-    } finally {
-      await driver.close();
-      c.close();
-      await daemon.stop();
-    }
   });
 });
