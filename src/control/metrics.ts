@@ -211,6 +211,16 @@ const PLAIN_METRICS: PlainMetric[] = [
         'Queues broken by a guest or front-end violation.',
         'brokenQueues',
       ],
+      [
+        'blk_throttled_requests_total',
+        "Requests that waited for the device's token buckets (QoS limits).",
+        'throttledRequests',
+      ],
+      [
+        'blk_rt_guard_held_requests_total',
+        'Requests that waited because an RT-class neighbour on the same disk was active and the device was at its RT guard cap.',
+        'guardHeldRequests',
+      ],
     ] as const
   ).map(
     ([name, help, stat]): PlainMetric => ({
@@ -219,6 +229,30 @@ const PLAIN_METRICS: PlainMetric[] = [
       type: 'counter',
       labels: DEVICE_LABELS,
       sample: perDevice(['blk'], stat),
+    }),
+  ),
+  // blk, per device, microsecond counters exposed in seconds
+  ...(
+    [
+      [
+        'blk_throttled_seconds_total',
+        "Time the device's queues were held by its token buckets.",
+        'throttledUs',
+      ],
+      [
+        'blk_rt_guard_held_seconds_total',
+        "Time the device's queues were held by the RT guard (an RT-class neighbour on the same disk).",
+        'guardHeldUs',
+      ],
+    ] as const
+  ).map(
+    ([name, help, stat]): PlainMetric => ({
+      name,
+      help,
+      type: 'counter',
+      labels: DEVICE_LABELS,
+      sample: (devices) =>
+        perDevice(['blk'], stat)(devices).map(([labels, us]): Sample => [labels, us / 1e6]),
     }),
   ),
   // net, per port

@@ -302,3 +302,47 @@ export function backupLayout(
   const copied = claimed + up(words);
   return { entryChunk, ready, free, needed, claimed, copied, total: copied + up(words) };
 }
+
+// ─────────────────────────── DiskGuard (src/io/disk-guard.ts, issue 14) ───────────────────────────
+// The RT guard of one backing block device: every blk device of the process whose image lives on
+// that disk owns one slot (one cache line) and is its only writer while it runs; the others read
+// it. A device with RT-class requests publishes them there once per batch; a device of a lower
+// class reads its neighbours' slots (only when it is at its cap) to decide whether to cap its own
+// in-flight I/O. Line 0 is written by the main thread only: MAGIC and SLOTS at create, SLOTS_USED
+// when it hands a slot out. A slot's line passes from one owner to the next through the main
+// thread: the worker's last store is CLOSED = 1; the main thread clears the line before it hands
+// the slot to a new device (whose worker only starts after that, so it sees the cleared line).
+
+/** Written at create; attach() refuses buffers without it. ASCII 'RTGD'. */
+export const DISK_GUARD_MAGIC_VALUE = 0x52544744;
+/** Int32 indexes of a DiskGuard region. */
+export const DISK_GUARD = {
+  /** Line 0, immutable: {@link DISK_GUARD_MAGIC_VALUE}. */
+  MAGIC: 0,
+  /** Line 0, immutable: number of slots. */
+  SLOTS: 1,
+  /** Line 0, main-thread-written: slots handed out so far (readers scan [0, SLOTS_USED)). */
+  SLOTS_USED: 2,
+  /** First slot; slot s starts at FIRST + s * STRIDE. */
+  FIRST: LINE,
+  /** Int32 slots per device slot: one cache line. */
+  STRIDE: LINE,
+  /** Within a slot, owner-written: the device's RT-class requests in flight, as of its last batch. */
+  RT_IN_FLIGHT: 0,
+  /**
+   * Within a slot, owner-written: the monotonic clock (µs, mod 2^32, stored as int32) of the
+   * device's last batch that had RT-class requests in flight or completed some.
+   */
+  RT_LAST_US: 1,
+  /** Within a slot, owner-written: 1 once the device has had an RT-class request (RT_LAST_US is valid). */
+  RT_SEEN: 2,
+  /** Within a slot, owner-written last: 1 when the device closed (the main thread may reuse the slot). */
+  CLOSED: 3,
+} as const;
+/** Devices per backing disk the guard tracks at once (more are served unguarded, with a warning). */
+export const DISK_GUARD_SLOTS = 64;
+
+/** Bytes of a DiskGuard region of `slots` slots. */
+export function diskGuardByteLength(slots: number): number {
+  return (DISK_GUARD.FIRST + slots * DISK_GUARD.STRIDE) * Int32Array.BYTES_PER_ELEMENT;
+}

@@ -10,6 +10,7 @@ import { type BlkOptions, validateBlkOptions } from '../devices/blk/options.js';
 import { BLK_STAT_NAMES, createBlkAccounting } from '../devices/blk/stats.js';
 import type { BlkInfo } from '../devices/index.js';
 import { VhostRtError } from '../errors.js';
+import { DEFAULT_RT_GUARD, diskGuards } from '../io/disk-guard.js';
 import { type LatencyHistograms, StatCounters } from '../locking/index.js';
 import type { Logger } from '../log.js';
 import type { RtOptions } from '../rt/index.js';
@@ -211,6 +212,15 @@ async function startGroup(
             options: s.options,
             statsBuffer: stats[i].buffer,
             accounting: s.options.latencyHistograms === false ? undefined : accounting[i].init,
+            // The RT guard of the image's disk (issue 14); an nbd or null device has no disk.
+            diskGuard:
+              s.options.aio === 'nbd' || s.options.aio === 'null'
+                ? undefined
+                : diskGuards.assign(
+                    s.options.image,
+                    s.options.rtGuard === undefined ? { ...DEFAULT_RT_GUARD } : s.options.rtGuard,
+                    (m) => log('warn', m),
+                  ),
           })),
           rt: specs[0].rt,
         },

@@ -12,8 +12,9 @@
 import { VhostRtError } from '../../errors.js';
 import type { ChangedBlocks } from '../../io/backup-cbt.js';
 import type { BackupShareInit } from '../../io/backup-share.js';
+import type { DiskGuard } from '../../io/disk-guard.js';
 import { type IoEngine, IoOp, type IoOpCode } from '../../io/engine.js';
-import { IoprioPolicy, ioprioClass } from '../../io/ioprio.js';
+import { IoprioClass, IoprioPolicy, ioprioClass } from '../../io/ioprio.js';
 import { IoThrottle, type ThrottleLimits } from '../../io/throttle.js';
 import type { StatCounters } from '../../locking/index.js';
 import {
@@ -78,6 +79,12 @@ export interface BlkDeviceOptions {
   throttle?: ThrottleLimits;
   /** Changed-block tracking (issue 12): marked by every write, discard and write-zeroes; absent: none. */
   cbt?: ChangedBlocks;
+  /**
+   * The RT guard of the image's backing disk (issue 14, src/io/disk-guard.ts): the device
+   * publishes its RT-class requests there and, under its policy, caps its lower-class ones
+   * while a neighbour's RT requests are active. Absent: neither.
+   */
+  guard?: DiskGuard;
 }
 
 /** What `backup-start` answers once the start instant has passed (issue 12). */
@@ -120,6 +127,12 @@ export type BlkCommand =
 const WRITE_FLUSHING = 0xf0;
 
 const U32 = 0x1_0000_0000;
+/** slotGuard values: not counted, being started, counted as RT, counted as lower-class. */
+const GUARD_NONE = 0;
+const GUARD_PENDING = 1;
+const GUARD_RT = 2;
+const GUARD_LOW = 3;
+
 /** Returned by the start functions when the engine owns the request until it completes. */
 const STARTED = -1;
 /** Returned for a chain that cannot even carry a status: used length 0, no status byte. */
@@ -137,6 +150,8 @@ interface QueueState {
   onIdle: (() => void) | null;
   /** The token buckets stopped this queue's drain: chains wait in the avail ring for the timer. */
   held: boolean;
+  /** When the RT guard stopped this queue's drain (performance.now()); 0: it did not. */
+  guardHeldSince: number;
   /** Takes each popped chain for this queue in {@link drainQueue}; made once. */
   handler: ChainHandler;
 }
@@ -218,6 +233,14 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   /** 1 while slot id's write-type request counts in {@link writesInFlight}. */
   private readonly slotWrite: Uint8Array;
   private writesIdle: (() => void) | null = null;
+  /** The disk's RT guard; null: none, and no cost per request. */
+  private readonly guard: DiskGuard | null;
+  /** Per slot: how the request counts in the guard (GUARD_*). */
+  private readonly slotGuard: Uint8Array;
+  /** Per slot: the payload bytes a lower-class request counts in the guard. */
+  private readonly slotGuardBytes: Float64Array;
+  /** The guard's peaks as last published (published when they grow). */
+  private guardPeaks = 0;
 
   constructor(options: BlkDeviceOptions) {
     this.engine = options.engine;
@@ -244,6 +267,9 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     this.slotType = new Uint8Array(slots);
     this.slotWrite = new Uint8Array(slots);
     this.cbt = options.cbt ?? null;
+    this.guard = options.guard ?? null;
+    this.slotGuard = new Uint8Array(slots);
+    this.slotGuardBytes = new Float64Array(slots);
     this.statusRegion = new Int32Array(slots);
     this.statusOffset = new Float64Array(slots);
     this.freeCount = new Int32Array(n);
@@ -290,6 +316,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
       inFlight: 0,
       starved: false,
       held: false,
+      guardHeldSince: 0,
       onIdle: null,
       handler: { handleChain: () => this.dispatch(index, q) },
     };
@@ -524,6 +551,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     this.engine.submit();
     this.flushNotifications();
     this.acct?.publish();
+    if (this.guard !== null) this.endGuardBatch(this.guard);
   }
 
   /**
@@ -540,13 +568,26 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
       this.hold(q);
       return;
     }
+    if (this.guard !== null && !this.guard.admits()) {
+      // At the cap with an RT neighbour active: this device has a request in flight (the cap
+      // is at least one), whose completion drains again (starved), when the guard may admit.
+      if (q.guardHeldSince === 0) q.guardHeldSince = performance.now();
+      q.starved = true;
+      return;
+    }
     const wasHeld = q.held;
     q.held = false;
+    const guardHeldSince = q.guardHeldSince;
+    q.guardHeldSince = 0;
     const stop = drainQueue(vq, this.chain, q.handler, Number.POSITIVE_INFINITY, this.drained);
     q.starved = stop === DrainStop.HANDLER;
     const popped = this.drained.popped;
     this.acct?.drained(index, popped);
     if (wasHeld) this.stats.add(BlkStat.throttledRequests, popped);
+    if (guardHeldSince !== 0) this.guardReleased(guardHeldSince, popped);
+    // The guard stopped the pop with chains still in the ring: they wait from now.
+    if (q.starved && this.guard !== null && !this.guard.admits() && vq.pending() > 0)
+      q.guardHeldSince = performance.now();
     this.publishClasses();
     if (this.throttle !== null && !this.throttle.open()) this.hold(q);
     if (popped > 0) {
@@ -566,11 +607,55 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     q.inFlight++;
     this.inFlight++;
     this.acct?.started(queue, id);
+    // Pending until start returns: finish() clears it if the request ended meanwhile.
+    this.slotGuard[id] = GUARD_PENDING;
     const status = this.start(id);
     if (status !== STARTED)
       this.finish(id, status, status === BlkStatus.OK ? this.slotDataLen[id] : 0);
-    // Over budget: the rest waits in the avail ring (the debt is at most this request).
-    return this.freeCount[queue] > 0 && (this.throttle === null || this.throttle.open());
+    else if (this.guard !== null && this.slotGuard[id] === GUARD_PENDING)
+      this.guardStarted(this.guard, id);
+    // Over budget or at the guard's cap: the rest waits in the avail ring (the debt is at most this request).
+    return (
+      this.freeCount[queue] > 0 &&
+      (this.throttle === null || this.throttle.open()) &&
+      (this.guard === null || this.guard.admits())
+    );
+  }
+
+  /** Counts a started request in the disk's guard: as RT, or as lower-class with its bytes. */
+  private guardStarted(guard: DiskGuard, id: number): void {
+    if (ioprioClass(this.requestIoprio) === IoprioClass.RT) {
+      this.slotGuard[id] = GUARD_RT;
+      guard.rtStarted();
+      return;
+    }
+    const bytes = this.slotDataLen[id];
+    this.slotGuard[id] = GUARD_LOW;
+    this.slotGuardBytes[id] = bytes;
+    guard.lowStarted(bytes);
+  }
+
+  /** Takes a finished request out of the guard's counts (a pending one: it ended inside start). */
+  private guardFinished(id: number): void {
+    if (this.slotGuard[id] === GUARD_RT) this.guard?.rtFinished();
+    else if (this.slotGuard[id] === GUARD_LOW) this.guard?.lowFinished(this.slotGuardBytes[id]);
+    this.slotGuard[id] = GUARD_NONE;
+  }
+
+  /** A queue the guard held pops again: counts its wait and the requests that waited. */
+  private guardReleased(since: number, popped: number): void {
+    this.stats.add(BlkStat.guardHeldUs, Math.round((performance.now() - since) * 1000));
+    this.stats.add(BlkStat.guardHeldRequests, popped);
+  }
+
+  /** Ends a batch in the guard (publishes this device's RT state) and publishes its peaks when they grew. */
+  private endGuardBatch(guard: DiskGuard): void {
+    guard.endBatch();
+    const peaks = guard.peakRequests + guard.peakBytes;
+    if (peaks === this.guardPeaks) return;
+    this.guardPeaks = peaks;
+    this.stats.max(BlkStat.guardPeakRequests, guard.peakRequests);
+    this.stats.max(BlkStat.guardPeakBytes, guard.peakBytes);
   }
 
   /**
@@ -836,6 +921,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     }
     q.vring?.addUsed(this.slotHead[id], used);
     if (this.slotWrite[id] === 1) this.writeFinished(id);
+    if (this.slotGuard[id] !== GUARD_NONE) this.guardFinished(id);
     if (this.tailInFlight > 0 && this.slotEnd[id] > this.capacityBytes) this.tailEnded();
     this.slotEnd[id] = 0;
     this.releaseSlot(queue, id % this.slotsPerQueue);
@@ -872,6 +958,8 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     if (this.inFlight === 0 && this.retired.length > 0) this.retired = [];
     this.flushNotifications();
     this.acct?.publish();
+    // Before the re-drain: its admission reads the neighbours afresh, and our RT state is out.
+    if (this.guard !== null) this.endGuardBatch(this.guard);
     // A batch that ends inside a drain (an engine completing or failing
     // requests in submit) must not pop: the chain, reader and writer belong
     // to the request being started. The drain's kick re-drains once done.
@@ -920,6 +1008,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     this.throttleTimer = null;
     if (this.backup !== null) await this.backupEnd(false);
     for (let i = 0; i < this.queues.length; i++) await this.quiesce(i);
+    this.guard?.close();
     this.engine.close();
     this.cbt?.persist();
   }

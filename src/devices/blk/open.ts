@@ -4,6 +4,7 @@
  */
 import { ConfigError } from '../../errors.js';
 import { ChangedBlocks } from '../../io/backup-cbt.js';
+import { DiskGuard } from '../../io/disk-guard.js';
 import { lockedWhileOpen, lockImage } from '../../io/image-lock.js';
 import {
   createEngine,
@@ -86,6 +87,7 @@ export function openBlkDevice(init: BlkDeviceInit, env: DeviceEnv): OpenedDevice
     configChanged: env.configChanged,
     ioprio: new IoprioPolicy(o.guestIoprio, o.ioprio),
     throttle: o.throttle,
+    guard: init.diskGuard === undefined ? undefined : DiskGuard.attach(init.diskGuard),
     // Changed-block tracking (issue 12): persisted next to a local, writable image only.
     cbt:
       o.aio === 'nbd' || o.readonly

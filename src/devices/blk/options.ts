@@ -1,5 +1,12 @@
 /** Options of a virtio-blk device, as the CLI and embedders give them. */
 import { ConfigError } from '../../errors.js';
+import {
+  DEFAULT_RT_GUARD,
+  type DiskGuardInit,
+  RT_GUARD_FLAGS,
+  type RtGuardPolicy,
+  rtGuardPolicy,
+} from '../../io/disk-guard.js';
 import type { IoEngineName, ThreadPolicy } from '../../io/engine.js';
 import { type GuestIoprioMode, parseGuestIoprioMode, parseIoprio } from '../../io/ioprio.js';
 import { THROTTLE_FLAGS, type ThrottleLimits, validateThrottleLimits } from '../../io/throttle.js';
@@ -55,6 +62,12 @@ export interface BlkOptions {
   guestIoprio?: GuestIoprioMode;
   /** `--iops-limit`, `--bps-limit`, ...: the device's token buckets (none: no limit). */
   throttle?: ThrottleLimits;
+  /**
+   * The RT guard (src/io/disk-guard.ts): what this device keeps in flight of its
+   * lower-class requests while a device with RT-class requests on the same backing disk
+   * is active. Absent: {@link DEFAULT_RT_GUARD}; null: `--no-rt-guard`, never capped.
+   */
+  rtGuard?: RtGuardPolicy | null;
 }
 
 /** Largest `--latency-target-us` accepted: 60 s (the histograms' last bound is 1.07 s). */
@@ -71,6 +84,8 @@ export interface BlkDeviceInit {
   statsBuffer: SharedArrayBuffer;
   /** Per-queue counters and latency histograms shared with the main thread; none when absent. */
   accounting?: BlkAccountingInit;
+  /** The device's slot in its backing disk's RT guard; none when absent (nbd, null engine). */
+  diskGuard?: DiskGuardInit;
 }
 
 /** What an opened blk device reports about its image and engine. */
@@ -118,6 +133,10 @@ export const BLK_QOS_FLAG_OPTIONS = {
   'bps-write-limit': { type: 'string' },
   'iops-burst': { type: 'string' },
   'bps-burst': { type: 'string' },
+  'rt-guard-requests': { type: 'string' },
+  'rt-guard-bytes': { type: 'string' },
+  'rt-guard-window-us': { type: 'string' },
+  'no-rt-guard': { type: 'boolean' },
 } as const;
 
 /** Help text of {@link BLK_QOS_FLAG_OPTIONS}. */
@@ -142,6 +161,15 @@ export const BLK_QOS_HELP = `I/O priority and QoS:
                        control socket's block-set-io-throttle
   --iops-burst N, --bps-burst N
                        bucket sizes (default: 0.1 s of the limit)
+  --rt-guard-requests N, --rt-guard-bytes N, --rt-guard-window-us N
+                       the RT guard: while another device of this process on the
+                       same backing disk has RT-class requests in flight, or had
+                       within the window, this device keeps at most N of its
+                       lower-class requests and N bytes in flight (the rest waits
+                       in the ring), so the RT request does not queue in the disk
+                       behind this device's I/O (defaults: ${DEFAULT_RT_GUARD.maxRequests} request, ${DEFAULT_RT_GUARD.maxBytes} bytes,
+                       ${DEFAULT_RT_GUARD.windowUs} µs)
+  --no-rt-guard        never cap this device for an RT neighbour
 `;
 
 /** Values of {@link BLK_QOS_FLAG_OPTIONS} as parsed flags give them. */
@@ -154,11 +182,28 @@ function wholeNumber(flag: string, value: unknown): number | undefined {
   return Number(value);
 }
 
+/** The RT guard flags of one device: undefined (defaults), null (off) or a policy. */
+function parseRtGuardFlags(v: QosFlagValues): RtGuardPolicy | null | undefined {
+  const given: Partial<RtGuardPolicy> = {};
+  for (const [key, flag] of Object.entries(RT_GUARD_FLAGS)) {
+    const n = wholeNumber(flag.slice(2), v[flag.slice(2) as keyof QosFlagValues]);
+    if (n !== undefined) given[key as keyof RtGuardPolicy] = n;
+  }
+  const some = Object.keys(given).length > 0;
+  if (v['no-rt-guard'] === true) {
+    if (some) throw new ConfigError('--no-rt-guard: the other --rt-guard-* flags have no effect');
+    return null;
+  }
+  return some ? rtGuardPolicy(given) : undefined;
+}
+
 /** Parses the priority and QoS flags of one device; throws ConfigError naming the flag. */
 export function parseBlkQosFlags(
   v: QosFlagValues,
-): Pick<BlkOptions, 'ioprio' | 'guestIoprio' | 'throttle'> {
-  const out: Pick<BlkOptions, 'ioprio' | 'guestIoprio' | 'throttle'> = {};
+): Pick<BlkOptions, 'ioprio' | 'guestIoprio' | 'throttle' | 'rtGuard'> {
+  const out: Pick<BlkOptions, 'ioprio' | 'guestIoprio' | 'throttle' | 'rtGuard'> = {};
+  const guard = parseRtGuardFlags(v);
+  if (guard !== undefined) out.rtGuard = guard;
   if (v.ioprio !== undefined) out.ioprio = parseIoprio(String(v.ioprio));
   if (v['guest-ioprio'] !== undefined)
     out.guestIoprio = parseGuestIoprioMode(String(v['guest-ioprio']));

@@ -20,6 +20,13 @@ export const BLK_STAT_NAMES = [
   // issue 14: requests that waited for the device's token buckets, and for how long the device held its queues.
   'throttledRequests',
   'throttledUs',
+  // issue 14, the RT guard (src/io/disk-guard.ts): requests that waited because an RT neighbour on
+  // the same disk was active and this device was at its cap, and for how long its queues were held;
+  // the most lower-class requests / bytes in flight just after an admission with a neighbour active.
+  'guardHeldRequests',
+  'guardHeldUs',
+  'guardPeakRequests',
+  'guardPeakBytes',
 ] as const;
 
 /** Index of each counter in {@link BLK_STAT_NAMES}. */
