@@ -7,15 +7,25 @@
  * scheduler file is writable), served by one back-end process. A's latency is measured idle and
  * under B's flood for:
  *   (1)  vhost-rt, per-device workers, linux-aio, no priorities;
- *   (2)  A's device `--ioprio rt:0` (every request of A submitted in the RT class);
+ *   (2)  A's device `--ioprio rt:0` (every request of A submitted in the RT class), B
+ *        `--no-rt-guard` (the kernel's I/O scheduler alone);
  *   (2g) A's priority from the front end: the request header carries rt:0 (as `ionice -c1` in a
- *        Linux guest makes it), A's device `--guest-ioprio honor`;
+ *        Linux guest makes it), A's device `--guest-ioprio honor`; B `--no-rt-guard`;
  *   (3)  B throttled: `--bps-limit` on B's device;
- *   (4)  = (2) + SCHED_FIFO 50, CPU affinity and mlock on A's worker;
+ *   (4)  = (2) + SCHED_FIFO 50, CPU affinity and mlock on A's worker; B `--no-rt-guard`;
+ *   (2G), (2gG), (4G) = (2), (2g), (4) with the RT guard on B (its default: while A has RT
+ *        requests in flight, or had within 100 ms, B keeps at most 1 request / 1 MiB in flight);
  *   (4+3) = (4) with B throttled as in (3);
  *   (q)  qemu-storage-daemon exporting both images (aio=native, O_DIRECT), the reference;
  *   (n1) both devices on the `null` engine: A's back-end-only latency under B's null flood;
  *   (n4) = (n1) + SCHED_FIFO, affinity, mlock on A's worker.
+ *
+ * During each flood run the disk's own queue is sampled (/sys/dev/block/M:m/inflight every
+ * 10 ms: requests dispatched to the device driver, reads and writes), so the table shows what
+ * sits in the device's queue in front of A's read.
+ *
+ * The null-engine rows (n1, n4) are compared with the machine's own scheduling-latency floor
+ * (cyclictest, before and after the rounds): their flood p99.9 over the floor's p99.9.
  *
  * Quick mode for a shared machine: short rounds, the configurations interleaved round by round
  * (so a neighbour's burst hits all of them alike), medians over the rounds with the spread
@@ -58,12 +68,16 @@ export interface SdConfig {
   start(a: Dev, b: Dev): Promise<Backend>;
   /** Extra load-generator flags for A (the header's ioprio in 2g). */
   aLoad?: string[];
+  /** Both devices on the null engine: compared with the machine floor. */
+  nullEngine?: boolean;
 }
 
 /** A's RT knobs in (4) and (n4). */
 const RT_A = 'rt-policy=fifo,rt-priority=50,cpus=1,mlock';
 /** rt:0 as the header (and ioprio_set) encodes it. */
 const RT0 = 1 << 13;
+/** B without the RT guard: the rows that show the kernel's scheduler alone. */
+const NO_GUARD = 'no-rt-guard';
 
 function spec(d: Dev, extra: string[]): string {
   return [`socket-path=${d.socket}`, `image=${d.image}`, ...extra].join(',');
@@ -89,15 +103,30 @@ export function sharedDiskConfigs(bLimit: number): SdConfig[] {
     {
       id: '2',
       name: 'A --ioprio rt:0',
-      detail: "A's device submits every request in the RT class (Linux AIO aio_reqprio)",
-      start: vr('2', ['ioprio=rt:0']),
+      detail:
+        "A's device submits every request in the RT class (Linux AIO aio_reqprio); B --no-rt-guard",
+      start: vr('2', ['ioprio=rt:0'], [NO_GUARD]),
     },
     {
       id: '2g',
       name: 'A rt:0 from the front end',
       detail:
-        "A's requests carry rt:0 in the virtio-blk header (ionice -c1 in a guest); A's device --guest-ioprio honor",
-      start: vr('2g', ['guest-ioprio=honor']),
+        "A's requests carry rt:0 in the virtio-blk header (ionice -c1 in a guest); A's device --guest-ioprio honor; B --no-rt-guard",
+      start: vr('2g', ['guest-ioprio=honor'], [NO_GUARD]),
+      aLoad: ['--ioprio', String(RT0)],
+    },
+    {
+      id: '2G',
+      name: '(2) + RT guard on B',
+      detail:
+        "as (2), B with the RT guard's defaults (while A has RT requests in flight or had within 100 ms: 1 request / 1 MiB in flight)",
+      start: vr('2G', ['ioprio=rt:0']),
+    },
+    {
+      id: '2gG',
+      name: '(2g) + RT guard on B',
+      detail: 'as (2g), B with the RT guard (defaults)',
+      start: vr('2gG', ['guest-ioprio=honor']),
       aLoad: ['--ioprio', String(RT0)],
     },
     {
@@ -109,14 +138,20 @@ export function sharedDiskConfigs(bLimit: number): SdConfig[] {
     {
       id: '4',
       name: '(2) + SCHED_FIFO, affinity, mlock on A',
-      detail: `A: ioprio=rt:0,${RT_A}`,
-      start: vr('4', ['ioprio=rt:0', RT_A]),
+      detail: `A: ioprio=rt:0,${RT_A}; B: ${NO_GUARD}`,
+      start: vr('4', ['ioprio=rt:0', RT_A], [NO_GUARD]),
+    },
+    {
+      id: '4G',
+      name: '(4) + RT guard on B',
+      detail: `A: ioprio=rt:0,${RT_A}; B: the RT guard (defaults)`,
+      start: vr('4G', ['ioprio=rt:0', RT_A]),
     },
     {
       id: '4+3',
       name: '(4) with B throttled as in (3)',
-      detail: `A: ioprio=rt:0,${RT_A}; B: bps-limit=${bLimit}`,
-      start: vr('4+3', ['ioprio=rt:0', RT_A], [`bps-limit=${bLimit}`]),
+      detail: `A: ioprio=rt:0,${RT_A}; B: bps-limit=${bLimit},${NO_GUARD}`,
+      start: vr('4+3', ['ioprio=rt:0', RT_A], [`bps-limit=${bLimit}`, NO_GUARD]),
     },
     {
       id: 'q',
@@ -129,14 +164,25 @@ export function sharedDiskConfigs(bLimit: number): SdConfig[] {
       name: 'null engine: back end only',
       detail: 'both devices --aio null (no disk I/O), no RT knobs',
       start: vr('n1', [], [], 'null'),
+      nullEngine: true,
     },
     {
       id: 'n4',
       name: 'null engine + RT knobs on A',
       detail: `both --aio null; A: ${RT_A}`,
       start: vr('n4', [RT_A], [], 'null'),
+      nullEngine: true,
     },
   ];
+}
+
+/** The disk's queue at the device driver during A's flood run (sysfs `inflight` samples). */
+export interface DiskInflight {
+  samples: number;
+  /** Median and largest number of writes / reads dispatched to the device at a sample. */
+  writesP50: number;
+  writesMax: number;
+  readsMax: number;
 }
 
 /** One round of one configuration. */
@@ -144,6 +190,8 @@ interface RoundResult {
   idle: LoadResult;
   flood: LoadResult;
   b: LoadResult;
+  /** Absent: the disk's inflight file was not readable. */
+  disk?: DiskInflight;
 }
 
 /** A configuration over all rounds. */
@@ -172,8 +220,43 @@ function gen(socket: string, pid: number, load: string[], runtime: number, ramp:
   ];
 }
 
+/**
+ * Samples `file` (a block device's sysfs `inflight`: "READS WRITES") every 10 ms until the
+ * returned stop is called. A measurement aid, not a test: it shows how deep the device's
+ * queue is while A's reads wait.
+ */
+export function sampleInflight(file: string | null): () => DiskInflight | undefined {
+  if (file === null) return () => undefined;
+  const reads: number[] = [];
+  const writes: number[] = [];
+  const timer = setInterval(() => {
+    try {
+      const [r, w] = readFileSync(file, 'utf8').trim().split(/\s+/).map(Number);
+      reads.push(r);
+      writes.push(w);
+    } catch {
+      // Not readable here: the round reports no samples.
+    }
+  }, 10);
+  return () => {
+    clearInterval(timer);
+    if (writes.length === 0) return undefined;
+    return {
+      samples: writes.length,
+      writesP50: median(writes),
+      writesMax: Math.max(...writes),
+      readsMax: Math.max(...reads),
+    };
+  };
+}
+
 /** A alone, then A while B floods (B starts 1 s earlier and outlasts A). */
-async function measure(c: SdConfig, backend: Backend, runtime: number): Promise<RoundResult> {
+async function measure(
+  c: SdConfig,
+  backend: Backend,
+  runtime: number,
+  inflight: string | null,
+): Promise<RoundResult> {
   const [sa, sb] = backend.sockets;
   const aLoad = [...A_LOAD, ...(c.aLoad ?? [])];
   const idle = await runGeneratorProcess(gen(sa, backend.pid, aLoad, runtime, 0.5));
@@ -182,27 +265,51 @@ async function measure(c: SdConfig, backend: Backend, runtime: number): Promise<
     (err: Error) => ({ r: undefined, err }),
   );
   await new Promise((r) => setTimeout(r, 1000));
+  const stopSampling = sampleInflight(c.nullEngine === true ? null : inflight);
   const flood = await runGeneratorProcess(gen(sa, backend.pid, aLoad, runtime, 0.5));
+  const disk = stopSampling();
   const b = await bRun;
   if (b.err) throw b.err;
-  return { idle, flood, b: b.r as LoadResult };
+  return { idle, flood, b: b.r as LoadResult, disk };
 }
 
-async function runRound(c: SdConfig, a: Dev, b: Dev, runtime: number): Promise<RoundResult> {
+async function runRound(
+  c: SdConfig,
+  a: Dev,
+  b: Dev,
+  runtime: number,
+  inflight: string | null,
+): Promise<RoundResult> {
   const backend = await c.start(a, b);
   try {
-    return await measure(c, backend, runtime);
+    return await measure(c, backend, runtime, inflight);
   } finally {
     await backend.stop();
   }
 }
 
-/** The block device under `path`'s file system, and its scheduler as the kernel shows it. */
-function schedulerFile(path: string): string {
+/** The sysfs directory of the block device under `path`'s file system. */
+function sysBlockDir(path: string): string {
   const dev = statSync(path).dev;
   const major = Math.floor(dev / 256) & 0xfff;
   const minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
-  return `/sys/dev/block/${major}:${minor}/queue/scheduler`;
+  return `/sys/dev/block/${major}:${minor}`;
+}
+
+/** The block device's scheduler file, as the kernel shows it. */
+function schedulerFile(path: string): string {
+  return `${sysBlockDir(path)}/queue/scheduler`;
+}
+
+/** The block device's `inflight` file (requests at the driver), or null when not readable. */
+function inflightFile(path: string): string | null {
+  const file = `${sysBlockDir(path)}/inflight`;
+  try {
+    readFileSync(file);
+    return file;
+  } catch {
+    return null;
+  }
 }
 
 /** Sets mq-deadline on the disk holding `path` when possible; says what it found and did. */
@@ -321,6 +428,47 @@ function spread(v: number[], fmt: (x: number) => string): string {
   return `${fmt(Math.min(...v))}–${fmt(Math.max(...v))}`;
 }
 
+/** The disk's writes in flight during the flood runs: median over rounds of the per-round median, and the largest seen. */
+function diskColumn(r: SdResult): string {
+  const d = r.rounds.flatMap((x) => (x.disk === undefined ? [] : [x.disk]));
+  if (d.length === 0) return '—';
+  return `${median(d.map((x) => x.writesP50))} / ${Math.max(...d.map((x) => x.writesMax))}`;
+}
+
+/** The machine floor's p99.9: the median of the measurements that have one. */
+export function floorP999(floors: MachineFloor[]): number | undefined {
+  const v = floors.flatMap((f) => (f.p999Us === undefined ? [] : [f.p999Us]));
+  return v.length === 0 ? undefined : median(v);
+}
+
+/**
+ * The null-engine rows against the machine's floor: A's back-end-only p99.9 under flood
+ * (median over rounds, and its spread) over cyclictest's p99.9 in the same run.
+ */
+export function floorMarkdown(results: SdResult[], floors: MachineFloor[]): string {
+  const floor = floorP999(floors);
+  const rows = results
+    .filter((r) => r.id.startsWith('n') && r.rounds.length > 0)
+    .map((r) => {
+      const p = r.rounds.map((x) => x.flood.latency.p999Us);
+      const p50 = median(r.rounds.map((x) => x.flood.latency.p50Us));
+      const ratio = floor === undefined ? '—' : fmtRatio(median(p) / floor);
+      const range = floor === undefined ? '' : ` (${spread(p, (x) => fmtRatio(x / floor))})`;
+      return [`(${r.id}) ${r.name}`, fmtUs(p50), fmtUs(median(p)), `${ratio}${range}`];
+    });
+  if (rows.length === 0) return '';
+  const head = [
+    'configuration',
+    'A flood p50 µs',
+    'A flood p99.9 µs',
+    `p99.9 / machine floor p99.9 (${floor === undefined ? 'not measured' : `${fmtUs(floor)} µs`})`,
+  ];
+  return [
+    "The back end's own latency against the machine's floor (the null engine: no disk; the floor: cyclictest's p99.9, median of the measurements before and after the rounds; the goal of 50 µs is below this machine's floor):",
+    markdownTable(head, rows),
+  ].join('\n\n');
+}
+
 /** The markdown table: medians over rounds, with the spread of p99.9 and of the ratio. */
 export function sdMarkdown(results: SdResult[], runtime: number, rounds: number): string {
   const header = [
@@ -330,12 +478,13 @@ export function sdMarkdown(results: SdResult[], runtime: number, rounds: number)
     'flood p99.9 spread µs',
     'p99.9 flood/idle (spread)',
     'B MB/s',
+    'disk writes in flight p50 / max',
     'rounds ok',
   ];
   const lat = (l: LatencySummary) => [l.p50Us, l.p99Us, l.p999Us].map(fmtUs).join(' / ');
   const rows = results.map((r) => {
     const name = `(${r.id}) ${r.name}`;
-    if (r.rounds.length === 0) return [name, 'failed', r.failures[0] ?? '', '', '', '', '0'];
+    if (r.rounds.length === 0) return [name, 'failed', r.failures[0] ?? '', '', '', '', '', '0'];
     const idle = medianLatency(r.rounds.map((x) => x.idle.latency));
     const flood = medianLatency(r.rounds.map((x) => x.flood.latency));
     const q = ratios(r);
@@ -349,13 +498,14 @@ export function sdMarkdown(results: SdResult[], runtime: number, rounds: number)
       ),
       `${fmtRatio(median(q))} (${spread(q, (x) => fmtRatio(x))})`,
       median(r.rounds.map((x) => x.b.mbPerSec)).toFixed(0),
+      diskColumn(r),
       `${r.rounds.length}/${rounds}`,
     ];
   });
   const details = results.map((r) => `- (${r.id}) ${r.detail}`);
   const failures = results.flatMap((r) => r.failures.map((f) => `- (${r.id}) ${f}`));
   return [
-    `Device A: 4k randread QD1; device B: 1M sequential write QD32, started 1 s before A's flood run and outlasting it; one back-end process; both images are 1 GiB files on the same host disk. ${rounds} interleaved rounds of ${runtime} s per measurement (0.5 s ramp); medians over the rounds, spread = min–max over the rounds.`,
+    `Device A: 4k randread QD1; device B: 1M sequential write QD32, started 1 s before A's flood run and outlasting it; one back-end process; both images are 1 GiB files on the same host disk. ${rounds} interleaved rounds of ${runtime} s per measurement (0.5 s ramp); medians over the rounds, spread = min–max over the rounds. "Disk writes in flight": the host disk's sysfs inflight (requests dispatched to its driver) sampled every 10 ms during A's flood run: median of the per-round medians / largest sample.`,
     markdownTable(header, rows),
     'What ran:',
     details.join('\n'),
@@ -417,6 +567,7 @@ async function main(): Promise<void> {
   ensureImage(b.image, 2 ** 30);
   const scheduler = ensureMqDeadline(a.image);
   process.stderr.write(`${scheduler}\n`);
+  const inflight = inflightFile(a.image);
   const only = values.only?.split(',');
   const configs = sharedDiskConfigs(bLimit).filter((c) => !only || only.includes(c.id));
   const results: SdResult[] = configs.map((c) => ({
@@ -435,11 +586,15 @@ async function main(): Promise<void> {
         const c = configs[i];
         process.stderr.write(`[round ${round}/${rounds}] (${c.id}) ${c.name}... `);
         try {
-          const r = await runRound(c, a, b, runtime);
+          const r = await runRound(c, a, b, runtime, inflight);
           results[i].rounds.push(r);
           const q = r.flood.latency.p999Us / r.idle.latency.p999Us;
+          const disk =
+            r.disk === undefined
+              ? ''
+              : `, disk writes in flight p50 ${r.disk.writesP50} max ${r.disk.writesMax}`;
           process.stderr.write(
-            `idle p99.9 ${fmtUs(r.idle.latency.p999Us)} flood p99.9 ${fmtUs(r.flood.latency.p999Us)} (${fmtRatio(q)})\n`,
+            `idle p99.9 ${fmtUs(r.idle.latency.p999Us)} flood p99.9 ${fmtUs(r.flood.latency.p999Us)} (${fmtRatio(q)})${disk}, B ${r.b.mbPerSec.toFixed(0)} MB/s\n`,
           );
         } catch (err) {
           const why = (err as Error).message.split('\n')[0];
@@ -453,11 +608,13 @@ async function main(): Promise<void> {
   }
   floors.push(machineFloor(5));
   const setup = [
-    `Run ${started} on a 2-CPU VM shared with six other engineers' builds and tests (no KVM), so the absolute figures carry their noise: compare rows of this run, and read the spread.`,
+    `Run ${started} on a 2-CPU VM shared with other engineers (no KVM), under /tmp/with-bench-lock (no test run meanwhile; editors and builds may run), so the absolute figures carry some noise: compare rows of this run, and read the spread.`,
+    `Rerun: \`npm run build:ts && node dist/bench/priority-inversion-shared-disk.js --rounds ${rounds} --runtime ${runtime}\` (\`--only 2,2G,4G\` for some rows).`,
     `Disk scheduler: ${scheduler}.`,
     `The machine's own scheduling latency at the time (the floor any back end sits on), before the rounds: ${fmtFloor(floors[0])}; after: ${fmtFloor(floors[1])}.`,
   ].join(' ');
-  const md = `${setup}\n\n${sdMarkdown(results, runtime, rounds)}`;
+  const floorMd = floorMarkdown(results, floors);
+  const md = `${setup}\n\n${sdMarkdown(results, runtime, rounds)}${floorMd === '' ? '' : `\n\n${floorMd}`}`;
   await writeText(join(out, 'priority-inversion-shared-disk.md'), md);
   await writeJson(join(out, 'priority-inversion-shared-disk.json'), {
     date: started,

@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest';
 import type { LoadResult } from '../../bench/loadgen/generator.js';
 import {
   cyclictestPercentiles,
+  floorMarkdown,
   type SdResult,
   sdMarkdown,
   sdSvg,
@@ -43,8 +44,18 @@ describe('shared-disk experiment', () => {
       detail: 'd',
       failures: [],
       rounds: [
-        { idle: load(100, 1000), flood: load(200, 4000), b: load(0, 0, 500) },
-        { idle: load(110, 1000), flood: load(220, 2000), b: load(0, 0, 700) },
+        {
+          idle: load(100, 1000),
+          flood: load(200, 4000),
+          b: load(0, 0, 500),
+          disk: { samples: 100, writesP50: 3, writesMax: 9, readsMax: 1 },
+        },
+        {
+          idle: load(110, 1000),
+          flood: load(220, 2000),
+          b: load(0, 0, 700),
+          disk: { samples: 100, writesP50: 1, writesMax: 4, readsMax: 1 },
+        },
         { idle: load(90, 1000), flood: load(180, 3000), b: load(0, 0, 600) },
       ],
     };
@@ -57,10 +68,33 @@ describe('shared-disk experiment', () => {
     };
     const md = sdMarkdown([ok, bad], 2, 3);
     expect(md).toContain(
-      '| (1) one | 100 / 500 / 1,000 | 200 / 1,500 / 3,000 | 2,000–4,000 | 3.00× (2.00×–4.00×) | 600 | 3/3 |',
+      '| (1) one | 100 / 500 / 1,000 | 200 / 1,500 / 3,000 | 2,000–4,000 | 3.00× (2.00×–4.00×) | 600 | 2 / 9 | 3/3 |',
     );
     expect(md).toContain('(q) round 1: boom');
     expect(sdSvg([ok, bad])).toContain('(1) one');
+  });
+
+  it('puts the null-engine rows against the machine floor measured in the run', () => {
+    const n: SdResult = {
+      id: 'n4',
+      name: 'null',
+      detail: 'd',
+      failures: [],
+      rounds: [
+        { idle: load(30, 100), flood: load(40, 300), b: load(0, 0) },
+        { idle: load(30, 100), flood: load(50, 200), b: load(0, 0) },
+      ],
+    };
+    const floors = [
+      { p999Us: 100, note: 'before' },
+      { p999Us: 300, note: 'after' },
+      { note: 'not run' },
+    ];
+    // Floor: median(100, 300) = 200; flood p99.9 median(300, 200) = 250: 1.25×, rounds 1.00×..1.50×.
+    expect(floorMarkdown([n], floors)).toContain(
+      '| (n4) null | 45.0 | 250 | 1.25× (1.00×–1.50×) |',
+    );
+    expect(floorMarkdown([n], [{ note: 'no cyclictest' }])).toContain('not measured');
   });
 
   it('runs the configurations the issue asks for', () => {
@@ -68,8 +102,11 @@ describe('shared-disk experiment', () => {
       '1',
       '2',
       '2g',
+      '2G',
+      '2gG',
       '3',
       '4',
+      '4G',
       '4+3',
       'q',
       'n1',
