@@ -15,6 +15,8 @@
  *   (4)  = (2) + SCHED_FIFO 50, CPU affinity and mlock on A's worker; B `--no-rt-guard`;
  *   (2G), (2gG), (4G) = (2), (2g), (4) with the RT guard on B (its default: while A has RT
  *        requests in flight, or had within 100 ms, B keeps at most 1 request / 1 MiB in flight);
+ *   (4S) = (4) with the strict guard on B (`rt-guard-requests=0`: nothing of B submitted while A
+ *        is active — the RT class's own meaning, B starves);
  *   (4+3) = (4) with B throttled as in (3);
  *   (q)  qemu-storage-daemon exporting both images (aio=native, O_DIRECT), the reference;
  *   (n1) both devices on the `null` engine: A's back-end-only latency under B's null flood;
@@ -146,6 +148,12 @@ export function sharedDiskConfigs(bLimit: number): SdConfig[] {
       name: '(4) + RT guard on B',
       detail: `A: ioprio=rt:0,${RT_A}; B: the RT guard (defaults)`,
       start: vr('4G', ['ioprio=rt:0', RT_A]),
+    },
+    {
+      id: '4S',
+      name: '(4) + strict RT guard on B',
+      detail: `A: ioprio=rt:0,${RT_A}; B: rt-guard-requests=0 (nothing of B submitted while A is active: B starves)`,
+      start: vr('4S', ['ioprio=rt:0', RT_A], ['rt-guard-requests=0']),
     },
     {
       id: '4+3',

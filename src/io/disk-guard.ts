@@ -17,10 +17,12 @@
  * `maxBytes` lower-class bytes in flight (a request is admitted below the cap and then
  * counts whole: the bytes may overshoot by at most one request). A request that is not
  * admitted stays in the guest's ring (the queue stops popping); the device pops again
- * after its own next completion. Since the cap is at least one request, a device held by
- * the guard always has a request in flight, so a completion always comes: no timer, no
- * sleep, no spin. The ring is FIFO: once at the cap, the next chain waits whatever its
- * class (the device does not look ahead).
+ * after its own next completion. With a cap of one request or more, a device held by the
+ * guard always has a request in flight, so a completion always comes: no timer, no sleep,
+ * no spin. A cap of 0 requests is strict — the RT class's own meaning, which starves lower
+ * classes: nothing lower-class is submitted while the neighbour is active; a device held
+ * with nothing in flight looks again on a timer ({@link DiskGuard.recheckMs}). The ring is
+ * FIFO: once at the cap, the next chain waits whatever its class (no look-ahead).
  *
  * The shared state is one SharedArrayBuffer per backing disk (src/locking/layout.ts
  * DISK_GUARD): each device owns one cache line and is its only writer (DESIGN rule 6).
@@ -39,7 +41,7 @@ import {
 
 /** What a lower-class device keeps in flight while an RT neighbour on its disk is active. */
 export interface RtGuardPolicy {
-  /** Most lower-class requests in flight (at least 1). */
+  /** Most lower-class requests in flight; 0: none (strict). */
   maxRequests: number;
   /** Most lower-class bytes in flight (at least 1; the last admitted request may overshoot it). */
   maxBytes: number;
@@ -77,7 +79,7 @@ export function rtGuardPolicy(p: Partial<RtGuardPolicy>): RtGuardPolicy {
     if (!Number.isSafeInteger(v) || v < min || v > max)
       throw new ConfigError(`${RT_GUARD_FLAGS[k]} ${v}: must be an integer in ${min}..${max}`);
   };
-  check('maxRequests', 1, 1024);
+  check('maxRequests', 0, 1024);
   check('maxBytes', 1, 2 ** 40);
   check('windowUs', 0, MAX_RT_GUARD_WINDOW_US);
   return out;
@@ -202,6 +204,11 @@ export class DiskGuard {
     const p = this.policy;
     if (p === null || !this.neighbourActive()) return true;
     return this.#lowRequests < p.maxRequests && this.#lowBytes < p.maxBytes;
+  }
+
+  /** How long a device held with nothing in flight (a strict cap) waits before it looks again: an eighth of the window, at least 1 ms. */
+  get recheckMs(): number {
+    return Math.max(1, Math.ceil((this.policy?.windowUs ?? 0) / 8000));
   }
 
   /** Whether another device on the disk is RT-active (read at most once per batch). */

@@ -146,6 +146,24 @@ describe('the RT guard', () => {
     await Promise.all([p.a.close(), p.b.close()]);
   });
 
+  it('strict (--rt-guard-requests 0): B submits nothing while A is active, and all of it after', async () => {
+    // A 50 ms window: B goes on (its timer looks again) once A's reads have stopped for that long.
+    const p = await pair(['ioprio=rt:0'], ['rt-guard-window-us=50000', 'rt-guard-requests=0']);
+    const first = await p.a.submit({ type: 'read', sector: 0, length: 4096 });
+    expect(first.status).toBe(BlkStatus.OK);
+    // A reads a fixed count (B cannot end before A does: it is starved meanwhile).
+    let reads = 0;
+    const aRun = readLoop(p.a, () => ++reads >= 200);
+    await flood(p.b, 32, 8, 64 * KiB);
+    expect(await aRun).toBe(200);
+    const b = await stats(p.qmp, 1);
+    expect(b.bytesWritten).toBe(32 * 64 * KiB);
+    expect(b.guardHeldRequests).toBeGreaterThan(0);
+    // Whatever B admitted, it admitted in a batch that found A inactive.
+    expect(b.guardPeakRequests).toBe(0);
+    await Promise.all([p.a.close(), p.b.close()]);
+  });
+
   it('holds nothing with --no-rt-guard on B, nor when A sends no RT request', async () => {
     const off = await pair(['ioprio=rt:0'], ['no-rt-guard']);
     await contend(off);

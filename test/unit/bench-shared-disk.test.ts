@@ -107,6 +107,7 @@ describe('shared-disk experiment', () => {
       '3',
       '4',
       '4G',
+      '4S',
       '4+3',
       'q',
       'n1',

@@ -42,6 +42,11 @@ function pair(policy: RtGuardPolicy): { a: DiskGuard; b: DiskGuard } {
 
 const MiB = 1024 * 1024;
 
+/** A slot on a fresh registry's region (for the getters that need no neighbour). */
+function pairInit(): DiskGuardInit {
+  return new DiskGuardRegistry().assign(image('p.img'), null, noWarn) as DiskGuardInit;
+}
+
 describe('the disk guard registry', () => {
   it('gives devices on one disk one region and a slot each', () => {
     const reg = new DiskGuardRegistry();
@@ -177,6 +182,19 @@ describe('admission', () => {
     expect(free.peakRequests).toBe(0);
   });
 
+  it('strict (0 requests): admits nothing while the neighbour is active, and says when to look again', () => {
+    const { a, b } = pair(rtGuardPolicy({ maxRequests: 0, windowUs: 0 }));
+    expect(b.recheckMs).toBe(1);
+    a.rtStarted();
+    a.endBatch();
+    expect(b.admits()).toBe(false);
+    a.rtFinished();
+    a.endBatch();
+    b.endBatch();
+    expect(b.admits()).toBe(true);
+    expect(DiskGuard.attach({ ...pairInit(), policy: DEFAULT_RT_GUARD }).recheckMs).toBe(13);
+  });
+
   it('reads its neighbours once per batch', () => {
     const { a, b } = pair(rtGuardPolicy({ maxRequests: 1, windowUs: 0 }));
     b.lowStarted(4096);
@@ -197,7 +215,10 @@ describe('the RT guard flags', () => {
     expect(
       parseBlkQosFlags({ 'rt-guard-requests': '4', 'rt-guard-window-us': '5000' }).rtGuard,
     ).toEqual({ maxRequests: 4, maxBytes: DEFAULT_RT_GUARD.maxBytes, windowUs: 5000 });
-    expect(() => parseBlkQosFlags({ 'rt-guard-requests': '0' })).toThrow('--rt-guard-requests 0');
+    expect(parseBlkQosFlags({ 'rt-guard-requests': '0' }).rtGuard?.maxRequests).toBe(0);
+    expect(() => parseBlkQosFlags({ 'rt-guard-requests': '1025' })).toThrow(
+      '--rt-guard-requests 1025',
+    );
     expect(() => parseBlkQosFlags({ 'rt-guard-bytes': 'lots' })).toThrow('--rt-guard-bytes');
     expect(() => parseBlkQosFlags({ 'rt-guard-window-us': '99999999999' })).toThrow(
       '--rt-guard-window-us',

@@ -241,6 +241,9 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   private readonly slotGuardBytes: Float64Array;
   /** The guard's peaks as last published (published when they grow). */
   private guardPeaks = 0;
+  /** Re-drains queues a strict guard holds with nothing in flight; null: none armed. */
+  private guardTimer: ReturnType<typeof setTimeout> | null = null;
+  private readonly guardRecheck = () => this.guardRecheckNow();
 
   constructor(options: BlkDeviceOptions) {
     this.engine = options.engine;
@@ -569,10 +572,11 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
       return;
     }
     if (this.guard !== null && !this.guard.admits()) {
-      // At the cap with an RT neighbour active: this device has a request in flight (the cap
-      // is at least one), whose completion drains again (starved), when the guard may admit.
+      // At the cap with an RT neighbour active: a request of this device in flight drains
+      // again when it completes (starved); with none (a strict cap of 0) the guard's timer does.
       if (q.guardHeldSince === 0) q.guardHeldSince = performance.now();
       q.starved = true;
+      if (this.guard.lowRequests === 0) this.armGuardTimer(this.guard);
       return;
     }
     const wasHeld = q.held;
@@ -646,6 +650,18 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   private guardReleased(since: number, popped: number): void {
     this.stats.add(BlkStat.guardHeldUs, Math.round((performance.now() - since) * 1000));
     this.stats.add(BlkStat.guardHeldRequests, popped);
+  }
+
+  /** A strict cap (0) holds a queue with nothing in flight: look again after a while (one timer per device). */
+  private armGuardTimer(guard: DiskGuard): void {
+    if (this.guardTimer === null) this.guardTimer = setTimeout(this.guardRecheck, guard.recheckMs);
+  }
+
+  /** The guard's timer: drains the queues it holds again (the drain re-reads the neighbours). */
+  private guardRecheckNow(): void {
+    this.guardTimer = null;
+    for (let i = 0; i < this.queues.length; i++)
+      if (this.queues[i].guardHeldSince !== 0) this.kick(i);
   }
 
   /** Ends a batch in the guard (publishes this device's RT state) and publishes its peaks when they grew. */
@@ -1006,6 +1022,8 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   async close(): Promise<void> {
     if (this.throttleTimer !== null) clearTimeout(this.throttleTimer);
     this.throttleTimer = null;
+    if (this.guardTimer !== null) clearTimeout(this.guardTimer);
+    this.guardTimer = null;
     if (this.backup !== null) await this.backupEnd(false);
     for (let i = 0; i < this.queues.length; i++) await this.quiesce(i);
     this.guard?.close();

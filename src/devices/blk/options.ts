@@ -167,7 +167,8 @@ export const BLK_QOS_HELP = `I/O priority and QoS:
                        within the window, this device keeps at most N of its
                        lower-class requests and N bytes in flight (the rest waits
                        in the ring), so the RT request does not queue in the disk
-                       behind this device's I/O (defaults: ${DEFAULT_RT_GUARD.maxRequests} request, ${DEFAULT_RT_GUARD.maxBytes} bytes,
+                       behind this device's I/O; requests 0: strict, none at all
+                       while the neighbour is active (defaults: ${DEFAULT_RT_GUARD.maxRequests} request, ${DEFAULT_RT_GUARD.maxBytes} bytes,
                        ${DEFAULT_RT_GUARD.windowUs} µs)
   --no-rt-guard        never cap this device for an RT neighbour
 `;
