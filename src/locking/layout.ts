@@ -196,7 +196,7 @@ export function histogramByteLength(series: number): number {
 // the target). One SharedArrayBuffer viewed as Int32Array: four header
 // lines grouped by writer, then arrays whose offsets backupLayout() derives
 // from the chunk and entry counts. The journal's bytes live in a second,
-// page-aligned buffer (entry e at e * CHUNK_BYTES).
+// page-aligned buffer (entry e at e * BLOCK_BYTES).
 
 /** Written at create; attach() refuses buffers without it. ASCII 'BKUP'. */
 export const BACKUP_MAGIC_VALUE = 0x424b5550;
@@ -204,12 +204,14 @@ export const BACKUP_MAGIC_VALUE = 0x424b5550;
 export const BACKUP = {
   /** Line 0, immutable: {@link BACKUP_MAGIC_VALUE}. */
   MAGIC: 0,
-  /** Line 0, immutable: bytes per chunk (the unit copied, journaled and tracked). */
+  /** Line 0, immutable: bytes per chunk (the unit the disk pass copies, NEEDED and COPIED, and changed-block tracking's). */
   CHUNK_BYTES: 1,
   /** Line 0, immutable: chunks on the disk (the last one may be short). */
   CHUNKS: 2,
-  /** Line 0, immutable: journal entries (one chunk each). */
+  /** Line 0, immutable: journal entries (one block each). */
   ENTRIES: 3,
+  /** Line 0, immutable: bytes per block (the unit journaled and CLAIMED; 16 per chunk). */
+  BLOCK_BYTES: 4,
   /**
    * Line 1, device-written: free-running count of journal entries published
    * to the copier (ENTRY_CHUNK and the entry's bytes before it). The futex
@@ -222,7 +224,7 @@ export const BACKUP = {
   STATE: LINE + 2,
   /** Line 1, device-written: errno number of a failed journal read (the backup then fails); 0: none. */
   FAILED_ERRNO: LINE + 3,
-  /** Line 1, device-written: chunks saved into the journal in all. */
+  /** Line 1, device-written: blocks saved into the journal in all. */
   JOURNALED: LINE + 4,
   /** Line 1, device-written: guest requests that waited for a free journal entry (journal full). */
   FULL_WAITS: LINE + 5,
@@ -235,13 +237,18 @@ export const BACKUP = {
    * request waited for a journal entry (priority inheritance, src/devices/blk/backup.ts).
    */
   BOOSTS: LINE + 8,
+  /**
+   * Line 1, device-written: journal reads issued (one per run of adjacent blocks a held request
+   * needed saved: the guest requests that waited for an old-block read, counted by read).
+   */
+  JOURNAL_READS: LINE + 9,
   /** Line 2, copier-written: free-running count of READY entries consumed. */
   READY_TAIL: 2 * LINE,
   /** Line 2, copier-written: free-running count of entries handed back through the FREE ring. */
   FREE_HEAD: 2 * LINE + 1,
-  /** Line 2, copier-written: chunks written to the target (distinct), the progress. */
+  /** Line 2, copier-written: chunks the disk pass is done with (distinct), the progress. */
   COPIED: 2 * LINE + 2,
-  /** Line 2, copier-written: chunks written from the journal. */
+  /** Line 2, copier-written: blocks written from the journal. */
   FROM_JOURNAL: 2 * LINE + 3,
   /** Line 2, copier-written once before it copies: its thread id (the device boosts it, see BOOSTED). */
   COPIER_TID: 2 * LINE + 4,
@@ -254,7 +261,7 @@ export const BACKUP = {
   PASS_DONE: 2 * LINE + 6,
   /** Line 3, main-thread-written: 1 asks the copier to stop (backup-cancel). Also a futex word. */
   CANCEL: 3 * LINE,
-  /** First array (ENTRY_CHUNK); see backupLayout(). */
+  /** First array (ENTRY_BLOCK); see backupLayout(). */
   ARRAYS: 4 * LINE,
 } as const;
 
@@ -262,28 +269,31 @@ export const BACKUP = {
 export const BackupState = {
   /** Writes are held until those in flight completed: the start instant is not reached yet. */
   PENDING: 0,
-  /** The start instant passed: writes to chunks not yet copied save the old chunk first. */
+  /** The start instant passed: writes to blocks not yet copied save the old blocks first. */
   ACTIVE: 1,
   /** The device let go (completed, failed or cancelled): nothing is journaled any more. */
   ENDED: 2,
 } as const;
 
 /**
- * Int32 offsets of the BackupShare arrays for `chunks` chunks and `entries`
- * journal entries: ENTRY_CHUNK (device-written: the chunk entry e holds),
- * READY (device-written ring of entry numbers), FREE (copier-written ring of
- * entry numbers), then three bitmaps of one bit per chunk in Int32 words:
- * NEEDED (device-written before STATE turns ACTIVE, immutable after: the
- * chunks this backup copies), CLAIMED (device-written: the old chunk is, or
- * is being, saved in the journal — the copier must not copy it from disk),
- * COPIED (copier-written: the chunk is in the target, or read from disk
- * before any claim). `total` is the buffer's Int32 length.
+ * Int32 offsets of the BackupShare arrays for `chunks` chunks of `blocksPerChunk`
+ * blocks (at most 32, a power of two) and `entries` journal entries: ENTRY_BLOCK
+ * (device-written: the disk block entry e holds), READY (device-written ring of
+ * entry numbers), FREE (copier-written ring of entry numbers), then three
+ * bitmaps in Int32 words: NEEDED (one bit per chunk, device-written before
+ * STATE turns ACTIVE, immutable after: the chunks this backup copies), CLAIMED
+ * (one bit per BLOCK, chunk c's blocks together in one word; device-written:
+ * the old block is, or is being, saved in the journal — the copier must not
+ * copy it from disk), COPIED (one bit per chunk, copier-written: the disk pass
+ * is done with the chunk — it read it, and wrote the blocks not claimed when
+ * the read had completed). `total` is the buffer's Int32 length.
  */
 export function backupLayout(
   chunks: number,
   entries: number,
+  blocksPerChunk: number,
 ): {
-  entryChunk: number;
+  entryBlock: number;
   ready: number;
   free: number;
   needed: number;
@@ -292,15 +302,16 @@ export function backupLayout(
   total: number;
 } {
   const words = Math.ceil(chunks / 32);
+  const claimWords = Math.ceil((chunks * blocksPerChunk) / 32);
   // Each array starts on a cache line of its own: its writer never shares a line with another's.
   const up = (n: number) => Math.ceil(n / LINE) * LINE;
-  const entryChunk = BACKUP.ARRAYS;
-  const ready = entryChunk + up(entries);
+  const entryBlock = BACKUP.ARRAYS;
+  const ready = entryBlock + up(entries);
   const free = ready + up(entries);
   const needed = free + up(entries);
   const claimed = needed + up(words);
-  const copied = claimed + up(words);
-  return { entryChunk, ready, free, needed, claimed, copied, total: copied + up(words) };
+  const copied = claimed + up(claimWords);
+  return { entryBlock, ready, free, needed, claimed, copied, total: copied + up(words) };
 }
 
 // ─────────────────────────── DiskGuard (src/io/disk-guard.ts, issue 14) ───────────────────────────

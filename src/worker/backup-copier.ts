@@ -8,10 +8,12 @@
  * stands in the guest's path: a guest write waits for the copier only when
  * the journal is full (the THROTTLE policy, src/devices/blk/backup.ts).
  *
- * Exactness (see src/io/backup-share.ts): a chunk read from disk is written
- * to the target only if it was not CLAIMED when the read had completed;
- * otherwise the journal's copy, read before the guest's write, is the one
- * written.
+ * Exactness (see src/io/backup-share.ts): of a chunk read from disk, only
+ * the blocks not CLAIMED when the read had completed are written to the
+ * target; a claimed block's old bytes come from its journal entry, read
+ * before the guest's write. The disk pass is done with a chunk once it has
+ * checked the claims (COPIED); the backup is complete once the pass is over
+ * and every block it left to the journal has been written from there.
  */
 import { getSystemErrorName } from 'node:util';
 import { BackupShare, type BackupShareInit } from '../io/backup-share.js';
@@ -32,6 +34,11 @@ import { postEvent, postLog, runWorker } from '../thread/index.js';
 export const COPY_BATCH_CHUNKS = 16;
 /** Least time between two progress events from the copier (ms). */
 export const PROGRESS_INTERVAL_MS = 1000;
+/**
+ * Most journal entries written at once (the target engine's depth): a drain of more goes in
+ * batches of this many. Linux AIO contexts are bounded system-wide (fs.aio-max-nr).
+ */
+const DRAIN_MAX = 1024;
 /** How long the copier waits on an empty journal before it looks at CANCEL again (ms). */
 const JOURNAL_WAIT_MS = 200;
 
@@ -145,18 +152,27 @@ class Copier {
   private dst: EngineIo | null = null;
   private readyTail = 0;
   private freeHead = 0;
+  /** Chunks the disk pass is done with. */
   private copied = 0;
+  /** Per chunk: blocks the disk pass left to the journal (claimed at its check), not written yet. */
+  private readonly owed: Uint16Array;
+  /** Per chunk: blocks written from the journal. */
+  private readonly drained: Uint16Array;
+  /** Blocks owed in all: the backup is complete when the pass is over and this is 0. */
+  private owedCount = 0;
+  /** The CLAIMED masks of the chunks of one disk read, as checked after it (allocated once). */
+  private readonly masks = new Int32Array(COPY_BATCH_CHUNKS);
   private fromJournal = 0;
   private written = 0;
   /** Bytes of the disk pass (what `speed` paces). */
   private paced = 0;
   private readonly started = performance.now();
   private lastProgress = 0;
-  /** Chunks this backup copies: counted in run(), once the start instant has published NEEDED. */
-  private needed = 0;
 
   constructor(private readonly init: BackupCopierInit) {
     this.s = BackupShare.attach(init.share);
+    this.owed = new Uint16Array(this.s.chunks);
+    this.drained = new Uint16Array(this.s.chunks);
     const bytes = COPY_BATCH_CHUNKS * this.s.chunkBytes;
     const fd = native.memfdCreate('vhost-rt-backup-copy', bytes);
     try {
@@ -171,9 +187,9 @@ class Copier {
     const common = {
       readonly: false,
       direct: true,
-      // Room for a whole journal in flight (drainJournal writes every published entry at once).
-      depth: this.s.entries + 4,
-      maxIovs: this.s.entries + 4,
+      // Room for a drain batch in flight (drainJournal writes up to DRAIN_MAX entries at once).
+      depth: Math.min(this.s.entries, DRAIN_MAX) + 4,
+      maxIovs: Math.min(this.s.entries, DRAIN_MAX) + 4,
       warn: (m: string) => postLog('warn', m),
     };
     const buffers = [this.s.init.journal, this.copyBuf];
@@ -203,32 +219,38 @@ class Copier {
   /** Copies everything; resolves with the totals or rejects with a CopyFailure. */
   async run(): Promise<BackupCopierEvent> {
     const s = this.s;
-    // NEEDED is counted here, not when this thread starts: the thread starts before the device
-    // passes the start instant, and only then does the device write NEEDED. Counted too early
-    // (as it once was) it was 0, so the wait below for the chunks whose journal entries were
-    // still coming after the disk pass never ran: their target chunks stayed zero (the "last
-    // chunk zero" of issue 12, seen on the threads engine, whose journal reads are slowest).
-    // Atomics.load of STATE orders after the device's plain stores of NEEDED (made before it
-    // stored ACTIVE); `run` is only sent after the device answered backup-start.
+    // The pass reads NEEDED, which the device writes at the start instant, after this thread
+    // started. Counted when the thread started (as it once was), the chunks to wait for were 0:
+    // the copier completed without journal entries still coming after its pass, whose target
+    // blocks stayed zero (the "last chunk zero" of issue 12, seen on the threads engine, whose
+    // journal reads are slowest). Atomics.load of STATE orders after the device's plain stores
+    // of NEEDED (made before it stored ACTIVE); `run` is only sent after backup-start answered.
     if (Atomics.load(s.i32, BACKUP.STATE) === BackupState.PENDING)
       throw new CopyFailure('ERR_BACKUP', 'the copier was started before the start instant');
-    for (let c = 0; c < s.chunks; c++) if (s.bit(s.at.needed, c)) this.needed++;
     for (let c = 0; c < s.chunks; ) {
       await this.drainJournal();
       this.check();
-      if (!this.wanted(c)) {
+      if (!this.todo(c)) {
+        c++;
+        continue;
+      }
+      // Every block claimed: nothing to read, the journal has it all.
+      const all = s.fullMask(c, this.init.diskBytes);
+      const cm = s.claimedMask(c);
+      if ((cm & all) === all) {
+        this.settle(c, cm);
         c++;
         continue;
       }
       let n = 1;
-      while (n < COPY_BATCH_CHUNKS && c + n < s.chunks && this.wanted(c + n)) n++;
+      while (n < COPY_BATCH_CHUNKS && c + n < s.chunks && this.todo(c + n)) n++;
       await this.copyFromDisk(c, n);
       c += n;
     }
-    // What is left: chunks the device claimed, whose journal entries are still coming.
+    // What is left: blocks the device claimed, whose journal entries are still coming.
     // PASS_DONE: for query-backups and tests only (the disk pass is over); orders nothing.
     Atomics.store(s.i32, BACKUP.PASS_DONE, 1);
-    while (this.copied < this.needed) {
+    while (this.owedCount > 0) {
       if (!(await this.drainJournal())) await this.waitReady();
       this.check();
     }
@@ -241,13 +263,25 @@ class Copier {
     return { copiedChunks: this.copied, fromJournal: this.fromJournal, bytesWritten: this.written };
   }
 
-  /** Needed, not copied, not claimed: this pass copies it from disk. */
-  private wanted(c: number): boolean {
+  /** Needed, and the disk pass is not done with it. */
+  private todo(c: number): boolean {
     const s = this.s;
-    return s.bit(s.at.needed, c) && !s.bit(s.at.copied, c) && !s.bit(s.at.claimed, c);
+    return s.bit(s.at.needed, c) && !s.bit(s.at.copied, c);
   }
 
-  /** Reads chunks [c, c + n) from disk, then writes those still unclaimed to the target. */
+  /**
+   * The pass is done with chunk `c`, whose blocks in `claimed` were claimed when it looked:
+   * those not yet written from the journal are owed by it. COPIED is stored here, before the
+   * target write of the disk's blocks: they are in this thread's buffer already.
+   */
+  private settle(c: number, claimed: number): void {
+    const owe = claimed & ~this.drained[c];
+    this.owed[c] = owe;
+    this.owedCount += popcount(owe);
+    this.markCopied(c);
+  }
+
+  /** Reads chunks [c, c + n) from disk, then writes the blocks not claimed after the read. */
   private async copyFromDisk(c: number, n: number): Promise<void> {
     const s = this.s;
     const offset = c * s.chunkBytes;
@@ -258,41 +292,58 @@ class Copier {
         'ERR_BACKUP_SOURCE',
         `reading the disk at ${offset} failed: ${errnoText(r)}`,
       );
-    for (let i = 0; i < n; ) {
-      // Atomics.load after the read completed (bit): a claim not seen here came after the read.
-      if (s.bit(s.at.claimed, c + i)) {
-        i++;
+    // Atomics.load after the read completed (claimedMask): a claim not seen here came after it.
+    for (let i = 0; i < n; i++) {
+      this.masks[i] = s.claimedMask(c + i);
+      this.settle(c + i, this.masks[i]);
+    }
+    // Runs of unclaimed blocks, across chunk borders, each one write.
+    const per = s.blocksPerChunk;
+    const blocks = Math.ceil(length / s.blockBytes);
+    for (let b = 0; b < blocks; ) {
+      if ((this.masks[Math.floor(b / per)] & (1 << (b % per))) !== 0) {
+        b++;
         continue;
       }
-      let j = i;
-      while (j < n && !s.bit(s.at.claimed, c + j)) this.markCopied(c + j++);
-      const at = i * s.chunkBytes;
-      await this.write(offset + at, COPY, at, Math.min(j * s.chunkBytes, length) - at);
-      i = j;
+      let e = b + 1;
+      while (e < blocks && (this.masks[Math.floor(e / per)] & (1 << (e % per))) === 0) e++;
+      const at = b * s.blockBytes;
+      await this.write(offset + at, COPY, at, Math.min(e * s.blockBytes, length) - at);
+      b = e;
     }
   }
 
   /** Writes journal entries published so far; false when there were none. */
   private async drainJournal(): Promise<boolean> {
     const s = this.s;
-    // Atomics.load of READY_HEAD: the device stored the ring slots, ENTRY_CHUNK and the bytes before it.
-    const head = Atomics.load(s.i32, BACKUP.READY_HEAD);
-    if (head === this.readyTail) return false;
-    // Every entry published so far is written at once (the target engine keeps them all in
-    // flight): a full journal drains at the target's parallel speed, not one write's latency.
+    // Atomics.load of READY_HEAD: the device stored the ring slots, ENTRY_BLOCK and the bytes before it.
+    const published = Atomics.load(s.i32, BACKUP.READY_HEAD);
+    if (published === this.readyTail) return false;
+    // Every entry published so far (up to DRAIN_MAX) is written at once (the target engine keeps
+    // them all in flight): a full journal drains at the target's parallel speed, not one
+    // write's latency.
+    const head = this.readyTail + Math.min(published - this.readyTail, DRAIN_MAX);
     const writes: Promise<void>[] = [];
     for (let t = this.readyTail; t !== head; t++) {
       const e = s.i32[s.at.ready + (t % s.entries)];
-      const c = s.i32[s.at.entryChunk + e];
-      const length = s.chunkLength(c, this.init.diskBytes);
-      writes.push(this.write(c * s.chunkBytes, JOURNAL, e * s.chunkBytes, length));
+      const g = s.i32[s.at.entryBlock + e];
+      const length = s.blockLength(g, this.init.diskBytes);
+      writes.push(this.write(g * s.blockBytes, JOURNAL, e * s.blockBytes, length));
     }
     const settled = await Promise.allSettled(writes);
     const failed = settled.find((r) => r.status === 'rejected');
     if (failed !== undefined) throw (failed as PromiseRejectedResult).reason;
+    const per = s.blocksPerChunk;
     for (; this.readyTail !== head; this.readyTail++) {
       const e = s.i32[s.at.ready + (this.readyTail % s.entries)];
-      this.markCopied(s.i32[s.at.entryChunk + e]);
+      const g = s.i32[s.at.entryBlock + e];
+      const c = Math.floor(g / per);
+      const bit = 1 << (g - c * per);
+      this.drained[c] |= bit;
+      if ((this.owed[c] & bit) !== 0) {
+        this.owed[c] &= ~bit;
+        this.owedCount--;
+      }
       this.fromJournal++;
       s.i32[s.at.free + (this.freeHead % s.entries)] = e;
       this.freeHead++;
@@ -400,6 +451,13 @@ function errnoText(result: number): string {
 
 function targetFailure(what: string, result: number): CopyFailure {
   return new CopyFailure('ERR_BACKUP_TARGET', `${what} failed: ${errnoText(result)}`);
+}
+
+/** Bits set in a 16-bit mask. */
+function popcount(m: number): number {
+  let n = 0;
+  for (let x = m; x !== 0; x &= x - 1) n++;
+  return n;
 }
 
 /** The thread's scheduling: idle CPU class (or batch), idle I/O class. */

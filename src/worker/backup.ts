@@ -35,7 +35,7 @@ export interface BackupRequest {
   sync: 'full' | 'incremental';
   /** Bytes per second to the target; 0: no limit. */
   speed: number;
-  /** Journal bytes (whole 64 KiB chunks); default {@link DEFAULT_JOURNAL_BYTES}. */
+  /** Journal bytes (whole 4 KiB blocks); default {@link DEFAULT_JOURNAL_BYTES}. */
   journalBytes?: number;
   /** The copier's CPU class: 'idle' (SCHED_IDLE, default) or 'batch' (SCHED_BATCH). */
   priority?: 'idle' | 'batch';
@@ -54,8 +54,10 @@ export interface BackupStatus {
   speed: number;
   'total-bytes': number;
   'copied-bytes': number;
-  /** Chunks saved into the journal before guest writes overwrote them. */
+  /** 4 KiB blocks saved into the journal before guest writes overwrote them. */
   journaled: number;
+  /** Journal reads (one per run of adjacent blocks a held request needed saved). */
+  'journal-reads': number;
   /** Guest requests that waited for a free journal entry (the THROTTLE policy). */
   'journal-full-waits': number;
   'journal-entries': number;
@@ -227,6 +229,7 @@ export class DeviceBackups {
         'total-bytes': started.sync === 'full' ? size : Math.min(started.chunks * chunkBytes, size),
         'copied-bytes': 0,
         journaled: 0,
+        'journal-reads': 0,
         'journal-full-waits': 0,
         'journal-entries': share.entries,
         'journal-high-water': 0,
@@ -246,6 +249,7 @@ export class DeviceBackups {
       st['total-bytes'],
     );
     st.journaled = Atomics.load(i32, BACKUP.JOURNALED);
+    st['journal-reads'] = Atomics.load(i32, BACKUP.JOURNAL_READS);
     st['journal-full-waits'] = Atomics.load(i32, BACKUP.FULL_WAITS);
     st['journal-high-water'] = Atomics.load(i32, BACKUP.HIGH_WATER);
     st['copier-boosts'] = Atomics.load(i32, BACKUP.BOOSTS);
@@ -293,6 +297,7 @@ export class DeviceBackups {
       'copied-bytes': s['copied-bytes'],
       'total-bytes': s['total-bytes'],
       journaled: s.journaled,
+      'journal-reads': s['journal-reads'],
       'journal-full-waits': s['journal-full-waits'],
       'copier-boosts': s['copier-boosts'],
     };

@@ -1,11 +1,12 @@
 /**
  * The journal protocol of a live backup (issue 12), step by step on an
  * embedded BlkDevice over a real linux-aio engine and a real image, with the
- * test playing the copier on the shared state: a guest write to an uncopied
- * chunk completes only after the chunk's OLD bytes are in the journal and
- * published (and a disk read the copier made before the claim is dropped: the
- * journal wins); a chunk the copier marked copied needs no journal entry; a
- * full journal holds the write (THROTTLE, counted) until an entry is freed.
+ * test playing the copier on the shared state: a guest write to uncopied
+ * blocks completes only after those blocks' OLD bytes (4 KiB each, not the
+ * whole chunk) are in the journal and published, and claimed (so a disk read
+ * the copier made before the claim does not write them: the journal wins); a
+ * chunk the copier marked copied needs no journal entry; a full journal
+ * holds the write (THROTTLE, counted) until an entry is freed.
  */
 import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -20,7 +21,7 @@ import {
   SplitVirtqueue,
   StatCounters,
 } from '../../src/index.js';
-import { BACKUP_CHUNK_BYTES, BackupShare } from '../../src/io/backup-share.js';
+import { BACKUP_BLOCK_BYTES, BACKUP_CHUNK_BYTES, BackupShare } from '../../src/io/backup-share.js';
 import { BACKUP } from '../../src/locking/layout.js';
 import { native } from '../../src/native.js';
 import { DriverQueue } from '../support/driver-queue.js';
@@ -29,6 +30,7 @@ import { waitFor } from '../support/wait.js';
 
 const MiB = 1024 * 1024;
 const CHUNK = BACKUP_CHUNK_BYTES;
+const BLOCK = BACKUP_BLOCK_BYTES;
 let dir: string;
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'vhost-rt-journal-'));
@@ -106,16 +108,19 @@ function onDisk(image: string, offset: number, length: number): Uint8Array {
 const allBytes = (b: Uint8Array, v: number) => b.every((x) => x === v);
 
 describe('the backup journal on a blk device (embedded, linux-aio)', () => {
-  it('saves the old chunk before the write, skips copied chunks, and throttles on a full journal', async () => {
+  it('saves the old blocks before the write, skips copied chunks, and throttles on a full journal', async () => {
     const image = join(dir, 'disk.img');
     const chunks = 16;
     const bytes = Buffer.alloc(chunks * CHUNK);
     for (let c = 0; c < chunks; c++) bytes.fill(oldByte(c), c * CHUNK, (c + 1) * CHUNK);
     writeFileSync(image, bytes);
     const { device, write } = embedded(image);
-    const share = BackupShare.create(chunks * CHUNK, 4 * CHUNK);
+    // A journal of 4 entries (4 KiB blocks).
+    const share = BackupShare.create(chunks * CHUNK, 4 * BLOCK);
     const i32 = share.i32;
     const journal = new Uint8Array(share.init.journal);
+    const entryOld = (e: number, c: number) =>
+      allBytes(journal.subarray(e * BLOCK, (e + 1) * BLOCK), oldByte(c));
     try {
       const started = (await device.command({
         type: 'backup-start',
@@ -126,35 +131,43 @@ describe('the backup journal on a blk device (embedded, linux-aio)', () => {
         chunks: number;
       };
       expect(started).toMatchObject({ sync: 'full', chunks });
+      expect(share.entries).toBe(4);
 
-      // The copier read chunk 0 from disk before any claim: it must drop that read if claimed since.
+      // The first write to block 0: only that block is saved (one 4 KiB read), and claimed, so
+      // a copier's disk read of chunk 0 will not write block 0.
       const w0 = write(0, 0xa0);
-      await waitFor(() => w0.status() === BlkStatus.OK, 'the write to chunk 0');
-      expect(share.bit(share.at.claimed, 0)).toBe(true); // so a copier's disk read of chunk 0 is dropped
+      await waitFor(() => w0.status() === BlkStatus.OK, 'the write to block 0');
+      expect(share.claimedMask(0)).toBe(0b1);
       expect(Atomics.load(i32, BACKUP.READY_HEAD)).toBe(1);
+      expect(Atomics.load(i32, BACKUP.JOURNAL_READS)).toBe(1);
       const e0 = i32[share.at.ready];
-      expect(i32[share.at.entryChunk + e0]).toBe(0);
-      // The journal holds the OLD chunk, the disk the new bytes.
-      expect(allBytes(journal.subarray(e0 * CHUNK, (e0 + 1) * CHUNK), oldByte(0))).toBe(true);
+      expect(i32[share.at.entryBlock + e0]).toBe(0);
+      // The journal holds the OLD block, the disk the new bytes.
+      expect(entryOld(e0, 0)).toBe(true);
       expect(allBytes(onDisk(image, 0, 4096), 0xa0)).toBe(true);
-      // A second write to the same chunk is not journaled again.
-      const w0b = write(4096, 0xa1);
-      await waitFor(() => w0b.status() === BlkStatus.OK, 'the second write to chunk 0');
+      // A second write to the same block is not journaled again...
+      const w0b = write(0, 0xa1);
+      await waitFor(() => w0b.status() === BlkStatus.OK, 'the second write to block 0');
       expect(Atomics.load(i32, BACKUP.JOURNALED)).toBe(1);
+      // ...a write to the next block of the same chunk saves that block alone.
+      const w1 = write(BLOCK, 0xa2);
+      await waitFor(() => w1.status() === BlkStatus.OK, 'the write to block 1');
+      expect(Atomics.load(i32, BACKUP.JOURNALED)).toBe(2);
+      expect(share.claimedMask(0)).toBe(0b11);
+      const e1 = i32[share.at.ready + 1];
+      expect(i32[share.at.entryBlock + e1]).toBe(1);
+      expect(entryOld(e1, 0)).toBe(true);
 
-      // A chunk the copier already copied needs no journal entry.
+      // A chunk the copier is done with (COPIED) needs no journal entry.
       share.setBit(share.at.copied, 1);
-      const w1 = write(CHUNK, 0xb1);
-      await waitFor(() => w1.status() === BlkStatus.OK, 'the write to copied chunk 1');
-      expect(Atomics.load(i32, BACKUP.JOURNALED)).toBe(1);
-      expect(share.bit(share.at.claimed, 1)).toBe(false);
+      const wc = write(CHUNK, 0xb1);
+      await waitFor(() => wc.status() === BlkStatus.OK, 'the write to copied chunk 1');
+      expect(Atomics.load(i32, BACKUP.JOURNALED)).toBe(2);
+      expect(share.claimedMask(1)).toBe(0);
 
-      // Journal of 4 entries, one used: three more chunks fill it, the fifth chunk's write is held.
-      const fills = [2, 3, 4].map((c) => write(c * CHUNK, 0xc0 + c));
-      await waitFor(
-        () => fills.every((w) => w.status() === BlkStatus.OK),
-        'three journaled writes',
-      );
+      // Journal of 4 entries, two used: two more blocks fill it, the fifth block's write is held.
+      const fills = [2, 3].map((c) => write(c * CHUNK, 0xc0 + c));
+      await waitFor(() => fills.every((w) => w.status() === BlkStatus.OK), 'two journaled writes');
       const held = write(5 * CHUNK, 0xc5);
       await waitFor(() => Atomics.load(i32, BACKUP.FULL_WAITS) === 1, 'the full-journal wait');
       expect(held.status()).toBe(0xff);
@@ -167,8 +180,8 @@ describe('the backup journal on a blk device (embedded, linux-aio)', () => {
       await waitFor(() => held.status() === BlkStatus.OK, 'the held write after a free entry');
       expect(Atomics.load(i32, BACKUP.READY_HEAD)).toBe(5);
       const e5 = i32[share.at.ready + (4 % share.entries)];
-      expect(i32[share.at.entryChunk + e5]).toBe(5);
-      expect(allBytes(journal.subarray(e5 * CHUNK, (e5 + 1) * CHUNK), oldByte(5))).toBe(true);
+      expect(i32[share.at.entryBlock + e5]).toBe(5 * (CHUNK / BLOCK));
+      expect(entryOld(e5, 5)).toBe(true);
       expect(allBytes(onDisk(image, 5 * CHUNK, 4096), 0xc5)).toBe(true);
 
       // The end: writes go straight to disk, nothing more is journaled.

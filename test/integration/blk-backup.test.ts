@@ -92,12 +92,12 @@ describe('blockdev-backup under verified writes', () => {
     try {
       await waitFor(() => model.completed >= 500, 'the first writes');
       const target = join(dir, 'full.img');
-      // A tiny journal (4 chunks) and a speed limit: guest writes hit uncopied chunks and fill it.
+      // A tiny journal (4 blocks, the least) and a speed limit: guest writes hit uncopied blocks and fill it.
       const full = await backup(c, model, {
         target,
         sync: 'full',
         speed: 8 * MiB,
-        'journal-size': 256 * 1024,
+        'journal-size': 16 * 1024,
       });
       expect(full.reply.return).toMatchObject({
         sync: 'full',
