@@ -34,12 +34,29 @@ const DEPTHS = [1, 32] as const;
 type Label = 'vhost-rt' | 'qsd';
 type Phase = 'idle' | 'backup';
 
+/** vhost-rt's backup counters over one cell (query-backups just before the cancel). */
+interface BackupCounters {
+  /** Journal reads: old blocks saved before a guest write overwrote them (first touches). */
+  journaled: number;
+  /** Guest requests that waited for a free journal entry (journal full). */
+  fullWaits: number;
+  /** Most journal entries in use at once. */
+  highWater: number;
+  /** Journal entries in all. */
+  entries: number;
+  /** Times a waiting request raised the copier out of SCHED_IDLE. */
+  boosts: number;
+  /** Bytes the copier had in the target. */
+  copiedBytes: number;
+}
+
 interface Sample {
   round: number;
   backend: Label;
   depth: number;
   phase: Phase;
   result: LoadResult;
+  counters?: BackupCounters;
 }
 
 /** A line-JSON QMP client (greeting, qmp_capabilities, execute, events). */
@@ -141,19 +158,31 @@ async function startQsdWithMonitor(image: string, target: string, socket: string
   };
 }
 
-/** Starts a full backup on `label`, returns how to stop it (cancel, wait for its end). */
+/**
+ * Starts a full backup on `label`, returns how to stop it (cancel, wait for its end); for
+ * vhost-rt the stop resolves with the backup's counters, read just before the cancel.
+ */
 async function startBackup(
   label: Label,
   q: Qmp,
   target: string,
   speed: number,
-): Promise<() => Promise<void>> {
+): Promise<() => Promise<BackupCounters | undefined>> {
   const from = q.messages.length;
   if (label === 'vhost-rt') {
     await q.execute('blockdev-backup', { device: 0, target, sync: 'full', speed });
     return async () => {
+      const [st] = (await q.execute('query-backups', { device: 0 })) as Record<string, number>[];
       await q.execute('backup-cancel', { device: 0 });
       await q.next((m) => /^BACKUP_(CANCELLED|COMPLETED|FAILED)$/.test(String(m.event)), from);
+      return {
+        journaled: st.journaled,
+        fullWaits: st['journal-full-waits'],
+        highWater: st['journal-high-water'],
+        entries: st['journal-entries'],
+        boosts: st['copier-boosts'],
+        copiedBytes: st['copied-bytes'],
+      };
     };
   }
   await q.execute('blockdev-backup', {
@@ -171,6 +200,7 @@ async function startBackup(
       (m) => m.event === 'JOB_STATUS_CHANGE' && (m.data as { status?: string }).status === 'null',
       from,
     );
+    return undefined;
   };
 }
 
@@ -243,7 +273,38 @@ function report(samples: Sample[], rounds: number): string {
     'p99.9 µs',
     'errors',
   ];
-  return `${markdownTable(header, rows)}\n\n${rounds} interleaved rounds; latency cells: median (min..max) over the rounds; the "during/idle" rows give per-round ratios.\n`;
+  const counterRows: string[][] = [];
+  for (const depth of DEPTHS) {
+    const xs = samples.filter(
+      (s) => s.backend === 'vhost-rt' && s.depth === depth && s.counters !== undefined,
+    );
+    if (xs.length === 0) continue;
+    const cell = (f: (s: Sample) => number) =>
+      `${Math.round(median(xs.map(f)))} (${Math.round(Math.min(...xs.map(f)))}..${Math.round(Math.max(...xs.map(f)))})`;
+    const k = (s: Sample) => s.counters as BackupCounters;
+    counterRows.push([
+      `4k randwrite QD${depth}`,
+      cell((s) => s.result.ios),
+      cell((s) => k(s).journaled),
+      cell((s) => k(s).fullWaits),
+      `${cell((s) => k(s).highWater)} of ${k(xs[0]).entries}`,
+      cell((s) => k(s).boosts),
+      cell((s) => k(s).copiedBytes / MiB),
+    ]);
+  }
+  const counters = markdownTable(
+    [
+      'workload',
+      'writes measured',
+      'journal reads (first touches)',
+      'journal-full waits',
+      'journal high water',
+      'copier boosts',
+      'copied MiB',
+    ],
+    counterRows,
+  );
+  return `${markdownTable(header, rows)}\n\n${rounds} interleaved rounds; latency cells: median (min..max) over the rounds; the "during/idle" rows give per-round ratios.\n\nvhost-rt's backup counters per backup cell (query-backups just before the cancel; the backup starts just before the measured window and runs a little past it), median (min..max):\n\n${counters}\n`;
 }
 
 async function main(): Promise<void> {
@@ -251,7 +312,7 @@ async function main(): Promise<void> {
     options: {
       rounds: { type: 'string', default: '3' },
       runtime: { type: 'string', default: '3' },
-      ramp: { type: 'string', default: '1' },
+      ramp: { type: 'string', default: '0' },
       speed: { type: 'string', default: '32' },
       out: { type: 'string' },
     },
@@ -309,11 +370,15 @@ async function main(): Promise<void> {
               runtimeSec,
               rampSec,
             });
-            await stop?.();
-            samples.push({ round, backend: side.label, depth, phase, result });
+            const counters = await stop?.();
+            samples.push({ round, backend: side.label, depth, phase, result, counters });
             const l = result.latency;
+            const k =
+              counters === undefined
+                ? ''
+                : ` [journaled ${counters.journaled} of ${result.ios} writes, full waits ${counters.fullWaits}, high water ${counters.highWater}/${counters.entries}, boosts ${counters.boosts}, copied ${(counters.copiedBytes / MiB).toFixed(0)} MiB]`;
             process.stderr.write(
-              `round ${round + 1}/${rounds} QD${depth} ${side.label} ${phase}: ${Math.round(result.iops)} IOPS p50 ${l.p50Us.toFixed(0)} p99 ${l.p99Us.toFixed(0)} p99.9 ${l.p999Us.toFixed(0)} µs\n`,
+              `round ${round + 1}/${rounds} QD${depth} ${side.label} ${phase}: ${Math.round(result.iops)} IOPS p50 ${l.p50Us.toFixed(0)} p99 ${l.p99Us.toFixed(0)} p99.9 ${l.p999Us.toFixed(0)} µs${k}\n`,
             );
           }
         }
