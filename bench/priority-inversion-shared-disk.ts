@@ -209,6 +209,18 @@ export interface SdResult {
   detail: string;
   rounds: RoundResult[];
   failures: string[];
+  /** The invocation that measured it (index into the report's runs; 0 when there is one). */
+  run?: number;
+}
+
+/** One invocation of the experiment (`--append` adds rows of another to the report). */
+export interface SdRun {
+  date: string;
+  rounds: number;
+  runtimeSec: number;
+  ids: string[];
+  /** cyclictest before and after its rounds. */
+  machineFloor: MachineFloor[];
 }
 
 const A_LOAD = ['--rw', 'randread', '--bs', '4k', '--iodepth', '1'];
@@ -453,17 +465,17 @@ export function floorP999(floors: MachineFloor[]): number | undefined {
  * The null-engine rows against the machine's floor: A's back-end-only p99.9 under flood
  * (median over rounds, and its spread) over cyclictest's p99.9 in the same run.
  */
-export function floorMarkdown(results: SdResult[], floors: MachineFloor[]): string {
-  const floor = floorP999(floors);
-  const rows = results
-    .filter((r) => r.id.startsWith('n') && r.rounds.length > 0)
-    .map((r) => {
-      const p = r.rounds.map((x) => x.flood.latency.p999Us);
-      const p50 = median(r.rounds.map((x) => x.flood.latency.p50Us));
-      const ratio = floor === undefined ? '—' : fmtRatio(median(p) / floor);
-      const range = floor === undefined ? '' : ` (${spread(p, (x) => fmtRatio(x / floor))})`;
-      return [`(${r.id}) ${r.name}`, fmtUs(p50), fmtUs(median(p)), `${ratio}${range}`];
-    });
+export function floorMarkdown(results: SdResult[], runs: MachineFloor[][]): string {
+  const nulls = results.filter((r) => r.id.startsWith('n') && r.rounds.length > 0);
+  // The floor of the invocation that measured the null rows.
+  const floor = floorP999(runs[nulls[0]?.run ?? 0] ?? []);
+  const rows = nulls.map((r) => {
+    const p = r.rounds.map((x) => x.flood.latency.p999Us);
+    const p50 = median(r.rounds.map((x) => x.flood.latency.p50Us));
+    const ratio = floor === undefined ? '—' : fmtRatio(median(p) / floor);
+    const range = floor === undefined ? '' : ` (${spread(p, (x) => fmtRatio(x / floor))})`;
+    return [`(${r.id}) ${r.name}`, fmtUs(p50), fmtUs(median(p)), `${ratio}${range}`];
+  });
   if (rows.length === 0) return '';
   const head = [
     'configuration',
@@ -555,6 +567,7 @@ async function main(): Promise<void> {
       only: { type: 'string' },
       'b-limit': { type: 'string' },
       out: { type: 'string' },
+      append: { type: 'boolean' },
     },
   });
   const rounds = Number(values.rounds ?? 3);
@@ -615,26 +628,61 @@ async function main(): Promise<void> {
     await rm(work, { recursive: true, force: true });
   }
   floors.push(machineFloor(5));
+  const jsonPath = join(out, 'priority-inversion-shared-disk.json');
+  const prior: { runs: SdRun[]; results: SdResult[] } = values.append
+    ? loadPrior(jsonPath)
+    : { runs: [], results: [] };
+  const run = prior.runs.length;
+  const runs: SdRun[] = [
+    ...prior.runs,
+    {
+      date: started,
+      rounds,
+      runtimeSec: runtime,
+      ids: results.map((r) => r.id),
+      machineFloor: floors,
+    },
+  ];
+  for (const r of results) r.run = run;
+  // This run's rows replace the same rows of an earlier one; the order is the configurations'.
+  const order = sharedDiskConfigs(bLimit).map((c) => c.id);
+  const all = [
+    ...prior.results.filter((p) => !results.some((r) => r.id === p.id)),
+    ...results,
+  ].sort((x, y) => order.indexOf(x.id) - order.indexOf(y.id));
   const setup = [
-    `Run ${started} on a 2-CPU VM shared with other engineers (no KVM), under /tmp/with-bench-lock (no test run meanwhile; editors and builds may run), so the absolute figures carry some noise: compare rows of this run, and read the spread.`,
-    `Rerun: \`npm run build:ts && node dist/bench/priority-inversion-shared-disk.js --rounds ${rounds} --runtime ${runtime}\` (\`--only 2,2G,4G\` for some rows).`,
+    `On a 2-CPU VM shared with other engineers (no KVM), under /tmp/with-bench-lock (no test run meanwhile; editors and builds may run), so the absolute figures carry some noise: compare rows of one run, and read the spread.`,
     `Disk scheduler: ${scheduler}.`,
-    `The machine's own scheduling latency at the time (the floor any back end sits on), before the rounds: ${fmtFloor(floors[0])}; after: ${fmtFloor(floors[1])}.`,
   ].join(' ');
-  const floorMd = floorMarkdown(results, floors);
-  const md = `${setup}\n\n${sdMarkdown(results, runtime, rounds)}${floorMd === '' ? '' : `\n\n${floorMd}`}`;
+  const runLines = runs.map(
+    (r, i) =>
+      `- Run ${i + 1} (${r.date}), rows ${r.ids.map((id) => `(${id})`).join(' ')}: ${r.rounds} interleaved rounds of ${r.runtimeSec} s; \`npm run build:ts && node dist/bench/priority-inversion-shared-disk.js --rounds ${r.rounds} --runtime ${r.runtimeSec} --only ${r.ids.join(',')}${i > 0 ? ' --append' : ''}\`. The machine's own scheduling latency (the floor any back end sits on) before its rounds: ${fmtFloor(r.machineFloor[0])}; after: ${fmtFloor(r.machineFloor[1] ?? { note: 'not measured' })}.`,
+  );
+  const floorMd = floorMarkdown(
+    all,
+    runs.map((r) => r.machineFloor),
+  );
+  const md = [
+    setup,
+    runLines.join('\n'),
+    sdMarkdown(all, runtime, rounds),
+    ...(floorMd === '' ? [] : [floorMd]),
+  ].join('\n\n');
   await writeText(join(out, 'priority-inversion-shared-disk.md'), md);
-  await writeJson(join(out, 'priority-inversion-shared-disk.json'), {
-    date: started,
-    rounds,
-    runtimeSec: runtime,
-    bLimit,
-    scheduler,
-    machineFloor: floors,
-    results,
-  });
-  await writeText(join(out, 'priority-inversion-shared-disk.svg'), sdSvg(results));
+  await writeJson(jsonPath, { scheduler, bLimit, runs, results: all });
+  await writeText(join(out, 'priority-inversion-shared-disk.svg'), sdSvg(all));
   process.stdout.write(`${md}\n`);
+}
+
+/** The runs and rows of an earlier report (`--append`); none when there is no report of this shape. */
+function loadPrior(path: string): { runs: SdRun[]; results: SdResult[] } {
+  try {
+    const j = JSON.parse(readFileSync(path, 'utf8')) as { runs?: SdRun[]; results?: SdResult[] };
+    if (!Array.isArray(j.runs) || !Array.isArray(j.results)) return { runs: [], results: [] };
+    return { runs: j.runs, results: j.results };
+  } catch {
+    return { runs: [], results: [] };
+  }
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {

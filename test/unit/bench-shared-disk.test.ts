@@ -91,10 +91,10 @@ describe('shared-disk experiment', () => {
       { note: 'not run' },
     ];
     // Floor: median(100, 300) = 200; flood p99.9 median(300, 200) = 250: 1.25×, rounds 1.00×..1.50×.
-    expect(floorMarkdown([n], floors)).toContain(
+    expect(floorMarkdown([n], [floors])).toContain(
       '| (n4) null | 45.0 | 250 | 1.25× (1.00×–1.50×) |',
     );
-    expect(floorMarkdown([n], [{ note: 'no cyclictest' }])).toContain('not measured');
+    expect(floorMarkdown([n], [[{ note: 'no cyclictest' }]])).toContain('not measured');
   });
 
   it('runs the configurations the issue asks for', () => {
