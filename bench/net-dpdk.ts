@@ -18,6 +18,19 @@
  * loop; frames a switch drops are gone for good). Frame sizes 64 and 1518
  * bytes (Ethernet frame without FCS).
  *
+ * Variants of every case (`--variants`): `split` (split virtqueues, no
+ * offloads negotiated), `packed` (the front end's vdevs with `packed_vq=1`:
+ * packed virtqueues on both sides) and `offloads` (the front end asks for
+ * checksum and TSO offloads — `--rx-offloads=0x1c --tx-offloads=0x2c`:
+ * UDP/TCP checksum and LRO, UDP/TCP checksum and TSO; `--enable-rx-cksum`
+ * also asks for IPv4 header checksums, which virtio has not, and the port
+ * then fails to configure — so its virtio driver
+ * negotiates CSUM, GUEST_CSUM, HOST/GUEST_TSO4/6; the DPDK switch is given
+ * `tso=1` to offer them too). testpmd's flowgen and io engines put no
+ * offload request in the frames they send, so `offloads` measures what
+ * negotiating them costs the bare-frame fast path; frames that carry a
+ * request are measured with guests (bench/net-guest-tcp.ts).
+ *
  * Each case runs A and B in interleaved rounds (A/B, then B/A, ...): after
  * a warm-up the front end's port counters and the switch process's CPU time
  * (/proc/PID/task/∗/stat, utime + stime) are sampled twice, `--seconds`
@@ -32,6 +45,7 @@
  *     [--modes flowgen,io] [--switch-cpu 0] [--frontend-cpu 1] [--out bench/results/net-dpdk.json]
  *     [--md FILE] [--switch-args "..."] [--node-args "--cpu-prof --cpu-prof-dir=DIR"] [--only vhost-rt[,vhost-rt-baseline]]
  *     [--baseline DIR]   (a built checkout of another vhost-rt version: a third switch, interleaved)
+ *     [--variants split,packed,offloads]
  *
  * It installs Debian's dpdk packages when dpdk-testpmd is missing (needs root).
  */
@@ -49,6 +63,9 @@ const DPDK_PACKAGES = ['dpdk', 'dpdk-dev', 'librte-net-vhost23', 'librte-net-vir
 const SWITCHES = ['vhost-rt', 'dpdk-vhost', 'vhost-rt-baseline'] as const;
 type SwitchKind = (typeof SWITCHES)[number];
 type Mode = 'flowgen' | 'io';
+const VARIANTS = ['split', 'packed', 'offloads'] as const;
+/** Virtqueue layout and offloads of the front end (see the module comment). */
+export type Variant = (typeof VARIANTS)[number];
 
 /** Errors of the benchmark harness; `code` is stable. */
 export class NetBenchError extends Error {
@@ -67,6 +84,8 @@ export interface NetSample {
   switch: SwitchKind;
   mode: Mode;
   size: number;
+  /** Split or packed rings, offloads negotiated or not. */
+  variant: Variant;
   seconds: number;
   /** Frames received by the front end (both ports) per second, in millions. */
   mpps: number;
@@ -294,9 +313,13 @@ async function startDpdkSwitch(
   socks: string[],
   cpu: number,
   prefix: string,
+  variant: Variant,
 ): Promise<RunningSwitch> {
   const args = [...eal(cpu, prefix)];
-  for (const [i, s] of socks.entries()) args.push('--vdev', `net_vhost${i},iface=${s},queues=1`);
+  // tso=1: the vhost library then offers the TSO features (off by default).
+  const tso = variant === 'offloads' ? ',tso=1' : '';
+  for (const [i, s] of socks.entries())
+    args.push('--vdev', `net_vhost${i},iface=${s},queues=1${tso}`);
   args.push(
     '--',
     '-i',
@@ -325,14 +348,20 @@ async function startFrontend(
   mode: Mode,
   size: number,
   queueSize: number,
+  variant: Variant,
 ): Promise<Testpmd> {
   const args = [...eal(cpu, prefix)];
+  const packed = variant === 'packed' ? ',packed_vq=1' : '';
   for (const [i, s] of socks.entries())
     args.push(
       '--vdev',
-      `net_virtio_user${i},path=${s},mac=${MAC[i]},queues=1,queue_size=${queueSize}`,
+      `net_virtio_user${i},path=${s},mac=${MAC[i]},queues=1,queue_size=${queueSize}${packed}`,
     );
   args.push('--', '-i', `--forward-mode=${mode}`, '--nb-cores=1', '--total-num-mbufs=32768');
+  // RX: UDP (0x4) and TCP (0x8) checksum, LRO (0x10); TX: the same checksums and TCP TSO
+  // (0x20). The virtio driver negotiates GUEST_CSUM / GUEST_TSO4/6 and CSUM / HOST_TSO4/6
+  // only when asked for them.
+  if (variant === 'offloads') args.push('--rx-offloads=0x1c', '--tx-offloads=0x2c');
   args.push(`--txpkts=${size}`);
   args.push(`--eth-peer=0,${MAC[1]}`, `--eth-peer=1,${MAC[0]}`);
   const pmd = spawnTestpmd(args);
@@ -345,6 +374,7 @@ interface CaseOptions {
   kind: SwitchKind;
   mode: Mode;
   size: number;
+  variant: Variant;
   seconds: number;
   warmup: number;
   switchCpu: number;
@@ -367,7 +397,7 @@ async function measure(o: CaseOptions): Promise<NetSample & { log: string }> {
   const tag = `vhrtb${process.pid}x${runs++}`;
   const sw =
     o.kind === 'dpdk-vhost'
-      ? await startDpdkSwitch(socks, o.switchCpu, `${tag}s`)
+      ? await startDpdkSwitch(socks, o.switchCpu, `${tag}s`, o.variant)
       : await startVhostRt(
           socks,
           o.switchCpu,
@@ -382,7 +412,15 @@ async function measure(o: CaseOptions): Promise<NetSample & { log: string }> {
   let fe: Testpmd | null = null;
   const result = { log: '' };
   try {
-    fe = await startFrontend(socks, o.frontendCpu, `${tag}f`, o.mode, o.size, o.queueSize);
+    fe = await startFrontend(
+      socks,
+      o.frontendCpu,
+      `${tag}f`,
+      o.mode,
+      o.size,
+      o.queueSize,
+      o.variant,
+    );
     // The links come up once the back end has taken the rings: frames sent
     // before are lost, and io mode never gets them back.
     await fe
@@ -408,6 +446,7 @@ async function measure(o: CaseOptions): Promise<NetSample & { log: string }> {
       switch: o.kind,
       mode: o.mode,
       size: o.size,
+      variant: o.variant,
       seconds: dt,
       mpps: rx / dt / 1e6,
       gbps: (rxBytes * 8) / dt / 1e9,
@@ -439,11 +478,16 @@ function spread(v: number[], digits: number, scale = 1): string {
 /** The markdown table of all cases. */
 export function netReport(samples: NetSample[]): string {
   const rows: string[][] = [];
-  const cases = [...new Set(samples.map((s) => `${s.mode}|${s.size}`))];
+  // Samples of results files written before variants existed are `split`.
+  const variantOf = (s: NetSample) => s.variant ?? 'split';
+  const cases = [...new Set(samples.map((s) => `${s.mode}|${s.size}|${variantOf(s)}`))];
   for (const c of cases) {
-    const [mode, size] = c.split('|');
+    const [mode, size, variant] = c.split('|');
     const of = (k: SwitchKind) =>
-      samples.filter((s) => s.mode === mode && `${s.size}` === size && s.switch === k);
+      samples.filter(
+        (s) =>
+          s.mode === mode && `${s.size}` === size && variantOf(s) === variant && s.switch === k,
+      );
     const ratiosOf = (k: SwitchKind) => {
       const out: number[] = [];
       for (const a of of(k)) {
@@ -457,7 +501,7 @@ export function netReport(samples: NetSample[]): string {
       if (xs.length === 0) continue;
       const ratios = k === 'dpdk-vhost' ? [] : ratiosOf(k);
       rows.push([
-        `${mode} ${size} B`,
+        `${mode} ${size} B${variant === 'split' ? '' : ` ${variant}`}`,
         k,
         spread(
           xs.map((s) => s.mpps),
@@ -518,9 +562,13 @@ async function main(): Promise<void> {
       baseline: { type: 'string' },
       out: { type: 'string', default: 'bench/results/net-dpdk.json' },
       md: { type: 'string' },
+      variants: { type: 'string', default: 'split' },
     },
   });
   ensureDpdk();
+  const variants = (v.variants as string).split(',') as Variant[];
+  for (const x of variants)
+    if (!VARIANTS.includes(x)) throw new RangeError(`--variants: unknown variant ${x}`);
   const rounds = Number(v.rounds);
   const sizes = (v.sizes as string).split(',').map(Number);
   const modes = (v.modes as string).split(',') as Mode[];
@@ -546,21 +594,26 @@ async function main(): Promise<void> {
   for (let round = 0; round < rounds; round++) {
     for (const mode of modes) {
       for (const size of sizes) {
-        // Interleaved: A/B(/C) in even rounds, reversed in odd ones.
-        const order = round % 2 === 0 ? kinds : [...kinds].reverse();
-        for (const kind of order) {
-          // One retry: a front end that failed to start must not end the whole run.
-          const s = await measure({ ...base, round, kind, mode, size }).catch((err) => {
-            console.error(`round ${round} ${mode} ${size} B ${kind}: retrying after ${err}`);
-            return measure({ ...base, round, kind, mode, size });
-          });
-          const { log, ...sample } = s;
-          if (process.env.NET_DPDK_DEBUG) console.error(log.slice(-3000));
-          samples.push(sample);
-          console.error(
-            `round ${round} ${mode} ${size} B ${kind}: ${s.mpps.toFixed(3)} Mpps, ${s.gbps.toFixed(2)} Gbit/s, ` +
-              `${s.cpuUsPerFrame.toFixed(3)} µs CPU/frame (${s.cpuLoad.toFixed(2)} CPUs), lost ${(100 * s.lossShare).toFixed(2)} %`,
-          );
+        for (const variant of variants) {
+          // Interleaved: A/B(/C) in even rounds, reversed in odd ones.
+          const order = round % 2 === 0 ? kinds : [...kinds].reverse();
+          for (const kind of order) {
+            // One retry: a front end that failed to start must not end the whole run.
+            const c = { ...base, round, kind, mode, size, variant };
+            const s = await measure(c).catch((err) => {
+              console.error(
+                `round ${round} ${mode} ${size} B ${variant} ${kind}: retrying after ${err}`,
+              );
+              return measure(c);
+            });
+            const { log, ...sample } = s;
+            if (process.env.NET_DPDK_DEBUG) console.error(log.slice(-3000));
+            samples.push(sample);
+            console.error(
+              `round ${round} ${mode} ${size} B ${variant} ${kind}: ${s.mpps.toFixed(3)} Mpps, ${s.gbps.toFixed(2)} Gbit/s, ` +
+                `${s.cpuUsPerFrame.toFixed(3)} µs CPU/frame (${s.cpuLoad.toFixed(2)} CPUs), lost ${(100 * s.lossShare).toFixed(2)} %`,
+            );
+          }
         }
       }
     }
