@@ -8,6 +8,9 @@
  * - `vhost-rt offloads`: both NICs vhost-user ports of one `vhost-rt net`,
  *   QEMU's default virtio-net properties (CSUM, GUEST_CSUM, HOST/GUEST_TSO4/6
  *   negotiated: 64 KiB TCP frames pass the switch with their header);
+ * - `vhost-rt sender offloads only`: A (the sender) with offloads, B
+ *   without: the switch segments A's 64 KiB frames and completes their
+ *   checksums for B, in software;
  * - `vhost-rt no offloads`: the same with every offload property off
  *   (csum=off, guest_csum=off, host_tso4=off, ...): 1514-byte frames,
  *   checksummed by the guests;
@@ -44,7 +47,12 @@ import {
 import { VHOST_RT_CLI } from './loadgen/backends.js';
 import { fmtRatio, markdownTable, writeJson, writeText } from './report.js';
 
-const VARIANTS = ['vhost-rt offloads', 'vhost-rt no offloads', 'qemu stream'] as const;
+const VARIANTS = [
+  'vhost-rt offloads',
+  'vhost-rt sender offloads only',
+  'vhost-rt no offloads',
+  'qemu stream',
+] as const;
 type Variant = (typeof VARIANTS)[number];
 const IP_A = '169.254.12.1';
 const IP_B = '169.254.12.2';
@@ -140,9 +148,10 @@ async function measure(round: number, variant: Variant, mib: number): Promise<Tc
         { stdio: 'ignore' },
       );
       await waitPath(sb, 'vhost-rt net', daemon);
-      const props = variant === 'vhost-rt offloads' ? '' : NO_OFFLOADS;
-      nicA = vhostUserNic(sa, MAC_A, props);
-      nicB = vhostUserNic(sb, MAC_B, props);
+      const offA = variant !== 'vhost-rt no offloads';
+      const offB = variant === 'vhost-rt offloads';
+      nicA = vhostUserNic(sa, MAC_A, offA ? '' : NO_OFFLOADS);
+      nicB = vhostUserNic(sb, MAC_B, offB ? '' : NO_OFFLOADS);
     }
     const b = bootNetGuest('b', dir, nicB, scriptB);
     guests.push(b);

@@ -720,7 +720,7 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
       else if (!accepted) this.stats.add(NetStat.rxFiltered, 1);
       else if (result === BAD_FRAME) this.badOffloadFrame(bytes, port.rxHeader);
       // Whatever became of it, a frame being segmented is finished with.
-      this.segmenter.reset();
+      if (this.segmenter.count !== 0) this.segmenter.reset();
       port.release();
       n++;
     }
