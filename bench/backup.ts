@@ -36,8 +36,10 @@ type Phase = 'idle' | 'backup';
 
 /** vhost-rt's backup counters over one cell (query-backups just before the cancel). */
 interface BackupCounters {
-  /** Journal reads: old blocks saved before a guest write overwrote them (first touches). */
+  /** 4 KiB blocks saved into the journal before a guest write overwrote them. */
   journaled: number;
+  /** Journal reads: one per run of blocks a held write needed saved (at QD1: the writes that waited for one). */
+  journalReads: number;
   /** Guest requests that waited for a free journal entry (journal full). */
   fullWaits: number;
   /** Most journal entries in use at once. */
@@ -177,6 +179,7 @@ async function startBackup(
       await q.next((m) => /^BACKUP_(CANCELLED|COMPLETED|FAILED)$/.test(String(m.event)), from);
       return {
         journaled: st.journaled,
+        journalReads: st['journal-reads'],
         fullWaits: st['journal-full-waits'],
         highWater: st['journal-high-water'],
         entries: st['journal-entries'],
@@ -285,6 +288,7 @@ function report(samples: Sample[], rounds: number): string {
     counterRows.push([
       `4k randwrite QD${depth}`,
       cell((s) => s.result.ios),
+      cell((s) => k(s).journalReads),
       cell((s) => k(s).journaled),
       cell((s) => k(s).fullWaits),
       `${cell((s) => k(s).highWater)} of ${k(xs[0]).entries}`,
@@ -296,7 +300,8 @@ function report(samples: Sample[], rounds: number): string {
     [
       'workload',
       'writes measured',
-      'journal reads (first touches)',
+      'journal reads (writes that waited for one)',
+      'blocks journaled',
       'journal-full waits',
       'journal high water',
       'copier boosts',
@@ -376,7 +381,7 @@ async function main(): Promise<void> {
             const k =
               counters === undefined
                 ? ''
-                : ` [journaled ${counters.journaled} of ${result.ios} writes, full waits ${counters.fullWaits}, high water ${counters.highWater}/${counters.entries}, boosts ${counters.boosts}, copied ${(counters.copiedBytes / MiB).toFixed(0)} MiB]`;
+                : ` [journal reads ${counters.journalReads} (blocks ${counters.journaled}) for ${result.ios} writes, full waits ${counters.fullWaits}, high water ${counters.highWater}/${counters.entries}, boosts ${counters.boosts}, copied ${(counters.copiedBytes / MiB).toFixed(0)} MiB]`;
             process.stderr.write(
               `round ${round + 1}/${rounds} QD${depth} ${side.label} ${phase}: ${Math.round(result.iops)} IOPS p50 ${l.p50Us.toFixed(0)} p99 ${l.p99Us.toFixed(0)} p99.9 ${l.p999Us.toFixed(0)} µs${k}\n`,
             );
