@@ -7,15 +7,19 @@
  *
  * Persistence: next to the image, `IMAGE.vhost-rt-cbt` — a 64-byte header
  * (magic, version, chunk size, image size, generation, state) and the
- * bitmap. At open the daemon reads it and at once rewrites its state to
- * OPEN; a clean close (SIGTERM, quit, device-del) writes the bitmap and the
- * state CLEAN. A file found OPEN means the daemon died without writing it:
+ * bitmap. The file exists only for images that were backed up: it is
+ * created (state OPEN) when a backup completes, not at open — users who
+ * never back up get no file next to their images. At open the daemon reads
+ * an existing file and at once rewrites its state to OPEN; a clean close
+ * (SIGTERM, quit, device-del) writes the bitmap and the state CLEAN. A file found OPEN means the daemon died without writing it:
  * writes may have gone unrecorded, so the bitmap is invalid and the next
  * incremental backup is done as a full one (its reply says so). A missing,
  * foreign or resized file is invalid likewise. Two daemons on one image (a
  * live migration's source and destination): the later one finds the file
  * OPEN (invalid) and marks it as its own, so the earlier one's clean close
- * leaves it alone. A block device's bitmap is kept in memory only.
+ * leaves it alone — for that, an image opened with `--share-rw` (the only way
+ * two daemons write one image) gets its file at open as before, even without
+ * a backup. A block device's bitmap is kept in memory only.
  */
 import { randomInt } from 'node:crypto';
 import { closeSync, existsSync, openSync, readSync, statSync, writeSync } from 'node:fs';
@@ -54,6 +58,9 @@ export class ChangedBlocks {
    * destination) writes its own, and then this one's clean close leaves the file alone.
    */
   private readonly owner = randomInt(1, 2 ** 31);
+  /** The file exists and this daemon marked it (at open, or when a backup completed). */
+  private onDisk = false;
+  private warn: (m: string) => void = () => {};
 
   private constructor(
     chunks: number,
@@ -74,16 +81,29 @@ export class ChangedBlocks {
 
   /**
    * Loads `image`'s bitmap file (when valid) and marks it OPEN at once, so a
-   * crash from now on invalidates it. I/O errors leave an invalid in-memory bitmap.
+   * crash from now on invalidates it. Without a file none is created (until a
+   * backup completes), unless `eager` (a `--share-rw` image: the file's owner
+   * mark is what tells two daemons apart). I/O errors leave an invalid
+   * in-memory bitmap.
    */
-  static open(image: string, imageBytes: number, warn: (m: string) => void): ChangedBlocks {
+  static open(
+    image: string,
+    imageBytes: number,
+    warn: (m: string) => void,
+    eager = false,
+  ): ChangedBlocks {
     // A block device's directory (/dev) is no place for it: kept in memory only.
     if (!statSync(image).isFile()) return ChangedBlocks.inMemory(imageBytes);
     const path = cbtPath(image);
     const cbt = new ChangedBlocks(Math.ceil(imageBytes / BACKUP_CHUNK_BYTES), path, imageBytes);
+    cbt.warn = warn;
     try {
-      if (existsSync(path)) cbt.load();
-      cbt.writeHeader(CBT_STATE_OPEN);
+      const exists = existsSync(path);
+      if (exists) cbt.load();
+      if (exists || eager) {
+        cbt.writeHeader(CBT_STATE_OPEN);
+        cbt.onDisk = true;
+      }
     } catch (err) {
       warn(
         `changed-block bitmap ${path}: ${(err as Error).message}; incremental backups start with a full one`,
@@ -193,11 +213,24 @@ export class ChangedBlocks {
     for (let i = 0; i < taken.length; i++) this.bits[i] |= taken[i];
   }
 
-  /** A backup completed: from now on the bitmap records exactly the changes since its start instant. */
+  /**
+   * A backup completed: from now on the bitmap records exactly the changes since its start
+   * instant. The first one creates the file (state OPEN: a crash from here invalidates it);
+   * one small synchronous write on the device's thread, once per image.
+   */
   completed(): void {
     this.valid = true;
     this.invalidReason = '';
     this.generation++;
+    if (this.path === null || this.onDisk) return;
+    try {
+      this.writeHeader(CBT_STATE_OPEN);
+      this.onDisk = true;
+    } catch (err) {
+      this.warn(
+        `changed-block bitmap ${this.path}: ${(err as Error).message}; it is kept in memory only`,
+      );
+    }
   }
 
   /** The image is resized: the bitmap no longer covers it, the next incremental is a full one. */
@@ -209,7 +242,7 @@ export class ChangedBlocks {
 
   /** Clean close: writes the bitmap, then the header with state CLEAN (only a valid bitmap is kept valid). */
   persist(): void {
-    if (this.path === null || !this.stillOwned()) return;
+    if (this.path === null || !this.onDisk || !this.stillOwned()) return;
     const fd = openSync(this.path, 'w');
     try {
       const body = Buffer.from(this.bits.buffer, this.bits.byteOffset, this.bits.byteLength);

@@ -2,9 +2,10 @@
  * Changed-block tracking's persistence (issue 12), on real files: a clean
  * close keeps the bitmap, an open that is never closed (a crash) makes it
  * invalid, a resized image or a foreign file too, and of two daemons on one
- * image (a migration) the later one owns the file.
+ * image (a migration) the later one owns the file. No file is created next
+ * to an image that was never backed up (unless it is shared: --share-rw).
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -40,6 +41,25 @@ describe('ChangedBlocks', () => {
     expect(b.valid).toBe(true);
     expect(b.generation).toBe(1);
     expect([3, 4, 5, 6].map((c) => bit(b, c))).toEqual([1, 1, 1, 0]);
+  });
+
+  it('creates no file for an image never backed up; the first completed backup creates it', () => {
+    const img = image('lazy.img');
+    const a = ChangedBlocks.open(img, 8 * MiB, () => {});
+    a.mark(0, 4096);
+    a.persist();
+    expect(existsSync(cbtPath(img))).toBe(false);
+    const b = ChangedBlocks.open(img, 8 * MiB, () => {});
+    expect(existsSync(cbtPath(img))).toBe(false);
+    b.take();
+    b.completed();
+    // Created OPEN at once: a crash from here on invalidates it.
+    expect(existsSync(cbtPath(img))).toBe(true);
+    expect(ChangedBlocks.open(img, 8 * MiB, () => {}).invalidReason).toMatch(/crash/);
+    // A shared image (--share-rw) gets its file at open, for the owner mark.
+    const shared = image('shared.img');
+    ChangedBlocks.open(shared, 8 * MiB, () => {}, true);
+    expect(existsSync(cbtPath(shared))).toBe(true);
   });
 
   it('a daemon that never closed (crash) leaves an invalid bitmap; a resize too', () => {

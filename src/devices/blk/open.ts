@@ -92,7 +92,7 @@ export function openBlkDevice(init: BlkDeviceInit, env: DeviceEnv): OpenedDevice
     cbt:
       o.aio === 'nbd' || o.readonly
         ? ChangedBlocks.inMemory(engine.sizeBytes)
-        : ChangedBlocks.open(o.image, engine.sizeBytes, env.warn),
+        : ChangedBlocks.open(o.image, engine.sizeBytes, env.warn, o.shareWrite === true),
   });
   const pollUs = o.pollUs ?? 0;
   const info: BlkInfo = {
