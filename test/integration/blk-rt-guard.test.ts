@@ -36,6 +36,8 @@ interface Pair {
   a: BlkDriver;
   b: BlkDriver;
   qmp: QmpClient;
+  /** The daemon's /metrics (served on 127.0.0.1). */
+  metrics: string;
 }
 
 /** One daemon serving A (`aExtra`) and B (`bExtra`), images side by side in one directory. */
@@ -60,14 +62,29 @@ async function pair(aExtra: string[], bExtra: string[]): Promise<Pair> {
     '1',
     '--control-socket',
     control,
+    '--metrics',
+    '127.0.0.1:0',
   ]);
   daemons.push(d);
   await waitFor(() => d.log().includes(b.socket), "B's ready line");
+  const port = await waitFor(
+    () => /metrics: serving http:\/\/127\.0\.0\.1:(\d+)\/metrics/.exec(d.log())?.[1],
+    'the metrics line',
+  );
   return {
     a: await BlkDriver.create({ socketPath: a.socket }),
     b: await BlkDriver.create({ socketPath: b.socket }),
     qmp: await QmpClient.connect(control),
+    metrics: `http://127.0.0.1:${port}/metrics`,
   };
+}
+
+/** A device's sample of `name` in the daemon's exposition. */
+async function metric(p: Pair, name: string, device: number): Promise<number> {
+  const text = await (await fetch(p.metrics)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name}{device="${device}"`));
+  if (line === undefined) throw new Error(`no ${name} sample of device ${device} in:\n${text}`);
+  return Number(line.slice(line.lastIndexOf(' ') + 1));
 }
 
 async function stats(c: QmpClient, device: number): Promise<Record<string, number>> {
@@ -123,6 +140,14 @@ describe('the RT guard', () => {
     expect(b.guardPeakRequests).toBeLessThanOrEqual(2);
     // A is never held: its own requests are RT, and B never had any.
     expect((await stats(p.qmp, 0)).guardHeldRequests).toBe(0);
+    // The same counts on /metrics (the held time in seconds).
+    expect(await metric(p, 'vhost_rt_blk_rt_guard_held_requests_total', 1)).toBe(
+      b.guardHeldRequests,
+    );
+    expect(await metric(p, 'vhost_rt_blk_rt_guard_held_seconds_total', 1)).toBe(
+      b.guardHeldUs / 1e6,
+    );
+    expect(await metric(p, 'vhost_rt_blk_rt_guard_held_requests_total', 0)).toBe(0);
     await Promise.all([p.a.close(), p.b.close()]);
   });
 
