@@ -45,6 +45,8 @@ let a: NetDriver;
 let b: NetDriver;
 let c: NetDriver;
 let d: NetDriver;
+/** No offloads and only four receive buffers posted at a time: segments arrive over many batches. */
+let e: NetDriver;
 
 async function portStats(port: number): Promise<Record<string, number>> {
   const line = await daemonStats(daemon);
@@ -78,7 +80,7 @@ const le16 = (h: Uint8Array, o: number) => h[o] | (h[o + 1] << 8);
 
 beforeAll(async () => {
   daemon = await startDaemon(
-    ['net', ...['a', 'b', 'c', 'd'].flatMap((p) => ['--socket-path', sock(p)])],
+    ['net', ...['a', 'b', 'c', 'd', 'e'].flatMap((p) => ['--socket-path', sock(p)])],
     30_000,
   );
   const all = NET_DRIVER_FEATURES | NET_OFFLOAD_FEATURES;
@@ -90,10 +92,11 @@ beforeAll(async () => {
     driverFeatures: NET_DRIVER_FEATURES | bitsOf([NetOffloadFeature.GUEST_CSUM]),
     rxBuffers: 128,
   });
+  e = await NetDriver.create({ socketPath: sock('e'), rxBuffers: 4 });
 }, 120_000);
 
 afterAll(async () => {
-  for (const drv of [a, b, c, d]) await drv?.close().catch(() => undefined);
+  for (const drv of [a, b, c, d, e]) await drv?.close().catch(() => undefined);
   await daemon?.stop();
   rmSync(dir, { recursive: true, force: true });
 });
@@ -171,6 +174,30 @@ describe('net offloads', () => {
         expect(after.rxSegments - before[i].rxSegments).toBe(segments);
       }
     }
+  });
+
+  it('segments for a receiver with four buffers posted: the frame continues where it stopped', async () => {
+    const payload = bytePattern(65_535 - 40, 21);
+    const t = tcpFrame({ dst: MAC.unknown, src: MAC.a, payload, seq: 5 });
+    // E also got the frames flooded by the tests before: a sentinel says it has them all.
+    const drained = ethFrame('ff:ff:ff:ff:ff:ff', '02:00:00:00:01:0a', 61, 3);
+    await a.send(drained);
+    await upTo(e, 0, drained);
+    const start = e.received.length;
+    await a.send(t.frame, vnetHeader(NEEDS_CSUM, GSO_TCPV4, 1460, t.l4, 16, t.headers));
+    const segments = Math.ceil(payload.length / 1460);
+    const got = await e.waitReceived(start + segments);
+    const segs = got.slice(start);
+    expect(
+      Buffer.concat(segs.map((s) => s.frame.subarray(t.headers))).equals(Buffer.from(payload)),
+    ).toBe(true);
+    for (const [k, s] of segs.entries()) {
+      expect(tcpChecksumsValid(s.frame, t.l3, t.l4, false)).toBe(true);
+      expect(new DataView(s.frame.buffer, s.frame.byteOffset).getUint32(t.l4 + 4)).toBe(
+        5 + k * 1460,
+      );
+    }
+    expect(e.violations).toEqual([]);
   });
 
   it('drops hostile headers, counts them, and keeps forwarding', async () => {
