@@ -13,10 +13,14 @@
  *        Linux guest makes it), A's device `--guest-ioprio honor`; B `--no-rt-guard`;
  *   (3)  B throttled: `--bps-limit` on B's device;
  *   (4)  = (2) + SCHED_FIFO 50, CPU affinity and mlock on A's worker; B `--no-rt-guard`;
- *   (2G), (2gG), (4G) = (2), (2g), (4) with the RT guard on B (its default: while A has RT
- *        requests in flight, or had within 100 ms, B keeps at most 1 request / 1 MiB in flight);
+ *   (2G), (2gG), (4G) = (2), (2g), (4) with the RT guard's in-flight cap on B (while A has RT
+ *        requests in flight, or had within 100 ms, B keeps at most 1 request / 1 MiB in flight),
+ *        its rate term off (`rt-guard-bps=0`);
  *   (4S) = (4) with the strict guard on B (`rt-guard-requests=0`: nothing of B submitted while A
- *        is active — the RT class's own meaning, B starves);
+ *        is active — the RT class's own meaning, B starves), no rate term;
+ *   (2gGB), (4GB) = (2g), (4) with the RT guard's defaults on B: the cap and the rate term
+ *        (at most 64 MiB/s of B while A is active);
+ *   (4GB4) = (4GB) with the rate term at 256 MiB/s (the price/benefit of the default);
  *   (4+3) = (4) with B throttled as in (3);
  *   (q)  qemu-storage-daemon exporting both images (aio=native, O_DIRECT), the reference;
  *   (n1) both devices on the `null` engine: A's back-end-only latency under B's null flood;
@@ -80,6 +84,8 @@ const RT_A = 'rt-policy=fifo,rt-priority=50,cpus=1,mlock';
 const RT0 = 1 << 13;
 /** B without the RT guard: the rows that show the kernel's scheduler alone. */
 const NO_GUARD = 'no-rt-guard';
+/** B with the guard's in-flight cap only (its rate term off): the rows measured before the rate term existed. */
+const CAP_ONLY = 'rt-guard-bps=0';
 
 function spec(d: Dev, extra: string[]): string {
   return [`socket-path=${d.socket}`, `image=${d.image}`, ...extra].join(',');
@@ -121,14 +127,14 @@ export function sharedDiskConfigs(bLimit: number): SdConfig[] {
       id: '2G',
       name: '(2) + RT guard on B',
       detail:
-        "as (2), B with the RT guard's defaults (while A has RT requests in flight or had within 100 ms: 1 request / 1 MiB in flight)",
-      start: vr('2G', ['ioprio=rt:0']),
+        "as (2), B with the RT guard's in-flight cap (while A has RT requests in flight or had within 100 ms: 1 request / 1 MiB in flight), rt-guard-bps=0",
+      start: vr('2G', ['ioprio=rt:0'], [CAP_ONLY]),
     },
     {
       id: '2gG',
       name: '(2g) + RT guard on B',
-      detail: 'as (2g), B with the RT guard (defaults)',
-      start: vr('2gG', ['guest-ioprio=honor']),
+      detail: "as (2g), B with the RT guard's in-flight cap, rt-guard-bps=0",
+      start: vr('2gG', ['guest-ioprio=honor'], [CAP_ONLY]),
       aLoad: ['--ioprio', String(RT0)],
     },
     {
@@ -146,14 +152,34 @@ export function sharedDiskConfigs(bLimit: number): SdConfig[] {
     {
       id: '4G',
       name: '(4) + RT guard on B',
-      detail: `A: ioprio=rt:0,${RT_A}; B: the RT guard (defaults)`,
-      start: vr('4G', ['ioprio=rt:0', RT_A]),
+      detail: `A: ioprio=rt:0,${RT_A}; B: the RT guard's in-flight cap, ${CAP_ONLY}`,
+      start: vr('4G', ['ioprio=rt:0', RT_A], [CAP_ONLY]),
     },
     {
       id: '4S',
       name: '(4) + strict RT guard on B',
-      detail: `A: ioprio=rt:0,${RT_A}; B: rt-guard-requests=0 (nothing of B submitted while A is active: B starves)`,
-      start: vr('4S', ['ioprio=rt:0', RT_A], ['rt-guard-requests=0']),
+      detail: `A: ioprio=rt:0,${RT_A}; B: rt-guard-requests=0,${CAP_ONLY} (nothing of B submitted while A is active: B starves)`,
+      start: vr('4S', ['ioprio=rt:0', RT_A], ['rt-guard-requests=0', CAP_ONLY]),
+    },
+    {
+      id: '2gGB',
+      name: '(2g) + RT guard with rate on B',
+      detail:
+        "as (2g), B with the RT guard's defaults: 1 request / 1 MiB in flight and at most 64 MiB/s while A is active",
+      start: vr('2gGB', ['guest-ioprio=honor']),
+      aLoad: ['--ioprio', String(RT0)],
+    },
+    {
+      id: '4GB',
+      name: '(4) + RT guard with rate on B',
+      detail: `A: ioprio=rt:0,${RT_A}; B: the RT guard's defaults (1 request / 1 MiB in flight, 64 MiB/s while A is active)`,
+      start: vr('4GB', ['ioprio=rt:0', RT_A]),
+    },
+    {
+      id: '4GB4',
+      name: '(4) + RT guard, rate 256 MiB/s, on B',
+      detail: `A: ioprio=rt:0,${RT_A}; B: the RT guard with rt-guard-bps=268435456`,
+      start: vr('4GB4', ['ioprio=rt:0', RT_A], ['rt-guard-bps=268435456']),
     },
     {
       id: '4+3',

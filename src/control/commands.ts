@@ -405,6 +405,12 @@ const DEVICE_ADD_ARGS: Record<string, ArgumentSpec> = {
   'bps-write-limit': { type: 'integer', required: false },
   'iops-burst': { type: 'integer', required: false },
   'bps-burst': { type: 'integer', required: false },
+  // The RT guard (issue 14, src/io/disk-guard.ts), as the CLI's --rt-guard-* / --no-rt-guard.
+  'rt-guard-requests': { type: 'integer', required: false },
+  'rt-guard-bytes': { type: 'integer', required: false },
+  'rt-guard-window-us': { type: 'integer', required: false },
+  'rt-guard-bps': { type: 'integer', required: false },
+  'no-rt-guard': { type: 'boolean', required: false },
   'latency-target-us': { type: 'integer', required: false },
   'rt-policy': { type: 'string', required: false },
   'rt-priority': { type: 'integer', required: false },

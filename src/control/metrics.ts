@@ -221,6 +221,11 @@ const PLAIN_METRICS: PlainMetric[] = [
         'Requests that waited because an RT-class neighbour on the same disk was active and the device was at its RT guard cap.',
         'guardHeldRequests',
       ],
+      [
+        'blk_rt_guard_rate_holds_total',
+        "Admissions the RT guard's rate term (--rt-guard-bps) refused while an RT-class neighbour on the same disk was active.",
+        'guardRateHolds',
+      ],
     ] as const
   ).map(
     ([name, help, stat]): PlainMetric => ({

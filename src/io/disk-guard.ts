@@ -24,6 +24,14 @@
  * with nothing in flight looks again on a timer ({@link DiskGuard.recheckMs}). The ring is
  * FIFO: once at the cap, the next chain waits whatever its class (no look-ahead).
  *
+ * The rate term (`bytesPerSecond`, issue 14): while a neighbour is active the device's
+ * lower-class bytes also draw on a token bucket (src/io/throttle.ts); an empty bucket holds
+ * the queue like the cap does. The cap bounds what sits in the kernel's queue in front of
+ * the RT request; the rate bounds what the disk underneath has to absorb (its write-back,
+ * which the RT read otherwise waits behind inside the device). A device held by the rate
+ * with requests in flight pops again at its next completion; with none it looks again on
+ * its one timer when the bucket has refilled ({@link DiskGuard.recheckMs}).
+ *
  * The shared state is one SharedArrayBuffer per backing disk (src/locking/layout.ts
  * DISK_GUARD): each device owns one cache line and is its only writer (DESIGN rule 6).
  * A device publishes its RT state once per batch; a device reads its neighbours' lines at
@@ -38,6 +46,7 @@ import {
   DISK_GUARD_SLOTS,
   diskGuardByteLength,
 } from '../locking/layout.js';
+import { IoThrottle } from './throttle.js';
 
 /** What a lower-class device keeps in flight while an RT neighbour on its disk is active. */
 export interface RtGuardPolicy {
@@ -47,19 +56,38 @@ export interface RtGuardPolicy {
   maxBytes: number;
   /** A neighbour stays active this long after its last RT request in flight (µs). */
   windowUs: number;
+  /**
+   * Most lower-class bytes per second submitted while the neighbour is active (a token
+   * bucket, {@link RT_GUARD_BURST_SECONDS} deep); 0: no rate term, only the in-flight cap.
+   */
+  bytesPerSecond: number;
 }
 
 /**
  * The defaults: one request and 1 MiB in flight (so an RT read waits behind at most one
  * lower-class request in the device's queue), for 100 ms after the neighbour's last RT
  * request (so a periodic RT reader with a period up to 100 ms finds the queue short at
- * its next read; BFQ idles 8 ms for a sync queue, but an RT device is named by its operator).
+ * its next read; BFQ idles 8 ms for a sync queue, but an RT device is named by its operator),
+ * and 64 MiB/s. The rate term exists because the in-flight cap alone left A's p99.9 at 2.3×
+ * idle (bench/results/priority-inversion-shared-disk.md): the kernel queue was empty, but
+ * the virtual disk under this machine still absorbed ~600 MB/s of B's writes and A's read
+ * waited in the device behind their write-back. B throttled to 64 MiB/s by `--bps-limit`
+ * gave A ≤ 1× idle in the same experiment; the rows with the guard's rate at this default
+ * are in the same report.
  */
 export const DEFAULT_RT_GUARD: Readonly<RtGuardPolicy> = {
   maxRequests: 1,
   maxBytes: 1024 * 1024,
   windowUs: 100_000,
+  bytesPerSecond: 64 * 1024 * 1024,
 };
+
+/**
+ * Depth of the rate term's bucket in seconds of its rate: 10 ms. Shallow on purpose: the
+ * bucket refills while no neighbour is active, and a deep one would let a device dump its
+ * whole burst into the disk just when the RT neighbour wakes.
+ */
+export const RT_GUARD_BURST_SECONDS = 0.01;
 
 /** Largest `--rt-guard-window-us`: 10 s. */
 export const MAX_RT_GUARD_WINDOW_US = 10_000_000;
@@ -69,6 +97,7 @@ export const RT_GUARD_FLAGS = {
   maxRequests: '--rt-guard-requests',
   maxBytes: '--rt-guard-bytes',
   windowUs: '--rt-guard-window-us',
+  bytesPerSecond: '--rt-guard-bps',
 } as const satisfies Record<keyof RtGuardPolicy, string>;
 
 /** Fills in the defaults and checks the ranges; throws a ConfigError naming the flag. */
@@ -82,6 +111,7 @@ export function rtGuardPolicy(p: Partial<RtGuardPolicy>): RtGuardPolicy {
   check('maxRequests', 0, 1024);
   check('maxBytes', 1, 2 ** 40);
   check('windowUs', 0, MAX_RT_GUARD_WINDOW_US);
+  check('bytesPerSecond', 0, Number.MAX_SAFE_INTEGER);
   return out;
 }
 
@@ -95,6 +125,8 @@ export interface DiskGuardInit {
   disk: string;
   /** How the device caps itself; null: it never does (it still publishes its own RT requests). */
   policy: RtGuardPolicy | null;
+  /** The clock the rate term starts from (performance.now() ms; tests pass their own). */
+  now?: number;
 }
 
 const TWO_32 = 2 ** 32;
@@ -131,6 +163,12 @@ export class DiskGuard {
   /** The most lower-class requests / bytes in flight right after an admission with a neighbour active. */
   #peakRequests = 0;
   #peakBytes = 0;
+  /** The rate term (one bytes-per-second bucket); null: none. Charged only while a neighbour is active. */
+  readonly #rate: IoThrottle | null;
+  /** Times the rate term stopped an admission (a plain count; the device publishes it). */
+  #rateHolds = 0;
+  /** The last {@link admits} said no because of the rate term (not the in-flight cap). */
+  #rateHeld = false;
 
   private constructor(init: DiskGuardInit) {
     const words = new Int32Array(init.buffer);
@@ -142,6 +180,14 @@ export class DiskGuard {
     this.#own = DISK_GUARD.FIRST + init.slot * DISK_GUARD.STRIDE;
     this.disk = init.disk;
     this.policy = init.policy;
+    const bps = init.policy?.bytesPerSecond ?? 0;
+    this.#rate =
+      bps > 0
+        ? new IoThrottle(
+            { bps, bpsBurst: Math.max(1, Math.round(bps * RT_GUARD_BURST_SECONDS)) },
+            init.now ?? performance.now(),
+          )
+        : null;
   }
 
   /** Joins the guard of a disk, in the slot the main thread handed out. */
@@ -166,6 +212,8 @@ export class DiskGuard {
     this.#lowRequests++;
     this.#lowBytes += bytes;
     if (this.#active !== 1) return;
+    // Only while a neighbour is active: the bucket is the guard's, not the device's own QoS.
+    this.#rate?.charge(true, bytes);
     if (this.#lowRequests > this.#peakRequests) this.#peakRequests = this.#lowRequests;
     if (this.#lowBytes > this.#peakBytes) this.#peakBytes = this.#lowBytes;
   }
@@ -200,14 +248,31 @@ export class DiskGuard {
    * Whether the device may pop one more request now: always without a policy or with no
    * active RT neighbour, else only under the cap.
    */
-  admits(): boolean {
+  admits(now?: number): boolean {
     const p = this.policy;
+    this.#rateHeld = false;
     if (p === null || !this.neighbourActive()) return true;
-    return this.#lowRequests < p.maxRequests && this.#lowBytes < p.maxBytes;
+    if (this.#lowRequests >= p.maxRequests || this.#lowBytes >= p.maxBytes) return false;
+    const rate = this.#rate;
+    if (rate === null || rate.open(now)) return true;
+    this.#rateHeld = true;
+    this.#rateHolds++;
+    return false;
   }
 
-  /** How long a device held with nothing in flight (a strict cap) waits before it looks again: an eighth of the window, at least 1 ms. */
-  get recheckMs(): number {
+  /** Times the rate term said no in {@link admits} (a running count). */
+  get rateHolds(): number {
+    return this.#rateHolds;
+  }
+
+  /**
+   * How long a device held with nothing in flight waits before it looks again: when the
+   * rate term held it, until its bucket refills (at least 1 ms); else (a strict cap) an
+   * eighth of the window, at least 1 ms. One timer per device, never per request.
+   */
+  recheckMs(now?: number): number {
+    if (this.#rateHeld && this.#rate !== null)
+      return Math.max(1, Math.ceil(this.#rate.waitMs(now)));
     return Math.max(1, Math.ceil((this.policy?.windowUs ?? 0) / 8000));
   }
 

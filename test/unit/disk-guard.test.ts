@@ -42,6 +42,11 @@ function pair(policy: RtGuardPolicy): { a: DiskGuard; b: DiskGuard } {
 
 const MiB = 1024 * 1024;
 
+/** A policy with the in-flight cap only (no rate term), for the tests of the cap. */
+function capOnly(p: Partial<RtGuardPolicy>): RtGuardPolicy {
+  return rtGuardPolicy({ bytesPerSecond: 0, ...p });
+}
+
 /** A slot on a fresh registry's region (for the getters that need no neighbour). */
 function pairInit(): DiskGuardInit {
   return new DiskGuardRegistry().assign(image('p.img'), null, noWarn) as DiskGuardInit;
@@ -103,7 +108,7 @@ describe('the disk guard registry', () => {
 
 describe('admission', () => {
   it('caps the lower-class device at N requests while an RT neighbour has requests in flight', () => {
-    const { a, b } = pair(rtGuardPolicy({ maxRequests: 2, maxBytes: 64 * MiB, windowUs: 0 }));
+    const { a, b } = pair(capOnly({ maxRequests: 2, maxBytes: 64 * MiB, windowUs: 0 }));
     for (let i = 0; i < 8; i++) {
       expect(b.admits()).toBe(true);
       b.lowStarted(MiB);
@@ -132,7 +137,7 @@ describe('admission', () => {
   });
 
   it('caps bytes too: one request past the cap at most', () => {
-    const { a, b } = pair(rtGuardPolicy({ maxRequests: 100, maxBytes: 256 * 1024, windowUs: 0 }));
+    const { a, b } = pair(capOnly({ maxRequests: 100, maxBytes: 256 * 1024, windowUs: 0 }));
     a.rtStarted();
     a.endBatch();
     let admitted = 0;
@@ -147,7 +152,7 @@ describe('admission', () => {
   });
 
   it('keeps the cap for the window after the RT requests complete', () => {
-    const { a, b } = pair(rtGuardPolicy({ maxRequests: 1, windowUs: 10_000_000 }));
+    const { a, b } = pair(capOnly({ maxRequests: 1, windowUs: 10_000_000 }));
     b.lowStarted(4096);
     a.rtStarted();
     a.endBatch();
@@ -161,7 +166,7 @@ describe('admission', () => {
   });
 
   it('ignores its own RT requests, and a device never RT, and caps nothing with no policy', () => {
-    const { a, b } = pair(rtGuardPolicy({ maxRequests: 1, windowUs: 10_000_000 }));
+    const { a, b } = pair(capOnly({ maxRequests: 1, windowUs: 10_000_000 }));
     // b's own RT requests do not cap b; a never had one.
     b.rtStarted();
     b.lowStarted(4096);
@@ -183,8 +188,8 @@ describe('admission', () => {
   });
 
   it('strict (0 requests): admits nothing while the neighbour is active, and says when to look again', () => {
-    const { a, b } = pair(rtGuardPolicy({ maxRequests: 0, windowUs: 0 }));
-    expect(b.recheckMs).toBe(1);
+    const { a, b } = pair(capOnly({ maxRequests: 0, windowUs: 0 }));
+    expect(b.recheckMs()).toBe(1);
     a.rtStarted();
     a.endBatch();
     expect(b.admits()).toBe(false);
@@ -192,11 +197,11 @@ describe('admission', () => {
     a.endBatch();
     b.endBatch();
     expect(b.admits()).toBe(true);
-    expect(DiskGuard.attach({ ...pairInit(), policy: DEFAULT_RT_GUARD }).recheckMs).toBe(13);
+    expect(DiskGuard.attach({ ...pairInit(), policy: DEFAULT_RT_GUARD }).recheckMs()).toBe(13);
   });
 
   it('reads its neighbours once per batch', () => {
-    const { a, b } = pair(rtGuardPolicy({ maxRequests: 1, windowUs: 0 }));
+    const { a, b } = pair(capOnly({ maxRequests: 1, windowUs: 0 }));
     b.lowStarted(4096);
     expect(b.admits()).toBe(true);
     a.rtStarted();
@@ -208,13 +213,107 @@ describe('admission', () => {
   });
 });
 
+/**
+ * The rate term, on a clock the test supplies (performance.now() ms passed to admits and
+ * the attach), so every bound is on bytes counted, none on elapsed time.
+ */
+describe('the rate term (--rt-guard-bps)', () => {
+  const KiB = 1024;
+  /** The cap wide open, so only the rate holds; a 10 s window. */
+  const rateOnly = (bytesPerSecond: number) =>
+    rtGuardPolicy({ maxRequests: 1024, maxBytes: 2 ** 40, windowUs: 10_000_000, bytesPerSecond });
+  function ratePair(bytesPerSecond: number): { a: DiskGuard; b: DiskGuard } {
+    const reg = new DiskGuardRegistry();
+    const policy = rateOnly(bytesPerSecond);
+    const ia = reg.assign(image('ra.img'), null, noWarn) as DiskGuardInit;
+    const ib = reg.assign(image('rb.img'), policy, noWarn) as DiskGuardInit;
+    return { a: DiskGuard.attach(ia), b: DiskGuard.attach({ ...ib, now: 0 }) };
+  }
+  /** Requests b offers per 1 ms step. */
+  const PER_STEP = 64;
+  /** b submits up to PER_STEP 64 KiB requests (each completing at once) while admitted, 1 ms steps; the bytes. */
+  function flood(b: DiskGuard, fromMs: number, toMs: number): number {
+    let admitted = 0;
+    for (let t = fromMs; t < toMs; t++) {
+      b.endBatch();
+      for (let i = 0; i < PER_STEP && b.admits(t); i++) {
+        b.lowStarted(64 * KiB);
+        b.lowFinished(64 * KiB);
+        admitted += 64 * KiB;
+      }
+    }
+    return admitted;
+  }
+
+  it('holds the lower class to the rate while the neighbour is active: rate·T + burst + one request at most', () => {
+    const rate = MiB; // 1 MiB/s: a 10 KiB bucket, so 64 KiB requests go into debt
+    const { a, b } = ratePair(rate);
+    a.rtStarted();
+    a.endBatch();
+    const bytes = flood(b, 0, 2000);
+    const burst = Math.round(rate * 0.01);
+    expect(bytes).toBeLessThanOrEqual(2 * rate + burst + 64 * KiB);
+    // ...and is not starved below it either (one request short at most).
+    expect(bytes).toBeGreaterThanOrEqual(2 * rate - 64 * KiB);
+    expect(b.rateHolds).toBeGreaterThan(0);
+    // The peak in flight stayed one request: the rate, not the cap, held b.
+    expect(b.peakRequests).toBe(1);
+  });
+
+  it('says when the bucket has refilled, for the one timer of a device held with nothing in flight', () => {
+    const { a, b } = ratePair(MiB);
+    a.rtStarted();
+    a.endBatch();
+    expect(b.admits(0)).toBe(true);
+    b.lowStarted(64 * KiB);
+    b.lowFinished(64 * KiB);
+    b.endBatch();
+    expect(b.admits(0)).toBe(false);
+    // 64 KiB − 10 KiB of debt at 1 MiB/s: 52.5 ms, rounded up.
+    const wait = b.recheckMs(0);
+    expect(wait).toBe(53);
+    b.endBatch();
+    expect(b.admits(wait - 1)).toBe(false);
+    b.endBatch();
+    expect(b.admits(wait)).toBe(true);
+  });
+
+  it('charges nothing while no neighbour is active, and starts a neighbour period with a full bucket', () => {
+    const { a, b } = ratePair(MiB);
+    // No RT neighbour: b floods freely and the bucket is untouched.
+    expect(flood(b, 0, 10)).toBe(10 * PER_STEP * 64 * KiB);
+    expect(b.rateHolds).toBe(0);
+    a.rtStarted();
+    a.endBatch();
+    b.endBatch();
+    expect(b.admits(10)).toBe(true);
+  });
+
+  it('0: no rate term, the cap alone', () => {
+    const { a, b } = ratePair(0);
+    a.rtStarted();
+    a.endBatch();
+    expect(flood(b, 0, 10)).toBe(10 * PER_STEP * 64 * KiB);
+    expect(b.rateHolds).toBe(0);
+  });
+});
+
 describe('the RT guard flags', () => {
   it('parses the cap and the window, off, and refuses bad values naming the flag', () => {
     expect(parseBlkQosFlags({}).rtGuard).toBeUndefined();
     expect(parseBlkQosFlags({ 'no-rt-guard': true }).rtGuard).toBeNull();
     expect(
       parseBlkQosFlags({ 'rt-guard-requests': '4', 'rt-guard-window-us': '5000' }).rtGuard,
-    ).toEqual({ maxRequests: 4, maxBytes: DEFAULT_RT_GUARD.maxBytes, windowUs: 5000 });
+    ).toEqual({
+      maxRequests: 4,
+      maxBytes: DEFAULT_RT_GUARD.maxBytes,
+      windowUs: 5000,
+      bytesPerSecond: DEFAULT_RT_GUARD.bytesPerSecond,
+    });
+    expect(parseBlkQosFlags({ 'rt-guard-bps': '0' }).rtGuard?.bytesPerSecond).toBe(0);
+    expect(parseBlkQosFlags({ 'rt-guard-bps': '1048576' }).rtGuard?.bytesPerSecond).toBe(MiB);
+    expect(() => parseBlkQosFlags({ 'rt-guard-bps': '-5' })).toThrow('--rt-guard-bps');
+    expect(() => parseBlkQosFlags({ 'rt-guard-bps': '1e9' })).toThrow('--rt-guard-bps');
     expect(parseBlkQosFlags({ 'rt-guard-requests': '0' }).rtGuard?.maxRequests).toBe(0);
     expect(() => parseBlkQosFlags({ 'rt-guard-requests': '1025' })).toThrow(
       '--rt-guard-requests 1025',

@@ -241,6 +241,8 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   private readonly slotGuardBytes: Float64Array;
   /** The guard's peaks as last published (published when they grow). */
   private guardPeaks = 0;
+  /** The guard's rate-term holds as last published. */
+  private guardRateHolds = 0;
   /** Re-drains queues a strict guard holds with nothing in flight; null: none armed. */
   private guardTimer: ReturnType<typeof setTimeout> | null = null;
   private readonly guardRecheck = () => this.guardRecheckNow();
@@ -652,9 +654,13 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     this.stats.add(BlkStat.guardHeldRequests, popped);
   }
 
-  /** A strict cap (0) holds a queue with nothing in flight: look again after a while (one timer per device). */
+  /**
+   * A strict cap (0), or the rate term, holds a queue with nothing in flight: look again
+   * after a while — the bucket's refill time, or an eighth of the window (one timer per device).
+   */
   private armGuardTimer(guard: DiskGuard): void {
-    if (this.guardTimer === null) this.guardTimer = setTimeout(this.guardRecheck, guard.recheckMs);
+    if (this.guardTimer === null)
+      this.guardTimer = setTimeout(this.guardRecheck, guard.recheckMs());
   }
 
   /** The guard's timer: drains the queues it holds again (the drain re-reads the neighbours). */
@@ -667,6 +673,10 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   /** Ends a batch in the guard (publishes this device's RT state) and publishes its peaks when they grew. */
   private endGuardBatch(guard: DiskGuard): void {
     guard.endBatch();
+    if (guard.rateHolds !== this.guardRateHolds) {
+      this.stats.add(BlkStat.guardRateHolds, guard.rateHolds - this.guardRateHolds);
+      this.guardRateHolds = guard.rateHolds;
+    }
     const peaks = guard.peakRequests + guard.peakBytes;
     if (peaks === this.guardPeaks) return;
     this.guardPeaks = peaks;

@@ -136,6 +136,7 @@ export const BLK_QOS_FLAG_OPTIONS = {
   'rt-guard-requests': { type: 'string' },
   'rt-guard-bytes': { type: 'string' },
   'rt-guard-window-us': { type: 'string' },
+  'rt-guard-bps': { type: 'string' },
   'no-rt-guard': { type: 'boolean' },
 } as const;
 
@@ -170,6 +171,10 @@ export const BLK_QOS_HELP = `I/O priority and QoS:
                        behind this device's I/O; requests 0: strict, none at all
                        while the neighbour is active (defaults: ${DEFAULT_RT_GUARD.maxRequests} request, ${DEFAULT_RT_GUARD.maxBytes} bytes,
                        ${DEFAULT_RT_GUARD.windowUs} µs)
+  --rt-guard-bps N     and submits at most N lower-class bytes per second while the
+                       neighbour is active (a token bucket 10 ms deep; the disk
+                       under the RT request absorbs less write-back); 0: no rate,
+                       the in-flight cap only (default ${DEFAULT_RT_GUARD.bytesPerSecond})
   --no-rt-guard        never cap this device for an RT neighbour
 `;
 

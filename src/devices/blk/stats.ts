@@ -27,6 +27,8 @@ export const BLK_STAT_NAMES = [
   'guardHeldUs',
   'guardPeakRequests',
   'guardPeakBytes',
+  // issue 14: admissions the guard's rate term (--rt-guard-bps) refused: its bucket was empty.
+  'guardRateHolds',
 ] as const;
 
 /** Index of each counter in {@link BLK_STAT_NAMES}. */
