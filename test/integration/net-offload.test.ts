@@ -47,6 +47,10 @@ let c: NetDriver;
 let d: NetDriver;
 /** No offloads and only four receive buffers posted at a time: segments arrive over many batches. */
 let e: NetDriver;
+/** Every offload, but a 16-entry ring of 1530-byte buffers: a 64 KiB frame can never fit whole. */
+let f: NetDriver;
+/** No offloads, a 2-entry ring of 256-byte buffers: an MTU-sized frame can never fit. */
+let g: NetDriver;
 
 async function portStats(port: number): Promise<Record<string, number>> {
   const line = await daemonStats(daemon);
@@ -80,7 +84,7 @@ const le16 = (h: Uint8Array, o: number) => h[o] | (h[o + 1] << 8);
 
 beforeAll(async () => {
   daemon = await startDaemon(
-    ['net', ...['a', 'b', 'c', 'd', 'e'].flatMap((p) => ['--socket-path', sock(p)])],
+    ['net', ...['a', 'b', 'c', 'd', 'e', 'f', 'g'].flatMap((p) => ['--socket-path', sock(p)])],
     30_000,
   );
   const all = NET_DRIVER_FEATURES | NET_OFFLOAD_FEATURES;
@@ -93,10 +97,22 @@ beforeAll(async () => {
     rxBuffers: 128,
   });
   e = await NetDriver.create({ socketPath: sock('e'), rxBuffers: 4 });
+  f = await NetDriver.create({
+    socketPath: sock('f'),
+    driverFeatures: all,
+    queueSize: 16,
+    rxBuffers: 16,
+  });
+  g = await NetDriver.create({
+    socketPath: sock('g'),
+    queueSize: 2,
+    rxBuffers: 2,
+    rxBufferBytes: 256,
+  });
 }, 120_000);
 
 afterAll(async () => {
-  for (const drv of [a, b, c, d, e]) await drv?.close().catch(() => undefined);
+  for (const drv of [a, b, c, d, e, f, g]) await drv?.close().catch(() => undefined);
   await daemon?.stop();
   rmSync(dir, { recursive: true, force: true });
 });
@@ -198,6 +214,44 @@ describe('net offloads', () => {
       );
     }
     expect(e.violations).toEqual([]);
+  });
+
+  it('a frame larger than all the buffers a receiver ring holds is segmented (GSO) or dropped, never waited for', async () => {
+    // F took GUEST_TSO, so the 64 KiB frame would pass through whole, but its
+    // 16 buffers hold ~24 KiB: it is cut into segments that fit instead.
+    // G's two 256-byte buffers cannot hold an MTU-sized frame: dropped, counted.
+    const drained = ethFrame('ff:ff:ff:ff:ff:ff', '02:00:00:00:01:0a', 61, 4);
+    await a.send(drained);
+    await upTo(f, 0, drained);
+    await upTo(g, 0, drained);
+    const fStart = f.received.length;
+    const gStart = g.received.length;
+    const gBefore = await portStats(6);
+    const payload = bytePattern(65_535 - 40, 31);
+    const t = tcpFrame({ dst: MAC.unknown, src: MAC.a, payload, seq: 9 });
+    await a.send(t.frame, vnetHeader(NEEDS_CSUM, GSO_TCPV4, 1460, t.l4, 16, t.headers));
+    const big = ethFrame('ff:ff:ff:ff:ff:ff', '02:00:00:00:01:0a', 1500, 5);
+    await a.send(big);
+    const sentinel = ethFrame('ff:ff:ff:ff:ff:ff', '02:00:00:00:01:0a', 60, 6);
+    await a.send(sentinel);
+    const segs = await upTo(f, fStart, sentinel);
+    // F: the segments, then the 1514-byte broadcast, then the sentinel.
+    const tcp = segs.slice(0, -1);
+    expect(tcp).toHaveLength(Math.ceil(payload.length / 1460));
+    expect(
+      Buffer.concat(tcp.map((s) => s.frame.subarray(t.headers))).equals(Buffer.from(payload)),
+    ).toBe(true);
+    for (const s of tcp) expect(tcpChecksumsValid(s.frame, t.l3, t.l4, false)).toBe(true);
+    expect(Buffer.from(segs[segs.length - 1].frame).equals(Buffer.from(big))).toBe(true);
+    // G: neither the 64 KiB frame's segments fit nor the 1514-byte frame; the sentinel does.
+    const toG = await upTo(g, gStart, sentinel);
+    expect(toG.every((x) => x.frame.length + NET_HDR_BYTES <= 512)).toBe(true);
+    await waitFor(
+      async () => (await portStats(6)).rxDropsBadBuffers - gBefore.rxDropsBadBuffers >= 2,
+      'G counts the frames it could never hold',
+    );
+    expect(f.violations).toEqual([]);
+    expect(g.violations).toEqual([]);
   });
 
   it('drops hostile headers, counts them, and keeps forwarding', async () => {

@@ -142,6 +142,12 @@ const NO_BUFFERS = 1;
 const BAD_BUFFERS = 2;
 /** The frame's headers do not match what its virtio_net_hdr asks for (offload.ts). */
 const BAD_FRAME = 3;
+/**
+ * The frame needs more receive buffers than the whole ring holds: it can
+ * never be placed as it is, so waiting for the driver would stall the port
+ * for good. A GSO frame is segmented instead; any other frame is dropped.
+ */
+const TOO_BIG = 4;
 
 /**
  * The virtio-net device model of one switch port: transmitted frames go to its
@@ -719,6 +725,7 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
       if (ready === 0) this.stats.add(NetStat.rxDropsDown, 1);
       else if (!accepted) this.stats.add(NetStat.rxFiltered, 1);
       else if (result === BAD_FRAME) this.badOffloadFrame(bytes, port.rxHeader);
+      else if (result === TOO_BIG) this.frameTooBig(length);
       // Whatever became of it, a frame being segmented is finished with.
       if (this.segmenter.count !== 0) this.segmenter.reset();
       port.release();
@@ -734,13 +741,17 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
    */
   private deliverAny(pick: number, view: number, at: number, length: number): number {
     const ready = this.rxReadyCount;
-    let result = NO_BUFFERS;
-    for (let k = 0; k < ready && result === NO_BUFFERS; k++) {
+    // A queue too small for the frame is passed over like one without
+    // buffers; the frame waits only if some queue may still take it.
+    let waiting = false;
+    for (let k = 0; k < ready; k++) {
       const q = this.queues[this.rxReady[(pick + k) % ready]];
       this.rxCurrent = q;
-      result = this.deliver(q, view, at, length);
+      const result = this.deliver(q, view, at, length);
+      if (result === NO_BUFFERS) waiting = true;
+      else if (result !== TOO_BIG) return result;
     }
-    return result;
+    return waiting ? NO_BUFFERS : TOO_BIG;
   }
 
   /**
@@ -757,7 +768,10 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
     h: number,
   ): number {
     const gso = b[h + VNET_HDR.GSO_TYPE];
-    if (gso !== VNET_GSO_NONE && (this.rxOffloads & gsoOffload(gso)) === 0)
+    if (
+      gso !== VNET_GSO_NONE &&
+      ((this.rxOffloads & gsoOffload(gso)) === 0 || this.segmenter.isCurrent(view, at))
+    )
       return this.deliverSegments(pick, b, view, at, length, h);
     if ((b[h] & VNET_F_NEEDS_CSUM) !== 0 && (this.rxOffloads & Offload.CSUM) === 0) {
       const start = b[h + VNET_HDR.CSUM_START] | (b[h + VNET_HDR.CSUM_START + 1] << 8);
@@ -770,7 +784,13 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
     }
     this.hdrView = view;
     this.hdrFrom = h;
-    return this.deliverAny(pick, view, at, length);
+    const result = this.deliverAny(pick, view, at, length);
+    // A GSO frame the driver's whole ring cannot hold (it took GUEST_TSO but
+    // posts few, small buffers): cut into segments that fit, rather than wait forever.
+    if (result === TOO_BIG && gso !== VNET_GSO_NONE) {
+      return this.deliverSegments(pick, b, view, at, length, h);
+    }
+    return result;
   }
 
   /**
@@ -803,6 +823,12 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
       this.segmentCount++;
     }
     return DELIVERED;
+  }
+
+  /** Counts and reports a frame larger than all the receive buffers the driver's ring can hold. */
+  private frameTooBig(length: number): void {
+    this.stats.add(NetStat.rxDropsBadBuffers, 1);
+    this.warn(`frame of ${length} bytes dropped: larger than the whole receive ring's buffers`);
   }
 
   /** Counts and reports a frame dropped because its headers contradict its virtio_net_hdr. */
@@ -853,10 +879,13 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
     let written = 0;
     let count = 0;
     while (written < length || count === 0) {
-      if (count === this.rxHeads.length || !vq.pop(this.chain)) {
+      // Every buffer the ring can hold taken and the frame still not placed:
+      // no amount of waiting makes it fit (TOO_BIG).
+      const full = count === this.rxHeads.length || count === vq.size;
+      if (full || !vq.pop(this.chain)) {
         vq.lastAvailIdx = start;
         this.copies.rollback(mark);
-        return NO_BUFFERS;
+        return full ? TOO_BIG : NO_BUFFERS;
       }
       const used = this.fillChain(count, view, offset + written, length - written);
       if (used < 0) {
