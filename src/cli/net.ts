@@ -159,7 +159,14 @@ export function parseNetArgs(args: string[]): NetPlan | 'help' {
 /** A port's counters with the totals the stats line leads with (packets, bytes, drops). */
 function portStats(sw: NetSwitch, port: number): Record<string, number> {
   const s = sw.snapshot(port);
-  const drops = s.ringDrops + s.malformed + s.rxDropsDown + s.rxDropsBadBuffers + s.rxDropsFull;
+  const drops =
+    s.ringDrops +
+    s.malformed +
+    s.rxDropsDown +
+    s.rxDropsBadBuffers +
+    s.rxDropsFull +
+    s.txStallDrops +
+    s.rxDropsOffload;
   return { packets: s.txPackets + s.rxPackets, bytes: s.txBytes + s.rxBytes, drops, ...s };
 }
 

@@ -288,6 +288,7 @@ const PLAIN_METRICS: PlainMetric[] = [
       peer_full: 'rxDropsFull',
       filtered: 'rxFiltered',
       receiver_stalled: 'txStallDrops',
+      offload_mismatch: 'rxDropsOffload',
     }),
   },
   ...(
