@@ -121,11 +121,19 @@ export const HeaderError = {
   GSO_TYPE: 4,
   /** TCPV4 / TCPV6 without HOST_TSO4 / HOST_TSO6 negotiated. */
   GSO_NOT_NEGOTIATED: 5,
-  /** Segmentation asked without NEEDS_CSUM, or with gso_size 0. */
+  /** Segmentation asked without NEEDS_CSUM, or with gso_size below {@link MIN_GSO_SIZE}. */
   GSO_FIELDS: 6,
   /** A frame that is not to be segmented but is longer than the port's largest frame. */
   TOO_LONG: 7,
 } as const;
+
+/**
+ * Smallest gso_size a sender may ask for: Linux's own floor for a TCP MSS
+ * (net.ipv4.tcp_min_snd_mss defaults to 48). Smaller ones come from no real
+ * stack; a hostile sender would use them to make the switch cut one 64 KiB
+ * frame into tens of thousands of segments for a receiver without TSO.
+ */
+export const MIN_GSO_SIZE = 48;
 
 const HEADER_ERROR_TEXT = [
   'acceptable',
@@ -134,7 +142,7 @@ const HEADER_ERROR_TEXT = [
   'csum_start/csum_offset outside the frame',
   'gso_type other than TCPV4/TCPV6 (or with ECN)',
   'segmentation offload that was not negotiated',
-  'segmentation without NEEDS_CSUM or with gso_size 0',
+  'segmentation without NEEDS_CSUM or with gso_size below 48',
   'frame longer than the largest frame without segmentation',
 ];
 
@@ -177,7 +185,7 @@ export function checkTxHeader(
   const need = gso === VNET_GSO_TCPV4 ? Offload.TSO4 : gso === VNET_GSO_TCPV6 ? Offload.TSO6 : -1;
   if (need < 0) return HeaderError.GSO_TYPE;
   if ((allowed & need) === 0) return HeaderError.GSO_NOT_NEGOTIATED;
-  if (flags === 0 || le16(hdr, o + VNET_HDR.GSO_SIZE) === 0) return HeaderError.GSO_FIELDS;
+  if (flags === 0 || le16(hdr, o + VNET_HDR.GSO_SIZE) < MIN_GSO_SIZE) return HeaderError.GSO_FIELDS;
   return HeaderError.OK;
 }
 

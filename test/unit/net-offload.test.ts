@@ -338,6 +338,9 @@ describe('checkTxHeader', () => {
       [vnetHeader(1, 0x81, 1448, 34, 16), 9000, all, HeaderError.GSO_TYPE],
       [vnetHeader(0, 1, 1448, 34, 16), 9000, all, HeaderError.GSO_FIELDS],
       [vnetHeader(1, 1, 0, 34, 16), 9000, all, HeaderError.GSO_FIELDS],
+      [vnetHeader(1, 1, 1, 34, 16), 9000, all, HeaderError.GSO_FIELDS],
+      [vnetHeader(1, 1, 47, 34, 16), 9000, all, HeaderError.GSO_FIELDS],
+      [vnetHeader(1, 1, 48, 34, 16), 9000, all, HeaderError.OK],
       [vnetHeader(1, 0, 0, 34, 16), 9000, all, HeaderError.TOO_LONG],
     ];
     for (const [h, len, allowed, code] of cases)
