@@ -21,6 +21,10 @@
  *   (2gGB), (4GB) = (2g), (4) with the RT guard's defaults on B: the cap and the rate term
  *        (at most 64 MiB/s of B while A is active);
  *   (4GB4) = (4GB) with the rate term at 256 MiB/s (the price/benefit of the default);
+ *   (2gGBw), (4GBw) = (2gGB), (4GB) with a 10 s window: A counts as active from its idle run on,
+ *        so B is under the rate for its whole run (as for an RT device that reads periodically),
+ *        not only from A's flood run on — B's first second at full speed is not written back
+ *        by the host while A is measured;
  *   (4+3) = (4) with B throttled as in (3);
  *   (q)  qemu-storage-daemon exporting both images (aio=native, O_DIRECT), the reference;
  *   (n1) both devices on the `null` engine: A's back-end-only latency under B's null flood;
@@ -86,6 +90,8 @@ const RT0 = 1 << 13;
 const NO_GUARD = 'no-rt-guard';
 /** B with the guard's in-flight cap only (its rate term off): the rows measured before the rate term existed. */
 const CAP_ONLY = 'rt-guard-bps=0';
+/** A window longer than a round: B stays under the guard from A's idle run on. */
+const LONG_WINDOW = 'rt-guard-window-us=10000000';
 
 function spec(d: Dev, extra: string[]): string {
   return [`socket-path=${d.socket}`, `image=${d.image}`, ...extra].join(',');
@@ -174,6 +180,20 @@ export function sharedDiskConfigs(bLimit: number): SdConfig[] {
       name: '(4) + RT guard with rate on B',
       detail: `A: ioprio=rt:0,${RT_A}; B: the RT guard's defaults (1 request / 1 MiB in flight, 64 MiB/s while A is active)`,
       start: vr('4GB', ['ioprio=rt:0', RT_A]),
+    },
+    {
+      id: '2gGBw',
+      name: '(2gGB) with a 10 s window',
+      detail:
+        "as (2gGB), B's rt-guard-window-us=10000000 (B under the rate for its whole run: A was active within 10 s)",
+      start: vr('2gGBw', ['guest-ioprio=honor'], [LONG_WINDOW]),
+      aLoad: ['--ioprio', String(RT0)],
+    },
+    {
+      id: '4GBw',
+      name: '(4GB) with a 10 s window',
+      detail: `A: ioprio=rt:0,${RT_A}; B: the RT guard's defaults, ${LONG_WINDOW}`,
+      start: vr('4GBw', ['ioprio=rt:0', RT_A], [LONG_WINDOW]),
     },
     {
       id: '4GB4',

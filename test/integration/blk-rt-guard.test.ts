@@ -189,12 +189,55 @@ describe('the RT guard', () => {
     await Promise.all([p.a.close(), p.b.close()]);
   });
 
+  it('the rate term: B added by device-add with rt-guard-bps is held by its bucket while A is active; every request completes', async () => {
+    // The cap wide open, so only the rate can hold B. 1 MiB/s: a 10 KiB bucket, each 64 KiB
+    // write puts it in debt, so B is held again and again (with nothing in flight too: its
+    // timer wakes it when the bucket refilled, else the flood would never end).
+    const p = await pair(['ioprio=rt:0'], [WINDOW]);
+    const image = join(dir, 'added.img');
+    writeFileSync(image, Buffer.alloc(8 * 1024 * KiB));
+    const socket = join(dir, 'added.sock');
+    const added = await p.qmp.execute('device-add', {
+      kind: 'blk',
+      'socket-path': socket,
+      image,
+      'rt-guard-window-us': 10_000_000,
+      'rt-guard-requests': 64,
+      'rt-guard-bytes': 64 * 1024 * KiB,
+      'rt-guard-bps': 1024 * KiB,
+    });
+    const index = (added.return as { device: number }).device;
+    const c = await BlkDriver.create({ socketPath: socket });
+    let over = false;
+    const first = await p.a.submit({ type: 'read', sector: 0, length: 4096 });
+    expect(first.status).toBe(BlkStatus.OK);
+    const reads = readLoop(p.a, () => over);
+    await flood(c, 24, 8, 64 * KiB);
+    over = true;
+    expect(await reads).toBeGreaterThan(0);
+    const s = await stats(p.qmp, index);
+    expect(s.bytesWritten).toBe(24 * 64 * KiB);
+    expect(s.guardRateHolds).toBeGreaterThan(0);
+    expect(s.guardHeldRequests).toBeGreaterThan(0);
+    expect(await metric(p, 'vhost_rt_blk_rt_guard_rate_holds_total', index)).toBe(s.guardRateHolds);
+    // A bad value is refused by name, and the daemon goes on.
+    const bad = await p.qmp.execute('device-add', {
+      kind: 'blk',
+      'socket-path': join(dir, 'bad.sock'),
+      image,
+      'rt-guard-bps': -1,
+    });
+    expect(JSON.stringify(bad)).toContain('rt-guard-bps');
+    await Promise.all([p.a.close(), p.b.close(), c.close()]);
+  });
+
   it('holds nothing with --no-rt-guard on B, nor when A sends no RT request', async () => {
     const off = await pair(['ioprio=rt:0'], ['no-rt-guard']);
     await contend(off);
     const b = await stats(off.qmp, 1);
     expect(b.guardHeldRequests).toBe(0);
     expect(b.guardPeakRequests).toBe(0);
+    expect(b.guardRateHolds).toBe(0);
     await Promise.all([off.a.close(), off.b.close()]);
 
     const be = await pair([], [WINDOW]);

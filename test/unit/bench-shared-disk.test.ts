@@ -110,6 +110,8 @@ describe('shared-disk experiment', () => {
       '4S',
       '2gGB',
       '4GB',
+      '2gGBw',
+      '4GBw',
       '4GB4',
       '4+3',
       'q',
