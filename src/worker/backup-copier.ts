@@ -238,7 +238,7 @@ class Copier {
     for (let c = 0; c < s.chunks; ) {
       await this.drainJournal();
       this.check();
-      if (!this.todo(c)) {
+      if (!this.passMustCopy(c)) {
         c++;
         continue;
       }
@@ -251,7 +251,7 @@ class Copier {
         continue;
       }
       let n = 1;
-      while (n < COPY_BATCH_CHUNKS && c + n < s.chunks && this.todo(c + n)) n++;
+      while (n < COPY_BATCH_CHUNKS && c + n < s.chunks && this.passMustCopy(c + n)) n++;
       await this.copyFromDisk(c, n);
       c += n;
     }
@@ -271,8 +271,8 @@ class Copier {
     return { copiedChunks: this.copied, fromJournal: this.fromJournal, bytesWritten: this.written };
   }
 
-  /** Needed, and the disk pass is not done with it. */
-  private todo(c: number): boolean {
+  /** Chunk `c` is in the backup (NEEDED) and the disk pass has not copied it yet. */
+  private passMustCopy(c: number): boolean {
     const s = this.s;
     return s.bit(s.at.needed, c) && !s.bit(s.at.copied, c);
   }
