@@ -263,13 +263,15 @@ describe('net offloads', () => {
     expect(await c.send(small.frame, vnetHeader(NEEDS_CSUM, 0, 0, small.l4, 16))).toBe(0);
     expect(await d.send(t.frame, vnetHeader(NEEDS_CSUM, GSO_TCPV4, 1000, t.l4, 16))).toBe(0);
     // A took everything, but: csum_start/offset past the end; a long frame not to segment;
-    // a device-only flag; an unknown gso_type.
+    // a device-only flag; an unknown gso_type; a gso_size below 48.
     const bad = [
       [small.frame, vnetHeader(NEEDS_CSUM, 0, 0, small.frame.length - 1, 16)],
       [small.frame, vnetHeader(NEEDS_CSUM, 0, 0, 0xffff, 0xffff)],
       [t.frame, vnetHeader(NEEDS_CSUM, 0, 0, t.l4, 16)],
       [small.frame, vnetHeader(2, 0, 0, 0, 0)],
       [t.frame, vnetHeader(NEEDS_CSUM, 3, 1000, t.l4, 6)],
+      // gso_size 1: would have the switch cut the frame into ~3000 one-byte segments.
+      [t.frame, vnetHeader(NEEDS_CSUM, GSO_TCPV4, 1, t.l4, 16)],
     ] as const;
     for (const [f, h] of bad) expect(await a.send(f, h)).toBe(0);
     // Passes A's checks (the header is consistent) but the frame is not TCP over
