@@ -46,12 +46,14 @@
  *
  * Writes bench/results/priority-inversion-shared-disk.{md,json,svg}.
  */
-import { spawnSync } from 'node:child_process';
-import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
+import { type Json, QmpClient } from '../test/support/qmp-client.js';
 import {
   type Backend,
   ensureImage,
@@ -105,7 +107,7 @@ export function sharedDiskConfigs(bLimit: number): SdConfig[] {
       startVhostRt({
         label,
         devices: [spec(a, aExtra), spec(b, bExtra)],
-        flags: ['--aio', aio, '--quiet'],
+        flags: ['--aio', aio, '--quiet', '--control-socket', controlPath(a)],
       });
   return [
     {
@@ -246,6 +248,8 @@ interface RoundResult {
   b: LoadResult;
   /** Absent: the disk's inflight file was not readable. */
   disk?: DiskInflight;
+  /** B's guard counters over A's flood window; absent: no control socket (qsd), or before run 5. */
+  guard?: GuardWindow;
 }
 
 /** A configuration over all rounds. */
@@ -316,27 +320,134 @@ export function sampleInflight(file: string | null): () => DiskInflight | undefi
   };
 }
 
-/** A alone, then A while B floods (B starts 1 s earlier and outlasts A). */
+/** B's guard counters over A's measured flood window (query-stats deltas). */
+export interface GuardWindow {
+  /** Seconds between the two reads. */
+  seconds: number;
+  /** B's requests that waited for the guard, and for how long its queue was held (µs). */
+  heldRequests: number;
+  heldUs: number;
+  /** Admissions the guard's rate term refused. */
+  rateHolds: number;
+  /** B's bytes written, in decimal MB/s over the window. */
+  bMbPerSec: number;
+}
+
+const A_CLIENT = join(REPO_ROOT, 'dist', 'bench', 'priority-inversion-a-client.js');
+const GUARD_KEYS = ['guardHeldRequests', 'guardHeldUs', 'guardRateHolds', 'bytesWritten'] as const;
+type GuardSnap = Record<(typeof GUARD_KEYS)[number], number> & { at: number };
+
+/** The control socket of a vhost-rt configuration (qsd has none). */
+function controlPath(a: Dev): string {
+  return join(dirname(a.socket), 'control.qmp');
+}
+
+/** B's (device 1's) guard counters now. */
+async function guardSnap(q: QmpClient): Promise<GuardSnap> {
+  const r = (await q.execute('query-stats', { device: 1 })).return as { stats: Json }[];
+  const st = r[0].stats as Record<string, number>;
+  const out = { at: performance.now() } as GuardSnap;
+  for (const k of GUARD_KEYS) out[k] = Number(st[k] ?? 0);
+  return out;
+}
+
+function guardDelta(x: GuardSnap, y: GuardSnap): GuardWindow {
+  const seconds = (y.at - x.at) / 1000;
+  return {
+    seconds,
+    heldRequests: y.guardHeldRequests - x.guardHeldRequests,
+    heldUs: y.guardHeldUs - x.guardHeldUs,
+    rateHolds: y.guardRateHolds - x.guardRateHolds,
+    bMbPerSec: (y.bytesWritten - x.bytesWritten) / 1e6 / seconds,
+  };
+}
+
+/** A's client (one connection, two windows): its events as they come, and its exit. */
+function startAClient(args: string[]) {
+  const child = spawn(process.execPath, [A_CLIENT, '--windows', '2', ...args], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  const events: Json[] = [];
+  let waiters: (() => void)[] = [];
+  let err = '';
+  let exit: number | null | undefined;
+  const wake = () => {
+    const w = waiters;
+    waiters = [];
+    for (const f of w) f();
+  };
+  createInterface({ input: child.stdout }).on('line', (line) => {
+    events.push(JSON.parse(line) as Json);
+    wake();
+  });
+  child.stderr.on('data', (d: Buffer) => {
+    err += d.toString();
+  });
+  child.once('close', (code) => {
+    exit = code;
+    wake();
+  });
+  /** Resolves with the first event `match` accepts; rejects when the client exits first. */
+  const next = (match: (e: Json) => boolean): Promise<Json> =>
+    new Promise((resolve, reject) => {
+      const look = () => {
+        const e = events.find(match);
+        if (e !== undefined) return resolve(e);
+        if (exit !== undefined)
+          return reject(new Error(`A's client exited ${exit} early: ${err.trim()}`));
+        waiters.push(look);
+      };
+      look();
+    });
+  return {
+    next,
+    go: () => child.stdin.write('go\n'),
+    kill: () => child.kill('SIGKILL'),
+  };
+}
+
+/**
+ * A alone, then A while B floods, over ONE connection of A that never stops reading: after
+ * A's idle window, A reads on (unmeasured) while B starts; 1 s later A ramps 0.5 s and
+ * measures under B's flood; B outlasts it. B's guard counters are read when A's flood window
+ * starts and ends, so the report shows whether B was held while A was measured.
+ */
 async function measure(
   c: SdConfig,
   backend: Backend,
   runtime: number,
   inflight: string | null,
+  a: Dev,
 ): Promise<RoundResult> {
   const [sa, sb] = backend.sockets;
   const aLoad = [...A_LOAD, ...(c.aLoad ?? [])];
-  const idle = await runGeneratorProcess(gen(sa, backend.pid, aLoad, runtime, 0.5));
-  const bRun = runGeneratorProcess(gen(sb, backend.pid, B_LOAD, runtime + 1.5, 1)).then(
-    (r) => ({ r, err: undefined }),
-    (err: Error) => ({ r: undefined, err }),
-  );
-  await new Promise((r) => setTimeout(r, 1000));
-  const stopSampling = sampleInflight(c.nullEngine === true ? null : inflight);
-  const flood = await runGeneratorProcess(gen(sa, backend.pid, aLoad, runtime, 0.5));
-  const disk = stopSampling();
-  const b = await bRun;
-  if (b.err) throw b.err;
-  return { idle, flood, b: b.r as LoadResult, disk };
+  const control = existsSync(controlPath(a)) ? await QmpClient.connect(controlPath(a)) : undefined;
+  const client = startAClient(gen(sa, backend.pid, aLoad, runtime, 0.5));
+  try {
+    const idle = (await client.next((e) => e.event === 'result' && e.window === 0))
+      .result as LoadResult;
+    await client.next((e) => e.event === 'waiting' && e.window === 1);
+    const bRun = runGeneratorProcess(gen(sb, backend.pid, B_LOAD, runtime + 1.5, 1)).then(
+      (r) => ({ r, err: undefined }),
+      (err: Error) => ({ r: undefined, err }),
+    );
+    await new Promise((r) => setTimeout(r, 1000));
+    client.go();
+    await client.next((e) => e.event === 'measure' && e.window === 1);
+    const g0 = control === undefined ? undefined : await guardSnap(control);
+    const stopSampling = sampleInflight(c.nullEngine === true ? null : inflight);
+    const flood = (await client.next((e) => e.event === 'result' && e.window === 1))
+      .result as LoadResult;
+    const disk = stopSampling();
+    const g1 = control === undefined ? undefined : await guardSnap(control);
+    const b = await bRun;
+    if (b.err) throw b.err;
+    const guard = g0 !== undefined && g1 !== undefined ? guardDelta(g0, g1) : undefined;
+    return { idle, flood, b: b.r as LoadResult, disk, guard };
+  } finally {
+    client.kill();
+    control?.close();
+  }
 }
 
 async function runRound(
@@ -348,7 +459,7 @@ async function runRound(
 ): Promise<RoundResult> {
   const backend = await c.start(a, b);
   try {
-    return await measure(c, backend, runtime, inflight);
+    return await measure(c, backend, runtime, inflight, a);
   } finally {
     await backend.stop();
   }
@@ -501,6 +612,19 @@ function diskColumn(r: SdResult): string {
   return `${median(d.map((x) => x.writesP50))} / ${Math.max(...d.map((x) => x.writesMax))}`;
 }
 
+/**
+ * B's guard counters over A's flood windows: B's MB/s then, the share of the window B's queue
+ * was held, the rate term's refusals (medians over rounds); "—" where not measured.
+ */
+function guardColumn(r: SdResult): string {
+  const g = r.rounds.flatMap((x) => (x.guard === undefined ? [] : [x.guard]));
+  if (g.length === 0) return '—';
+  const mb = median(g.map((x) => x.bMbPerSec)).toFixed(0);
+  const held = median(g.map((x) => x.heldUs / 1e4 / x.seconds)).toFixed(0);
+  const holds = median(g.map((x) => x.rateHolds)).toFixed(0);
+  return `${mb}, ${held} %, ${holds}`;
+}
+
 /** The machine floor's p99.9: the median of the measurements that have one. */
 export function floorP999(floors: MachineFloor[]): number | undefined {
   const v = floors.flatMap((f) => (f.p999Us === undefined ? [] : [f.p999Us]));
@@ -545,12 +669,15 @@ export function sdMarkdown(results: SdResult[], runtime: number, rounds: number)
     'p99.9 flood/idle (spread)',
     'B MB/s',
     'disk writes in flight p50 / max',
+    "B in A's flood window: MB/s, held % of time, rate holds",
+    'run',
     'rounds ok',
   ];
   const lat = (l: LatencySummary) => [l.p50Us, l.p99Us, l.p999Us].map(fmtUs).join(' / ');
   const rows = results.map((r) => {
     const name = `(${r.id}) ${r.name}`;
-    if (r.rounds.length === 0) return [name, 'failed', r.failures[0] ?? '', '', '', '', '', '0'];
+    if (r.rounds.length === 0)
+      return [name, 'failed', r.failures[0] ?? '', '', '', '', '', '', '', '0'];
     const idle = medianLatency(r.rounds.map((x) => x.idle.latency));
     const flood = medianLatency(r.rounds.map((x) => x.flood.latency));
     const q = ratios(r);
@@ -565,6 +692,8 @@ export function sdMarkdown(results: SdResult[], runtime: number, rounds: number)
       `${fmtRatio(median(q))} (${spread(q, (x) => fmtRatio(x))})`,
       median(r.rounds.map((x) => x.b.mbPerSec)).toFixed(0),
       diskColumn(r),
+      guardColumn(r),
+      String((r.run ?? 0) + 1),
       `${r.rounds.length}/${rounds}`,
     ];
   });
@@ -572,6 +701,7 @@ export function sdMarkdown(results: SdResult[], runtime: number, rounds: number)
   const failures = results.flatMap((r) => r.failures.map((f) => `- (${r.id}) ${f}`));
   return [
     `Device A: 4k randread QD1; device B: 1M sequential write QD32, started 1 s before A's flood run and outlasting it; one back-end process; both images are 1 GiB files on the same host disk. ${rounds} interleaved rounds of ${runtime} s per measurement (0.5 s ramp); medians over the rounds, spread = min–max over the rounds. "Disk writes in flight": the host disk's sysfs inflight (requests dispatched to its driver) sampled every 10 ms during A's flood run: median of the per-round medians / largest sample.`,
+    `How A is driven, by run ("run" column): in runs 1–4 A's idle and flood runs were two load-generator connections, and B started in the gap between them, with A not reading: the guard saw no RT neighbour and B wrote ~1 s unheld right before A was measured. From run 5 on, A is ONE connection that reads without a pause from its idle window through B's start into its flood window (bench/priority-inversion-a-client.ts), the steady state of an RT guest; B's guard counters (query-stats of B between the start and the end of A's measured flood window) are in the column "B in A's flood window": B's write rate then, the share of the window B's queue was held by the guard, and the guard's rate-term refusals.`,
     markdownTable(header, rows),
     'What ran:',
     details.join('\n'),
@@ -660,8 +790,12 @@ async function main(): Promise<void> {
             r.disk === undefined
               ? ''
               : `, disk writes in flight p50 ${r.disk.writesP50} max ${r.disk.writesMax}`;
+          const g =
+            r.guard === undefined
+              ? ''
+              : `; in A's window B ${r.guard.bMbPerSec.toFixed(0)} MB/s, held ${(r.guard.heldUs / 1000).toFixed(0)} ms (${r.guard.heldRequests} requests), rate holds ${r.guard.rateHolds}`;
           process.stderr.write(
-            `idle p99.9 ${fmtUs(r.idle.latency.p999Us)} flood p99.9 ${fmtUs(r.flood.latency.p999Us)} (${fmtRatio(q)})${disk}, B ${r.b.mbPerSec.toFixed(0)} MB/s\n`,
+            `idle p99.9 ${fmtUs(r.idle.latency.p999Us)} flood p99.9 ${fmtUs(r.flood.latency.p999Us)} (${fmtRatio(q)})${disk}, B ${r.b.mbPerSec.toFixed(0)} MB/s${g}\n`,
           );
         } catch (err) {
           const why = (err as Error).message.split('\n')[0];

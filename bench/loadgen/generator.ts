@@ -439,6 +439,31 @@ function cpuSeconds(t: CpuTimes): number {
 
 /** Runs one workload against the back end at `o.socketPath` and returns the measured window. */
 export async function runLoad(o: LoadOptions): Promise<LoadResult> {
+  const [r] = await runLoadWindows(o, [{ rampSec: o.rampSec ?? 0, runtimeSec: o.runtimeSec }]);
+  return r;
+}
+
+/** One measured window of {@link runLoadWindows}. */
+export interface LoadWindow {
+  /**
+   * Awaited before the window's ramp, with the load still running unmeasured (a benchmark
+   * starts a neighbour's flood here; the front end stays connected and busy meanwhile).
+   */
+  before?: () => Promise<void>;
+  /** Called when the measured part starts (after the ramp). */
+  onMeasure?: () => void;
+  /** Called with the window's result as soon as it ends (the load runs on into the next). */
+  onResult?: (r: LoadResult) => void;
+  rampSec: number;
+  runtimeSec: number;
+}
+
+/**
+ * Runs one workload over one connection through several measured windows in turn, the
+ * load never pausing between them (issue 14: a device that disconnects between an idle and
+ * a loaded run is not the steady state of a guest); one result per window.
+ */
+export async function runLoadWindows(o: LoadOptions, windows: LoadWindow[]): Promise<LoadResult[]> {
   checkLoadOptions(o);
   const vmm = await connect(o);
   const s = new RunState();
@@ -453,8 +478,16 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
       loads.push(new QueueLoad(vmm, q, o, pattern, s));
     });
     for (const l of loads) l.start();
-    await phase(o, s, 'ramp', o.rampSec ?? 0);
-    return await measure(o, s);
+    const results: LoadResult[] = [];
+    for (const w of windows) {
+      await w.before?.();
+      await phase(o, s, 'ramp', w.rampSec);
+      w.onMeasure?.();
+      const r = await measure({ ...o, runtimeSec: w.runtimeSec }, s);
+      results.push(r);
+      w.onResult?.(r);
+    }
+    return results;
   } finally {
     stopSync();
     await drain(s);
