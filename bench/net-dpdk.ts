@@ -50,10 +50,19 @@
  * It installs Debian's dpdk packages when dpdk-testpmd is missing (needs root).
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+} from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { crossCpuLatencyNs } from './cache-line-probe.js';
 import { VHOST_RT_CLI } from './loadgen/backends.js';
 import { fmtRatio, markdownTable, writeJson, writeText } from './report.js';
 
@@ -99,6 +108,12 @@ export interface NetSample {
   cpuUsPerFrame: number;
   /** CPU time of the switch process per second of the window (1 = one whole CPU). */
   cpuLoad: number;
+  /**
+   * One-way cache-line latency between the switch's and the front end's CPU,
+   * ns, measured just before this sample's switch started (cache-line-probe.ts:
+   * the machine's state for this round; absent in older results files).
+   */
+  cacheLineNs?: number;
 }
 
 function sh(cmd: string, args: string[]): string {
@@ -272,7 +287,11 @@ async function startVhostRt(
 ): Promise<RunningSwitch> {
   const args = ['-c', String(cpu), process.execPath, ...nodeArgs, cli, 'net', ...extra];
   for (const s of socks) args.push('--socket-path', s);
-  const child = spawn('taskset', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  // NET_DPDK_SWITCH_STDOUT=FILE keeps the switch's stdout (V8 traces such as --trace-gc go there).
+  const outPath = process.env.NET_DPDK_SWITCH_STDOUT;
+  const out = outPath ? openSync(outPath, 'a') : 'ignore';
+  const child = spawn('taskset', args, { stdio: ['ignore', out, 'pipe'] });
+  if (typeof out === 'number') closeSync(out);
   let err = '';
   child.stderr?.setEncoding('utf8');
   child.stderr?.on('data', (d: string) => {
@@ -392,6 +411,8 @@ let runs = 0;
 
 /** Runs one switch through one case and measures one window. */
 async function measure(o: CaseOptions): Promise<NetSample & { log: string }> {
+  // Before anything polls either CPU: the probe needs both to itself.
+  const cacheLineNs = await crossCpuLatencyNs(o.switchCpu, o.frontendCpu);
   const dir = mkdtempSync(join(tmpdir(), 'vhrt-net-dpdk-'));
   const socks = [join(dir, 'p0.sock'), join(dir, 'p1.sock')];
   const tag = `vhrtb${process.pid}x${runs++}`;
@@ -454,6 +475,7 @@ async function measure(o: CaseOptions): Promise<NetSample & { log: string }> {
       lossShare: tx > 0 ? (tx - rx) / tx : 0,
       cpuUsPerFrame: rx > 0 ? ((cpu1 - cpu0) * 1e6) / rx : Number.NaN,
       cpuLoad: (cpu1 - cpu0) / dt,
+      cacheLineNs,
     });
   } finally {
     await fe?.quit();
@@ -527,6 +549,12 @@ export function netReport(samples: NetSample[]): string {
         ratios.length > 0
           ? `${fmtRatio(median(ratios))} (${fmtRatio(Math.min(...ratios))}..${fmtRatio(Math.max(...ratios))})`
           : '',
+        xs.every((s) => s.cacheLineNs !== undefined)
+          ? spread(
+              xs.map((s) => s.cacheLineNs as number),
+              0,
+            )
+          : '',
       ]);
     }
   }
@@ -540,8 +568,29 @@ export function netReport(samples: NetSample[]): string {
       'switch CPUs busy',
       'lost % of sent',
       'Mpps ratio to DPDK, per round',
+      'CPU↔CPU cache line, ns one way',
     ],
     rows,
+  );
+}
+
+/**
+ * Every sample on its own line, in the order measured: which rounds ran on a
+ * slow placement of the machine's CPUs shows in the cache-line column.
+ */
+export function roundsReport(samples: NetSample[]): string {
+  return markdownTable(
+    ['round', 'case', 'switch', 'Mpps', 'switch CPU µs/frame', 'switch CPUs busy', 'cache line ns'],
+    samples.map((s) => [
+      `${s.round}`,
+      `${s.mode} ${s.size} B${(s.variant ?? 'split') === 'split' ? '' : ` ${s.variant}`}`,
+      s.switch,
+      s.mpps.toFixed(3),
+      s.cpuUsPerFrame.toFixed(3),
+      // Below ~0.9 the switch waited for frames: the front end's CPU was the limit.
+      `${s.cpuLoad.toFixed(2)}${s.cpuLoad < 0.9 ? ' (front-end bound)' : ''}`,
+      s.cacheLineNs === undefined ? '' : s.cacheLineNs.toFixed(0),
+    ]),
   );
 }
 
@@ -611,7 +660,8 @@ async function main(): Promise<void> {
             samples.push(sample);
             console.error(
               `round ${round} ${mode} ${size} B ${variant} ${kind}: ${s.mpps.toFixed(3)} Mpps, ${s.gbps.toFixed(2)} Gbit/s, ` +
-                `${s.cpuUsPerFrame.toFixed(3)} µs CPU/frame (${s.cpuLoad.toFixed(2)} CPUs), lost ${(100 * s.lossShare).toFixed(2)} %`,
+                `${s.cpuUsPerFrame.toFixed(3)} µs CPU/frame (${s.cpuLoad.toFixed(2)} CPUs), lost ${(100 * s.lossShare).toFixed(2)} %, ` +
+                `cache line ${s.cacheLineNs?.toFixed(0)} ns`,
             );
           }
         }
@@ -619,7 +669,7 @@ async function main(): Promise<void> {
     }
   }
   const loadAfter = machineLoad();
-  const table = netReport(samples);
+  const table = `${netReport(samples)}\n\nPer sample, in the order measured:\n\n${roundsReport(samples)}`;
   const conditions = [
     `started ${startedAt}, ended ${new Date().toISOString()}; ${rounds} rounds, ${base.seconds} s windows after ${base.warmup} s warm-up`,
     `switch on CPU ${base.switchCpu} (taskset, every thread), front end on CPU ${base.frontendCpu}; rings of ${base.queueSize}; vhost-rt args: ${base.switchArgs.join(' ')} --queue-size ${base.queueSize}`,
