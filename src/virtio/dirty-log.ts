@@ -19,6 +19,10 @@
  *   have left part of its data);
  * - the used elements written and used.idx, at the ring's log address
  *   (SET_VRING_ADDR with VHOST_VRING_F_LOG), as the spec asks.
+ * The ring's own marks come before the store that publishes them (used.idx,
+ * a packed ring's flags), so a front end reading and clearing the bitmap in
+ * between misses that store: `Vring.stop` (GET_VRING_BASE, before the
+ * front end's last read) marks every ring area the device writes whole.
  * The chains are walked again from the descriptor table (a chain stays the
  * device's until its used entry is published: the driver may not touch it), with every
  * check `pop()` makes, and their heads are read back from the used elements

@@ -31,7 +31,10 @@
  * buffer's writable (gpa, len) pairs — or its indirect table — are kept at
  * pop in a preallocated pool, one node per slot, until its used element is
  * published: {@link logBatch} marks them, and the descriptor-ring slots the
- * batch wrote.
+ * batch wrote. Those slots are marked before publishUsed stores their flags,
+ * so when the ring stops (GET_VRING_BASE, before the front end's last look
+ * at the bitmap) the whole descriptor ring is marked again
+ * ({@link logDescriptorRing}), as the split ring's whole used ring is.
  *
  * Not kept: the inflight region (INFLIGHT_SHMFD has a packed layout this
  * ring does not write), so a packed ring never attaches one.
@@ -455,6 +458,17 @@ export class PackedVirtqueue implements Virtqueue {
       if (ringLogAddr >= 0)
         log.markRange(this.descRing + this.batchSlot[k] * PACKED_DESC_SIZE, PACKED_DESC_SIZE);
     }
+  }
+
+  /**
+   * Marks the whole descriptor ring in `log` (the ring stops: see
+   * `Vring.stop`). {@link logBatch} marks a batch's slots before
+   * {@link publishUsed} stores their flags, so a bitmap read and cleared
+   * in between would miss those stores; at the stop the front end reads
+   * the bitmap once more, after every store.
+   */
+  logDescriptorRing(log: DirtyLog): void {
+    log.markRange(this.descRing, packedRingBytes(this.size));
   }
 
   // --- the walk ---------------------------------------------------------------

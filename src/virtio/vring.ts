@@ -20,6 +20,7 @@
 import type { DirtyLog } from './dirty-log.js';
 import { QueueBrokenError } from './errors.js';
 import type { GuestMemory } from './guest-memory.js';
+import { PackedVirtqueue } from './packed-virtqueue.js';
 import type { Virtqueue } from './virtqueue.js';
 
 /** Something the runtime closes when the ring stops (the kick watcher). */
@@ -112,13 +113,22 @@ export class Vring {
   /**
    * Forgets the ring; returns the ring base to hand back (GET_VRING_BASE:
    * the next avail index; a packed ring's also carries wrap counters and
-   * the used position). While logging, the whole used ring is marked first:
-   * its flags and avail_event were written without a batch.
+   * the used position). While logging, every area the device writes is
+   * marked whole first, as the front end's last pass follows this reply:
+   * the used ring (split) or device area (packed), whose flags and event
+   * fields were written without a batch, and a packed ring's descriptor
+   * ring, where the used elements go. A batch marks the ring before it
+   * stores the flags (split: used.idx) that publish it, so a front end
+   * that read and cleared the bitmap between the two would otherwise miss
+   * that last store: the split ring's is in its used ring, marked here.
    */
   stop(): number {
     const q = this.queue;
-    if (q !== null && this.logUsedAddr >= 0)
-      this.dirtyLog?.markRange(this.logUsedAddr, q.usedAreaBytes);
+    const log = this.dirtyLog;
+    if (q !== null && log !== null && this.logUsedAddr >= 0) {
+      log.markRange(this.logUsedAddr, q.usedAreaBytes);
+      if (q instanceof PackedVirtqueue) q.logDescriptorRing(log);
+    }
     const last = this.queue?.vringBase ?? 0;
     this.queue = null;
     this.batchOpen = false;
