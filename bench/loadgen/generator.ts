@@ -538,5 +538,12 @@ async function drain(s: RunState): Promise<void> {
   const idle = new Promise<void>((resolve) => {
     s.onIdle = resolve;
   });
-  await Promise.race([idle, sleep(10_000)]);
+  // The timer is cleared once idle: left armed, it kept every generator process alive 10 s
+  // after its run (a benchmark waiting for the exit saw a 10 s gap with no I/O; issue 14).
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const limit = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, 10_000);
+  });
+  await Promise.race([idle, limit]);
+  clearTimeout(timer);
 }
