@@ -49,12 +49,14 @@ describe('shared-disk experiment', () => {
           flood: load(200, 4000),
           b: load(0, 0, 500),
           disk: { samples: 100, writesP50: 3, writesMax: 9, readsMax: 1 },
+          guard: { seconds: 2, heldRequests: 10, heldUs: 1_000_000, rateHolds: 5, bMbPerSec: 64 },
         },
         {
           idle: load(110, 1000),
           flood: load(220, 2000),
           b: load(0, 0, 700),
           disk: { samples: 100, writesP50: 1, writesMax: 4, readsMax: 1 },
+          guard: { seconds: 2, heldRequests: 20, heldUs: 2_000_000, rateHolds: 7, bMbPerSec: 66 },
         },
         { idle: load(90, 1000), flood: load(180, 3000), b: load(0, 0, 600) },
       ],
@@ -68,7 +70,8 @@ describe('shared-disk experiment', () => {
     };
     const md = sdMarkdown([ok, bad], 2, 3);
     expect(md).toContain(
-      '| (1) one | 100 / 500 / 1,000 | 200 / 1,500 / 3,000 | 2,000–4,000 | 3.00× (2.00×–4.00×) | 600 | 2 / 9 | 3/3 |',
+      // B's guard column: medians over the rounds that measured it (MB/s, held share, rate holds).
+      '| (1) one | 100 / 500 / 1,000 | 200 / 1,500 / 3,000 | 2,000–4,000 | 3.00× (2.00×–4.00×) | 600 | 2 / 9 | 65, 75 %, 6 | 1 | 3/3 |',
     );
     expect(md).toContain('(q) round 1: boom');
     expect(sdSvg([ok, bad])).toContain('(1) one');
