@@ -11,6 +11,11 @@
  *   finishes its loop there and checks every slot it wrote: no mismatch, no
  *   I/O error. The same harness first migrates a guest whose disks are on
  *   qemu-storage-daemon (which supports it), to prove the harness itself.
+ *   Before the destination runs (it starts paused, -S), its RAM is compared
+ *   page by page with the paused source's: a page the back end writes (a ring,
+ *   a read's data) that differs is a dirty-log miss, whatever the guest notices.
+ *   Other differing pages are guest CPU stores QEMU 7.2's TCG lost (see the
+ *   vhost-rt case's retry rule).
  * - net: the guest's NIC moves from one port of a `vhost-rt net` switch to
  *   another while a network namespace behind the switch's TAP port pings it;
  *   the destination QEMU's SEND_RARP makes the switch announce the guest's MAC
@@ -25,8 +30,10 @@ import {
   closeSync,
   copyFileSync,
   fsyncSync,
+  mkdirSync,
   mkdtempSync,
   openSync,
+  readFileSync,
   rmSync,
   statSync,
   writeFileSync,
@@ -50,6 +57,7 @@ import { waitFor } from '../support/wait.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vhost-rt-migrate-'));
 const MiB = 1024 * 1024;
+const PAGE = 4096;
 const MEM_MB = 256;
 /** 64 KiB slots the guest cycles through, after the marker's first 64 KiB. */
 const SLOTS = 32;
@@ -251,6 +259,111 @@ function withKernelArgs(args: string[]): string[] {
   return args.map((a, j) => (j === i + 1 ? `${a} init_on_alloc=0` : a));
 }
 
+/**
+ * Keeps the whole of a failed migration's consoles and daemon logs (the failure message
+ * shows only their tail, and an oops's first lines are what tells whose bug it is):
+ * written under the system temp directory, which outlives `dir`; returns the path.
+ */
+function keepFailure(name: string, parts: Record<string, string>): string {
+  const keep = join(tmpdir(), 'vhost-rt-migration-failures');
+  mkdirSync(keep, { recursive: true });
+  const path = join(keep, `${name}-${new Date().toISOString().replace(/[:.]/g, '-')}.log`);
+  writeFileSync(
+    path,
+    Object.entries(parts)
+      .map(([k, v]) => `===== ${k} =====\n${v}\n`)
+      .join(''),
+  );
+  return path;
+}
+
+/**
+ * What differs between the paused source's RAM after the migration and the paused
+ * destination's before it runs. The source's back end stopped at GET_VRING_BASE and
+ * nothing else writes either RAM then, so every page listed reached the destination stale:
+ * a write that neither QEMU's own tracking nor a back end's dirty log reported.
+ * `backEnd` are those a back end writes: a page of a virtqueue's rings, or a page whose
+ * (source) content is a non-zero 4 KiB page of the disk image (a read's data as the device
+ * wrote it: page-cache pages and the loop's page-aligned O_DIRECT buffers). The others hold
+ * what the guest's CPU writes (kernel pointers, list links, counters: see the rt test).
+ */
+interface RamCheck {
+  pages: number[];
+  backEnd: string[];
+  details: string;
+}
+
+async function compareRam(name: string, image: string, src: Qemu, dst: Qemu): Promise<RamCheck> {
+  await waitFor(
+    async () => {
+      const r = (await dst.qmp.execute('query-status')).return as { status: string };
+      return r.status !== 'inmigrate';
+    },
+    'the destination to finish loading the migration',
+    30_000,
+  );
+  const files = ['src', 'dst'].map((side) => join(dir, `${name}-${side}.ram`));
+  for (const [i, q] of [src, dst].entries()) {
+    const r = await q.qmp.execute('pmemsave', { val: 0, size: MEM_MB * MiB, filename: files[i] });
+    expect(r, JSON.stringify(r)).toHaveProperty('return');
+  }
+  const [a, b] = files.map((f) => readFileSync(f));
+  for (const f of files) rmSync(f);
+  const pages: number[] = [];
+  for (let at = 0; at < a.length; at += PAGE)
+    if (a.compare(b, at, at + PAGE, at, at + PAGE) !== 0) pages.push(at);
+  if (pages.length === 0) return { pages, backEnd: [], details: '' };
+  // Where the rings are (QEMU's own view of each virtio device's queue 0).
+  const rings: [number, number][] = [];
+  const devices = ((await src.qmp.execute('x-query-virtio')).return ?? []) as { path: string }[];
+  for (const d of devices) {
+    const q = (await src.qmp.execute('x-query-virtio-queue-status', { path: d.path, queue: 0 }))
+      .return as Record<string, number> | undefined;
+    if (q === undefined) continue;
+    // Each area at its largest (split or packed) for this size.
+    for (const addr of [q['vring-desc'], q['vring-avail'], q['vring-used']])
+      rings.push([addr, 16 * q['vring-num'] + 6]);
+  }
+  // Zero pages are left out: the guest reads none from the disk while it moves (its slots
+  // once written, the random pattern, sector 0), while its kernel zeroes pages all the time.
+  const zero = createHash('sha1').update(Buffer.alloc(PAGE)).digest('hex');
+  const disk = new Set<string>();
+  const img = readFileSync(image);
+  for (let at = 0; at + PAGE <= img.length; at += PAGE)
+    disk.add(
+      createHash('sha1')
+        .update(img.subarray(at, at + PAGE))
+        .digest('hex'),
+    );
+  disk.delete(zero);
+  const backEnd: string[] = [];
+  const lines: string[] = [];
+  for (const at of pages) {
+    let first = -1;
+    let last = -1;
+    let n = 0;
+    for (let i = 0; i < PAGE; i++) {
+      if (a[at + i] === b[at + i]) continue;
+      if (first < 0) first = i;
+      last = i;
+      n++;
+    }
+    const ring = rings.some(([addr, len]) => at < addr + len && addr < at + PAGE);
+    const data = disk.has(
+      createHash('sha1')
+        .update(a.subarray(at, at + PAGE))
+        .digest('hex'),
+    );
+    if (ring || data) backEnd.push(`${at.toString(16)} (${ring ? 'ring' : 'disk data'})`);
+    const row = at + (first & ~15);
+    lines.push(
+      `${at.toString(16)}: ${n} byte(s) differ in [${first}, ${last}]${ring ? ', a ring page' : ''}${data ? ', disk data' : ''}; ` +
+        `at +${first & ~15} source ${a.subarray(row, row + 32).toString('hex')} destination ${b.subarray(row, row + 32).toString('hex')}`,
+    );
+  }
+  return { pages, backEnd, details: lines.join('\n') };
+}
+
 /** Migrates the loop's guest from a disk on `srcSocket` to one on `dstSocket` (both on `image`). */
 async function migrateDiskGuest(
   name: string,
@@ -258,6 +371,7 @@ async function migrateDiskGuest(
   srcSocket: string,
   dstSocket: string,
   packed = false,
+  daemonLogs: () => Record<string, string> = () => ({}),
 ) {
   const initrd = join(dir, `${name}.initrd`);
   const script = loopScript(writePattern(image));
@@ -266,29 +380,61 @@ async function migrateDiskGuest(
     withKernelArgs(guestQemuArgs({ script, memMb: MEM_MB, blk: [{ socket, packed }] }, initrd));
   const src = await launch(`${name}-src`, args(srcSocket));
   const incoming = join(dir, `${name}.migrate`);
-  const dst = await launch(`${name}-dst`, [...args(dstSocket), '-incoming', `unix:${incoming}`]);
+  // -S: the destination stays paused after the migration, until its RAM was compared.
+  const dst = await launch(`${name}-dst`, [
+    ...args(dstSocket),
+    '-S',
+    '-incoming',
+    `unix:${incoming}`,
+  ]);
   await waitFor(
     () => src.output().includes('LOOP_RUNNING'),
     () => `the guest loop; console:\n${src.output().slice(-2000)}`,
     120_000,
   );
   const m = await migrate(src, `unix:${incoming}`);
+  const ram = await compareRam(name, image, src, dst);
+  const differ =
+    ram.pages.length === 0
+      ? 'source and destination RAM are equal'
+      : `${ram.pages.length} page(s) differ between source and destination RAM:\n${ram.details}`;
+  if (ram.pages.length > 0) console.log(`${name}: ${differ}`);
+  await dst.qmp.execute('cont');
   writeMarker(image);
+  const keep = () =>
+    keepFailure(name, {
+      ram: differ,
+      destination: dst.output(),
+      source: src.output(),
+      ...daemonLogs(),
+    });
+  let finished = true;
   await waitFor(
     () => dst.proc.exitCode !== null || dst.proc.signalCode !== null,
-    () => `the guest to finish its loop on the destination; console:\n${dst.output().slice(-3000)}`,
+    'the guest to finish its loop on the destination',
     120_000,
-  );
+  ).catch((err: unknown) => {
+    // A guest whose RAM the migration corrupted may hang: the caller decides (see its rule).
+    if (ram.pages.length === 0)
+      throw new Error(
+        `${(err as Error).message} (whole logs: ${keep()}); console:\n${dst.output().slice(-3000)}`,
+      );
+    finished = false;
+    dst.proc.kill('SIGKILL');
+  });
   await dst.exited;
   await quit(src);
   const out = dst.output();
-  return { m, src: src.output(), out, exit: parseGuestExit(out) };
+  const exit = parseGuestExit(out);
+  if (exit !== 0) console.log(`${name}: the guest failed; whole logs: ${keep()}`);
+  return { m, src: src.output(), out, exit, ram, finished };
 }
 
 describe('blk', () => {
   // The reference back end, proving the harness: retried once, because QEMU 7.2's TCG guest
   // was seen to crash after this migration with qemu-storage-daemon (a GPF in the guest
-  // kernel's prepare_creds, 1 CI run in 4). The vhost-rt cases below are never retried.
+  // kernel's prepare_creds, 1 CI run in 4): most likely the TCG lost-store bug described at
+  // the vhost-rt cases below, which are retried only on that evidence.
   it(
     'the harness migrates a guest whose disk is on qemu-storage-daemon',
     { retry: 1 },
@@ -303,7 +449,7 @@ describe('blk', () => {
         daemons.push(
           await startStorageDaemon({ image, socket: join(dir, `${s}.sock`), locking: false }),
         );
-      const r = await migrateDiskGuest('qsd', image, daemons[0].socket, daemons[1].socket);
+      const r = await migrateDiskGuest('qsd', image, daemons[0].socket, daemons[1].socket, false);
       console.log(
         `qemu-storage-daemon migration: downtime ${r.m.downtimeMs} ms, total ${r.m.totalMs} ms`,
       );
@@ -313,57 +459,110 @@ describe('blk', () => {
     300_000,
   );
 
+  /** Migrates the loop's guest between two vhost-rt daemons on one new image; `attempt` names the files. */
+  async function rtMigration(rings: string, packed: boolean, attempt: number) {
+    const tag = `${rings}-${attempt}`;
+    const image = join(dir, `rt-${tag}.img`);
+    writeFileSync(image, Buffer.alloc(0));
+    execFileSync('truncate', ['-s', `${64 * MiB}`, image]);
+    // The destination reaches the image through a loop device, as a second host reaches
+    // shared storage through its own path: image locks are per host (per inode here), and
+    // on one machine the source daemon's write lock on the file would refuse a second writer.
+    const loop = execFileSync('losetup', ['--find', '--show', '--direct-io=on', image], {
+      encoding: 'utf8',
+    }).trim();
+    const daemons: Daemon[] = [];
+    cleanups.push(async () => {
+      await Promise.all(daemons.map((d) => d.stop()));
+      spawnSync('losetup', ['-d', loop]);
+    });
+    const inflight = process.env.VHOST_RT_INFLIGHT;
+    for (const [s, path] of [
+      [`rt-a-${tag}`, image],
+      [`rt-b-${tag}`, loop],
+    ]) {
+      if (packed) process.env.VHOST_RT_INFLIGHT = 'off';
+      const started = startDaemon([
+        'blk',
+        '--socket-path',
+        join(dir, `${s}.sock`),
+        '--image',
+        path,
+      ]);
+      if (inflight === undefined) delete process.env.VHOST_RT_INFLIGHT;
+      else process.env.VHOST_RT_INFLIGHT = inflight;
+      daemons.push(await started);
+    }
+    const r = await migrateDiskGuest(
+      `rt-${tag}`,
+      image,
+      join(dir, `rt-a-${tag}.sock`),
+      join(dir, `rt-b-${tag}.sock`),
+      packed,
+      () => ({ 'source daemon': daemons[0].log(), 'destination daemon': daemons[1].log() }),
+    );
+    return { ...r, daemons };
+  }
+
+  /**
+   * Retried once, only when QEMU's own migration demonstrably lost guest CPU stores: QEMU
+   * 7.2's TCG misses stores made through a TLB entry that was already dirty when a
+   * migration bitmap sync cleared the page's bit (the sync's fast path does not reset the
+   * TLB; fixed upstream in QEMU 9.0, commit 03bfc2188f "physmem: Fix migration dirty bitmap
+   * coherency with TCG memory access", not in Debian's 7.2.22). Seen here in about 1 run in
+   * 3 with packed rings and less often with split ones (it also explains the qemu-storage-
+   * daemon case's crashes): pages of kernel data — list links, struct page pointers,
+   * counters — older on the destination than on the paused source, none of them a ring
+   * page nor disk data, nothing written on the source after the migration completed; the
+   * guest then oopses (list_del corruption in the page allocator, a jump to a wild
+   * address), hangs, or reads wrong data from its corrupted page cache.
+   * So a retry needs: pages lost by the migration, none of them one a back end writes, no
+   * daemon error, no I/O error in the guest (a stale status byte is ours but sits in a
+   * kernel page), and no data mismatch unless the kernel oopsed first. A stale page our back
+   * end writes (ring or data) fails at once, retried or not; a failure without lost pages
+   * is never retried.
+   */
+  function qemuLostStores(r: Awaited<ReturnType<typeof rtMigration>>): boolean {
+    const oops = r.out.search(/\bBUG:|Oops:|general protection fault|kernel BUG/);
+    const mismatch = r.out.search(/MISMATCH/);
+    return (
+      r.ram.pages.length > 0 &&
+      r.ram.backEnd.length === 0 &&
+      r.daemons.every((d) => !/broken|VHOST_USER_[A-Z_]+\)|error/i.test(d.log())) &&
+      // A stale status byte (ours, in a kernel page) shows as an I/O error: never excused.
+      !/IO_ERROR write|I\/O error|KERNEL_IO_ERRORS=[1-9]/i.test(r.out) &&
+      // Wrong data only after the kernel broke (oops, BUG, GPF), or none at all (a hang).
+      (mismatch < 0 || (oops >= 0 && oops < mismatch))
+    );
+  }
+
   // Packed rings (packed=on) are offered only with inflight tracking off (VHOST_RT_INFLIGHT=off).
   it.each([
     { rings: 'split', packed: false },
     { rings: 'packed', packed: true },
   ])(
-    'a guest doing checksummed O_DIRECT I/O on a vhost-rt disk ($rings rings) moves to a second daemon on the same image: no mismatch, no I/O error',
+    'a guest doing checksummed O_DIRECT I/O on a vhost-rt disk ($rings rings) moves to a second daemon on the same image: no mismatch, no I/O error, no page the back end writes reaches the destination stale',
     async ({ rings, packed }) => {
-      const image = join(dir, `rt-${rings}.img`);
-      writeFileSync(image, Buffer.alloc(0));
-      execFileSync('truncate', ['-s', `${64 * MiB}`, image]);
-      // The destination reaches the image through a loop device, as a second host reaches
-      // shared storage through its own path: image locks are per host (per inode here), and
-      // on one machine the source daemon's write lock on the file would refuse a second writer.
-      const loop = execFileSync('losetup', ['--find', '--show', '--direct-io=on', image], {
-        encoding: 'utf8',
-      }).trim();
-      const daemons: Daemon[] = [];
-      cleanups.push(async () => {
-        await Promise.all(daemons.map((d) => d.stop()));
-        spawnSync('losetup', ['-d', loop]);
-      });
-      const inflight = process.env.VHOST_RT_INFLIGHT;
-      for (const [s, path] of [
-        [`rt-a-${rings}`, image],
-        [`rt-b-${rings}`, loop],
-      ]) {
-        if (packed) process.env.VHOST_RT_INFLIGHT = 'off';
-        const started = startDaemon([
-          'blk',
-          '--socket-path',
-          join(dir, `${s}.sock`),
-          '--image',
-          path,
-        ]);
-        if (inflight === undefined) delete process.env.VHOST_RT_INFLIGHT;
-        else process.env.VHOST_RT_INFLIGHT = inflight;
-        daemons.push(await started);
+      let r = await rtMigration(rings, packed, 1);
+      // Never excused: a ring page or a read's data the dirty log should have reported.
+      expect(r.ram.backEnd, r.ram.details).toEqual([]);
+      const passed = (x: typeof r) =>
+        x.finished && x.exit === 0 && /LOOP_DONE iterations=\d+ bad=0 seen=8/.test(x.out);
+      if (!passed(r) && qemuLostStores(r)) {
+        console.log(
+          `vhost-rt blk migration (${rings} rings): QEMU lost ${r.ram.pages.length} page(s) of guest CPU stores ` +
+            `(none a back end writes) and the guest failed (${r.finished ? `exit ${r.exit}` : 'hung'}); retrying once:\n${r.ram.details}`,
+        );
+        r = await rtMigration(rings, packed, 2);
+        expect(r.ram.backEnd, r.ram.details).toEqual([]);
       }
-      const r = await migrateDiskGuest(
-        `rt-${rings}`,
-        image,
-        join(dir, `rt-a-${rings}.sock`),
-        join(dir, `rt-b-${rings}.sock`),
-        packed,
-      );
       const done = /LOOP_DONE iterations=(\d+) bad=(\d+) seen=(\d+)/.exec(r.out);
       const cache = /CACHE_CYCLES=(\d+) CACHE_BAD=(\d+)/.exec(r.out);
       console.log(
         `vhost-rt blk migration (${rings} rings): downtime ${r.m.downtimeMs} ms, total ${r.m.totalMs} ms, ` +
           `setup ${r.m.setupMs} ms; guest loop iterations ${done?.[1]}, page-cache cycles ${cache?.[1]}`,
       );
+      expect(r.finished, `the guest hung; RAM:\n${r.ram.details}`).toBe(true);
       expect(r.out, r.out.slice(-3000)).toMatch(/LOOP_DONE iterations=\d+ bad=0 seen=8/);
       expect(r.out).toContain('KERNEL_IO_ERRORS=0');
       expect(cache?.[2]).toBe('0');
@@ -373,9 +572,9 @@ describe('blk', () => {
       expect(r.src).toContain('LOOP_RUNNING');
       expect(r.src).not.toContain('LOOP_DONE');
       // No refused request, no broken ring on either side.
-      for (const d of daemons) expect(d.log()).not.toMatch(/broken|VHOST_USER_[A-Z_]+\)/);
+      for (const d of r.daemons) expect(d.log()).not.toMatch(/broken|VHOST_USER_[A-Z_]+\)/);
     },
-    300_000,
+    600_000,
   );
 });
 
