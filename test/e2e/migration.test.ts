@@ -509,10 +509,12 @@ describe('blk', () => {
    * 7.2's TCG misses stores made through a TLB entry that was already dirty when a
    * migration bitmap sync cleared the page's bit (the sync's fast path does not reset the
    * TLB; fixed upstream in QEMU 9.0, commit 03bfc2188f "physmem: Fix migration dirty bitmap
-   * coherency with TCG memory access", not in Debian's 7.2.22). Seen here in about 1 run in
-   * 3 with packed rings and less often with split ones (it also explains the qemu-storage-
-   * daemon case's crashes): pages of kernel data — list links, struct page pointers,
-   * counters — older on the destination than on the paused source, none of them a ring
+   * coherency with TCG memory access", not in Debian's 7.2.22). Seen on a 2-core machine
+   * (2026-12-01) with packed rings in 6 of 14 runs whose RAM was compared, 3 of which then
+   * failed; not with split rings (0 of 6) nor qemu-storage-daemon (0 of 7), though a split
+   * run once hung the same way before RAM was compared; why packed rings expose it more is
+   * not known. What differs: pages of kernel data (list links, struct page pointers,
+   * counters, clocks) older on the destination than on the paused source, none of them a ring
    * page nor disk data, nothing written on the source after the migration completed; the
    * guest then oopses (list_del corruption in the page allocator, a jump to a wild
    * address), hangs, or reads wrong data from its corrupted page cache.
