@@ -11,6 +11,7 @@
  * with min..max over the rounds. Writes every sample to bench/results/backup.json.
  *
  *   node dist/bench/backup.js [--rounds N] [--runtime SEC] [--ramp SEC] [--speed MiB/s]
+ *     [--journal MiB]   (vhost-rt's journal-size; its default is 16 MiB)
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -169,10 +170,17 @@ async function startBackup(
   q: Qmp,
   target: string,
   speed: number,
+  journalBytes?: number,
 ): Promise<() => Promise<BackupCounters | undefined>> {
   const from = q.messages.length;
   if (label === 'vhost-rt') {
-    await q.execute('blockdev-backup', { device: 0, target, sync: 'full', speed });
+    await q.execute('blockdev-backup', {
+      device: 0,
+      target,
+      sync: 'full',
+      speed,
+      ...(journalBytes === undefined ? {} : { 'journal-size': journalBytes }),
+    });
     return async () => {
       const [st] = (await q.execute('query-backups', { device: 0 })) as Record<string, number>[];
       await q.execute('backup-cancel', { device: 0 });
@@ -319,6 +327,7 @@ async function main(): Promise<void> {
       runtime: { type: 'string', default: '3' },
       ramp: { type: 'string', default: '0' },
       speed: { type: 'string', default: '32' },
+      journal: { type: 'string' },
       out: { type: 'string' },
     },
   });
@@ -326,6 +335,7 @@ async function main(): Promise<void> {
   const runtimeSec = Number(values.runtime);
   const rampSec = Number(values.ramp);
   const speed = Number(values.speed) * MiB;
+  const journalBytes = values.journal === undefined ? undefined : Number(values.journal) * MiB;
   const out = values.out ?? join(REPO_ROOT, 'bench', 'results');
   const work = join(REPO_ROOT, '.cache', 'bench', `backup-${process.pid}`);
   await mkdir(work, { recursive: true });
@@ -364,7 +374,7 @@ async function main(): Promise<void> {
           for (const phase of ['idle', 'backup'] as const) {
             const stop =
               phase === 'backup'
-                ? await startBackup(side.label, side.qmp, side.target, speed)
+                ? await startBackup(side.label, side.qmp, side.target, speed, journalBytes)
                 : null;
             const result = await runLoad({
               socketPath: side.backend.sockets[0],
@@ -405,6 +415,7 @@ async function main(): Promise<void> {
     runtimeSec,
     rampSec,
     speed,
+    journalBytes: journalBytes ?? null,
     samples,
   });
 }
