@@ -21,6 +21,7 @@
  *   (2gGB), (4GB) = (2g), (4) with the RT guard's defaults on B: the cap and the rate term
  *        (at most 64 MiB/s of B while A is active);
  *   (4GB4) = (4GB) with the rate term at 256 MiB/s (the price/benefit of the default);
+ *   (4GB32) = (4GB) with the rate term at 32 MiB/s;
  *   (2gGBw), (4GBw) = (2gGB), (4GB) with a 10 s window: A counts as active from its idle run on,
  *        so B is under the rate for its whole run (as for an RT device that reads periodically),
  *        not only from A's flood run on — B's first second at full speed is not written back
@@ -28,7 +29,8 @@
  *   (4+3) = (4) with B throttled as in (3);
  *   (q)  qemu-storage-daemon exporting both images (aio=native, O_DIRECT), the reference;
  *   (n1) both devices on the `null` engine: A's back-end-only latency under B's null flood;
- *   (n4) = (n1) + SCHED_FIFO, affinity, mlock on A's worker.
+ *   (n4) = (n1) + SCHED_FIFO, affinity, mlock on A's worker;
+ *   (n4f), (n4c), (n4m) = (n1) + one of those knobs at a time (which one costs n4 its tail).
  *
  * During each flood run the disk's own queue is sampled (/sys/dev/block/M:m/inflight every
  * 10 ms: requests dispatched to the device driver, reads and writes), so the table shows what
@@ -204,6 +206,12 @@ export function sharedDiskConfigs(bLimit: number): SdConfig[] {
       start: vr('4GB4', ['ioprio=rt:0', RT_A], ['rt-guard-bps=268435456']),
     },
     {
+      id: '4GB32',
+      name: '(4) + RT guard, rate 32 MiB/s, on B',
+      detail: `A: ioprio=rt:0,${RT_A}; B: the RT guard with rt-guard-bps=33554432 (half the default: B's writes occupy the disk half as often when A's read arrives)`,
+      start: vr('4GB32', ['ioprio=rt:0', RT_A], ['rt-guard-bps=33554432']),
+    },
+    {
       id: '4+3',
       name: '(4) with B throttled as in (3)',
       detail: `A: ioprio=rt:0,${RT_A}; B: bps-limit=${bLimit},${NO_GUARD}`,
@@ -227,6 +235,42 @@ export function sharedDiskConfigs(bLimit: number): SdConfig[] {
       name: 'null engine + RT knobs on A',
       detail: `both --aio null; A: ${RT_A}`,
       start: vr('n4', [RT_A], [], 'null'),
+      nullEngine: true,
+    },
+    // The RT knobs one at a time (issue 14: n4's p99.9 was worse than n1's; which knob does it?).
+    {
+      id: 'n4f',
+      name: 'null engine + SCHED_FIFO only on A',
+      detail: 'both --aio null; A: rt-policy=fifo,rt-priority=50',
+      start: vr('n4f', ['rt-policy=fifo', 'rt-priority=50'], [], 'null'),
+      nullEngine: true,
+    },
+    {
+      id: 'n4fs',
+      name: '(n4f) with V8 GC on the worker thread itself',
+      detail:
+        "both --aio null; A: rt-policy=fifo,rt-priority=50; node --single-threaded-gc (no V8 helper threads at CFS priority for A's FIFO worker to wait on)",
+      start: (a, b) =>
+        startVhostRt({
+          label: 'n4fs',
+          devices: [spec(a, ['rt-policy=fifo', 'rt-priority=50']), spec(b, [])],
+          flags: ['--aio', 'null', '--quiet', '--control-socket', controlPath(a)],
+          nodeFlags: ['--single-threaded-gc'],
+        }),
+      nullEngine: true,
+    },
+    {
+      id: 'n4c',
+      name: 'null engine + affinity only on A',
+      detail: 'both --aio null; A: cpus=1',
+      start: vr('n4c', ['cpus=1'], [], 'null'),
+      nullEngine: true,
+    },
+    {
+      id: 'n4m',
+      name: 'null engine + mlock only on A',
+      detail: 'both --aio null; A: mlock',
+      start: vr('n4m', ['mlock'], [], 'null'),
       nullEngine: true,
     },
   ];
@@ -659,8 +703,11 @@ export function floorMarkdown(results: SdResult[], runs: MachineFloor[][]): stri
   ].join('\n\n');
 }
 
-/** The markdown table: medians over rounds, with the spread of p99.9 and of the ratio. */
-export function sdMarkdown(results: SdResult[], runtime: number, rounds: number): string {
+/**
+ * The markdown table: medians over rounds, with the spread of p99.9 and of the ratio.
+ * `_runtime` is unused since rows of several runs (each with its own runtime) share the table.
+ */
+export function sdMarkdown(results: SdResult[], _runtime: number, rounds: number): string {
   const header = [
     'configuration',
     'A idle p50 / p99 / p99.9 µs',
@@ -700,7 +747,7 @@ export function sdMarkdown(results: SdResult[], runtime: number, rounds: number)
   const details = results.map((r) => `- (${r.id}) ${r.detail}`);
   const failures = results.flatMap((r) => r.failures.map((f) => `- (${r.id}) ${f}`));
   return [
-    `Device A: 4k randread QD1; device B: 1M sequential write QD32, started 1 s before A's flood run and outlasting it; one back-end process; both images are 1 GiB files on the same host disk. ${rounds} interleaved rounds of ${runtime} s per measurement (0.5 s ramp); medians over the rounds, spread = min–max over the rounds. "Disk writes in flight": the host disk's sysfs inflight (requests dispatched to its driver) sampled every 10 ms during A's flood run: median of the per-round medians / largest sample.`,
+    `Device A: 4k randread QD1; device B: 1M sequential write QD32, started 1 s before A's flood run and outlasting it; one back-end process; both images are 1 GiB files on the same host disk. Interleaved rounds, as many and as long per measurement as the row's run (column "run", list above) states (0.5 s ramp); medians over the rounds, spread = min–max over the rounds. "Disk writes in flight": the host disk's sysfs inflight (requests dispatched to its driver) sampled every 10 ms during A's flood run: median of the per-round medians / largest sample.`,
     `How A is driven, by run ("run" column): in runs 1–4 A's idle and flood runs were two load-generator connections, and B started in the gap between them, with A not reading: the guard saw no RT neighbour and B wrote ~1 s unheld right before A was measured. From run 5 on, A is ONE connection that reads without a pause from its idle window through B's start into its flood window (bench/priority-inversion-a-client.ts), the steady state of an RT guest; B's guard counters (query-stats of B between the start and the end of A's measured flood window) are in the column "B in A's flood window": B's write rate then, the share of the window B's queue was held by the guard, and the guard's rate-term refusals.`,
     markdownTable(header, rows),
     'What ran:',

@@ -116,10 +116,15 @@ describe('shared-disk experiment', () => {
       '2gGBw',
       '4GBw',
       '4GB4',
+      '4GB32',
       '4+3',
       'q',
       'n1',
       'n4',
+      'n4f',
+      'n4fs',
+      'n4c',
+      'n4m',
     ]);
   });
 });
