@@ -30,7 +30,9 @@
  *   (q)  qemu-storage-daemon exporting both images (aio=native, O_DIRECT), the reference;
  *   (n1) both devices on the `null` engine: A's back-end-only latency under B's null flood;
  *   (n4) = (n1) + SCHED_FIFO, affinity, mlock on A's worker;
- *   (n4f), (n4c), (n4m) = (n1) + one of those knobs at a time (which one costs n4 its tail).
+ *   (n4f), (n4c), (n4m) = (n1) + one of those knobs at a time (which one costs n4 its tail);
+ *   (n4fs) = (n4f) under node --single-threaded-gc;
+ *   (n4g1), (n4g0) = (n4) with A's load generator pinned to A's worker's CPU / the other one.
  *
  * During each flood run the disk's own queue is sampled (/sys/dev/block/M:m/inflight every
  * 10 ms: requests dispatched to the device driver, reads and writes), so the table shows what
@@ -84,6 +86,8 @@ export interface SdConfig {
   aLoad?: string[];
   /** Both devices on the null engine: compared with the machine floor. */
   nullEngine?: boolean;
+  /** CPUs A's load generator is pinned to (taskset -c); absent: not pinned. */
+  aClientCpus?: string;
 }
 
 /** A's RT knobs in (4) and (n4). */
@@ -260,6 +264,22 @@ export function sharedDiskConfigs(bLimit: number): SdConfig[] {
       nullEngine: true,
     },
     {
+      id: 'n4g1',
+      name: "(n4) with A's load generator on A's CPU",
+      detail: `both --aio null; A: ${RT_A}; A's load generator pinned to CPU 1 (taskset), where A's FIFO worker runs`,
+      start: vr('n4g1', [RT_A], [], 'null'),
+      nullEngine: true,
+      aClientCpus: '1',
+    },
+    {
+      id: 'n4g0',
+      name: "(n4) with A's load generator on the other CPU",
+      detail: `both --aio null; A: ${RT_A}; A's load generator pinned to CPU 0 (taskset), away from A's FIFO worker`,
+      start: vr('n4g0', [RT_A], [], 'null'),
+      nullEngine: true,
+      aClientCpus: '0',
+    },
+    {
       id: 'n4c',
       name: 'null engine + affinity only on A',
       detail: 'both --aio null; A: cpus=1',
@@ -407,10 +427,14 @@ function guardDelta(x: GuardSnap, y: GuardSnap): GuardWindow {
 }
 
 /** A's client (one connection, two windows): its events as they come, and its exit. */
-function startAClient(args: string[]) {
-  const child = spawn(process.execPath, [A_CLIENT, '--windows', '2', ...args], {
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
+function startAClient(args: string[], cpus?: string) {
+  const argv = [A_CLIENT, '--windows', '2', ...args];
+  const child =
+    cpus === undefined
+      ? spawn(process.execPath, argv, { stdio: ['pipe', 'pipe', 'pipe'] })
+      : spawn('taskset', ['-c', cpus, process.execPath, ...argv], {
+          stdio: ['pipe', 'pipe', 'pipe'],
+        });
   const events: Json[] = [];
   let waiters: (() => void)[] = [];
   let err = '';
@@ -466,7 +490,7 @@ async function measure(
   const [sa, sb] = backend.sockets;
   const aLoad = [...A_LOAD, ...(c.aLoad ?? [])];
   const control = existsSync(controlPath(a)) ? await QmpClient.connect(controlPath(a)) : undefined;
-  const client = startAClient(gen(sa, backend.pid, aLoad, runtime, 0.5));
+  const client = startAClient(gen(sa, backend.pid, aLoad, runtime, 0.5), c.aClientCpus);
   try {
     const idle = (await client.next((e) => e.event === 'result' && e.window === 0))
       .result as LoadResult;

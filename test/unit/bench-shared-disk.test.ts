@@ -123,6 +123,8 @@ describe('shared-disk experiment', () => {
       'n4',
       'n4f',
       'n4fs',
+      'n4g1',
+      'n4g0',
       'n4c',
       'n4m',
     ]);
