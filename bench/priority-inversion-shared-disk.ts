@@ -32,7 +32,8 @@
  *   (n4) = (n1) + SCHED_FIFO, affinity, mlock on A's worker;
  *   (n4f), (n4c), (n4m) = (n1) + one of those knobs at a time (which one costs n4 its tail);
  *   (n4fs) = (n4f) under node --single-threaded-gc;
- *   (n4g1), (n4g0) = (n4) with A's load generator pinned to A's worker's CPU / the other one.
+ *   (n4g1), (n4g0) = (n4) with A's load generator pinned to A's worker's CPU / the other one;
+ *   (n4gr) = (n4g1) with A's load generator at SCHED_FIFO 40 too.
  *
  * During each flood run the disk's own queue is sampled (/sys/dev/block/M:m/inflight every
  * 10 ms: requests dispatched to the device driver, reads and writes), so the table shows what
@@ -86,8 +87,8 @@ export interface SdConfig {
   aLoad?: string[];
   /** Both devices on the null engine: compared with the machine floor. */
   nullEngine?: boolean;
-  /** CPUs A's load generator is pinned to (taskset -c); absent: not pinned. */
-  aClientCpus?: string;
+  /** A command A's load generator runs under (taskset, chrt); absent: none. */
+  aClientWrap?: string[];
 }
 
 /** A's RT knobs in (4) and (n4). */
@@ -269,7 +270,7 @@ export function sharedDiskConfigs(bLimit: number): SdConfig[] {
       detail: `both --aio null; A: ${RT_A}; A's load generator pinned to CPU 1 (taskset), where A's FIFO worker runs`,
       start: vr('n4g1', [RT_A], [], 'null'),
       nullEngine: true,
-      aClientCpus: '1',
+      aClientWrap: ['taskset', '-c', '1'],
     },
     {
       id: 'n4g0',
@@ -277,7 +278,15 @@ export function sharedDiskConfigs(bLimit: number): SdConfig[] {
       detail: `both --aio null; A: ${RT_A}; A's load generator pinned to CPU 0 (taskset), away from A's FIFO worker`,
       start: vr('n4g0', [RT_A], [], 'null'),
       nullEngine: true,
-      aClientCpus: '0',
+      aClientWrap: ['taskset', '-c', '0'],
+    },
+    {
+      id: 'n4gr',
+      name: "(n4g1) with A's load generator at SCHED_FIFO 40",
+      detail: `both --aio null; A: ${RT_A}; A's load generator pinned to CPU 1 and SCHED_FIFO 40 (chrt), as an RT guest's vCPU thread below its device worker`,
+      start: vr('n4gr', [RT_A], [], 'null'),
+      nullEngine: true,
+      aClientWrap: ['taskset', '-c', '1', 'chrt', '-f', '40'],
     },
     {
       id: 'n4c',
@@ -427,14 +436,9 @@ function guardDelta(x: GuardSnap, y: GuardSnap): GuardWindow {
 }
 
 /** A's client (one connection, two windows): its events as they come, and its exit. */
-function startAClient(args: string[], cpus?: string) {
-  const argv = [A_CLIENT, '--windows', '2', ...args];
-  const child =
-    cpus === undefined
-      ? spawn(process.execPath, argv, { stdio: ['pipe', 'pipe', 'pipe'] })
-      : spawn('taskset', ['-c', cpus, process.execPath, ...argv], {
-          stdio: ['pipe', 'pipe', 'pipe'],
-        });
+function startAClient(args: string[], wrap: string[] = []) {
+  const argv = [...wrap, process.execPath, A_CLIENT, '--windows', '2', ...args];
+  const child = spawn(argv[0], argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
   const events: Json[] = [];
   let waiters: (() => void)[] = [];
   let err = '';
@@ -490,7 +494,7 @@ async function measure(
   const [sa, sb] = backend.sockets;
   const aLoad = [...A_LOAD, ...(c.aLoad ?? [])];
   const control = existsSync(controlPath(a)) ? await QmpClient.connect(controlPath(a)) : undefined;
-  const client = startAClient(gen(sa, backend.pid, aLoad, runtime, 0.5), c.aClientCpus);
+  const client = startAClient(gen(sa, backend.pid, aLoad, runtime, 0.5), c.aClientWrap);
   try {
     const idle = (await client.next((e) => e.event === 'result' && e.window === 0))
       .result as LoadResult;
@@ -705,24 +709,33 @@ export function floorP999(floors: MachineFloor[]): number | undefined {
  */
 export function floorMarkdown(results: SdResult[], runs: MachineFloor[][]): string {
   const nulls = results.filter((r) => r.id.startsWith('n') && r.rounds.length > 0);
-  // The floor of the invocation that measured the null rows.
-  const floor = floorP999(runs[nulls[0]?.run ?? 0] ?? []);
+  // Each row against the floor of the invocation that measured it (rows of several runs share the table).
   const rows = nulls.map((r) => {
+    const floor = floorP999(runs[r.run ?? 0] ?? []);
     const p = r.rounds.map((x) => x.flood.latency.p999Us);
     const p50 = median(r.rounds.map((x) => x.flood.latency.p50Us));
     const ratio = floor === undefined ? '—' : fmtRatio(median(p) / floor);
     const range = floor === undefined ? '' : ` (${spread(p, (x) => fmtRatio(x / floor))})`;
-    return [`(${r.id}) ${r.name}`, fmtUs(p50), fmtUs(median(p)), `${ratio}${range}`];
+    return [
+      `(${r.id}) ${r.name}`,
+      fmtUs(p50),
+      fmtUs(median(p)),
+      floor === undefined ? 'not measured' : fmtUs(floor),
+      `${ratio}${range}`,
+      String((r.run ?? 0) + 1),
+    ];
   });
   if (rows.length === 0) return '';
   const head = [
     'configuration',
     'A flood p50 µs',
     'A flood p99.9 µs',
-    `p99.9 / machine floor p99.9 (${floor === undefined ? 'not measured' : `${fmtUs(floor)} µs`})`,
+    'machine floor p99.9 µs (its run)',
+    'p99.9 / floor',
+    'run',
   ];
   return [
-    "The back end's own latency against the machine's floor (the null engine: no disk; the floor: cyclictest's p99.9, median of the measurements before and after the rounds; the goal of 50 µs is below this machine's floor):",
+    "The back end's own latency against the machine's floor (the null engine: no disk; the floor: cyclictest's p99.9 in the row's own run, median of the measurements before and after its rounds; the goal of 50 µs is below this machine's floor):",
     markdownTable(head, rows),
   ].join('\n\n');
 }

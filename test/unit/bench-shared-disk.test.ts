@@ -95,7 +95,7 @@ describe('shared-disk experiment', () => {
     ];
     // Floor: median(100, 300) = 200; flood p99.9 median(300, 200) = 250: 1.25×, rounds 1.00×..1.50×.
     expect(floorMarkdown([n], [floors])).toContain(
-      '| (n4) null | 45.0 | 250 | 1.25× (1.00×–1.50×) |',
+      '| (n4) null | 45.0 | 250 | 200 | 1.25× (1.00×–1.50×) | 1 |',
     );
     expect(floorMarkdown([n], [[{ note: 'no cyclictest' }]])).toContain('not measured');
   });
@@ -125,6 +125,7 @@ describe('shared-disk experiment', () => {
       'n4fs',
       'n4g1',
       'n4g0',
+      'n4gr',
       'n4c',
       'n4m',
     ]);
