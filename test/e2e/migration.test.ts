@@ -504,9 +504,9 @@ describe('blk', () => {
    * migration bitmap sync cleared the page's bit (the sync's fast path does not reset the
    * TLB; fixed upstream in QEMU 9.0, commit 03bfc2188f "physmem: Fix migration dirty bitmap
    * coherency with TCG memory access", not in Debian's 7.2.22). Seen on a 2-core machine
-   * (2026-12-01) with packed rings in 7 of 17 migrations whose RAM was compared (3 then failed),
-   * split rings in 1 of 9 (it hung; one more split run hung before RAM was compared), never
-   * with qemu-storage-daemon (0 of 7); why packed rings meet it more often is not known. What differs: pages of kernel data (list links, struct page pointers,
+   * (2026-12-01) in migrations whose RAM was compared: packed rings 9 of 41, split rings 8
+   * of 35 (the same rate: the ring layout does not matter), qemu-storage-daemon 0 of 7 (too
+   * few to compare); about half of them then failed the guest. What differs: pages of kernel data (list links, struct page pointers,
    * counters, clocks) older on the destination than on the paused source, none of them a ring
    * page, nothing written on the source after the migration completed; the
    * guest then oopses (list_del corruption in the page allocator, a jump to a wild
