@@ -513,21 +513,26 @@ describe('blk', () => {
    * address), hangs, or reads wrong data from its corrupted page cache.
    * So a retry needs: stale pages (the migration lost writes), no daemon error, no I/O
    * error in the guest (a stale status byte is ours but sits in a kernel page), and no data
-   * mismatch unless the kernel oopsed first (a dirty-log miss of ours shows as wrong data
-   * with a sound kernel). A failure without stale pages is never retried. Stale pages are
+   * mismatch unless the kernel oopsed or a process died of SIGSEGV first (a dirty-log miss
+   * of ours shows as wrong data with a sound kernel and sound processes). A failure without stale pages is never retried. Stale pages are
    * not attributed automatically: disk data in one may be the device's write or a CPU copy
    * (pipes, user buffers, tmpfs), and user-space pages (stacks, counters) hold no kernel
    * addresses; their details are printed for a human to judge.
    */
   function excusedByLostWrites(r: Awaited<ReturnType<typeof rtMigration>>): boolean {
-    const oops = r.out.search(/\bBUG:|Oops:|general protection fault|kernel BUG/);
+    // The kernel broke (oops, BUG, GPF), or a guest process died of SIGSEGV (the shell's
+    // "Segmentation fault": a stale user page, its stack or heap pointers, which the device
+    // never writes — seen here before a CACHE_MISMATCH whose dd had died).
+    const oops = r.out.search(
+      /\bBUG:|Oops:|general protection fault|kernel BUG|Segmentation fault/,
+    );
     const mismatch = r.out.search(/MISMATCH/);
     return (
       r.ram.pages.length > 0 &&
       r.daemons.every((d) => !/broken|VHOST_USER_[A-Z_]+\)|error/i.test(d.log())) &&
       // A stale status byte (ours, in a kernel page) shows as an I/O error: never excused.
       !/IO_ERROR write|I\/O error|KERNEL_IO_ERRORS=[1-9]/i.test(r.out) &&
-      // Wrong data only after the kernel broke (oops, BUG, GPF), or none at all (a hang).
+      // Wrong data only after the guest broke (oops, BUG, GPF, SIGSEGV), or none at all (a hang).
       (mismatch < 0 || (oops >= 0 && oops < mismatch))
     );
   }
