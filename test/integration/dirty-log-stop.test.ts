@@ -17,6 +17,7 @@ import { packedRingBytes } from '../../src/virtio/packed-ring.js';
 import { usedRingBytes } from '../../src/virtio/split-ring.js';
 import { BLK_DRIVER_FEATURES, BlkDriver } from '../frontend/blk-driver.js';
 import { type Daemon, startDaemon } from '../support/daemon.js';
+import { markedPages, pagesOf } from '../support/dirty-pages.js';
 
 const PAGE = 4096;
 const MiB = 1024 * 1024;
@@ -30,21 +31,9 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/** The pages whose bits are set in `bits`. */
-function markedPages(bits: Uint8Array): number[] {
-  const pages: number[] = [];
-  for (let i = 0; i < bits.length; i++) {
-    for (let b = 0; b < 8; b++) if ((bits[i] >> b) & 1) pages.push(i * 8 + b);
-  }
-  return pages;
-}
-
-/** The pages `[gpa, gpa + len)` touches, sorted, once each. */
-function pagesOf(...ranges: [number, number][]): number[] {
-  const out = new Set<number>();
-  for (const [gpa, len] of ranges)
-    for (let p = Math.floor(gpa / PAGE); p <= Math.floor((gpa + len - 1) / PAGE); p++) out.add(p);
-  return [...out].sort((x, y) => x - y);
+/** The pages the ranges `[gpa, gpa + len)` touch, sorted, once each. */
+function pagesOfAll(...ranges: [number, number][]): number[] {
+  return [...new Set(ranges.flatMap(([gpa, len]) => pagesOf(gpa, len)))].sort((x, y) => x - y);
 }
 
 describe.each([
@@ -87,12 +76,12 @@ describe.each([
       bits.fill(0);
       await drv.vmm.stop();
       const expected = packed
-        ? pagesOf([q.descTable, packedRingBytes(q.size)], [q.usedRing, 4])
-        : pagesOf([q.usedRing, usedRingBytes(q.size, q.eventIdx)]);
+        ? pagesOfAll([q.descTable, packedRingBytes(q.size)], [q.usedRing, 4])
+        : pagesOfAll([q.usedRing, usedRingBytes(q.size, q.eventIdx)]);
       expect(markedPages(bits)).toEqual(expected);
       if (packed) {
         // Not vacuous: the descriptor ring has pages of its own, apart from the device area's.
-        const device = pagesOf([q.usedRing, 4]);
+        const device = pagesOfAll([q.usedRing, 4]);
         expect(expected.some((p) => !device.includes(p))).toBe(true);
       }
     } finally {

@@ -27,6 +27,7 @@ import { ethFrame, macBytes, NetDriver } from '../frontend/net-driver.js';
 import { bitsOf, FRONTEND_PROTOCOL_FEATURES } from '../frontend/vmm.js';
 import { pattern } from '../support/bytes.js';
 import { type Daemon, startDaemon } from '../support/daemon.js';
+import { markedPages, pagesOf } from '../support/dirty-pages.js';
 import type { PackedDriverQueue } from '../support/packed-driver.js';
 import { waitFor } from '../support/wait.js';
 
@@ -39,22 +40,6 @@ afterAll(async () => {
   await Promise.all(daemons.map((d) => d.stop()));
   rmSync(dir, { recursive: true, force: true });
 });
-
-/** The pages whose bits are set in `bits`. */
-function markedPages(bits: Uint8Array): number[] {
-  const pages: number[] = [];
-  for (let i = 0; i < bits.length; i++) {
-    for (let b = 0; b < 8; b++) if ((bits[i] >> b) & 1) pages.push(i * 8 + b);
-  }
-  return pages;
-}
-
-/** The pages `[gpa, gpa + len)` touches. */
-function pagesOf(gpa: number, len: number): number[] {
-  const out: number[] = [];
-  for (let p = Math.floor(gpa / PAGE); p <= Math.floor((gpa + len - 1) / PAGE); p++) out.push(p);
-  return out;
-}
 
 function sorted(pages: Iterable<number>): number[] {
   return [...new Set(pages)].sort((x, y) => x - y);
