@@ -34,7 +34,7 @@
  * batch wrote. Those slots are marked before publishUsed stores their flags,
  * so when the ring stops (GET_VRING_BASE, before the front end's last look
  * at the bitmap) the whole descriptor ring is marked again
- * ({@link logDescriptorRing}), as the split ring's whole used ring is.
+ * ({@link logRingAreas}), as the split ring's whole used ring is.
  *
  * Not kept: the inflight region (INFLIGHT_SHMFD has a packed layout this
  * ring does not write), so a packed ring never attaches one.
@@ -461,13 +461,14 @@ export class PackedVirtqueue implements Virtqueue {
   }
 
   /**
-   * Marks the whole descriptor ring in `log` (the ring stops: see
-   * `Vring.stop`). {@link logBatch} marks a batch's slots before
-   * {@link publishUsed} stores their flags, so a bitmap read and cleared
-   * in between would miss those stores; at the stop the front end reads
-   * the bitmap once more, after every store.
+   * The device area (at `ringLogAddr`, its event fields written without a
+   * batch) and the whole descriptor ring, at its own guest-physical address:
+   * {@link logBatch} marks a batch's slots before {@link publishUsed} stores
+   * their flags, so a bitmap read and cleared in between would miss those
+   * stores; at the stop the front end reads the bitmap once more.
    */
-  logDescriptorRing(log: DirtyLog): void {
+  logRingAreas(log: DirtyLog, ringLogAddr: number): void {
+    log.markRange(ringLogAddr, this.usedAreaBytes);
     log.markRange(this.descRing, packedRingBytes(this.size));
   }
 

@@ -123,6 +123,13 @@ export interface Virtqueue extends DrainableQueue {
    * and the ring's own writes at `ringLogAddr` (-1: the ring is not logged).
    */
   logBatch(log: DirtyLog, from: number, ringLogAddr: number, whole: boolean): void;
+  /**
+   * Marks in `log`, whole, every ring area the device writes (a ring stop,
+   * before the front end's last look at the bitmap): a batch marks the ring
+   * before the store that publishes it, so a bitmap read and cleared between
+   * the two misses that store. `ringLogAddr` as for {@link logBatch}.
+   */
+  logRingAreas(log: DirtyLog, ringLogAddr: number): void;
 }
 
 /** Segment limit per chain when the constructor is not given one (QEMU's VIRTQUEUE_MAX_SIZE). */
@@ -266,6 +273,11 @@ export class SplitVirtqueue implements Virtqueue {
   /** Marks the batch `[from, usedIdx)` in `log` (DirtyLog.logBatch). */
   logBatch(log: DirtyLog, from: number, ringLogAddr: number, whole: boolean): void {
     log.logBatch(this, from, ringLogAddr, whole);
+  }
+
+  /** The used ring, whole: used.idx (what publishes a batch) and the elements are there. */
+  logRingAreas(log: DirtyLog, ringLogAddr: number): void {
+    log.markRange(ringLogAddr, this.usedAreaBytes);
   }
 
   /** The device's next used index, u16 free-running; setting it forgets the interrupt history. */

@@ -20,7 +20,6 @@
 import type { DirtyLog } from './dirty-log.js';
 import { QueueBrokenError } from './errors.js';
 import type { GuestMemory } from './guest-memory.js';
-import { PackedVirtqueue } from './packed-virtqueue.js';
 import type { Virtqueue } from './virtqueue.js';
 
 /** Something the runtime closes when the ring stops (the kick watcher). */
@@ -124,11 +123,8 @@ export class Vring {
    */
   stop(): number {
     const q = this.queue;
-    const log = this.dirtyLog;
-    if (q !== null && log !== null && this.logUsedAddr >= 0) {
-      log.markRange(this.logUsedAddr, q.usedAreaBytes);
-      if (q instanceof PackedVirtqueue) q.logDescriptorRing(log);
-    }
+    if (q !== null && this.dirtyLog !== null && this.logUsedAddr >= 0)
+      q.logRingAreas(this.dirtyLog, this.logUsedAddr);
     const last = this.queue?.vringBase ?? 0;
     this.queue = null;
     this.batchOpen = false;
