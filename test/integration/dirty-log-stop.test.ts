@@ -45,20 +45,13 @@ describe.each([
     const socket = join(dir, `${rings}.sock`);
     writeFileSync(image, Buffer.alloc(16 * MiB));
     // Packed rings are offered only without inflight tracking.
-    const inflight = process.env.VHOST_RT_INFLIGHT;
-    if (packed) process.env.VHOST_RT_INFLIGHT = 'off';
-    const started = startDaemon([
-      'blk',
-      '--socket-path',
-      socket,
-      '--image',
-      image,
-      '--queue-size',
-      '512',
-    ]);
-    if (inflight === undefined) delete process.env.VHOST_RT_INFLIGHT;
-    else process.env.VHOST_RT_INFLIGHT = inflight;
-    daemons.push(await started);
+    daemons.push(
+      await startDaemon(
+        ['blk', '--socket-path', socket, '--image', image, '--queue-size', '512'],
+        undefined,
+        packed ? { VHOST_RT_INFLIGHT: 'off' } : {},
+      ),
+    );
     // 512 slots: an 8 KiB descriptor ring, so it has pages the device area does not share.
     const drv = await BlkDriver.create({
       socketPath: socket,

@@ -215,12 +215,11 @@ describe('blk with packed rings', () => {
     const socket = join(dir, 'packed.sock');
     writeFileSync(image, Buffer.alloc(16 * MiB));
     // Packed rings are offered only without inflight tracking.
-    const inflight = process.env.VHOST_RT_INFLIGHT;
-    process.env.VHOST_RT_INFLIGHT = 'off';
-    const started = startDaemon(['blk', '--socket-path', socket, '--image', image]);
-    if (inflight === undefined) delete process.env.VHOST_RT_INFLIGHT;
-    else process.env.VHOST_RT_INFLIGHT = inflight;
-    daemons.push(await started);
+    daemons.push(
+      await startDaemon(['blk', '--socket-path', socket, '--image', image], undefined, {
+        VHOST_RT_INFLIGHT: 'off',
+      }),
+    );
     const drv = await BlkDriver.create({
       socketPath: socket,
       driverFeatures: BLK_DRIVER_FEATURES | (1n << 34n),

@@ -50,9 +50,19 @@ export function runCli(args: string[], timeoutMs = 20_000): Promise<RunResult> {
   });
 }
 
-/** Starts `vhost-rt ARGS` and resolves once it logged "ready". */
-export function startDaemon(args: string[], timeoutMs = 20_000): Promise<Daemon> {
-  const proc = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Starts `vhost-rt ARGS` and resolves once it logged "ready". `env` is added
+ * to this process's environment for the daemon only (e.g. VHOST_RT_INFLIGHT=off).
+ */
+export function startDaemon(
+  args: string[],
+  timeoutMs = 20_000,
+  env: NodeJS.ProcessEnv = {},
+): Promise<Daemon> {
+  const proc = spawn(process.execPath, [CLI, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...env },
+  });
   let text = '';
   const exited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
   const daemon: Daemon = {
