@@ -47,6 +47,14 @@ export interface FrameCopier {
    * source offset, destination view, destination offset, length).
    */
   copy(ops: Float64Array, count: number): void;
+  /**
+   * Starts loading into the cache the line at each of pairs `[0, count)`,
+   * pair k being `at[2k, 2k + 2)` = (view, offset), and the line after it
+   * when the next 32 bytes cross into it. Returns at once (a CPU prefetch,
+   * which never faults); a pair outside the view table or its view is
+   * skipped, not an error.
+   */
+  prefetch(at: Float64Array, count: number): void;
 }
 
 /**

@@ -331,6 +331,45 @@ export class PackedVirtqueue implements Virtqueue {
     return true;
   }
 
+  peekHeads(out: Float64Array, max: number): number {
+    const limit = Math.min(max, out.length >> 1);
+    const memory = this.memory;
+    const view = this.descView;
+    let slot = this.nextAvail;
+    let wrap = this.availWrap;
+    let k = 0;
+    // At most the slots the device does not hold: a chain without end stops here, as in pop.
+    for (let steps = this.size - this.slotsHeld; k < limit && steps > 0; ) {
+      // Acquire per chain head, as in pop.
+      const flags = Atomics.load(this.descU16, slot * DESC_U16 + FLAGS_U16);
+      const avail = (flags & PACKED_DESC_F_AVAIL) !== 0 ? 1 : 0;
+      const used = (flags & PACKED_DESC_F_USED) !== 0 ? 1 : 0;
+      if (avail !== wrap || used === wrap) break;
+      if ((flags & PACKED_DESC_F_INDIRECT) === 0) {
+        const gpa = readAddr(view, this.descBase + slot * PACKED_DESC_SIZE);
+        const region = memory.regionAt(gpa);
+        if (region >= 0) {
+          out[2 * k] = region;
+          out[2 * k + 1] = memory.bufferOffset(region, gpa);
+          k++;
+        }
+      }
+      // Past this chain: its further descriptors follow slot by slot.
+      let f = flags;
+      for (;;) {
+        steps--;
+        slot++;
+        if (slot === this.size) {
+          slot = 0;
+          wrap ^= 1;
+        }
+        if ((f & PACKED_DESC_F_NEXT) === 0 || steps === 0) break;
+        f = this.descU16[slot * DESC_U16 + FLAGS_U16];
+      }
+    }
+    return k;
+  }
+
   /** Writes one used element and publishes it. */
   pushUsed(id: number, len: number): void {
     this.addUsed(id, len);

@@ -130,6 +130,15 @@ export interface Virtqueue extends DrainableQueue {
    * the two misses that store. `ringLogAddr` as for {@link logBatch}.
    */
   logRingAreas(log: DirtyLog, ringLogAddr: number): void;
+  /**
+   * Where the first buffers of up to `max` chains the driver made available,
+   * and the device has not popped, begin: (region, buffer offset) pairs in
+   * `out`, so that a caller can prefetch them before it pops. Only reads; a
+   * chain whose first buffer is indirect or unmapped is skipped, and nothing
+   * is validated beyond what keeps the answer inside guest memory ({@link pop}
+   * still checks everything). Returns the number of pairs written.
+   */
+  peekHeads(out: Float64Array, max: number): number;
 }
 
 /** Segment limit per chain when the constructor is not given one (QEMU's VIRTQUEUE_MAX_SIZE). */
@@ -338,6 +347,33 @@ export class SplitVirtqueue implements Virtqueue {
     inflight?.begin(head);
     this.walk(head, chain);
     return true;
+  }
+
+  peekHeads(out: Float64Array, max: number): number {
+    if (this.inflight !== null && this.inflight.resubmitLeft > 0) return 0;
+    const limit = Math.min(max, out.length >> 1);
+    // Acquire, as in loadAvailIdx; a lying idx is bounded by the ring size here
+    // and refused by pop.
+    const ahead = (Atomics.load(this.avail, AVAIL_IDX_U16) - this.lastAvail) & 0xffff;
+    const n = Math.min(ahead, this.size, limit);
+    const memory = this.memory;
+    let k = 0;
+    for (let i = 0; i < n; i++) {
+      const head = this.avail[AVAIL_RING_U16 + ((this.lastAvail + i) & this.mask)];
+      if (head >= this.size) break;
+      const at = this.descBase + head * DESC_SIZE;
+      const view = this.descView;
+      if ((view.getUint16(at + DESC_FLAGS, true) & VIRTQ_DESC_F_INDIRECT) !== 0) continue;
+      const gpa =
+        view.getUint32(at + DESC_ADDR + 4, true) * TWO_POW_32 +
+        view.getUint32(at + DESC_ADDR, true);
+      const region = memory.regionAt(gpa);
+      if (region < 0) continue;
+      out[2 * k] = region;
+      out[2 * k + 1] = memory.bufferOffset(region, gpa);
+      k++;
+    }
+    return k;
   }
 
   /** Writes one used element and publishes used.idx. */

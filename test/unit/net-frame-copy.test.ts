@@ -2,7 +2,8 @@
  * The switch's batched native frame copy (src/net/frame-copy.ts over
  * native/net.cc FrameCopier): ops run in order in one call, between views of
  * SharedArrayBuffers and ArrayBuffers; a range outside its view is refused
- * with a RangeError, never copied.
+ * with a RangeError, never copied. Its prefetch hint skips what is out of
+ * range instead (a CPU prefetch never faults, and nothing depends on it).
  */
 import { describe, expect, it } from 'vitest';
 import { FrameCopyBatch } from '../../src/net/frame-copy.js';
@@ -62,5 +63,20 @@ describe('FrameCopyBatch', () => {
     batch.add(0, 0.5, 0, 0, 1);
     expect(() => batch.flush()).toThrow(RangeError);
     expect(guest[0]).toBe(0);
+  });
+
+  it('prefetches guest regions by (region, offset) pairs; pairs outside the table or a view are skipped, a count beyond the array is refused', () => {
+    const { ring, template, guest } = views();
+    const batch = new FrameCopyBatch(4);
+    batch.setViews([ring, template], [guest]);
+    // Region 0 (view 2) at 0 and 8191, then region 5 (no such view), offset past the end, NaN.
+    const at = Float64Array.from([0, 0, 0, 8191, 5, 0, 0, 8192, 0, Number.NaN]);
+    expect(() => batch.prefetchGuest(at, 5)).not.toThrow();
+    // Rewritten in place to view indexes (guest regions follow the two fixed views).
+    expect(Array.from(at.subarray(0, 4))).toEqual([2, 0, 2, 8191]);
+    expect(() => batch.prefetchGuest(new Float64Array(2), 2)).toThrow(RangeError);
+    // Nothing was copied or changed by it.
+    expect(batch.count).toBe(0);
+    expect(guest.every((b) => b === 0)).toBe(true);
   });
 });
