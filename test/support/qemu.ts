@@ -39,6 +39,12 @@ export interface GuestOptions {
   blk?: GuestBlk[];
   /** Guest RAM in MiB (a shared memfd, as vhost-user needs); default 512. */
   memMb?: number;
+  /**
+   * KiB of guest RAM beyond `memMb`, a multiple of 8 (QEMU rounds `-m` up to 8 KiB); default
+   * 0. A RAM size that is not a multiple of 256 KiB keeps QEMU 7.2's migration bitmap sync
+   * off its fast path, which loses TCG guest stores (see test/e2e/migration.test.ts).
+   */
+  memTailKiB?: number;
   /** Kill QEMU and reject after this long; default 60 000 ms. */
   timeoutMs?: number;
   /** Extra QEMU arguments appended to the command line (e.g. a vhost-user net device). */
@@ -256,6 +262,10 @@ function checkOptions(options: GuestOptions): void {
     }
   };
   positive('memMb', options.memMb, 64, 65536);
+  positive('memTailKiB', options.memTailKiB, 0, 1024);
+  if ((options.memTailKiB ?? 0) % 8 !== 0) {
+    throw new RangeError(`options.memTailKiB must be a multiple of 8, got ${options.memTailKiB}`);
+  }
   positive('cpus', options.cpus, 1, 64);
   positive('timeoutMs', options.timeoutMs, 1, 3_600_000);
   for (const [i, blk] of (options.blk ?? []).entries()) {
@@ -268,12 +278,12 @@ function checkOptions(options: GuestOptions): void {
 
 /** The full QEMU argument list for `options`, booting `initrd`. */
 export function guestQemuArgs(options: GuestOptions, initrd: string): string[] {
-  const mem = options.memMb ?? 512;
+  const memKiB = (options.memMb ?? 512) * 1024 + (options.memTailKiB ?? 0);
   const dir = guestImageDir();
   const args = ['-accel', 'tcg', '-machine', 'q35', '-cpu', 'max'];
-  args.push('-smp', String(options.cpus ?? 1), '-m', String(mem));
+  args.push('-smp', String(options.cpus ?? 1), '-m', `${memKiB}K`);
   // vhost-user backends map guest RAM, so it must be a shareable memfd.
-  args.push('-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`);
+  args.push('-object', `memory-backend-memfd,id=mem,size=${memKiB}K,share=on`);
   args.push('-numa', 'node,memdev=mem');
   // No default NIC/VGA (their ROMs and drivers only cost boot time); serial on stdout.
   args.push('-nographic', '-nodefaults', '-no-user-config', '-serial', 'stdio', '-no-reboot');
