@@ -12,8 +12,12 @@
  *
  *   node dist/bench/backup.js [--rounds N] [--runtime SEC] [--ramp SEC] [--speed MiB/s]
  *     [--journal MiB]   (vhost-rt's journal-size; its default is 16 MiB)
+ *     [--xfs]           (image and targets on an XFS file system made for the run, on a loop
+ *                        device with direct I/O over a file of the same disk: vhost-rt's
+ *                        backup then reads a reflink clone; writes bench/results/backup-xfs.json)
+ *     [--method auto|clone|journal]   (vhost-rt's blockdev-backup method; default auto)
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, rm, truncate } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
@@ -171,16 +175,21 @@ async function startBackup(
   target: string,
   speed: number,
   journalBytes?: number,
+  method?: string,
 ): Promise<() => Promise<BackupCounters | undefined>> {
   const from = q.messages.length;
   if (label === 'vhost-rt') {
-    await q.execute('blockdev-backup', {
+    const started = (await q.execute('blockdev-backup', {
       device: 0,
       target,
       sync: 'full',
       speed,
       ...(journalBytes === undefined ? {} : { 'journal-size': journalBytes }),
-    });
+      ...(method === undefined ? {} : { method }),
+    })) as Record<string, unknown>;
+    process.stderr.write(
+      `vhost-rt backup: method ${String(started.method)}${started['method-reason'] === undefined ? '' : ` (${String(started['method-reason'])})`}, writes held ${String(started['start-held-us'])} µs at the start\n`,
+    );
     return async () => {
       const [st] = (await q.execute('query-backups', { device: 0 })) as Record<string, number>[];
       await q.execute('backup-cancel', { device: 0 });
@@ -329,8 +338,12 @@ async function main(): Promise<void> {
       speed: { type: 'string', default: '32' },
       journal: { type: 'string' },
       out: { type: 'string' },
+      xfs: { type: 'boolean', default: false },
+      method: { type: 'string' },
     },
   });
+  if (values.method !== undefined && !['auto', 'clone', 'journal'].includes(values.method))
+    throw new Error(`--method must be auto, clone or journal, not ${values.method}`);
   const rounds = Number(values.rounds);
   const runtimeSec = Number(values.runtime);
   const rampSec = Number(values.ramp);
@@ -339,10 +352,15 @@ async function main(): Promise<void> {
   const out = values.out ?? join(REPO_ROOT, 'bench', 'results');
   const work = join(REPO_ROOT, '.cache', 'bench', `backup-${process.pid}`);
   await mkdir(work, { recursive: true });
-  const image = join(REPO_ROOT, '.cache', 'bench', 'backup-256m.raw');
+  const fs = values.xfs ? await mountXfs(work) : null;
+  const data = fs?.mountpoint ?? work;
+  const image =
+    fs === null
+      ? join(REPO_ROOT, '.cache', 'bench', 'backup-256m.raw')
+      : join(data, 'backup-256m.raw');
   ensureImage(image, IMAGE_BYTES);
-  const vTarget = join(work, 'vhost-rt-target.raw');
-  const qTarget = join(work, 'qsd-target.raw');
+  const vTarget = join(data, 'vhost-rt-target.raw');
+  const qTarget = join(data, 'qsd-target.raw');
   await truncate(qTarget, IMAGE_BYTES).catch(async () => {
     const { writeFile } = await import('node:fs/promises');
     await writeFile(qTarget, '');
@@ -374,7 +392,14 @@ async function main(): Promise<void> {
           for (const phase of ['idle', 'backup'] as const) {
             const stop =
               phase === 'backup'
-                ? await startBackup(side.label, side.qmp, side.target, speed, journalBytes)
+                ? await startBackup(
+                    side.label,
+                    side.qmp,
+                    side.target,
+                    speed,
+                    journalBytes,
+                    values.method,
+                  )
                 : null;
             const result = await runLoad({
               socketPath: side.backend.sockets[0],
@@ -404,12 +429,15 @@ async function main(): Promise<void> {
     q.qmp.close();
     await v.stop();
     await q.backend.stop();
+    fs?.unmount();
     await rm(work, { recursive: true, force: true });
   }
   const table = report(samples, rounds);
   process.stdout.write(table);
   await mkdir(out, { recursive: true });
-  await writeJson(join(out, 'backup.json'), {
+  await writeJson(join(out, fs === null ? 'backup.json' : 'backup-xfs.json'), {
+    fs: fs === null ? 'the repository disk' : 'xfs (reflink=1) on a direct-I/O loop device',
+    method: values.method ?? 'auto',
     date: new Date().toISOString(),
     rounds,
     runtimeSec,
@@ -418,6 +446,37 @@ async function main(): Promise<void> {
     journalBytes: journalBytes ?? null,
     samples,
   });
+}
+
+/**
+ * A fresh XFS (reflink=1) under `work`/xfs, on a loop device with direct I/O (so O_DIRECT
+ * writes reach the disk as on the host file system, not the loop's page cache) over a 1 GiB
+ * file next to it; `unmount` takes it all down.
+ */
+async function mountXfs(work: string): Promise<{ mountpoint: string; unmount: () => void }> {
+  const backing = join(work, 'xfs.img');
+  const { writeFile } = await import('node:fs/promises');
+  await writeFile(backing, '');
+  await truncate(backing, 1024 * MiB);
+  const loop = execFileSync('losetup', ['--find', '--show', '--direct-io=on', backing], {
+    encoding: 'utf8',
+  }).trim();
+  const mountpoint = join(work, 'xfs');
+  try {
+    execFileSync('mkfs.xfs', ['-q', '-f', '-m', 'reflink=1', loop]);
+    await mkdir(mountpoint, { recursive: true });
+    execFileSync('mount', [loop, mountpoint]);
+  } catch (err) {
+    execFileSync('losetup', ['-d', loop]);
+    throw err;
+  }
+  return {
+    mountpoint,
+    unmount: () => {
+      execFileSync('umount', [mountpoint]);
+      execFileSync('losetup', ['-d', loop]);
+    },
+  };
 }
 
 main().catch((err: unknown) => {

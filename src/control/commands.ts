@@ -307,13 +307,15 @@ function oneOf<T extends string>(args: CommandArguments, name: string, values: r
  * `blockdev-backup` (issue 12): a point-in-time copy of blk `device` to
  * `target` (a raw file, or an NBD URI), `sync` full or incremental (the
  * changed blocks since the last completed backup), `speed` in bytes/s (0:
- * none). Replies once the start instant passed; BACKUP_PROGRESS,
+ * none), `method` how the old contents are kept (see src/worker/backup.ts).
+ * Replies once the start instant passed; BACKUP_PROGRESS,
  * BACKUP_COMPLETED / BACKUP_FAILED / BACKUP_CANCELLED follow.
  */
 async function blockdevBackup(args: CommandArguments, ctx: CommandContext): Promise<unknown> {
   const { backups, emit } = backupsOf('blockdev-backup', args, ctx);
   const sync = oneOf(args, 'sync', ['full', 'incremental'] as const);
   const priority = oneOf(args, 'priority', ['idle', 'batch'] as const);
+  const method = oneOf(args, 'method', ['auto', 'clone', 'journal'] as const);
   const speed = (args.speed as number | undefined) ?? 0;
   if (speed < 0)
     throw new QmpCommandError('GenericError', `Parameter 'speed' must be >= 0, not ${speed}`);
@@ -325,6 +327,7 @@ async function blockdevBackup(args: CommandArguments, ctx: CommandContext): Prom
         speed,
         journalBytes: args['journal-size'] as number | undefined,
         priority,
+        method,
       },
       emit,
     );
@@ -503,7 +506,7 @@ export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, Comman
     'blockdev-backup',
     {
       summary:
-        "live point-in-time backup of blk 'device' to 'target' (raw file or NBD URI); 'sync' full|incremental, 'speed' bytes/s, 'journal-size' bytes, 'priority' idle|batch; events BACKUP_PROGRESS, BACKUP_COMPLETED, BACKUP_FAILED",
+        "live point-in-time backup of blk 'device' to 'target' (raw file or NBD URI); 'sync' full|incremental, 'speed' bytes/s, 'journal-size' bytes, 'priority' idle|batch, 'method' auto|clone|journal (auto: a reflink clone where the file system has it, else the journal); events BACKUP_PROGRESS, BACKUP_COMPLETED, BACKUP_FAILED",
       args: {
         device: { type: 'integer', required: true },
         target: { type: 'string', required: true },
@@ -511,6 +514,7 @@ export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, Comman
         speed: { type: 'integer', required: false },
         'journal-size': { type: 'integer', required: false },
         priority: { type: 'string', required: false },
+        method: { type: 'string', required: false },
       },
       run: blockdevBackup,
     },

@@ -8,8 +8,20 @@
  * BACKUP_FAILED (with the reason); `backup-cancel` stops it. `snapshot`
  * clones the image with FICLONE (reflink, XFS / btrfs) at an instant where
  * no write is in flight, or falls back to a full backup.
+ *
+ * Two ways to keep the start instant's contents (`method`):
+ * - `clone`: at the instant (writes held, none in flight) the image is
+ *   cloned with FICLONE next to itself (IMAGE.vhost-rt-backup-clone), the
+ *   writes go on, and the copier reads the clone; the clone is deleted when
+ *   the backup ends. Guest writes never wait for the backup: the file
+ *   system gives an overwritten block a new extent, with no read of the old
+ *   one. Only where the image's file system can clone (XFS, btrfs).
+ * - `journal`: copy-before-write into the shared journal (src/devices/blk/backup.ts):
+ *   a write's first touch of a block waits for a read of the old block.
+ * `auto` (the default) tries the clone and falls back to the journal,
+ * saying why in the reply (`method-reason`).
  */
-import { constants, copyFile, open, stat, truncate } from 'node:fs/promises';
+import { constants, copyFile, open, rm, stat, truncate } from 'node:fs/promises';
 import type { BackupStarted } from '../devices/blk/device.js';
 import { VhostRtError } from '../errors.js';
 import {
@@ -39,6 +51,8 @@ export interface BackupRequest {
   journalBytes?: number;
   /** The copier's CPU class: 'idle' (SCHED_IDLE, default) or 'batch' (SCHED_BATCH). */
   priority?: 'idle' | 'batch';
+  /** How the start instant's contents are kept (see the module comment); default 'auto'. */
+  method?: 'auto' | 'clone' | 'journal';
 }
 
 /** Sends a control-socket event (the device's index and socket are added by the caller). */
@@ -47,6 +61,8 @@ export type BackupEmit = (name: string, data: Record<string, unknown>) => void;
 /** A backup as `query-backups` reports it. */
 export interface BackupStatus {
   status: 'running' | 'completed' | 'failed' | 'cancelled';
+  /** How the start instant's contents are kept: from a reflink clone, or the journal. */
+  method: 'clone' | 'journal';
   target: string;
   sync: 'full' | 'incremental';
   /** Why an incremental was done as a full one ('' when it was not). */
@@ -97,6 +113,8 @@ interface Job {
   lastProgress: number;
   done: Promise<void>;
   finish: () => void;
+  /** The reflink clone the copier reads (method clone), deleted at the end; null: none. */
+  clone: string | null;
 }
 
 /** The backups of one blk device: at most one at a time, and the last one finished. */
@@ -126,10 +144,18 @@ export class DeviceBackups {
     const nbd = looksLikeNbdUri(req.target);
     if (nbd) checkNbdUri(req.target);
     else await prepareFile(req.target, size, req.sync);
+    const method = req.method ?? 'auto';
+    let cloneRefused = '';
+    if (method !== 'journal') {
+      const r = await this.startFromClone(req, size, nbd, emit);
+      if (typeof r !== 'string') return r;
+      if (method === 'clone') throw new BackupError('ERR_BACKUP_CLONE', r);
+      cloneRefused = r;
+    }
     const share = BackupShare.create(size, journalBytes);
     let copier: Copier;
     try {
-      copier = await this.startCopier(req, share, size, nbd);
+      copier = await this.startCopier(req, share, size, nbd, this.source.image);
     } catch (err) {
       share.release();
       throw new BackupError(
@@ -150,10 +176,12 @@ export class DeviceBackups {
       share.release();
       throw err;
     }
-    const job = this.newJob(req, share, copier, emit, started, size);
+    const job = this.newJob(req, share, copier, emit, started, size, null);
     this.current = job;
     await copier.request({ op: 'run' });
     return {
+      method: 'journal',
+      ...(cloneRefused === '' ? {} : { 'method-reason': cloneRefused }),
       sync: started.sync,
       ...(started.reason === '' ? {} : { 'sync-reason': started.reason }),
       'total-bytes': job.status['total-bytes'],
@@ -162,18 +190,94 @@ export class DeviceBackups {
     };
   }
 
+  /**
+   * The clone method: holds the writes at the start instant, clones the
+   * image, lets them go, then starts a copier that reads the clone. Returns
+   * the reply, or why the image could not be cloned (nothing started then).
+   */
+  private async startFromClone(
+    req: BackupRequest,
+    size: number,
+    nbd: boolean,
+    emit: BackupEmit,
+  ): Promise<Record<string, unknown> | string> {
+    if (this.source.engine === 'nbd') return 'NBD images have no reflink';
+    const st = await stat(this.source.image);
+    if (!st.isFile()) return 'the image is not a regular file';
+    const host = this.source.host;
+    const clone = `${this.source.image}.vhost-rt-backup-clone`;
+    // One a crashed daemon left behind; removed before the hold, which should stay short.
+    await rm(clone, { force: true });
+    // The journal is never used: the smallest one.
+    const share = BackupShare.create(size, MIN_JOURNAL_BYTES);
+    let started: BackupStarted;
+    try {
+      started = (await host.command({
+        type: 'backup-start',
+        share: share.init,
+        sync: req.sync,
+        clone: true,
+      })) as BackupStarted;
+    } catch (err) {
+      share.release();
+      throw err;
+    }
+    const t0 = performance.now();
+    let refused: string | null = null;
+    try {
+      await copyFile(this.source.image, clone, constants.COPYFILE_FICLONE_FORCE);
+    } catch (err) {
+      refused = (err as { code?: string }).code ?? (err as Error).message;
+    } finally {
+      await host.command({ type: 'release-writes' });
+    }
+    const heldUs = started.heldUs + Math.round((performance.now() - t0) * 1000);
+    const giveUp = async () => {
+      await host.command({ type: 'backup-end', ok: false });
+      share.release();
+      await rm(clone, { force: true });
+    };
+    if (refused !== null) {
+      await giveUp();
+      return `FICLONE refused (${refused})`;
+    }
+    let copier: Copier;
+    try {
+      copier = await this.startCopier(req, share, size, nbd, clone);
+    } catch (err) {
+      await giveUp();
+      throw new BackupError(
+        'ERR_BACKUP_TARGET',
+        `opening the target failed: ${(err as Error).message}`,
+        { cause: err },
+      );
+    }
+    const job = this.newJob(req, share, copier, emit, started, size, clone);
+    this.current = job;
+    await copier.request({ op: 'run' });
+    return {
+      method: 'clone',
+      sync: started.sync,
+      ...(started.reason === '' ? {} : { 'sync-reason': started.reason }),
+      'total-bytes': job.status['total-bytes'],
+      generation: started.generation,
+      'start-held-us': heldUs,
+    };
+  }
+
   private async startCopier(
     req: BackupRequest,
     share: BackupShare,
     size: number,
     nbd: boolean,
+    image: string,
   ): Promise<Copier> {
     let job: Job | null = null;
     const copier: Copier = new WorkerHost(
       'worker/backup-copier.js',
       {
         share: share.init,
-        image: this.source.image,
+        image,
         imageEngine: this.source.engine === 'nbd' ? 'nbd' : 'sync',
         target: req.target,
         targetEngine: nbd ? 'nbd' : 'linux-aio',
@@ -206,6 +310,7 @@ export class DeviceBackups {
     emit: BackupEmit,
     started: BackupStarted,
     size: number,
+    clone: string | null,
   ): Job {
     let finish: () => void = () => {};
     const done = new Promise<void>((resolve) => {
@@ -220,8 +325,10 @@ export class DeviceBackups {
       lastProgress: 0,
       done,
       finish,
+      clone,
       status: {
         status: 'running',
+        method: clone === null ? 'journal' : 'clone',
         target: req.target,
         sync: started.sync,
         'sync-reason': started.reason,
@@ -288,11 +395,16 @@ export class DeviceBackups {
       );
     }
     await job.copier.shutdown();
+    if (job.clone !== null)
+      await rm(job.clone, { force: true }).catch((err: unknown) =>
+        this.log('warn', `backup: removing ${job.clone} failed: ${(err as Error).message}`),
+      );
     const s = this.refresh(job);
     job.share.release();
     s['finished-ms'] = Date.now();
     const data: Record<string, unknown> = {
       target: s.target,
+      method: s.method,
       sync: s.sync,
       'copied-bytes': s['copied-bytes'],
       'total-bytes': s['total-bytes'],
@@ -342,9 +454,9 @@ export class DeviceBackups {
       throw new BackupError('ERR_BACKUP_RUNNING', 'a backup of this device is running');
     if (this.source.engine === 'nbd' || looksLikeNbdUri(target))
       return {
+        ...(await this.start({ target, sync: 'full', speed: 0, method: 'journal' }, emit)),
         method: 'backup',
         reason: 'NBD images and targets have no reflink',
-        ...(await this.start({ target, sync: 'full', speed: 0 }, emit)),
       };
     // From the hold to the release: how long the guest's writes waited for the clone.
     const t0 = performance.now();
@@ -360,9 +472,9 @@ export class DeviceBackups {
     if (refused === null)
       return { method: 'reflink', 'held-us': Math.round((performance.now() - t0) * 1000) };
     return {
+      ...(await this.start({ target, sync: 'full', speed: 0, method: 'journal' }, emit)),
       method: 'backup',
       reason: `FICLONE refused (${refused})`,
-      ...(await this.start({ target, sync: 'full', speed: 0 }, emit)),
     };
   }
 

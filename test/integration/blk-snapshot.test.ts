@@ -4,9 +4,19 @@
  * (FICLONE) at an instant with no write in flight; on ext4 (no reflink) the
  * command falls back to a full live backup. Either way the copy equals the
  * disk at the instant, block by block, and the front end sees no error.
+ * blockdev-backup's clone method (a reflink clone at the instant, read by the
+ * copier) is checked the same way, full and incremental, and its refusal on ext4.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -47,8 +57,20 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/** Serves `image` (created zeroed), writes verified blocks, takes a snapshot to `target`. */
-async function snapshotUnderWrites(where: string, name: string) {
+/** One command of {@link underWrites}: `blockdev-snapshot` or `blockdev-backup` to `target`. */
+interface Step {
+  command: 'blockdev-snapshot' | 'blockdev-backup';
+  /** Arguments besides device and target. */
+  args?: Record<string, Json>;
+}
+
+/**
+ * Serves `image` (created zeroed) and writes verified blocks at depth 8; runs
+ * each step in turn, waits for its backup (unless it was a snapshot's clone)
+ * and for more writes; returns each step's reply, its target checked against
+ * the front end's model at the step's instant, and the control events.
+ */
+async function underWrites(where: string, name: string, steps: Step[]) {
   const image = join(where, `${name}.img`);
   const socket = join(dir, `${name}.sock`);
   const control = join(dir, `${name}.qmp`);
@@ -69,29 +91,32 @@ async function snapshotUnderWrites(where: string, name: string) {
   const model = new WriteModel(SIZE / BLOCK, 5);
   let stop = false;
   const load = model.run(driver, 8, () => stop);
+  const results: { reply: Json; check: string; event: Json | null }[] = [];
   try {
     await waitFor(() => model.completed >= 300, 'the first writes');
-    const target = join(where, `${name}.snap`);
-    const from = c.messages.length;
-    const window = model.openWindow();
-    const reply = (await c.execute('blockdev-snapshot', { device: 0, target })).return as Json;
-    model.closeWindow(window);
-    const at = model.completed;
-    if (reply.method === 'backup')
-      expect(
-        (
-          await waitFor(
-            () =>
-              c.messages
-                .slice(from)
-                .find((m) => /^BACKUP_(COMPLETED|FAILED)$/.test(String(m.event))),
-            'the backup',
-            60_000,
-          )
-        ).event,
-      ).toBe('BACKUP_COMPLETED');
-    await waitFor(() => model.completed >= at + 100, 'writes after the snapshot');
-    return { reply, check: model.check(readFileSync(target), window), model };
+    const target = join(where, `${name}.copy`);
+    for (const step of steps) {
+      const from = c.messages.length;
+      const window = model.openWindow();
+      const r = await c.execute(step.command, { device: 0, target, ...step.args });
+      model.closeWindow(window);
+      expect(r, JSON.stringify(r)).toHaveProperty('return');
+      const reply = r.return as Json;
+      const at = model.completed;
+      let event: Json | null = null;
+      if (reply.method !== 'reflink') {
+        event = await waitFor(
+          () =>
+            c.messages.slice(from).find((m) => /^BACKUP_(COMPLETED|FAILED)$/.test(String(m.event))),
+          'the backup',
+          60_000,
+        );
+        expect(event.event, JSON.stringify(event)).toBe('BACKUP_COMPLETED');
+      }
+      results.push({ reply, check: model.check(readFileSync(target), window), event });
+      await waitFor(() => model.completed >= at + 100, 'writes after the copy');
+    }
+    return { results, model, image, c };
   } finally {
     stop = true;
     await load;
@@ -99,6 +124,12 @@ async function snapshotUnderWrites(where: string, name: string) {
     c.close();
     await daemon.stop();
   }
+}
+
+/** {@link underWrites} with one `blockdev-snapshot`. */
+async function snapshotUnderWrites(where: string, name: string) {
+  const r = await underWrites(where, name, [{ command: 'blockdev-snapshot' }]);
+  return { reply: r.results[0].reply, check: r.results[0].check, model: r.model };
 }
 
 describe('blockdev-snapshot', () => {
@@ -119,5 +150,68 @@ describe('blockdev-snapshot', () => {
     });
     expect(r.check).toBe('ok');
     expect(r.model.errors).toEqual([]);
+  });
+});
+
+describe('blockdev-backup from a reflink clone', () => {
+  it('on XFS: full then incremental backups read a clone taken at the instant; the guest writes never wait for a journal', async (ctx) => {
+    if (xfs === null) ctx.skip();
+    const r = await underWrites(xfs as string, 'clone', [
+      { command: 'blockdev-backup', args: { sync: 'full' } },
+      { command: 'blockdev-backup', args: { sync: 'incremental', method: 'clone' } },
+    ]);
+    const [full, incremental] = r.results;
+    expect(full.reply).toMatchObject({ method: 'clone', sync: 'full' });
+    expect(incremental.reply).toMatchObject({ method: 'clone', sync: 'incremental' });
+    for (const step of r.results) {
+      expect(step.check).toBe('ok');
+      // Nothing went through the copy-before-write journal.
+      expect(step.event).toMatchObject({ data: { method: 'clone', journaled: 0 } });
+    }
+    // The incremental updated the full backup in place to the disk at its own instant (the
+    // check above): every chunk changed in between was copied from the second clone.
+    expect(r.model.errors).toEqual([]);
+    // The clone is gone once the backup ended.
+    expect(existsSync(`${r.image}.vhost-rt-backup-clone`)).toBe(false);
+  });
+
+  it("on ext4: 'auto' falls back to the journal and says why; 'clone' is refused with the reason", async () => {
+    const r = await underWrites(dir, 'noclone', [{ command: 'blockdev-backup' }]);
+    expect(r.results[0].reply).toMatchObject({
+      method: 'journal',
+      'method-reason': expect.stringMatching(/FICLONE refused \(EOPNOTSUPP|EXDEV|ENOTSUP/),
+    });
+    expect(r.results[0].check).toBe('ok');
+    expect(r.model.errors).toEqual([]);
+    // Refused outright when the clone is asked for; the device goes on (a journal backup after it).
+    const image = join(dir, 'refuse.img');
+    const control = join(dir, 'refuse.qmp');
+    writeFileSync(image, Buffer.alloc(SIZE));
+    const daemon = await startDaemon([
+      'blk',
+      '--socket-path',
+      join(dir, 'refuse.sock'),
+      '--image',
+      image,
+      '--control-socket',
+      control,
+    ]);
+    const c = await QmpClient.connect(control);
+    try {
+      const target = join(dir, 'refuse.copy');
+      const bad = await c.execute('blockdev-backup', { device: 0, target, method: 'magic' });
+      expect(String((bad.error as Json | undefined)?.desc)).toMatch(
+        /Parameter 'method' must be one of auto, clone, journal, not magic/,
+      );
+      const refused = await c.execute('blockdev-backup', { device: 0, target, method: 'clone' });
+      expect(String((refused.error as Json | undefined)?.desc)).toMatch(/FICLONE refused/);
+      expect(existsSync(`${image}.vhost-rt-backup-clone`)).toBe(false);
+      const ok = await c.execute('blockdev-backup', { device: 0, target, method: 'journal' });
+      expect(ok.return).toMatchObject({ method: 'journal' });
+      await waitFor(() => c.messages.find((m) => m.event === 'BACKUP_COMPLETED'), 'the backup');
+    } finally {
+      c.close();
+      await daemon.stop();
+    }
   });
 });

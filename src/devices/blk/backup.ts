@@ -193,19 +193,9 @@ export class BackupTracker {
   activate(needed: Int32Array | null): void {
     const s = this.share;
     if (s === null) return;
-    const words = Math.ceil(s.chunks / 32);
-    const bits = new Int32Array(words);
-    let count = 0;
-    for (let c = 0; c < s.chunks; c++) {
-      if (needed !== null && (needed[c >>> 5] & (1 << (c & 31))) === 0) continue;
-      bits[c >>> 5] |= 1 << (c & 31);
-      count++;
-    }
+    const bits = publishNeeded(s, needed);
     this.needed = bits;
-    this.neededChunks = count;
-    for (let w = 0; w < words; w++) s.i32[s.at.needed + w] = bits[w];
-    // Sequentially consistent: NEEDED's plain stores above are visible to a copier that loads ACTIVE.
-    Atomics.store(s.i32, BACKUP.STATE, BackupState.ACTIVE);
+    this.neededChunks = countBits(bits);
     this.state = BackupState.ACTIVE;
     this.pump();
   }
@@ -605,4 +595,36 @@ export function errnoName(errno: number): string {
   } catch {
     return `errno ${errno}`;
   }
+}
+
+/**
+ * Writes NEEDED into `s` (one bit per chunk the backup copies: the set bits
+ * of `needed`, or every chunk when null) and publishes it with STATE =
+ * ACTIVE. Returns the bits. Used by {@link BackupTracker.activate}, and
+ * alone by a backup that copies from a reflink clone (nothing to journal).
+ */
+export function publishNeeded(s: BackupShare, needed: Int32Array | null): Int32Array {
+  const words = Math.ceil(s.chunks / 32);
+  const bits = new Int32Array(words);
+  for (let c = 0; c < s.chunks; c++) {
+    if (needed !== null && (needed[c >>> 5] & (1 << (c & 31))) === 0) continue;
+    bits[c >>> 5] |= 1 << (c & 31);
+  }
+  for (let w = 0; w < words; w++) s.i32[s.at.needed + w] = bits[w];
+  // Sequentially consistent: NEEDED's plain stores above are visible to a copier that loads ACTIVE.
+  Atomics.store(s.i32, BACKUP.STATE, BackupState.ACTIVE);
+  return bits;
+}
+
+/** Set bits in `bits`. */
+export function countBits(bits: Int32Array): number {
+  let n = 0;
+  for (let w = 0; w < bits.length; w++) {
+    let v = bits[w];
+    while (v !== 0) {
+      v &= v - 1;
+      n++;
+    }
+  }
+  return n;
 }

@@ -11,7 +11,7 @@
 
 import { VhostRtError } from '../../errors.js';
 import type { ChangedBlocks } from '../../io/backup-cbt.js';
-import type { BackupShareInit } from '../../io/backup-share.js';
+import { BackupShare, type BackupShareInit } from '../../io/backup-share.js';
 import type { DiskGuard } from '../../io/disk-guard.js';
 import { type IoEngine, IoOp, type IoOpCode } from '../../io/engine.js';
 import { IoprioClass, IoprioPolicy, ioprioClass } from '../../io/ioprio.js';
@@ -32,7 +32,7 @@ import {
   type Vring,
 } from '../../virtio/index.js';
 import { readConfigBytes, type VirtioDeviceModel } from '../device.js';
-import { BackupTracker } from './backup.js';
+import { BackupTracker, countBits, publishNeeded } from './backup.js';
 import {
   BLK_ID_BYTES,
   BlkCacheMode,
@@ -116,7 +116,18 @@ export type BlkCommand =
    * start instant), then saves old chunks into the share's journal before
    * guest writes overwrite them. Answered with a {@link BackupStarted}.
    */
-  | { type: 'backup-start'; share: BackupShareInit; sync: 'full' | 'incremental' }
+  | {
+      type: 'backup-start';
+      share: BackupShareInit;
+      sync: 'full' | 'incremental';
+      /**
+       * The caller clones the image (FICLONE) at the instant and the copier
+       * reads the clone: NEEDED is published, nothing is journaled, and the
+       * writes stay held until `release-writes`, which leaves the backup
+       * running until `backup-end`.
+       */
+      clone?: boolean;
+    }
   /** The backup is over: `ok` clears the changed blocks it copied, else they stay changed. */
   | { type: 'backup-end'; ok: boolean }
   /** A snapshot's instant: hold new writes, resolve once none is in flight; `release-writes` lets them go. */
@@ -228,6 +239,11 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   private readonly cbt: ChangedBlocks | null;
   /** The changed blocks a running backup took over (given back if it fails). */
   private cbtTaken: Int32Array | null = null;
+  /**
+   * A backup from a reflink clone is running (backup-start with `clone`):
+   * no tracker after its instant, but its changed blocks settle at backup-end.
+   */
+  private cloneBackup = false;
   /** Write-type requests handed to the engine and not finished (the start instant waits for 0). */
   private writesInFlight = 0;
   /** 1 while slot id's write-type request counts in {@link writesInFlight}. */
@@ -357,13 +373,13 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
         this.setIoThrottle(cmd.limits);
         return Promise.resolve(this.ioThrottle);
       case 'backup-start':
-        return this.backupStart(cmd.share, cmd.sync);
+        return this.backupStart(cmd.share, cmd.sync, cmd.clone === true);
       case 'backup-end':
         return this.backupEnd(cmd.ok);
       case 'hold-writes':
-        return this.backupStart(null, 'full');
+        return this.backupStart(null, 'full', false);
       case 'release-writes':
-        return this.backupEnd(false);
+        return this.releaseWrites();
     }
   }
 
@@ -377,7 +393,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
       throw new RangeError(`resize to ${bytes} bytes: must be a non-negative integer`);
     const capacity = capacityOf(bytes);
     const changed = capacity !== this.capacityBytes;
-    if (changed && this.backup !== null)
+    if (changed && (this.backup !== null || this.cloneBackup))
       throw new VhostRtError(
         'ERR_BACKUP_RUNNING',
         'a backup or snapshot of this device is running',
@@ -448,14 +464,16 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   private async backupStart(
     share: BackupShareInit | null,
     sync: 'full' | 'incremental',
+    clone: boolean,
   ): Promise<BackupStarted> {
-    if (this.backup !== null)
+    if (this.backup !== null || this.cloneBackup)
       throw new VhostRtError(
         'ERR_BACKUP_RUNNING',
         'a backup or snapshot of this device is running',
       );
     const t = new BackupTracker({
-      share,
+      // A clone backup's tracker only holds the writes (the copier reads the clone).
+      share: clone ? null : share,
       engine: this.engine,
       slots: this.slotType.length,
       maxIovs: this.chain.capacity,
@@ -481,22 +499,47 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     this.cbtTaken = cbt?.take() ?? null;
     // The writes held since the tracker went in come after the instant: the new record has them.
     if (cbt !== null) t.forEachHeld((offset, length) => cbt.mark(offset, length));
-    t.activate(sync === 'incremental' ? this.cbtTaken : null);
+    const needed = sync === 'incremental' ? this.cbtTaken : null;
+    if (clone) {
+      this.cloneBackup = true;
+      const chunks = countBits(publishNeeded(BackupShare.attach(share), needed));
+      return { sync, reason, chunks, generation, heldUs };
+    }
+    t.activate(needed);
     this.endBackupBatch();
     return { sync, reason, chunks: t.neededChunks, generation, heldUs };
   }
 
-  /** `backup-end` / `release-writes`: held writes go; the changed blocks are settled. */
+  /**
+   * `release-writes`: held writes go. Ends a snapshot's hold; a clone
+   * backup (the image is cloned now) stays running until `backup-end`.
+   */
+  private async releaseWrites(): Promise<number> {
+    if (!this.cloneBackup) return this.backupEnd(false);
+    const t = this.backup;
+    if (t !== null) {
+      await t.end();
+      this.backup = null;
+      this.installBuffers();
+    }
+    return 0;
+  }
+
+  /** `backup-end`: held writes go; the changed blocks are settled. */
   private async backupEnd(ok: boolean): Promise<number> {
     const t = this.backup;
-    if (t === null) return 0;
-    await t.end();
-    this.backup = null;
-    this.installBuffers();
+    const clone = this.cloneBackup;
+    if (t === null && !clone) return 0;
+    if (t !== null) {
+      await t.end();
+      this.backup = null;
+      this.installBuffers();
+    }
+    this.cloneBackup = false;
     const taken = this.cbtTaken;
     this.cbtTaken = null;
-    if (t.share === null || this.cbt === null) return 0;
-    if (ok && t.failure === '') this.cbt.completed();
+    if ((t !== null && t.share === null && !clone) || this.cbt === null) return 0;
+    if (ok && (t === null || t.failure === '')) this.cbt.completed();
     else if (taken !== null) this.cbt.giveBack(taken);
     return this.cbt.generation;
   }
@@ -1034,7 +1077,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     this.throttleTimer = null;
     if (this.guardTimer !== null) clearTimeout(this.guardTimer);
     this.guardTimer = null;
-    if (this.backup !== null) await this.backupEnd(false);
+    if (this.backup !== null || this.cloneBackup) await this.backupEnd(false);
     for (let i = 0; i < this.queues.length; i++) await this.quiesce(i);
     this.guard?.close();
     this.engine.close();
