@@ -57,6 +57,25 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
+/** Serves `image` (created zeroed, SIZE bytes) on one queue with a control socket named after `name`. */
+async function serve(image: string, name: string) {
+  const socket = join(dir, `${name}.sock`);
+  const control = join(dir, `${name}.qmp`);
+  writeFileSync(image, Buffer.alloc(SIZE));
+  const daemon: Daemon = await startDaemon([
+    'blk',
+    '--socket-path',
+    socket,
+    '--image',
+    image,
+    '--queues',
+    '1',
+    '--control-socket',
+    control,
+  ]);
+  return { daemon, c: await QmpClient.connect(control), socket };
+}
+
 /** One command of {@link underWrites}: `blockdev-snapshot` or `blockdev-backup` to `target`. */
 interface Step {
   command: 'blockdev-snapshot' | 'blockdev-backup';
@@ -72,21 +91,7 @@ interface Step {
  */
 async function underWrites(where: string, name: string, steps: Step[]) {
   const image = join(where, `${name}.img`);
-  const socket = join(dir, `${name}.sock`);
-  const control = join(dir, `${name}.qmp`);
-  writeFileSync(image, Buffer.alloc(SIZE));
-  const daemon: Daemon = await startDaemon([
-    'blk',
-    '--socket-path',
-    socket,
-    '--image',
-    image,
-    '--queues',
-    '1',
-    '--control-socket',
-    control,
-  ]);
-  const c = await QmpClient.connect(control);
+  const { daemon, c, socket } = await serve(image, name);
   const driver = await BlkDriver.create({ socketPath: socket });
   const model = new WriteModel(SIZE / BLOCK, 5);
   let stop = false;
@@ -185,18 +190,7 @@ describe('blockdev-backup from a reflink clone', () => {
     expect(r.model.errors).toEqual([]);
     // Refused outright when the clone is asked for; the device goes on (a journal backup after it).
     const image = join(dir, 'refuse.img');
-    const control = join(dir, 'refuse.qmp');
-    writeFileSync(image, Buffer.alloc(SIZE));
-    const daemon = await startDaemon([
-      'blk',
-      '--socket-path',
-      join(dir, 'refuse.sock'),
-      '--image',
-      image,
-      '--control-socket',
-      control,
-    ]);
-    const c = await QmpClient.connect(control);
+    const { daemon, c } = await serve(image, 'refuse');
     try {
       const target = join(dir, 'refuse.copy');
       const bad = await c.execute('blockdev-backup', { device: 0, target, method: 'magic' });
