@@ -7,7 +7,8 @@
  * neither disturbs nor is disturbed). Every engine that does I/O is driven
  * with O_DIRECT reads of a file on a real disk; then the whole path: a
  * daemon, the project's front end putting the priority in the virtio-blk
- * header, --guest-ioprio honor. Without tracefs (a container that cannot
+ * header, --guest-ioprio honor; and a write a live backup holds, whose
+ * journal read must go at the write's priority too. Without tracefs (a container that cannot
  * mount it) the tests are skipped, saying why.
  */
 import { execFileSync } from 'node:child_process';
@@ -38,6 +39,7 @@ import {
 import { native } from '../../src/native.js';
 import { BlkDriver, BlkStatus } from '../frontend/index.js';
 import { type Daemon, startDaemon } from '../support/daemon.js';
+import { type Json, QmpClient } from '../support/qmp-client.js';
 import { waitFor } from '../support/wait.js';
 
 const TRACING = '/sys/kernel/tracing';
@@ -194,5 +196,65 @@ describe.skipIf(unavailable !== null)(`ioprio reaches the block layer ${unavaila
     await waitFor(() => recorded().length > 0, 'rt:1 requests in the trace');
     for (const l of recorded()) expect(l).toContain(' rt,0,1 ');
     await driver.close();
+  });
+
+  it("a write held by a live backup: its journal read and the write itself go at the guest's priority", async () => {
+    // Its own image: written to, real blocks, nothing dirty.
+    const disk = join(dir, 'backup.img');
+    writeFileSync(disk, randomBytes(4 * FILE_BYTES));
+    const fd = openSync(disk, 'r+');
+    fsyncSync(fd);
+    closeSync(fd);
+    const socket = join(dir, 'backup.sock');
+    const control = join(dir, 'backup.qmp');
+    const d = await startDaemon([
+      'blk',
+      '--socket-path',
+      socket,
+      '--image',
+      disk,
+      '--guest-ioprio',
+      'honor',
+      '--control-socket',
+      control,
+    ]);
+    daemons.push(d);
+    const c = await QmpClient.connect(control);
+    const driver = await BlkDriver.create({ socketPath: socket, dataAlign: 4096 });
+    try {
+      // Copy-before-write, and a copier slow enough (1 MiB/s, from the start of the disk) that
+      // the chunks written below, 8 MiB in, are first touches whose old blocks it has not copied.
+      const started = await c.execute('blockdev-backup', {
+        device: 0,
+        target: join(dir, 'backup.copy'),
+        method: 'journal',
+        speed: 1024 * 1024,
+      });
+      expect(started, JSON.stringify(started)).toHaveProperty('return');
+      const ioprio = ioprioValue(IoprioClass.RT, 2);
+      record(ioprio);
+      const results = await driver.submitBatch(
+        Array.from({ length: 8 }, (_, i) => ({
+          type: 'write' as const,
+          sector: (8 * 1024 * 1024) / 512 + i * 4 * 128,
+          data: randomBytes(4096),
+          ioprio,
+        })),
+      );
+      for (const r of results) expect(r.status).toBe(BlkStatus.OK);
+      const [st] = (await c.execute('query-backups', { device: 0 })).return as Json[];
+      expect(st['journal-reads']).toBeGreaterThanOrEqual(8);
+      // block_rq_issue: "dev rwbs bytes (cmd) sector + n class,..."; only rt:2 is recorded.
+      const kinds = () => recorded().map((l) => /\d+,\d+ ([A-Z]+) /.exec(l)?.[1] ?? '?');
+      await waitFor(
+        () => kinds().some((k) => k.startsWith('R')) && kinds().some((k) => k.startsWith('W')),
+        () => `journal reads and writes at rt:2 in the trace; got ${recorded().join('\n')}`,
+      );
+      for (const l of recorded()) expect(l).toContain(' rt,0,2 ');
+      await c.execute('backup-cancel', { device: 0 });
+    } finally {
+      await driver.close();
+      c.close();
+    }
   });
 });

@@ -93,6 +93,8 @@ export class BackupTracker {
   private readonly diskBytes: number;
   private readonly maxIovs: number;
   private readonly heldOp: Uint8Array;
+  /** Host ioprio of each held request: its own write and its journal read are submitted at it. */
+  private readonly heldIoprio: Int32Array;
   private readonly heldOffset: Float64Array;
   private readonly heldLength: Float64Array;
   private readonly heldIovCount: Int32Array;
@@ -157,6 +159,7 @@ export class BackupTracker {
     this.maxIovs = o.maxIovs;
     this.readBase = o.slots;
     this.heldOp = new Uint8Array(o.slots);
+    this.heldIoprio = new Int32Array(o.slots);
     this.heldOffset = new Float64Array(o.slots);
     this.heldLength = new Float64Array(o.slots);
     this.heldIovCount = new Int32Array(o.slots);
@@ -246,6 +249,8 @@ export class BackupTracker {
   /**
    * Holds request `id` (op, range; `source` stages a write's payload, null
    * for discard / write-zeroes) and starts saving the chunks it needs.
+   * `ioprio` (the request's host ioprio; 0: the thread's own) goes with its
+   * journal reads and, when it is let go, with the request itself.
    * False when its iovecs do not fit the table (the device fails it).
    */
   hold(
@@ -256,8 +261,10 @@ export class BackupTracker {
     source: {
       stageIovecs(sink: { addIov(b: number, o: number, l: number): boolean }, n: number): number;
     } | null,
+    ioprio = 0,
   ): boolean {
     this.recordAt = id * this.maxIovs * 3;
+    this.heldIoprio[id] = ioprio;
     let count = 0;
     if (source !== null) {
       count = source.stageIovecs(this.recorder, length);
@@ -313,7 +320,7 @@ export class BackupTracker {
       const at = base + 3 * i;
       if (!e.addIov(this.heldIovs[at], this.heldIovs[at + 1], this.heldIovs[at + 2])) return false;
     }
-    return e.queueReadWrite(op, this.heldOffset[id], first, count, id);
+    return e.queueReadWrite(op, this.heldOffset[id], first, count, id, this.heldIoprio[id]);
   }
 
   /**
@@ -422,7 +429,10 @@ export class BackupTracker {
       bytes += length;
     }
     const e0 = this.freeStack[this.freeCount - 1];
-    if (!eng.queueReadWrite(IoOp.READ, g0 * s.blockBytes, iov, k, this.readBase + e0)) return 0;
+    // At the priority of the write that waits for it: that write's latency is this read's.
+    const ioprio = this.heldIoprio[id];
+    if (!eng.queueReadWrite(IoOp.READ, g0 * s.blockBytes, iov, k, this.readBase + e0, ioprio))
+      return 0;
     // Sequentially consistent store, BEFORE the journal read and the guest write are submitted:
     // the copier's Atomics.load after its own disk read of c orders against it (backup-share.ts).
     s.claim(c, ((1 << k) - 1) << b0);

@@ -892,7 +892,8 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     // Set first: hold() may resume the request at once, and a sync engine completes it inside.
     this.slotDataLen[id] = write ? bytes : 0;
     this.slotEnd[id] = offset + bytes;
-    if (!(this.backup as BackupTracker).hold(id, op, offset, bytes, write ? this.reader : null)) {
+    const t = this.backup as BackupTracker;
+    if (!t.hold(id, op, offset, bytes, write ? this.reader : null, this.requestIoprio)) {
       this.slotEnd[id] = 0;
       return this.ioError();
     }
