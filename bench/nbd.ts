@@ -9,6 +9,8 @@
  *
  *   node dist/bench/nbd.js [--transport tcp|unix] [--rounds N] [--runtime SEC] [--ramp SEC]
  *                          [--image PATH] [--out DIR]
+ *                          [--baseline DIR]   (a built checkout of another vhost-rt version:
+ *                                              a third back end in the same rounds, before/after)
  *
  * The server is `qemu-nbd --persistent --shared=4 -f raw` on a 1 GiB image of random data,
  * read into the page cache first: the server answers from RAM, so the clients' own costs show.
@@ -37,7 +39,7 @@ const WORKLOADS: readonly Workload[] = [
   { name: '1M seq read QD8', rw: 'read', bs: 1 << 20, iodepth: 8, metric: 'mbPerSec' },
 ];
 
-const BACKENDS = ['vhost-rt nbd', 'qsd driver=nbd'] as const;
+const BACKENDS = ['vhost-rt nbd', 'qsd driver=nbd', 'vhost-rt nbd baseline'] as const;
 type Label = (typeof BACKENDS)[number];
 
 interface Sample {
@@ -117,14 +119,20 @@ function report(samples: Sample[], rounds: number, runtimeSec: number, transport
   const rows: string[][] = [];
   for (const w of WORKLOADS) {
     const of = (b: Label) => samples.filter((s) => s.workload === w.name && s.backend === b);
-    const ratios: number[] = [];
-    for (let r = 0; r < rounds; r++) {
-      const v = of('vhost-rt nbd').find((s) => s.round === r);
-      const q = of('qsd driver=nbd').find((s) => s.round === r);
-      if (v && q) ratios.push(metricOf(w, v.result) / metricOf(w, q.result));
-    }
+    /** Per-round ratios of `b` to qsd. */
+    const ratiosOf = (b: Label) => {
+      const ratios: number[] = [];
+      for (let r = 0; r < rounds; r++) {
+        const v = of(b).find((s) => s.round === r);
+        const q = of('qsd driver=nbd').find((s) => s.round === r);
+        if (v && q) ratios.push(metricOf(w, v.result) / metricOf(w, q.result));
+      }
+      return ratios;
+    };
     for (const b of BACKENDS) {
       const xs = of(b);
+      if (xs.length === 0) continue;
+      const ratios = ratiosOf(b);
       const m = xs.map((s) => metricOf(w, s.result));
       const unit = w.metric === 'iops' ? 'IOPS' : 'MB/s';
       rows.push([
@@ -134,7 +142,7 @@ function report(samples: Sample[], rounds: number, runtimeSec: number, transport
         fmtUs(median(xs.map((s) => s.result.latency.p50Us))),
         fmtUs(median(xs.map((s) => s.result.latency.p99Us))),
         fmtUs(median(xs.map((s) => s.result.backendCpuUsPerIo ?? Number.NaN))),
-        b === 'vhost-rt nbd'
+        b !== 'qsd driver=nbd'
           ? `${fmtRatio(median(ratios))} (${fmtRatio(Math.min(...ratios))}..${fmtRatio(Math.max(...ratios))})`
           : '1',
         String(xs.reduce((n, s) => n + s.result.errors, 0)),
@@ -163,6 +171,7 @@ async function main(): Promise<void> {
       image: { type: 'string' },
       out: { type: 'string' },
       transport: { type: 'string', default: 'tcp' },
+      baseline: { type: 'string' },
     },
   });
   const rounds = Number(values.rounds);
@@ -193,6 +202,14 @@ async function main(): Promise<void> {
       }),
     );
     backends.push(await startQsdNbd(at, join(work, 'qsd.sock')));
+    if (values.baseline !== undefined)
+      backends.push(
+        await startVhostRt({
+          label: 'vhost-rt nbd baseline',
+          devices: [`socket-path=${join(work, 'baseline.sock')},image=${uri}`],
+          cli: join(values.baseline, 'dist', 'src', 'cli', 'main.js'),
+        }),
+      );
     for (let round = 0; round < rounds; round++) {
       const order = round % 2 === 0 ? backends : [...backends].reverse();
       for (const w of WORKLOADS) {

@@ -60,6 +60,8 @@ constexpr int64_t kMaxDepth = 65536;
 constexpr int64_t kMaxIovs = 1 << 20;
 /** The NBD protocol's recommended upper bound on one read or write. */
 constexpr uint64_t kDefaultMaxChunk = 32u << 20;
+// Further reads one pump makes while the socket stays readable (see Pump): 64 of ~128 KiB.
+constexpr int kPumpReadsMax = 64;
 constexpr size_t kSubBlock = 256;
 
 /** errnos that mean the connection (not the request) failed: hold and resubmit. */
@@ -432,7 +434,23 @@ Napi::Value NbdClient::Pump(const Napi::CallbackInfo& info) {
   if (h_ != nullptr) {
     // A watcher error (negative) or a hang-up is read: libnbd then sees the EOF or error.
     int r = 0;
-    if (events < 0 || (events & (LIBNBD_AIO_DIRECTION_READ | 4))) r = nbd_aio_notify_read(h_);
+    if (events < 0 || (events & (LIBNBD_AIO_DIRECTION_READ | 4))) {
+      r = nbd_aio_notify_read(h_);
+      // libnbd returns after one recv even mid-payload (a 1 MiB reply arrives in ~128 KiB
+      // pieces, the server's socket buffer): each piece was an epoll wake-up, a JS callback
+      // and a pump (bench/results/nbd.md's profile). While libnbd still wants to read and the
+      // socket already has more, read on here; bounded, so one busy reply cannot hold the
+      // worker's loop for long.
+      // Only while replies are outstanding: at depth 1 the reply just read was the last one,
+      // and a poll that finds nothing would be one more system call per request.
+      for (int more = 0; r != -1 && more < kPumpReadsMax; more++) {
+        if (nbd_aio_in_flight(h_) <= 0) break;
+        if (!(nbd_aio_get_direction(h_) & LIBNBD_AIO_DIRECTION_READ)) break;
+        pollfd p{nbd_aio_get_fd(h_), POLLIN, 0};
+        if (p.fd < 0 || poll(&p, 1, 0) != 1 || !(p.revents & (POLLIN | POLLHUP | POLLERR))) break;
+        r = nbd_aio_notify_read(h_);
+      }
+    }
     if (r != -1 && events > 0 && (events & LIBNBD_AIO_DIRECTION_WRITE)) {
       r = nbd_aio_notify_write(h_);
     }

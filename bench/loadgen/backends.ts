@@ -112,6 +112,8 @@ export interface VhostRtSpec {
   flags?: string[];
   /** Extra node flags (e.g. --cpu-prof --cpu-prof-dir=DIR). */
   nodeFlags?: string[];
+  /** The CLI to run (another build's dist/src/cli/main.js); default this checkout's. */
+  cli?: string;
 }
 
 /** Socket path of a `socket-path=...` device spec. */
@@ -123,7 +125,7 @@ function specSocket(spec: string): string {
 
 /** Starts `vhost-rt blk --device ... FLAGS` and resolves when it printed "ready". */
 export async function startVhostRt(spec: VhostRtSpec): Promise<Backend> {
-  const args = [...(spec.nodeFlags ?? []), VHOST_RT_CLI, 'blk'];
+  const args = [...(spec.nodeFlags ?? []), spec.cli ?? VHOST_RT_CLI, 'blk'];
   for (const d of spec.devices) args.push('--device', d);
   args.push(...(spec.flags ?? []));
   const { child, log } = spawnLogged(process.execPath, args);
