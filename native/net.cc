@@ -169,11 +169,8 @@ class FrameCopier : public Napi::ObjectWrap<FrameCopier> {
   // dstView, dstOffset, length); ranges of one op must not overlap.
   Napi::Value Copy(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    Napi::Float64Array ops = ArgFloat64Array(info, 0, "ops");
-    int64_t count = ArgSize(info, 1, "count");
-    if (static_cast<size_t>(count) > ops.ElementLength() / 5)
-      ThrowRangeError(env, "count exceeds ops");
-    const double* op = ops.Data();
+    int64_t count = 0;
+    const double* op = Records(info, "ops", 5, &count);
     const double views = static_cast<double>(views_.size()) - 1;
     for (int64_t k = 0; k < count; k++, op += 5) {
       if (!InRange(op[0], views) || !InRange(op[2], views))
@@ -201,11 +198,8 @@ class FrameCopier : public Napi::ObjectWrap<FrameCopier> {
   // of range are skipped: a hint, never an error.
   Napi::Value Prefetch(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    Napi::Float64Array at = ArgFloat64Array(info, 0, "at");
-    int64_t count = ArgSize(info, 1, "count");
-    if (static_cast<size_t>(count) > at.ElementLength() / 2)
-      ThrowRangeError(env, "count exceeds at");
-    const double* p = at.Data();
+    int64_t count = 0;
+    const double* p = Records(info, "at", 2, &count);
     const double views = static_cast<double>(views_.size()) - 1;
     for (int64_t k = 0; k < count; k++, p += 2) {
       if (!InRange(p[0], views)) continue;
@@ -218,6 +212,17 @@ class FrameCopier : public Napi::ObjectWrap<FrameCopier> {
         __builtin_prefetch(line + 32, 0, 3);
     }
     return env.Undefined();
+  }
+
+  // Arguments (array: Float64Array, count) of records of `stride` doubles: the
+  // array's data, with `count` checked to fit in it.
+  static const double* Records(const Napi::CallbackInfo& info, const char* name, size_t stride,
+                               int64_t* count) {
+    Napi::Float64Array array = ArgFloat64Array(info, 0, name);
+    *count = ArgSize(info, 1, "count");
+    if (static_cast<size_t>(*count) > array.ElementLength() / stride)
+      ThrowRangeError(info.Env(), std::string("count exceeds ") + name);
+    return array.Data();
   }
 
   /** `v` is an integer in [0, max] (false for NaN); no libm call, unlike IsIntegerIn. */
