@@ -94,24 +94,23 @@ describe.each(
       writeFileSync(fd, hostPattern);
       closeSync(fd);
       // Packed rings are offered only with inflight tracking off (VHOST_RT_INFLIGHT=off).
-      const inflight = process.env.VHOST_RT_INFLIGHT;
-      if (packed) process.env.VHOST_RT_INFLIGHT = 'off';
-      const started = startDaemon([
-        'blk',
-        '--socket-path',
-        socket,
-        '--image',
-        image,
-        '--queues',
-        String(queues),
-        '--serial',
-        'e2e-disk',
-        '--aio',
-        aio,
-      ]);
-      if (inflight === undefined) delete process.env.VHOST_RT_INFLIGHT;
-      else process.env.VHOST_RT_INFLIGHT = inflight;
-      daemon = await started;
+      daemon = await startDaemon(
+        [
+          'blk',
+          '--socket-path',
+          socket,
+          '--image',
+          image,
+          '--queues',
+          String(queues),
+          '--serial',
+          'e2e-disk',
+          '--aio',
+          aio,
+        ],
+        undefined,
+        packed ? { VHOST_RT_INFLIGHT: 'off' } : {},
+      );
     });
 
     afterAll(async () => {

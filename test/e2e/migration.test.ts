@@ -483,23 +483,17 @@ describe('blk', () => {
       await Promise.all(daemons.map((d) => d.stop()));
       spawnSync('losetup', ['-d', loop]);
     });
-    const inflight = process.env.VHOST_RT_INFLIGHT;
     for (const [s, path] of [
       [`rt-a-${tag}`, image],
       [`rt-b-${tag}`, loop],
-    ]) {
-      if (packed) process.env.VHOST_RT_INFLIGHT = 'off';
-      const started = startDaemon([
-        'blk',
-        '--socket-path',
-        join(dir, `${s}.sock`),
-        '--image',
-        path,
-      ]);
-      if (inflight === undefined) delete process.env.VHOST_RT_INFLIGHT;
-      else process.env.VHOST_RT_INFLIGHT = inflight;
-      daemons.push(await started);
-    }
+    ])
+      daemons.push(
+        await startDaemon(
+          ['blk', '--socket-path', join(dir, `${s}.sock`), '--image', path],
+          undefined,
+          packed ? { VHOST_RT_INFLIGHT: 'off' } : {},
+        ),
+      );
     const r = await migrateDiskGuest(
       `rt-${tag}`,
       image,

@@ -62,6 +62,7 @@ async function serve(
   engine: string,
   name: string,
   extra: string[] = [],
+  env: NodeJS.ProcessEnv = {},
 ): Promise<{ socket: string; image: string; daemon: Daemon }> {
   const image = join(dir, `${engine}-${name}.img`);
   const socket = join(dir, `${engine}-${name}.sock`);
@@ -78,18 +79,22 @@ async function serve(
     nbdServers.push(server);
     target = server.uri;
   }
-  const daemon = await startDaemon([
-    'blk',
-    '--socket-path',
-    socket,
-    '--image',
-    target,
-    '--serial',
-    name,
-    '--aio',
-    engine,
-    ...extra,
-  ]);
+  const daemon = await startDaemon(
+    [
+      'blk',
+      '--socket-path',
+      socket,
+      '--image',
+      target,
+      '--serial',
+      name,
+      '--aio',
+      engine,
+      ...extra,
+    ],
+    undefined,
+    env,
+  );
   daemons.push(daemon);
   return { socket, image, daemon };
 }
@@ -496,9 +501,13 @@ describe.each(
   let image: string;
   beforeAll(async () => {
     const name = `v${extra.join('')}${packed ? 'p' : ''}`;
-    ({ socket, image } = packed
-      ? await withoutInflight(() => serve(engine, name, extra))
-      : await serve(engine, name, extra));
+    // Packed rings are offered only with inflight tracking off.
+    ({ socket, image } = await serve(
+      engine,
+      name,
+      extra,
+      packed ? { VHOST_RT_INFLIGHT: 'off' } : {},
+    ));
   });
   const driverFeatures = packed ? BLK_DRIVER_FEATURES | (1n << 34n) : BLK_DRIVER_FEATURES;
 
@@ -541,15 +550,3 @@ describe.each(
     });
   });
 });
-
-/** Runs `start` (which spawns a daemon) with VHOST_RT_INFLIGHT=off in the environment it inherits. */
-async function withoutInflight<T>(start: () => Promise<T>): Promise<T> {
-  const old = process.env.VHOST_RT_INFLIGHT;
-  process.env.VHOST_RT_INFLIGHT = 'off';
-  try {
-    return await start();
-  } finally {
-    if (old === undefined) delete process.env.VHOST_RT_INFLIGHT;
-    else process.env.VHOST_RT_INFLIGHT = old;
-  }
-}

@@ -42,22 +42,27 @@ afterAll(async () => {
 async function serve(
   name: string,
   extra: string[] = [],
+  env: NodeJS.ProcessEnv = {},
 ): Promise<{ socket: string; image: string; daemon: Daemon }> {
   const image = join(dir, `${name}.img`);
   const socket = join(dir, `${name}.sock`);
   writeFileSync(image, Buffer.alloc(8 * MiB));
-  const daemon = await startDaemon([
-    'blk',
-    '--socket-path',
-    socket,
-    '--image',
-    image,
-    '--aio',
-    'sync',
-    '--queue-size',
-    String(QUEUE_SIZE),
-    ...extra,
-  ]);
+  const daemon = await startDaemon(
+    [
+      'blk',
+      '--socket-path',
+      socket,
+      '--image',
+      image,
+      '--aio',
+      'sync',
+      '--queue-size',
+      String(QUEUE_SIZE),
+      ...extra,
+    ],
+    undefined,
+    env,
+  );
   daemons.push(daemon);
   return { socket, image, daemon };
 }
@@ -220,13 +225,7 @@ describe('vhost-rt blk: inflight I/O tracking', () => {
   });
 
   it('is not offered with VHOST_RT_INFLIGHT=off (the A/B switch)', async () => {
-    process.env.VHOST_RT_INFLIGHT = 'off';
-    let served: Awaited<ReturnType<typeof serve>>;
-    try {
-      served = await serve('off');
-    } finally {
-      delete process.env.VHOST_RT_INFLIGHT;
-    }
+    const served = await serve('off', [], { VHOST_RT_INFLIGHT: 'off' });
     const driver = await connect(served.socket);
     expect(driver.vmm.hasProtocolFeature(ProtocolFeature.INFLIGHT_SHMFD)).toBe(false);
     expect(driver.vmm.inflight).toBeUndefined();
