@@ -176,18 +176,12 @@ export class DeviceBackups {
       share.release();
       throw err;
     }
-    const job = this.newJob(req, share, copier, emit, started, size, null);
-    this.current = job;
-    await copier.request({ op: 'run' });
-    return {
-      method: 'journal',
-      ...(cloneRefused === '' ? {} : { 'method-reason': cloneRefused }),
-      sync: started.sync,
-      ...(started.reason === '' ? {} : { 'sync-reason': started.reason }),
-      'total-bytes': job.status['total-bytes'],
-      generation: started.generation,
-      'start-held-us': started.heldUs,
-    };
+    return this.run(
+      this.newJob(req, share, copier, emit, started, size, null),
+      started,
+      started.heldUs,
+      cloneRefused === '' ? {} : { 'method-reason': cloneRefused },
+    );
   }
 
   /**
@@ -223,14 +217,7 @@ export class DeviceBackups {
       throw err;
     }
     const t0 = performance.now();
-    let refused: string | null = null;
-    try {
-      await copyFile(this.source.image, clone, constants.COPYFILE_FICLONE_FORCE);
-    } catch (err) {
-      refused = (err as { code?: string }).code ?? (err as Error).message;
-    } finally {
-      await host.command({ type: 'release-writes' });
-    }
+    const refused = await this.cloneThenRelease(clone);
     const heldUs = started.heldUs + Math.round((performance.now() - t0) * 1000);
     const giveUp = async () => {
       await host.command({ type: 'backup-end', ok: false });
@@ -252,11 +239,21 @@ export class DeviceBackups {
         { cause: err },
       );
     }
-    const job = this.newJob(req, share, copier, emit, started, size, clone);
+    return this.run(this.newJob(req, share, copier, emit, started, size, clone), started, heldUs);
+  }
+
+  /** Makes `job` current, lets its copier run and gives the reply to the start. */
+  private async run(
+    job: Job,
+    started: BackupStarted,
+    heldUs: number,
+    extra: Record<string, unknown> = {},
+  ): Promise<Record<string, unknown>> {
     this.current = job;
-    await copier.request({ op: 'run' });
+    await job.copier.request({ op: 'run' });
     return {
-      method: 'clone',
+      method: job.status.method,
+      ...extra,
       sync: started.sync,
       ...(started.reason === '' ? {} : { 'sync-reason': started.reason }),
       'total-bytes': job.status['total-bytes'],
@@ -461,14 +458,7 @@ export class DeviceBackups {
     // From the hold to the release: how long the guest's writes waited for the clone.
     const t0 = performance.now();
     await this.source.host.command({ type: 'hold-writes' });
-    let refused: string | null = null;
-    try {
-      await copyFile(this.source.image, target, constants.COPYFILE_FICLONE_FORCE);
-    } catch (err) {
-      refused = (err as { code?: string }).code ?? (err as Error).message;
-    } finally {
-      await this.source.host.command({ type: 'release-writes' });
-    }
+    const refused = await this.cloneThenRelease(target);
     if (refused === null)
       return { method: 'reflink', 'held-us': Math.round((performance.now() - t0) * 1000) };
     return {
@@ -476,6 +466,22 @@ export class DeviceBackups {
       method: 'backup',
       reason: `FICLONE refused (${refused})`,
     };
+  }
+
+  /**
+   * With the device's writes held: clones the image to `to` with FICLONE
+   * (libuv's COPYFILE_FICLONE_FORCE is the ioctl itself), then lets the
+   * writes go whatever happened. Returns why it was refused, null when cloned.
+   */
+  private async cloneThenRelease(to: string): Promise<string | null> {
+    try {
+      await copyFile(this.source.image, to, constants.COPYFILE_FICLONE_FORCE);
+      return null;
+    } catch (err) {
+      return (err as { code?: string }).code ?? (err as Error).message;
+    } finally {
+      await this.source.host.command({ type: 'release-writes' });
+    }
   }
 
   /** Cancels a running backup and waits for its end (device-del, shutdown). */

@@ -516,32 +516,31 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
    */
   private async releaseWrites(): Promise<number> {
     if (!this.cloneBackup) return this.backupEnd(false);
-    const t = this.backup;
-    if (t !== null) {
-      await t.end();
-      this.backup = null;
-      this.installBuffers();
-    }
+    await this.dropTracker();
     return 0;
   }
 
   /** `backup-end`: held writes go; the changed blocks are settled. */
   private async backupEnd(ok: boolean): Promise<number> {
-    const t = this.backup;
-    const clone = this.cloneBackup;
-    if (t === null && !clone) return 0;
-    if (t !== null) {
-      await t.end();
-      this.backup = null;
-      this.installBuffers();
-    }
+    const t = await this.dropTracker();
     this.cloneBackup = false;
+    // Taken only by a backup's start instant (not by a snapshot's hold).
     const taken = this.cbtTaken;
     this.cbtTaken = null;
-    if ((t !== null && t.share === null && !clone) || this.cbt === null) return 0;
+    if (taken === null || this.cbt === null) return 0;
     if (ok && (t === null || t.failure === '')) this.cbt.completed();
-    else if (taken !== null) this.cbt.giveBack(taken);
+    else this.cbt.giveBack(taken);
     return this.cbt.generation;
+  }
+
+  /** Ends the tracker in place, if any (its held writes go); returns it. */
+  private async dropTracker(): Promise<BackupTracker | null> {
+    const t = this.backup;
+    if (t === null) return null;
+    await t.end();
+    this.backup = null;
+    this.installBuffers();
+    return t;
   }
 
   /** A request the backup held may go now. */
