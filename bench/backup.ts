@@ -16,6 +16,9 @@
  *                        device with direct I/O over a file of the same disk: vhost-rt's
  *                        backup then reads a reflink clone; writes bench/results/backup-xfs.json)
  *     [--method auto|clone|journal]   (vhost-rt's blockdev-backup method; default auto)
+ *     [--image-mib N]   (the image's size; default 256. A bigger one keeps most writes first
+ *                        touches of a block for longer windows)
+ *     [--depths 1,32]   (queue depths measured)
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -34,8 +37,8 @@ import { type LoadResult, runLoad } from './loadgen/generator.js';
 import { fmtRatio, fmtUs, markdownTable, writeJson } from './report.js';
 
 const MiB = 1024 * 1024;
-const IMAGE_BYTES = 256 * MiB;
-const DEPTHS = [1, 32] as const;
+/** The image's size when --image-mib is not given. */
+const DEFAULT_IMAGE_MIB = 256;
 type Label = 'vhost-rt' | 'qsd';
 type Phase = 'idle' | 'backup';
 
@@ -239,9 +242,9 @@ const PCTS = [
   ['p99.9', (r: LoadResult) => r.latency.p999Us],
 ] as const;
 
-function report(samples: Sample[], rounds: number): string {
+function report(samples: Sample[], rounds: number, depths: readonly number[]): string {
   const rows: string[][] = [];
-  for (const depth of DEPTHS) {
+  for (const depth of depths) {
     const get = (b: Label, p: Phase, round: number) =>
       samples.find(
         (s) => s.backend === b && s.depth === depth && s.phase === p && s.round === round,
@@ -294,7 +297,7 @@ function report(samples: Sample[], rounds: number): string {
     'errors',
   ];
   const counterRows: string[][] = [];
-  for (const depth of DEPTHS) {
+  for (const depth of depths) {
     const xs = samples.filter(
       (s) => s.backend === 'vhost-rt' && s.depth === depth && s.counters !== undefined,
     );
@@ -340,8 +343,19 @@ async function main(): Promise<void> {
       out: { type: 'string' },
       xfs: { type: 'boolean', default: false },
       method: { type: 'string' },
+      'image-mib': { type: 'string', default: String(DEFAULT_IMAGE_MIB) },
+      depths: { type: 'string', default: '1,32' },
     },
   });
+  const imageMiB = Number(values['image-mib']);
+  if (!Number.isInteger(imageMiB) || imageMiB < 16)
+    throw new Error(
+      `--image-mib must be a whole number of MiB, at least 16, not ${values['image-mib']}`,
+    );
+  const imageBytes = imageMiB * MiB;
+  const depths = values.depths.split(',').map(Number);
+  if (depths.some((d) => !Number.isInteger(d) || d < 1 || d > 128))
+    throw new Error(`--depths must list queue depths 1..128, not ${values.depths}`);
   if (values.method !== undefined && !['auto', 'clone', 'journal'].includes(values.method))
     throw new Error(`--method must be auto, clone or journal, not ${values.method}`);
   const rounds = Number(values.rounds);
@@ -352,19 +366,19 @@ async function main(): Promise<void> {
   const out = values.out ?? join(REPO_ROOT, 'bench', 'results');
   const work = join(REPO_ROOT, '.cache', 'bench', `backup-${process.pid}`);
   await mkdir(work, { recursive: true });
-  const fs = values.xfs ? await mountXfs(work) : null;
+  const fs = values.xfs ? await mountXfs(work, imageMiB) : null;
   const data = fs?.mountpoint ?? work;
   const image =
     fs === null
-      ? join(REPO_ROOT, '.cache', 'bench', 'backup-256m.raw')
-      : join(data, 'backup-256m.raw');
-  ensureImage(image, IMAGE_BYTES);
+      ? join(REPO_ROOT, '.cache', 'bench', `backup-${imageMiB}m.raw`)
+      : join(data, `backup-${imageMiB}m.raw`);
+  ensureImage(image, imageBytes);
   const vTarget = join(data, 'vhost-rt-target.raw');
   const qTarget = join(data, 'qsd-target.raw');
-  await truncate(qTarget, IMAGE_BYTES).catch(async () => {
+  await truncate(qTarget, imageBytes).catch(async () => {
     const { writeFile } = await import('node:fs/promises');
     await writeFile(qTarget, '');
-    await truncate(qTarget, IMAGE_BYTES);
+    await truncate(qTarget, imageBytes);
   });
   const ctl = join(work, 'vhost-rt.qmp');
   const samples: Sample[] = [];
@@ -387,7 +401,7 @@ async function main(): Promise<void> {
   try {
     for (let round = 0; round < rounds; round++) {
       const order = round % 2 === 0 ? sides : [...sides].reverse();
-      for (const depth of DEPTHS) {
+      for (const depth of depths) {
         for (const side of order) {
           for (const phase of ['idle', 'backup'] as const) {
             const stop =
@@ -432,7 +446,7 @@ async function main(): Promise<void> {
     fs?.unmount();
     await rm(work, { recursive: true, force: true });
   }
-  const table = report(samples, rounds);
+  const table = report(samples, rounds, depths);
   process.stdout.write(table);
   await mkdir(out, { recursive: true });
   await writeJson(join(out, fs === null ? 'backup.json' : 'backup-xfs.json'), {
@@ -450,14 +464,18 @@ async function main(): Promise<void> {
 
 /**
  * A fresh XFS (reflink=1) under `work`/xfs, on a loop device with direct I/O (so O_DIRECT
- * writes reach the disk as on the host file system, not the loop's page cache) over a 1 GiB
- * file next to it; `unmount` takes it all down.
+ * writes reach the disk as on the host file system, not the loop's page cache) over a file
+ * next to it (room for the image, its clone and two targets; at least 1 GiB); `unmount` takes
+ * it all down.
  */
-async function mountXfs(work: string): Promise<{ mountpoint: string; unmount: () => void }> {
+async function mountXfs(
+  work: string,
+  imageMiB: number,
+): Promise<{ mountpoint: string; unmount: () => void }> {
   const backing = join(work, 'xfs.img');
   const { writeFile } = await import('node:fs/promises');
   await writeFile(backing, '');
-  await truncate(backing, 1024 * MiB);
+  await truncate(backing, Math.max(1024, 4 * imageMiB + 256) * MiB);
   const loop = execFileSync('losetup', ['--find', '--show', '--direct-io=on', backing], {
     encoding: 'utf8',
   }).trim();
