@@ -7,13 +7,18 @@
  * Only link-local addresses (169.254.0.0/16) are used, nothing leaves the machine.
  */
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
-import { appendFileSync, copyFileSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Daemon, startDaemon } from '../support/daemon.js';
-import { guestImageDir, guestQemuArgs, newcArchive } from '../support/qemu.js';
+import {
+  bootNetGuest,
+  type NetGuest,
+  netUp,
+  vhostUserNic,
+  waitPeer,
+} from '../support/net-guests.js';
 import { waitFor } from '../support/wait.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vhost-rt-net-e2e-'));
@@ -24,25 +29,9 @@ const MAC_B = '52:54:00:00:bb:02';
 const IP_A = '169.254.10.1';
 const IP_B = '169.254.10.2';
 
-/** A running guest whose console can be waited on. */
-interface Guest {
-  proc: ChildProcess;
-  output(): string;
-  waitFor(pattern: RegExp, timeoutMs: number): Promise<RegExpMatchArray>;
-  exited: Promise<void>;
-}
-
-function writeInitrd(path: string, script: string): void {
-  const base = join(guestImageDir(), 'initramfs.cpio.gz');
-  copyFileSync(base, path);
-  const run = newcArchive([{ name: 'run.sh', mode: 0o100755, data: Buffer.from(script) }]);
-  const pad = Buffer.alloc((4 - (statSync(base).size % 4)) % 4);
-  appendFileSync(path, Buffer.concat([pad, gzipSync(run)]));
-}
-
 /**
- * Boots a guest with one vhost-user NIC (`pairs` queue pairs, packed rings
- * with `packed`) on `socket` running `script`.
+ * Boots a guest with one vhost-user NIC (`pairs` queue pairs and as many
+ * CPUs, packed rings with `packed`) on `socket` running `script`.
  */
 function boot(
   name: string,
@@ -51,93 +40,15 @@ function boot(
   script: string,
   pairs = 1,
   packed = false,
-): Guest {
-  const initrd = join(dir, `${name}.initrd`);
-  writeInitrd(initrd, script);
-  const args = guestQemuArgs(
-    {
-      script,
-      memMb: 256,
-      // Linux uses min(queue pairs, online CPUs) pairs.
-      cpus: pairs,
-      extraArgs: [
-        '-chardev',
-        `socket,id=n0,path=${socket},reconnect=1`,
-        '-netdev',
-        pairs > 1 ? `vhost-user,id=n0,chardev=n0,queues=${pairs}` : 'vhost-user,id=n0,chardev=n0',
-        '-device',
-        // vectors=0 (INTx): QEMU 7.2 under TCG segfaults in virtio_pci_vector_unmask when
-        // a vhost-backed virtio-net unmasks its MSI-X vectors (no irqfd), whatever the
-        // back end; INTx avoids that path. romfile= skips the unused iPXE ROM.
-        `virtio-net-pci,netdev=n0,mac=${mac},romfile=,vectors=0${pairs > 1 ? ',mq=on' : ''}${packed ? ',packed=on' : ''}`,
-      ],
-    },
-    initrd,
-  );
-  // guestQemuArgs sizes the memfd from memMb: keep -m and the backend consistent.
-  const proc = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  let text = '';
-  const waiters = new Set<() => void>();
-  const onData = (b: Buffer) => {
-    text += b.toString('latin1').replace(/\r/g, '');
-    for (const w of waiters) w();
-  };
-  proc.stdout?.on('data', onData);
-  proc.stderr?.on('data', onData);
-  const exited = new Promise<void>((resolve) => proc.once('close', () => resolve()));
-  return {
-    proc,
-    output: () => text,
-    exited,
-    waitFor: (pattern, timeoutMs) =>
-      new Promise((resolve, reject) => {
-        const check = () => {
-          const m = text.match(pattern);
-          if (m === null) return;
-          cleanup();
-          resolve(m);
-        };
-        const timer = setTimeout(() => {
-          cleanup();
-          reject(new Error(`${name}: no ${pattern} within ${timeoutMs} ms:\n${text.slice(-3000)}`));
-        }, timeoutMs);
-        const cleanup = () => {
-          clearTimeout(timer);
-          waiters.delete(check);
-        };
-        waiters.add(check);
-        void exited.then(() => {
-          if (text.match(pattern) === null) {
-            cleanup();
-            reject(new Error(`${name}: exited before ${pattern}:\n${text.slice(-3000)}`));
-          }
-        });
-        check();
-      }),
-  };
+): NetGuest {
+  const nic = vhostUserNic(socket, mac, packed ? 'packed=on' : '', pairs);
+  return bootNetGuest(name, dir, nic, script, 256, pairs);
 }
 
-async function kill(g: Guest): Promise<void> {
-  if (g.proc.exitCode === null && g.proc.signalCode === null) g.proc.kill('SIGKILL');
-  await g.exited;
-}
-
-/** Shell prologue: bring eth0 up with a static link-local address. */
-function netUp(ip: string): string {
-  return `ip link set eth0 up && ip addr add ${ip}/16 dev eth0 || exit 10
-echo NET_UP
-`;
-}
-
-/** Pings until one reply arrives (ARP learning, peer booting), up to N tries. */
-function waitPeer(ip: string, tries = 60): string {
-  return `n=0; until ping -c 1 -W 1 ${ip} >/dev/null 2>&1; do n=$((n+1)); [ $n -lt ${tries} ] || { echo PEER_UNREACHABLE; exit 11; }; done
-echo PEER_UP
-`;
-}
+const kill = (g: NetGuest): Promise<void> => g.kill();
 
 let daemon: Daemon | undefined;
-const guests: Guest[] = [];
+const guests: NetGuest[] = [];
 
 beforeAll(async () => {
   daemon = await startDaemon(['net', '--socket-path', SOCK_A, '--socket-path', SOCK_B]);

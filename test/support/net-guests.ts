@@ -31,18 +31,22 @@ export const NO_OFFLOADS =
 
 /**
  * QEMU arguments of a virtio-net-pci NIC on a vhost-user socket. `props` is
- * appended to the device (e.g. {@link NO_OFFLOADS}). vectors=0 (INTx): QEMU
- * 7.2 under TCG segfaults when a vhost-backed virtio-net unmasks its MSI-X
- * vectors; romfile= skips the unused iPXE ROM.
+ * appended to the device (e.g. {@link NO_OFFLOADS}, `packed=on`); `pairs` > 1
+ * gives it that many queue pairs (mq=on; the guest uses min(pairs, CPUs)).
+ * vectors=0 (INTx): QEMU 7.2 under TCG segfaults in virtio_pci_vector_unmask
+ * when a vhost-backed virtio-net unmasks its MSI-X vectors (no irqfd), whatever
+ * the back end; romfile= skips the unused iPXE ROM.
  */
-export function vhostUserNic(socket: string, mac: string, props = ''): string[] {
+export function vhostUserNic(socket: string, mac: string, props = '', pairs = 1): string[] {
+  const mq = pairs > 1 ? `,queues=${pairs}` : '';
+  const device = `virtio-net-pci,netdev=n0,mac=${mac},romfile=,vectors=0${pairs > 1 ? ',mq=on' : ''}`;
   return [
     '-chardev',
     `socket,id=n0,path=${socket},reconnect=1`,
     '-netdev',
-    'vhost-user,id=n0,chardev=n0',
+    `vhost-user,id=n0,chardev=n0${mq}`,
     '-device',
-    `virtio-net-pci,netdev=n0,mac=${mac},romfile=,vectors=0${props === '' ? '' : `,${props}`}`,
+    `${device}${props === '' ? '' : `,${props}`}`,
   ];
 }
 
@@ -69,17 +73,18 @@ function writeInitrd(path: string, script: string): void {
   appendFileSync(path, Buffer.concat([pad, gzipSync(run)]));
 }
 
-/** Boots guest `name` (files in `dir`) with `nic` (QEMU arguments) running `script`. */
+/** Boots guest `name` (files in `dir`) with `nic` (QEMU arguments) and `cpus` CPUs running `script`. */
 export function bootNetGuest(
   name: string,
   dir: string,
   nic: string[],
   script: string,
   memMb = 256,
+  cpus = 1,
 ): NetGuest {
   const initrd = join(dir, `${name}.initrd`);
   writeInitrd(initrd, script);
-  const args = guestQemuArgs({ script, memMb, cpus: 1, extraArgs: nic }, initrd);
+  const args = guestQemuArgs({ script, memMb, cpus, extraArgs: nic }, initrd);
   const proc = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let text = '';
   const waiters = new Set<() => void>();
