@@ -12,7 +12,7 @@ import {
   percentileNs,
 } from '../locking/index.js';
 import { RT_FLAGS, type RtOptions, type RtPolicy, validateRtOptions } from '../rt/options.js';
-import type { BackupEmit, DeviceBackups } from '../worker/backup.js';
+import { type BackupEmit, type DeviceBackups, YIELD_MAX_MS } from '../worker/backup.js';
 import { QmpCommandError } from './errors.js';
 import type { ControlledDevice, ControlVersion, DeviceChanges } from './types.js';
 
@@ -319,6 +319,12 @@ async function blockdevBackup(args: CommandArguments, ctx: CommandContext): Prom
   const speed = (args.speed as number | undefined) ?? 0;
   if (speed < 0)
     throw new QmpCommandError('GenericError', `Parameter 'speed' must be >= 0, not ${speed}`);
+  const yieldMs = (args['yield-ms'] as number | undefined) ?? 0;
+  if (yieldMs < 0 || yieldMs > YIELD_MAX_MS)
+    throw new QmpCommandError(
+      'GenericError',
+      `Parameter 'yield-ms' must be in 0..${YIELD_MAX_MS}, not ${yieldMs}`,
+    );
   try {
     return await backups.start(
       {
@@ -328,6 +334,7 @@ async function blockdevBackup(args: CommandArguments, ctx: CommandContext): Prom
         journalBytes: args['journal-size'] as number | undefined,
         priority,
         method,
+        yieldMs,
       },
       emit,
     );
@@ -506,7 +513,7 @@ export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, Comman
     'blockdev-backup',
     {
       summary:
-        "live point-in-time backup of blk 'device' to 'target' (raw file or NBD URI); 'sync' full|incremental, 'speed' bytes/s, 'journal-size' bytes, 'priority' idle|batch, 'method' auto|clone|journal (auto: a reflink clone where the file system has it, else the journal); events BACKUP_PROGRESS, BACKUP_COMPLETED, BACKUP_FAILED",
+        "live point-in-time backup of blk 'device' to 'target' (raw file or NBD URI); 'sync' full|incremental, 'speed' bytes/s, 'journal-size' bytes, 'priority' idle|batch, 'method' auto|clone|journal (auto: a reflink clone where the file system has it, else the journal), 'yield-ms' the guest's quiet time each disk-pass read waits for (0: none); events BACKUP_PROGRESS, BACKUP_COMPLETED, BACKUP_FAILED",
       args: {
         device: { type: 'integer', required: true },
         target: { type: 'string', required: true },
@@ -515,6 +522,7 @@ export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, Comman
         'journal-size': { type: 'integer', required: false },
         priority: { type: 'string', required: false },
         method: { type: 'string', required: false },
+        'yield-ms': { type: 'integer', required: false },
       },
       run: blockdevBackup,
     },

@@ -242,6 +242,14 @@ export const BACKUP = {
    * needed saved: the guest requests that waited for an old-block read, counted by read).
    */
   JOURNAL_READS: LINE + 9,
+  /**
+   * Line 1, device-written once per batch: free-running count (Int32, wrapping) of guest
+   * requests the device has started. With GUEST_IN_FLIGHT, what the copier's disk pass
+   * yields to (`yield-ms`, src/worker/backup-copier.ts).
+   */
+  GUEST_IO: LINE + 10,
+  /** Line 1, device-written once per batch: guest requests in flight at the batch's end. */
+  GUEST_IN_FLIGHT: LINE + 11,
   /** Line 2, copier-written: free-running count of READY entries consumed. */
   READY_TAIL: 2 * LINE,
   /** Line 2, copier-written: free-running count of entries handed back through the FREE ring. */
@@ -259,6 +267,10 @@ export const BACKUP = {
    * claimed are awaited (for reports and tests; orders nothing).
    */
   PASS_DONE: 2 * LINE + 6,
+  /** Line 2, copier-written: disk-pass reads that waited for the guest to go quiet (`yield-ms`). */
+  YIELDS: 2 * LINE + 7,
+  /** Line 2, copier-written: disk-pass reads made after the longest wait although the guest was busy. */
+  FORCED_READS: 2 * LINE + 8,
   /** Line 3, main-thread-written: 1 asks the copier to stop (backup-cancel). Also a futex word. */
   CANCEL: 3 * LINE,
   /** First array (ENTRY_BLOCK); see backupLayout(). */

@@ -49,6 +49,12 @@ export const PROGRESS_INTERVAL_MS = 1000;
 const DRAIN_WINDOW = 32;
 /** How long the copier waits on an empty journal before it looks at CANCEL again (ms). */
 const JOURNAL_WAIT_MS = 200;
+/**
+ * With `yield-ms`: the longest a disk-pass read waits for the guest to go quiet (ms). Past it
+ * the read goes anyway (FORCED_READS), so a guest that never pauses still gets its backup, at
+ * one read (256 KiB) per second.
+ */
+export const YIELD_MAX_WAIT_MS = 1000;
 
 /**
  * Engines the copier uses: the image is read with `sync` (preadv on this thread, so the idle
@@ -71,6 +77,11 @@ export interface BackupCopierInit {
   speed: number;
   /** CPU scheduling of the copier: 'idle' (default) or 'batch'. */
   policy: 'idle' | 'batch';
+  /**
+   * The disk pass reads only once the guest has had no request in flight and started none
+   * for this long (ms; at most {@link YIELD_MAX_WAIT_MS} of waiting per read); 0: off.
+   */
+  yieldMs: number;
 }
 
 /** What the copier reports on its own. */
@@ -176,6 +187,11 @@ class Copier {
   private paced = 0;
   private readonly started = performance.now();
   private lastProgress = 0;
+  /** GUEST_IO as last seen, and when the guest was last seen busy (yieldToGuest). */
+  private seenGuestIo = 0;
+  private guestBusyAt = Number.NEGATIVE_INFINITY;
+  private yields = 0;
+  private forcedReads = 0;
 
   constructor(private readonly init: BackupCopierInit) {
     this.s = BackupShare.attach(init.share);
@@ -289,8 +305,49 @@ class Copier {
     this.markCopied(c);
   }
 
+  /**
+   * `yield-ms`: the idle I/O class, kept here. The kernel's idle class means nothing to the
+   * `none` scheduler of virtio and NVMe disks, and a disk-pass read there sits in the
+   * device's queue beside the guest's requests (bench/results/backup-long.md: on XFS a third
+   * of the QD32 tail during a backup was the copier's reads). So before each read this waits
+   * until the device has published no new guest request and none in flight for `yieldMs`,
+   * draining the journal meanwhile (its entries free guest writes, they are never held
+   * back). Past {@link YIELD_MAX_WAIT_MS} the read goes anyway.
+   */
+  private async yieldToGuest(): Promise<void> {
+    const quietMs = this.init.yieldMs;
+    if (quietMs <= 0) return;
+    const s = this.s;
+    const since = performance.now();
+    let waited = false;
+    for (;;) {
+      const now = performance.now();
+      // Plain values the device stores once per batch (publishActivity); they order nothing.
+      const io = Atomics.load(s.i32, BACKUP.GUEST_IO);
+      if (io !== this.seenGuestIo || Atomics.load(s.i32, BACKUP.GUEST_IN_FLIGHT) > 0) {
+        this.seenGuestIo = io;
+        this.guestBusyAt = now;
+      }
+      const quietFor = now - this.guestBusyAt;
+      if (quietFor >= quietMs) break;
+      if (now - since >= YIELD_MAX_WAIT_MS) {
+        // Statistics only (query-backups); orders nothing.
+        Atomics.store(s.i32, BACKUP.FORCED_READS, ++this.forcedReads);
+        break;
+      }
+      waited = true;
+      const w = waitAsync(s.i32, BACKUP.READY_HEAD, this.readyTail, quietMs - quietFor);
+      if (w.async) await w.value;
+      await this.drainJournal();
+      this.check();
+    }
+    // Statistics only (query-backups); orders nothing.
+    if (waited) Atomics.store(s.i32, BACKUP.YIELDS, ++this.yields);
+  }
+
   /** Reads chunks [c, c + n) from disk, then writes the blocks not claimed after the read. */
   private async copyFromDisk(c: number, n: number): Promise<void> {
+    await this.yieldToGuest();
     const s = this.s;
     const offset = c * s.chunkBytes;
     const length = Math.min(n * s.chunkBytes, this.init.diskBytes - offset);

@@ -40,6 +40,9 @@ import type { DeviceHost } from './device-host.js';
 /** A backup refused or failed: `code` says why (ERR_BACKUP_RUNNING, ERR_BACKUP_TARGET, ...). */
 export class BackupError extends VhostRtError {}
 
+/** Most `yield-ms` a backup accepts (ms). */
+export const YIELD_MAX_MS = 1000;
+
 /** Arguments of `blockdev-backup`, checked. */
 export interface BackupRequest {
   /** A raw file path, or an NBD URI (nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH). */
@@ -53,6 +56,11 @@ export interface BackupRequest {
   priority?: 'idle' | 'batch';
   /** How the start instant's contents are kept (see the module comment); default 'auto'. */
   method?: 'auto' | 'clone' | 'journal';
+  /**
+   * The disk pass reads only after the guest has been quiet this long (ms; 0, the default:
+   * off); see BackupCopierInit.yieldMs.
+   */
+  yieldMs?: number;
 }
 
 /** Sends a control-socket event (the device's index and socket are added by the caller). */
@@ -80,6 +88,12 @@ export interface BackupStatus {
   'journal-high-water': number;
   /** Times a guest request waiting on a full journal raised the copier out of SCHED_IDLE. */
   'copier-boosts': number;
+  /** The quiet time the disk pass waits for before a read (0: it does not wait). */
+  'yield-ms': number;
+  /** Disk-pass reads that waited for the guest to go quiet. */
+  'copier-yields': number;
+  /** Disk-pass reads made after the longest wait although the guest was still busy. */
+  'copier-forced-reads': number;
   'started-ms': number;
   'finished-ms'?: number;
   error?: string;
@@ -281,6 +295,7 @@ export class DeviceBackups {
         diskBytes: size,
         speed: req.speed,
         policy: req.priority ?? 'idle',
+        yieldMs: req.yieldMs ?? 0,
       },
       {
         name: 'backup',
@@ -338,6 +353,9 @@ export class DeviceBackups {
         'journal-entries': share.entries,
         'journal-high-water': 0,
         'copier-boosts': 0,
+        'yield-ms': req.yieldMs ?? 0,
+        'copier-yields': 0,
+        'copier-forced-reads': 0,
         'started-ms': Date.now(),
       },
     };
@@ -357,6 +375,8 @@ export class DeviceBackups {
     st['journal-full-waits'] = Atomics.load(i32, BACKUP.FULL_WAITS);
     st['journal-high-water'] = Atomics.load(i32, BACKUP.HIGH_WATER);
     st['copier-boosts'] = Atomics.load(i32, BACKUP.BOOSTS);
+    st['copier-yields'] = Atomics.load(i32, BACKUP.YIELDS);
+    st['copier-forced-reads'] = Atomics.load(i32, BACKUP.FORCED_READS);
     return { ...st };
   }
 
@@ -409,6 +429,8 @@ export class DeviceBackups {
       'journal-reads': s['journal-reads'],
       'journal-full-waits': s['journal-full-waits'],
       'copier-boosts': s['copier-boosts'],
+      'copier-yields': s['copier-yields'],
+      'copier-forced-reads': s['copier-forced-reads'],
     };
     if (ok) {
       s.status = 'completed';

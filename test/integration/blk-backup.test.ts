@@ -359,3 +359,77 @@ describe.each(['io_uring', 'threads', 'sync'])('a full backup on the %s engine',
     expect(model.errors).toEqual([]);
   });
 });
+
+describe('blockdev-backup with yield-ms (the idle I/O class kept by the copier)', () => {
+  it('the disk pass waits while the front end writes, goes on once it stops, and the target is exact', async () => {
+    const image = join(dir, 'yield.img');
+    writeFileSync(image, Buffer.alloc(SIZE));
+    const socket = join(dir, 'yield.sock');
+    const control = join(dir, 'yield.qmp');
+    const daemon = await startBlk(image, socket, control);
+    const c = await QmpClient.connect(control);
+    const driver = await BlkDriver.create({ socketPath: socket });
+    const model = new WriteModel(SIZE / BLOCK, 5);
+    let stop = false;
+    let load: Promise<void> | null = model.run(driver, 8, () => stop);
+    try {
+      await waitFor(() => model.completed >= 200, 'the first writes');
+      const target = join(dir, 'yield.backup');
+      // No speed limit: without yield-ms the 32 MiB would be copied in well under a second.
+      const b = await backup(c, model, { target, sync: 'full', 'yield-ms': 50 });
+      expect(b.reply.return).toMatchObject({ sync: 'full', 'total-bytes': SIZE });
+      const status = async () =>
+        ((await c.execute('query-backups', { device: 0 })).return as Json[])[0];
+      // The guest never pauses for 50 ms: reads wait, and go only at the longest wait (1 s each).
+      await waitFor(
+        async () => ((await status())['copier-yields'] as number) >= 2,
+        'the copier to yield to the front end',
+        20_000,
+      );
+      const busy = await status();
+      expect(busy).toMatchObject({ status: 'running', 'yield-ms': 50 });
+      // 128 reads of 256 KiB make the disk; at one forced read a second it is far from done.
+      expect(busy['copied-bytes'] as number).toBeLessThan(SIZE / 2);
+      // How many reads went at the longest wait depends on whether the front end ever paused.
+      expect(typeof busy['copier-forced-reads']).toBe('number');
+      // The front end stops: the guest is quiet, the rest goes at once.
+      stop = true;
+      await load;
+      load = null;
+      const end = await backupEnd(c, b.from, 30_000);
+      expect(end.event).toBe('BACKUP_COMPLETED');
+      expect(end.data as Json).toMatchObject({ 'copied-bytes': SIZE });
+      expect(model.check(readFileSync(target), b.window)).toBe('ok');
+    } finally {
+      stop = true;
+      await load;
+      await driver.close();
+      c.close();
+      await daemon.stop();
+    }
+    expect(model.errors).toEqual([]);
+  });
+
+  it('refuses a yield-ms outside 0..1000, naming the parameter', async () => {
+    const image = join(dir, 'yield-bad.img');
+    writeFileSync(image, Buffer.alloc(MiB));
+    const control = join(dir, 'yield-bad.qmp');
+    const daemon = await startBlk(image, join(dir, 'yield-bad.sock'), control);
+    const c = await QmpClient.connect(control);
+    try {
+      for (const bad of [-1, 1001]) {
+        const r = await c.execute('blockdev-backup', {
+          device: 0,
+          target: join(dir, 'yield-bad.backup'),
+          'yield-ms': bad,
+        });
+        expect((r.error as Json).desc).toMatch(/Parameter 'yield-ms' must be in 0\.\.1000/);
+      }
+      const none = (await c.execute('query-backups', { device: 0 })).return as Json[];
+      expect(none).toEqual([]);
+    } finally {
+      c.close();
+      await daemon.stop();
+    }
+  });
+});

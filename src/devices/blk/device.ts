@@ -17,6 +17,7 @@ import { type IoEngine, IoOp, type IoOpCode } from '../../io/engine.js';
 import { IoprioClass, IoprioPolicy, ioprioClass } from '../../io/ioprio.js';
 import { IoThrottle, type ThrottleLimits } from '../../io/throttle.js';
 import type { StatCounters } from '../../locking/index.js';
+import { BACKUP } from '../../locking/layout.js';
 import {
   type ByteLocation,
   type ChainHandler,
@@ -244,6 +245,13 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
    * no tracker after its instant, but its changed blocks settle at backup-end.
    */
   private cloneBackup = false;
+  /**
+   * The running backup's share (either method), where the guest's activity is published
+   * once per batch for the copier's `yield-ms`; null: no backup.
+   */
+  private activityShare: BackupShare | null = null;
+  /** Guest requests started, free-running (Int32, wrapping): GUEST_IO. */
+  private guestStarted = 0;
   /** Write-type requests handed to the engine and not finished (the start instant waits for 0). */
   private writesInFlight = 0;
   /** 1 while slot id's write-type request counts in {@link writesInFlight}. */
@@ -496,6 +504,8 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     const heldUs = Math.round((performance.now() - t0) * 1000);
     const generation = cbt?.generation ?? 0;
     if (share === null) return { sync, reason, chunks: 0, generation, heldUs };
+    this.activityShare = BackupShare.attach(share);
+    this.publishActivity(this.activityShare);
     this.cbtTaken = cbt?.take() ?? null;
     // The writes held since the tracker went in come after the instant: the new record has them.
     if (cbt !== null) t.forEachHeld((offset, length) => cbt.mark(offset, length));
@@ -524,6 +534,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   private async backupEnd(ok: boolean): Promise<number> {
     const t = await this.dropTracker();
     this.cloneBackup = false;
+    this.activityShare = null;
     // Taken only by a backup's start instant (not by a snapshot's hold).
     const taken = this.cbtTaken;
     this.cbtTaken = null;
@@ -598,7 +609,18 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     this.engine.submit();
     this.flushNotifications();
     this.acct?.publish();
+    if (this.activityShare !== null) this.publishActivity(this.activityShare);
     if (this.guard !== null) this.endGuardBatch(this.guard);
+  }
+
+  /**
+   * Once per batch while a backup runs: what the guest is doing (requests started so far,
+   * requests in flight), for the copier's disk pass to keep out of its way (`yield-ms`).
+   * Two plain-value stores; the copier orders nothing by them.
+   */
+  private publishActivity(s: BackupShare): void {
+    Atomics.store(s.i32, BACKUP.GUEST_IO, this.guestStarted);
+    Atomics.store(s.i32, BACKUP.GUEST_IN_FLIGHT, this.inFlight);
   }
 
   /**
@@ -654,6 +676,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     this.locateStatus(id);
     q.inFlight++;
     this.inFlight++;
+    this.guestStarted = (this.guestStarted + 1) | 0;
     this.acct?.started(queue, id);
     // Pending until start returns: finish() clears it if the request ended meanwhile.
     this.slotGuard[id] = GUARD_PENDING;
@@ -1027,6 +1050,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     if (this.inFlight === 0 && this.retired.length > 0) this.retired = [];
     this.flushNotifications();
     this.acct?.publish();
+    if (this.activityShare !== null) this.publishActivity(this.activityShare);
     // Before the re-drain: its admission reads the neighbours afresh, and our RT state is out.
     if (this.guard !== null) this.endGuardBatch(this.guard);
     // A batch that ends inside a drain (an engine completing or failing
