@@ -19,6 +19,9 @@
  *     [--image-mib N]   (the image's size; default 256. A bigger one keeps most writes first
  *                        touches of a block for longer windows)
  *     [--depths 1,32]   (queue depths measured)
+ *     [--yield MS]      (vhost-rt's yield-ms: the disk pass waits for the guest to be quiet)
+ *     [--yield-ab MS]   (a third back end in the same rounds: vhost-rt's daemon, its backups
+ *                        with yield-ms MS; the plain vhost-rt rows keep --yield, default none)
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -39,7 +42,8 @@ import { fmtRatio, fmtUs, markdownTable, writeJson } from './report.js';
 const MiB = 1024 * 1024;
 /** The image's size when --image-mib is not given. */
 const DEFAULT_IMAGE_MIB = 256;
-type Label = 'vhost-rt' | 'qsd';
+/** The back ends; 'vhost-rt yield' is vhost-rt's daemon with `yield-ms` (--yield-ab). */
+type Label = 'vhost-rt' | 'vhost-rt yield' | 'qsd';
 type Phase = 'idle' | 'backup';
 
 /** vhost-rt's backup counters over one cell (query-backups just before the cancel). */
@@ -58,6 +62,17 @@ interface BackupCounters {
   boosts: number;
   /** Bytes the copier had in the target. */
   copiedBytes: number;
+  /** Disk-pass reads that waited for the guest to go quiet (`yield-ms`). */
+  yields: number;
+  /** Disk-pass reads made at the longest wait with the guest still busy. */
+  forcedReads: number;
+}
+
+/** vhost-rt's own `blockdev-backup` arguments from the command line (undefined: its default). */
+interface VhostRtBackupArgs {
+  journalBytes?: number;
+  method?: string;
+  yieldMs?: number;
 }
 
 interface Sample {
@@ -177,11 +192,11 @@ async function startBackup(
   q: Qmp,
   target: string,
   speed: number,
-  journalBytes?: number,
-  method?: string,
+  extra: VhostRtBackupArgs,
 ): Promise<() => Promise<BackupCounters | undefined>> {
+  const { journalBytes, method, yieldMs } = extra;
   const from = q.messages.length;
-  if (label === 'vhost-rt') {
+  if (label !== 'qsd') {
     const started = (await q.execute('blockdev-backup', {
       device: 0,
       target,
@@ -189,6 +204,7 @@ async function startBackup(
       speed,
       ...(journalBytes === undefined ? {} : { 'journal-size': journalBytes }),
       ...(method === undefined ? {} : { method }),
+      ...(yieldMs === undefined ? {} : { 'yield-ms': yieldMs }),
     })) as Record<string, unknown>;
     process.stderr.write(
       `vhost-rt backup: method ${String(started.method)}${started['method-reason'] === undefined ? '' : ` (${String(started['method-reason'])})`}, writes held ${String(started['start-held-us'])} µs at the start\n`,
@@ -205,6 +221,8 @@ async function startBackup(
         entries: st['journal-entries'],
         boosts: st['copier-boosts'],
         copiedBytes: st['copied-bytes'],
+        yields: st['copier-yields'],
+        forcedReads: st['copier-forced-reads'],
       };
     };
   }
@@ -244,13 +262,14 @@ const PCTS = [
 
 function report(samples: Sample[], rounds: number, depths: readonly number[]): string {
   const rows: string[][] = [];
+  const labels = [...new Set(samples.map((s) => s.backend))];
+  const ours = labels.filter((b) => b !== 'qsd');
   for (const depth of depths) {
     const get = (b: Label, p: Phase, round: number) =>
       samples.find(
         (s) => s.backend === b && s.depth === depth && s.phase === p && s.round === round,
       )?.result;
-    const ratioOfRatios: Record<string, number[]> = {};
-    for (const b of ['vhost-rt', 'qsd'] as const) {
+    for (const b of labels) {
       for (const p of ['idle', 'backup'] as const) {
         const xs = samples.filter((s) => s.backend === b && s.depth === depth && s.phase === p);
         rows.push([
@@ -267,22 +286,24 @@ function report(samples: Sample[], rounds: number, depths: readonly number[]): s
       }
     }
     const cells: string[] = [`4k randwrite QD${depth}`, 'during/idle', 'ratios'];
-    for (const [name, f] of PCTS) {
-      const v: number[] = [];
-      const q: number[] = [];
-      const rr: number[] = [];
-      for (let r = 0; r < rounds; r++) {
-        const vi = get('vhost-rt', 'idle', r);
-        const vb = get('vhost-rt', 'backup', r);
-        const qi = get('qsd', 'idle', r);
-        const qb = get('qsd', 'backup', r);
-        if (!vi || !vb || !qi || !qb) continue;
-        v.push(f(vb) / f(vi));
-        q.push(f(qb) / f(qi));
-        rr.push(f(vb) / f(vi) / (f(qb) / f(qi)));
-      }
-      ratioOfRatios[name] = rr;
-      cells.push(`vhost-rt ${fmtRange(v)}; qsd ${fmtRange(q)}; vhost-rt/qsd ${fmtRange(rr)}`);
+    for (const [, f] of PCTS) {
+      // Per round: each back end's during/idle, and each of ours over qsd's.
+      const during = (b: Label) => {
+        const xs: number[] = [];
+        for (let r = 0; r < rounds; r++) {
+          const i = get(b, 'idle', r);
+          const d = get(b, 'backup', r);
+          xs.push(i && d ? f(d) / f(i) : Number.NaN);
+        }
+        return xs;
+      };
+      const q = during('qsd');
+      const parts = ours.map((b) => {
+        const v = during(b);
+        const rr = v.map((x, r) => x / q[r]).filter((x) => !Number.isNaN(x));
+        return `${b} ${fmtRange(v.filter((x) => !Number.isNaN(x)))}; ${b}/qsd ${fmtRange(rr)}`;
+      });
+      cells.push(`${parts.join('; ')}; qsd ${fmtRange(q.filter((x) => !Number.isNaN(x)))}`);
     }
     rows.push([...cells, '']);
   }
@@ -297,28 +318,32 @@ function report(samples: Sample[], rounds: number, depths: readonly number[]): s
     'errors',
   ];
   const counterRows: string[][] = [];
-  for (const depth of depths) {
-    const xs = samples.filter(
-      (s) => s.backend === 'vhost-rt' && s.depth === depth && s.counters !== undefined,
-    );
-    if (xs.length === 0) continue;
-    const cell = (f: (s: Sample) => number) =>
-      `${Math.round(median(xs.map(f)))} (${Math.round(Math.min(...xs.map(f)))}..${Math.round(Math.max(...xs.map(f)))})`;
-    const k = (s: Sample) => s.counters as BackupCounters;
-    counterRows.push([
-      `4k randwrite QD${depth}`,
-      cell((s) => s.result.ios),
-      cell((s) => k(s).journalReads),
-      cell((s) => k(s).journaled),
-      cell((s) => k(s).fullWaits),
-      `${cell((s) => k(s).highWater)} of ${k(xs[0]).entries}`,
-      cell((s) => k(s).boosts),
-      cell((s) => k(s).copiedBytes / MiB),
-    ]);
-  }
+  for (const depth of depths)
+    for (const b of ours) {
+      const xs = samples.filter(
+        (s) => s.backend === b && s.depth === depth && s.counters !== undefined,
+      );
+      if (xs.length === 0) continue;
+      const cell = (f: (s: Sample) => number) =>
+        `${Math.round(median(xs.map(f)))} (${Math.round(Math.min(...xs.map(f)))}..${Math.round(Math.max(...xs.map(f)))})`;
+      const k = (s: Sample) => s.counters as BackupCounters;
+      counterRows.push([
+        `4k randwrite QD${depth}`,
+        b,
+        cell((s) => s.result.ios),
+        cell((s) => k(s).journalReads),
+        cell((s) => k(s).journaled),
+        cell((s) => k(s).fullWaits),
+        `${cell((s) => k(s).highWater)} of ${k(xs[0]).entries}`,
+        cell((s) => k(s).boosts),
+        cell((s) => k(s).copiedBytes / MiB),
+        `${cell((s) => k(s).yields)} / ${cell((s) => k(s).forcedReads)}`,
+      ]);
+    }
   const counters = markdownTable(
     [
       'workload',
+      'back end',
       'writes measured',
       'journal reads (writes that waited for one)',
       'blocks journaled',
@@ -326,6 +351,7 @@ function report(samples: Sample[], rounds: number, depths: readonly number[]): s
       'journal high water',
       'copier boosts',
       'copied MiB',
+      'disk-pass reads that yielded / went at the longest wait',
     ],
     counterRows,
   );
@@ -345,6 +371,8 @@ async function main(): Promise<void> {
       method: { type: 'string' },
       'image-mib': { type: 'string', default: String(DEFAULT_IMAGE_MIB) },
       depths: { type: 'string', default: '1,32' },
+      yield: { type: 'string' },
+      'yield-ab': { type: 'string' },
     },
   });
   const imageMiB = Number(values['image-mib']);
@@ -363,6 +391,8 @@ async function main(): Promise<void> {
   const rampSec = Number(values.ramp);
   const speed = Number(values.speed) * MiB;
   const journalBytes = values.journal === undefined ? undefined : Number(values.journal) * MiB;
+  const yieldMs = values.yield === undefined ? undefined : Number(values.yield);
+  const yieldAb = values['yield-ab'] === undefined ? undefined : Number(values['yield-ab']);
   const out = values.out ?? join(REPO_ROOT, 'bench', 'results');
   const work = join(REPO_ROOT, '.cache', 'bench', `backup-${process.pid}`);
   await mkdir(work, { recursive: true });
@@ -394,9 +424,20 @@ async function main(): Promise<void> {
     join(work, 'qsd.sock'),
     join(work, 'qsd.qmp'),
   );
-  const sides = [
-    { label: 'vhost-rt' as const, backend: v, qmp: vq, target: vTarget },
-    { label: 'qsd' as const, backend: q.backend, qmp: q.qmp, target: qTarget },
+  const sides: { label: Label; backend: Backend; qmp: Qmp; target: string; yieldMs?: number }[] = [
+    { label: 'vhost-rt', backend: v, qmp: vq, target: vTarget, yieldMs },
+    ...(yieldAb === undefined
+      ? []
+      : [
+          {
+            label: 'vhost-rt yield' as const,
+            backend: v,
+            qmp: vq,
+            target: vTarget,
+            yieldMs: yieldAb,
+          },
+        ]),
+    { label: 'qsd', backend: q.backend, qmp: q.qmp, target: qTarget },
   ];
   try {
     for (let round = 0; round < rounds; round++) {
@@ -406,14 +447,11 @@ async function main(): Promise<void> {
           for (const phase of ['idle', 'backup'] as const) {
             const stop =
               phase === 'backup'
-                ? await startBackup(
-                    side.label,
-                    side.qmp,
-                    side.target,
-                    speed,
+                ? await startBackup(side.label, side.qmp, side.target, speed, {
                     journalBytes,
-                    values.method,
-                  )
+                    method: values.method,
+                    yieldMs: side.yieldMs,
+                  })
                 : null;
             const result = await runLoad({
               socketPath: side.backend.sockets[0],
@@ -430,7 +468,7 @@ async function main(): Promise<void> {
             const k =
               counters === undefined
                 ? ''
-                : ` [journal reads ${counters.journalReads} (blocks ${counters.journaled}) for ${result.ios} writes, full waits ${counters.fullWaits}, high water ${counters.highWater}/${counters.entries}, boosts ${counters.boosts}, copied ${(counters.copiedBytes / MiB).toFixed(0)} MiB]`;
+                : ` [journal reads ${counters.journalReads} (blocks ${counters.journaled}) for ${result.ios} writes, full waits ${counters.fullWaits}, high water ${counters.highWater}/${counters.entries}, boosts ${counters.boosts}, copied ${(counters.copiedBytes / MiB).toFixed(0)} MiB, yields ${counters.yields}, forced reads ${counters.forcedReads}]`;
             process.stderr.write(
               `round ${round + 1}/${rounds} QD${depth} ${side.label} ${phase}: ${Math.round(result.iops)} IOPS p50 ${l.p50Us.toFixed(0)} p99 ${l.p99Us.toFixed(0)} p99.9 ${l.p999Us.toFixed(0)} µs${k}\n`,
             );
