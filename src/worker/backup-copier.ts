@@ -7,6 +7,9 @@
  * device fills with chunks the guest was about to overwrite. It never
  * stands in the guest's path: a guest write waits for the copier only when
  * the journal is full (the THROTTLE policy, src/devices/blk/backup.ts).
+ * With `yield-ms` it also keeps its disk-pass reads off the disk while the
+ * guest has I/O going (yieldToGuest): the idle I/O class, which the `none`
+ * scheduler of virtio and NVMe disks does not give it.
  *
  * Exactness (see src/io/backup-share.ts): of a chunk read from disk, only
  * the blocks not CLAIMED when the read had completed are written to the
