@@ -33,12 +33,22 @@ import {
 import { checkNbdUri, looksLikeNbdUri } from '../io/index.js';
 import { BACKUP } from '../locking/layout.js';
 import type { Logger } from '../log.js';
+import { native } from '../native.js';
 import { WorkerHost } from '../thread/index.js';
 import type { BackupCopierCommand, BackupCopierEvent, BackupCopierInit } from './backup-copier.js';
 import type { DeviceHost } from './device-host.js';
 
 /** A backup refused or failed: `code` says why (ERR_BACKUP_RUNNING, ERR_BACKUP_TARGET, ...). */
 export class BackupError extends VhostRtError {}
+
+/**
+ * Most extents an image may have for `method: auto` to clone it. FICLONE holds the guest's
+ * writes for a time that grows with them (bench/results/backup-yield.md: up to 3.8 s on a
+ * fragmented 1 GiB image); past this, `auto` journals instead. From bench/clone-hold.sh on
+ * this project's machine: 15–35 µs per extent (2432 extents 43–57 ms, 9598 140–319 ms,
+ * 24763 0.4–1.1 s), so 4000 extents aim at a hold of about 0.1 s.
+ */
+export const AUTO_CLONE_MAX_EXTENTS = 4000;
 
 /** Most `yield-ms` a backup accepts (ms). */
 export const YIELD_MAX_MS = 1000;
@@ -160,7 +170,9 @@ export class DeviceBackups {
     else await prepareFile(req.target, size, req.sync);
     const method = req.method ?? 'auto';
     let cloneRefused = '';
-    if (method !== 'journal') {
+    // `auto` does not clone an image so fragmented that the clone would hold the writes long.
+    if (method === 'auto') cloneRefused = await this.cloneTooSlow();
+    if (method !== 'journal' && cloneRefused === '') {
       const r = await this.startFromClone(req, size, nbd, emit);
       if (typeof r !== 'string') return r;
       if (method === 'clone') throw new BackupError('ERR_BACKUP_CLONE', r);
@@ -196,6 +208,28 @@ export class DeviceBackups {
       started.heldUs,
       cloneRefused === '' ? {} : { 'method-reason': cloneRefused },
     );
+  }
+
+  /**
+   * Why `auto` should not clone the image ('' when it may): FICLONE's time grows with the
+   * image's extent count, and the guest's writes are held all that time. Unknown (no FIEMAP,
+   * not a file, NBD): '' — the clone itself then decides.
+   */
+  private async cloneTooSlow(): Promise<string> {
+    if (this.source.engine === 'nbd') return '';
+    let extents: number;
+    try {
+      const f = await open(this.source.image, 'r');
+      try {
+        extents = native.extentCount(f.fd);
+      } finally {
+        await f.close();
+      }
+    } catch {
+      return '';
+    }
+    if (extents <= AUTO_CLONE_MAX_EXTENTS) return '';
+    return `the image has ${extents} extents, more than auto clones (${AUTO_CLONE_MAX_EXTENTS}): the clone would hold the writes too long`;
   }
 
   /**

@@ -5,21 +5,28 @@
  * command falls back to a full live backup. Either way the copy equals the
  * disk at the instant, block by block, and the front end sees no error.
  * blockdev-backup's clone method (a reflink clone at the instant, read by the
- * copier) is checked the same way, full and incremental, and its refusal on ext4.
+ * copier) is checked the same way, full and incremental, and its refusal on ext4;
+ * `auto` journals instead of cloning an image of too many extents.
  */
 import { execFileSync } from 'node:child_process';
 import {
+  closeSync,
   existsSync,
+  fsyncSync,
   mkdirSync,
   mkdtempSync,
+  openSync,
   readFileSync,
   rmSync,
   truncateSync,
   writeFileSync,
+  writeSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { native } from '../../src/native.js';
+import { AUTO_CLONE_MAX_EXTENTS } from '../../src/worker/backup.js';
 import { BlkDriver } from '../frontend/index.js';
 import { BLOCK, WriteModel } from '../support/backup-model.js';
 import { type Daemon, startDaemon } from '../support/daemon.js';
@@ -203,6 +210,80 @@ describe('blockdev-backup from a reflink clone', () => {
       const ok = await c.execute('blockdev-backup', { device: 0, target, method: 'journal' });
       expect(ok.return).toMatchObject({ method: 'journal' });
       await waitFor(() => c.messages.find((m) => m.event === 'BACKUP_COMPLETED'), 'the backup');
+    } finally {
+      c.close();
+      await daemon.stop();
+    }
+  });
+});
+
+/** A file of `blocks` 4 KiB blocks in which every other one is written (ext4: one extent each). */
+function fragmentedImage(path: string, blocks: number): void {
+  writeFileSync(path, '');
+  truncateSync(path, blocks * 4096);
+  const fd = openSync(path, 'r+');
+  try {
+    const block = Buffer.alloc(4096, 0xa5);
+    for (let b = 0; b < blocks; b += 2) writeSync(fd, block, 0, 4096, b * 4096);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+describe("blockdev-backup 'auto' and the clone's hold", () => {
+  it('native.extentCount counts the extents FIEMAP maps', () => {
+    const path = join(dir, 'extents.img');
+    fragmentedImage(path, 20);
+    const fd = openSync(path, 'r');
+    try {
+      expect(native.extentCount(fd)).toBe(10);
+    } finally {
+      closeSync(fd);
+    }
+    // Native errors carry errno's name as their code.
+    expect(() => native.extentCount(-1)).toThrow(expect.objectContaining({ code: 'EBADF' }));
+  });
+
+  it(`on XFS: 'auto' journals an image of more than ${AUTO_CLONE_MAX_EXTENTS} extents and says why; 'clone' still clones it`, async (ctx) => {
+    if (xfs === null) ctx.skip();
+    const image = join(xfs as string, 'fragmented.img');
+    // Every other block written. XFS may map two written blocks as one extent, so write
+    // enough for more extents than auto clones whatever it does, and count them.
+    fragmentedImage(image, 4 * (AUTO_CLONE_MAX_EXTENTS + 1));
+    const fd = openSync(image, 'r');
+    const extents = native.extentCount(fd);
+    closeSync(fd);
+    expect(extents).toBeGreaterThan(AUTO_CLONE_MAX_EXTENTS);
+    const socket = join(dir, 'fragmented.sock');
+    const control = join(dir, 'fragmented.qmp');
+    const daemon = await startDaemon([
+      'blk',
+      '--socket-path',
+      socket,
+      '--image',
+      image,
+      '--queues',
+      '1',
+      '--control-socket',
+      control,
+    ]);
+    const c = await QmpClient.connect(control);
+    try {
+      const target = join(xfs as string, 'fragmented.copy');
+      const auto = await c.execute('blockdev-backup', { device: 0, target });
+      expect(auto.return).toMatchObject({
+        method: 'journal',
+        'method-reason': `the image has ${extents} extents, more than auto clones (${AUTO_CLONE_MAX_EXTENTS}): the clone would hold the writes too long`,
+      });
+      const done = (n: number) => () =>
+        c.messages.filter((m) => m.event === 'BACKUP_COMPLETED').length >= n;
+      await waitFor(done(1), 'the journal backup');
+      expect(readFileSync(target).equals(readFileSync(image))).toBe(true);
+      const clone = await c.execute('blockdev-backup', { device: 0, target, method: 'clone' });
+      expect(clone.return).toMatchObject({ method: 'clone' });
+      await waitFor(done(2), 'the clone backup');
+      expect(readFileSync(target).equals(readFileSync(image))).toBe(true);
     } finally {
       c.close();
       await daemon.stop();
