@@ -64,11 +64,14 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/** Serves `image` (created zeroed, SIZE bytes) on one queue with a control socket named after `name`. */
-async function serve(image: string, name: string) {
+/**
+ * Serves `image` (created zeroed, SIZE bytes, unless `create` is false) on one queue with a
+ * control socket named after `name`.
+ */
+async function serve(image: string, name: string, create = true) {
   const socket = join(dir, `${name}.sock`);
   const control = join(dir, `${name}.qmp`);
-  writeFileSync(image, Buffer.alloc(SIZE));
+  if (create) writeFileSync(image, Buffer.alloc(SIZE));
   const daemon: Daemon = await startDaemon([
     'blk',
     '--socket-path',
@@ -255,20 +258,7 @@ describe("blockdev-backup 'auto' and the clone's hold", () => {
     const extents = native.extentCount(fd);
     closeSync(fd);
     expect(extents).toBeGreaterThan(AUTO_CLONE_MAX_EXTENTS);
-    const socket = join(dir, 'fragmented.sock');
-    const control = join(dir, 'fragmented.qmp');
-    const daemon = await startDaemon([
-      'blk',
-      '--socket-path',
-      socket,
-      '--image',
-      image,
-      '--queues',
-      '1',
-      '--control-socket',
-      control,
-    ]);
-    const c = await QmpClient.connect(control);
+    const { daemon, c } = await serve(image, 'fragmented', false);
     try {
       const target = join(xfs as string, 'fragmented.copy');
       const auto = await c.execute('blockdev-backup', { device: 0, target });
