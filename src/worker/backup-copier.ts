@@ -319,7 +319,8 @@ class Copier {
    */
   private async yieldToGuest(): Promise<void> {
     const quietMs = this.init.yieldMs;
-    if (quietMs <= 0) return;
+    // Not `<= 0`: an init without it (undefined) must not wait either.
+    if (!(quietMs > 0)) return;
     const s = this.s;
     const since = performance.now();
     let waited = false;

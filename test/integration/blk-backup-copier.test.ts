@@ -72,6 +72,7 @@ describe('the backup copier', () => {
           diskBytes: SIZE,
           speed: 0,
           policy: 'idle',
+          yieldMs: 0,
         },
         { name: 'copier-test', log: () => {}, onEvent: (e) => events.push(e) },
       );
