@@ -45,7 +45,7 @@ export class BackupError extends VhostRtError {}
  * Most extents an image may have for `method: auto` to clone it. FICLONE holds the guest's
  * writes for a time that grows with them (bench/results/backup-yield.md: up to 3.8 s on a
  * fragmented 1 GiB image); past this, `auto` journals instead. From bench/clone-hold.sh on
- * this project's machine: 15–35 µs per extent (2432 extents 43–57 ms, 9598 140–319 ms,
+ * this project's machine: 15–40 µs per extent (2432 extents 43–57 ms, 9598 140–319 ms,
  * 24763 0.4–1.1 s), so 4000 extents aim at a hold of about 0.1 s.
  */
 export const AUTO_CLONE_MAX_EXTENTS = 4000;

@@ -410,7 +410,7 @@ describe('blockdev-backup with yield-ms (the idle I/O class kept by the copier)'
     expect(model.errors).toEqual([]);
   });
 
-  it('refuses a yield-ms outside 0..1000, naming the parameter', async () => {
+  it('refuses a yield-ms outside 0..1000 or not an integer, naming the parameter, and serves on', async () => {
     const image = join(dir, 'yield-bad.img');
     writeFileSync(image, Buffer.alloc(MiB));
     const control = join(dir, 'yield-bad.qmp');
@@ -424,6 +424,16 @@ describe('blockdev-backup with yield-ms (the idle I/O class kept by the copier)'
           'yield-ms': bad,
         });
         expect((r.error as Json).desc).toMatch(/Parameter 'yield-ms' must be in 0\.\.1000/);
+      }
+      for (const bad of ['soon', 2.5]) {
+        const r = await c.execute('blockdev-backup', {
+          device: 0,
+          target: join(dir, 'yield-bad.backup'),
+          'yield-ms': bad,
+        });
+        expect((r.error as Json).desc).toBe(
+          "Invalid parameter type for 'yield-ms', expected: integer",
+        );
       }
       const none = (await c.execute('query-backups', { device: 0 })).return as Json[];
       expect(none).toEqual([]);
