@@ -22,6 +22,12 @@
  *     [--yield MS]      (vhost-rt's yield-ms: the disk pass waits for the guest to be quiet)
  *     [--yield-ab MS]   (a third back end in the same rounds: vhost-rt's daemon, its backups
  *                        with yield-ms MS; the plain vhost-rt rows keep --yield, default none)
+ *     [--baseline DIR]  (a built checkout of another vhost-rt version: its daemon as one more
+ *                        back end in the same rounds, with the same backup arguments as
+ *                        vhost-rt's; both daemons then open the image with share-rw)
+ *     [--dir PATH]      (image and targets in PATH, e.g. a file system on a zram device: a
+ *                        device whose own tail is steady, unlike this machine's disk; see
+ *                        bench/zram-fs.sh)
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -37,13 +43,17 @@ import {
   startVhostRt,
 } from './loadgen/backends.js';
 import { type LoadResult, runLoad } from './loadgen/generator.js';
+import { LatencyHistogram } from './loadgen/histogram.js';
 import { fmtRatio, fmtUs, markdownTable, writeJson } from './report.js';
 
 const MiB = 1024 * 1024;
 /** The image's size when --image-mib is not given. */
 const DEFAULT_IMAGE_MIB = 256;
-/** The back ends; 'vhost-rt yield' is vhost-rt's daemon with `yield-ms` (--yield-ab). */
-type Label = 'vhost-rt' | 'vhost-rt yield' | 'qsd';
+/**
+ * The back ends; 'vhost-rt yield' is vhost-rt's daemon with `yield-ms` (--yield-ab);
+ * 'vhost-rt baseline' another build's daemon (--baseline) on the same image.
+ */
+type Label = 'vhost-rt' | 'vhost-rt yield' | 'vhost-rt baseline' | 'qsd';
 type Phase = 'idle' | 'backup';
 
 /** vhost-rt's backup counters over one cell (query-backups just before the cancel). */
@@ -260,6 +270,52 @@ const PCTS = [
   ['p99.9', (r: LoadResult) => r.latency.p999Us],
 ] as const;
 
+/**
+ * Every round's window of one back end, depth and phase as one histogram. Why pooled as well
+ * as per round: this disk's own QD32 tail is bimodal over seconds (bench/disk-tail.sh), so a
+ * per-round during/idle ratio of p99.9 swings with whichever mode each of the two windows
+ * landed in; the pooled windows, interleaved with the other phase's, compare the two phases'
+ * latency distributions over the same stretch of the disk's behaviour.
+ */
+function pooled(xs: Sample[]): LatencyHistogram {
+  const h = new LatencyHistogram();
+  for (const s of xs)
+    if (s.result.histogram) h.merge(LatencyHistogram.fromSparse(s.result.histogram));
+  return h;
+}
+
+/** The pooled table: per back end and depth, idle and during-backup percentiles and their ratios. */
+function pooledReport(samples: Sample[], depths: readonly number[]): string {
+  const rows: string[][] = [];
+  const labels = [...new Set(samples.map((s) => s.backend))];
+  for (const depth of depths)
+    for (const b of labels) {
+      const of = (p: Phase) =>
+        pooled(samples.filter((s) => s.backend === b && s.depth === depth && s.phase === p));
+      const idle = of('idle');
+      const during = of('backup');
+      if (idle.count === 0 || during.count === 0) continue;
+      const cells = POOLED_PCTS.map((p) => {
+        const i = idle.percentile(p);
+        const d = during.percentile(p);
+        return `${fmtUs(i / 1000)} → ${fmtUs(d / 1000)} (${fmtRatio(d / i)})`;
+      });
+      rows.push([`4k randwrite QD${depth}`, b, `${idle.count} / ${during.count}`, ...cells]);
+    }
+  return markdownTable(
+    [
+      'workload',
+      'back end',
+      'writes pooled (idle / during)',
+      ...POOLED_PCTS.map((p) => `p${p} µs idle → during (ratio)`),
+    ],
+    rows,
+  );
+}
+
+/** Percentiles of the pooled table. */
+const POOLED_PCTS = [50, 99, 99.9] as const;
+
 function report(samples: Sample[], rounds: number, depths: readonly number[]): string {
   const rows: string[][] = [];
   const labels = [...new Set(samples.map((s) => s.backend))];
@@ -355,7 +411,7 @@ function report(samples: Sample[], rounds: number, depths: readonly number[]): s
     ],
     counterRows,
   );
-  return `${markdownTable(header, rows)}\n\n${rounds} interleaved rounds; latency cells: median (min..max) over the rounds; the "during/idle" rows give per-round ratios.\n\nvhost-rt's backup counters per backup cell (query-backups just before the cancel; the backup starts just before the measured window and runs a little past it), median (min..max):\n\n${counters}\n`;
+  return `${markdownTable(header, rows)}\n\n${rounds} interleaved rounds; latency cells: median (min..max) over the rounds; the "during/idle" rows give per-round ratios.\n\nPooled: every round's window of a back end, depth and phase merged into one histogram (the disk's own tail changes mode between windows; pooled interleaved windows compare the phases over the same stretch of it):\n\n${pooledReport(samples, depths)}\n\nvhost-rt's backup counters per backup cell (query-backups just before the cancel; the backup starts just before the measured window and runs a little past it), median (min..max):\n\n${counters}\n`;
 }
 
 async function main(): Promise<void> {
@@ -373,6 +429,8 @@ async function main(): Promise<void> {
       depths: { type: 'string', default: '1,32' },
       yield: { type: 'string' },
       'yield-ab': { type: 'string' },
+      dir: { type: 'string' },
+      baseline: { type: 'string' },
     },
   });
   const imageMiB = Number(values['image-mib']);
@@ -396,10 +454,11 @@ async function main(): Promise<void> {
   const out = values.out ?? join(REPO_ROOT, 'bench', 'results');
   const work = join(REPO_ROOT, '.cache', 'bench', `backup-${process.pid}`);
   await mkdir(work, { recursive: true });
+  if (values.xfs && values.dir !== undefined) throw new Error('--xfs and --dir exclude each other');
   const fs = values.xfs ? await mountXfs(work, imageMiB) : null;
-  const data = fs?.mountpoint ?? work;
+  const data = fs?.mountpoint ?? values.dir ?? work;
   const image =
-    fs === null
+    fs === null && values.dir === undefined
       ? join(REPO_ROOT, '.cache', 'bench', `backup-${imageMiB}m.raw`)
       : join(data, `backup-${imageMiB}m.raw`);
   ensureImage(image, imageBytes);
@@ -412,12 +471,25 @@ async function main(): Promise<void> {
   });
   const ctl = join(work, 'vhost-rt.qmp');
   const samples: Sample[] = [];
+  // Two daemons on one image need share-rw (only one is driven at a time, as with qsd's locking=off).
+  const share = values.baseline === undefined ? '' : ',share-rw';
   const v = await startVhostRt({
     label: 'vhost-rt',
-    devices: [`socket-path=${join(work, 'vhost-rt.sock')},image=${image}`],
+    devices: [`socket-path=${join(work, 'vhost-rt.sock')},image=${image}${share}`],
     flags: ['--queues', '1', '--control-socket', ctl],
   });
   const vq = await Qmp.open(ctl);
+  const bCtl = join(work, 'baseline.qmp');
+  const base =
+    values.baseline === undefined
+      ? null
+      : await startVhostRt({
+          label: 'vhost-rt baseline',
+          cli: join(values.baseline, 'dist', 'src', 'cli', 'main.js'),
+          devices: [`socket-path=${join(work, 'baseline.sock')},image=${image}${share}`],
+          flags: ['--queues', '1', '--control-socket', bCtl],
+        });
+  const bq = base === null ? null : await Qmp.open(bCtl);
   const q = await startQsdWithMonitor(
     image,
     qTarget,
@@ -437,6 +509,17 @@ async function main(): Promise<void> {
             yieldMs: yieldAb,
           },
         ]),
+    ...(base === null || bq === null
+      ? []
+      : [
+          {
+            label: 'vhost-rt baseline' as const,
+            backend: base,
+            qmp: bq,
+            target: join(data, 'baseline-target.raw'),
+            yieldMs,
+          },
+        ]),
     { label: 'qsd', backend: q.backend, qmp: q.qmp, target: qTarget },
   ];
   try {
@@ -454,6 +537,7 @@ async function main(): Promise<void> {
                   })
                 : null;
             const result = await runLoad({
+              keepHistogram: true,
               socketPath: side.backend.sockets[0],
               backendPid: side.backend.pid,
               rw: 'randwrite',
@@ -478,8 +562,10 @@ async function main(): Promise<void> {
     }
   } finally {
     vq.close();
+    bq?.close();
     q.qmp.close();
     await v.stop();
+    await base?.stop();
     await q.backend.stop();
     fs?.unmount();
     await rm(work, { recursive: true, force: true });
@@ -488,7 +574,12 @@ async function main(): Promise<void> {
   process.stdout.write(table);
   await mkdir(out, { recursive: true });
   await writeJson(join(out, fs === null ? 'backup.json' : 'backup-xfs.json'), {
-    fs: fs === null ? 'the repository disk' : 'xfs (reflink=1) on a direct-I/O loop device',
+    fs:
+      fs !== null
+        ? 'xfs (reflink=1) on a direct-I/O loop device'
+        : values.dir !== undefined
+          ? `the file system at ${values.dir}`
+          : 'the repository disk',
     method: values.method ?? 'auto',
     date: new Date().toISOString(),
     rounds,

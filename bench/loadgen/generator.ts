@@ -30,7 +30,7 @@ import {
   SECTOR_SIZE,
 } from '../../test/frontend/blk-driver.js';
 import { Vmm, type VmmQueue } from '../../test/frontend/vmm.js';
-import { LatencyHistogram, type LatencySummary } from './histogram.js';
+import { LatencyHistogram, type LatencySummary, type SparseHistogram } from './histogram.js';
 
 /** fio's names for the access patterns. */
 export const RW_MODES = ['read', 'write', 'randread', 'randwrite', 'rw', 'randrw'] as const;
@@ -72,6 +72,11 @@ export interface LoadOptions {
   dirtyLog?: boolean;
   /** With {@link dirtyLog}: ms between bitmap clears; default 100. */
   dirtyLogSyncMs?: number;
+  /**
+   * Keep the measured window's whole latency histogram in the result
+   * ({@link LoadResult.histogram}), for a bench that pools windows; default false.
+   */
+  keepHistogram?: boolean;
   /** Called about once a second with the phase and the I/Os completed in it. */
   onProgress?: (p: LoadProgress) => void;
 }
@@ -104,6 +109,8 @@ export interface LoadResult {
   /** Requests that completed with a status other than OK. */
   errors: number;
   latency: LatencySummary;
+  /** The measured window's histogram (with {@link LoadOptions.keepHistogram}). */
+  histogram?: SparseHistogram;
   /** Back-end CPU microseconds per I/O (null without backendPid). */
   backendCpuUsPerIo: number | null;
   /** Back-end CPU use in percent of one core (null without backendPid). */
@@ -523,6 +530,7 @@ async function measure(o: LoadOptions, s: RunState): Promise<LoadResult> {
     mbPerSec: s.bytes / 1e6 / seconds,
     errors: s.errors,
     latency: s.histogram.summary(),
+    ...(o.keepHistogram ? { histogram: s.histogram.toSparse() } : {}),
     backendCpuUsPerIo: backendSec === null ? null : perIo(backendSec),
     backendCpuPercent: backendSec === null ? null : (100 * backendSec) / seconds,
     generatorCpuUsPerIo: perIo(genSec),

@@ -56,6 +56,19 @@ export function bucketRange(index: number): { low: number; width: number } {
   return { low: sub * 2 ** shift, width: 2 ** shift };
 }
 
+/**
+ * A histogram's recorded values in a JSON-friendly form: the non-empty buckets as
+ * (index, count) pairs, and the exact count, sum, min and max (ns). What a bench keeps per
+ * measured window so that windows can be pooled afterwards ({@link LatencyHistogram.fromSparse}).
+ */
+export interface SparseHistogram {
+  buckets: [number, number][];
+  count: number;
+  sumNs: number;
+  minNs: number;
+  maxNs: number;
+}
+
 /** A latency histogram over nanoseconds. */
 export class LatencyHistogram {
   private readonly counts = new Float64Array(BUCKETS);
@@ -112,6 +125,30 @@ export class LatencyHistogram {
       this.min = Math.min(this.min, other.min);
       this.max = Math.max(this.max, other.max);
     }
+  }
+
+  /** The recorded values as non-empty buckets (see {@link SparseHistogram}). */
+  toSparse(): SparseHistogram {
+    const buckets: [number, number][] = [];
+    for (let i = 0; i < BUCKETS; i++) if (this.counts[i] > 0) buckets.push([i, this.counts[i]]);
+    return { buckets, count: this.total, sumNs: this.sum, minNs: this.minNs, maxNs: this.max };
+  }
+
+  /** A histogram holding what `sparse` describes (a window kept by {@link toSparse}). */
+  static fromSparse(sparse: SparseHistogram): LatencyHistogram {
+    const h = new LatencyHistogram();
+    for (const [index, count] of sparse.buckets) {
+      if (!(Number.isInteger(index) && index >= 0 && index < BUCKETS))
+        throw new RangeError(`histogram bucket ${index} is outside 0..${BUCKETS - 1}`);
+      h.counts[index] += count;
+    }
+    h.total = sparse.count;
+    h.sum = sparse.sumNs;
+    if (sparse.count > 0) {
+      h.min = sparse.minNs;
+      h.max = sparse.maxNs;
+    }
+    return h;
   }
 
   /**

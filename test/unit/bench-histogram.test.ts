@@ -93,6 +93,26 @@ describe('LatencyHistogram percentiles', () => {
     expect(a.minNs).toBe(all.minNs);
   });
 
+  it('survives a JSON round trip of its sparse form, and pools windows through it', () => {
+    const a = new LatencyHistogram();
+    const b = new LatencyHistogram();
+    const all = new LatencyHistogram();
+    for (let v = 900; v < 2_000_000; v = Math.floor(v * 1.01) + 3) {
+      (v % 3 ? a : b).record(v);
+      all.record(v);
+    }
+    const back = (h: LatencyHistogram) =>
+      LatencyHistogram.fromSparse(JSON.parse(JSON.stringify(h.toSparse())));
+    const pooled = back(a);
+    pooled.merge(back(b));
+    expect(pooled.count).toBe(all.count);
+    expect(pooled.summary()).toEqual(all.summary());
+    expect(back(new LatencyHistogram()).summary()).toEqual(new LatencyHistogram().summary());
+    expect(() =>
+      LatencyHistogram.fromSparse({ buckets: [[-1, 1]], count: 1, sumNs: 1, minNs: 1, maxNs: 1 }),
+    ).toThrow(/bucket -1/);
+  });
+
   it('rejects percentiles outside (0, 100]', () => {
     const h = new LatencyHistogram();
     expect(() => h.percentile(0)).toThrow(RangeError);
