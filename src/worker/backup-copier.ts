@@ -50,6 +50,8 @@ export const PROGRESS_INTERVAL_MS = 1000;
  * guest writes at QD32 wait ~40 ms (p99.9) for free entries behind those floods.
  */
 const DRAIN_WINDOW = 32;
+/** Most journal entries (4 KiB blocks) one target write takes: 256 KiB, a disk-pass read's size. */
+const COALESCE_MAX_BLOCKS = 64;
 /** How long the copier waits on an empty journal before it looks at CANCEL again (ms). */
 const JOURNAL_WAIT_MS = 200;
 /**
@@ -395,18 +397,24 @@ class Copier {
         const t = next++;
         const e = s.i32[s.at.ready + (t % s.entries)];
         const g = s.i32[s.at.entryBlock + e];
+        // Entries that follow in the ring with the next blocks in the next entries (a run read
+        // around a chunk: the device lays its blocks out so) go out in the same write.
+        let n = 1;
+        while (next !== head && n < COALESCE_MAX_BLOCKS) {
+          const e2 = s.i32[s.at.ready + (next % s.entries)];
+          if (e2 !== e + n || s.i32[s.at.entryBlock + e2] !== g + n) break;
+          next++;
+          n++;
+        }
+        // Only the disk's last block may be short, and it can only end a span.
+        const length = (n - 1) * s.blockBytes + s.blockLength(g + n - 1, this.init.diskBytes);
         try {
-          await this.write(
-            g * s.blockBytes,
-            JOURNAL,
-            e * s.blockBytes,
-            s.blockLength(g, this.init.diskBytes),
-          );
+          await this.write(g * s.blockBytes, JOURNAL, e * s.blockBytes, length);
         } catch (err) {
           failure ??= err;
           return;
         }
-        this.freeEntry(e, g);
+        for (let i = 0; i < n; i++) this.freeEntry(e + i, g + i);
       }
     };
     await Promise.all(Array.from({ length: Math.min(DRAIN_WINDOW, head - next) }, lane));

@@ -3,7 +3,8 @@
  * embedded BlkDevice over a real linux-aio engine and a real image, with the
  * test playing the copier on the shared state: a guest write to uncopied
  * blocks completes only after those blocks' OLD bytes (4 KiB each, not the
- * whole chunk) are in the journal and published, and claimed (so a disk read
+ * whole chunk, once the journal is half full; the chunk's while it is not: read-around)
+ * are in the journal and published, and claimed (so a disk read
  * the copier made before the claim does not write them: the journal wins); a
  * chunk the copier marked copied needs no journal entry; a full journal
  * holds the write (THROTTLE, counted) until an entry is freed.
@@ -189,6 +190,55 @@ describe('the backup journal on a blk device (embedded, linux-aio)', () => {
       const after = write(6 * CHUNK, 0xd6);
       await waitFor(() => after.status() === BlkStatus.OK, 'a write after the end');
       expect(Atomics.load(i32, BACKUP.JOURNALED)).toBe(5);
+    } finally {
+      await device.close();
+      share.release();
+    }
+  });
+
+  it('reads around: a first write saves its whole chunk in one read while the journal is at most half full, then only its blocks', async () => {
+    const image = join(dir, 'around.img');
+    const chunks = 8;
+    const bytes = Buffer.alloc(chunks * CHUNK);
+    for (let c = 0; c < chunks; c++) bytes.fill(oldByte(c), c * CHUNK, (c + 1) * CHUNK);
+    writeFileSync(image, bytes);
+    const { device, write } = embedded(image);
+    const perChunk = CHUNK / BLOCK;
+    // A journal of three chunks' blocks: one read-around leaves it over half free, two do not.
+    const share = BackupShare.create(chunks * CHUNK, 3 * perChunk * BLOCK);
+    const i32 = share.i32;
+    const journal = new Uint8Array(share.init.journal);
+    const all = (1 << perChunk) - 1;
+    try {
+      await device.command({ type: 'backup-start', share: share.init, sync: 'full' });
+      // A write to block 3 of chunk 0 saves all of chunk 0 in ONE read.
+      const w = write(3 * BLOCK, 0xe0);
+      await waitFor(() => w.status() === BlkStatus.OK, 'the first write to chunk 0');
+      expect(share.claimedMask(0)).toBe(all);
+      expect(Atomics.load(i32, BACKUP.JOURNAL_READS)).toBe(1);
+      expect(Atomics.load(i32, BACKUP.JOURNALED)).toBe(perChunk);
+      // Every entry holds its block's OLD bytes (block 3's too: saved before the write), block
+      // i in the i-th of adjacent entries, ascending: the copier writes them in one.
+      const first = i32[share.at.ready];
+      for (let t = 0; t < perChunk; t++) {
+        const e = i32[share.at.ready + t];
+        const g = i32[share.at.entryBlock + e];
+        expect(e).toBe(first + t);
+        expect(g).toBe(t);
+        expect(allBytes(journal.subarray(e * BLOCK, (e + 1) * BLOCK), oldByte(0))).toBe(true);
+      }
+      expect(allBytes(onDisk(image, 3 * BLOCK, BLOCK), 0xe0)).toBe(true);
+      // More writes to chunk 0 wait for nothing and read nothing.
+      const more = [0, 7, 15].map((b) => write(b * BLOCK, 0xe1));
+      await waitFor(() => more.every((m) => m.status() === BlkStatus.OK), 'writes to chunk 0');
+      expect(Atomics.load(i32, BACKUP.JOURNAL_READS)).toBe(1);
+      // The journal is now a third full: a second chunk's read-around would leave a third
+      // free, under half: chunk 1's first write saves its own block only.
+      const w1 = write(CHUNK + 2 * BLOCK, 0xe2);
+      await waitFor(() => w1.status() === BlkStatus.OK, 'the first write to chunk 1');
+      expect(share.claimedMask(1)).toBe(0b100);
+      expect(Atomics.load(i32, BACKUP.JOURNAL_READS)).toBe(2);
+      expect(Atomics.load(i32, BACKUP.JOURNALED)).toBe(perChunk + 1);
     } finally {
       await device.close();
       share.release();

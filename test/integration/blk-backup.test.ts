@@ -376,7 +376,15 @@ describe('blockdev-backup with yield-ms (the idle I/O class kept by the copier)'
       await waitFor(() => model.completed >= 200, 'the first writes');
       const target = join(dir, 'yield.backup');
       // No speed limit: without yield-ms the 32 MiB would be copied in well under a second.
-      const b = await backup(c, model, { target, sync: 'full', 'yield-ms': 50 });
+      // A 64 KiB journal (16 entries) never reads around (a chunk's 16 blocks would leave it
+      // under half free): with the default one, the front end's first touches would save
+      // every chunk through the journal, and the disk pass would have nothing left to yield.
+      const b = await backup(c, model, {
+        target,
+        sync: 'full',
+        'yield-ms': 50,
+        'journal-size': 64 * 1024,
+      });
       expect(b.reply.return).toMatchObject({ sync: 'full', 'total-bytes': SIZE });
       const status = async () =>
         ((await c.execute('query-backups', { device: 0 })).return as Json[])[0];
