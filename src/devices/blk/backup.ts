@@ -2,10 +2,11 @@
  * The blk device's side of a live backup (issue 12): the guest's writes are
  * never written to the backup target on their way to the disk. Instead, a
  * write (or discard, write-zeroes) that touches 4 KiB blocks the backup
- * still needs and has not copied is held, the OLD bytes of exactly those
- * blocks are read into a preallocated in-memory journal (one read per run of
- * adjacent blocks, through the device's own engine, scattered into 4 KiB
- * entries), and only then is the guest's write submitted. The backup copier
+ * still needs and has not copied is held, the OLD bytes of those blocks
+ * (and, from a chunk's second write on while the journal is at most half
+ * full, of the rest of their 64 KiB chunk: read-around) are read into a preallocated in-memory journal (one
+ * read per run of adjacent blocks, through the device's own engine,
+ * scattered into 4 KiB entries), and only then is the guest's write submitted. The backup copier
  * thread (src/worker/backup-copier.ts), at idle CPU and I/O priority, drains
  * the journal and copies the rest of the disk, chunk by chunk, to the
  * target. So a guest write that hits uncopied blocks waits for ONE disk read
@@ -16,7 +17,11 @@
  * then waited for a 64 KiB read, and at QD32 the first touches filled a
  * 16 MiB journal of 256 chunk entries in a fraction of a second, so the
  * writes waited for the copier (the bench's journal-full waits). A 4 KiB
- * entry per overwritten block costs the journal 16× less.
+ * entry per overwritten block costs the journal 16× less. But then nearly
+ * every random write was a first touch and waited for its own read (QD1 p50
+ * 2.4× idle on a RAM disk); reading the whole chunk while the journal has
+ * room makes it at most two waiting writes per chunk (readAround), and
+ * saving only the written blocks once it is half full keeps the QD32 case.
  *
  * Journal full — the policy: THROTTLE. A request that needs an entry while
  * none is free stays held until the copier frees one (it rings the
@@ -384,18 +389,23 @@ export class BackupTracker {
   }
 
   /**
-   * What to claim in chunk `c` when a write needs `toClaim` saved: READ-AROUND — every block
-   * of the chunk not yet safe nor claimed, while the journal would stay at least half free
-   * after taking them; else `toClaim` alone. Why: a first write to a chunk is usually followed
-   * by more to the same chunk (file system blocks, journals, random writes to a small area),
-   * and each would wait for a read of its own block; one read of the chunk (64 KiB, on a disk
-   * nearly the cost of 4 KiB) saves them all, so at most one write per chunk waits, as with
-   * QEMU's 64 KiB copy-before-write clusters, without putting the target in the write path.
-   * Once the journal is half full, only the blocks written are saved, so a burst of first
-   * touches (QD32 random writes) does not fill it 16 times faster and wait on the copier.
+   * What to claim in chunk `c` when a write needs `toClaim` saved: READ-AROUND — from the
+   * chunk's second write on, every block of the chunk not yet safe nor claimed, while the
+   * journal would stay at least half free after taking them; else `toClaim` alone. Why: writes
+   * to a chunk come in groups (file system blocks, journals, random writes to a small area),
+   * and each would wait for a read of its own block; one read of the rest of the chunk saves
+   * them all, so at most two writes per chunk wait, without putting the target in the write
+   * path. Not on the first write: uniform random writes over a large disk touch most chunks
+   * once, and there the 64 KiB reads and the 16× journal traffic cost more than they save
+   * (bench/results/backup-readaround.md). Once the journal is half full, only the blocks
+   * written are saved, so a burst of first touches does not fill it and wait on the copier.
    */
   private readAround(c: number, toClaim: number, claimed: number): number {
     const s = this.share as BackupShare;
+    // A chunk's first write saves its own blocks: on a disk a 64 KiB read costs more than a
+    // 4 KiB one, and writes spread thinly (one per chunk) would pay it for nothing. A second
+    // write to the chunk shows locality: that one reads around.
+    if ((this.saved[c] | claimed) === 0) return toClaim;
     const full = c === s.chunks - 1 ? this.lastMask : (1 << this.perChunk) - 1;
     const wide = full & ~this.saved[c] & ~claimed;
     if (wide === toClaim) return toClaim;
