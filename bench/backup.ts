@@ -22,6 +22,8 @@
  *     [--yield MS]      (vhost-rt's yield-ms: the disk pass waits for the guest to be quiet)
  *     [--yield-ab MS]   (a third back end in the same rounds: vhost-rt's daemon, its backups
  *                        with yield-ms MS; the plain vhost-rt rows keep --yield, default none)
+ *     [--read-around-ab] (one more back end in the same rounds: vhost-rt's daemon, its backups
+ *                        with read-around)
  *     [--baseline DIR]  (a built checkout of another vhost-rt version: its daemon as one more
  *                        back end in the same rounds, with the same backup arguments as
  *                        vhost-rt's; both daemons then open the image with share-rw)
@@ -51,9 +53,10 @@ const MiB = 1024 * 1024;
 const DEFAULT_IMAGE_MIB = 256;
 /**
  * The back ends; 'vhost-rt yield' is vhost-rt's daemon with `yield-ms` (--yield-ab);
- * 'vhost-rt baseline' another build's daemon (--baseline) on the same image.
+ * 'vhost-rt read-around' its backups with `read-around` (--read-around-ab); 'vhost-rt baseline'
+ * another build's daemon (--baseline) on the same image.
  */
-type Label = 'vhost-rt' | 'vhost-rt yield' | 'vhost-rt baseline' | 'qsd';
+type Label = 'vhost-rt' | 'vhost-rt yield' | 'vhost-rt read-around' | 'vhost-rt baseline' | 'qsd';
 type Phase = 'idle' | 'backup';
 
 /** vhost-rt's backup counters over one cell (query-backups just before the cancel). */
@@ -83,6 +86,7 @@ interface VhostRtBackupArgs {
   journalBytes?: number;
   method?: string;
   yieldMs?: number;
+  readAround?: boolean;
 }
 
 interface Sample {
@@ -204,7 +208,7 @@ async function startBackup(
   speed: number,
   extra: VhostRtBackupArgs,
 ): Promise<() => Promise<BackupCounters | undefined>> {
-  const { journalBytes, method, yieldMs } = extra;
+  const { journalBytes, method, yieldMs, readAround } = extra;
   const from = q.messages.length;
   if (label !== 'qsd') {
     const started = (await q.execute('blockdev-backup', {
@@ -215,6 +219,7 @@ async function startBackup(
       ...(journalBytes === undefined ? {} : { 'journal-size': journalBytes }),
       ...(method === undefined ? {} : { method }),
       ...(yieldMs === undefined ? {} : { 'yield-ms': yieldMs }),
+      ...(readAround ? { 'read-around': true } : {}),
     })) as Record<string, unknown>;
     process.stderr.write(
       `vhost-rt backup: method ${String(started.method)}${started['method-reason'] === undefined ? '' : ` (${String(started['method-reason'])})`}, writes held ${String(started['start-held-us'])} µs at the start\n`,
@@ -431,6 +436,7 @@ async function main(): Promise<void> {
       'yield-ab': { type: 'string' },
       dir: { type: 'string' },
       baseline: { type: 'string' },
+      'read-around-ab': { type: 'boolean', default: false },
     },
   });
   const imageMiB = Number(values['image-mib']);
@@ -496,7 +502,14 @@ async function main(): Promise<void> {
     join(work, 'qsd.sock'),
     join(work, 'qsd.qmp'),
   );
-  const sides: { label: Label; backend: Backend; qmp: Qmp; target: string; yieldMs?: number }[] = [
+  const sides: {
+    label: Label;
+    backend: Backend;
+    qmp: Qmp;
+    target: string;
+    yieldMs?: number;
+    readAround?: boolean;
+  }[] = [
     { label: 'vhost-rt', backend: v, qmp: vq, target: vTarget, yieldMs },
     ...(yieldAb === undefined
       ? []
@@ -509,6 +522,18 @@ async function main(): Promise<void> {
             yieldMs: yieldAb,
           },
         ]),
+    ...(values['read-around-ab']
+      ? [
+          {
+            label: 'vhost-rt read-around' as const,
+            backend: v,
+            qmp: vq,
+            target: vTarget,
+            yieldMs,
+            readAround: true,
+          },
+        ]
+      : []),
     ...(base === null || bq === null
       ? []
       : [
@@ -534,6 +559,7 @@ async function main(): Promise<void> {
                     journalBytes,
                     method: values.method,
                     yieldMs: side.yieldMs,
+                    readAround: side.readAround,
                   })
                 : null;
             const result = await runLoad({

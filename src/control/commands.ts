@@ -335,6 +335,7 @@ async function blockdevBackup(args: CommandArguments, ctx: CommandContext): Prom
         priority,
         method,
         yieldMs,
+        readAround: args['read-around'] === true,
       },
       emit,
     );
@@ -513,7 +514,7 @@ export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, Comman
     'blockdev-backup',
     {
       summary:
-        "live point-in-time backup of blk 'device' to 'target' (raw file or NBD URI); 'sync' full|incremental, 'speed' bytes/s, 'journal-size' bytes, 'priority' idle|batch, 'method' auto|clone|journal (auto: a reflink clone where the file system has it, else the journal), 'yield-ms' the guest's quiet time each disk-pass read waits for (0: none); events BACKUP_PROGRESS, BACKUP_COMPLETED, BACKUP_FAILED",
+        "live point-in-time backup of blk 'device' to 'target' (raw file or NBD URI); 'sync' full|incremental, 'speed' bytes/s, 'journal-size' bytes, 'priority' idle|batch, 'method' auto|clone|journal (auto: a reflink clone where the file system has it, else the journal), 'yield-ms' the guest's quiet time each disk-pass read waits for (0: none), 'read-around' a chunk's second write saves the rest of the chunk (default false); events BACKUP_PROGRESS, BACKUP_COMPLETED, BACKUP_FAILED",
       args: {
         device: { type: 'integer', required: true },
         target: { type: 'string', required: true },
@@ -523,6 +524,7 @@ export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, Comman
         priority: { type: 'string', required: false },
         method: { type: 'string', required: false },
         'yield-ms': { type: 'integer', required: false },
+        'read-around': { type: 'boolean', required: false },
       },
       run: blockdevBackup,
     },

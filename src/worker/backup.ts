@@ -71,6 +71,11 @@ export interface BackupRequest {
    * off); see BackupCopierInit.yieldMs.
    */
   yieldMs?: number;
+  /**
+   * Journal read-around (default false): from a chunk's second write on, the rest of the
+   * chunk is saved in the same read (see src/devices/blk/backup.ts readAround).
+   */
+  readAround?: boolean;
 }
 
 /** Sends a control-socket event (the device's index and socket are added by the caller). */
@@ -100,6 +105,8 @@ export interface BackupStatus {
   'copier-boosts': number;
   /** The quiet time the disk pass waits for before a read (0: it does not wait). */
   'yield-ms': number;
+  /** Whether a chunk's second write saves the rest of the chunk (journal backups). */
+  'read-around': boolean;
   /** Disk-pass reads that waited for the guest to go quiet. */
   'copier-yields': number;
   /** Disk-pass reads made after the longest wait although the guest was still busy. */
@@ -196,6 +203,7 @@ export class DeviceBackups {
         type: 'backup-start',
         share: share.init,
         sync: req.sync,
+        readAround: req.readAround === true,
       })) as BackupStarted;
     } catch (err) {
       await copier.shutdown();
@@ -388,6 +396,7 @@ export class DeviceBackups {
         'journal-high-water': 0,
         'copier-boosts': 0,
         'yield-ms': req.yieldMs ?? 0,
+        'read-around': req.readAround === true,
         'copier-yields': 0,
         'copier-forced-reads': 0,
         'started-ms': Date.now(),

@@ -3,8 +3,8 @@
  * embedded BlkDevice over a real linux-aio engine and a real image, with the
  * test playing the copier on the shared state: a guest write to uncopied
  * blocks completes only after those blocks' OLD bytes (4 KiB each, not the
- * whole chunk; from a chunk's second write on, while the journal is at most half full, the
- * rest of the chunk: read-around)
+ * whole chunk; with read-around, from a chunk's second write on, while the journal is at
+ * most half full, the rest of the chunk)
  * are in the journal and published, and claimed (so a disk read
  * the copier made before the claim does not write them: the journal wins); a
  * chunk the copier marked copied needs no journal entry; a full journal
@@ -211,7 +211,12 @@ describe('the backup journal on a blk device (embedded, linux-aio)', () => {
     const journal = new Uint8Array(share.init.journal);
     const all = (1 << perChunk) - 1;
     try {
-      await device.command({ type: 'backup-start', share: share.init, sync: 'full' });
+      await device.command({
+        type: 'backup-start',
+        share: share.init,
+        sync: 'full',
+        readAround: true,
+      });
       // The first write to chunk 0 (block 3) saves its own block: no sign of locality yet.
       const w = write(3 * BLOCK, 0xe0);
       await waitFor(() => w.status() === BlkStatus.OK, 'the first write to chunk 0');

@@ -105,7 +105,13 @@ describe('blockdev-backup under verified writes', () => {
         'start-held-us': expect.any(Number),
       });
       const running = (await c.execute('query-backups', { device: 0 })).return as Json[];
-      expect(running[0]).toMatchObject({ device: 0, status: 'running', target, sync: 'full' });
+      expect(running[0]).toMatchObject({
+        device: 0,
+        status: 'running',
+        target,
+        sync: 'full',
+        'read-around': false,
+      });
       const atStart = model.completed;
       const end = await backupEnd(c, full.from);
       expect(end.event).toBe('BACKUP_COMPLETED');
@@ -123,7 +129,14 @@ describe('blockdev-backup under verified writes', () => {
       // More writes, then an incremental backup into the same target: only the changed chunks.
       const before = model.completed;
       await waitFor(() => model.completed >= before + 500, 'more writes');
-      const inc = await backup(c, model, { target, sync: 'incremental', speed: 16 * MiB });
+      // With read-around: the writes go to a quarter of the disk, so chunks are written again
+      // and the rest of a chunk is saved along with its second write.
+      const inc = await backup(c, model, {
+        target,
+        sync: 'incremental',
+        speed: 16 * MiB,
+        'read-around': true,
+      });
       const r = inc.reply.return as Json;
       expect(r.sync).toBe('incremental');
       expect(r['total-bytes'] as number).toBeLessThanOrEqual(SIZE / 4);
@@ -132,7 +145,11 @@ describe('blockdev-backup under verified writes', () => {
       expect(end2.event).toBe('BACKUP_COMPLETED');
       expect(model.check(readFileSync(target), inc.window)).toBe('ok');
       const last = (await c.execute('query-backups', { device: 0 })).return as Json[];
-      expect(last[0]).toMatchObject({ status: 'completed', sync: 'incremental' });
+      expect(last[0]).toMatchObject({
+        status: 'completed',
+        sync: 'incremental',
+        'read-around': true,
+      });
     } finally {
       stop = true;
       await load;
@@ -376,15 +393,7 @@ describe('blockdev-backup with yield-ms (the idle I/O class kept by the copier)'
       await waitFor(() => model.completed >= 200, 'the first writes');
       const target = join(dir, 'yield.backup');
       // No speed limit: without yield-ms the 32 MiB would be copied in well under a second.
-      // A 64 KiB journal (16 entries) never reads around (a chunk's 16 blocks would leave it
-      // under half free): with the default one, the front end's first touches would save
-      // every chunk through the journal, and the disk pass would have nothing left to yield.
-      const b = await backup(c, model, {
-        target,
-        sync: 'full',
-        'yield-ms': 50,
-        'journal-size': 64 * 1024,
-      });
+      const b = await backup(c, model, { target, sync: 'full', 'yield-ms': 50 });
       expect(b.reply.return).toMatchObject({ sync: 'full', 'total-bytes': SIZE });
       const status = async () =>
         ((await c.execute('query-backups', { device: 0 })).return as Json[])[0];
@@ -443,6 +452,14 @@ describe('blockdev-backup with yield-ms (the idle I/O class kept by the copier)'
           "Invalid parameter type for 'yield-ms', expected: integer",
         );
       }
+      const notBool = await c.execute('blockdev-backup', {
+        device: 0,
+        target: join(dir, 'yield-bad.backup'),
+        'read-around': 'yes',
+      });
+      expect((notBool.error as Json).desc).toBe(
+        "Invalid parameter type for 'read-around', expected: boolean",
+      );
       const none = (await c.execute('query-backups', { device: 0 })).return as Json[];
       expect(none).toEqual([]);
     } finally {

@@ -3,8 +3,8 @@
  * never written to the backup target on their way to the disk. Instead, a
  * write (or discard, write-zeroes) that touches 4 KiB blocks the backup
  * still needs and has not copied is held, the OLD bytes of those blocks
- * (and, from a chunk's second write on while the journal is at most half
- * full, of the rest of their 64 KiB chunk: read-around) are read into a preallocated in-memory journal (one
+ * (and, with `read-around`, from a chunk's second write on while the
+ * journal is at most half full, of the rest of their 64 KiB chunk) are read into a preallocated in-memory journal (one
  * read per run of adjacent blocks, through the device's own engine,
  * scattered into 4 KiB entries), and only then is the guest's write submitted. The backup copier
  * thread (src/worker/backup-copier.ts), at idle CPU and I/O priority, drains
@@ -19,9 +19,10 @@
  * writes waited for the copier (the bench's journal-full waits). A 4 KiB
  * entry per overwritten block costs the journal 16× less. But then nearly
  * every random write was a first touch and waited for its own read (QD1 p50
- * 2.4× idle on a RAM disk); reading the whole chunk while the journal has
- * room makes it at most two waiting writes per chunk (readAround), and
- * saving only the written blocks once it is half full keeps the QD32 case.
+ * 2.1–2.4× idle on a RAM disk); reading the rest of the chunk while the
+ * journal has room makes it at most two waiting writes per chunk (p50
+ * 0.97×; readAround, opt-in because on this machine's disk the extra reads
+ * and journal traffic cost more than they saved under uniform random writes).
  *
  * Journal full — the policy: THROTTLE. A request that needs an entry while
  * none is free stays held until the copier frees one (it rings the
@@ -74,6 +75,8 @@ export interface BackupTrackerOptions {
   /** Most iovecs one request may carry. */
   maxIovs: number;
   diskBytes: number;
+  /** Read-around (see {@link BackupTracker} readAround); default false: only the written blocks. */
+  readAround?: boolean;
   hooks: BackupTrackerHooks;
 }
 
@@ -97,6 +100,7 @@ export class BackupTracker {
   private readonly hooks: BackupTrackerHooks;
   private readonly diskBytes: number;
   private readonly maxIovs: number;
+  private readonly readAroundOn: boolean;
   private readonly heldOp: Uint8Array;
   /** Host ioprio of each held request: its own write and its journal read are submitted at it. */
   private readonly heldIoprio: Int32Array;
@@ -162,6 +166,7 @@ export class BackupTracker {
     this.hooks = o.hooks;
     this.diskBytes = o.diskBytes;
     this.maxIovs = o.maxIovs;
+    this.readAroundOn = o.readAround === true;
     this.readBase = o.slots;
     this.heldOp = new Uint8Array(o.slots);
     this.heldIoprio = new Int32Array(o.slots);
@@ -389,7 +394,9 @@ export class BackupTracker {
   }
 
   /**
-   * What to claim in chunk `c` when a write needs `toClaim` saved: READ-AROUND — from the
+   * What to claim in chunk `c` when a write needs `toClaim` saved: with READ-AROUND (the
+   * backup's `read-around`, off by default: on this machine's disk it cost more than it saved
+   * under uniform random writes, bench/results/backup-readaround.md) — from the
    * chunk's second write on, every block of the chunk not yet safe nor claimed, while the
    * journal would stay at least half free after taking them; else `toClaim` alone. Why: writes
    * to a chunk come in groups (file system blocks, journals, random writes to a small area),
@@ -405,7 +412,7 @@ export class BackupTracker {
     // A chunk's first write saves its own blocks: on a disk a 64 KiB read costs more than a
     // 4 KiB one, and writes spread thinly (one per chunk) would pay it for nothing. A second
     // write to the chunk shows locality: that one reads around.
-    if ((this.saved[c] | claimed) === 0) return toClaim;
+    if (!this.readAroundOn || (this.saved[c] | claimed) === 0) return toClaim;
     const full = c === s.chunks - 1 ? this.lastMask : (1 << this.perChunk) - 1;
     const wide = full & ~this.saved[c] & ~claimed;
     if (wide === toClaim) return toClaim;

@@ -121,6 +121,8 @@ export type BlkCommand =
       type: 'backup-start';
       share: BackupShareInit;
       sync: 'full' | 'incremental';
+      /** Journal read-around (see BackupTrackerOptions.readAround); default false. */
+      readAround?: boolean;
       /**
        * The caller clones the image (FICLONE) at the instant and the copier
        * reads the clone: NEEDED is published, nothing is journaled, and the
@@ -381,7 +383,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
         this.setIoThrottle(cmd.limits);
         return Promise.resolve(this.ioThrottle);
       case 'backup-start':
-        return this.backupStart(cmd.share, cmd.sync, cmd.clone === true);
+        return this.backupStart(cmd.share, cmd.sync, cmd.clone === true, cmd.readAround === true);
       case 'backup-end':
         return this.backupEnd(cmd.ok);
       case 'hold-writes':
@@ -473,6 +475,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     share: BackupShareInit | null,
     sync: 'full' | 'incremental',
     clone: boolean,
+    readAround = false,
   ): Promise<BackupStarted> {
     if (this.backup !== null || this.cloneBackup)
       throw new VhostRtError(
@@ -486,6 +489,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
       slots: this.slotType.length,
       maxIovs: this.chain.capacity,
       diskBytes: this.capacityBytes,
+      readAround,
       hooks: { resume: (id) => this.resumeHeld(id), endBatch: () => this.endBackupBatch() },
     });
     this.backup = t;
