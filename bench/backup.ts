@@ -46,7 +46,7 @@ import {
 } from './loadgen/backends.js';
 import { type LoadResult, runLoad } from './loadgen/generator.js';
 import { LatencyHistogram } from './loadgen/histogram.js';
-import { fmtRatio, fmtUs, markdownTable, writeJson } from './report.js';
+import { fmtRatio, fmtUs, markdownTable, writeText } from './report.js';
 
 const MiB = 1024 * 1024;
 /** The image's size when --image-mib is not given. */
@@ -287,6 +287,11 @@ function pooled(xs: Sample[]): LatencyHistogram {
   for (const s of xs)
     if (s.result.histogram) h.merge(LatencyHistogram.fromSparse(s.result.histogram));
   return h;
+}
+
+/** Writes `value` as JSON without indentation. */
+function writeJsonCompact(path: string, value: unknown): Promise<void> {
+  return writeText(path, JSON.stringify(value));
 }
 
 /** The pooled table: per back end and depth, idle and during-backup percentiles and their ratios. */
@@ -599,7 +604,8 @@ async function main(): Promise<void> {
   const table = report(samples, rounds, depths);
   process.stdout.write(table);
   await mkdir(out, { recursive: true });
-  await writeJson(join(out, fs === null ? 'backup.json' : 'backup-xfs.json'), {
+  // Compact: every window's histogram is in the samples (pretty-printed they are ~2 MB a run).
+  await writeJsonCompact(join(out, fs === null ? 'backup.json' : 'backup-xfs.json'), {
     fs:
       fs !== null
         ? 'xfs (reflink=1) on a direct-I/O loop device'
