@@ -4,9 +4,10 @@
  * write (or discard, write-zeroes) that touches 4 KiB blocks the backup
  * still needs and has not copied is held, the OLD bytes of those blocks
  * (and, with `read-around`, from a chunk's second write on while the
- * journal is at most half full, of the rest of their 64 KiB chunk) are read into a preallocated in-memory journal (one
- * read per run of adjacent blocks, through the device's own engine,
- * scattered into 4 KiB entries), and only then is the guest's write submitted. The backup copier
+ * journal is at most half full, of the rest of their 64 KiB chunk) are read
+ * into a preallocated in-memory journal (one read per run of adjacent
+ * blocks, through the device's own engine, scattered into 4 KiB entries),
+ * and only then is the guest's write submitted. The backup copier
  * thread (src/worker/backup-copier.ts), at idle CPU and I/O priority, drains
  * the journal and copies the rest of the disk, chunk by chunk, to the
  * target. So a guest write that hits uncopied blocks waits for ONE disk read
