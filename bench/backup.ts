@@ -22,6 +22,8 @@
  *     [--yield MS]      (vhost-rt's yield-ms: the disk pass waits for the guest to be quiet)
  *     [--yield-ab MS]   (a third back end in the same rounds: vhost-rt's daemon, its backups
  *                        with yield-ms MS; the plain vhost-rt rows keep --yield, default none)
+ *     [--hot-mib N]     (the writes go to the image's last N MiB only: a guest whose writes
+ *                        cluster, where the default spreads them over the whole image)
  *     [--read-around-ab] (one more back end in the same rounds: vhost-rt's daemon, its backups
  *                        with read-around)
  *     [--baseline DIR]  (a built checkout of another vhost-rt version: its daemon as one more
@@ -442,6 +444,7 @@ async function main(): Promise<void> {
       dir: { type: 'string' },
       baseline: { type: 'string' },
       'read-around-ab': { type: 'boolean', default: false },
+      'hot-mib': { type: 'string' },
     },
   });
   const imageMiB = Number(values['image-mib']);
@@ -462,6 +465,12 @@ async function main(): Promise<void> {
   const journalBytes = values.journal === undefined ? undefined : Number(values.journal) * MiB;
   const yieldMs = values.yield === undefined ? undefined : Number(values.yield);
   const yieldAb = values['yield-ab'] === undefined ? undefined : Number(values['yield-ab']);
+  const hotMiB = values['hot-mib'] === undefined ? undefined : Number(values['hot-mib']);
+  if (hotMiB !== undefined && !(Number.isInteger(hotMiB) && hotMiB >= 1 && hotMiB <= imageMiB))
+    throw new Error(
+      `--hot-mib must be a whole number of MiB in 1..${imageMiB}, not ${values['hot-mib']}`,
+    );
+  const hotBytes = hotMiB === undefined ? undefined : hotMiB * MiB;
   const out = values.out ?? join(REPO_ROOT, 'bench', 'results');
   const work = join(REPO_ROOT, '.cache', 'bench', `backup-${process.pid}`);
   await mkdir(work, { recursive: true });
@@ -573,6 +582,9 @@ async function main(): Promise<void> {
               backendPid: side.backend.pid,
               rw: 'randwrite',
               bs: 4096,
+              // The hot region is the image's END: the disk pass copies from the start, so
+              // in a window it does not reach the region and the journal is what is measured.
+              ...(hotBytes === undefined ? {} : { offset: imageBytes - hotBytes, size: hotBytes }),
               iodepth: depth,
               runtimeSec,
               rampSec,
@@ -619,6 +631,7 @@ async function main(): Promise<void> {
     rampSec,
     speed,
     journalBytes: journalBytes ?? null,
+    hotMiB: hotMiB ?? null,
     samples,
   });
 }
