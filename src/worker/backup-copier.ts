@@ -414,7 +414,7 @@ class Copier {
           failure ??= err;
           return;
         }
-        for (let i = 0; i < n; i++) this.freeEntry(e + i, g + i);
+        this.freeEntries(e, g, n);
       }
     };
     await Promise.all(Array.from({ length: Math.min(DRAIN_WINDOW, head - next) }, lane));
@@ -427,22 +427,27 @@ class Copier {
   }
 
   /**
-   * Journal entry `e` (block `g`) is in the target: the block is no longer owed, and the entry
-   * goes back to the device at once (FREE ring), with the doorbell if a guest request waits.
+   * Journal entries e0.. (blocks g0.., `n` of them, one target write) are in the target: the
+   * blocks are no longer owed, and the entries go back to the device at once (FREE ring), with
+   * the doorbell if a guest request waits.
    */
-  private freeEntry(e: number, g: number): void {
+  private freeEntries(e0: number, g0: number, n: number): void {
     const s = this.s;
     const per = s.blocksPerChunk;
-    const c = Math.floor(g / per);
-    const bit = 1 << (g - c * per);
-    this.drained[c] |= bit;
-    if ((this.owed[c] & bit) !== 0) {
-      this.owed[c] &= ~bit;
-      this.owedCount--;
+    for (let i = 0; i < n; i++) {
+      const g = g0 + i;
+      const c = Math.floor(g / per);
+      const bit = 1 << (g - c * per);
+      this.drained[c] |= bit;
+      if ((this.owed[c] & bit) !== 0) {
+        this.owed[c] &= ~bit;
+        this.owedCount--;
+      }
+      s.i32[s.at.free + (this.freeHead % s.entries)] = e0 + i;
+      this.freeHead++;
     }
-    this.fromJournal++;
-    s.i32[s.at.free + (this.freeHead % s.entries)] = e;
-    this.freeHead++;
+    this.fromJournal += n;
+    // One store and at most one doorbell for the span's entries, after all their slots.
     // Stored before DEVICE_WAITING is loaded: a device that looked before this store set it first.
     Atomics.store(s.i32, BACKUP.FREE_HEAD, this.freeHead);
     if (Atomics.load(s.i32, BACKUP.DEVICE_WAITING) === 1) native.eventfdWrite(s.init.doorbellFd, 1);

@@ -42,6 +42,15 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 /** Chunk c of the image as first written: every byte c + 1. */
 const oldByte = (c: number) => c + 1;
 
+/** An image of `chunks` chunks as first written (chunk c all oldByte(c)), in the test's dir. */
+function oldImage(name: string, chunks: number): string {
+  const image = join(dir, name);
+  const bytes = Buffer.alloc(chunks * CHUNK);
+  for (let c = 0; c < chunks; c++) bytes.fill(oldByte(c), c * CHUNK, (c + 1) * CHUNK);
+  writeFileSync(image, bytes);
+  return image;
+}
+
 function embedded(image: string) {
   const ram = new GuestRam([{ guestPhysAddr: 0, size: 4 * MiB }]);
   const driver = new DriverQueue(ram, 64);
@@ -111,11 +120,8 @@ const allBytes = (b: Uint8Array, v: number) => b.every((x) => x === v);
 
 describe('the backup journal on a blk device (embedded, linux-aio)', () => {
   it('saves the old blocks before the write, skips copied chunks, and throttles on a full journal', async () => {
-    const image = join(dir, 'disk.img');
     const chunks = 16;
-    const bytes = Buffer.alloc(chunks * CHUNK);
-    for (let c = 0; c < chunks; c++) bytes.fill(oldByte(c), c * CHUNK, (c + 1) * CHUNK);
-    writeFileSync(image, bytes);
+    const image = oldImage('disk.img', chunks);
     const { device, write } = embedded(image);
     // A journal of 4 entries (4 KiB blocks).
     const share = BackupShare.create(chunks * CHUNK, 4 * BLOCK);
@@ -198,11 +204,8 @@ describe('the backup journal on a blk device (embedded, linux-aio)', () => {
   });
 
   it("reads around: a chunk's second write saves the rest of the chunk while the journal is at most half full, then only its blocks", async () => {
-    const image = join(dir, 'around.img');
     const chunks = 8;
-    const bytes = Buffer.alloc(chunks * CHUNK);
-    for (let c = 0; c < chunks; c++) bytes.fill(oldByte(c), c * CHUNK, (c + 1) * CHUNK);
-    writeFileSync(image, bytes);
+    const image = oldImage('around.img', chunks);
     const { device, write } = embedded(image);
     const perChunk = CHUNK / BLOCK;
     // A journal of three chunks' blocks: one read-around leaves it over half free, two do not.

@@ -249,9 +249,8 @@ export class BackupTracker {
     let sv = this.saved[c];
     // Atomics.load (in bit): pairs with the copier's store of COPIED after its post-read check.
     if ((sv & m) !== m && s.bit(s.at.copied, c)) {
-      const full = c === s.chunks - 1 ? this.lastMask : (1 << this.perChunk) - 1;
       // The device is CLAIMED's only writer: its own word, read plainly via claimedMask.
-      sv |= full & ~s.claimedMask(c);
+      sv |= this.chunkMask(c) & ~s.claimedMask(c);
       this.saved[c] = sv;
     }
     return sv;
@@ -414,12 +413,17 @@ export class BackupTracker {
     // 4 KiB one, and writes spread thinly (one per chunk) would pay it for nothing. A second
     // write to the chunk shows locality: that one reads around.
     if (!this.readAroundOn || (this.saved[c] | claimed) === 0) return toClaim;
-    const full = c === s.chunks - 1 ? this.lastMask : (1 << this.perChunk) - 1;
-    const wide = full & ~this.saved[c] & ~claimed;
+    const wide = this.chunkMask(c) & ~this.saved[c] & ~claimed;
     if (wide === toClaim) return toClaim;
     const extra = popcount(wide);
     if (this.freeCount - extra < s.entries / 2) this.refill();
     return this.freeCount - extra >= s.entries / 2 ? wide : toClaim;
+  }
+
+  /** Every block of chunk `c` (the last chunk may have fewer). */
+  private chunkMask(c: number): number {
+    const s = this.share as BackupShare;
+    return c === s.chunks - 1 ? this.lastMask : (1 << this.perChunk) - 1;
   }
 
   /** Claims every run of adjacent blocks in `mask` of chunk `c`; false when it could not claim all. */
@@ -674,13 +678,7 @@ export function publishNeeded(s: BackupShare, needed: Int32Array | null): Int32A
 /** Set bits in `bits`. */
 export function countBits(bits: Int32Array): number {
   let n = 0;
-  for (let w = 0; w < bits.length; w++) {
-    let v = bits[w];
-    while (v !== 0) {
-      v &= v - 1;
-      n++;
-    }
-  }
+  for (let w = 0; w < bits.length; w++) n += popcount(bits[w]);
   return n;
 }
 
