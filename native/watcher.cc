@@ -96,23 +96,26 @@ void FdWatcher::OnPoll(uv_poll_t* handle, int status, int events) {
 
 void FdWatcher::Dispatch(int status, int events) {
   Napi::Env env = Env();
-  // Every N-API call is inside the try: a libuv callback has no C++ frame to throw to, and on a
-  // worker thread being torn down even opening a handle scope fails (a Napi::Error escaping
-  // here is std::terminate: a CI run's test process died so).
+  // A libuv callback has no C++ frame to throw to. On a worker thread being torn down even
+  // opening a handle scope fails (a Napi::Error escaping here was std::terminate in a CI test
+  // process, and without a scope not even the error's value can be read): then nothing is
+  // delivered.
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
   try {
-    Napi::HandleScope scope(env);
     // The local handle keeps the object alive through the callback, even if the
     // callback closes the watcher and drops its last reference.
     Napi::Object self = Value();
-    if (self.IsEmpty()) return;
-    Napi::Number arg = Napi::Number::New(env, status < 0 ? status : (events & kPollMask));
-    callback_.MakeCallback(self, {arg}, *async_);
+    if (!self.IsEmpty()) {
+      Napi::Number arg = Napi::Number::New(env, status < 0 ? status : (events & kPollMask));
+      callback_.MakeCallback(self, {arg}, *async_);
+    }
   } catch (const Napi::Error& e) {
-    // No JS frame to return to from a libuv callback: report it as uncaught, when there is
-    // an exception value to report (none while the environment is being torn down).
+    // No JS frame to return to: report it as uncaught, when there is a value to report.
     napi_value v = e.Value();
     if (v != nullptr) napi_fatal_exception(env, v);
   }
+  napi_close_handle_scope(env, scope);
   // On error libuv has already stopped the handle.
   if (status < 0) SetStarted(false);
 }
