@@ -62,6 +62,9 @@ constexpr int64_t kMaxIovs = 1 << 20;
 constexpr uint64_t kDefaultMaxChunk = 32u << 20;
 // Further reads one pump makes while the socket stays readable (see Pump): 64 of ~128 KiB.
 constexpr int kPumpReadsMax = 64;
+// Pump flag (NBD_PUMP.IF_READABLE in src/native.ts): notify a read only if the socket is
+// readable now (see Pump).
+constexpr int kIfReadable = 8;
 constexpr size_t kSubBlock = 256;
 
 /** errnos that mean the connection (not the request) failed: hold and resubmit. */
@@ -428,13 +431,26 @@ Napi::Value NbdClient::Submit(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, Status());
 }
 
+// Whether the handle's socket has something to read now (data, EOF or an error).
+static bool SocketReadable(nbd_handle* h) {
+  pollfd p{nbd_aio_get_fd(h), POLLIN, 0};
+  return p.fd >= 0 && poll(&p, 1, 0) == 1 && (p.revents & (POLLIN | POLLHUP | POLLERR)) != 0;
+}
+
 Napi::Value NbdClient::Pump(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int events = static_cast<int>(ArgInteger(info, 0, "events", -4096, 7));
+  int events = static_cast<int>(ArgInteger(info, 0, "events", -4096, 15));
   if (h_ != nullptr) {
     // A watcher error (negative) or a hang-up is read: libnbd then sees the EOF or error.
+    bool read = events < 0 || (events & (LIBNBD_AIO_DIRECTION_READ | 4)) != 0;
+    // A read notification must mean "readable": libnbd takes it as a reply arriving. Given
+    // while a request is half sent (the server reads slowly), it pauses the send to read a
+    // reply; with no reply coming (none outstanding but the half-sent one) it then waits for
+    // one for ever, direction READ only, and the server waits for the rest of the request.
+    // A watcher's READ comes from epoll and is fresh; a busy poll's is a guess, checked here.
+    if (read && events > 0 && (events & kIfReadable) != 0) read = SocketReadable(h_);
     int r = 0;
-    if (events < 0 || (events & (LIBNBD_AIO_DIRECTION_READ | 4))) {
+    if (read) {
       r = nbd_aio_notify_read(h_);
       // libnbd returns after one recv even mid-payload (a 1 MiB reply arrives in ~128 KiB
       // pieces, the server's socket buffer): each piece was an epoll wake-up, a JS callback
@@ -446,8 +462,7 @@ Napi::Value NbdClient::Pump(const Napi::CallbackInfo& info) {
       for (int more = 0; r != -1 && more < kPumpReadsMax; more++) {
         if (nbd_aio_in_flight(h_) <= 0) break;
         if (!(nbd_aio_get_direction(h_) & LIBNBD_AIO_DIRECTION_READ)) break;
-        pollfd p{nbd_aio_get_fd(h_), POLLIN, 0};
-        if (p.fd < 0 || poll(&p, 1, 0) != 1 || !(p.revents & (POLLIN | POLLHUP | POLLERR))) break;
+        if (!SocketReadable(h_)) break;
         r = nbd_aio_notify_read(h_);
       }
     }

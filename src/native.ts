@@ -204,6 +204,14 @@ export const NBD_STATUS = {
   HELD: 32,
 } as const;
 
+/**
+ * Flags of {@link NbdClient.pump} besides the POLL_* bits. IF_READABLE: the
+ * caller guesses (a busy poll), so the read is notified only if the socket is
+ * readable now; a read notified on a socket with nothing to read can stall a
+ * half-sent request for ever (native/nbd.cc Pump).
+ */
+export const NBD_PUMP = { IF_READABLE: 8 } as const;
+
 /** What an NBD server said about its export during the handshake (libnbd's nbd_get_* / nbd_can_*). */
 export interface NbdExportInfo {
   size: number;
@@ -257,7 +265,11 @@ export interface NbdClient {
    * are given than free slots (`depth`). Returns the status.
    */
   submit(table: BufferTable, ops: Float64Array, count: number, iovs: Float64Array): number;
-  /** nbd_aio_notify_read / _write for the POLL_* bits in `events` (negative: an error, read); returns the status. */
+  /**
+   * nbd_aio_notify_read / _write for the POLL_* bits in `events` (negative: an
+   * error, read); with {@link NBD_PUMP}.IF_READABLE the read is notified only
+   * if the socket is readable now. Returns the status.
+   */
   pump(events: number): number;
   /** Writes finished ops as [userData, result] pairs (bytes or -errno); returns how many. */
   getEvents(out: Float64Array, max: number): number;

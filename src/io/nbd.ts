@@ -43,6 +43,7 @@ import {
   NBD_FLAG,
   NBD_OP,
   NBD_OP_STRIDE,
+  NBD_PUMP,
   NBD_STATUS,
   type NbdClient,
   type NbdExportInfo,
@@ -338,10 +339,13 @@ export class NbdEngine implements IoEngine {
 
   /**
    * Busy polling (`--poll-us`): lets libnbd read whatever replies already
-   * arrived (one recv that finds nothing when none did) and delivers them.
+   * arrived and delivers them. Only if the socket is readable (one poll
+   * system call when it is not): a guessed read notification stalls a
+   * request the server is still reading (NBD_PUMP).
    */
   poll(): void {
-    if (this.state === 'ready' && this.inFlight > 0) this.onSocket(NBD_STATUS.READ);
+    if (this.state === 'ready' && this.inFlight > 0)
+      this.afterStatus(this.client.pump(NBD_STATUS.READ | NBD_PUMP.IF_READABLE));
   }
 
   private onSocket(events: number): void {

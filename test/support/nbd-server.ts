@@ -41,6 +41,8 @@ export interface NbdServer {
   kill(): Promise<void>;
   /** Starts it again after {@link kill}. */
   start(): Promise<void>;
+  /** Sends `signal` to the server (SIGSTOP / SIGCONT: a server that stops reading, then resumes). */
+  signal(signal: NodeJS.Signals): void;
 }
 
 /** A TCP port on 127.0.0.1 that was free a moment ago. */
@@ -134,5 +136,10 @@ export async function startNbdServer(o: NbdServerOptions): Promise<NbdServer> {
     stop: kill,
     kill,
     start,
+    signal: (signal) => {
+      const p = proc as ChildProcess | null;
+      if (p === null) throw new Error(`${uri}: the server is not running`);
+      p.kill(signal);
+    },
   };
 }
