@@ -389,8 +389,12 @@ export interface NativeBinding {
   ): void;
   /** O_DIRECT alignment under an open fd: BLKSSZGET for block devices, statx DIO alignment (else 512) for files; at most 4096. */
   blockSize(fd: number): number;
-  /** Extents the file under `fd` maps (FS_IOC_FIEMAP, counting only); throws where there is no FIEMAP. */
-  extentCount(fd: number): number;
+  /**
+   * Extents the file under `fd` maps (FS_IOC_FIEMAP, counting only), on the
+   * libuv threadpool; callback(err, extents) on this thread's loop, err where
+   * there is no FIEMAP (EOPNOTSUPP) or `fd` is bad.
+   */
+  extentCountAsync(fd: number, callback: (err: Error | null, extents: number) => void): void;
   /**
    * fcntl(F_OFD_SETLK) on bytes [start, start + length): `type` 1 read (shared),
    * 2 write (exclusive), 0 unlock. Never waits: a conflicting lock throws EAGAIN.

@@ -229,7 +229,7 @@ export class DeviceBackups {
     try {
       const f = await open(this.source.image, 'r');
       try {
-        extents = native.extentCount(f.fd);
+        extents = await extentCount(f.fd);
       } finally {
         await f.close();
       }
@@ -553,6 +553,13 @@ export class DeviceBackups {
   async close(): Promise<void> {
     await this.cancel();
   }
+}
+
+/** FIEMAP's extent count of the file under `fd`, off this thread (see native extentCountAsync). */
+export function extentCount(fd: number): Promise<number> {
+  return new Promise((resolve, reject) =>
+    native.extentCountAsync(fd, (err, extents) => (err === null ? resolve(extents) : reject(err))),
+  );
 }
 
 function checkJournal(bytes: number): number {
