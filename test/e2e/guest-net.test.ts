@@ -140,16 +140,19 @@ sleep 600
       const a = boot(`mqa-${rings}`, sa, MAC_A, script(IP_A, IP_B, 'MQA'), 2, packed);
       const b = boot(`mqb-${rings}`, sb, MAC_B, script(IP_B, IP_A, 'MQB'), 2, packed);
       guests.push(a, b);
+      // Both guests booted (two TCG guests of two vCPUs share two host cores) before the
+      // ping's clock starts; a peer never reached says so instead of timing out.
       expect((await a.waitFor(/MQA_QUEUES (\d+)/, 90_000))[1]).toBe('2');
+      expect((await b.waitFor(/MQB_QUEUES (\d+)/, 90_000))[1]).toBe('2');
       expect((await a.waitFor(/MQA_PACKED (\d)/, 30_000))[1]).toBe(packed ? '1' : '0');
-      expect((await a.waitFor(/MQA_LOSS (\d+)%/, 90_000))[1]).toBe('0');
-      expect((await b.waitFor(/MQB_LOSS (\d+)%/, 60_000))[1]).toBe('0');
+      expect((await a.waitFor(/MQA_LOSS (\d+)%|PEER_UNREACHABLE/, 90_000))[0]).toBe('MQA_LOSS 0%');
+      expect((await b.waitFor(/MQB_LOSS (\d+)%|PEER_UNREACHABLE/, 60_000))[0]).toBe('MQB_LOSS 0%');
       await Promise.all([kill(a), kill(b)]);
     } finally {
       await mq.stop();
     }
     expect(mq.log()).not.toMatch(/ADD_MEM_REG|GUEST_MEM_OVERLAP/);
-  }, 240_000);
+  }, 300_000);
 });
 
 describe('two guests with packed rings (packed=on)', () => {
