@@ -29,6 +29,10 @@
  *     [--baseline DIR]  (a built checkout of another vhost-rt version: its daemon as one more
  *                        back end in the same rounds, with the same backup arguments as
  *                        vhost-rt's; both daemons then open the image with share-rw)
+ *     [--baseline-read-around] (the baseline's backups with read-around, to compare it with
+ *                        the --read-around-ab row)
+ *     [--max-chunk-ab BYTES] (one more back end in the same rounds: vhost-rt's daemon, its
+ *                        backups with max-chunk BYTES, and read-around with --read-around-ab)
  *     [--dir PATH]      (image and targets in PATH, e.g. a file system on a zram device: a
  *                        device whose own tail is steady, unlike this machine's disk; see
  *                        bench/zram-fs.sh)
@@ -55,10 +59,17 @@ const MiB = 1024 * 1024;
 const DEFAULT_IMAGE_MIB = 256;
 /**
  * The back ends; 'vhost-rt yield' is vhost-rt's daemon with `yield-ms` (--yield-ab);
- * 'vhost-rt read-around' its backups with `read-around` (--read-around-ab); 'vhost-rt baseline'
+ * 'vhost-rt read-around' its backups with `read-around` (--read-around-ab); 'vhost-rt max-chunk' with
+ * `max-chunk` (--max-chunk-ab); 'vhost-rt baseline'
  * another build's daemon (--baseline) on the same image.
  */
-type Label = 'vhost-rt' | 'vhost-rt yield' | 'vhost-rt read-around' | 'vhost-rt baseline' | 'qsd';
+type Label =
+  | 'vhost-rt'
+  | 'vhost-rt yield'
+  | 'vhost-rt read-around'
+  | 'vhost-rt max-chunk'
+  | 'vhost-rt baseline'
+  | 'qsd';
 type Phase = 'idle' | 'backup';
 
 /** vhost-rt's backup counters over one cell (query-backups just before the cancel). */
@@ -89,6 +100,7 @@ interface VhostRtBackupArgs {
   method?: string;
   yieldMs?: number;
   readAround?: boolean;
+  maxChunk?: number;
 }
 
 interface Sample {
@@ -210,7 +222,7 @@ async function startBackup(
   speed: number,
   extra: VhostRtBackupArgs,
 ): Promise<() => Promise<BackupCounters | undefined>> {
-  const { journalBytes, method, yieldMs, readAround } = extra;
+  const { journalBytes, method, yieldMs, readAround, maxChunk } = extra;
   const from = q.messages.length;
   if (label !== 'qsd') {
     const started = (await q.execute('blockdev-backup', {
@@ -222,6 +234,7 @@ async function startBackup(
       ...(method === undefined ? {} : { method }),
       ...(yieldMs === undefined ? {} : { 'yield-ms': yieldMs }),
       ...(readAround ? { 'read-around': true } : {}),
+      ...(maxChunk === undefined ? {} : { 'max-chunk': maxChunk }),
     })) as Record<string, unknown>;
     process.stderr.write(
       `vhost-rt backup: method ${String(started.method)}${started['method-reason'] === undefined ? '' : ` (${String(started['method-reason'])})`}, writes held ${String(started['start-held-us'])} µs at the start\n`,
@@ -444,6 +457,8 @@ async function main(): Promise<void> {
       dir: { type: 'string' },
       baseline: { type: 'string' },
       'read-around-ab': { type: 'boolean', default: false },
+      'baseline-read-around': { type: 'boolean', default: false },
+      'max-chunk-ab': { type: 'string' },
       'hot-mib': { type: 'string' },
     },
   });
@@ -523,6 +538,7 @@ async function main(): Promise<void> {
     target: string;
     yieldMs?: number;
     readAround?: boolean;
+    maxChunk?: number;
   }[] = [
     { label: 'vhost-rt', backend: v, qmp: vq, target: vTarget, yieldMs },
     ...(yieldAb === undefined
@@ -548,6 +564,19 @@ async function main(): Promise<void> {
           },
         ]
       : []),
+    ...(values['max-chunk-ab'] === undefined
+      ? []
+      : [
+          {
+            label: 'vhost-rt max-chunk' as const,
+            backend: v,
+            qmp: vq,
+            target: vTarget,
+            yieldMs,
+            readAround: values['read-around-ab'],
+            maxChunk: Number(values['max-chunk-ab']),
+          },
+        ]),
     ...(base === null || bq === null
       ? []
       : [
@@ -557,6 +586,7 @@ async function main(): Promise<void> {
             qmp: bq,
             target: join(data, 'baseline-target.raw'),
             yieldMs,
+            readAround: values['baseline-read-around'],
           },
         ]),
     { label: 'qsd', backend: q.backend, qmp: q.qmp, target: qTarget },
@@ -574,6 +604,7 @@ async function main(): Promise<void> {
                     method: values.method,
                     yieldMs: side.yieldMs,
                     readAround: side.readAround,
+                    maxChunk: side.maxChunk,
                   })
                 : null;
             const result = await runLoad({

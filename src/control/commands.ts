@@ -336,6 +336,7 @@ async function blockdevBackup(args: CommandArguments, ctx: CommandContext): Prom
         method,
         yieldMs,
         readAround: args['read-around'] === true,
+        maxChunk: args['max-chunk'] as number | undefined,
       },
       emit,
     );
@@ -514,7 +515,7 @@ export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, Comman
     'blockdev-backup',
     {
       summary:
-        "live point-in-time backup of blk 'device' to 'target' (raw file or NBD URI); 'sync' full|incremental, 'speed' bytes/s, 'journal-size' bytes, 'priority' idle|batch, 'method' auto|clone|journal (auto: a reflink clone where the file system has it, else the journal), 'yield-ms' the guest's quiet time each disk-pass read waits for (0: none), 'read-around' a chunk's second write saves the rest of the chunk (default false); events BACKUP_PROGRESS, BACKUP_COMPLETED, BACKUP_FAILED",
+        "live point-in-time backup of blk 'device' to 'target' (raw file or NBD URI); 'sync' full|incremental, 'speed' bytes/s, 'journal-size' bytes, 'priority' idle|batch, 'method' auto|clone|journal (auto: a reflink clone where the file system has it, else the journal), 'yield-ms' the guest's quiet time each disk-pass read waits for (0: none), 'read-around' a chunk's second write saves the rest of the chunk (default false), 'max-chunk' the copier's largest read or write in bytes (a multiple of 65536 up to 1 MiB, default 256 KiB); events BACKUP_PROGRESS, BACKUP_COMPLETED, BACKUP_FAILED",
       args: {
         device: { type: 'integer', required: true },
         target: { type: 'string', required: true },
@@ -525,6 +526,7 @@ export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, Comman
         method: { type: 'string', required: false },
         'yield-ms': { type: 'integer', required: false },
         'read-around': { type: 'boolean', required: false },
+        'max-chunk': { type: 'integer', required: false },
       },
       run: blockdevBackup,
     },

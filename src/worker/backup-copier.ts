@@ -33,12 +33,6 @@ import { native } from '../native.js';
 import { applyRtOptions, lowerToBackground } from '../rt/index.js';
 import { postEvent, postLog, runWorker } from '../thread/index.js';
 
-/**
- * Chunks copied from disk per read (256 KiB with 64 KiB chunks). Small enough that one of the
- * disk pass's reads or writes ahead of a guest request in the disk's queue (the `none`
- * scheduler ignores the idle I/O class) costs that request little; 1 MiB at first.
- */
-export const COPY_BATCH_CHUNKS = 4;
 /** Least time between two progress events from the copier (ms). */
 export const PROGRESS_INTERVAL_MS = 1000;
 /**
@@ -50,8 +44,6 @@ export const PROGRESS_INTERVAL_MS = 1000;
  * guest writes at QD32 wait ~40 ms (p99.9) for free entries behind those floods.
  */
 const DRAIN_WINDOW = 32;
-/** Most journal entries (4 KiB blocks) one target write takes: 256 KiB, a disk-pass read's size. */
-const COALESCE_MAX_BLOCKS = 64;
 /** How long the copier waits on an empty journal before it looks at CANCEL again (ms). */
 const JOURNAL_WAIT_MS = 200;
 /**
@@ -87,6 +79,14 @@ export interface BackupCopierInit {
    * for this long (ms; at most {@link YIELD_MAX_WAIT_MS} of waiting per read); 0: off.
    */
   yieldMs: number;
+  /**
+   * The largest read or write the copier makes (bytes, a multiple of the chunk size; see
+   * DEFAULT_COPY_MAX_CHUNK): a disk-pass read takes up to this many bytes of chunks, a
+   * journal write up to this many bytes of adjacent entries. Small enough that one of them
+   * ahead of a guest request in the disk's queue (the `none` scheduler ignores the idle I/O
+   * class) costs that request little; the first version read 1 MiB.
+   */
+  maxChunk: number;
 }
 
 /** What the copier reports on its own. */
@@ -185,7 +185,10 @@ class Copier {
   /** Blocks owed in all: the backup is complete when the pass is over and this is 0. */
   private owedCount = 0;
   /** The CLAIMED masks of the chunks of one disk read, as checked after it (allocated once). */
-  private readonly masks = new Int32Array(COPY_BATCH_CHUNKS);
+  private readonly masks: Int32Array;
+  /** Chunks per disk-pass read, and journal entries per target write (from maxChunk). */
+  private readonly batchChunks: number;
+  private readonly coalesceMaxBlocks: number;
   private fromJournal = 0;
   private written = 0;
   /** Bytes of the disk pass (what `speed` paces). */
@@ -202,7 +205,10 @@ class Copier {
     this.s = BackupShare.attach(init.share);
     this.owed = new Uint16Array(this.s.chunks);
     this.drained = new Uint16Array(this.s.chunks);
-    const bytes = COPY_BATCH_CHUNKS * this.s.chunkBytes;
+    this.batchChunks = Math.max(1, Math.floor(init.maxChunk / this.s.chunkBytes));
+    this.coalesceMaxBlocks = Math.max(1, Math.floor(init.maxChunk / this.s.blockBytes));
+    this.masks = new Int32Array(this.batchChunks);
+    const bytes = this.batchChunks * this.s.chunkBytes;
     const fd = native.memfdCreate('vhost-rt-backup-copy', bytes);
     try {
       this.copyBuf = native.mmapShared(fd, bytes, 0);
@@ -272,7 +278,7 @@ class Copier {
         continue;
       }
       let n = 1;
-      while (n < COPY_BATCH_CHUNKS && c + n < s.chunks && this.passMustCopy(c + n)) n++;
+      while (n < this.batchChunks && c + n < s.chunks && this.passMustCopy(c + n)) n++;
       await this.copyFromDisk(c, n);
       c += n;
     }
@@ -400,7 +406,7 @@ class Copier {
         // Entries that follow in the ring with the next blocks in the next entries (a run read
         // around a chunk: the device lays its blocks out so) go out in the same write.
         let n = 1;
-        while (next !== head && n < COALESCE_MAX_BLOCKS) {
+        while (next !== head && n < this.coalesceMaxBlocks) {
           const e2 = s.i32[s.at.ready + (next % s.entries)];
           if (e2 !== e + n || s.i32[s.at.entryBlock + e2] !== g + n) break;
           next++;

@@ -25,9 +25,13 @@ import { constants, copyFile, open, rm, stat, truncate } from 'node:fs/promises'
 import type { BackupStarted } from '../devices/blk/device.js';
 import { VhostRtError } from '../errors.js';
 import {
+  BACKUP_CHUNK_BYTES,
   BackupShare,
+  DEFAULT_COPY_MAX_CHUNK,
   DEFAULT_JOURNAL_BYTES,
+  MAX_COPY_MAX_CHUNK,
   MAX_JOURNAL_BYTES,
+  MIN_COPY_MAX_CHUNK,
   MIN_JOURNAL_BYTES,
 } from '../io/backup-share.js';
 import { checkNbdUri, looksLikeNbdUri } from '../io/index.js';
@@ -76,6 +80,8 @@ export interface BackupRequest {
    * chunk is saved in the same read (see src/devices/blk/backup.ts readAround).
    */
   readAround?: boolean;
+  /** The copier's largest read or write (bytes); default DEFAULT_COPY_MAX_CHUNK. */
+  maxChunk?: number;
 }
 
 /** Sends a control-socket event (the device's index and socket are added by the caller). */
@@ -107,6 +113,8 @@ export interface BackupStatus {
   'yield-ms': number;
   /** Whether a chunk's second write saves the rest of the chunk (journal backups). */
   'read-around': boolean;
+  /** The copier's largest read or write (bytes). */
+  'max-chunk': number;
   /** Disk-pass reads that waited for the guest to go quiet. */
   'copier-yields': number;
   /** Disk-pass reads made after the longest wait although the guest was still busy. */
@@ -171,6 +179,7 @@ export class DeviceBackups {
     if (this.current !== null)
       throw new BackupError('ERR_BACKUP_RUNNING', 'a backup of this device is running');
     const journalBytes = checkJournal(req.journalBytes ?? DEFAULT_JOURNAL_BYTES);
+    checkMaxChunk(req.maxChunk ?? DEFAULT_COPY_MAX_CHUNK);
     const size = this.source.sizeBytes();
     const nbd = looksLikeNbdUri(req.target);
     if (nbd) checkNbdUri(req.target);
@@ -338,6 +347,7 @@ export class DeviceBackups {
         speed: req.speed,
         policy: req.priority ?? 'idle',
         yieldMs: req.yieldMs ?? 0,
+        maxChunk: req.maxChunk ?? DEFAULT_COPY_MAX_CHUNK,
       },
       {
         name: 'backup',
@@ -397,6 +407,7 @@ export class DeviceBackups {
         'copier-boosts': 0,
         'yield-ms': req.yieldMs ?? 0,
         'read-around': req.readAround === true,
+        'max-chunk': req.maxChunk ?? DEFAULT_COPY_MAX_CHUNK,
         'copier-yields': 0,
         'copier-forced-reads': 0,
         'started-ms': Date.now(),
@@ -560,6 +571,18 @@ export function extentCount(fd: number): Promise<number> {
   return new Promise((resolve, reject) =>
     native.extentCountAsync(fd, (err, extents) => (err === null ? resolve(extents) : reject(err))),
   );
+}
+
+function checkMaxChunk(bytes: number): void {
+  if (
+    !Number.isSafeInteger(bytes) ||
+    bytes < MIN_COPY_MAX_CHUNK ||
+    bytes > MAX_COPY_MAX_CHUNK ||
+    bytes % BACKUP_CHUNK_BYTES !== 0
+  )
+    throw new RangeError(
+      `Parameter 'max-chunk' must be a multiple of ${BACKUP_CHUNK_BYTES} in ${MIN_COPY_MAX_CHUNK}..${MAX_COPY_MAX_CHUNK}, not ${bytes}`,
+    );
 }
 
 function checkJournal(bytes: number): number {

@@ -15,7 +15,12 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BACKUP_BLOCK_BYTES, BACKUP_CHUNK_BYTES, BackupShare } from '../../src/io/backup-share.js';
+import {
+  BACKUP_BLOCK_BYTES,
+  BACKUP_CHUNK_BYTES,
+  BackupShare,
+  DEFAULT_COPY_MAX_CHUNK,
+} from '../../src/io/backup-share.js';
 import { BACKUP, BackupState } from '../../src/locking/layout.js';
 import { WorkerHost } from '../../src/thread/index.js';
 import type {
@@ -73,6 +78,7 @@ describe('the backup copier', () => {
           speed: 0,
           policy: 'idle',
           yieldMs: 0,
+          maxChunk: DEFAULT_COPY_MAX_CHUNK,
         },
         { name: 'copier-test', log: () => {}, onEvent: (e) => events.push(e) },
       );

@@ -111,6 +111,7 @@ describe('blockdev-backup under verified writes', () => {
         target,
         sync: 'full',
         'read-around': false,
+        'max-chunk': 256 * 1024,
       });
       const atStart = model.completed;
       const end = await backupEnd(c, full.from);
@@ -130,12 +131,14 @@ describe('blockdev-backup under verified writes', () => {
       const before = model.completed;
       await waitFor(() => model.completed >= before + 500, 'more writes');
       // With read-around: the writes go to a quarter of the disk, so chunks are written again
-      // and the rest of a chunk is saved along with its second write.
+      // and the rest of a chunk is saved along with its second write. With the copier's I/O
+      // at its least (one chunk): reads and journal writes of at most 64 KiB.
       const inc = await backup(c, model, {
         target,
         sync: 'incremental',
         speed: 16 * MiB,
         'read-around': true,
+        'max-chunk': 64 * 1024,
       });
       const r = inc.reply.return as Json;
       expect(r.sync).toBe('incremental');
@@ -149,6 +152,7 @@ describe('blockdev-backup under verified writes', () => {
         status: 'completed',
         sync: 'incremental',
         'read-around': true,
+        'max-chunk': 64 * 1024,
       });
     } finally {
       stop = true;
@@ -427,7 +431,7 @@ describe('blockdev-backup with yield-ms (the idle I/O class kept by the copier)'
     expect(model.errors).toEqual([]);
   });
 
-  it('refuses a yield-ms outside 0..1000 or not an integer, naming the parameter, and serves on', async () => {
+  it('refuses a yield-ms outside 0..1000 or not an integer, a max-chunk not whole chunks up to 1 MiB, naming the parameter, and serves on', async () => {
     const image = join(dir, 'yield-bad.img');
     writeFileSync(image, Buffer.alloc(MiB));
     const control = join(dir, 'yield-bad.qmp');
@@ -460,6 +464,17 @@ describe('blockdev-backup with yield-ms (the idle I/O class kept by the copier)'
       expect((notBool.error as Json).desc).toBe(
         "Invalid parameter type for 'read-around', expected: boolean",
       );
+      // max-chunk: whole chunks (64 KiB) up to 1 MiB.
+      for (const bad of [0, 4096, 100_000, 2 * MiB]) {
+        const r = await c.execute('blockdev-backup', {
+          device: 0,
+          target: join(dir, 'yield-bad.backup'),
+          'max-chunk': bad,
+        });
+        expect((r.error as Json).desc).toBe(
+          `blockdev-backup: Parameter 'max-chunk' must be a multiple of 65536 in 65536..1048576, not ${bad}`,
+        );
+      }
       const none = (await c.execute('query-backups', { device: 0 })).return as Json[];
       expect(none).toEqual([]);
     } finally {
