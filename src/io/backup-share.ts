@@ -32,12 +32,11 @@ export const BACKUP_BLOCK_BYTES = 4096;
 /** Blocks per chunk: chunk c's CLAIMED bits are bits 16·(c mod 2).. of word c / 2. */
 export const BLOCKS_PER_CHUNK = BACKUP_CHUNK_BYTES / BACKUP_BLOCK_BYTES;
 /**
- * The copier's largest read or write (`max-chunk`) when none is given: 256 KiB. Bigger I/O
- * copies faster on a disk (64 KiB copied 3x slower than 256 KiB under a QD32 guest here);
- * smaller keeps each copier system call short on a device served synchronously in the
- * caller's context (zram, brd, pmem), where the kernel (PREEMPT_NONE) does not preempt it
- * for the guest's threads (p99.9 during/idle 1.47x and 1.24x with 64 KiB against 1.57x and
- * 1.53x on zram, bench/results/backup-copier-io-size.md).
+ * The copier's largest read or write (`max-chunk`) when none is given: 256 KiB. A trade
+ * between the backup's pace and the guest's share of the disk (bench/results/backup-max-chunk.md):
+ * on this machine's disk under a QD32 guest, 64 KiB copied 3x slower (15 against 44 MiB per
+ * 5 s window) while the guest completed 43 % more writes (p50 during/idle 2.24x against 3.25x,
+ * p99.9 no better); on zram it changed nothing beyond the runs' spread.
  */
 export const DEFAULT_COPY_MAX_CHUNK = 256 * 1024;
 /** Least `max-chunk`: one chunk. */
