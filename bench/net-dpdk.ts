@@ -223,6 +223,22 @@ class Testpmd {
     return this.out.slice(from);
   }
 
+  /**
+   * Waits for `pattern` as {@link waitFor}; on failure kills the process and waits for its
+   * exit before rethrowing, so a testpmd that never started is not left running (the retry
+   * starts another, and the leaked one kept the bench from exiting).
+   */
+  async started(pattern: RegExp, timeoutMs: number): Promise<void> {
+    try {
+      await this.waitFor(pattern, 0, timeoutMs);
+    } catch (err) {
+      if (this.child.exitCode === null && this.child.signalCode === null)
+        this.child.kill('SIGKILL');
+      await this.exited;
+      throw err;
+    }
+  }
+
   async quit(): Promise<void> {
     if (this.child.exitCode === null) {
       this.child.stdin?.write('quit\n');
@@ -348,8 +364,13 @@ async function startDpdkSwitch(
     '--auto-start',
   );
   const pmd = spawnTestpmd(args);
-  await pmd.waitFor(/testpmd> /, 0, 30_000);
-  await waitSockets(socks, pmd.child, 'dpdk net_vhost');
+  await pmd.started(/testpmd> /, 30_000);
+  try {
+    await waitSockets(socks, pmd.child, 'dpdk net_vhost');
+  } catch (err) {
+    await pmd.quit();
+    throw err;
+  }
   return {
     pid: pmd.pid,
     stop: async () => {
@@ -384,7 +405,7 @@ async function startFrontend(
   args.push(`--txpkts=${size}`);
   args.push(`--eth-peer=0,${MAC[1]}`, `--eth-peer=1,${MAC[0]}`);
   const pmd = spawnTestpmd(args);
-  await pmd.waitFor(/testpmd> /, 0, 30_000);
+  await pmd.started(/testpmd> /, 30_000);
   return pmd;
 }
 

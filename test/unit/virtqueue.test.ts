@@ -554,6 +554,35 @@ describe('hostile chains (chain-level: pop returns the head with an error)', () 
   });
 });
 
+describe('guest addresses above 2^32 (a virtio-user front end passes its own virtual addresses)', () => {
+  it('translates buffers there, across two adjacent regions, and refuses one past them', () => {
+    // Two adjacent regions at a typical x86-64 user address, the rings in a low one.
+    const high = 0x7f3a_1234_0000;
+    const ram = new GuestRam([
+      { guestPhysAddr: 0, size: 0x10000 },
+      { guestPhysAddr: high, size: 0x4000, mmapOffset: 0x1000 },
+      { guestPhysAddr: high + 0x4000, size: 0x4000 },
+    ]);
+    const drv = new DriverQueue(ram, 8);
+    const q = new SplitVirtqueue(ram.toGuestMemory(), drv.config());
+    const chain = new DescriptorChain(8);
+    drv.addChain([
+      { addr: high + 0x10, len: 0x20 },
+      { addr: high + 0x3ff0, len: 0x30, write: true }, // crosses into the next region
+    ]);
+    expect(q.pop(chain)).toBe(true);
+    expect(chain.error).toBeNull();
+    expect(chain.segments).toBe(3);
+    expect([chain.region[0], chain.offset[0], chain.length[0]]).toEqual([1, 0x1010, 0x20]);
+    expect([chain.region[1], chain.offset[1], chain.length[1]]).toEqual([1, 0x4ff0, 0x10]);
+    expect([chain.region[2], chain.offset[2], chain.length[2]]).toEqual([2, 0, 0x20]);
+    expect([chain.readableBytes, chain.writableBytes]).toEqual([0x20, 0x30]);
+    drv.addChain([{ addr: high + 0x7ff0, len: 0x20 }]); // runs off the last region
+    expect(q.pop(chain)).toBe(true);
+    expect(chain.error).toBe(ChainErrorCode.DESC_UNMAPPED);
+  });
+});
+
 describe('hostile rings (ring-level: QueueBrokenError)', () => {
   it('throws VIRTQ_AVAIL_AHEAD when avail.idx runs ahead or goes back', () => {
     const s = setup();
