@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <memory>
 
 #include "addon.h"
 #include "args.h"
@@ -59,64 +60,122 @@ static Napi::Value Pwritev(const Napi::CallbackInfo& info) {
 }
 
 /**
- * One fdatasync or fallocate on the libuv threadpool of the calling thread's
- * loop (N-API async work is uv_queue_work on the env's loop); the callback runs
- * back on that thread as callback(err, 0).
+ * One blocking file system call (fdatasync, fallocate, FIEMAP's extent count) on the libuv
+ * threadpool of the calling thread's loop (N-API async work is uv_queue_work on the env's
+ * loop); callback(err, value) runs back on that thread.
+ *
+ * Raw napi_async_work, not Napi::AsyncWorker: node-addon-api opens the completion's handle
+ * scope with a constructor that throws, outside any try. A completion arriving while a
+ * worker thread was torn down threw a Napi::Error past every frame, and std::terminate killed
+ * a CI test process (twice). Here a completion the env cannot take any more is dropped, as
+ * FdWatcher::Dispatch does.
  */
-class FileSyncWork : public Napi::AsyncWorker {
+class PoolCall {
  public:
-  FileSyncWork(Napi::Function callback, bool fallocate, int fd, int mode, off_t offset,
-               off_t length)
-      : Napi::AsyncWorker(callback, fallocate ? "vhost_rt:fallocate" : "vhost_rt:fdatasync"),
-        syscall_(fallocate ? "fallocate" : "fdatasync"),
-        fallocate_(fallocate),
-        fd_(fd),
-        mode_(mode),
-        offset_(offset),
-        length_(length) {}
+  enum class Op { kFdatasync, kFallocate, kExtentCount };
 
-  /** Runs on a threadpool thread: touches no JS. */
-  void Execute() override {
-    int rc;
-    do {
-      rc = IsFallocate() ? fallocate(fd_, mode_, offset_, length_) : fdatasync(fd_);
-    } while (rc < 0 && errno == EINTR);
-    err_ = rc < 0 ? errno : 0;
+  /** Queues `op`; throws (to the JS caller) only if N-API refuses the work. */
+  static void Queue(Napi::Env env, Napi::Function callback, Op op, int fd, int mode = 0,
+                    off_t offset = 0, off_t length = 0) {
+    auto call = std::make_unique<PoolCall>(op, fd, mode, offset, length);
+    call->callback_ = Napi::Persistent(callback);
+    napi_value name;
+    NAPI_THROW_IF_FAILED_VOID(
+        env, napi_create_string_utf8(env, call->Syscall(), NAPI_AUTO_LENGTH, &name));
+    NAPI_THROW_IF_FAILED_VOID(env, napi_create_async_work(env, nullptr, name, Execute, Complete,
+                                                          call.get(), &call->work_));
+    napi_status status = napi_queue_async_work(env, call->work_);
+    if (status != napi_ok) {
+      napi_delete_async_work(env, call->work_);
+      NAPI_THROW_IF_FAILED_VOID(env, status);
+    }
+    call.release();  // Complete deletes it.
   }
 
-  void OnOK() override {
-    Napi::Env env = Env();
-    Napi::Value err = err_ != 0 ? ErrnoError(env, syscall_, err_).Value() : env.Null();
-    Callback().Call({err, Napi::Number::New(env, 0)});
-  }
+  PoolCall(Op op, int fd, int mode, off_t offset, off_t length)
+      : op_(op), fd_(fd), mode_(mode), offset_(offset), length_(length) {}
 
  private:
-  bool IsFallocate() const { return fallocate_; }
+  const char* Syscall() const {
+    return op_ == Op::kFdatasync ? "fdatasync" : op_ == Op::kFallocate ? "fallocate" : "ioctl";
+  }
 
-  const char* syscall_;  // a static string
-  bool fallocate_;
+  /** Runs on a threadpool thread: touches no JS. */
+  static void Execute(napi_env /*env*/, void* data) {
+    auto* c = static_cast<PoolCall*>(data);
+    int rc;
+    struct fiemap fm{};
+    do {
+      switch (c->op_) {
+        case Op::kFdatasync:
+          rc = fdatasync(c->fd_);
+          break;
+        case Op::kFallocate:
+          rc = fallocate(c->fd_, c->mode_, c->offset_, c->length_);
+          break;
+        default:
+          // No extent array: the kernel only counts.
+          fm = {};
+          fm.fm_start = 0;
+          fm.fm_length = FIEMAP_MAX_OFFSET;
+          fm.fm_extent_count = 0;
+          rc = ioctl(c->fd_, FS_IOC_FIEMAP, &fm);
+      }
+    } while (rc < 0 && errno == EINTR);
+    c->err_ = rc < 0 ? errno : 0;
+    c->value_ =
+        c->op_ == Op::kExtentCount && rc >= 0 ? static_cast<double>(fm.fm_mapped_extents) : 0;
+  }
+
+  static void Complete(napi_env env, napi_status status, void* data) {
+    std::unique_ptr<PoolCall> c(static_cast<PoolCall*>(data));
+    napi_delete_async_work(env, c->work_);
+    // Cancelled (the env is going away), or no scope to be had: nothing can be delivered.
+    napi_handle_scope scope;
+    if (status != napi_ok || napi_open_handle_scope(env, &scope) != napi_ok) return;
+    try {
+      Napi::Env e(env);
+      Napi::Value err = c->err_ != 0 ? ErrnoError(e, c->Syscall(), c->err_).Value() : e.Null();
+      c->callback_.Call({err, Napi::Number::New(e, c->value_)});
+    } catch (const Napi::Error& error) {
+      // No JS frame to return to: report it as uncaught, when there is a value to report.
+      try {
+        napi_value v = error.Value();
+        if (v != nullptr) napi_fatal_exception(env, v);
+      } catch (const Napi::Error&) {
+        // The env cannot even give the error's value: it is being torn down.
+      }
+    }
+    napi_close_handle_scope(env, scope);
+  }
+
+  Op op_;
   int fd_;
   int mode_;
   off_t offset_;
   off_t length_;
   int err_ = 0;
+  double value_ = 0;
+  napi_async_work work_ = nullptr;
+  Napi::FunctionReference callback_;
 };
 
+/** fdatasync(fd) on the threadpool; callback(err, 0). */
 static Napi::Value FdatasyncAsync(const Napi::CallbackInfo& info) {
   int fd = ArgInt32(info, 0, "fd");
   Napi::Function callback = ArgFunction(info, 1, "callback");
-  // AsyncWorker deletes itself after OnOK.
-  (new FileSyncWork(callback, false, fd, 0, 0, 0))->Queue();
+  PoolCall::Queue(info.Env(), callback, PoolCall::Op::kFdatasync, fd);
   return info.Env().Undefined();
 }
 
+/** fallocate(fd, mode, offset, length) on the threadpool; callback(err, 0). */
 static Napi::Value FallocateAsync(const Napi::CallbackInfo& info) {
   int fd = ArgInt32(info, 0, "fd");
   int mode = ArgInt32(info, 1, "mode");
   auto offset = static_cast<off_t>(ArgSize(info, 2, "offset"));
   auto length = static_cast<off_t>(ArgSize(info, 3, "length"));
   Napi::Function callback = ArgFunction(info, 4, "callback");
-  (new FileSyncWork(callback, true, fd, mode, offset, length))->Queue();
+  PoolCall::Queue(info.Env(), callback, PoolCall::Op::kFallocate, fd, mode, offset, length);
   return info.Env().Undefined();
 }
 
@@ -156,42 +215,10 @@ static Napi::Value BlockSize(const Napi::CallbackInfo& info) {
  * device's vhost-user messages. What a reflink clone's time grows with. callback(err, count);
  * EOPNOTSUPP where the file system has no FIEMAP.
  */
-class ExtentCountWork : public Napi::AsyncWorker {
- public:
-  ExtentCountWork(Napi::Function callback, int fd)
-      : Napi::AsyncWorker(callback, "vhost_rt:fiemap"), fd_(fd) {}
-
-  /** Runs on a threadpool thread: touches no JS. */
-  void Execute() override {
-    struct fiemap fm{};
-    fm.fm_start = 0;
-    fm.fm_length = FIEMAP_MAX_OFFSET;
-    fm.fm_extent_count = 0;
-    int rc;
-    do {
-      rc = ioctl(fd_, FS_IOC_FIEMAP, &fm);
-    } while (rc < 0 && errno == EINTR);
-    err_ = rc < 0 ? errno : 0;
-    extents_ = fm.fm_mapped_extents;
-  }
-
-  void OnOK() override {
-    Napi::Env env = Env();
-    Napi::Value err = err_ != 0 ? ErrnoError(env, "ioctl", err_).Value() : env.Null();
-    Callback().Call({err, Napi::Number::New(env, err_ != 0 ? 0 : static_cast<double>(extents_))});
-  }
-
- private:
-  int fd_;
-  int err_ = 0;
-  uint32_t extents_ = 0;
-};
-
 static Napi::Value ExtentCountAsync(const Napi::CallbackInfo& info) {
   int fd = ArgInt32(info, 0, "fd");
   Napi::Function callback = ArgFunction(info, 1, "callback");
-  // AsyncWorker deletes itself after OnOK.
-  (new ExtentCountWork(callback, fd))->Queue();
+  PoolCall::Queue(info.Env(), callback, PoolCall::Op::kExtentCount, fd);
   return info.Env().Undefined();
 }
 

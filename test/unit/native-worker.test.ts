@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
@@ -74,6 +74,23 @@ describe('addon inside worker_threads', () => {
     const second = await startWorker('unclosed', { fd: efd }, 'done');
     expect(await second.exited).toBe(0);
     native.close(efd);
+  });
+
+  it('terminates workers whose file calls are still on the threadpool without crashing', async () => {
+    // A fragmented file: its FIEMAP count takes milliseconds, so the calls are still running
+    // or queued when the worker goes. With Napi::AsyncWorker a completion on the terminating
+    // worker threw past every frame, and std::terminate killed this whole process (native/fileio.cc
+    // PoolCall).
+    const path = join(dir, 'fragmented.img');
+    const fd = openSync(path, 'w');
+    const block = Buffer.alloc(4096, 1);
+    for (let i = 0; i < 40_000; i += 2) writeSync(fd, block, 0, block.length, i * 4096);
+    closeSync(fd);
+    for (let i = 0; i < 20; i++) {
+      const { worker, exited } = await startWorker('poolcalls', { path, count: 8 }, 'ready');
+      await worker.terminate();
+      expect(await exited).toBe(1);
+    }
   });
 
   it('reports an exception thrown by a watcher callback as the worker error', async () => {
