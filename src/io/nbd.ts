@@ -345,7 +345,7 @@ export class NbdEngine implements IoEngine {
    */
   poll(): void {
     if (this.state === 'ready' && this.inFlight > 0)
-      this.afterStatus(this.client.pump(NBD_STATUS.READ | NBD_PUMP.IF_READABLE));
+      this.onSocket(NBD_STATUS.READ | NBD_PUMP.IF_READABLE);
   }
 
   private onSocket(events: number): void {

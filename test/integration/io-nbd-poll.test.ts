@@ -13,7 +13,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NBD_PUMP, NBD_STATUS, native } from '../../src/native.js';
+import { NBD_CMD, NBD_OP, NBD_OP_STRIDE, NBD_PUMP, NBD_STATUS, native } from '../../src/native.js';
 import { type NbdServer, startNbdServer } from '../support/nbd-server.js';
 import { waitFor } from '../support/wait.js';
 
@@ -47,8 +47,10 @@ describe('nbd engine busy poll, server reading slowly', () => {
     table.set([new SharedArrayBuffer(WRITE_BYTES)]);
     try {
       server.signal('SIGSTOP');
-      // cmd WRITE, flags 0, offset 0, length 0, iovecs [0, 1), userData 9.
-      const ops = new Float64Array([1, 0, 0, 0, 0, 1, 9]);
+      const ops = new Float64Array(NBD_OP_STRIDE);
+      ops[NBD_OP.cmd] = NBD_CMD.WRITE;
+      ops[NBD_OP.iovCount] = 1;
+      ops[NBD_OP.userData] = 9;
       const status = client.submit(table, ops, 1, new Float64Array([0, 0, WRITE_BYTES]));
       expect(status & NBD_STATUS.WRITE).toBe(NBD_STATUS.WRITE);
       // The busy poll's guess: nothing to read. Without IF_READABLE libnbd pauses
