@@ -315,7 +315,7 @@ async function blockdevBackup(args: CommandArguments, ctx: CommandContext): Prom
   const { backups, emit } = backupsOf('blockdev-backup', args, ctx);
   const sync = oneOf(args, 'sync', ['full', 'incremental'] as const);
   const priority = oneOf(args, 'priority', ['idle', 'batch'] as const);
-  const method = oneOf(args, 'method', ['auto', 'clone', 'journal'] as const);
+  const method = oneOf(args, 'method', ['auto', 'clone', 'journal', 'redirect'] as const);
   const speed = (args.speed as number | undefined) ?? 0;
   if (speed < 0)
     throw new QmpCommandError('GenericError', `Parameter 'speed' must be >= 0, not ${speed}`);
@@ -515,7 +515,7 @@ export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, Comman
     'blockdev-backup',
     {
       summary:
-        "live point-in-time backup of blk 'device' to 'target' (raw file or NBD URI); 'sync' full|incremental, 'speed' bytes/s, 'journal-size' bytes, 'priority' idle|batch, 'method' auto|clone|journal (auto: a reflink clone where the file system has it, else the journal), 'yield-ms' the guest's quiet time each disk-pass read waits for (0: none), 'read-around' a chunk's second write saves the rest of the chunk (default false), 'max-chunk' the copier's largest read or write in bytes (a multiple of 65536 up to 1 MiB, default 256 KiB); events BACKUP_PROGRESS, BACKUP_COMPLETED, BACKUP_FAILED",
+        "live point-in-time backup of blk 'device' to 'target' (raw file or NBD URI); 'sync' full|incremental, 'speed' bytes/s, 'journal-size' bytes, 'priority' idle|batch, 'method' auto|clone|journal|redirect (auto: a reflink clone where the file system has it, else the journal; redirect: guest writes go to an overlay next to the image while the copier reads the untouched image, merged back afterwards, BACKUP_MERGED), 'yield-ms' the guest's quiet time each disk-pass read waits for (0: none), 'read-around' a chunk's second write saves the rest of the chunk (default false), 'max-chunk' the copier's largest read or write in bytes (a multiple of 65536 up to 1 MiB, default 256 KiB); events BACKUP_PROGRESS, BACKUP_COMPLETED, BACKUP_FAILED, BACKUP_MERGED (redirect)",
       args: {
         device: { type: 'integer', required: true },
         target: { type: 'string', required: true },

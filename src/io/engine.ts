@@ -6,11 +6,20 @@
  * negative errno as its result.
  */
 import type { RtPolicy } from '../rt/options.js';
+import type { OpenImage } from './image.js';
 
 /** Operations a block device asks of an engine. */
 export const IoOp = { READ: 0, WRITE: 1, FLUSH: 2, DISCARD: 3, WRITE_ZEROES: 4 } as const;
 /** One of the {@link IoOp} values: the `op` of a staged operation. */
 export type IoOpCode = (typeof IoOp)[keyof typeof IoOp];
+
+/**
+ * Which file an operation goes to: the image, or the file attached beside it
+ * ({@link IoEngine.attachFile}: a redirect backup's overlay).
+ */
+export const IoFile = { IMAGE: 0, ATTACHED: 1 } as const;
+/** One of the {@link IoFile} values. */
+export type IoFileIndex = (typeof IoFile)[keyof typeof IoFile];
 
 /** Called once per finished operation: `result` is bytes transferred, 0, or -errno. */
 export type IoCompletion = (userData: number, result: number) => void;
@@ -99,7 +108,8 @@ export interface IoEngine {
    * Stages a read or write over iovecs [firstIov, firstIov + iovCount); false
    * when full. `ioprio` (ioprio_set(2) encoding, src/io/ioprio.ts; 0 or
    * absent: the thread's own) is the priority the request is submitted with;
-   * a batch that mixes classes is submitted higher classes first.
+   * a batch that mixes classes is submitted higher classes first. `file`
+   * (default IMAGE) is {@link IoFile.ATTACHED} only on an engine with an attached file.
    */
   queueReadWrite(
     op: IoOpCode,
@@ -108,9 +118,22 @@ export interface IoEngine {
     iovCount: number,
     userData: number,
     ioprio?: number,
+    file?: IoFileIndex,
   ): boolean;
   /** Flush, discard or write-zeroes: these run off the worker thread and complete like the rest. */
-  queueSlowOp(op: IoOpCode, fileOffset: number, length: number, userData: number): void;
+  queueSlowOp(
+    op: IoOpCode,
+    fileOffset: number,
+    length: number,
+    userData: number,
+    file?: IoFileIndex,
+  ): void;
+  /**
+   * Optional (local-file engines only): a second open file that operations
+   * reach with `file` ATTACHED, or null to detach it (the caller closes it,
+   * once nothing in flight uses it). Engines without it cannot redirect.
+   */
+  attachFile?(file: OpenImage | null): void;
   /** Submits every staged operation with one native call. */
   submit(): void;
   /** Installs the completion handler and the end-of-batch hook; called once by the device. */

@@ -17,7 +17,7 @@ import {
   native,
   POLL_READABLE,
 } from '../native.js';
-import { type IoEngineOptions, IoOp, type IoOpCode } from './engine.js';
+import { type IoEngineOptions, type IoFileIndex, IoOp, type IoOpCode } from './engine.js';
 import { Errno, errnoOf, StagingEngine } from './staging.js';
 
 /** A native io_uring instance (see NativeBinding.UringContext). */
@@ -88,15 +88,28 @@ export class UringEngine extends StagingEngine {
     this.noteBufferAlignment(this.table);
   }
 
-  queueSlowOp(op: IoOpCode, fileOffset: number, length: number, userData: number): void {
-    if (!this.stageSlowOp(op, fileOffset, length, userData)) {
+  queueSlowOp(
+    op: IoOpCode,
+    fileOffset: number,
+    length: number,
+    userData: number,
+    file?: IoFileIndex,
+  ): void {
+    if (!this.stageSlowOp(op, fileOffset, length, userData, file)) {
       this.submit();
-      if (!this.stageSlowOp(op, fileOffset, length, userData)) this.failNow(userData, Errno.EAGAIN);
+      if (!this.stageSlowOp(op, fileOffset, length, userData, file))
+        this.failNow(userData, Errno.EAGAIN);
     }
   }
 
-  private stageSlowOp(op: IoOpCode, offset: number, length: number, userData: number): boolean {
-    const fd = this.image.bufferedFd;
+  private stageSlowOp(
+    op: IoOpCode,
+    offset: number,
+    length: number,
+    userData: number,
+    file: IoFileIndex | undefined,
+  ): boolean {
+    const fd = this.fileOf(file).bufferedFd;
     const c = native.constants;
     if (op === IoOp.FLUSH) return this.stageOp(URING_CMD.FDSYNC, fd, 0, 0, 0, userData);
     const mode =

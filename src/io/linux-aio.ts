@@ -14,7 +14,7 @@ import {
   native,
   POLL_READABLE,
 } from '../native.js';
-import type { IoEngineOptions, IoOpCode } from './engine.js';
+import type { IoEngineOptions, IoFileIndex, IoOpCode } from './engine.js';
 import { runSlowOp } from './slow-ops.js';
 import { Errno, errnoOf, StagingEngine } from './staging.js';
 
@@ -41,9 +41,15 @@ export class LinuxAioEngine extends StagingEngine {
     this.noteBufferAlignment(this.table);
   }
 
-  queueSlowOp(op: IoOpCode, fileOffset: number, length: number, userData: number): void {
+  queueSlowOp(
+    op: IoOpCode,
+    fileOffset: number,
+    length: number,
+    userData: number,
+    file?: IoFileIndex,
+  ): void {
     this.inFlight++;
-    runSlowOp(this.image.bufferedFd, op, fileOffset, length, (result) => {
+    runSlowOp(this.fileOf(file).bufferedFd, op, fileOffset, length, (result) => {
       this.inFlight--;
       if (this.closed) return;
       this.handler(userData, result);

@@ -10,6 +10,8 @@ import {
   type IoEngine,
   type IoEngineName,
   type IoEngineOptions,
+  IoFile,
+  type IoFileIndex,
   IoOp,
   type IoOpCode,
 } from './engine.js';
@@ -46,6 +48,8 @@ export abstract class StagingEngine implements IoEngine {
   stagedIovs = 0;
 
   protected readonly image: OpenImage;
+  /** The attached file ({@link IoFile.ATTACHED}); null: none. */
+  protected attached: OpenImage | null = null;
   protected readonly iovs: Float64Array;
   /** Staged ops, AIO_OP_STRIDE doubles each. */
   protected readonly ops: Float64Array;
@@ -85,7 +89,13 @@ export abstract class StagingEngine implements IoEngine {
   }
 
   abstract setBuffers(buffers: SharedArrayBuffer[]): void;
-  abstract queueSlowOp(op: IoOpCode, fileOffset: number, length: number, userData: number): void;
+  abstract queueSlowOp(
+    op: IoOpCode,
+    fileOffset: number,
+    length: number,
+    userData: number,
+    file?: IoFileIndex,
+  ): void;
   abstract submit(): void;
 
   addIov(buffer: number, offset: number, length: number): boolean {
@@ -105,9 +115,10 @@ export abstract class StagingEngine implements IoEngine {
     iovCount: number,
     userData: number,
     ioprio = 0,
+    file: IoFileIndex = IoFile.IMAGE,
   ): boolean {
     const cmd = op === IoOp.WRITE ? AIO_CMD.PWRITEV : AIO_CMD.PREADV;
-    const fd = this.fdFor(fileOffset, firstIov, iovCount);
+    const fd = this.fdFor(fileOffset, firstIov, iovCount, this.fileOf(file));
     return this.stageOp(cmd, fd, fileOffset, firstIov, iovCount, userData, ioprio);
   }
 
@@ -149,21 +160,36 @@ export abstract class StagingEngine implements IoEngine {
     this.noteBufferAlignment(table);
   }
 
+  /** Attaches (or, with null, detaches) the second file; the caller owns and closes it. */
+  attachFile(file: OpenImage | null): void {
+    this.attached = file;
+  }
+
+  /** The open file an op with `file` goes to (the image when nothing is attached). */
+  protected fileOf(file: IoFileIndex | undefined): OpenImage {
+    return file === IoFile.ATTACHED && this.attached !== null ? this.attached : this.image;
+  }
+
   /**
    * O_DIRECT needs offset, every length and every buffer address aligned; a
    * request that is not goes to the buffered descriptor instead of failing.
    */
-  protected fdFor(fileOffset: number, firstIov: number, iovCount: number): number {
-    const a = this.alignment;
-    if (!this.direct || fileOffset % a !== 0) return this.image.bufferedFd;
+  protected fdFor(
+    fileOffset: number,
+    firstIov: number,
+    iovCount: number,
+    image: OpenImage = this.image,
+  ): number {
+    const a = image.alignment;
+    if (!image.direct || fileOffset % a !== 0) return image.bufferedFd;
     for (let i = firstIov; i < firstIov + iovCount; i++) {
       const b = i * IOV_STRIDE;
       const baseAligned = this.bufferAlignment[this.iovs[b]] >= a;
       if (!baseAligned || this.iovs[b + 1] % a !== 0 || this.iovs[b + 2] % a !== 0) {
-        return this.image.bufferedFd;
+        return image.bufferedFd;
       }
     }
-    return this.image.fd;
+    return image.fd;
   }
 
   /**

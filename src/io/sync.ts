@@ -7,7 +7,7 @@
  * end-of-batch call.
  */
 import { AIO_CMD, AIO_OP, AIO_OP_STRIDE, type BufferTable, native } from '../native.js';
-import type { IoOpCode } from './engine.js';
+import type { IoFileIndex, IoOpCode } from './engine.js';
 import { runSlowOp } from './slow-ops.js';
 import { errnoOf, StagingEngine } from './staging.js';
 
@@ -30,9 +30,15 @@ export class SyncEngine extends StagingEngine {
     this.noteBufferAlignment(this.table);
   }
 
-  queueSlowOp(op: IoOpCode, fileOffset: number, length: number, userData: number): void {
+  queueSlowOp(
+    op: IoOpCode,
+    fileOffset: number,
+    length: number,
+    userData: number,
+    file?: IoFileIndex,
+  ): void {
     this.inFlight++;
-    runSlowOp(this.image.bufferedFd, op, fileOffset, length, (result) => {
+    runSlowOp(this.fileOf(file).bufferedFd, op, fileOffset, length, (result) => {
       this.inFlight--;
       if (this.closed) return;
       this.handler(userData, result);

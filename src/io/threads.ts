@@ -23,6 +23,7 @@ import { AIO_CMD, AIO_OP, AIO_OP_STRIDE, IOV_STRIDE, native, projectRoot } from 
 import {
   DEFAULT_AIO_THREADS,
   type IoEngineOptions,
+  type IoFileIndex,
   IoOp,
   type IoOpCode,
   type ThreadPolicy,
@@ -133,11 +134,17 @@ export class ThreadsEngine extends StagingEngine {
     this.carryBuffers = 2 * this.threads;
   }
 
-  queueSlowOp(op: IoOpCode, fileOffset: number, length: number, userData: number): void {
+  queueSlowOp(
+    op: IoOpCode,
+    fileOffset: number,
+    length: number,
+    userData: number,
+    file?: IoFileIndex,
+  ): void {
     const c = native.constants;
     const mode =
       op === IoOp.DISCARD ? c.FALLOC_FL_PUNCH_HOLE | c.FALLOC_FL_KEEP_SIZE : c.FALLOC_FL_ZERO_RANGE;
-    const fd = this.image.bufferedFd;
+    const fd = this.fileOf(file).bufferedFd;
     this.send({ gen: this.memory.gen, op, fd, offset: fileOffset, mode, length }, userData);
   }
 

@@ -18,6 +18,13 @@
  *   one. Only where the image's file system can clone (XFS, btrfs).
  * - `journal`: copy-before-write into the shared journal (src/devices/blk/backup.ts):
  *   a write's first touch of a block waits for a read of the old block.
+ * - `redirect`: redirect-on-write (src/devices/blk/redirect.ts): from the
+ *   instant on, the guest's writes go to an overlay next to the image
+ *   (IMAGE.vhost-rt-redirect) and the copier reads the untouched image; no
+ *   guest write waits for a read. After the backup the device merges the
+ *   overlay back at the idle I/O class (BACKUP_MERGED when done); a new backup,
+ *   snapshot or resize is refused until then. Local images only. Opt-in: the
+ *   merge doubles the write traffic of what the guest wrote meanwhile.
  * `auto` (the default) tries the clone and falls back to the journal,
  * saying why in the reply (`method-reason`).
  */
@@ -69,7 +76,7 @@ export interface BackupRequest {
   /** The copier's CPU class: 'idle' (SCHED_IDLE, default) or 'batch' (SCHED_BATCH). */
   priority?: 'idle' | 'batch';
   /** How the start instant's contents are kept (see the module comment); default 'auto'. */
-  method?: 'auto' | 'clone' | 'journal';
+  method?: 'auto' | 'clone' | 'journal' | 'redirect';
   /**
    * The disk pass reads only after the guest has been quiet this long (ms; 0, the default:
    * off); see BackupCopierInit.yieldMs.
@@ -90,8 +97,8 @@ export type BackupEmit = (name: string, data: Record<string, unknown>) => void;
 /** A backup as `query-backups` reports it. */
 export interface BackupStatus {
   status: 'running' | 'completed' | 'failed' | 'cancelled';
-  /** How the start instant's contents are kept: from a reflink clone, or the journal. */
-  method: 'clone' | 'journal';
+  /** How the start instant's contents are kept: a reflink clone, the journal, or an overlay. */
+  method: 'clone' | 'journal' | 'redirect';
   target: string;
   sync: 'full' | 'incremental';
   /** Why an incremental was done as a full one ('' when it was not). */
@@ -121,6 +128,10 @@ export interface BackupStatus {
   'copier-forced-reads': number;
   'started-ms': number;
   'finished-ms'?: number;
+  /** Redirect backups: the overlay was merged back into the image (BACKUP_MERGED). */
+  'merged-ms'?: number;
+  /** Redirect backups: bytes merged back into the image. */
+  'merged-bytes'?: number;
   error?: string;
   code?: string;
 }
@@ -154,6 +165,8 @@ interface Job {
   finish: () => void;
   /** The reflink clone the copier reads (method clone), deleted at the end; null: none. */
   clone: string | null;
+  /** Method redirect: the device merges its overlay back after the end (BACKUP_MERGED). */
+  redirect: boolean;
 }
 
 /** The backups of one blk device: at most one at a time, and the last one finished. */
@@ -185,6 +198,7 @@ export class DeviceBackups {
     if (nbd) checkNbdUri(req.target);
     else await prepareFile(req.target, size, req.sync);
     const method = req.method ?? 'auto';
+    if (method === 'redirect') return this.startRedirect(req, size, nbd, emit);
     let cloneRefused = '';
     // `auto` does not clone an image so fragmented that the clone would hold the writes long.
     if (method === 'auto') cloneRefused = await this.cloneTooSlow();
@@ -225,6 +239,53 @@ export class DeviceBackups {
       started.heldUs,
       cloneRefused === '' ? {} : { 'method-reason': cloneRefused },
     );
+  }
+
+  /**
+   * The redirect method: the device creates the overlay and redirects writes from
+   * the instant on; the copier reads the image itself, with nothing journaled.
+   */
+  private async startRedirect(
+    req: BackupRequest,
+    size: number,
+    nbd: boolean,
+    emit: BackupEmit,
+  ): Promise<Record<string, unknown>> {
+    if (this.source.engine === 'nbd' || this.source.engine === 'null')
+      throw new BackupError(
+        'ERR_BACKUP_METHOD',
+        `method redirect needs a local image file; this device uses the ${this.source.engine} engine`,
+      );
+    // The journal is not used: the smallest one the share takes.
+    const share = BackupShare.create(size, MIN_JOURNAL_BYTES);
+    let copier: Copier;
+    try {
+      copier = await this.startCopier(req, share, size, nbd, this.source.image);
+    } catch (err) {
+      share.release();
+      throw new BackupError(
+        'ERR_BACKUP_TARGET',
+        `opening the target failed: ${(err as Error).message}`,
+        { cause: err },
+      );
+    }
+    let started: BackupStarted;
+    try {
+      started = (await this.source.host.command({
+        type: 'backup-start',
+        share: share.init,
+        sync: req.sync,
+        redirect: { image: this.source.image },
+      })) as BackupStarted;
+    } catch (err) {
+      await copier.shutdown();
+      share.release();
+      throw err;
+    }
+    const job = this.newJob(req, share, copier, emit, started, size, null);
+    job.status.method = 'redirect';
+    job.redirect = true;
+    return this.run(job, started, started.heldUs, {});
   }
 
   /**
@@ -390,6 +451,7 @@ export class DeviceBackups {
       done,
       finish,
       clone,
+      redirect: false,
       status: {
         status: 'running',
         method: clone === null ? 'journal' : 'clone',
@@ -503,6 +565,34 @@ export class DeviceBackups {
     this.last = s;
     this.current = null;
     job.finish();
+    if (job.redirect) void this.awaitMerge(job, s);
+  }
+
+  /** A redirect backup ended: BACKUP_MERGED once its overlay is back in the image. */
+  private async awaitMerge(job: Job, s: BackupStatus): Promise<void> {
+    const t0 = Date.now();
+    try {
+      const r = (await this.source.host.command({ type: 'redirect-merged' })) as {
+        merged: boolean;
+        bytes: number;
+        remainingBytes: number;
+      };
+      s['merged-bytes'] = r.bytes;
+      if (r.merged) s['merged-ms'] = Date.now();
+      job.emit('BACKUP_MERGED', {
+        target: s.target,
+        merged: r.merged,
+        'merged-bytes': r.bytes,
+        'remaining-bytes': r.remainingBytes,
+        'merge-ms': Date.now() - t0,
+      });
+    } catch (err) {
+      // The device went away: its overlay is merged when the image is opened next.
+      this.log(
+        'warn',
+        `backup: the redirect overlay's merge was not seen to end: ${(err as Error).message}`,
+      );
+    }
   }
 
   /** `backup-cancel`: the copier stops at its next step; resolves once the backup ended (BACKUP_CANCELLED). */

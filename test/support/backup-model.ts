@@ -131,6 +131,50 @@ export class WriteModel {
     await Promise.all(Array.from({ length: depth }, writer));
   }
 
+  /** Reads that returned exactly what the model had committed (see runReads). */
+  verifiedReads = 0;
+
+  /**
+   * `depth` readers in parallel until `stop()`: each reads 1..`maxBlocks` adjacent
+   * blocks no write is in flight to (reserved against new writes while it reads,
+   * so the contents are exact) and checks every block against the model.
+   */
+  async runReads(
+    driver: BlkDriver,
+    depth: number,
+    maxBlocks: number,
+    stop: () => boolean,
+  ): Promise<void> {
+    const reader = async () => {
+      while (!stop()) {
+        const n = 1 + Math.floor(this.random() * maxBlocks);
+        const first = Math.floor(this.random() * Math.max(1, this.span - n));
+        let free = true;
+        for (let b = first; b < first + n; b++) if (this.inFlight[b] !== 0) free = false;
+        if (!free) {
+          await new Promise<void>((resolve) => setImmediate(resolve));
+          continue;
+        }
+        for (let b = first; b < first + n; b++) this.inFlight[b] = -1;
+        const r = await driver.read((first * BLOCK) / 512, n * BLOCK);
+        for (let b = first; b < first + n; b++) this.inFlight[b] = 0;
+        if (r.status !== BlkStatus.OK) {
+          this.errors.push(`read of blocks ${first}+${n}: status ${r.status}`);
+          continue;
+        }
+        const data = r.data as Uint8Array;
+        for (let i = 0; i < n; i++) {
+          const b = first + i;
+          const seq = blockSeq(data.subarray(i * BLOCK, (i + 1) * BLOCK), b);
+          if (seq !== this.committed[b])
+            this.errors.push(`read of block ${b}: seq ${seq}, model ${this.committed[b]}`);
+        }
+        this.verifiedReads++;
+      }
+    };
+    await Promise.all(Array.from({ length: depth }, reader));
+  }
+
   /** 'ok', or the first blocks of `image` (a backup) that window `w` does not allow. */
   check(image: Uint8Array, w: BackupWindow): string {
     const bad: string[] = [];

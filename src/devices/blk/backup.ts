@@ -46,7 +46,7 @@
 import { getSystemErrorName } from 'node:util';
 import { BackupShare, type BackupShareInit } from '../../io/backup-share.js';
 import type { IoEngine, IoOpCode } from '../../io/engine.js';
-import { IoOp } from '../../io/engine.js';
+import { IoFile, IoOp } from '../../io/engine.js';
 import { IoprioClass, ioprioValue } from '../../io/ioprio.js';
 import { BACKUP, BackupState } from '../../locking/layout.js';
 import { type FdWatcher, native, POLL_READABLE } from '../../native.js';
@@ -64,6 +64,11 @@ export interface BackupTrackerHooks {
   resume(id: number): void;
   /** A batch started outside the device's own batches (the doorbell) is over: submit and notify. */
   endBatch(): void;
+  /**
+   * Where held request `id` goes when it is let go (a redirect backup, redirect.ts):
+   * the offset in the engine's attached file, or -1 for the image. Absent: the image.
+   */
+  route?(id: number, offset: number, length: number): number;
 }
 
 /** Where the tracker gets its data. */
@@ -78,6 +83,11 @@ export interface BackupTrackerOptions {
   diskBytes: number;
   /** Read-around (see {@link BackupTracker} readAround); default false: only the written blocks. */
   readAround?: boolean;
+  /**
+   * A redirect backup (redirect.ts): writes are held only until the start instant, nothing
+   * is journaled, held writes go where hooks.route says.
+   */
+  redirect?: boolean;
   hooks: BackupTrackerHooks;
 }
 
@@ -102,6 +112,7 @@ export class BackupTracker {
   private readonly diskBytes: number;
   private readonly maxIovs: number;
   private readonly readAroundOn: boolean;
+  private readonly redirect: boolean;
   private readonly heldOp: Uint8Array;
   /** Host ioprio of each held request: its own write and its journal read are submitted at it. */
   private readonly heldIoprio: Int32Array;
@@ -168,6 +179,7 @@ export class BackupTracker {
     this.diskBytes = o.diskBytes;
     this.maxIovs = o.maxIovs;
     this.readAroundOn = o.readAround === true;
+    this.redirect = o.redirect === true;
     this.readBase = o.slots;
     this.heldOp = new Uint8Array(o.slots);
     this.heldIoprio = new Int32Array(o.slots);
@@ -217,7 +229,7 @@ export class BackupTracker {
   /** Whether a write-type request over [offset, offset + length) must wait (see the module comment). */
   mustHold(offset: number, length: number): boolean {
     if (this.state === BackupState.PENDING) return true;
-    if (this.state !== BackupState.ACTIVE) return false;
+    if (this.state !== BackupState.ACTIVE || this.redirect) return false;
     const s = this.share as BackupShare;
     const first = Math.floor(offset / s.chunkBytes);
     const last = Math.min(Math.floor((offset + length - 1) / s.chunkBytes), s.chunks - 1);
@@ -310,18 +322,21 @@ export class BackupTracker {
     const op = (this.heldOp[id] - 1) as IoOpCode;
     this.heldOp[id] = 0;
     this.needsSubmit = true;
+    const at = this.hooks.route?.(id, this.heldOffset[id], this.heldLength[id]) ?? -1;
+    const file = at >= 0 ? IoFile.ATTACHED : IoFile.IMAGE;
+    const fileOffset = at >= 0 ? at : this.heldOffset[id];
     if (op !== IoOp.READ && op !== IoOp.WRITE) {
-      e.queueSlowOp(op, this.heldOffset[id], this.heldLength[id], id);
+      e.queueSlowOp(op, fileOffset, this.heldLength[id], id, file);
       return true;
     }
     for (let attempt = 0; attempt < 2; attempt++) {
-      if (this.stageOnce(id, op)) return true;
+      if (this.stageOnce(id, op, fileOffset, file)) return true;
       e.submit();
     }
     return false;
   }
 
-  private stageOnce(id: number, op: IoOpCode): boolean {
+  private stageOnce(id: number, op: IoOpCode, fileOffset: number, file: 0 | 1): boolean {
     const e = this.engine;
     const first = e.stagedIovs;
     const base = id * this.maxIovs * 3;
@@ -330,7 +345,7 @@ export class BackupTracker {
       const at = base + 3 * i;
       if (!e.addIov(this.heldIovs[at], this.heldIovs[at + 1], this.heldIovs[at + 2])) return false;
     }
-    return e.queueReadWrite(op, this.heldOffset[id], first, count, id, this.heldIoprio[id]);
+    return e.queueReadWrite(op, fileOffset, first, count, id, this.heldIoprio[id], file);
   }
 
   /**
@@ -362,7 +377,8 @@ export class BackupTracker {
     let kept = 0;
     for (let i = 0; i < n; i++) {
       const id = list[i];
-      if (this.state === BackupState.ACTIVE && !this.advance(id)) list[kept++] = id;
+      if (this.state === BackupState.ACTIVE && !this.redirect && !this.advance(id))
+        list[kept++] = id;
       // resume may re-enter pump through a completion: that only sets repump.
       else this.hooks.resume(id);
     }

@@ -13,7 +13,7 @@ import { VhostRtError } from '../../errors.js';
 import type { ChangedBlocks } from '../../io/backup-cbt.js';
 import { BackupShare, type BackupShareInit } from '../../io/backup-share.js';
 import type { DiskGuard } from '../../io/disk-guard.js';
-import { type IoEngine, IoOp, type IoOpCode } from '../../io/engine.js';
+import { type IoEngine, IoFile, type IoFileIndex, IoOp, type IoOpCode } from '../../io/engine.js';
 import { IoprioClass, IoprioPolicy, ioprioClass } from '../../io/ioprio.js';
 import { IoThrottle, type ThrottleLimits } from '../../io/throttle.js';
 import type { StatCounters } from '../../locking/index.js';
@@ -51,6 +51,13 @@ import {
   WRITE_ZEROES_FLAG_UNMAP,
   writeCapacity,
 } from './config.js';
+import {
+  type MergeResult,
+  REDIRECT_USER_BASE,
+  SPLIT,
+  TO_IMAGE,
+  WriteRedirect,
+} from './redirect.js';
 import { type BlkAccounting, BlkStat } from './stats.js';
 
 /** Options of a {@link BlkDevice}. */
@@ -130,7 +137,15 @@ export type BlkCommand =
        * running until `backup-end`.
        */
       clone?: boolean;
+      /**
+       * Redirect-on-write (redirect.ts): from the instant on, writes go to an overlay
+       * next to this image path and the copier reads the untouched image; merged back
+       * after `backup-end`.
+       */
+      redirect?: { image: string };
     }
+  /** Resolves once a redirect backup's overlay is merged back (or the device closed first). */
+  | { type: 'redirect-merged' }
   /** The backup is over: `ok` clears the changed blocks it copied, else they stay changed. */
   | { type: 'backup-end'; ok: boolean }
   /** A snapshot's instant: hold new writes, resolve once none is in flight; `release-writes` lets them go. */
@@ -237,6 +252,10 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   private bytes: readonly Uint8Array[] = [];
   private retired: GuestMemory[] = [];
   private inFlight = 0;
+  /** A redirect backup's overlay, while the backup runs and until it is merged back; null: none. */
+  private overlay: WriteRedirect | null = null;
+  /** The overlay file is being created (a backup-start is under way). */
+  private overlayStarting = false;
   /** The live backup (or write hold) in progress; null: none, and no cost per request. */
   private backup: BackupTracker | null = null;
   private readonly cbt: ChangedBlocks | null;
@@ -383,7 +402,17 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
         this.setIoThrottle(cmd.limits);
         return Promise.resolve(this.ioThrottle);
       case 'backup-start':
-        return this.backupStart(cmd.share, cmd.sync, cmd.clone === true, cmd.readAround === true);
+        return this.backupStart(
+          cmd.share,
+          cmd.sync,
+          cmd.clone === true,
+          cmd.readAround === true,
+          cmd.redirect,
+        );
+      case 'redirect-merged':
+        return this.overlay === null
+          ? Promise.resolve<MergeResult>({ merged: true, bytes: 0, remainingBytes: 0 })
+          : this.overlay.merged();
       case 'backup-end':
         return this.backupEnd(cmd.ok);
       case 'hold-writes':
@@ -408,6 +437,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
         'ERR_BACKUP_RUNNING',
         'a backup or snapshot of this device is running',
       );
+    if (changed && this.overlay !== null) throw this.mergingError();
     if (changed) this.cbt?.resized(capacity);
     this.capacityBytes = capacity;
     writeCapacity(this.config, capacity);
@@ -458,12 +488,31 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     this.installBuffers();
   }
 
-  /** The engine's buffers: guest memory, and a running backup's journal after it. */
+  /**
+   * The engine's buffers: guest memory, then a running backup's journal, then a
+   * redirect overlay's bitmap and merge buffer.
+   */
   private installBuffers(): void {
-    const buffers = this.memory?.buffers ?? [];
+    const buffers = [...(this.memory?.buffers ?? [])];
     const share = this.backup?.share ?? null;
     if (this.backup !== null) this.backup.journalBuffer = share === null ? -1 : buffers.length;
-    this.engine.setBuffers(share === null ? buffers : [...buffers, share.init.journal]);
+    if (share !== null) buffers.push(share.init.journal);
+    const ov = this.overlay;
+    if (ov !== null) {
+      ov.bitmapIndex = buffers.length;
+      ov.mergeIndex = buffers.length + 1;
+      buffers.push(ov.bitmapBuffer, ov.mergeBuffer);
+    }
+    this.engine.setBuffers(buffers);
+  }
+
+  /** A backup, snapshot or resize refused while a redirect overlay is being merged. */
+  private mergingError(): VhostRtError {
+    const left = this.overlay?.remainingBytes ?? 0;
+    return new VhostRtError(
+      'ERR_BACKUP_MERGING',
+      `the last redirect backup's writes are being merged back into the image (${left} bytes left)`,
+    );
   }
 
   /**
@@ -476,12 +525,40 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     sync: 'full' | 'incremental',
     clone: boolean,
     readAround = false,
+    redirect?: { image: string },
   ): Promise<BackupStarted> {
-    if (this.backup !== null || this.cloneBackup)
+    if (this.backup !== null || this.cloneBackup || this.overlayStarting)
       throw new VhostRtError(
         'ERR_BACKUP_RUNNING',
         'a backup or snapshot of this device is running',
       );
+    if (this.overlay !== null) throw this.mergingError();
+    if (redirect !== undefined && (share === null || clone))
+      throw new RangeError('a redirect backup needs a share and no clone');
+    if (redirect !== undefined) {
+      this.overlayStarting = true;
+      try {
+        this.overlay = await WriteRedirect.create({
+          image: redirect.image,
+          diskBytes: this.capacityBytes,
+          unitBytes: this.geometry.blockSize,
+          engine: this.engine,
+          direct: this.engine.direct,
+          slots: this.slotType.length,
+          hooks: {
+            complete: (id, result) => this.complete(id, result),
+            endBatch: () => this.endBackupBatch(),
+            detached: () => {
+              this.overlay = null;
+              this.installBuffers();
+            },
+            warn: this.warn,
+          },
+        });
+      } finally {
+        this.overlayStarting = false;
+      }
+    }
     const t = new BackupTracker({
       // A clone backup's tracker only holds the writes (the copier reads the clone).
       share: clone ? null : share,
@@ -490,7 +567,12 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
       maxIovs: this.chain.capacity,
       diskBytes: this.capacityBytes,
       readAround,
-      hooks: { resume: (id) => this.resumeHeld(id), endBatch: () => this.endBackupBatch() },
+      redirect: redirect !== undefined,
+      hooks: {
+        resume: (id) => this.resumeHeld(id),
+        endBatch: () => this.endBackupBatch(),
+        route: (id, offset, length) => this.overlay?.writeTarget(id, offset, length) ?? -1,
+      },
     });
     this.backup = t;
     this.installBuffers();
@@ -519,6 +601,8 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
       const chunks = countBits(publishNeeded(BackupShare.attach(share), needed));
       return { sync, reason, chunks, generation, heldUs };
     }
+    // Writes go to the overlay from here; the held ones too, as activate lets them go.
+    this.overlay?.startRedirect();
     t.activate(needed);
     this.endBackupBatch();
     return { sync, reason, chunks: t.neededChunks, generation, heldUs };
@@ -537,6 +621,11 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   /** `backup-end`: held writes go; the changed blocks are settled. */
   private async backupEnd(ok: boolean): Promise<number> {
     const t = await this.dropTracker();
+    // A redirect backup's image is free again: the overlay merges back from now on.
+    if (this.overlay !== null) {
+      this.overlay.beginMerge();
+      this.endBackupBatch();
+    }
     this.cloneBackup = false;
     this.activityShare = null;
     // Taken only by a backup's start instant (not by a snapshot's hold).
@@ -571,8 +660,10 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   /** Ends a batch the backup started (a doorbell, an activation): submit, publish, notify. */
   private endBackupBatch(): void {
     const t = this.backup;
-    if (t?.needsSubmit) {
-      t.needsSubmit = false;
+    const ov = this.overlay;
+    if (t?.needsSubmit || ov?.needsSubmit) {
+      if (t !== null) t.needsSubmit = false;
+      if (ov !== null) ov.needsSubmit = false;
       this.engine.submit();
     }
     t?.publish();
@@ -833,7 +924,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
       case BlkRequestType.OUT:
         return this.startReadWrite(id, IoOp.WRITE, sector);
       case BlkRequestType.FLUSH:
-        this.engine.queueSlowOp(IoOp.FLUSH, 0, 0, id);
+        this.queueFlush(id);
         return STARTED;
       case BlkRequestType.GET_ID:
         return this.getId(id);
@@ -880,6 +971,17 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
       this.cbt?.mark(offset, bytes);
       if (this.backup?.mustHold(offset, bytes)) return this.holdForBackup(id, op, offset, bytes);
     }
+    let file: IoFileIndex = IoFile.IMAGE;
+    let fileOffset = offset;
+    const ov = this.overlay;
+    if (ov !== null) {
+      const at = write ? ov.writeTarget(id, offset, bytes) : ov.readTarget(id, offset, bytes);
+      if (at === SPLIT) return this.startSplitRead(ov, id, offset, bytes);
+      if (at !== TO_IMAGE) {
+        file = IoFile.ATTACHED;
+        fileOffset = at;
+      }
+    }
     const firstIov = this.engine.stagedIovs;
     let count = part.stageIovecs(this.engine, bytes);
     if (count < 0) {
@@ -891,7 +993,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     this.slotDataLen[id] = bytes;
     this.slotEnd[id] = offset + bytes;
     const first = count === 0 ? firstIov : this.engine.stagedIovs - count;
-    if (!this.engine.queueReadWrite(op, offset, first, count, id, this.requestIoprio)) {
+    if (!this.engine.queueReadWrite(op, fileOffset, first, count, id, this.requestIoprio, file)) {
       if (retried) {
         this.warn(
           'I/O engine refused a request with all it holds submitted: its depth is below the request slots',
@@ -906,10 +1008,29 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     return STARTED;
   }
 
+  /** A flush of request `id`: through the overlay while one routes (its bitmap is made durable too). */
+  private queueFlush(id: number): void {
+    const ov = this.overlay;
+    if (ov?.routing) ov.flush(id);
+    else this.engine.queueSlowOp(IoOp.FLUSH, 0, 0, id);
+  }
+
   /** Counts a write-type request handed to the engine (the start instant waits for these). */
   private countWrite(id: number): void {
     this.slotWrite[id] = 1;
     this.writesInFlight++;
+  }
+
+  /** A read whose sectors are partly in the overlay: one engine read per run (redirect.ts). */
+  private startSplitRead(ov: WriteRedirect, id: number, offset: number, bytes: number): number {
+    this.slotDataLen[id] = bytes;
+    this.slotEnd[id] = offset + bytes;
+    if (!ov.startSplitRead(id, offset, bytes, this.writer, this.requestIoprio)) {
+      this.slotEnd[id] = 0;
+      return this.ioError();
+    }
+    this.throttle?.charge(false, bytes);
+    return STARTED;
   }
 
   /** Holds a write-type request for the backup (its payload's iovecs recorded); STARTED. */
@@ -951,7 +1072,9 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     if (this.backup?.mustHold(offset, length))
       return this.holdForBackup(id, slowOp, offset, length);
     this.slotEnd[id] = offset + length;
-    this.engine.queueSlowOp(slowOp, offset, length, id);
+    const at = this.overlay?.writeTarget(id, offset, length) ?? TO_IMAGE;
+    if (at === TO_IMAGE) this.engine.queueSlowOp(slowOp, offset, length, id);
+    else this.engine.queueSlowOp(slowOp, at, length, id, IoFile.ATTACHED);
     this.countWrite(id);
     return STARTED;
   }
@@ -972,6 +1095,13 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   }
 
   private complete(id: number, result: number): void {
+    // A redirect overlay's own operation, or part of a split read or flush.
+    if (id >= REDIRECT_USER_BASE) {
+      if (this.overlay === null)
+        throw new RangeError(`blk: completion ${id} for a redirect overlay that is gone`);
+      this.overlay.done(id, result);
+      return;
+    }
     // Past the request slots: a backup's journal read (userData slots + entry).
     if (id >= this.slotType.length) {
       // Anything else past the slots is a completion the device never asked for: an
@@ -996,7 +1126,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
       // Writethrough: the write completes only once a flush made it durable.
       this.slotType[id] = WRITE_FLUSHING;
       this.flushQueued = true;
-      this.engine.queueSlowOp(IoOp.FLUSH, 0, 0, id);
+      this.queueFlush(id);
       return;
     }
     this.finish(id, BlkStatus.OK, type === BlkRequestType.IN ? result : 0);
@@ -1016,6 +1146,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
       used = dataWritten + 1;
     }
     q.vring?.addUsed(this.slotHead[id], used);
+    if (this.overlay !== null) this.overlay.released(id);
     if (this.slotWrite[id] === 1) this.writeFinished(id);
     if (this.slotGuard[id] !== GUARD_NONE) this.guardFinished(id);
     if (this.tailInFlight > 0 && this.slotEnd[id] > this.capacityBytes) this.tailEnded();
@@ -1045,9 +1176,11 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
 
   private endCompletionBatch(): void {
     const backup = this.backup;
-    if (this.flushQueued || backup?.needsSubmit === true) {
+    const ov = this.overlay;
+    if (this.flushQueued || backup?.needsSubmit === true || ov?.needsSubmit === true) {
       this.flushQueued = false;
       if (backup !== null) backup.needsSubmit = false;
+      if (ov !== null) ov.needsSubmit = false;
       this.engine.submit();
     }
     backup?.publish();
@@ -1107,6 +1240,9 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     this.guardTimer = null;
     if (this.backup !== null || this.cloneBackup) await this.backupEnd(false);
     for (let i = 0; i < this.queues.length; i++) await this.quiesce(i);
+    // Persisted and left on disk: the next open merges what is still redirected.
+    await this.overlay?.close();
+    this.overlay = null;
     this.guard?.close();
     this.engine.close();
     this.cbt?.persist();

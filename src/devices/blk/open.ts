@@ -2,6 +2,7 @@
  * Opens one virtio-blk device inside a device worker: the image with its I/O
  * engine, then the model over it.
  */
+import { closeSync, existsSync, openSync } from 'node:fs';
 import { ConfigError } from '../../errors.js';
 import { ChangedBlocks } from '../../io/backup-cbt.js';
 import { DiskGuard } from '../../io/disk-guard.js';
@@ -14,6 +15,7 @@ import {
   ioprioClass,
   ioprioValue,
 } from '../../io/index.js';
+import { recoverRedirect, redirectPath } from '../../io/redirect-file.js';
 import { StatCounters } from '../../locking/index.js';
 import { probeIoprio } from '../../rt/index.js';
 import { type DeviceEnv, describeModel, type OpenedDevice } from '../device.js';
@@ -27,8 +29,9 @@ export function openBlkDevice(init: BlkDeviceInit, env: DeviceEnv): OpenedDevice
   const o = init.options;
   checkIoprioAllowed(o.ioprio, o.guestIoprio, env.warn);
   // Locked before the engine opens it (QEMU-style lock bytes, see image-lock.ts), held until the engine closes.
-  const open = () =>
-    createEngine(o.aio, {
+  const open = () => {
+    if (o.aio !== 'nbd') mergeLeftOverlay(o.image, o.readonly, o.shareWrite === true, env.warn);
+    return createEngine(o.aio, {
       path: o.image,
       readonly: o.readonly,
       direct: o.direct,
@@ -41,6 +44,7 @@ export function openBlkDevice(init: BlkDeviceInit, env: DeviceEnv): OpenedDevice
       aioThreadsPolicy: o.aioThreadsPolicy,
       nbdTimeoutMs: o.nbdTimeoutMs,
     });
+  };
   // An NBD export is the server's to lock: only local images take lock bytes.
   const engine =
     o.aio === 'nbd'
@@ -108,6 +112,35 @@ export function openBlkDevice(init: BlkDeviceInit, env: DeviceEnv): OpenedDevice
     description: describeModel(model, 'blk', info, true),
     runtime: { pollUs, reap: engine.poll === undefined ? undefined : () => engine.poll?.() },
   };
+}
+
+/**
+ * A redirect backup's overlay left by a daemon that stopped (or crashed) before
+ * merging it holds the newest contents of some sectors: it is merged into the
+ * image before the engine opens it (redirect-file.ts). Not by a read-only or
+ * --share-write open (a migration's destination, whose source may still write
+ * the overlay): those are refused, naming the overlay.
+ */
+function mergeLeftOverlay(
+  image: string,
+  readonly: boolean,
+  shareWrite: boolean,
+  warn: (message: string) => void,
+): void {
+  const path = redirectPath(image);
+  if (!existsSync(path)) return;
+  if (readonly || shareWrite)
+    throw new ConfigError(
+      `--image ${image}: ${path} holds writes of a redirect backup not merged yet; open the image writable, without --share-write, once to merge it`,
+    );
+  const fd = openSync(image, 'r+');
+  try {
+    const r = recoverRedirect(image, fd);
+    if (r !== null)
+      warn(`--image ${image}: merged ${r.bytes} bytes (${r.runs} runs) left in ${r.path}`);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /**
