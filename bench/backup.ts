@@ -33,6 +33,10 @@
  *                        the --read-around-ab row)
  *     [--max-chunk-ab BYTES] (one more back end in the same rounds: vhost-rt's daemon, its
  *                        backups with max-chunk BYTES, and read-around with --read-around-ab)
+ *     [--redirect-ab]   (one more back end in the same rounds: vhost-rt's daemon, its backups
+ *                        with method redirect; each backup window ends only once the overlay
+ *                        is merged back, so the next window starts on a quiet disk; the merge's
+ *                        time is reported)
  *     [--dir PATH]      (image and targets in PATH, e.g. a file system on a zram device: a
  *                        device whose own tail is steady, unlike this machine's disk; see
  *                        bench/zram-fs.sh)
@@ -68,6 +72,7 @@ type Label =
   | 'vhost-rt yield'
   | 'vhost-rt read-around'
   | 'vhost-rt max-chunk'
+  | 'vhost-rt redirect'
   | 'vhost-rt baseline'
   | 'qsd';
 type Phase = 'idle' | 'backup';
@@ -92,6 +97,9 @@ interface BackupCounters {
   yields: number;
   /** Disk-pass reads made at the longest wait with the guest still busy. */
   forcedReads: number;
+  /** Method redirect: bytes merged back after the backup, and how long the merge took (ms). */
+  mergedBytes?: number;
+  mergeMs?: number;
 }
 
 /** vhost-rt's own `blockdev-backup` arguments from the command line (undefined: its default). */
@@ -243,7 +251,22 @@ async function startBackup(
       const [st] = (await q.execute('query-backups', { device: 0 })) as Record<string, number>[];
       await q.execute('backup-cancel', { device: 0 });
       await q.next((m) => /^BACKUP_(CANCELLED|COMPLETED|FAILED)$/.test(String(m.event)), from);
+      // A redirect backup's overlay merges back after the end: the next window waits for it.
+      const t0 = performance.now();
+      const merged =
+        method === 'redirect'
+          ? ((await q.next((m) => m.event === 'BACKUP_MERGED', from)).data as Record<
+              string,
+              number
+            >)
+          : undefined;
       return {
+        ...(merged === undefined
+          ? {}
+          : {
+              mergedBytes: merged['merged-bytes'],
+              mergeMs: Math.round(performance.now() - t0),
+            }),
         journaled: st.journaled,
         journalReads: st['journal-reads'],
         fullWaits: st['journal-full-waits'],
@@ -459,6 +482,7 @@ async function main(): Promise<void> {
       'read-around-ab': { type: 'boolean', default: false },
       'baseline-read-around': { type: 'boolean', default: false },
       'max-chunk-ab': { type: 'string' },
+      'redirect-ab': { type: 'boolean', default: false },
       'hot-mib': { type: 'string' },
     },
   });
@@ -471,8 +495,11 @@ async function main(): Promise<void> {
   const depths = values.depths.split(',').map(Number);
   if (depths.some((d) => !Number.isInteger(d) || d < 1 || d > 128))
     throw new Error(`--depths must list queue depths 1..128, not ${values.depths}`);
-  if (values.method !== undefined && !['auto', 'clone', 'journal'].includes(values.method))
-    throw new Error(`--method must be auto, clone or journal, not ${values.method}`);
+  if (
+    values.method !== undefined &&
+    !['auto', 'clone', 'journal', 'redirect'].includes(values.method)
+  )
+    throw new Error(`--method must be auto, clone, journal or redirect, not ${values.method}`);
   const rounds = Number(values.rounds);
   const runtimeSec = Number(values.runtime);
   const rampSec = Number(values.ramp);
@@ -539,6 +566,7 @@ async function main(): Promise<void> {
     yieldMs?: number;
     readAround?: boolean;
     maxChunk?: number;
+    method?: string;
   }[] = [
     { label: 'vhost-rt', backend: v, qmp: vq, target: vTarget, yieldMs },
     ...(yieldAb === undefined
@@ -577,6 +605,18 @@ async function main(): Promise<void> {
             maxChunk: Number(values['max-chunk-ab']),
           },
         ]),
+    ...(values['redirect-ab']
+      ? [
+          {
+            label: 'vhost-rt redirect' as const,
+            backend: v,
+            qmp: vq,
+            target: vTarget,
+            yieldMs,
+            method: 'redirect',
+          },
+        ]
+      : []),
     ...(base === null || bq === null
       ? []
       : [
@@ -601,7 +641,7 @@ async function main(): Promise<void> {
               phase === 'backup'
                 ? await startBackup(side.label, side.qmp, side.target, speed, {
                     journalBytes,
-                    method: values.method,
+                    method: side.method ?? values.method,
                     yieldMs: side.yieldMs,
                     readAround: side.readAround,
                     maxChunk: side.maxChunk,
@@ -626,7 +666,7 @@ async function main(): Promise<void> {
             const k =
               counters === undefined
                 ? ''
-                : ` [journal reads ${counters.journalReads} (blocks ${counters.journaled}) for ${result.ios} writes, full waits ${counters.fullWaits}, high water ${counters.highWater}/${counters.entries}, boosts ${counters.boosts}, copied ${(counters.copiedBytes / MiB).toFixed(0)} MiB, yields ${counters.yields}, forced reads ${counters.forcedReads}]`;
+                : ` [journal reads ${counters.journalReads} (blocks ${counters.journaled}) for ${result.ios} writes, full waits ${counters.fullWaits}, high water ${counters.highWater}/${counters.entries}, boosts ${counters.boosts}, copied ${(counters.copiedBytes / MiB).toFixed(0)} MiB, yields ${counters.yields}, forced reads ${counters.forcedReads}${counters.mergeMs === undefined ? '' : `, merged ${((counters.mergedBytes ?? 0) / MiB).toFixed(0)} MiB in ${counters.mergeMs} ms`}]`;
             process.stderr.write(
               `round ${round + 1}/${rounds} QD${depth} ${side.label} ${phase}: ${Math.round(result.iops)} IOPS p50 ${l.p50Us.toFixed(0)} p99 ${l.p99Us.toFixed(0)} p99.9 ${l.p999Us.toFixed(0)} µs${k}\n`,
             );

@@ -174,3 +174,30 @@ describe('a redirect backup interrupted by the daemon stopping', () => {
     },
   );
 });
+
+describe('blockdev-backup method redirect refused', () => {
+  it('on an engine without local files (null), naming the method and the engine; the device serves on', async () => {
+    const image = join(dir, 'null.img');
+    writeFileSync(image, Buffer.alloc(SIZE));
+    const daemon = await startBlk(image, 'null', 'null');
+    const c = await QmpClient.connect(join(dir, 'null.qmp'));
+    try {
+      const r = await c.execute('blockdev-backup', {
+        device: 0,
+        target: join(dir, 'null.backup'),
+        method: 'redirect',
+      });
+      expect(r.error).toMatchObject({
+        desc: expect.stringMatching(
+          /method redirect needs a local image file; this device uses the null engine/,
+        ),
+      });
+      expect(existsSync(`${image}.vhost-rt-redirect`)).toBe(false);
+      const q = await c.execute('query-backups', { device: 0 });
+      expect(q.return).toEqual([]);
+    } finally {
+      c.close();
+      await daemon.stop();
+    }
+  });
+});

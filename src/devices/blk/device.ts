@@ -545,6 +545,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
           engine: this.engine,
           direct: this.engine.direct,
           slots: this.slotType.length,
+          maxIovs: this.chain.capacity,
           hooks: {
             complete: (id, result) => this.complete(id, result),
             endBatch: () => this.endBackupBatch(),

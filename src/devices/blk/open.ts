@@ -22,6 +22,7 @@ import { type DeviceEnv, describeModel, type OpenedDevice } from '../device.js';
 import { JOURNAL_READS_MAX } from './backup.js';
 import { BlkDevice } from './device.js';
 import type { BlkDeviceInit, BlkInfo } from './options.js';
+import { REDIRECT_ENGINE_DEPTH } from './redirect.js';
 import { BLK_STAT_NAMES, BlkAccounting } from './stats.js';
 
 /** Opens the image of `init` and builds the device on it. */
@@ -35,8 +36,9 @@ export function openBlkDevice(init: BlkDeviceInit, env: DeviceEnv): OpenedDevice
       path: o.image,
       readonly: o.readonly,
       direct: o.direct,
-      // A live backup's journal reads (issue 12) share the engine with the guest's requests.
-      depth: o.queues * o.queueSize + JOURNAL_READS_MAX,
+      // A live backup's journal reads or a redirect overlay's own operations (issue 12) share
+      // the engine with the guest's requests.
+      depth: o.queues * o.queueSize + Math.max(JOURNAL_READS_MAX, REDIRECT_ENGINE_DEPTH),
       maxIovs: o.queueSize * (o.queueSize + 2),
       warn: env.warn,
       uringSqpoll: o.uringSqpoll,

@@ -63,6 +63,17 @@ export const TO_IMAGE = -1;
 /** Where the overlay is in its life (see the module comment). */
 export const RedirectPhase = { PREPARING: 0, REDIRECT: 1, MERGING: 2, DETACHED: 3 } as const;
 
+/**
+ * Split-read operations beyond each request's first that may be in flight at once, over all
+ * slots; with {@link PERSIST_MAX_OPS} and the merge's one, what the engine's depth must have
+ * on top of the request slots ({@link REDIRECT_ENGINE_DEPTH}).
+ */
+export const SPLIT_EXTRA_OPS = 16;
+/** A persist writes at most this many runs of pages (beyond, one span from first to last). */
+const PERSIST_MAX_OPS = 4;
+/** Engine depth a device needs beyond its request slots for an overlay's own operations. */
+export const REDIRECT_ENGINE_DEPTH = SPLIT_EXTRA_OPS + PERSIST_MAX_OPS + 1;
+
 /** The merge's copy buffer: its largest read and write. */
 export const MERGE_CHUNK_BYTES = 1024 * 1024;
 /** The merge fdatasyncs the image after this many runs or bytes (then clears their bits). */
@@ -104,6 +115,8 @@ export interface RedirectInit {
   direct: boolean;
   /** Request slots of the device. */
   slots: number;
+  /** Most iovecs one request carries (the device's chain capacity). */
+  maxIovs: number;
   hooks: RedirectHooks;
 }
 
@@ -155,6 +168,31 @@ export class WriteRedirect {
   private readonly slotU0: Float64Array;
   private readonly slotU1: Float64Array;
   private slotsOnOverlay = 0;
+  /** Per slot, a split read's recorded iovecs (buffer, offset, length) and their count. */
+  private readonly iovTable: Float64Array;
+  private readonly iovCount: Int32Array;
+  private readonly maxIovs: number;
+  private recordAt = 0;
+  private recordEnd = 0;
+  private readonly recorder: IovecSink = {
+    addIov: (buffer: number, offset: number, length: number): boolean => {
+      const at = this.recordAt;
+      if (at + 3 > this.recordEnd) return false;
+      this.iovTable[at] = buffer;
+      this.iovTable[at + 1] = offset;
+      this.iovTable[at + 2] = length;
+      this.recordAt = at + 3;
+      return true;
+    },
+  };
+  /** Per split read: where it starts, its next run, its end, its ioprio; extra ops it holds. */
+  private readonly splitStart: Float64Array;
+  private readonly splitNext: Float64Array;
+  private readonly splitEnd: Float64Array;
+  private readonly splitIoprio: Int32Array;
+  private readonly extraOps: Int32Array;
+  /** Split-read operations beyond each request's first, in flight (at most SPLIT_EXTRA_OPS). */
+  private extraInFlight = 0;
   /** Per slot, a split read or flush: operations outstanding (+1 while it is being staged). */
   private readonly pending: Int32Array;
   private readonly pendingSum: Float64Array;
@@ -209,6 +247,14 @@ export class WriteRedirect {
     this.slotU0 = new Float64Array(init.slots);
     this.slotU1 = new Float64Array(init.slots);
     this.pending = new Int32Array(init.slots);
+    this.maxIovs = init.maxIovs;
+    this.iovTable = new Float64Array(init.slots * init.maxIovs * 3);
+    this.iovCount = new Int32Array(init.slots);
+    this.splitStart = new Float64Array(init.slots);
+    this.splitNext = new Float64Array(init.slots);
+    this.splitEnd = new Float64Array(init.slots);
+    this.splitIoprio = new Int32Array(init.slots);
+    this.extraOps = new Int32Array(init.slots);
     this.pendingSum = new Float64Array(init.slots);
     this.pendingErr = new Int32Array(init.slots);
     this.nextWaiters = new Int32Array(init.slots);
@@ -380,8 +426,13 @@ export class WriteRedirect {
   /**
    * Starts a read of slot `id` whose units are partly redirected: one read per
    * run of units on the same side, each into its part of the chain (`part`,
-   * positioned at the data's first byte). Completes through hooks.complete with
-   * the bytes read, or the first error. False when nothing could be staged.
+   * positioned at the data's first byte). The chain's iovecs are recorded first
+   * (the part is re-pointed at the next request once this returns), and the runs
+   * go in waves: a wave's first read uses the slot's own share of the engine's
+   * depth, further ones draw on {@link SPLIT_EXTRA_OPS} shared by all slots, so a
+   * read the guest fragmented sector by sector never fills the engine. Completes
+   * through hooks.complete with the bytes read, or the first error. False when its
+   * iovecs do not fit the table or nothing could be staged.
    */
   startSplitRead(
     id: number,
@@ -390,32 +441,20 @@ export class WriteRedirect {
     part: ChainSource,
     ioprio: number,
   ): boolean {
-    const unit = this.layout.unitBytes;
-    const end = offset + length;
+    this.recordAt = id * this.maxIovs * 3;
+    this.recordEnd = this.recordAt + this.maxIovs * 3;
+    const count = part.stageIovecs(this.recorder, length);
+    if (count < 0) return false;
+    this.iovCount[id] = count;
     this.splitReads++;
+    this.splitStart[id] = offset;
+    this.splitNext[id] = offset;
+    this.splitEnd[id] = offset + length;
+    this.splitIoprio[id] = ioprio;
     this.pending[id] = 1;
     this.pendingSum[id] = 0;
     this.pendingErr[id] = 0;
-    let at = offset;
-    let queued = 0;
-    while (at < end) {
-      const u = this.firstUnit(at);
-      const set = this.countSet(u, u + 1) === 1;
-      let next = (u + 1) * unit;
-      while (
-        next < end &&
-        (this.countSet(next >> this.unitShift, (next >> this.unitShift) + 1) === 1) === set
-      )
-        next += unit;
-      const runEnd = Math.min(next, end);
-      if (!this.stageRun(id, at, runEnd - at, part, ioprio, set)) {
-        this.pendingErr[id] = -11;
-        break;
-      }
-      queued++;
-      at = runEnd;
-    }
-    if (queued === 0) {
+    if (!this.queueWave(id)) {
       this.pending[id] = 0;
       return false;
     }
@@ -423,33 +462,85 @@ export class WriteRedirect {
     return true;
   }
 
-  private stageRun(
-    id: number,
-    at: number,
-    bytes: number,
-    part: ChainSource,
-    ioprio: number,
-    overlay: boolean,
-  ): boolean {
-    const e = this.engine;
-    let count = part.stageIovecs(e, bytes);
-    if (count < 0) {
-      e.submit();
-      count = part.stageIovecs(e, bytes);
-      if (count < 0) return false;
+  /** Queues the next wave of split request `id`'s runs; false when not even one could be queued. */
+  private queueWave(id: number): boolean {
+    const unit = this.layout.unitBytes;
+    const end = this.splitEnd[id];
+    let queued = 0;
+    while (this.splitNext[id] < end) {
+      if (queued > 0 && this.extraInFlight >= SPLIT_EXTRA_OPS) break;
+      const at = this.splitNext[id];
+      const u = this.firstUnit(at);
+      const set = this.isSet(u);
+      let next = (u + 1) * unit;
+      while (next < end && this.isSet(next / unit) === set) next += unit;
+      const runEnd = Math.min(next, end);
+      if (!this.stageRun(id, at, runEnd - at, set)) break;
+      if (queued > 0) {
+        this.extraOps[id]++;
+        this.extraInFlight++;
+      }
+      queued++;
+      this.splitNext[id] = runEnd;
     }
-    const first = e.stagedIovs - count;
+    return queued > 0;
+  }
+
+  private isSet(u: number): boolean {
+    return (this.bits[u >>> 5] & (1 << (u & 31))) !== 0;
+  }
+
+  /** Stages [at, at + bytes) of split request `id` from its recorded iovecs and queues its read. */
+  private stageRun(id: number, at: number, bytes: number, overlay: boolean): boolean {
+    const e = this.engine;
     const fileOffset = overlay ? this.layout.dataOffset + at : at;
     const file = overlay ? IoFile.ATTACHED : IoFile.IMAGE;
-    this.pending[id]++;
-    if (
-      e.queueReadWrite(IoOp.READ, fileOffset, first, count, REDIRECT_USER_BASE + id, ioprio, file)
-    )
-      return true;
-    e.submit();
-    // The iovecs went with the submit: stage them again from this run's start.
-    this.pending[id]--;
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const first = e.stagedIovs;
+      const count = this.stageRecorded(id, at - this.splitStart[id], bytes);
+      if (
+        count > 0 &&
+        e.queueReadWrite(
+          IoOp.READ,
+          fileOffset,
+          first,
+          count,
+          REDIRECT_USER_BASE + id,
+          this.splitIoprio[id],
+          file,
+        )
+      ) {
+        this.pending[id]++;
+        return true;
+      }
+      e.submit();
+    }
     return false;
+  }
+
+  /** Adds the recorded iovecs of slot `id` covering bytes [rel, rel + bytes) of its data; -1 when full. */
+  private stageRecorded(id: number, rel: number, bytes: number): number {
+    const e = this.engine;
+    const t = this.iovTable;
+    const base = id * this.maxIovs * 3;
+    let pos = 0;
+    let left = bytes;
+    let count = 0;
+    for (let i = 0; i < this.iovCount[id] && left > 0; i++) {
+      const at = base + 3 * i;
+      const len = t[at + 2];
+      if (pos + len <= rel) {
+        pos += len;
+        continue;
+      }
+      const skip = Math.max(0, rel - pos);
+      const take = Math.min(len - skip, left);
+      if (!e.addIov(t[at], t[at + 1] + skip, take)) return -1;
+      count++;
+      left -= take;
+      pos += len;
+    }
+    return left === 0 ? count : -1;
   }
 
   /**
@@ -460,6 +551,8 @@ export class WriteRedirect {
   flush(id: number): void {
     // The image's fdatasync, the persist, and the guard released below.
     this.pending[id] = 3;
+    this.splitEnd[id] = 0;
+    this.splitNext[id] = 0;
     this.pendingSum[id] = 0;
     this.pendingErr[id] = 0;
     this.engine.queueSlowOp(IoOp.FLUSH, 0, 0, REDIRECT_USER_BASE + id, IoFile.IMAGE);
@@ -473,7 +566,19 @@ export class WriteRedirect {
     if (result < 0) {
       if (this.pendingErr[id] === 0) this.pendingErr[id] = result;
     } else this.pendingSum[id] += result;
+    if (this.extraOps[id] > 0 && this.pending[id] > 1) {
+      // Extra ops are fungible: one finished, one unit of the shared budget returns.
+      this.extraOps[id]--;
+      this.extraInFlight--;
+    }
     if (--this.pending[id] > 0) return;
+    // A split read with runs left: the next wave (the slot's own share is free again).
+    if (this.splitNext[id] < this.splitEnd[id] && this.pendingErr[id] === 0) {
+      this.pending[id] = 1;
+      if (!this.queueWave(id)) this.pendingErr[id] = -11;
+      this.needsSubmit = true;
+      if (--this.pending[id] > 0) return;
+    }
     const err = this.pendingErr[id];
     this.hooks.complete(id, err < 0 ? err : this.pendingSum[id]);
   }
@@ -522,20 +627,45 @@ export class WriteRedirect {
     this.persistErr = 0;
     this.persistOps = 1;
     const pages = this.dirtyPages;
-    const e = this.engine;
-    let p = 0;
-    while (p < pages.length) {
-      if (pages[p] === 0) {
-        p++;
-        continue;
-      }
+    // Runs of dirty pages; more than PERSIST_MAX_OPS become one span from the first dirty page
+    // to the last (clean pages in it are rewritten unchanged), so a persist never takes more
+    // of the engine's depth than REDIRECT_ENGINE_DEPTH reserves.
+    let runs = 0;
+    let first = -1;
+    let last = -1;
+    for (let p = 0; p < pages.length; p++) {
+      if (pages[p] === 0) continue;
+      if (p !== last + 1 || first < 0) runs++;
+      if (first < 0) first = p;
+      last = p;
+    }
+    let p = first < 0 ? pages.length : first;
+    while (p <= last) {
       let n = 1;
-      while (p + n < pages.length && pages[p + n] === 1) n++;
-      const off = p * REDIRECT_BITMAP_PAGE;
-      const len = n * REDIRECT_BITMAP_PAGE;
-      let ok = e.addIov(this.bitmapIndex, off, len);
-      if (ok) {
-        ok = e.queueReadWrite(
+      if (runs > PERSIST_MAX_OPS) n = last - first + 1;
+      else while (p + n <= last && pages[p + n] === 1) n++;
+      if (!this.queuePersistWrite(p, n)) {
+        // Pages not written stay dirty; this persist fails its waiters (EAGAIN) rather than lie.
+        this.persistErr = -11;
+        break;
+      }
+      for (let i = 0; i < n; i++) pages[p + i] = 0;
+      this.persistOps++;
+      p += n;
+      while (p <= last && pages[p] === 0) p++;
+    }
+    this.needsSubmit = true;
+    this.persistWriteDone(0);
+  }
+
+  /** Queues one write of bitmap pages [page, page + n). */
+  private queuePersistWrite(page: number, n: number): boolean {
+    const e = this.engine;
+    const off = page * REDIRECT_BITMAP_PAGE;
+    for (let attempt = 0; attempt < 2; attempt++) {
+      if (
+        e.addIov(this.bitmapIndex, off, n * REDIRECT_BITMAP_PAGE) &&
+        e.queueReadWrite(
           IoOp.WRITE,
           this.layout.bitmapOffset + off,
           e.stagedIovs - 1,
@@ -543,32 +673,12 @@ export class WriteRedirect {
           this.own + OWN.PERSIST_WRITE,
           0,
           IoFile.ATTACHED,
-        );
-      }
-      if (!ok) {
-        e.submit();
-        if (!e.addIov(this.bitmapIndex, off, len)) break;
-        if (
-          !e.queueReadWrite(
-            IoOp.WRITE,
-            this.layout.bitmapOffset + off,
-            e.stagedIovs - 1,
-            1,
-            this.own + OWN.PERSIST_WRITE,
-            0,
-            IoFile.ATTACHED,
-          )
         )
-          break;
-      }
-      for (let i = 0; i < n; i++) pages[p + i] = 0;
-      this.persistOps++;
-      p += n;
+      )
+        return true;
+      e.submit();
     }
-    // Pages not staged stay dirty; this persist fails its waiters (EAGAIN) rather than lie.
-    if (p < pages.length) this.persistErr = -11;
-    this.needsSubmit = true;
-    this.persistWriteDone(0);
+    return false;
   }
 
   private persistWriteDone(result: number): void {
