@@ -34,9 +34,10 @@
  *     [--max-chunk-ab BYTES] (one more back end in the same rounds: vhost-rt's daemon, its
  *                        backups with max-chunk BYTES, and read-around with --read-around-ab)
  *     [--redirect-ab]   (one more back end in the same rounds: vhost-rt's daemon, its backups
- *                        with method redirect; each backup window ends only once the overlay
- *                        is merged back, so the next window starts on a quiet disk; the merge's
- *                        time is reported)
+ *                        with method redirect. Its backup window is followed by a third, the
+ *                        merge: the same load while the overlay merges back after the cancel;
+ *                        the next window starts only once it is merged (BACKUP_MERGED). The
+ *                        merge's latency and time are reported)
  *     [--dir PATH]      (image and targets in PATH, e.g. a file system on a zram device: a
  *                        device whose own tail is steady, unlike this machine's disk; see
  *                        bench/zram-fs.sh)
@@ -75,7 +76,8 @@ type Label =
   | 'vhost-rt redirect'
   | 'vhost-rt baseline'
   | 'qsd';
-type Phase = 'idle' | 'backup';
+/** 'merge': a redirect backup's overlay merging back after the backup (--redirect-ab). */
+type Phase = 'idle' | 'backup' | 'merge';
 
 /** vhost-rt's backup counters over one cell (query-backups just before the cancel). */
 interface BackupCounters {
@@ -97,9 +99,6 @@ interface BackupCounters {
   yields: number;
   /** Disk-pass reads made at the longest wait with the guest still busy. */
   forcedReads: number;
-  /** Method redirect: bytes merged back after the backup, and how long the merge took (ms). */
-  mergedBytes?: number;
-  mergeMs?: number;
 }
 
 /** vhost-rt's own `blockdev-backup` arguments from the command line (undefined: its default). */
@@ -118,6 +117,14 @@ interface Sample {
   phase: Phase;
   result: LoadResult;
   counters?: BackupCounters;
+  /** Phase 'merge': bytes merged, ms from the cancel to BACKUP_MERGED. */
+  merge?: { bytes: number; ms: number };
+}
+
+/** What stopping a backup gives: vhost-rt's counters, and for a redirect backup its merge's end. */
+interface Stopped {
+  counters?: BackupCounters;
+  merged?: Promise<{ bytes: number; ms: number }>;
 }
 
 /** A line-JSON QMP client (greeting, qmp_capabilities, execute, events). */
@@ -229,7 +236,7 @@ async function startBackup(
   target: string,
   speed: number,
   extra: VhostRtBackupArgs,
-): Promise<() => Promise<BackupCounters | undefined>> {
+): Promise<() => Promise<Stopped>> {
   const { journalBytes, method, yieldMs, readAround, maxChunk } = extra;
   const from = q.messages.length;
   if (label !== 'qsd') {
@@ -251,22 +258,18 @@ async function startBackup(
       const [st] = (await q.execute('query-backups', { device: 0 })) as Record<string, number>[];
       await q.execute('backup-cancel', { device: 0 });
       await q.next((m) => /^BACKUP_(CANCELLED|COMPLETED|FAILED)$/.test(String(m.event)), from);
-      // A redirect backup's overlay merges back after the end: the next window waits for it.
+      // A redirect backup's overlay merges back after the end (the 'merge' window).
       const t0 = performance.now();
       const merged =
         method === 'redirect'
-          ? ((await q.next((m) => m.event === 'BACKUP_MERGED', from)).data as Record<
-              string,
-              number
-            >)
+          ? q
+              .next((m) => m.event === 'BACKUP_MERGED', from)
+              .then((m) => ({
+                bytes: (m.data as Record<string, number>)['merged-bytes'],
+                ms: Math.round(performance.now() - t0),
+              }))
           : undefined;
-      return {
-        ...(merged === undefined
-          ? {}
-          : {
-              mergedBytes: merged['merged-bytes'],
-              mergeMs: Math.round(performance.now() - t0),
-            }),
+      const counters: BackupCounters = {
         journaled: st.journaled,
         journalReads: st['journal-reads'],
         fullWaits: st['journal-full-waits'],
@@ -277,6 +280,7 @@ async function startBackup(
         yields: st['copier-yields'],
         forcedReads: st['copier-forced-reads'],
       };
+      return { counters, merged };
     };
   }
   await q.execute('blockdev-backup', {
@@ -294,7 +298,7 @@ async function startBackup(
       (m) => m.event === 'JOB_STATUS_CHANGE' && (m.data as { status?: string }).status === 'null',
       from,
     );
-    return undefined;
+    return {};
   };
 }
 
@@ -341,14 +345,17 @@ function pooledReport(samples: Sample[], depths: readonly number[]): string {
       const of = (p: Phase) =>
         pooled(samples.filter((s) => s.backend === b && s.depth === depth && s.phase === p));
       const idle = of('idle');
-      const during = of('backup');
-      if (idle.count === 0 || during.count === 0) continue;
-      const cells = POOLED_PCTS.map((p) => {
-        const i = idle.percentile(p);
-        const d = during.percentile(p);
-        return `${fmtUs(i / 1000)} → ${fmtUs(d / 1000)} (${fmtRatio(d / i)})`;
-      });
-      rows.push([`4k randwrite QD${depth}`, b, `${idle.count} / ${during.count}`, ...cells]);
+      for (const p of ['backup', 'merge'] as const) {
+        const during = of(p);
+        if (idle.count === 0 || during.count === 0) continue;
+        const cells = POOLED_PCTS.map((pct) => {
+          const i = idle.percentile(pct);
+          const d = during.percentile(pct);
+          return `${fmtUs(i / 1000)} → ${fmtUs(d / 1000)} (${fmtRatio(d / i)})`;
+        });
+        const label = p === 'merge' ? `${b} (merging)` : b;
+        rows.push([`4k randwrite QD${depth}`, label, `${idle.count} / ${during.count}`, ...cells]);
+      }
     }
   return markdownTable(
     [
@@ -374,8 +381,9 @@ function report(samples: Sample[], rounds: number, depths: readonly number[]): s
         (s) => s.backend === b && s.depth === depth && s.phase === p && s.round === round,
       )?.result;
     for (const b of labels) {
-      for (const p of ['idle', 'backup'] as const) {
+      for (const p of ['idle', 'backup', 'merge'] as const) {
         const xs = samples.filter((s) => s.backend === b && s.depth === depth && s.phase === p);
+        if (xs.length === 0) continue;
         rows.push([
           `4k randwrite QD${depth}`,
           b,
@@ -636,7 +644,10 @@ async function main(): Promise<void> {
       const order = round % 2 === 0 ? sides : [...sides].reverse();
       for (const depth of depths) {
         for (const side of order) {
-          for (const phase of ['idle', 'backup'] as const) {
+          let merged: Promise<{ bytes: number; ms: number }> | undefined;
+          const phases: Phase[] =
+            side.method === 'redirect' ? ['idle', 'backup', 'merge'] : ['idle', 'backup'];
+          for (const phase of phases) {
             const stop =
               phase === 'backup'
                 ? await startBackup(side.label, side.qmp, side.target, speed, {
@@ -660,15 +671,22 @@ async function main(): Promise<void> {
               runtimeSec,
               rampSec,
             });
-            const counters = await stop?.();
-            samples.push({ round, backend: side.label, depth, phase, result, counters });
+            const stopped = await stop?.();
+            const counters = stopped?.counters;
+            if (stopped?.merged !== undefined) merged = stopped.merged;
+            const merge = phase === 'merge' ? await merged : undefined;
+            samples.push({ round, backend: side.label, depth, phase, result, counters, merge });
             const l = result.latency;
             const k =
               counters === undefined
                 ? ''
-                : ` [journal reads ${counters.journalReads} (blocks ${counters.journaled}) for ${result.ios} writes, full waits ${counters.fullWaits}, high water ${counters.highWater}/${counters.entries}, boosts ${counters.boosts}, copied ${(counters.copiedBytes / MiB).toFixed(0)} MiB, yields ${counters.yields}, forced reads ${counters.forcedReads}${counters.mergeMs === undefined ? '' : `, merged ${((counters.mergedBytes ?? 0) / MiB).toFixed(0)} MiB in ${counters.mergeMs} ms`}]`;
+                : ` [journal reads ${counters.journalReads} (blocks ${counters.journaled}) for ${result.ios} writes, full waits ${counters.fullWaits}, high water ${counters.highWater}/${counters.entries}, boosts ${counters.boosts}, copied ${(counters.copiedBytes / MiB).toFixed(0)} MiB, yields ${counters.yields}, forced reads ${counters.forcedReads}]`;
+            const m =
+              merge === undefined
+                ? ''
+                : ` [merged ${(merge.bytes / MiB).toFixed(0)} MiB in ${merge.ms} ms from the cancel]`;
             process.stderr.write(
-              `round ${round + 1}/${rounds} QD${depth} ${side.label} ${phase}: ${Math.round(result.iops)} IOPS p50 ${l.p50Us.toFixed(0)} p99 ${l.p99Us.toFixed(0)} p99.9 ${l.p999Us.toFixed(0)} µs${k}\n`,
+              `round ${round + 1}/${rounds} QD${depth} ${side.label} ${phase}: ${Math.round(result.iops)} IOPS p50 ${l.p50Us.toFixed(0)} p99 ${l.p99Us.toFixed(0)} p99.9 ${l.p999Us.toFixed(0)} µs${k}${m}\n`,
             );
           }
         }

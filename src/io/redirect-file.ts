@@ -202,11 +202,12 @@ export function recoverRedirect(image: string, imageFd: number): RedirectRecover
     const h = Buffer.alloc(REDIRECT_HEADER_BYTES);
     readFully(fd, h, 0, path);
     const l = decodeRedirectHeader(h, path);
+    // Larger is fine (grown outside while the overlay existed): the overlay covers its start.
     const imageBytes = fstatSync(imageFd).size;
-    if (imageBytes !== l.diskBytes)
+    if (imageBytes < l.diskBytes)
       throw new RedirectFileError(
         'ERR_REDIRECT_FORMAT',
-        `overlay ${path} is for a disk of ${l.diskBytes} bytes, the image has ${imageBytes}`,
+        `overlay ${path} is for a disk of ${l.diskBytes} bytes, the image has only ${imageBytes}`,
       );
     const bitmap = Buffer.alloc(l.bitmapBytes);
     readFully(fd, bitmap, l.bitmapOffset, path);

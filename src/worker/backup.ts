@@ -173,11 +173,29 @@ interface Job {
 export class DeviceBackups {
   private current: Job | null = null;
   private last: BackupStatus | null = null;
+  /** A redirect backup ended and its overlay is merging back into the image. */
+  private merging = false;
 
   constructor(
     private readonly source: BackupSource,
     private readonly log: Logger,
   ) {}
+
+  /**
+   * Why the image may not be resized now (null: it may): a backup runs, or a redirect
+   * backup's overlay is merging back (it covers the disk as it was). Asked before the
+   * image file is truncated, so a refused resize leaves the file alone.
+   */
+  resizeRefusal(): BackupError | null {
+    if (this.current !== null)
+      return new BackupError('ERR_BACKUP_RUNNING', 'a backup of this device is running');
+    if (this.merging)
+      return new BackupError(
+        'ERR_BACKUP_MERGING',
+        "the last redirect backup's writes are being merged back into the image",
+      );
+    return null;
+  }
 
   /** The running backup and the last finished one, newest first. */
   query(): BackupStatus[] {
@@ -565,7 +583,12 @@ export class DeviceBackups {
     this.last = s;
     this.current = null;
     job.finish();
-    if (job.redirect) void this.awaitMerge(job, s);
+    if (job.redirect) {
+      this.merging = true;
+      void this.awaitMerge(job, s).finally(() => {
+        this.merging = false;
+      });
+    }
   }
 
   /** A redirect backup ended: BACKUP_MERGED once its overlay is back in the image. */

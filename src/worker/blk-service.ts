@@ -284,6 +284,9 @@ async function resizeDevice(
       'ERR_BLK_RESIZE_BLOCK_DEVICE',
       `${path} is a block device: resize it outside, then re-read its size`,
     );
+  // Refused before the file changes: a backup reads, or a redirect overlay covers, the disk as it is.
+  const refusal = handle.backups.resizeRefusal();
+  if (refusal !== null) throw refusal;
   if (bytes > current.size) await truncateImage(path, bytes);
   await handle.host.command({ type: 'resize', bytes });
   handle.sizeBytes = bytes;

@@ -2,7 +2,9 @@
  * End to end (issue 12): a QEMU TCG guest on a vhost-rt disk writes
  * continuously — 4 KiB blocks, each carrying its sequence number, at
  * scattered places, read back and checked — while the host takes a full
- * backup and then an incremental one through the control socket.
+ * backup, an incremental one, and a full one with `method: redirect` (the
+ * guest's writes and its reads of them go through the overlay, which then
+ * merges back) through the control socket.
  *
  * The reference for "the disk at the start instant" is taken by freezing
  * the guest: QMP `stop` (QEMU stops the vhost-user rings: every request in
@@ -155,6 +157,30 @@ describe('live backup with a QEMU guest writing', () => {
       expect((inc.reply.return as Json)['total-bytes'] as number).toBeLessThan(IMAGE_BYTES);
       expect(inc.end.event).toBe('BACKUP_COMPLETED');
       expect(Buffer.compare(readFileSync(target), inc.reference)).toBe(0);
+
+      // Redirect-on-write: the guest's writes (and the reads of them) go through the overlay
+      // while the copier reads the untouched image; then the overlay merges back.
+      const from = c.messages.length;
+      const red = await frozenBackup(qemu, c, {
+        target,
+        sync: 'full',
+        method: 'redirect',
+        speed: 16 * MiB,
+      });
+      expect(red.reply.return).toMatchObject({ method: 'redirect', 'total-bytes': IMAGE_BYTES });
+      expect(red.end.event).toBe('BACKUP_COMPLETED');
+      expect(Buffer.compare(readFileSync(target), red.reference)).toBe(0);
+      const merged = await waitFor(
+        () => c.messages.slice(from).find((m) => m.event === 'BACKUP_MERGED'),
+        'the overlay to merge back',
+        60_000,
+      );
+      expect(merged.data).toMatchObject({ merged: true, 'remaining-bytes': 0 });
+      expect(existsSync(`${image}.vhost-rt-redirect`)).toBe(false);
+      await waitFor(
+        () => Buffer.compare(readFileSync(image), red.reference) !== 0,
+        "the guest's writes in the image",
+      );
     } finally {
       const fd = openSync(image, 'r+');
       writeSync(fd, Buffer.from('DONE\n'), 0, 5, DONE_AT);

@@ -8,7 +8,7 @@
  * flush (SIGKILL) mid-backup leaves the overlay; the next start merges it and
  * the image holds every write the front end completed.
  */
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -137,6 +137,10 @@ describe('a redirect backup interrupted by the daemon stopping', () => {
         });
         const before = model.completed;
         await waitFor(() => model.completed >= before + 500, 'writes into the overlay');
+        // The overlay covers the disk as it was: a resize is refused before the file changes.
+        const grow = await c.execute('block-resize', { device: 0, size: 2 * SIZE });
+        expect((grow.error as Json).desc).toMatch(/a backup of this device is running/);
+        expect(statSync(image).size).toBe(SIZE);
         expect(c.messages.slice(from).some((m) => m.event === 'BACKUP_COMPLETED')).toBe(false);
         stop = true;
         await writes;

@@ -272,7 +272,7 @@ describe('WriteRedirect', () => {
     try {
       writeFileSync(image, pattern(SIZE / 2));
       expect(() => recoverRedirect(image, fd)).toThrow(
-        /is for a disk of 1048576 bytes, the image has 524288/,
+        /is for a disk of 1048576 bytes, the image has only 524288/,
       );
       writeFileSync(redirectPath(image), Buffer.alloc(8192, 0x5a));
       expect(() => recoverRedirect(image, fd)).toThrow(

@@ -77,8 +77,8 @@ export const REDIRECT_ENGINE_DEPTH = SPLIT_EXTRA_OPS + PERSIST_MAX_OPS + 1;
 /** The merge's copy buffer: its largest read and write. */
 export const MERGE_CHUNK_BYTES = 1024 * 1024;
 /** The merge fdatasyncs the image after this many runs or bytes (then clears their bits). */
-const MERGE_EPOCH_RUNS = 64;
-const MERGE_EPOCH_BYTES = 16 * 1024 * 1024;
+const MERGE_EPOCH_RUNS = 4096;
+const MERGE_EPOCH_BYTES = 64 * 1024 * 1024;
 /** A failed merge step is tried again after this long (the overlay keeps serving meanwhile). */
 const MERGE_RETRY_MS = 5000;
 /** The merge's I/O class: below every guest request. */
@@ -155,7 +155,6 @@ export class WriteRedirect {
   private readonly engine: IoEngine;
   private readonly hooks: RedirectHooks;
   private readonly bits: Int32Array;
-  private readonly unitShift: number;
   private readonly slots: number;
   private readonly own: number;
   /** Units whose bit is set now. */
@@ -216,6 +215,8 @@ export class WriteRedirect {
   private readonly epochUnit: Float64Array;
   private readonly epochUnits: Int32Array;
   private readonly epochTouched: Uint8Array;
+  /** Units a guest wrote while merging since their run's copy started (see touch()). */
+  private readonly touched: Int32Array;
   private epochCount = 0;
   private epochBytes = 0;
   /** Bytes merged back into the image so far. */
@@ -238,7 +239,6 @@ export class WriteRedirect {
     this.hooks = init.hooks;
     this.slots = init.slots;
     this.own = REDIRECT_USER_BASE + init.slots;
-    this.unitShift = Math.log2(layout.unitBytes);
     this.bitmapBuffer = new SharedArrayBuffer(layout.bitmapBytes);
     this.bits = new Int32Array(this.bitmapBuffer);
     this.mergeBuffer = new SharedArrayBuffer(MERGE_CHUNK_BYTES);
@@ -262,6 +262,7 @@ export class WriteRedirect {
     this.epochUnit = new Float64Array(MERGE_EPOCH_RUNS);
     this.epochUnits = new Int32Array(MERGE_EPOCH_RUNS);
     this.epochTouched = new Uint8Array(MERGE_EPOCH_RUNS);
+    this.touched = new Int32Array(this.bits.length);
   }
 
   /**
@@ -309,8 +310,7 @@ export class WriteRedirect {
   }
 
   /** Counts units of [u0, u1) with the bit set (0: none, u1 - u0: all). */
-  private countSet(u0: number, u1: number): number {
-    const b = this.bits;
+  private countSet(u0: number, u1: number, b: Int32Array = this.bits): number {
     let n = 0;
     let u = u0;
     while (u < u1) {
@@ -411,15 +411,33 @@ export class WriteRedirect {
     if (this.slotsOnOverlay === 0) this.maybeDetach();
   }
 
-  /** A guest write into units the merge is copying: they keep their bits this epoch. */
+  /**
+   * A guest write into redirected units while merging: marked in the touched bitmap, so a
+   * run copied before the write keeps its bits this epoch (a run's marks are reset when its
+   * copy starts). One bit per unit, as the bitmap: O(words) per write, not per epoch run.
+   */
   private touch(u0: number, u1: number): void {
-    for (let i = 0; i < this.epochCount; i++) {
-      const a = this.epochUnit[i];
-      if (a < u1 && u0 < a + this.epochUnits[i]) this.epochTouched[i] = 1;
+    const t = this.touched;
+    let u = u0;
+    while (u < u1) {
+      const w = u >>> 5;
+      const lo = u & 31;
+      const hi = Math.min(32, lo + (u1 - u));
+      t[w] |= hi === 32 ? -1 << lo : ((1 << hi) - 1) & (-1 << lo);
+      u += hi - lo;
     }
-    if (this.mergeState === 1 || this.mergeState === 2) {
-      const a = this.mergeRunUnit;
-      if (a < u1 && u0 < a + this.mergeRunUnits) this.epochTouched[this.epochCount] = 1;
+  }
+
+  /** Clears the touched marks of [u0, u1). */
+  private untouch(u0: number, u1: number): void {
+    const t = this.touched;
+    let u = u0;
+    while (u < u1) {
+      const w = u >>> 5;
+      const lo = u & 31;
+      const hi = Math.min(32, lo + (u1 - u));
+      t[w] &= ~(hi === 32 ? -1 << lo : ((1 << hi) - 1) & (-1 << lo));
+      u += hi - lo;
     }
   }
 
@@ -739,8 +757,9 @@ export class WriteRedirect {
     const unit = this.layout.unitBytes;
     const offset = this.mergeRunUnit * unit;
     const len = Math.min(this.mergeRunUnits * unit, this.layout.diskBytes - offset);
-    // A write into these units still in flight (routed before the run was picked) may land
-    // after the read: the run keeps its bits this epoch.
+    // Writes from here on mark the run touched; one still in flight (routed before the run was
+    // picked) may land after the read: the run keeps its bits this epoch.
+    this.untouch(run, run + this.mergeRunUnits);
     this.epochTouched[this.epochCount] = this.writeInFlight(run, run + this.mergeRunUnits) ? 1 : 0;
     this.mergeState = 1;
     this.queueMergeIo(
@@ -840,7 +859,7 @@ export class WriteRedirect {
     const i = this.epochCount++;
     this.epochUnit[i] = this.mergeRunUnit;
     this.epochUnits[i] = this.mergeRunUnits;
-    // epochTouched[i] was set by writes during the copy (touch() looked at the run in flight).
+    // Writes during the copy are in the touched bitmap; epochTouched[i] holds one in flight at the pick.
     this.epochBytes += len;
     this.mergeCursor = this.mergeRunUnit + this.mergeRunUnits;
     this.mergeState = 0;
@@ -863,9 +882,10 @@ export class WriteRedirect {
     const unit = this.layout.unitBytes;
     let cleared = 0;
     for (let i = 0; i < this.epochCount; i++) {
-      if (this.epochTouched[i] === 1) continue;
       const u0 = this.epochUnit[i];
-      this.clearBits(u0, u0 + this.epochUnits[i]);
+      const u1 = u0 + this.epochUnits[i];
+      if (this.epochTouched[i] === 1 || this.countSet(u0, u1, this.touched) > 0) continue;
+      this.clearBits(u0, u1);
       cleared += this.epochUnits[i];
     }
     this.mergedBytes += cleared * unit;
