@@ -538,7 +538,12 @@ export class DeviceBackups {
     const ok = e.type === 'completed';
     let generation = 0;
     try {
-      generation = (await this.source.host.command({ type: 'backup-end', ok })) as number;
+      // A redirect backup's merge goes at the backup's own speed limit.
+      generation = (await this.source.host.command({
+        type: 'backup-end',
+        ok,
+        mergeSpeed: job.status.speed,
+      })) as number;
     } catch (err) {
       this.log(
         'warn',

@@ -146,8 +146,11 @@ export type BlkCommand =
     }
   /** Resolves once a redirect backup's overlay is merged back (or the device closed first). */
   | { type: 'redirect-merged' }
-  /** The backup is over: `ok` clears the changed blocks it copied, else they stay changed. */
-  | { type: 'backup-end'; ok: boolean }
+  /**
+   * The backup is over: `ok` clears the changed blocks it copied, else they stay changed. A
+   * redirect backup's overlay starts merging back, at most `mergeSpeed` bytes/s (0: unpaced).
+   */
+  | { type: 'backup-end'; ok: boolean; mergeSpeed?: number }
   /** A snapshot's instant: hold new writes, resolve once none is in flight; `release-writes` lets them go. */
   | { type: 'hold-writes' }
   | { type: 'release-writes' };
@@ -414,7 +417,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
           ? Promise.resolve<MergeResult>({ merged: true, bytes: 0, remainingBytes: 0 })
           : this.overlay.merged();
       case 'backup-end':
-        return this.backupEnd(cmd.ok);
+        return this.backupEnd(cmd.ok, cmd.mergeSpeed ?? 0);
       case 'hold-writes':
         return this.backupStart(null, 'full', false);
       case 'release-writes':
@@ -620,11 +623,11 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   }
 
   /** `backup-end`: held writes go; the changed blocks are settled. */
-  private async backupEnd(ok: boolean): Promise<number> {
+  private async backupEnd(ok: boolean, mergeSpeed = 0): Promise<number> {
     const t = await this.dropTracker();
     // A redirect backup's image is free again: the overlay merges back from now on.
     if (this.overlay !== null) {
-      this.overlay.beginMerge();
+      this.overlay.beginMerge(mergeSpeed);
       this.endBackupBatch();
     }
     this.cloneBackup = false;
