@@ -38,6 +38,9 @@
  *                        merge: the same load while the overlay merges back after the cancel;
  *                        the next window starts only once it is merged (BACKUP_MERGED). The
  *                        merge's latency and time are reported)
+ *     [--redirect-keep] (with --redirect-ab: its backups with keep-overlay, so that from the
+ *                        second round on the overlay's blocks are allocated already; the
+ *                        overlay is removed at the end)
  *     [--dir PATH]      (image and targets in PATH, e.g. a file system on a zram device: a
  *                        device whose own tail is steady, unlike this machine's disk; see
  *                        bench/zram-fs.sh)
@@ -108,6 +111,7 @@ interface VhostRtBackupArgs {
   yieldMs?: number;
   readAround?: boolean;
   maxChunk?: number;
+  keepOverlay?: boolean;
 }
 
 interface Sample {
@@ -237,7 +241,7 @@ async function startBackup(
   speed: number,
   extra: VhostRtBackupArgs,
 ): Promise<() => Promise<Stopped>> {
-  const { journalBytes, method, yieldMs, readAround, maxChunk } = extra;
+  const { journalBytes, method, yieldMs, readAround, maxChunk, keepOverlay } = extra;
   const from = q.messages.length;
   if (label !== 'qsd') {
     const started = (await q.execute('blockdev-backup', {
@@ -250,6 +254,7 @@ async function startBackup(
       ...(yieldMs === undefined ? {} : { 'yield-ms': yieldMs }),
       ...(readAround ? { 'read-around': true } : {}),
       ...(maxChunk === undefined ? {} : { 'max-chunk': maxChunk }),
+      ...(keepOverlay ? { 'keep-overlay': true } : {}),
     })) as Record<string, unknown>;
     process.stderr.write(
       `vhost-rt backup: method ${String(started.method)}${started['method-reason'] === undefined ? '' : ` (${String(started['method-reason'])})`}, writes held ${String(started['start-held-us'])} µs at the start\n`,
@@ -491,6 +496,7 @@ async function main(): Promise<void> {
       'baseline-read-around': { type: 'boolean', default: false },
       'max-chunk-ab': { type: 'string' },
       'redirect-ab': { type: 'boolean', default: false },
+      'redirect-keep': { type: 'boolean', default: false },
       'hot-mib': { type: 'string' },
     },
   });
@@ -575,6 +581,7 @@ async function main(): Promise<void> {
     readAround?: boolean;
     maxChunk?: number;
     method?: string;
+    keepOverlay?: boolean;
   }[] = [
     { label: 'vhost-rt', backend: v, qmp: vq, target: vTarget, yieldMs },
     ...(yieldAb === undefined
@@ -622,6 +629,7 @@ async function main(): Promise<void> {
             target: vTarget,
             yieldMs,
             method: 'redirect',
+            keepOverlay: values['redirect-keep'],
           },
         ]
       : []),
@@ -656,6 +664,7 @@ async function main(): Promise<void> {
                     yieldMs: side.yieldMs,
                     readAround: side.readAround,
                     maxChunk: side.maxChunk,
+                    keepOverlay: side.keepOverlay,
                   })
                 : null;
             const result = await runLoad({
@@ -699,6 +708,8 @@ async function main(): Promise<void> {
     await v.stop();
     await base?.stop();
     await q.backend.stop();
+    // A kept overlay (--redirect-keep) is not left next to the bench image.
+    await rm(`${image}.vhost-rt-redirect`, { force: true });
     fs?.unmount();
     await rm(work, { recursive: true, force: true });
   }

@@ -7,7 +7,8 @@
  * Layout (little-endian):
  *
  *   [0, 4096)                   header: magic "VHRTROW1", version, unit bytes,
- *                               disk bytes, bitmap offset and length, data offset
+ *                               disk bytes, bitmap offset and length, data offset,
+ *                               flags (bit 0: KEEP, see below)
  *   [4096, 4096 + bitmapBytes)  one bit per unit of the disk (unit i: byte i >> 3,
  *                               bit i & 7): set means the unit's current contents
  *                               are in the data area, not in the image
@@ -19,6 +20,13 @@
  * the overlay whatever it overwrites, a read is at most a few runs, and there is no
  * map but the bitmap to keep crash-safe. The file system allocates the blocks on
  * first write (a cost the bench measures against the journal's read).
+ *
+ * KEEP (`keep-overlay`): once merged the file is not removed but kept, its bitmap
+ * clear, and the next redirect backup of the image reuses it. Why: the data area
+ * is sparse, and a guest write into a block the file system has not allocated
+ * is slower than an overwrite (allocation, a metadata journal commit; measured in
+ * bench/results/backup-redirect.md); blocks written by an earlier backup stay
+ * allocated. The price: the file keeps the space of every block ever redirected.
  *
  * Crash safety: the bitmap on disk is what a crash leaves. The device writes its
  * changed pages and fdatasyncs the overlay before it completes a guest flush, so
@@ -58,6 +66,9 @@ const RECOVER_CHUNK = 1024 * 1024;
  */
 export class RedirectFileError extends VhostRtError {}
 
+/** Header flag: the file is kept (bitmap clear) after a merge, for the next backup. */
+export const REDIRECT_FLAG_KEEP = 1;
+
 /** Where the parts of an overlay file are. */
 export interface RedirectLayout {
   /** Bytes per bitmap bit (the device's logical block size). */
@@ -69,6 +80,8 @@ export interface RedirectLayout {
   /** Bitmap bytes, whole pages. */
   bitmapBytes: number;
   dataOffset: number;
+  /** Header flags ({@link REDIRECT_FLAG_KEEP}). */
+  flags: number;
 }
 
 /** The overlay file of `image`: next to it, like the changed-block bitmap. */
@@ -77,14 +90,14 @@ export function redirectPath(image: string): string {
 }
 
 /** The layout of an overlay for a disk of `diskBytes` with `unitBytes` per bit. */
-export function redirectLayout(diskBytes: number, unitBytes: number): RedirectLayout {
+export function redirectLayout(diskBytes: number, unitBytes: number, flags = 0): RedirectLayout {
   const units = Math.ceil(diskBytes / unitBytes);
   const bitmapBytes =
     Math.ceil(Math.ceil(units / 8) / REDIRECT_BITMAP_PAGE) * REDIRECT_BITMAP_PAGE ||
     REDIRECT_BITMAP_PAGE;
   const bitmapOffset = REDIRECT_HEADER_BYTES;
   const dataOffset = Math.ceil((bitmapOffset + bitmapBytes) / DATA_ALIGN) * DATA_ALIGN;
-  return { unitBytes, diskBytes, units, bitmapOffset, bitmapBytes, dataOffset };
+  return { unitBytes, diskBytes, units, bitmapOffset, bitmapBytes, dataOffset, flags };
 }
 
 function encodeHeader(l: RedirectLayout): Buffer {
@@ -96,6 +109,7 @@ function encodeHeader(l: RedirectLayout): Buffer {
   h.writeBigUInt64LE(BigInt(l.bitmapOffset), 24);
   h.writeBigUInt64LE(BigInt(l.bitmapBytes), 32);
   h.writeBigUInt64LE(BigInt(l.dataOffset), 40);
+  h.writeUInt32LE(l.flags, 48);
   return h;
 }
 
@@ -109,7 +123,9 @@ export function decodeRedirectHeader(h: Buffer, path: string): RedirectLayout {
   if (unitBytes < 512 || (unitBytes & (unitBytes - 1)) !== 0)
     throw bad(`unit of ${unitBytes} bytes`);
   const diskBytes = Number(h.readBigUInt64LE(16));
-  const expected = redirectLayout(diskBytes, unitBytes);
+  const flags = h.readUInt32LE(48);
+  if ((flags & ~REDIRECT_FLAG_KEEP) !== 0) throw bad(`unknown flags 0x${flags.toString(16)}`);
+  const expected = redirectLayout(diskBytes, unitBytes, flags);
   if (
     Number(h.readBigUInt64LE(24)) !== expected.bitmapOffset ||
     Number(h.readBigUInt64LE(32)) !== expected.bitmapBytes ||
@@ -120,26 +136,37 @@ export function decodeRedirectHeader(h: Buffer, path: string): RedirectLayout {
 }
 
 /**
- * Creates the overlay at `path` for a disk of `diskBytes` (refused if one is
- * there: a previous one is not merged yet), sparse, with its header and an
- * empty bitmap durable before it is used. Off the calling thread (fs/promises).
+ * Creates the overlay at `path` for a disk of `diskBytes`, sparse, with its header
+ * and an empty bitmap durable before it is used; with `keep`, flagged KEEP. One
+ * there already is reused when it is a KEEP overlay of this disk size whose bitmap
+ * is clear (merged); a kept one of another size, or asked for without `keep`, with
+ * a clear bitmap is replaced; any other is refused (ERR_REDIRECT_EXISTS: a previous backup's writes are not merged
+ * yet). Off the calling thread (fs/promises).
  */
 export async function createRedirectFile(
   path: string,
   diskBytes: number,
   unitBytes: number,
+  keep = false,
 ): Promise<RedirectLayout> {
-  const l = redirectLayout(diskBytes, unitBytes);
+  const l = redirectLayout(diskBytes, unitBytes, keep ? REDIRECT_FLAG_KEEP : 0);
+  const existing = await inspectExisting(path);
+  if (existing !== null) {
+    if (existing.pending)
+      throw new RedirectFileError(
+        'ERR_REDIRECT_EXISTS',
+        `overlay ${path} exists: a previous redirect backup's writes are not merged yet`,
+      );
+    if (keep && existing.layout.diskBytes === diskBytes && existing.layout.unitBytes === unitBytes)
+      return l;
+    // Merged, and not reusable as asked: a fresh one.
+    await unlink(path);
+  }
   let f: Awaited<ReturnType<typeof open>>;
   try {
     f = await open(path, 'wx', 0o600);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
-    if (code === 'EEXIST')
-      throw new RedirectFileError(
-        'ERR_REDIRECT_EXISTS',
-        `overlay ${path} exists: a previous redirect backup's writes are not merged yet`,
-      );
     throw new RedirectFileError('ERR_REDIRECT_IO', `overlay ${path}: cannot create (${code})`, {
       cause: err,
     });
@@ -159,6 +186,40 @@ export async function createRedirectFile(
   await f.close();
   await syncDirectory(path);
   return l;
+}
+
+/**
+ * An overlay at `path`: its layout and whether any unit is still redirected
+ * (pending a merge); null when there is none. A file that is not an overlay counts
+ * as pending (it is refused, never overwritten).
+ */
+async function inspectExisting(
+  path: string,
+): Promise<{ layout: RedirectLayout; pending: boolean } | null> {
+  let f: Awaited<ReturnType<typeof open>>;
+  try {
+    f = await open(path, 'r');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw err;
+  }
+  try {
+    const h = Buffer.alloc(REDIRECT_HEADER_BYTES);
+    await f.read(h, 0, h.length, 0);
+    let layout: RedirectLayout;
+    try {
+      layout = decodeRedirectHeader(h, path);
+    } catch {
+      return { layout: redirectLayout(0, 512), pending: true };
+    }
+    // Only a kept overlay is ever left merged; any other still there owes a merge.
+    if ((layout.flags & REDIRECT_FLAG_KEEP) === 0) return { layout, pending: true };
+    const bitmap = Buffer.alloc(layout.bitmapBytes);
+    const { bytesRead } = await f.read(bitmap, 0, bitmap.length, layout.bitmapOffset);
+    return { layout, pending: bytesRead < bitmap.length || bitmap.some((b) => b !== 0) };
+  } finally {
+    await f.close();
+  }
 }
 
 /** fsync of the directory holding `path`: its creation or removal survives a crash. */
@@ -196,7 +257,7 @@ export interface RedirectRecovery {
  */
 export function recoverRedirect(image: string, imageFd: number): RedirectRecovery | null {
   const path = redirectPath(image);
-  if (!existsSync(path)) return null;
+  if (!redirectPending(image)) return null;
   const fd = openSync(path, constants.O_RDONLY);
   try {
     const h = Buffer.alloc(REDIRECT_HEADER_BYTES);
@@ -240,6 +301,17 @@ export function recoverRedirect(image: string, imageFd: number): RedirectRecover
     }
     fdatasyncSync(imageFd);
     closeSync(fd);
+    if ((l.flags & REDIRECT_FLAG_KEEP) !== 0) {
+      // Kept for the next backup: its bitmap cleared, durably, now that the image has it all.
+      const w = openSync(path, constants.O_WRONLY);
+      try {
+        writeSync(w, Buffer.alloc(l.bitmapBytes), 0, l.bitmapBytes, l.bitmapOffset);
+        fdatasyncSync(w);
+      } finally {
+        closeSync(w);
+      }
+      return { path, bytes, runs };
+    }
     unlinkSync(path);
     const d = openSync(dirname(path), constants.O_RDONLY);
     try {
@@ -261,6 +333,33 @@ export function recoverRedirect(image: string, imageFd: number): RedirectRecover
       `overlay ${path}: merging it into the image failed (${code})`,
       { cause: err },
     );
+  }
+}
+
+/**
+ * Whether `image` has an overlay with units still redirected (a merge is owed). A kept,
+ * merged overlay (KEEP, bitmap clear) is not pending; a file there that is not an overlay
+ * is (it is then refused by name rather than ignored).
+ */
+export function redirectPending(image: string): boolean {
+  const path = redirectPath(image);
+  if (!existsSync(path)) return false;
+  const fd = openSync(path, constants.O_RDONLY);
+  try {
+    const h = Buffer.alloc(REDIRECT_HEADER_BYTES);
+    if (readSync(fd, h, 0, h.length, 0) < 48) return true;
+    let l: RedirectLayout;
+    try {
+      l = decodeRedirectHeader(h, path);
+    } catch {
+      return true;
+    }
+    if ((l.flags & REDIRECT_FLAG_KEEP) === 0) return true;
+    const bitmap = Buffer.alloc(l.bitmapBytes);
+    if (readSync(fd, bitmap, 0, bitmap.length, l.bitmapOffset) < bitmap.length) return true;
+    return bitmap.some((b) => b !== 0);
+  } finally {
+    closeSync(fd);
   }
 }
 

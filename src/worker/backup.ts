@@ -89,6 +89,8 @@ export interface BackupRequest {
   readAround?: boolean;
   /** The copier's largest read or write (bytes); default DEFAULT_COPY_MAX_CHUNK. */
   maxChunk?: number;
+  /** Method redirect: keep the merged overlay for the next backup (default false). */
+  keepOverlay?: boolean;
 }
 
 /** Sends a control-socket event (the device's index and socket are added by the caller). */
@@ -216,6 +218,11 @@ export class DeviceBackups {
     if (nbd) checkNbdUri(req.target);
     else await prepareFile(req.target, size, req.sync);
     const method = req.method ?? 'auto';
+    if (req.keepOverlay === true && method !== 'redirect')
+      throw new BackupError(
+        'ERR_BACKUP_METHOD',
+        `Parameter 'keep-overlay' needs method redirect, not ${method}`,
+      );
     if (method === 'redirect') return this.startRedirect(req, size, nbd, emit);
     let cloneRefused = '';
     // `auto` does not clone an image so fragmented that the clone would hold the writes long.
@@ -293,7 +300,7 @@ export class DeviceBackups {
         type: 'backup-start',
         share: share.init,
         sync: req.sync,
-        redirect: { image: this.source.image },
+        redirect: { image: this.source.image, keep: req.keepOverlay === true },
       })) as BackupStarted;
     } catch (err) {
       await copier.shutdown();

@@ -90,15 +90,34 @@ describe.each(['linux-aio', 'io_uring'])('blockdev-backup method redirect (%s)',
       expect((merged.data as Json)['merged-bytes'] as number).toBeGreaterThan(0);
       expect(existsSync(`${image}.vhost-rt-redirect`)).toBe(false);
       expect(model.verifiedReads).toBeGreaterThan(readsAtStart);
-      // The device redirects nothing now: another backup may start (and completes).
-      const from2 = c.messages.length;
-      const w2 = model.openWindow();
-      await c.execute('blockdev-backup', { device: 0, target, sync: 'full', method: 'redirect' });
-      model.closeWindow(w2);
-      const end2 = await event(c, from2, /^BACKUP_(COMPLETED|FAILED|CANCELLED)$/, 'backup 2');
-      expect(end2.event).toBe('BACKUP_COMPLETED');
-      expect(model.check(readFileSync(target), w2)).toBe('ok');
-      await event(c, from2, /^BACKUP_MERGED$/, 'merge 2');
+      // The device redirects nothing now: another backup may start (and completes), twice with
+      // keep-overlay: the merged file stays (its blocks allocated) and the next one reuses it.
+      for (const round of [2, 3]) {
+        const from2 = c.messages.length;
+        const w2 = model.openWindow();
+        const r2 = await c.execute('blockdev-backup', {
+          device: 0,
+          target,
+          sync: 'full',
+          method: 'redirect',
+          'keep-overlay': true,
+        });
+        model.closeWindow(w2);
+        expect(r2.return, `backup ${round}`).toMatchObject({ method: 'redirect' });
+        const end2 = await event(c, from2, /^BACKUP_(COMPLETED|FAILED|CANCELLED)$/, 'backup 2');
+        expect(end2.event).toBe('BACKUP_COMPLETED');
+        expect(model.check(readFileSync(target), w2)).toBe('ok');
+        await event(c, from2, /^BACKUP_MERGED$/, 'merge 2');
+        expect(existsSync(`${image}.vhost-rt-redirect`)).toBe(true);
+      }
+      const refused = await c.execute('blockdev-backup', {
+        device: 0,
+        target,
+        'keep-overlay': true,
+      });
+      expect((refused.error as Json).desc).toMatch(
+        /'keep-overlay' needs method redirect, not auto/,
+      );
     } finally {
       stop = true;
       await Promise.all([writes, reads]);

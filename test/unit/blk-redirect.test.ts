@@ -24,6 +24,7 @@ import {
   recoverRedirect,
   redirectLayout,
   redirectPath,
+  redirectPending,
 } from '../../src/io/redirect-file.js';
 import { waitFor } from '../support/wait.js';
 
@@ -110,6 +111,7 @@ async function rig(name: string): Promise<Rig> {
     (ud, result) => {
       if (ud >= REDIRECT_USER_BASE) ov.done(ud, result);
       else {
+        ov.writeCompleted(ud, result);
         results.set(ud, result);
         ov.released(ud);
       }
@@ -238,6 +240,39 @@ describe('WriteRedirect', () => {
     expect(got.data.equals(want)).toBe(true);
     await r.ov.close();
     r.engine.close();
+  });
+
+  it('keep-overlay: the merged file stays with a clear bitmap, owes no merge, and the next backup reuses it', async () => {
+    const image = join(dir, 'keep.img');
+    writeFileSync(image, pattern(SIZE));
+    const first = await createRedirectFile(redirectPath(image), SIZE, 512, true);
+    expect(first.flags).toBe(1);
+    // Written blocks of the data area, as a merged backup leaves them.
+    const { openSync, writeSync, closeSync, statSync } = await import('node:fs');
+    const fd = openSync(redirectPath(image), 'r+');
+    writeSync(fd, Buffer.alloc(64 * KiB, 0x77), 0, 64 * KiB, first.dataOffset);
+    closeSync(fd);
+    expect(redirectPending(image)).toBe(false);
+    expect(recoverRedirect(image, 0)).toBe(null);
+    const again = await createRedirectFile(redirectPath(image), SIZE, 512, true);
+    expect(again).toEqual(first);
+    // Reused, not recreated: the blocks written before are still allocated.
+    expect(statSync(redirectPath(image)).blocks * 512).toBeGreaterThanOrEqual(64 * KiB);
+    // A kept overlay with units redirected is pending; recovery merges it and keeps the file.
+    const w = openSync(redirectPath(image), 'r+');
+    writeSync(w, Buffer.from([0x01]), 0, 1, first.bitmapOffset);
+    closeSync(w);
+    expect(redirectPending(image)).toBe(true);
+    await expect(createRedirectFile(redirectPath(image), SIZE, 512, true)).rejects.toMatchObject({
+      code: 'ERR_REDIRECT_EXISTS',
+    });
+    const img = openSync(image, 'r+');
+    expect(recoverRedirect(image, img)).toMatchObject({ bytes: 512, runs: 1 });
+    closeSync(img);
+    expect(readFileSync(image).subarray(0, 512).equals(Buffer.alloc(512, 0x77))).toBe(true);
+    expect(redirectPending(image)).toBe(false);
+    // Without keep, a merged kept file is replaced by a fresh one.
+    expect((await createRedirectFile(redirectPath(image), SIZE, 512)).flags).toBe(0);
   });
 
   it('close() leaves a persisted overlay that recoverRedirect merges into the image', async () => {

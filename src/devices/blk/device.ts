@@ -142,7 +142,7 @@ export type BlkCommand =
        * next to this image path and the copier reads the untouched image; merged back
        * after `backup-end`.
        */
-      redirect?: { image: string };
+      redirect?: { image: string; keep?: boolean };
     }
   /** Resolves once a redirect backup's overlay is merged back (or the device closed first). */
   | { type: 'redirect-merged' }
@@ -528,7 +528,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     sync: 'full' | 'incremental',
     clone: boolean,
     readAround = false,
-    redirect?: { image: string },
+    redirect?: { image: string; keep?: boolean },
   ): Promise<BackupStarted> {
     if (this.backup !== null || this.cloneBackup || this.overlayStarting)
       throw new VhostRtError(
@@ -549,6 +549,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
           direct: this.engine.direct,
           slots: this.slotType.length,
           maxIovs: this.chain.capacity,
+          keep: redirect.keep === true,
           hooks: {
             complete: (id, result) => this.complete(id, result),
             endBatch: () => this.endBackupBatch(),
@@ -1115,6 +1116,9 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
       this.backup.readDone(id - this.slotType.length, result);
       return;
     }
+    // A redirected write that completed is durable in the overlay's bitmap from here (before a
+    // writethrough flush, which must persist it).
+    if (this.overlay !== null) this.overlay.writeCompleted(id, result);
     const type = this.slotType[id];
     const expected =
       type === BlkRequestType.IN || type === BlkRequestType.OUT ? this.slotDataLen[id] : 0;

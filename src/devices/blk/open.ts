@@ -2,7 +2,7 @@
  * Opens one virtio-blk device inside a device worker: the image with its I/O
  * engine, then the model over it.
  */
-import { closeSync, existsSync, openSync } from 'node:fs';
+import { closeSync, openSync } from 'node:fs';
 import { ConfigError } from '../../errors.js';
 import { ChangedBlocks } from '../../io/backup-cbt.js';
 import { DiskGuard } from '../../io/disk-guard.js';
@@ -15,7 +15,7 @@ import {
   ioprioClass,
   ioprioValue,
 } from '../../io/index.js';
-import { recoverRedirect, redirectPath } from '../../io/redirect-file.js';
+import { recoverRedirect, redirectPath, redirectPending } from '../../io/redirect-file.js';
 import { StatCounters } from '../../locking/index.js';
 import { probeIoprio } from '../../rt/index.js';
 import { type DeviceEnv, describeModel, type OpenedDevice } from '../device.js';
@@ -130,7 +130,8 @@ function mergeLeftOverlay(
   warn: (message: string) => void,
 ): void {
   const path = redirectPath(image);
-  if (!existsSync(path)) return;
+  // A kept overlay with nothing redirected (keep-overlay, merged) owes nothing.
+  if (!redirectPending(image)) return;
   if (readonly || shareWrite)
     throw new ConfigError(
       `--image ${image}: ${path} holds writes of a redirect backup not merged yet; open the image writable, without --share-write, once to merge it`,

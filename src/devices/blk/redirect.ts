@@ -25,7 +25,9 @@
  * Durability (what a crash may cost, no more than the guest allows): a guest
  * flush completes only after the bitmap's changed pages are written and the
  * overlay (and the image) fdatasynced, so every unit the guest was told is
- * durable is found in the overlay by the bitmap on disk. The merge clears a unit's
+ * durable is found in the overlay by the bitmap on disk. Only completed writes
+ * reach the persisted bitmap (the routing one is set at submit), so recovery
+ * never copies a write the guest was not told of — a sector is old or new. The merge clears a unit's
  * bit only after its copy in the image is fdatasynced; until the cleared page is
  * persisted, recovery would copy the overlay's (identical) data again — and a
  * write to the image after the clear is durable only after a flush, which
@@ -46,6 +48,7 @@ import { IoprioClass, ioprioValue } from '../../io/ioprio.js';
 import {
   createRedirectFile,
   REDIRECT_BITMAP_PAGE,
+  REDIRECT_FLAG_KEEP,
   type RedirectLayout,
   redirectPath,
   removeRedirectFile,
@@ -124,6 +127,8 @@ export interface RedirectInit {
   slots: number;
   /** Most iovecs one request carries (the device's chain capacity). */
   maxIovs: number;
+  /** `keep-overlay`: the merged file is kept for the next backup (see redirect-file.ts KEEP). */
+  keep?: boolean;
   hooks: RedirectHooks;
 }
 
@@ -147,7 +152,13 @@ function popcount(v: number): number {
 /** One blk device's overlay: routing, the crash-safe bitmap, and the merge. */
 export class WriteRedirect {
   phase: number = RedirectPhase.PREPARING;
-  /** The bitmap (one bit per unit), also the source of its own persist writes. */
+  /**
+   * The durable bitmap: one bit per unit whose redirected write COMPLETED (the source of the
+   * persist writes). The routing bitmap (`bits`) is set when a write is submitted, so that
+   * later requests go where it goes; only completed writes are persisted, so a crash never
+   * makes recovery copy a hole (or half a write) the guest was never told of over the image's
+   * old sectors: a sector is old or new, as on a disk.
+   */
   readonly bitmapBuffer: SharedArrayBuffer;
   /** The merge's copy buffer. */
   readonly mergeBuffer: SharedArrayBuffer;
@@ -161,7 +172,10 @@ export class WriteRedirect {
   private readonly file: OpenImage;
   private readonly engine: IoEngine;
   private readonly hooks: RedirectHooks;
+  /** Routing: the unit's current contents are (or are being written) in the overlay. */
   private readonly bits: Int32Array;
+  /** Over bitmapBuffer: see there. */
+  private readonly durable: Int32Array;
   private readonly slots: number;
   private readonly own: number;
   /** Units whose bit is set now. */
@@ -252,7 +266,8 @@ export class WriteRedirect {
     this.slots = init.slots;
     this.own = REDIRECT_USER_BASE + init.slots;
     this.bitmapBuffer = new SharedArrayBuffer(layout.bitmapBytes);
-    this.bits = new Int32Array(this.bitmapBuffer);
+    this.durable = new Int32Array(this.bitmapBuffer);
+    this.bits = new Int32Array(layout.bitmapBytes / 4);
     this.mergeBuffer = new SharedArrayBuffer(MERGE_CHUNK_BYTES);
     this.dirtyPages = new Uint8Array(layout.bitmapBytes / REDIRECT_BITMAP_PAGE);
     this.slotOnOverlay = new Uint8Array(init.slots);
@@ -287,7 +302,7 @@ export class WriteRedirect {
     if (init.unitBytes < 512 || (init.unitBytes & (init.unitBytes - 1)) !== 0)
       throw new RangeError(`redirect unit of ${init.unitBytes} bytes is not a power of two >= 512`);
     const path = redirectPath(init.image);
-    const layout = await createRedirectFile(path, init.diskBytes, init.unitBytes);
+    const layout = await createRedirectFile(path, init.diskBytes, init.unitBytes, init.keep);
     const file = openImage(path, false, init.direct, init.hooks.warn);
     init.engine.attachFile(file);
     return new WriteRedirect(init, layout, file);
@@ -334,7 +349,7 @@ export class WriteRedirect {
     return n;
   }
 
-  /** Sets the bits of [u0, u1), marking their pages dirty and counting new ones. */
+  /** Sets the routing bits of [u0, u1), counting new ones. */
   private setBits(u0: number, u1: number): void {
     const b = this.bits;
     let u = u0;
@@ -349,10 +364,37 @@ export class WriteRedirect {
         const n = popcount(fresh);
         this.setUnits += n;
         this.redirectedBytes += n * this.layout.unitBytes;
+      }
+      u += hi - lo;
+    }
+  }
+
+  /** Sets the durable bits of [u0, u1), marking the pages that changed dirty. */
+  private setDurable(u0: number, u1: number): void {
+    const d = this.durable;
+    let u = u0;
+    while (u < u1) {
+      const w = u >>> 5;
+      const lo = u & 31;
+      const hi = Math.min(32, lo + (u1 - u));
+      const mask = hi === 32 ? -1 << lo : ((1 << hi) - 1) & (-1 << lo);
+      if ((mask & ~d[w]) !== 0) {
+        d[w] |= mask;
         this.dirtyPages[(w * 4) >>> 12] = 1;
       }
       u += hi - lo;
     }
+  }
+
+  /**
+   * The engine completed request `id` (`result` bytes, or -errno): a redirected write that
+   * succeeded becomes durable in the bitmap (persisted by the next flush). The device calls
+   * this for every completion while it has an overlay, before a writethrough flush.
+   */
+  writeCompleted(id: number, result: number): void {
+    if (this.slotOnOverlay[id] !== 2) return;
+    this.slotOnOverlay[id] = 1;
+    if (result >= 0) this.setDurable(this.slotU0[id], this.slotU1[id]);
   }
 
   /**
@@ -389,7 +431,7 @@ export class WriteRedirect {
   }
 
   private onOverlay(id: number): void {
-    if (this.slotOnOverlay[id] === 1) return;
+    if (this.slotOnOverlay[id] !== 0) return;
     this.slotOnOverlay[id] = 1;
     this.slotsOnOverlay++;
   }
@@ -905,6 +947,7 @@ export class WriteRedirect {
     // Copied, durable in the image, and not written since their copy started: no longer
     // redirected. Word by word over the epoch's span (once per pass).
     const b = this.bits;
+    const d = this.durable;
     const c = this.copied;
     const t = this.touched;
     let cleared = 0;
@@ -914,6 +957,7 @@ export class WriteRedirect {
       c[w] = 0;
       if (m === 0) continue;
       b[w] &= ~m;
+      d[w] &= ~m;
       cleared += popcount(m);
       this.dirtyPages[(w * 4) >>> 12] = 1;
     }
@@ -972,6 +1016,11 @@ export class WriteRedirect {
     closeImage(this.file);
     this.hooks.detached();
     const path = this.path;
+    // Kept: its bitmap on disk is clear already (the last epoch's clears were persisted).
+    if ((this.layout.flags & REDIRECT_FLAG_KEEP) !== 0) {
+      this.resolveMerged(true);
+      return;
+    }
     removeRedirectFile(path).then(
       () => this.resolveMerged(true),
       (err: Error) => {
