@@ -233,6 +233,29 @@ export class DeviceBackups {
       if (method === 'clone') throw new BackupError('ERR_BACKUP_CLONE', r);
       cloneRefused = r;
     }
+    const { share, copier, started } = await this.startOnDevice(req, size, nbd, journalBytes, {
+      readAround: req.readAround === true,
+    });
+    return this.run(
+      this.newJob(req, share, copier, emit, started, size, null),
+      started,
+      started.heldUs,
+      cloneRefused === '' ? {} : { 'method-reason': cloneRefused },
+    );
+  }
+
+  /**
+   * The journal and redirect methods' start: the share, the copier reading the image,
+   * then the device's start instant (`device`: its method-specific arguments). Whatever
+   * started is stopped again when a later step fails.
+   */
+  private async startOnDevice(
+    req: BackupRequest,
+    size: number,
+    nbd: boolean,
+    journalBytes: number,
+    device: { readAround?: boolean; redirect?: { image: string; keep: boolean } },
+  ): Promise<{ share: BackupShare; copier: Copier; started: BackupStarted }> {
     const share = BackupShare.create(size, journalBytes);
     let copier: Copier;
     try {
@@ -245,25 +268,19 @@ export class DeviceBackups {
         { cause: err },
       );
     }
-    let started: BackupStarted;
     try {
-      started = (await this.source.host.command({
+      const started = (await this.source.host.command({
         type: 'backup-start',
         share: share.init,
         sync: req.sync,
-        readAround: req.readAround === true,
+        ...device,
       })) as BackupStarted;
+      return { share, copier, started };
     } catch (err) {
       await copier.shutdown();
       share.release();
       throw err;
     }
-    return this.run(
-      this.newJob(req, share, copier, emit, started, size, null),
-      started,
-      started.heldUs,
-      cloneRefused === '' ? {} : { 'method-reason': cloneRefused },
-    );
   }
 
   /**
@@ -282,31 +299,9 @@ export class DeviceBackups {
         `method redirect needs a local image file; this device uses the ${this.source.engine} engine`,
       );
     // The journal is not used: the smallest one the share takes.
-    const share = BackupShare.create(size, MIN_JOURNAL_BYTES);
-    let copier: Copier;
-    try {
-      copier = await this.startCopier(req, share, size, nbd, this.source.image);
-    } catch (err) {
-      share.release();
-      throw new BackupError(
-        'ERR_BACKUP_TARGET',
-        `opening the target failed: ${(err as Error).message}`,
-        { cause: err },
-      );
-    }
-    let started: BackupStarted;
-    try {
-      started = (await this.source.host.command({
-        type: 'backup-start',
-        share: share.init,
-        sync: req.sync,
-        redirect: { image: this.source.image, keep: req.keepOverlay === true },
-      })) as BackupStarted;
-    } catch (err) {
-      await copier.shutdown();
-      share.release();
-      throw err;
-    }
+    const { share, copier, started } = await this.startOnDevice(req, size, nbd, MIN_JOURNAL_BYTES, {
+      redirect: { image: this.source.image, keep: req.keepOverlay === true },
+    });
     const job = this.newJob(req, share, copier, emit, started, size, null);
     job.status.method = 'redirect';
     job.redirect = true;

@@ -204,7 +204,7 @@ describe('blockdev-backup from a reflink clone', () => {
       const target = join(dir, 'refuse.copy');
       const bad = await c.execute('blockdev-backup', { device: 0, target, method: 'magic' });
       expect(String((bad.error as Json | undefined)?.desc)).toMatch(
-        /Parameter 'method' must be one of auto, clone, journal, not magic/,
+        /Parameter 'method' must be one of auto, clone, journal, redirect, not magic/,
       );
       const refused = await c.execute('blockdev-backup', { device: 0, target, method: 'clone' });
       expect(String((refused.error as Json | undefined)?.desc)).toMatch(/FICLONE refused/);

@@ -142,6 +142,21 @@ export interface MergeResult {
   remainingBytes: number;
 }
 
+/**
+ * The bits of unit range [u, u1) that lie in u's 32-bit word. The bitmaps' loops go
+ * `for (let u = u0; u < u1; u = nextWord(u))` with this mask on word `u >>> 5`.
+ */
+function wordMask(u: number, u1: number): number {
+  const lo = u & 31;
+  const hi = Math.min(32, lo + (u1 - u));
+  return hi === 32 ? -1 << lo : ((1 << hi) - 1) & (-1 << lo);
+}
+
+/** The first unit of the word after u's. */
+function nextWord(u: number): number {
+  return (u | 31) + 1;
+}
+
 /** Set bits of a 32-bit word. */
 function popcount(v: number): number {
   let n = 0;
@@ -337,52 +352,33 @@ export class WriteRedirect {
   /** Counts units of [u0, u1) with the bit set (0: none, u1 - u0: all). */
   private countSet(u0: number, u1: number, b: Int32Array = this.bits): number {
     let n = 0;
-    let u = u0;
-    while (u < u1) {
-      const w = u >>> 5;
-      const lo = u & 31;
-      const hi = Math.min(32, lo + (u1 - u));
-      const mask = hi === 32 ? -1 << lo : ((1 << hi) - 1) & (-1 << lo);
-      n += popcount(b[w] & mask);
-      u += hi - lo;
-    }
+    for (let u = u0; u < u1; u = nextWord(u)) n += popcount(b[u >>> 5] & wordMask(u, u1));
     return n;
   }
 
   /** Sets the routing bits of [u0, u1), counting new ones. */
   private setBits(u0: number, u1: number): void {
     const b = this.bits;
-    let u = u0;
-    while (u < u1) {
+    for (let u = u0; u < u1; u = nextWord(u)) {
       const w = u >>> 5;
-      const lo = u & 31;
-      const hi = Math.min(32, lo + (u1 - u));
-      const mask = hi === 32 ? -1 << lo : ((1 << hi) - 1) & (-1 << lo);
-      const fresh = mask & ~b[w];
-      if (fresh !== 0) {
-        b[w] |= fresh;
-        const n = popcount(fresh);
-        this.setUnits += n;
-        this.redirectedBytes += n * this.layout.unitBytes;
-      }
-      u += hi - lo;
+      const fresh = wordMask(u, u1) & ~b[w];
+      if (fresh === 0) continue;
+      b[w] |= fresh;
+      const n = popcount(fresh);
+      this.setUnits += n;
+      this.redirectedBytes += n * this.layout.unitBytes;
     }
   }
 
   /** Sets the durable bits of [u0, u1), marking the pages that changed dirty. */
   private setDurable(u0: number, u1: number): void {
     const d = this.durable;
-    let u = u0;
-    while (u < u1) {
+    for (let u = u0; u < u1; u = nextWord(u)) {
       const w = u >>> 5;
-      const lo = u & 31;
-      const hi = Math.min(32, lo + (u1 - u));
-      const mask = hi === 32 ? -1 << lo : ((1 << hi) - 1) & (-1 << lo);
-      if ((mask & ~d[w]) !== 0) {
-        d[w] |= mask;
-        this.dirtyPages[(w * 4) >>> 12] = 1;
-      }
-      u += hi - lo;
+      const mask = wordMask(u, u1);
+      if ((mask & ~d[w]) === 0) continue;
+      d[w] |= mask;
+      this.dirtyPages[(w * 4) >>> 12] = 1;
     }
   }
 
@@ -456,14 +452,7 @@ export class WriteRedirect {
   /** Clears the touched marks of [u0, u1). */
   private untouch(u0: number, u1: number): void {
     const t = this.touched;
-    let u = u0;
-    while (u < u1) {
-      const w = u >>> 5;
-      const lo = u & 31;
-      const hi = Math.min(32, lo + (u1 - u));
-      t[w] &= ~(hi === 32 ? -1 << lo : ((1 << hi) - 1) & (-1 << lo));
-      u += hi - lo;
-    }
+    for (let u = u0; u < u1; u = nextWord(u)) t[u >>> 5] &= ~wordMask(u, u1);
   }
 
   /**
@@ -923,14 +912,7 @@ export class WriteRedirect {
 
   /** Sets the bits of [u0, u1) in `b` (a mark bitmap: nothing counted, no page dirtied). */
   private mark(b: Int32Array, u0: number, u1: number): void {
-    let u = u0;
-    while (u < u1) {
-      const w = u >>> 5;
-      const lo = u & 31;
-      const hi = Math.min(32, lo + (u1 - u));
-      b[w] |= hi === 32 ? -1 << lo : ((1 << hi) - 1) & (-1 << lo);
-      u += hi - lo;
-    }
+    for (let u = u0; u < u1; u = nextWord(u)) b[u >>> 5] |= wordMask(u, u1);
   }
 
   /** The epoch's copies are made durable in the image before any of their bits is cleared. */
