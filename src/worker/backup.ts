@@ -130,6 +130,11 @@ export interface BackupStatus {
   'copier-forced-reads': number;
   'started-ms': number;
   'finished-ms'?: number;
+  /**
+   * Redirect backups, once ended: the overlay merging back ('running'), merged ('done'), or
+   * left for the next open of the image because the device closed first ('left').
+   */
+  merge?: 'running' | 'done' | 'left';
   /** Redirect backups: the overlay was merged back into the image (BACKUP_MERGED). */
   'merged-ms'?: number;
   /** Redirect backups: bytes merged back into the image. */
@@ -591,6 +596,7 @@ export class DeviceBackups {
     this.current = null;
     job.finish();
     if (job.redirect) {
+      s.merge = 'running';
       this.merging = true;
       void this.awaitMerge(job, s).finally(() => {
         this.merging = false;
@@ -608,6 +614,7 @@ export class DeviceBackups {
         remainingBytes: number;
       };
       s['merged-bytes'] = r.bytes;
+      s.merge = r.merged ? 'done' : 'left';
       if (r.merged) s['merged-ms'] = Date.now();
       job.emit('BACKUP_MERGED', {
         target: s.target,

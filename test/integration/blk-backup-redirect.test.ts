@@ -90,6 +90,9 @@ describe.each(['linux-aio', 'io_uring'])('blockdev-backup method redirect (%s)',
       expect((merged.data as Json)['merged-bytes'] as number).toBeGreaterThan(0);
       expect(existsSync(`${image}.vhost-rt-redirect`)).toBe(false);
       expect(model.verifiedReads).toBeGreaterThan(readsAtStart);
+      const after = (await c.execute('query-backups', { device: 0 })).return as Json[];
+      expect(after[0]).toMatchObject({ status: 'completed', method: 'redirect', merge: 'done' });
+      expect(after[0]['merged-bytes']).toBe((merged.data as Json)['merged-bytes']);
       // The device redirects nothing now: another backup may start (and completes), twice with
       // keep-overlay: the merged file stays (its blocks allocated) and the next one reuses it.
       for (const round of [2, 3]) {
