@@ -69,6 +69,15 @@ export class RedirectFileError extends VhostRtError {}
 /** Header flag: the file is kept (bitmap clear) after a merge, for the next backup. */
 export const REDIRECT_FLAG_KEEP = 1;
 
+/**
+ * Whether an overlay owes a merge: any that is not KEEP (only a kept one is ever left merged),
+ * or a KEEP one with a unit set in `bitmap` (null: unreadable, counted as owing).
+ */
+function owesMerge(l: RedirectLayout, bitmap: Buffer | null): boolean {
+  if ((l.flags & REDIRECT_FLAG_KEEP) === 0 || bitmap === null) return true;
+  return bitmap.some((b) => b !== 0);
+}
+
 /** Where the parts of an overlay file are. */
 export interface RedirectLayout {
   /** Bytes per bitmap bit (the device's logical block size). */
@@ -212,11 +221,9 @@ async function inspectExisting(
     } catch {
       return { layout: redirectLayout(0, 512), pending: true };
     }
-    // Only a kept overlay is ever left merged; any other still there owes a merge.
-    if ((layout.flags & REDIRECT_FLAG_KEEP) === 0) return { layout, pending: true };
     const bitmap = Buffer.alloc(layout.bitmapBytes);
     const { bytesRead } = await f.read(bitmap, 0, bitmap.length, layout.bitmapOffset);
-    return { layout, pending: bytesRead < bitmap.length || bitmap.some((b) => b !== 0) };
+    return { layout, pending: owesMerge(layout, bytesRead < bitmap.length ? null : bitmap) };
   } finally {
     await f.close();
   }
@@ -257,12 +264,19 @@ export interface RedirectRecovery {
  */
 export function recoverRedirect(image: string, imageFd: number): RedirectRecovery | null {
   const path = redirectPath(image);
-  if (!redirectPending(image)) return null;
+  if (!existsSync(path)) return null;
   const fd = openSync(path, constants.O_RDONLY);
   try {
     const h = Buffer.alloc(REDIRECT_HEADER_BYTES);
     readFully(fd, h, 0, path);
     const l = decodeRedirectHeader(h, path);
+    const bitmap = Buffer.alloc(l.bitmapBytes);
+    readFully(fd, bitmap, l.bitmapOffset, path);
+    // A kept, merged overlay owes nothing: left as it is.
+    if (!owesMerge(l, bitmap)) {
+      closeSync(fd);
+      return null;
+    }
     // Larger is fine (grown outside while the overlay existed): the overlay covers its start.
     const imageBytes = fstatSync(imageFd).size;
     if (imageBytes < l.diskBytes)
@@ -270,8 +284,6 @@ export function recoverRedirect(image: string, imageFd: number): RedirectRecover
         'ERR_REDIRECT_FORMAT',
         `overlay ${path} is for a disk of ${l.diskBytes} bytes, the image has only ${imageBytes}`,
       );
-    const bitmap = Buffer.alloc(l.bitmapBytes);
-    readFully(fd, bitmap, l.bitmapOffset, path);
     const buf = Buffer.alloc(RECOVER_CHUNK);
     const maxUnits = RECOVER_CHUNK / l.unitBytes;
     let bytes = 0;
@@ -354,10 +366,9 @@ export function redirectPending(image: string): boolean {
     } catch {
       return true;
     }
-    if ((l.flags & REDIRECT_FLAG_KEEP) === 0) return true;
     const bitmap = Buffer.alloc(l.bitmapBytes);
-    if (readSync(fd, bitmap, 0, bitmap.length, l.bitmapOffset) < bitmap.length) return true;
-    return bitmap.some((b) => b !== 0);
+    const n = readSync(fd, bitmap, 0, bitmap.length, l.bitmapOffset);
+    return owesMerge(l, n < bitmap.length ? null : bitmap);
   } finally {
     closeSync(fd);
   }

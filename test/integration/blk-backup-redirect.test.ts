@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlkDriver, BlkStatus } from '../frontend/index.js';
 import { BLOCK, WriteModel } from '../support/backup-model.js';
-import { type Daemon, startDaemon } from '../support/daemon.js';
+import { type Daemon, runCli, startDaemon } from '../support/daemon.js';
 import { type Json, QmpClient } from '../support/qmp-client.js';
 import { waitFor } from '../support/wait.js';
 
@@ -225,5 +225,55 @@ describe('blockdev-backup method redirect refused', () => {
       c.close();
       await daemon.stop();
     }
+  });
+});
+
+describe('a broken or pending overlay at start', () => {
+  it('refuses one that is not an overlay, naming it, and leaves image and file alone', async () => {
+    const image = join(dir, 'garbage.img');
+    writeFileSync(image, Buffer.alloc(SIZE, 0x33));
+    writeFileSync(`${image}.vhost-rt-redirect`, Buffer.alloc(8192, 0x5a));
+    const r = await runCli(['blk', '--socket-path', join(dir, 'garbage.sock'), '--image', image]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/vhost-rt-redirect: not a vhost-rt overlay/);
+    expect(readFileSync(image).equals(Buffer.alloc(SIZE, 0x33))).toBe(true);
+    expect(readFileSync(`${image}.vhost-rt-redirect`).length).toBe(8192);
+  });
+
+  it('refuses a read-only open while redirected writes are not merged, naming the overlay', async () => {
+    const image = join(dir, 'pending.img');
+    writeFileSync(image, Buffer.alloc(SIZE));
+    const name = 'pending';
+    const daemon = await startBlk(image, name);
+    const c = await QmpClient.connect(join(dir, `${name}.qmp`));
+    const driver = await BlkDriver.create({ socketPath: join(dir, `${name}.sock`) });
+    try {
+      await c.execute('blockdev-backup', {
+        device: 0,
+        target: join(dir, `${name}.backup`),
+        method: 'redirect',
+        speed: 1 * MiB,
+      });
+      expect((await driver.write(0, Buffer.alloc(4096, 0x44))).status).toBe(BlkStatus.OK);
+      expect((await driver.flush()).status).toBe(BlkStatus.OK);
+    } finally {
+      await driver.close();
+      c.close();
+    }
+    await daemon.stop('SIGKILL');
+    const r = await runCli([
+      'blk',
+      '--socket-path',
+      join(dir, 'pending-ro.sock'),
+      '--image',
+      image,
+      '--readonly',
+    ]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/holds writes of a redirect backup not merged yet/);
+    // A writable open then merges it and serves the write.
+    const again = await startBlk(image, name);
+    await again.stop();
+    expect(readFileSync(image).subarray(0, 4096).equals(Buffer.alloc(4096, 0x44))).toBe(true);
   });
 });

@@ -2,7 +2,7 @@
  * Opens one virtio-blk device inside a device worker: the image with its I/O
  * engine, then the model over it.
  */
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, existsSync, openSync } from 'node:fs';
 import { ConfigError } from '../../errors.js';
 import { ChangedBlocks } from '../../io/backup-cbt.js';
 import { DiskGuard } from '../../io/disk-guard.js';
@@ -130,12 +130,15 @@ function mergeLeftOverlay(
   warn: (message: string) => void,
 ): void {
   const path = redirectPath(image);
-  // A kept overlay with nothing redirected (keep-overlay, merged) owes nothing.
-  if (!redirectPending(image)) return;
-  if (readonly || shareWrite)
+  if (!existsSync(path)) return;
+  // A kept overlay with nothing redirected (keep-overlay, merged) owes nothing; a writable
+  // open learns that from recoverRedirect itself (one read of the bitmap).
+  if (readonly || shareWrite) {
+    if (!redirectPending(image)) return;
     throw new ConfigError(
       `--image ${image}: ${path} holds writes of a redirect backup not merged yet; open the image writable, without --share-write, once to merge it`,
     );
+  }
   const fd = openSync(image, 'r+');
   try {
     const r = recoverRedirect(image, fd);

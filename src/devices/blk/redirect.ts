@@ -267,10 +267,6 @@ export class WriteRedirect {
   /** The device is closing: no new merge step. */
   private stopping = false;
   private onIdle: (() => void) | null = null;
-  /** Bytes redirected by guest writes (for query-backups): counted once per unit. */
-  redirectedBytes = 0;
-  /** Reads split between the image and the overlay. */
-  splitReads = 0;
 
   private constructor(init: RedirectInit, layout: RedirectLayout, file: OpenImage) {
     this.path = redirectPath(init.image);
@@ -364,9 +360,7 @@ export class WriteRedirect {
       const fresh = wordMask(u, u1) & ~b[w];
       if (fresh === 0) continue;
       b[w] |= fresh;
-      const n = popcount(fresh);
-      this.setUnits += n;
-      this.redirectedBytes += n * this.layout.unitBytes;
+      this.setUnits += popcount(fresh);
     }
   }
 
@@ -478,7 +472,6 @@ export class WriteRedirect {
     const count = part.stageIovecs(this.recorder, length);
     if (count < 0) return false;
     this.iovCount[id] = count;
-    this.splitReads++;
     this.splitStart[id] = offset;
     this.splitNext[id] = offset;
     this.splitEnd[id] = offset + length;
