@@ -41,6 +41,7 @@ Addon::Addon(Napi::Env env, Napi::Object exports) {
   InitRt(env, exports);
   InitUring(env, exports);
   InitNet(env, exports);
+  InitNetBurst(env, exports);
   InitSigbus(env, exports);
   bufferTableCtor = Napi::Persistent(BufferTable::Define(env));
   exports.Set("BufferTable", bufferTableCtor.Value());

@@ -15,6 +15,7 @@
         'rt.cc',
         'uring.cc',
         'net.cc',
+        'net-burst.cc',
         'sigbus.cc',
         'nbd.cc',
       ],

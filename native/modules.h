@@ -12,6 +12,7 @@ void InitFileIo(Napi::Env env, Napi::Object exports);
 void InitRt(Napi::Env env, Napi::Object exports);
 void InitUring(Napi::Env env, Napi::Object exports);
 void InitNet(Napi::Env env, Napi::Object exports);
+void InitNetBurst(Napi::Env env, Napi::Object exports);
 void InitSigbus(Napi::Env env, Napi::Object exports);
 
 /** exports[name] = a function wrapping `fn`. */

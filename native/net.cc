@@ -21,6 +21,7 @@
 #include "errors.h"
 #include "modules.h"
 #include "v8_bridge.h"
+#include "views.h"
 
 namespace vhost_rt {
 
@@ -135,8 +136,7 @@ class FrameCopier : public Napi::ObjectWrap<FrameCopier> {
 
  private:
   struct View {
-    /** Keeps the memory alive (and mapped) while this copier names it. */
-    std::shared_ptr<v8::BackingStore> store;
+    HeldView held;
     uint8_t* base;
     double length;
   };
@@ -148,18 +148,12 @@ class FrameCopier : public Napi::ObjectWrap<FrameCopier> {
     std::vector<View> out;
     out.reserve(views.Length());
     for (uint32_t i = 0; i < views.Length(); i++) {
-      Napi::Value v = views.Get(i);
-      if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
-        ThrowTypeError(env, "views[" + std::to_string(i) + "] must be a Uint8Array");
-      Napi::Uint8Array view = v.As<Napi::Uint8Array>();
-      v8::Local<v8::Value> buffer = ToV8(view.ArrayBuffer());
-      std::shared_ptr<v8::BackingStore> store =
-          buffer->IsSharedArrayBuffer() ? buffer.As<v8::SharedArrayBuffer>()->GetBackingStore()
-                                        : buffer.As<v8::ArrayBuffer>()->GetBackingStore();
-      // Invariant: `store` keeps the whole buffer allocated (an mmapShared
-      // buffer: mapped) while this entry exists; the view's range is inside it.
-      auto* base = static_cast<uint8_t*>(store->Data()) + view.ByteOffset();
-      out.push_back(View{std::move(store), base, static_cast<double>(view.ByteLength())});
+      HeldView held =
+          HoldView(env, views.Get(i), napi_uint8_array, "Uint8Array",
+                   "views[" + std::to_string(i) + "]");
+      uint8_t* base = held.base;
+      double length = static_cast<double>(held.length);
+      out.push_back(View{std::move(held), base, length});
     }
     views_.swap(out);
     return env.Undefined();

@@ -58,6 +58,107 @@ export interface FrameCopier {
 }
 
 /**
+ * The switch's per-batch frame loop in native code (native/net-burst.cc,
+ * issue 13): moves a batch of bare frames between a split ring and the
+ * packet rings, and stops at the first frame it leaves to TypeScript.
+ * Driven by src/net/switch-port.ts and src/devices/net/burst.ts, whose
+ * control array is laid out as {@link BURST_CTL}.
+ */
+export interface NetBurst {
+  /**
+   * The guest memory table: region i spans guest addresses
+   * `[starts[i], ends[i])`, address a at `views[i][a - biases[i]]`.
+   */
+  setGuest(
+    views: Uint8Array[],
+    starts: Float64Array,
+    ends: Float64Array,
+    biases: Float64Array,
+  ): void;
+  /**
+   * This port's switch side: its index, its rings (whole SharedArrayBuffer
+   * views; null on the diagonal), the PacketRing header's HEAD and TAIL
+   * slots and size, and the MAC table's arrays (read only).
+   */
+  setSwitch(
+    self: number,
+    outRings: (Uint8Array | null)[],
+    inRings: Uint8Array[],
+    headSlot: number,
+    tailSlot: number,
+    headerBytes: number,
+    keyHigh: Int32Array,
+    keyLow: Int32Array,
+    ports: Int32Array,
+    seen: Float64Array,
+    buckets: Int32Array,
+  ): void;
+  /** Transmits a batch from the queue in `ctl`; returns a {@link BURST_STATUS}. */
+  tx(ctl: Float64Array): number;
+  /** Delivers a batch from in ring `ctl[IN_RING]` to the queue in `ctl`; returns a {@link BURST_STATUS}. */
+  rx(ctl: Float64Array): number;
+}
+
+/** Slots of a {@link NetBurst} control array (native/net-burst.cc `Ctl`). */
+export const BURST_CTL = {
+  DESC_REGION: 0,
+  DESC_OFFSET: 1,
+  AVAIL_REGION: 2,
+  AVAIL_OFFSET: 3,
+  USED_REGION: 4,
+  USED_OFFSET: 5,
+  QUEUE_SIZE: 6,
+  LAST_AVAIL: 7,
+  AVAIL_IDX: 8,
+  USED_IDX: 9,
+  /** Most frames this call may move. */
+  MAX: 10,
+  /** tx: longest bare frame accepted (the device's max frame). */
+  MAX_FRAME: 11,
+  /** tx: shortest frame accepted. */
+  MIN_FRAME: 12,
+  /** The batch clock and the table's ageing time (lookups). */
+  NOW: 13,
+  AGEING_MS: 14,
+  /** The source address already learnt in this batch (1 valid, high 16 bits, low 32 as int32). */
+  LEARNT_VALID: 15,
+  LEARNT_HIGH: 16,
+  LEARNT_LOW: 17,
+  /** rx: the in ring, and the receive filter (accept all; primary address; all multicast). */
+  IN_RING: 18,
+  FILTER_ALL: 19,
+  PRIMARY_HIGH: 20,
+  PRIMARY_LOW: 21,
+  ALL_MULTI: 22,
+  /** rx: most receive chains one frame may take. */
+  MAX_CHAINS: 23,
+  /** Results: frames moved, their bytes, rx chains popped (= used elements added). */
+  FRAMES: 24,
+  BYTES: 25,
+  POPPED: 26,
+  /** Result of {@link BURST_STATUS.LEARN}: the address to learn. */
+  LEARN_HIGH: 28,
+  LEARN_LOW: 29,
+  /** tx: (head, tailSeen, frames committed) per out ring by port; rx: (tail, headSeen) of the in ring. */
+  RING_STATE: 32,
+} as const;
+
+/** What a {@link NetBurst} call stopped at. */
+export const BURST_STATUS = {
+  /** Its maximum, or nothing left (the ring of frames or the avail snapshot). */
+  DONE: 0,
+  /** The next frame goes the TypeScript way (its chain, header, route or destination). */
+  DEFER: 1,
+  /**
+   * A source address to learn (LEARN_HIGH / LEARN_LOW): tx, of the next
+   * frame, before it is routed; rx, of the last frame delivered.
+   */
+  LEARN: 2,
+  /** rx: the avail snapshot ran out of buffers before the next frame was placed. */
+  NO_BUFFERS: 3,
+} as const;
+
+/**
  * Maps small integers to the base addresses of SharedArrayBuffers (guest RAM
  * regions, or any other SAB), so that iovec tables can name memory as
  * (buffer index, offset, length) and the native side builds real pointers.
@@ -478,6 +579,8 @@ export interface NativeBinding {
    * one native call per batch instead of a `TypedArray.set` per frame.
    */
   FrameCopier: new () => FrameCopier;
+  /** The switch's native per-batch frame loop (issue 13); see {@link NetBurst}. */
+  NetBurst: new () => NetBurst;
   /**
    * Opens (creating it if absent) the TAP device `name` (empty: the kernel picks
    * one) with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, sets the virtio-net header size

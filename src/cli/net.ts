@@ -47,6 +47,7 @@ const FLAGS = {
   'ring-bytes': { type: 'string' },
   'ageing-ms': { type: 'string' },
   'hold-ms': { type: 'string' },
+  'frame-loop': { type: 'string' },
   'spare-ports': { type: 'string' },
   quiet: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
@@ -77,6 +78,9 @@ Options:
   --hold-ms N          backpressure: a frame for a port whose ring is full waits in its
                        sender's transmit ring until that port drains it, or drops once
                        that port made no progress for N ms (default ${DEFAULT_HOLD_MS}; 0: drop at once)
+  --frame-loop native|typescript
+                       who moves bare frames of split rings: one native call per batch
+                       (default), or the TypeScript per-frame path (A/B measurements)
   --spare-ports N      port slots kept free for device-add on the control socket,
                        0..${MAX_SPARE_PORTS} (default 0; each costs a ring to and from every port)
 
@@ -116,6 +120,12 @@ function macFor(base: Uint8Array, i: number): Uint8Array {
   return mac;
 }
 
+/** `--frame-loop`: native (the default) or typescript; ConfigError naming the flag otherwise. */
+function frameLoopFlag(value: string | undefined): 'native' | 'typescript' {
+  if (value === undefined || value === 'native' || value === 'typescript') return value ?? 'native';
+  throw new ConfigError(`--frame-loop ${value}: must be native or typescript`);
+}
+
 /** Parses `vhost-rt net` arguments; exported for tests. */
 export function parseNetArgs(args: string[]): NetPlan | 'help' {
   const v = parseFlags('net', args, FLAGS);
@@ -145,6 +155,7 @@ export function parseNetArgs(args: string[]): NetPlan | 'help' {
       ringBytes: integerFlag('ring-bytes', v['ring-bytes'], 1 << 20),
       ageingMs: integerFlag('ageing-ms', v['ageing-ms'], DEFAULT_AGEING_MS),
       holdMs: integerFlag('hold-ms', v['hold-ms'], DEFAULT_HOLD_MS, { min: 0, max: 60_000 }),
+      frameLoop: frameLoopFlag(optionalString(v['frame-loop'])),
       macCapacity: DEFAULT_MAC_CAPACITY,
       rt: parseRtFlags(v),
     },

@@ -1,4 +1,38 @@
 /**
+ * A port's native per-batch frame loop (native/net-burst.cc, issue 13), for
+ * a device whose queue is a split ring: the device fills the queue's part
+ * of the control array ({@link BURST_CTL}: where its rings are, its
+ * indexes, the receive filter) and the port the switch's part (the clock,
+ * ring indexes, learnt addresses). Frames the loop leaves (DEFER,
+ * NO_BUFFERS) go through {@link NetBackendPort}'s per-frame methods.
+ */
+export interface PortBurst {
+  /** The guest memory table: region i spans `[starts[i], ends[i])`, address a at `views[i][a - biases[i]]`. */
+  setGuest(
+    views: Uint8Array[],
+    starts: Float64Array,
+    ends: Float64Array,
+    biases: Float64Array,
+  ): void;
+  /** Whether a transmit batch may go native now (no destination is held or dropped for). */
+  readonly txReady: boolean;
+  /**
+   * Moves frames from the queue in `ctl` into the rings until ctl[MAX], the
+   * avail snapshot, or a frame the loop leaves; learns source addresses on
+   * the way. ctl[FRAMES] / ctl[BYTES]: what moved (each frame's chain
+   * popped and completed with used length 0). Returns a BURST_STATUS (not LEARN).
+   */
+  tx(ctl: Float64Array): number;
+  /**
+   * Moves frames from the incoming rings, in their turn, into the queue in
+   * `ctl` until ctl[MAX], no frame is left, or one the loop leaves (peek()
+   * then returns it). ctl[FRAMES] / ctl[BYTES] / ctl[POPPED]: frames
+   * delivered, their bytes, chains popped and used elements added.
+   */
+  rx(ctl: Float64Array): number;
+}
+
+/**
  * What a network device model needs from whatever carries its frames: the
  * one interface between a frame's producer or consumer (the virtio-net device,
  * the TAP peer) and the switch. The device never sees a ring, a port number
@@ -151,6 +185,9 @@ export interface NetBackendPort {
 
   /** Times a frame was held for a full destination (a plain running count). */
   readonly holds: number;
+
+  /** The native frame loop, when this port has one (a switch port does; a test double need not). */
+  readonly burst?: PortBurst;
 }
 
 /**

@@ -139,8 +139,14 @@ export class MacTable {
 
   /** Records that the address at `bytes[offset, offset + 6)` is behind `port`, as of {@link now}. */
   learn(bytes: Uint8Array, offset: number, port: number): void {
-    const high = macHigh(bytes, offset);
-    const low = macLow(bytes, offset);
+    this.learnKey(macHigh(bytes, offset), macLow(bytes, offset), port);
+  }
+
+  /**
+   * {@link learn} for an address given as its high 16 bits and low 32 bits
+   * (as an int32): how the native frame loop hands over a source address.
+   */
+  learnKey(high: number, low: number, port: number): void {
     // The same address behind the same port in the same batch: already stamped.
     if (
       low === this.learntLow &&
@@ -207,6 +213,22 @@ export class MacTable {
     this.lookedVersion = this.version;
     this.lookedPort = port;
     return port;
+  }
+
+  /**
+   * The table's arrays, for the native frame loop's lookups
+   * (native/net-burst.cc: the same hash, probe and ageing rule as
+   * {@link lookup}; it never writes them). Fixed for the table's life.
+   */
+  get arrays(): {
+    keyHigh: Int32Array;
+    keyLow: Int32Array;
+    ports: Int32Array;
+    seen: Float64Array;
+    buckets: Int32Array;
+  } {
+    const { keyHigh, keyLow, ports, seen, buckets } = this;
+    return { keyHigh, keyLow, ports, seen, buckets };
   }
 
   /** Forgets every address learnt behind `port` (its peer went away). */

@@ -258,6 +258,38 @@ export class PacketRing {
     return true;
   }
 
+  /**
+   * Producer: writes its private indexes (HEAD with committed, unpublished
+   * records; the TAIL last loaded) to `out[at]`, `out[at + 1]`, for the
+   * native frame loop (native/net-burst.cc), which reserves and commits
+   * records the same way; {@link setProducerState} takes them back.
+   */
+  producerState(out: Float64Array, at: number): void {
+    if (this.reservedPos >= 0)
+      throw new PacketRingError('PACKET_RING_RESERVED', 'a reservation is open');
+    out[at] = this.head;
+    out[at + 1] = this.tailSeen;
+  }
+
+  /** Producer: takes back the indexes of {@link producerState}, moved on by committed records. */
+  setProducerState(state: Float64Array, at: number): void {
+    this.head = state[at] | 0;
+    this.tailSeen = state[at + 1] | 0;
+  }
+
+  /** Consumer: writes its private TAIL and the HEAD last loaded to `out[at]`, `out[at + 1]` (see producerState). */
+  consumerState(out: Float64Array, at: number): void {
+    out[at] = this.tail;
+    out[at + 1] = this.headSeen;
+  }
+
+  /** Consumer: takes back the indexes of {@link consumerState}, moved on past released records. */
+  setConsumerState(state: Float64Array, at: number): void {
+    this.tail = state[at] | 0;
+    this.headSeen = state[at + 1] | 0;
+    this.peekedAdvance = 0;
+  }
+
   /** Producer: counts one frame dropped because the ring was full. */
   countDrop(): void {
     this.drop();

@@ -38,8 +38,9 @@
  */
 
 import { copyBytes } from '../locking/copy.js';
-import { native } from '../native.js';
-import { type NetBackendPort, RESERVE_HOLD } from './backend-port.js';
+import { PACKET_RING, PACKET_RING_HEADER_BYTES } from '../locking/layout.js';
+import { BURST_CTL, BURST_STATUS, type NetBurst, native } from '../native.js';
+import { type NetBackendPort, type PortBurst, RESERVE_HOLD } from './backend-port.js';
 import { isGroupAddress, MacTable, UNKNOWN_PORT } from './mac-table.js';
 import { PacketRing, RING_VNET_HDR_BYTES } from './packet-ring.js';
 
@@ -62,6 +63,11 @@ export interface SwitchPortInit {
    * drops for that destination instead; 0 (the default) drops at once.
    */
   holdMs?: number;
+  /**
+   * Whether the port offers its native frame loop ({@link SwitchPort.burst};
+   * default true). False keeps every frame on the TypeScript path.
+   */
+  nativeLoop?: boolean;
 }
 
 /** {@link SwitchPort.reserve}: the frame's destination is full; leave the frame, retry on the doorbell. */
@@ -147,6 +153,18 @@ export class SwitchPort implements NetBackendPort {
   stallDrops = 0;
   /** Times a unicast frame was held for a full destination (plain count). */
   holds = 0;
+  /** The native frame loop over this port's rings and table (see {@link burst}). */
+  private readonly loop: NetBurst;
+  /** Batches begun: what the learnt-address caches below are valid for. */
+  private batch = 0;
+  /** tx: the batch in which {@link txLearntHigh}/{@link txLearntLow} was learnt (behind this port). */
+  private txLearntBatch = -1;
+  private txLearntHigh = 0;
+  private txLearntLow = 0;
+  /** rx, per in ring: the batch, high and low of the source address learnt last. */
+  private readonly rxLearnt: Float64Array;
+  /** The native loop, as the device sees it; undefined when the init turned it off. */
+  readonly burst: PortBurst | undefined;
 
   constructor(init: SwitchPortInit) {
     this.port = init.port;
@@ -174,11 +192,161 @@ export class SwitchPort implements NetBackendPort {
     this.holdMs = hold;
     this.blockedSince = new Float64Array(this.ports).fill(NOT_BLOCKED);
     this.blockedTail = new Int32Array(this.ports);
+    this.rxLearnt = new Float64Array(3 * this.inRings.length).fill(-1);
+    this.loop = new native.NetBurst();
+    const t = this.table.arrays;
+    this.loop.setSwitch(
+      this.port,
+      this.out.map((r) => (r === null ? null : new Uint8Array(r.buffer))),
+      this.inRings.map((r) => new Uint8Array(r.buffer)),
+      PACKET_RING.HEAD,
+      PACKET_RING.TAIL,
+      PACKET_RING_HEADER_BYTES,
+      t.keyHigh,
+      t.keyLow,
+      t.ports,
+      t.seen,
+      t.buckets,
+    );
+    const port = this;
+    this.burst =
+      init.nativeLoop === false
+        ? undefined
+        : {
+            setGuest: (views, starts, ends, biases) =>
+              port.loop.setGuest(views, starts, ends, biases),
+            get txReady(): boolean {
+              return port.noneBlocked();
+            },
+            tx: (ctl) => port.burstTx(ctl),
+            rx: (ctl) => port.burstRx(ctl),
+          };
   }
 
   beginBatch(): void {
     // The clock is read once per batch rather than per frame.
     this.table.now = performance.now();
+    this.batch++;
+  }
+
+  // --- the native frame loop (native/net-burst.cc) ---------------------------
+
+  /** No destination is held for or dropped for: the native loop may transmit. */
+  private noneBlocked(): boolean {
+    for (let p = 0; p < this.ports; p++) if (this.blockedSince[p] !== NOT_BLOCKED) return false;
+    return true;
+  }
+
+  /** {@link PortBurst.tx}: the native loop, learning what it asks for, over the out rings' indexes. */
+  private burstTx(ctl: Float64Array): number {
+    const C = BURST_CTL;
+    const base = C.RING_STATE;
+    for (let p = 0; p < this.ports; p++) {
+      const ring = this.out[p];
+      if (ring === null) continue;
+      ring.producerState(ctl, base + 3 * p);
+      ctl[base + 3 * p + 2] = 0;
+    }
+    ctl[C.NOW] = this.table.now;
+    ctl[C.AGEING_MS] = this.table.ageingMs;
+    let frames = 0;
+    let bytes = 0;
+    let status: number;
+    for (;;) {
+      const learnt = this.txLearntBatch === this.batch;
+      ctl[C.LEARNT_VALID] = learnt ? 1 : 0;
+      ctl[C.LEARNT_HIGH] = this.txLearntHigh;
+      ctl[C.LEARNT_LOW] = this.txLearntLow;
+      status = this.loop.tx(ctl);
+      const k = ctl[C.FRAMES];
+      frames += k;
+      bytes += ctl[C.BYTES];
+      ctl[C.LAST_AVAIL] = (ctl[C.LAST_AVAIL] + k) & 0xffff;
+      ctl[C.USED_IDX] = (ctl[C.USED_IDX] + k) & 0xffff;
+      ctl[C.MAX] -= k;
+      if (status !== BURST_STATUS.LEARN) break;
+      // As route() does for every frame: the source is behind this port.
+      this.txLearntHigh = ctl[C.LEARN_HIGH];
+      this.txLearntLow = ctl[C.LEARN_LOW];
+      this.txLearntBatch = this.batch;
+      this.table.learnKey(this.txLearntHigh, this.txLearntLow, this.port);
+    }
+    for (let p = 0; p < this.ports; p++) {
+      const ring = this.out[p];
+      if (ring === null) continue;
+      ring.setProducerState(ctl, base + 3 * p);
+      // Published (HEAD) and rung in endBatch, as for frames committed here.
+      if (ctl[base + 3 * p + 2] > 0) this.pending[p] = 1;
+    }
+    ctl[C.FRAMES] = frames;
+    ctl[C.BYTES] = bytes;
+    return status;
+  }
+
+  /** {@link PortBurst.rx}: the native loop over the in rings, in the turns peek() keeps. */
+  private burstRx(ctl: Float64Array): number {
+    const C = BURST_CTL;
+    const rings = this.inRings;
+    let frames = 0;
+    let bytes = 0;
+    let popped = 0;
+    let status: number = BURST_STATUS.DONE;
+    let idle = 0;
+    const budget = ctl[C.MAX];
+    ctl[C.FRAMES] = 0;
+    ctl[C.BYTES] = 0;
+    ctl[C.POPPED] = 0;
+    // A frame peeked and not released stays the TypeScript path's.
+    if (this.rxPeeked >= 0) return BURST_STATUS.DEFER;
+    while (frames < budget && idle < rings.length) {
+      const i = this.rxNext;
+      const ring = rings[i];
+      ring.consumerState(ctl, C.RING_STATE);
+      ctl[C.IN_RING] = i;
+      const limit = Math.min(budget - frames, RX_BURST - this.rxTaken);
+      let moved = 0;
+      for (;;) {
+        const learnt = this.rxLearnt[3 * i] === this.batch;
+        ctl[C.LEARNT_VALID] = learnt ? 1 : 0;
+        ctl[C.LEARNT_HIGH] = this.rxLearnt[3 * i + 1];
+        ctl[C.LEARNT_LOW] = this.rxLearnt[3 * i + 2];
+        ctl[C.MAX] = limit - moved;
+        status = this.loop.rx(ctl);
+        const k = ctl[C.FRAMES];
+        const chains = ctl[C.POPPED];
+        moved += k;
+        bytes += ctl[C.BYTES];
+        popped += chains;
+        ctl[C.LAST_AVAIL] = (ctl[C.LAST_AVAIL] + chains) & 0xffff;
+        ctl[C.USED_IDX] = (ctl[C.USED_IDX] + chains) & 0xffff;
+        if (status !== BURST_STATUS.LEARN) break;
+        // As release() does for every frame: the source is behind the ring's sender.
+        this.rxLearnt[3 * i] = this.batch;
+        this.rxLearnt[3 * i + 1] = ctl[C.LEARN_HIGH];
+        this.rxLearnt[3 * i + 2] = ctl[C.LEARN_LOW];
+        this.table.learnKey(ctl[C.LEARN_HIGH], ctl[C.LEARN_LOW], this.inSources[i]);
+      }
+      ring.setConsumerState(ctl, C.RING_STATE);
+      frames += moved;
+      this.rxTaken += moved;
+      if (moved > 0) {
+        // Handed back (TAIL) in endBatch, after the copies (done: they were synchronous).
+        this.inDirty[i] = 1;
+        idle = 0;
+      }
+      // The frame left stays first in line: peek() returns it.
+      if (status !== BURST_STATUS.DONE) break;
+      if (moved < limit || this.rxTaken >= RX_BURST) {
+        // This ring is empty, or had its turn: the next source's.
+        if (moved < limit) idle++;
+        this.rxNext = i + 1 === rings.length ? 0 : i + 1;
+        this.rxTaken = 0;
+      }
+    }
+    ctl[C.FRAMES] = frames;
+    ctl[C.BYTES] = bytes;
+    ctl[C.POPPED] = popped;
+    return status;
   }
 
   // --- transmit: this port's peer → other ports ------------------------------

@@ -202,6 +202,10 @@ export class SplitVirtqueue implements Virtqueue {
   /** used.avail_event (empty view without EVENT_IDX). */
   private availEvent!: Uint16Array;
   private usedEventIndex = 0;
+  /** Where the three parts landed in the current memory table (for {@link burstLocation}). */
+  private descAt: RingLocation = { region: 0, offset: 0 };
+  private availAt: RingLocation = { region: 0, offset: 0 };
+  private usedAt: RingLocation = { region: 0, offset: 0 };
 
   private lastAvail = 0;
   /** Last avail.idx read from the guest; entries up to it are already ordered by that read. */
@@ -374,6 +378,45 @@ export class SplitVirtqueue implements Virtqueue {
       k++;
     }
     return k;
+  }
+
+  /**
+   * For a native batch loop (native/net-burst.cc): writes into `out` from
+   * `at` the region and buffer offset of the descriptor table, the avail
+   * ring and the used ring, then the queue size, last_avail_idx, avail.idx
+   * (loaded as {@link pending} loads it, so a lying index throws
+   * QueueBrokenError here) and used idx. Only with no inflight region.
+   * @throws QueueBrokenError VIRTQ_AVAIL_AHEAD.
+   */
+  burstLocation(out: Float64Array, at: number): void {
+    if (this.inflight !== null)
+      throw new Error('burstLocation: the queue keeps an inflight region');
+    out[at] = this.descAt.region;
+    out[at + 1] = this.descAt.offset;
+    out[at + 2] = this.availAt.region;
+    out[at + 3] = this.availAt.offset;
+    out[at + 4] = this.usedAt.region;
+    out[at + 5] = this.usedAt.offset;
+    out[at + 6] = this.size;
+    out[at + 7] = this.lastAvail;
+    out[at + 8] = this.loadAvailIdx();
+    out[at + 9] = this.used;
+  }
+
+  /**
+   * A native batch loop popped `popped` chains from the avail snapshot of
+   * {@link burstLocation} and wrote `used` used elements after used idx;
+   * moves both indexes on (publishing is still {@link publishUsed}'s).
+   * @throws RangeError when `popped` exceeds that snapshot or either is not a count.
+   */
+  advanceBurst(popped: number, used: number): void {
+    const ahead = (this.shadowAvail - this.lastAvail) & 0xffff;
+    if (!(Number.isInteger(popped) && popped >= 0 && popped <= ahead))
+      throw new RangeError(`advanceBurst: ${popped} popped, ${ahead} were available`);
+    if (!(Number.isInteger(used) && used >= 0 && used <= this.size))
+      throw new RangeError(`advanceBurst: ${used} used elements, queue size ${this.size}`);
+    this.lastAvail = (this.lastAvail + popped) & 0xffff;
+    this.used = (this.used + used) & 0xffff;
   }
 
   /** Writes one used element and publishes used.idx. */
@@ -655,6 +698,9 @@ export class SplitVirtqueue implements Virtqueue {
     const usedBytes = usedRingBytes(size, this.eventIdx);
     const used = locateRing(memory, this.usedRing, usedBytes, USED_ALIGN, 'used');
     this.memory = memory;
+    this.descAt = desc;
+    this.availAt = avail;
+    this.usedAt = used;
     this.descView = memory.views[desc.region];
     this.descBase = desc.offset;
     this.avail = new Uint16Array(memory.buffers[avail.region], avail.offset, availBytes / 2);

@@ -144,6 +144,15 @@ export class Vring {
   }
 
   /**
+   * Used elements were written straight into the started queue (a native
+   * batch loop, SplitVirtqueue.advanceBurst): the next {@link flush}
+   * publishes them like those of {@link addUsed}.
+   */
+  addedUsed(): void {
+    if (this.queue !== null) this.batchOpen = true;
+  }
+
+  /**
    * Ends a batch: publishes every used entry added since the last flush
    * (one used.idx store) and interrupts the driver if it asked to be told.
    * Returns true when it raised the interrupt.

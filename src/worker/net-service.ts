@@ -132,6 +132,7 @@ export class NetSwitch {
       ageingMs: this.options.ageingMs,
       macCapacity: this.options.macCapacity,
       holdMs: tap ? 0 : (this.options.holdMs ?? DEFAULT_HOLD_MS),
+      nativeLoop: this.options.frameLoop !== 'typescript',
     };
   }
 

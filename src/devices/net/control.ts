@@ -10,6 +10,7 @@
  * driver has set a receive mode or a table: before that everything passes,
  * as when CTRL_RX is not negotiated.
  */
+import { BURST_CTL } from '../../native.js';
 import { isGroupAddress, macKey } from '../../net/mac-table.js';
 
 /** Command classes and commands (§5.1.6.5). */
@@ -69,6 +70,19 @@ export class RxFilter {
     }
     if (high === this.primaryHigh && low === this.primaryLow) return true;
     return this.unicast.size > 0 && this.unicast.has(macKey(bytes, off));
+  }
+
+  /**
+   * What the native frame loop needs to apply {@link accepts} on its own:
+   * ctl[FILTER_ALL] 1 when every frame is accepted, else the primary
+   * address and the all-multicast mode; frames the tables would decide it
+   * leaves to {@link accepts}.
+   */
+  summarize(ctl: Float64Array): void {
+    ctl[BURST_CTL.FILTER_ALL] = !this.active || this.promisc ? 1 : 0;
+    ctl[BURST_CTL.PRIMARY_HIGH] = this.primaryHigh;
+    ctl[BURST_CTL.PRIMARY_LOW] = this.primaryLow;
+    ctl[BURST_CTL.ALL_MULTI] = this.allMulti ? 1 : 0;
   }
 
   /** Carries out one command; `data` is its payload. Returns the ack byte. */

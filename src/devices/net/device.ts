@@ -47,7 +47,8 @@
  * driver may post on some queues only).
  */
 import type { StatCounters } from '../../locking/index.js';
-import { type NetBackendPort, RESERVE_HOLD } from '../../net/backend-port.js';
+import { BURST_CTL, BURST_STATUS } from '../../native.js';
+import { type NetBackendPort, type PortBurst, RESERVE_HOLD } from '../../net/backend-port.js';
 import { FrameCopyBatch } from '../../net/frame-copy.js';
 import {
   checkTxHeader,
@@ -76,6 +77,7 @@ import {
   drainQueue,
   featureBit,
   type GuestMemory,
+  SplitVirtqueue,
   takeVrings,
   type Virtqueue,
   type Vring,
@@ -226,6 +228,10 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
       return true;
     },
   };
+  /** The port's native frame loop (null: every frame goes the TypeScript way). */
+  private readonly burst: PortBurst | null;
+  /** The native loop's control array (BURST_CTL), reused by every call. */
+  private readonly burstCtl: Float64Array;
   /** (region, offset) of the frames {@link prefetchFrames} asks for. */
   private readonly peeked = new Float64Array(2 * BUDGET);
   /** A transmitted frame's header and addresses, copied out of guest memory once. */
@@ -298,6 +304,9 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
     }
     this.templateView = this.port.frameViews.length;
     this.hdrView = this.templateView;
+    this.burst = options.port.burst ?? null;
+    // Three slots per port: a switch of P ports gives 2 (P - 1) frame views.
+    this.burstCtl = new Float64Array(BURST_CTL.RING_STATE + 3 * (this.port.frameViews.length + 2));
     this.copies = new FrameCopyBatch();
     this.copies.setViews([...this.port.frameViews, this.headerTemplates], []);
     this.chain = new DescriptorChain(options.queueSize + 16);
@@ -346,6 +355,13 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
   setMemory(memory: GuestMemory): void {
     this.bytes = memory.bytes;
     this.copies.setGuest(memory.bytes);
+    const regions = memory.regions;
+    this.burst?.setGuest(
+      [...memory.bytes],
+      Float64Array.from(regions, (r) => r.guestPhysAddr),
+      Float64Array.from(regions, (r) => r.guestPhysAddr + r.size),
+      Float64Array.from(regions, (r) => r.guestPhysAddr - r.mmapOffset),
+    );
   }
 
   /** Nothing is ever in flight: every chain is completed in the batch that popped it. */
@@ -498,10 +514,14 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
     let stop: number = DrainStop.EMPTY;
     this.txQueue = q;
     try {
-      this.prefetchFrames(q.queue as Virtqueue);
-      // Up to BUDGET chains; a budget stop leaves kicks off and continues on the next loop turn.
-      // A handler stop is a held frame: kicks stay off, the doorbell or the hold timer retries.
-      stop = drainQueue(q.queue as Virtqueue, this.chain, this.txHandler, BUDGET, this.drained);
+      const vq = this.burstQueue(q);
+      if (vq !== null) stop = this.transmitBurst(q, vq);
+      else {
+        this.prefetchFrames(q.queue as Virtqueue);
+        // Up to BUDGET chains; a budget stop leaves kicks off and continues on the next loop turn.
+        // A handler stop is a held frame: kicks stay off, the doorbell or the hold timer retries.
+        stop = drainQueue(q.queue as Virtqueue, this.chain, this.txHandler, BUDGET, this.drained);
+      }
       if (this.drained.popped > 0) this.stats.add(NetStat.kicks, 1);
     } catch (err) {
       this.breakQueue(q, err);
@@ -516,6 +536,60 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
     }
     if (stop === DrainStop.BUDGET) this.scheduleTx(index);
     else if (stop === DrainStop.HANDLER) this.holdTx(index);
+  }
+
+  /**
+   * The split queue the native frame loop may serve for `q`, else null: a
+   * packed ring, a dirty log (migration: TypeScript marks what it writes)
+   * or a port without the loop keep the TypeScript path.
+   */
+  private burstQueue(q: QueueState): SplitVirtqueue | null {
+    if (this.burst === null || q.dirtyLog !== null) return null;
+    return q.queue instanceof SplitVirtqueue ? q.queue : null;
+  }
+
+  /**
+   * {@link drainQueue} with the native loop: each turn moves the bare
+   * frames of the avail snapshot in one native call, and the frame it
+   * leaves goes through {@link txHandler} (the full checks, offloads,
+   * holds); then the loop continues. Same budget and notification protocol.
+   */
+  private transmitBurst(q: QueueState, vq: SplitVirtqueue): number {
+    const burst = this.burst as PortBurst;
+    const ctl = this.burstCtl;
+    const C = BURST_CTL;
+    let popped = 0;
+    this.drained.popped = 0;
+    do {
+      vq.setNotification(false);
+      for (;;) {
+        vq.burstLocation(ctl, 0);
+        if (ctl[C.AVAIL_IDX] === ctl[C.LAST_AVAIL]) break;
+        if (burst.txReady) {
+          ctl[C.MAX] = BUDGET - popped;
+          ctl[C.MAX_FRAME] = this.maxFrame;
+          ctl[C.MIN_FRAME] = MIN_FRAME;
+          const status = burst.tx(ctl);
+          const k = ctl[C.FRAMES];
+          if (k > 0) {
+            vq.advanceBurst(k, k);
+            q.addedUsed();
+            popped += k;
+            this.drained.popped = popped;
+            this.txPacketCount += k;
+            this.txByteCount += ctl[C.BYTES];
+          }
+          if (popped >= BUDGET) return DrainStop.BUDGET;
+          if (status === BURST_STATUS.DONE) continue;
+        }
+        // The frame the loop left: the TypeScript way, one chain.
+        if (!vq.pop(this.chain)) break;
+        this.drained.popped = ++popped;
+        if (!this.txHandler.handleChain(this.chain)) return DrainStop.HANDLER;
+        if (popped >= BUDGET) return DrainStop.BUDGET;
+      }
+    } while (vq.enableNotification());
+    return DrainStop.EMPTY;
   }
 
   /**
@@ -714,7 +788,16 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
     }
     let n = 0;
     let retried = false;
-    for (let length = port.peek(); length >= 0 && n < BUDGET; length = port.peek()) {
+    const vq = ready === 1 ? this.burstQueue(this.queues[this.rxReady[0]]) : null;
+    for (;;) {
+      if (vq !== null && n < BUDGET) {
+        const moved = this.receiveBurst(this.queues[this.rxReady[0]], vq, BUDGET - n);
+        n += moved;
+        if (moved > 0) retried = false;
+      }
+      if (n >= BUDGET) break;
+      const length = port.peek();
+      if (length < 0) break;
       const bytes = port.rxBytes;
       const at = port.rxOffset;
       const accepted = this.filter.accepts(bytes, at);
@@ -748,6 +831,32 @@ export class NetDevice implements VirtioDeviceModel<NetCommand> {
       n++;
     }
     return n;
+  }
+
+  /**
+   * Delivers up to `max` frames with the native loop into the one ready
+   * receive queue `q`; returns how many. The frame it stops at (one with a
+   * header, one the filter's tables decide, no buffers in the snapshot, a
+   * chain it does not take) is then peek()'s, for the TypeScript way.
+   */
+  private receiveBurst(q: QueueState, vq: SplitVirtqueue, max: number): number {
+    const ctl = this.burstCtl;
+    const C = BURST_CTL;
+    this.rxCurrent = q;
+    vq.burstLocation(ctl, 0);
+    ctl[C.MAX] = max;
+    ctl[C.MAX_CHAINS] = Math.min(this.rxHeads.length, vq.size);
+    this.filter.summarize(ctl);
+    (this.burst as PortBurst).rx(ctl);
+    const k = ctl[C.FRAMES];
+    const chains = ctl[C.POPPED];
+    if (chains > 0) {
+      vq.advanceBurst(chains, chains);
+      q.addedUsed();
+    }
+    this.rxPacketCount += k;
+    this.rxByteCount += ctl[C.BYTES];
+    return k;
   }
 
   /**

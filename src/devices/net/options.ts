@@ -24,6 +24,11 @@ export interface NetOptions {
    * (default {@link DEFAULT_HOLD_MS}; 0: drop at once).
    */
   holdMs?: number;
+  /**
+   * Who moves the bare frames of split rings: the native per-batch loop
+   * (native/net-burst.cc, the default) or the TypeScript per-frame path.
+   */
+  frameLoop?: 'native' | 'typescript';
   rt: RtOptions;
 }
 
