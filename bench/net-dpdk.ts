@@ -45,6 +45,8 @@
  *     [--modes flowgen,io] [--switch-cpu 0] [--frontend-cpu 1] [--out bench/results/net-dpdk.json]
  *     [--md FILE] [--switch-args "..."] [--node-args "--cpu-prof --cpu-prof-dir=DIR"] [--only vhost-rt[,vhost-rt-baseline]]
  *     [--baseline DIR]   (a built checkout of another vhost-rt version: a third switch, interleaved)
+ *     [--baseline-args "..."]  (its arguments, default --quiet; with `--baseline .` this build
+ *                          again with other options, e.g. "--quiet --frame-loop typescript")
  *     [--variants split,packed,offloads]
  *
  * It installs Debian's dpdk packages when dpdk-testpmd is missing (needs root).
@@ -424,6 +426,8 @@ interface CaseOptions {
   nodeArgs: string[];
   /** The CLI of the baseline build (`--baseline DIR`: DIR/dist/src/cli/main.js). */
   baselineCli: string;
+  /** Arguments of the baseline switch (`--baseline-args`). */
+  baselineArgs: string[];
   /** The front end's ring size (vhost-rt is started with `--queue-size` to match). */
   queueSize: number;
 }
@@ -444,7 +448,7 @@ async function measure(o: CaseOptions): Promise<NetSample & { log: string }> {
           socks,
           o.switchCpu,
           [
-            ...(o.kind === 'vhost-rt' ? o.switchArgs : ['--quiet']),
+            ...(o.kind === 'vhost-rt' ? o.switchArgs : o.baselineArgs),
             '--queue-size',
             `${o.queueSize}`,
           ],
@@ -626,6 +630,7 @@ async function main(): Promise<void> {
       'switch-cpu': { type: 'string', default: '0' },
       'frontend-cpu': { type: 'string', default: '1' },
       'switch-args': { type: 'string', default: '--quiet' },
+      'baseline-args': { type: 'string', default: '--quiet' },
       'queue-size': { type: 'string', default: '1024' },
       'node-args': { type: 'string', default: '' },
       only: { type: 'string' },
@@ -654,6 +659,7 @@ async function main(): Promise<void> {
     switchCpu: Number(v['switch-cpu']),
     frontendCpu: Number(v['frontend-cpu']),
     switchArgs: (v['switch-args'] as string).split(' ').filter((a) => a !== ''),
+    baselineArgs: (v['baseline-args'] as string).split(' ').filter((a) => a !== ''),
     nodeArgs: (v['node-args'] as string).split(' ').filter((a) => a !== ''),
     baselineCli: join(v.baseline ?? '.', 'dist', 'src', 'cli', 'main.js'),
     queueSize: Number(v['queue-size']),
@@ -693,7 +699,7 @@ async function main(): Promise<void> {
   const table = `${netReport(samples)}\n\nPer sample, in the order measured:\n\n${roundsReport(samples)}`;
   const conditions = [
     `started ${startedAt}, ended ${new Date().toISOString()}; ${rounds} rounds, ${base.seconds} s windows after ${base.warmup} s warm-up`,
-    `switch on CPU ${base.switchCpu} (taskset, every thread), front end on CPU ${base.frontendCpu}; rings of ${base.queueSize}; vhost-rt args: ${base.switchArgs.join(' ')} --queue-size ${base.queueSize}`,
+    `switch on CPU ${base.switchCpu} (taskset, every thread), front end on CPU ${base.frontendCpu}; rings of ${base.queueSize}; vhost-rt args: ${base.switchArgs.join(' ')} --queue-size ${base.queueSize}; baseline args: ${base.baselineArgs.join(' ')}`,
     `before: ${loadBefore}`,
     `after: ${loadAfter}`,
   ];

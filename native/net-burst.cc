@@ -65,6 +65,9 @@ constexpr uint32_t kRecordHeader = 4;
 constexpr int kMaxSegments = 64;
 // Most receive chains one frame may take here.
 constexpr int kMaxRxChains = 64;
+// Rolling prefetch distances, in chains (PrefetchAhead).
+constexpr uint16_t kDescAhead = 16;
+constexpr uint16_t kBufferAhead = 8;
 // MacTable (src/net/mac-table.ts).
 constexpr uint32_t kHashMultiplier = 0x9e3779b1u;
 constexpr int kUnknownPort = -1;
@@ -399,13 +402,15 @@ class NetBurst : public Napi::ObjectWrap<NetBurst> {
     uint32_t maxFrame = static_cast<uint32_t>(ctl[kMaxFrame]);
     uint32_t minFrame = static_cast<uint32_t>(ctl[kMinFrame]);
     double now = ctl[kNow], ageing = ctl[kAgeingMs];
-    Prefetch(q, last, max);
+    uint16_t end = static_cast<uint16_t>(last + max);
+    PrefetchStart(q, last, end, false);
     Segment segs[kMaxSegments];
     int* targets = targets_.data();
     uint32_t frames = 0;
     double bytesTotal = 0;
     int status = kDone;
     for (; frames < max; frames++) {
+      PrefetchAhead(q, static_cast<uint16_t>(last + frames), end, false);
       uint16_t slot = static_cast<uint16_t>(last + frames) & q.mask;
       uint32_t head = LoadU16(q.avail + kAvailRing + 2 * slot);
       if (head >= q.size) { status = kDefer; break; }
@@ -494,26 +499,48 @@ class NetBurst : public Napi::ObjectWrap<NetBurst> {
   }
 
   /**
-   * Asks the CPU for the descriptors, then the first line of each frame, of
-   * the next `count` chains, so the misses of a batch overlap (the driver's
-   * CPU just wrote them; see FrameCopier.prefetch). Only hints: nothing read
-   * here is trusted.
+   * Rolling prefetch over the avail ring: the descriptor of the chain
+   * kDescAhead places ahead of `at`, and the first line of the buffer of the
+   * chain kBufferAhead ahead (its descriptor was asked for earlier), so that
+   * about a dozen misses are in flight while frames are moved — the driver's
+   * CPU just wrote them all, and one by one each is a cross-CPU miss that
+   * stalled the loop (perf: 64 % of the transmit loop on the header's first
+   * read). `write`: the line will be written (a receive buffer). Only hints:
+   * nothing read here is trusted, every address is translated first.
    */
-  void Prefetch(const Queue& q, uint16_t last, uint32_t count) {
-    if (count < 4) return;
-    for (uint32_t i = 0; i < count; i++) {
-      uint32_t head = LoadU16(q.avail + kAvailRing + 2 * ((last + i) & q.mask));
+  void PrefetchAhead(const Queue& q, uint16_t at, uint16_t end, bool write) {
+    uint16_t d = static_cast<uint16_t>(at + kDescAhead);
+    if (static_cast<uint16_t>(end - at) > kDescAhead) {
+      uint32_t head = LoadU16(q.avail + kAvailRing + 2 * (d & q.mask));
       if (head < q.size) __builtin_prefetch(q.desc + head * kDescSize, 0, 3);
     }
-    for (uint32_t i = 0; i < count; i++) {
-      uint32_t head = LoadU16(q.avail + kAvailRing + 2 * ((last + i) & q.mask));
-      if (head >= q.size) continue;
-      const uint8_t* d = q.desc + head * kDescSize;
-      uint64_t addr;
-      std::memcpy(&addr, d, 8);
-      uint8_t* at = Translate(static_cast<double>(addr), 1);
-      if (at != nullptr) __builtin_prefetch(at, 0, 3);
+    uint16_t b = static_cast<uint16_t>(at + kBufferAhead);
+    if (static_cast<uint16_t>(end - at) > kBufferAhead) PrefetchBuffer(q, b, write);
+  }
+
+  /** The first line of the first buffer of the chain in avail slot `idx`. */
+  void PrefetchBuffer(const Queue& q, uint16_t idx, bool write) {
+    uint32_t head = LoadU16(q.avail + kAvailRing + 2 * (idx & q.mask));
+    if (head >= q.size) return;
+    uint64_t addr;
+    std::memcpy(&addr, q.desc + head * kDescSize, 8);
+    uint8_t* line = Translate(static_cast<double>(addr), 1);
+    if (line == nullptr) return;
+    if (write)
+      __builtin_prefetch(line, 1, 3);
+    else
+      __builtin_prefetch(line, 0, 3);
+  }
+
+  /** Starts the rolling prefetch of chains [at, end): the first descriptors and buffers. */
+  void PrefetchStart(const Queue& q, uint16_t at, uint16_t end, bool write) {
+    uint16_t n = static_cast<uint16_t>(end - at);
+    for (uint16_t i = 0; i < n && i < kDescAhead; i++) {
+      uint32_t head = LoadU16(q.avail + kAvailRing + 2 * ((at + i) & q.mask));
+      if (head < q.size) __builtin_prefetch(q.desc + head * kDescSize, 0, 3);
     }
+    for (uint16_t i = 0; i < n && i < kBufferAhead; i++)
+      PrefetchBuffer(q, static_cast<uint16_t>(at + i), write);
   }
 
   // --- rx: rings → driver ---------------------------------------------------
@@ -550,6 +577,7 @@ class NetBurst : public Napi::ObjectWrap<NetBurst> {
     uint32_t frames = 0, popped = 0;
     double bytesTotal = 0;
     int status = kDone;
+    PrefetchStart(q, last, availIdx, true);
     while (frames < max) {
       if (tail == headSeen) {
         // Acquire, as PacketRing.peek: records before HEAD are fully written.
@@ -589,7 +617,9 @@ class NetBurst : public Napi::ObjectWrap<NetBurst> {
       while (placed < need) {
         if (chains == maxChains) { verdict = kDefer; break; }
         if (static_cast<uint16_t>(last + popped + chains) == availIdx) { verdict = kNoBuffers; break; }
-        uint32_t head = LoadU16(q.avail + kAvailRing + 2 * ((last + popped + chains) & q.mask));
+        uint16_t at = static_cast<uint16_t>(last + popped + chains);
+        PrefetchAhead(q, at, availIdx, true);
+        uint32_t head = LoadU16(q.avail + kAvailRing + 2 * (at & q.mask));
         if (head >= q.size) { verdict = kDefer; break; }
         uint64_t total = 0;
         int n = Walk(q, head, true, segs, &total);
