@@ -45,7 +45,7 @@
  *     [--modes flowgen,io] [--switch-cpu 0] [--frontend-cpu 1] [--out bench/results/net-dpdk.json]
  *     [--md FILE] [--switch-args "..."] [--node-args "--cpu-prof --cpu-prof-dir=DIR"] [--only vhost-rt[,vhost-rt-baseline]]
  *     [--baseline DIR]   (a built checkout of another vhost-rt version: a third switch, interleaved)
- *     [--baseline-args "..."]  (its arguments, default --quiet; with `--baseline .` this build
+ *     [--baseline-args="..."]  (its arguments, default --quiet; with `--baseline .` this build
  *                          again with other options, e.g. "--quiet --frame-loop typescript")
  *     [--variants split,packed,offloads]
  *

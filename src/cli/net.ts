@@ -48,6 +48,7 @@ const FLAGS = {
   'ageing-ms': { type: 'string' },
   'hold-ms': { type: 'string' },
   'frame-loop': { type: 'string' },
+  'poll-us': { type: 'string' },
   'spare-ports': { type: 'string' },
   quiet: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
@@ -81,6 +82,8 @@ Options:
   --frame-loop native|typescript
                        who moves bare frames of split rings: one native call per batch
                        (default), or the TypeScript per-frame path (A/B measurements)
+  --poll-us N          after a batch, keep polling the port's transmit rings for N µs
+                       with the guest's kicks off (default 0: sleep until the next kick)
   --spare-ports N      port slots kept free for device-add on the control socket,
                        0..${MAX_SPARE_PORTS} (default 0; each costs a ring to and from every port)
 
@@ -156,6 +159,7 @@ export function parseNetArgs(args: string[]): NetPlan | 'help' {
       ageingMs: integerFlag('ageing-ms', v['ageing-ms'], DEFAULT_AGEING_MS),
       holdMs: integerFlag('hold-ms', v['hold-ms'], DEFAULT_HOLD_MS, { min: 0, max: 60_000 }),
       frameLoop: frameLoopFlag(optionalString(v['frame-loop'])),
+      pollUs: integerFlag('poll-us', v['poll-us'], 0, { min: 0, max: 1_000_000 }),
       macCapacity: DEFAULT_MAC_CAPACITY,
       rt: parseRtFlags(v),
     },

@@ -151,6 +151,7 @@ export class NetSwitch {
                 queueSize: this.options.queueSize,
                 switchPort: this.switchPort(p.index),
                 statsBuffer: p.stats.buffer,
+                pollUs: this.options.pollUs ?? 0,
               },
             ],
             rt: this.options.rt,

@@ -38,5 +38,24 @@ describe('vhost-rt net arguments', () => {
     expect(() => parseNetArgs(['--socket-path', 'x', '--mac-base', 'nope'])).toThrow(/mac-base/);
     expect(() => parseNetArgs(['--socket-path', 'x', '--queues', 'two'])).toThrow(/--queues/);
     expect(parseNetArgs(['--help'])).toBe('help');
+    expect(() => parseNetArgs(['--socket-path', 'x', '--frame-loop', 'fast'])).toThrow(
+      /--frame-loop fast: must be native or typescript/,
+    );
+    expect(() => parseNetArgs(['--socket-path', 'x', '--poll-us', '-1'])).toThrow(/--poll-us/);
+  });
+
+  it('takes the frame loop (native unless told) and the poll window', () => {
+    const plain = parseNetArgs(['--socket-path', 'x']);
+    const told = parseNetArgs([
+      '--socket-path',
+      'x',
+      '--frame-loop',
+      'typescript',
+      '--poll-us',
+      '50',
+    ]);
+    if (plain === 'help' || told === 'help') throw new Error('unexpected help');
+    expect([plain.options.frameLoop, plain.options.pollUs]).toEqual(['native', 0]);
+    expect([told.options.frameLoop, told.options.pollUs]).toEqual(['typescript', 50]);
   });
 });

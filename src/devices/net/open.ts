@@ -25,7 +25,11 @@ export function openNetDevice(init: NetDeviceInit, env: DeviceEnv): OpenedDevice
       onClose: () => ports.close(),
     });
     ports.host(model);
-    return { model, description: describeModel(model, 'net', {}) };
+    return {
+      model,
+      description: describeModel(model, 'net', {}),
+      runtime: { pollUs: init.pollUs ?? 0 },
+    };
   } catch (err) {
     ports.close();
     throw err;

@@ -29,6 +29,12 @@ export interface NetOptions {
    * (native/net-burst.cc, the default) or the TypeScript per-frame path.
    */
   frameLoop?: 'native' | 'typescript';
+  /**
+   * `--poll-us`: microseconds a port's worker keeps polling its transmit
+   * rings after a batch, kicks off (the worker runtime's AdaptivePoller);
+   * 0 (the default) never polls.
+   */
+  pollUs?: number;
   rt: RtOptions;
 }
 
@@ -46,6 +52,8 @@ export interface NetDeviceInit {
   switchPort: SwitchPortInit;
   /** NET_STAT_NAMES counters of the port. */
   statsBuffer: SharedArrayBuffer;
+  /** {@link NetOptions.pollUs}. */
+  pollUs?: number;
 }
 
 /** What an opened net port reports (nothing beyond its description). */
