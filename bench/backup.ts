@@ -41,6 +41,9 @@
  *     [--redirect-keep] (with --redirect-ab: its backups with keep-overlay, so that from the
  *                        second round on the overlay's blocks are allocated already; the
  *                        overlay is removed at the end)
+ *     [--redirect-prefill] (with --redirect-ab: its backups with prefill-overlay: the first
+ *                        one writes the kept overlay's whole data area before its start
+ *                        instant, so no redirected write allocates; removed at the end)
  *     [--dir PATH]      (image and targets in PATH, e.g. a file system on a zram device: a
  *                        device whose own tail is steady, unlike this machine's disk; see
  *                        bench/zram-fs.sh)
@@ -112,6 +115,7 @@ interface VhostRtBackupArgs {
   readAround?: boolean;
   maxChunk?: number;
   keepOverlay?: boolean;
+  prefillOverlay?: boolean;
 }
 
 interface Sample {
@@ -241,7 +245,8 @@ async function startBackup(
   speed: number,
   extra: VhostRtBackupArgs,
 ): Promise<() => Promise<Stopped>> {
-  const { journalBytes, method, yieldMs, readAround, maxChunk, keepOverlay } = extra;
+  const { journalBytes, method, yieldMs, readAround, maxChunk, keepOverlay, prefillOverlay } =
+    extra;
   const from = q.messages.length;
   if (label !== 'qsd') {
     const started = (await q.execute('blockdev-backup', {
@@ -255,6 +260,7 @@ async function startBackup(
       ...(readAround ? { 'read-around': true } : {}),
       ...(maxChunk === undefined ? {} : { 'max-chunk': maxChunk }),
       ...(keepOverlay ? { 'keep-overlay': true } : {}),
+      ...(prefillOverlay ? { 'prefill-overlay': true } : {}),
     })) as Record<string, unknown>;
     process.stderr.write(
       `vhost-rt backup: method ${String(started.method)}${started['method-reason'] === undefined ? '' : ` (${String(started['method-reason'])})`}, writes held ${String(started['start-held-us'])} µs at the start\n`,
@@ -497,6 +503,7 @@ async function main(): Promise<void> {
       'max-chunk-ab': { type: 'string' },
       'redirect-ab': { type: 'boolean', default: false },
       'redirect-keep': { type: 'boolean', default: false },
+      'redirect-prefill': { type: 'boolean', default: false },
       'hot-mib': { type: 'string' },
     },
   });
@@ -582,6 +589,7 @@ async function main(): Promise<void> {
     maxChunk?: number;
     method?: string;
     keepOverlay?: boolean;
+    prefillOverlay?: boolean;
   }[] = [
     { label: 'vhost-rt', backend: v, qmp: vq, target: vTarget, yieldMs },
     ...(yieldAb === undefined
@@ -630,6 +638,7 @@ async function main(): Promise<void> {
             yieldMs,
             method: 'redirect',
             keepOverlay: values['redirect-keep'],
+            prefillOverlay: values['redirect-prefill'],
           },
         ]
       : []),
@@ -665,6 +674,7 @@ async function main(): Promise<void> {
                     readAround: side.readAround,
                     maxChunk: side.maxChunk,
                     keepOverlay: side.keepOverlay,
+                    prefillOverlay: side.prefillOverlay,
                   })
                 : null;
             const result = await runLoad({

@@ -21,6 +21,15 @@
  * map but the bitmap to keep crash-safe. The file system allocates the blocks on
  * first write (a cost the bench measures against the journal's read).
  *
+ * PREFILLED (`prefill-overlay`, always with KEEP): the whole data area was
+ * written with zeros once, so no guest write ever allocates a block in it: a
+ * redirected write is an overwrite, as a write into the image is. Sparse or
+ * fallocated (unwritten extents) data areas make every first write allocate or
+ * convert an extent, a metadata transaction in the guest's write path
+ * (bench/overlay-alloc.sh: the "written" rows are what a prefilled overlay gives).
+ * The price: the image's size in space, and one pass of writes before the first
+ * backup with it starts (paced at the backup's speed).
+ *
  * KEEP (`keep-overlay`): once merged the file is not removed but kept, its bitmap
  * clear, and the next redirect backup of the image reuses it. Why: the data area
  * is sparse, and a guest write into a block the file system has not allocated
@@ -68,6 +77,10 @@ export class RedirectFileError extends VhostRtError {}
 
 /** Header flag: the file is kept (bitmap clear) after a merge, for the next backup. */
 export const REDIRECT_FLAG_KEEP = 1;
+/** Header flag: the whole data area has been written (with zeros) once; only with KEEP. */
+export const REDIRECT_FLAG_PREFILLED = 2;
+/** Bytes per write of the prefill pass. */
+const PREFILL_CHUNK = 1024 * 1024;
 
 /**
  * Whether an overlay owes a merge: any that is not KEEP (only a kept one is ever left merged),
@@ -133,7 +146,10 @@ export function decodeRedirectHeader(h: Buffer, path: string): RedirectLayout {
     throw bad(`unit of ${unitBytes} bytes`);
   const diskBytes = Number(h.readBigUInt64LE(16));
   const flags = h.readUInt32LE(48);
-  if ((flags & ~REDIRECT_FLAG_KEEP) !== 0) throw bad(`unknown flags 0x${flags.toString(16)}`);
+  if ((flags & ~(REDIRECT_FLAG_KEEP | REDIRECT_FLAG_PREFILLED)) !== 0)
+    throw bad(`unknown flags 0x${flags.toString(16)}`);
+  if ((flags & REDIRECT_FLAG_PREFILLED) !== 0 && (flags & REDIRECT_FLAG_KEEP) === 0)
+    throw bad('flagged prefilled but not kept');
   const expected = redirectLayout(diskBytes, unitBytes, flags);
   if (
     Number(h.readBigUInt64LE(24)) !== expected.bitmapOffset ||
@@ -157,7 +173,9 @@ export async function createRedirectFile(
   diskBytes: number,
   unitBytes: number,
   keep = false,
+  prefill?: RedirectPrefill,
 ): Promise<RedirectLayout> {
+  if (prefill !== undefined) keep = true;
   const l = redirectLayout(diskBytes, unitBytes, keep ? REDIRECT_FLAG_KEEP : 0);
   const existing = await inspectExisting(path);
   if (existing !== null) {
@@ -166,8 +184,16 @@ export async function createRedirectFile(
         'ERR_REDIRECT_EXISTS',
         `overlay ${path} exists: a previous redirect backup's writes are not merged yet`,
       );
-    if (keep && existing.layout.diskBytes === diskBytes && existing.layout.unitBytes === unitBytes)
-      return l;
+    if (
+      keep &&
+      existing.layout.diskBytes === diskBytes &&
+      existing.layout.unitBytes === unitBytes
+    ) {
+      const had = existing.layout.flags & REDIRECT_FLAG_PREFILLED;
+      if (prefill === undefined || had !== 0) return { ...l, flags: l.flags | had };
+      await prefillRedirectFile(path, l, prefill);
+      return { ...l, flags: l.flags | REDIRECT_FLAG_PREFILLED };
+    }
     // Merged, and not reusable as asked: a fresh one.
     await unlink(path);
   }
@@ -194,7 +220,54 @@ export async function createRedirectFile(
   }
   await f.close();
   await syncDirectory(path);
-  return l;
+  if (prefill === undefined) return l;
+  await prefillRedirectFile(path, l, prefill);
+  return { ...l, flags: l.flags | REDIRECT_FLAG_PREFILLED };
+}
+
+/** How {@link createRedirectFile} prefills a data area (`prefill-overlay`). */
+export interface RedirectPrefill {
+  /** Pace of the pass in bytes per second (the backup's `speed`); 0: as fast as the disk goes. */
+  bytesPerSecond: number;
+}
+
+/**
+ * Writes zeros over the whole data area of the merged, kept overlay at
+ * `path` (layout `l`), paced, makes them durable, and only then sets
+ * PREFILLED in its header: a crash in between leaves a file that is simply
+ * prefilled again next time. Off the calling thread (fs/promises).
+ * @throws RedirectFileError ERR_REDIRECT_IO naming the file and errno.
+ */
+async function prefillRedirectFile(
+  path: string,
+  l: RedirectLayout,
+  prefill: RedirectPrefill,
+): Promise<void> {
+  let f: Awaited<ReturnType<typeof open>> | null = null;
+  try {
+    f = await open(path, 'r+');
+    const zeros = Buffer.alloc(PREFILL_CHUNK);
+    const began = performance.now();
+    for (let done = 0; done < l.diskBytes; ) {
+      const n = Math.min(PREFILL_CHUNK, l.diskBytes - done);
+      await f.write(zeros, 0, n, l.dataOffset + done);
+      done += n;
+      if (prefill.bytesPerSecond > 0) {
+        const ahead = (done / prefill.bytesPerSecond) * 1000 - (performance.now() - began);
+        if (ahead > 1) await new Promise((resolve) => setTimeout(resolve, ahead));
+      }
+    }
+    await f.datasync();
+    await f.write(encodeHeader({ ...l, flags: l.flags | REDIRECT_FLAG_PREFILLED }), 0, 64, 0);
+    await f.datasync();
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
+    throw new RedirectFileError('ERR_REDIRECT_IO', `overlay ${path}: cannot prefill (${code})`, {
+      cause: err,
+    });
+  } finally {
+    await f?.close();
+  }
 }
 
 /**

@@ -91,6 +91,12 @@ export interface BackupRequest {
   maxChunk?: number;
   /** Method redirect: keep the merged overlay for the next backup (default false). */
   keepOverlay?: boolean;
+  /**
+   * Method redirect: write the overlay's whole data area once (zeros, at `speed`)
+   * before the start instant, unless a kept overlay was prefilled already; implies
+   * keepOverlay (default false). See src/io/redirect-file.ts PREFILLED.
+   */
+  prefillOverlay?: boolean;
 }
 
 /** Sends a control-socket event (the device's index and socket are added by the caller). */
@@ -223,11 +229,15 @@ export class DeviceBackups {
     if (nbd) checkNbdUri(req.target);
     else await prepareFile(req.target, size, req.sync);
     const method = req.method ?? 'auto';
-    if (req.keepOverlay === true && method !== 'redirect')
-      throw new BackupError(
-        'ERR_BACKUP_METHOD',
-        `Parameter 'keep-overlay' needs method redirect, not ${method}`,
-      );
+    for (const [given, name] of [
+      [req.keepOverlay, 'keep-overlay'],
+      [req.prefillOverlay, 'prefill-overlay'],
+    ] as const)
+      if (given === true && method !== 'redirect')
+        throw new BackupError(
+          'ERR_BACKUP_METHOD',
+          `Parameter '${name}' needs method redirect, not ${method}`,
+        );
     if (method === 'redirect') return this.startRedirect(req, size, nbd, emit);
     let cloneRefused = '';
     // `auto` does not clone an image so fragmented that the clone would hold the writes long.
@@ -259,7 +269,10 @@ export class DeviceBackups {
     size: number,
     nbd: boolean,
     journalBytes: number,
-    device: { readAround?: boolean; redirect?: { image: string; keep: boolean } },
+    device: {
+      readAround?: boolean;
+      redirect?: { image: string; keep: boolean; prefillBytesPerSecond?: number };
+    },
   ): Promise<{ share: BackupShare; copier: Copier; started: BackupStarted }> {
     const share = BackupShare.create(size, journalBytes);
     let copier: Copier;
@@ -305,7 +318,11 @@ export class DeviceBackups {
       );
     // The journal is not used: the smallest one the share takes.
     const { share, copier, started } = await this.startOnDevice(req, size, nbd, MIN_JOURNAL_BYTES, {
-      redirect: { image: this.source.image, keep: req.keepOverlay === true },
+      redirect: {
+        image: this.source.image,
+        keep: req.keepOverlay === true || req.prefillOverlay === true,
+        prefillBytesPerSecond: req.prefillOverlay === true ? req.speed : undefined,
+      },
     });
     const job = this.newJob(req, share, copier, emit, started, size, null);
     job.status.method = 'redirect';

@@ -93,9 +93,10 @@ describe.each(['linux-aio', 'io_uring'])('blockdev-backup method redirect (%s)',
       const after = (await c.execute('query-backups', { device: 0 })).return as Json[];
       expect(after[0]).toMatchObject({ status: 'completed', method: 'redirect', merge: 'done' });
       expect(after[0]['merged-bytes']).toBe((merged.data as Json)['merged-bytes']);
-      // The device redirects nothing now: another backup may start (and completes), twice with
-      // keep-overlay: the merged file stays (its blocks allocated) and the next one reuses it.
-      for (const round of [2, 3]) {
+      // The device redirects nothing now: another backup may start (and completes), three
+      // times with keep-overlay: the merged file stays (its blocks allocated) and the next one
+      // reuses it; the second of them prefills it (prefill-overlay), the third reuses that.
+      for (const round of [2, 3, 4]) {
         const from2 = c.messages.length;
         const w2 = model.openWindow();
         const r2 = await c.execute('blockdev-backup', {
@@ -103,7 +104,9 @@ describe.each(['linux-aio', 'io_uring'])('blockdev-backup method redirect (%s)',
           target,
           sync: 'full',
           method: 'redirect',
-          'keep-overlay': true,
+          ...(round === 3
+            ? { 'prefill-overlay': true, speed: 64 * MiB }
+            : { 'keep-overlay': true }),
         });
         model.closeWindow(w2);
         expect(r2.return, `backup ${round}`).toMatchObject({ method: 'redirect' });
@@ -112,6 +115,12 @@ describe.each(['linux-aio', 'io_uring'])('blockdev-backup method redirect (%s)',
         expect(model.check(readFileSync(target), w2)).toBe('ok');
         await event(c, from2, /^BACKUP_MERGED$/, 'merge 2');
         expect(existsSync(`${image}.vhost-rt-redirect`)).toBe(true);
+        if (round >= 3) {
+          // Prefilled: every block of the data area allocated, the header says so.
+          const overlay = `${image}.vhost-rt-redirect`;
+          expect(statSync(overlay).blocks * 512).toBeGreaterThanOrEqual(SIZE);
+          expect(readFileSync(overlay).readUInt32LE(48)).toBe(3);
+        }
       }
       const refused = await c.execute('blockdev-backup', {
         device: 0,
@@ -120,6 +129,15 @@ describe.each(['linux-aio', 'io_uring'])('blockdev-backup method redirect (%s)',
       });
       expect((refused.error as Json).desc).toMatch(
         /'keep-overlay' needs method redirect, not auto/,
+      );
+      const refused2 = await c.execute('blockdev-backup', {
+        device: 0,
+        target,
+        method: 'journal',
+        'prefill-overlay': true,
+      });
+      expect((refused2.error as Json).desc).toMatch(
+        /'prefill-overlay' needs method redirect, not journal/,
       );
     } finally {
       stop = true;

@@ -21,6 +21,8 @@ import {
 import { createEngine, type IoEngine, IoFile, IoOp } from '../../src/io/index.js';
 import {
   createRedirectFile,
+  REDIRECT_FLAG_KEEP,
+  REDIRECT_FLAG_PREFILLED,
   recoverRedirect,
   redirectLayout,
   redirectPath,
@@ -273,6 +275,38 @@ describe('WriteRedirect', () => {
     expect(redirectPending(image)).toBe(false);
     // Without keep, a merged kept file is replaced by a fresh one.
     expect((await createRedirectFile(redirectPath(image), SIZE, 512)).flags).toBe(0);
+  });
+
+  it('prefill-overlay: the whole data area is written once, flagged, kept, and not written again', async () => {
+    const { statSync, openSync, readSync, closeSync } = await import('node:fs');
+    const image = join(dir, 'prefill.img');
+    writeFileSync(image, pattern(SIZE));
+    const path = redirectPath(image);
+    // A plain kept overlay first: sparse, not prefilled.
+    const sparse = await createRedirectFile(path, SIZE, 512, true);
+    expect(sparse.flags).toBe(REDIRECT_FLAG_KEEP);
+    expect(statSync(path).blocks * 512).toBeLessThan(SIZE / 2);
+    // Asked to prefill: the kept file is filled in place (every data block allocated, zeros).
+    const filled = await createRedirectFile(path, SIZE, 512, false, { bytesPerSecond: 0 });
+    expect(filled.flags).toBe(REDIRECT_FLAG_KEEP | REDIRECT_FLAG_PREFILLED);
+    expect(statSync(path).blocks * 512).toBeGreaterThanOrEqual(SIZE);
+    const fd = openSync(path, 'r');
+    const head = Buffer.alloc(64);
+    readSync(fd, head, 0, 64, 0);
+    closeSync(fd);
+    expect(head.readUInt32LE(48)).toBe(REDIRECT_FLAG_KEEP | REDIRECT_FLAG_PREFILLED);
+    expect(readFileSync(path).subarray(filled.dataOffset).equals(Buffer.alloc(SIZE))).toBe(true);
+    // Nothing is owed, and the next backup reuses it without writing it again.
+    expect(redirectPending(image)).toBe(false);
+    const before = statSync(path).mtimeMs;
+    const again = await createRedirectFile(path, SIZE, 512, true, { bytesPerSecond: 0 });
+    expect(again).toEqual(filled);
+    expect(statSync(path).mtimeMs).toBe(before);
+    // Paced: 1 MiB at 4 MiB/s takes about a quarter second (a lower bound only).
+    rmSync(path);
+    const began = performance.now();
+    await createRedirectFile(path, SIZE, 512, true, { bytesPerSecond: 4 * SIZE });
+    expect(performance.now() - began).toBeGreaterThanOrEqual(200);
   });
 
   it('close() leaves a persisted overlay that recoverRedirect merges into the image', async () => {

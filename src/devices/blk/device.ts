@@ -142,7 +142,7 @@ export type BlkCommand =
        * next to this image path and the copier reads the untouched image; merged back
        * after `backup-end`.
        */
-      redirect?: { image: string; keep?: boolean };
+      redirect?: { image: string; keep?: boolean; prefillBytesPerSecond?: number };
     }
   /** Resolves once a redirect backup's overlay is merged back (or the device closed first). */
   | { type: 'redirect-merged' }
@@ -528,7 +528,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     sync: 'full' | 'incremental',
     clone: boolean,
     readAround = false,
-    redirect?: { image: string; keep?: boolean },
+    redirect?: { image: string; keep?: boolean; prefillBytesPerSecond?: number },
   ): Promise<BackupStarted> {
     if (this.backup !== null || this.cloneBackup || this.overlayStarting)
       throw new VhostRtError(
@@ -550,6 +550,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
           slots: this.slotType.length,
           maxIovs: this.chain.capacity,
           keep: redirect.keep === true,
+          prefillBytesPerSecond: redirect.prefillBytesPerSecond,
           hooks: {
             complete: (id, result) => this.complete(id, result),
             endBatch: () => this.endBackupBatch(),

@@ -129,6 +129,12 @@ export interface RedirectInit {
   maxIovs: number;
   /** `keep-overlay`: the merged file is kept for the next backup (see redirect-file.ts KEEP). */
   keep?: boolean;
+  /**
+   * `prefill-overlay` (implies keep): the data area is written once with zeros
+   * before the start instant, paced at this many bytes/s (0: unpaced), so no
+   * redirected write allocates (redirect-file.ts PREFILLED). Undefined: no prefill.
+   */
+  prefillBytesPerSecond?: number;
   hooks: RedirectHooks;
 }
 
@@ -313,7 +319,17 @@ export class WriteRedirect {
     if (init.unitBytes < 512 || (init.unitBytes & (init.unitBytes - 1)) !== 0)
       throw new RangeError(`redirect unit of ${init.unitBytes} bytes is not a power of two >= 512`);
     const path = redirectPath(init.image);
-    const layout = await createRedirectFile(path, init.diskBytes, init.unitBytes, init.keep);
+    const prefill =
+      init.prefillBytesPerSecond === undefined
+        ? undefined
+        : { bytesPerSecond: init.prefillBytesPerSecond };
+    const layout = await createRedirectFile(
+      path,
+      init.diskBytes,
+      init.unitBytes,
+      init.keep,
+      prefill,
+    );
     const file = openImage(path, false, init.direct, init.hooks.warn);
     init.engine.attachFile(file);
     return new WriteRedirect(init, layout, file);
