@@ -3,9 +3,11 @@
 # allocated yet cost a 4k random writer's tail? A redirect backup's overlay is sparse: the
 # guest's writes allocate its blocks as they land, where without a backup they overwrite the
 # image's written blocks. fio (libaio, O_DIRECT) does 4k randwrite over a 256 MiB file in DIR
-# at QD32 and QD1, three kinds of file per round, interleaved: written (every block written
-# before: the image), sparse (truncate: the overlay), fallocated (unwritten extents: what
-# preallocating the overlay would give). Fresh sparse and fallocated files every round.
+# at QD32 and QD1, four kinds of file per round, interleaved: written (every block written
+# before with random bytes: the image), zeroed (every block written before with zeros: what
+# prefill-overlay wrote first; a virtual disk may treat zero writes as discards), sparse
+# (truncate: the overlay), fallocated (unwritten extents). Fresh sparse, fallocated and
+# zeroed files every round.
 # Prints p50 / p99 / p99.9 in µs: the median over the rounds, then min..max.
 #
 #   bash bench/overlay-alloc.sh ROUNDS SECONDS DIR
@@ -17,7 +19,8 @@ command -v fio >/dev/null || apt-get install -y -o DPkg::Lock::Timeout=600 fio >
 mkdir -p "$dir"
 written=$dir/overlay-alloc-written.raw
 [[ -f $written ]] || dd if=/dev/urandom of="$written" bs=1M count=256 status=none
-out=$(mktemp -d); trap 'rm -rf "$out" "$dir/overlay-alloc-sparse.raw" "$dir/overlay-alloc-falloc.raw"' EXIT
+out=$(mktemp -d)
+trap 'rm -rf "$out" "$dir/overlay-alloc-sparse.raw" "$dir/overlay-alloc-falloc.raw" "$dir/overlay-alloc-zeroed.raw"' EXIT
 run() { # kind qd round file
   fio --ioengine=libaio --direct=1 --time_based "--runtime=$seconds" --output-format=json \
     --name=w "--filename=$4" --size=256m --rw=randwrite --bs=4k "--iodepth=$2" \
@@ -25,12 +28,16 @@ run() { # kind qd round file
 }
 for r in $(seq 1 "$rounds"); do
   for qd in 32 1; do
-    for kind in written sparse falloc; do
+    for kind in written zeroed sparse falloc; do
       f=$written
       if [[ $kind != written ]]; then
         f=$dir/overlay-alloc-$kind.raw
         rm -f "$f"
-        if [[ $kind == sparse ]]; then truncate -s 256M "$f"; else fallocate -l 256M "$f"; fi
+        case $kind in
+          sparse) truncate -s 256M "$f" ;;
+          falloc) fallocate -l 256M "$f" ;;
+          zeroed) dd if=/dev/zero of="$f" bs=1M count=256 oflag=direct status=none ;;
+        esac
       fi
       run "$kind" "$qd" "$r" "$f"
     done
@@ -40,7 +47,7 @@ python3 - "$out" "$rounds" <<'PY'
 import json, statistics, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
 for qd in (32, 1):
-    for kind in ("written", "sparse", "falloc"):
+    for kind in ("written", "zeroed", "sparse", "falloc"):
         rows = {"p50": [], "p99": [], "p99.9": [], "iops": []}
         for r in range(1, rounds + 1):
             j = json.load(open(f"{out}/{kind}-qd{qd}-{r}.json"))["jobs"][0]["write"]

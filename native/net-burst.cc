@@ -72,7 +72,7 @@ constexpr uint16_t kBufferAhead = 8;
 constexpr uint32_t kHashMultiplier = 0x9e3779b1u;
 constexpr int kUnknownPort = -1;
 
-// Statuses: the JS side names them in src/native.ts (NetBurstStatus).
+// Statuses: the JS side names them in src/native.ts (BURST_STATUS).
 constexpr int kDone = 0;
 constexpr int kDefer = 1;
 constexpr int kLearn = 2;

@@ -1,3 +1,5 @@
+import type { NetBurst } from '../native.js';
+
 /**
  * A port's native per-batch frame loop (native/net-burst.cc, issue 13), for
  * a device whose queue is a split ring: the device fills the queue's part
@@ -6,14 +8,7 @@
  * ring indexes, learnt addresses). Frames the loop leaves (DEFER,
  * NO_BUFFERS) go through {@link NetBackendPort}'s per-frame methods.
  */
-export interface PortBurst {
-  /** The guest memory table: region i spans `[starts[i], ends[i])`, address a at `views[i][a - biases[i]]`. */
-  setGuest(
-    views: Uint8Array[],
-    starts: Float64Array,
-    ends: Float64Array,
-    biases: Float64Array,
-  ): void;
+export interface PortBurst extends Pick<NetBurst, 'setGuest'> {
   /** Whether a transmit batch may go native now (no destination is held or dropped for). */
   readonly txReady: boolean;
   /**
