@@ -44,7 +44,11 @@
  * hands to writev in place with no reassembly.
  *
  * The hot path (reserve, commit, peek, release) allocates nothing: it works
- * on views made once per handle and returns plain numbers.
+ * on views made once per handle and returns plain numbers. The switch's
+ * native frame loop (native/net-burst.cc) reserves, commits, peeks and
+ * releases records exactly this way, on the private indexes that
+ * {@link PacketRing.producerState} / {@link PacketRing.consumerState} hand
+ * it and take back; publishing stays here.
  */
 import { VhostRtError } from '../errors.js';
 import {

@@ -32,6 +32,14 @@
  *   HEAD of every ring written, TAIL of every ring read, after the batch's
  *   frame copies (frame-copy.ts) are done.
  *
+ * - The native frame loop ({@link SwitchPort.burst}, native/net-burst.cc)
+ *   does the same per batch for bare frames of split rings: it routes by this
+ *   port's table (read only), reserves and consumes records on the rings'
+ *   private indexes, and stops for every decision with policy in it — a
+ *   source address to learn (learnKey here, then it goes on), a full
+ *   destination (reserve() decides hold or drop) — and every frame it does
+ *   not take (the per-frame methods below take it).
+ *
  * The port is what its peer (the virtio-net device, the TAP peer) sees of the
  * switch: it implements {@link NetBackendPort}, and rings, port numbers and
  * the table stay private to it.
