@@ -165,12 +165,13 @@ export class SwitchPort implements NetBackendPort {
   private readonly loop: NetBurst;
   /** Batches begun: what the learnt-address caches below are valid for. */
   private batch = 0;
-  /** tx: the batch in which {@link txLearntHigh}/{@link txLearntLow} was learnt (behind this port). */
-  private txLearntBatch = -1;
-  private txLearntHigh = 0;
-  private txLearntLow = 0;
-  /** rx, per in ring: the batch, high and low of the source address learnt last. */
-  private readonly rxLearnt: Float64Array;
+  /**
+   * The source address learnt last, as (batch, high, low): for tx at 0 (behind
+   * this port), then per in ring i at 3 (i + 1) (behind its sender). The loop
+   * skips learning an address learnt already in this batch (MacTable.learn
+   * would do nothing with it).
+   */
+  private readonly learnt: Float64Array;
   /** The native loop, as the device sees it; undefined when the init turned it off. */
   readonly burst: PortBurst | undefined;
 
@@ -200,7 +201,7 @@ export class SwitchPort implements NetBackendPort {
     this.holdMs = hold;
     this.blockedSince = new Float64Array(this.ports).fill(NOT_BLOCKED);
     this.blockedTail = new Int32Array(this.ports);
-    this.rxLearnt = new Float64Array(3 * this.inRings.length).fill(-1);
+    this.learnt = new Float64Array(3 * (this.inRings.length + 1)).fill(-1);
     this.loop = new native.NetBurst();
     const t = this.table.arrays;
     this.loop.setSwitch(
@@ -261,10 +262,7 @@ export class SwitchPort implements NetBackendPort {
     let bytes = 0;
     let status: number;
     for (;;) {
-      const learnt = this.txLearntBatch === this.batch;
-      ctl[C.LEARNT_VALID] = learnt ? 1 : 0;
-      ctl[C.LEARNT_HIGH] = this.txLearntHigh;
-      ctl[C.LEARNT_LOW] = this.txLearntLow;
+      this.offerLearnt(ctl, 0);
       status = this.loop.tx(ctl);
       const k = ctl[C.FRAMES];
       frames += k;
@@ -274,10 +272,7 @@ export class SwitchPort implements NetBackendPort {
       ctl[C.MAX] -= k;
       if (status !== BURST_STATUS.LEARN) break;
       // As route() does for every frame: the source is behind this port.
-      this.txLearntHigh = ctl[C.LEARN_HIGH];
-      this.txLearntLow = ctl[C.LEARN_LOW];
-      this.txLearntBatch = this.batch;
-      this.table.learnKey(this.txLearntHigh, this.txLearntLow, this.port);
+      this.learnAsked(ctl, 0, this.port);
     }
     for (let p = 0; p < this.ports; p++) {
       const ring = this.out[p];
@@ -289,6 +284,23 @@ export class SwitchPort implements NetBackendPort {
     ctl[C.FRAMES] = frames;
     ctl[C.BYTES] = bytes;
     return status;
+  }
+
+  /** Tells the loop which source address (slot `at` of {@link learnt}) needs no learning in this batch. */
+  private offerLearnt(ctl: Float64Array, at: number): void {
+    const l = this.learnt;
+    ctl[BURST_CTL.LEARNT_VALID] = l[at] === this.batch ? 1 : 0;
+    ctl[BURST_CTL.LEARNT_HIGH] = l[at + 1];
+    ctl[BURST_CTL.LEARNT_LOW] = l[at + 2];
+  }
+
+  /** Learns the address the loop stopped at as behind `port`, and remembers it in slot `at`. */
+  private learnAsked(ctl: Float64Array, at: number, port: number): void {
+    const l = this.learnt;
+    l[at] = this.batch;
+    l[at + 1] = ctl[BURST_CTL.LEARN_HIGH];
+    l[at + 2] = ctl[BURST_CTL.LEARN_LOW];
+    this.table.learnKey(l[at + 1], l[at + 2], port);
   }
 
   /** {@link PortBurst.rx}: the native loop over the in rings, in the turns peek() keeps. */
@@ -314,10 +326,7 @@ export class SwitchPort implements NetBackendPort {
       const limit = Math.min(budget - frames, RX_BURST - this.rxTaken);
       let moved = 0;
       for (;;) {
-        const learnt = this.rxLearnt[3 * i] === this.batch;
-        ctl[C.LEARNT_VALID] = learnt ? 1 : 0;
-        ctl[C.LEARNT_HIGH] = this.rxLearnt[3 * i + 1];
-        ctl[C.LEARNT_LOW] = this.rxLearnt[3 * i + 2];
+        this.offerLearnt(ctl, 3 * (i + 1));
         ctl[C.MAX] = limit - moved;
         status = this.loop.rx(ctl);
         const k = ctl[C.FRAMES];
@@ -329,10 +338,7 @@ export class SwitchPort implements NetBackendPort {
         ctl[C.USED_IDX] = (ctl[C.USED_IDX] + chains) & 0xffff;
         if (status !== BURST_STATUS.LEARN) break;
         // As release() does for every frame: the source is behind the ring's sender.
-        this.rxLearnt[3 * i] = this.batch;
-        this.rxLearnt[3 * i + 1] = ctl[C.LEARN_HIGH];
-        this.rxLearnt[3 * i + 2] = ctl[C.LEARN_LOW];
-        this.table.learnKey(ctl[C.LEARN_HIGH], ctl[C.LEARN_LOW], this.inSources[i]);
+        this.learnAsked(ctl, 3 * (i + 1), this.inSources[i]);
       }
       ring.setConsumerState(ctl, C.RING_STATE);
       frames += moved;

@@ -139,6 +139,15 @@ describe.each(['linux-aio', 'io_uring'])('blockdev-backup method redirect (%s)',
       expect((refused2.error as Json).desc).toMatch(
         /'prefill-overlay' needs method redirect, not journal/,
       );
+      const garbage = await c.execute('blockdev-backup', {
+        device: 0,
+        target,
+        method: 'redirect',
+        'prefill-overlay': 'yes',
+      });
+      expect((garbage.error as Json).desc).toMatch(/prefill-overlay/);
+      // The daemon lives on and answers.
+      expect((await c.execute('query-backups', { device: 0 })).return).toBeDefined();
     } finally {
       stop = true;
       await Promise.all([writes, reads]);
