@@ -328,6 +328,17 @@ function median(v: number[]): number {
 const fmtRange = (xs: number[]) =>
   `${fmtRatio(median(xs))} (${fmtRatio(Math.min(...xs))}..${fmtRatio(Math.max(...xs))})`;
 
+/**
+ * The back end's CPU per write over windows (its process's user + system time, the copier's
+ * included): median (min..max). Where a method's cost is CPU (a write into a sparse overlay
+ * allocates a block in io_submit, on the device's worker), it shows here and not on the disk.
+ */
+function cpuPerWrite(xs: Sample[]): string {
+  const v = xs.map((s) => s.result.backendCpuUsPerIo).filter((x): x is number => x !== null);
+  if (v.length === 0) return '-';
+  return `${median(v).toFixed(1)} (${Math.min(...v).toFixed(1)}..${Math.max(...v).toFixed(1)})`;
+}
+
 const PCTS = [
   ['p50', (r: LoadResult) => r.latency.p50Us],
   ['p99', (r: LoadResult) => r.latency.p99Us],
@@ -411,6 +422,7 @@ function report(samples: Sample[], rounds: number, depths: readonly number[]): s
               `${fmtUs(median(xs.map((s) => f(s.result))))} (${fmtUs(Math.min(...xs.map((s) => f(s.result))))}..${fmtUs(Math.max(...xs.map((s) => f(s.result))))})`,
           ),
           String(xs.reduce((n, s) => n + s.result.errors, 0)),
+          cpuPerWrite(xs),
         ]);
       }
     }
@@ -434,7 +446,7 @@ function report(samples: Sample[], rounds: number, depths: readonly number[]): s
       });
       cells.push(`${parts.join('; ')}; qsd ${fmtRange(q.filter((x) => !Number.isNaN(x)))}`);
     }
-    rows.push([...cells, '']);
+    rows.push([...cells, '', '']);
   }
   const header = [
     'workload',
@@ -445,6 +457,7 @@ function report(samples: Sample[], rounds: number, depths: readonly number[]): s
     'p99 µs',
     'p99.9 µs',
     'errors',
+    'back end CPU µs per write',
   ];
   const counterRows: string[][] = [];
   for (const depth of depths)

@@ -30,6 +30,7 @@ export {
 } from './nbd.js';
 export { checkNbdUri, looksLikeNbdUri, NBD_URI_SCHEMES } from './nbd-uri.js';
 export { NullEngine } from './null.js';
+export * from './rate-pacer.js';
 export { SyncEngine } from './sync.js';
 export { MAX_AIO_THREADS, ThreadsEngine } from './threads.js';
 export * from './throttle.js';

@@ -27,6 +27,7 @@ import {
   type IoOpCode,
   IoprioClass,
   ioprioValue,
+  RatePacer,
 } from '../io/index.js';
 import { BACKUP, BackupState } from '../locking/layout.js';
 import { native } from '../native.js';
@@ -191,9 +192,11 @@ class Copier {
   private readonly coalesceMaxBlocks: number;
   private fromJournal = 0;
   private written = 0;
-  /** Bytes of the disk pass (what `speed` paces). */
-  private paced = 0;
-  private readonly started = performance.now();
+  /**
+   * The disk pass's pace (`speed`), restarted when `run` begins: the thread starts before the
+   * start instant, which may be a prefill pass of the whole image later.
+   */
+  private readonly pacer: RatePacer;
   private lastProgress = 0;
   /** GUEST_IO as last seen, and when the guest was last seen busy (yieldToGuest). */
   private seenGuestIo = 0;
@@ -203,6 +206,7 @@ class Copier {
 
   constructor(private readonly init: BackupCopierInit) {
     this.s = BackupShare.attach(init.share);
+    this.pacer = new RatePacer(init.speed);
     this.owed = new Uint16Array(this.s.chunks);
     this.drained = new Uint16Array(this.s.chunks);
     this.batchChunks = Math.max(1, Math.floor(init.maxChunk / this.s.chunkBytes));
@@ -262,6 +266,7 @@ class Copier {
     // of NEEDED (made before it stored ACTIVE); `run` is only sent after backup-start answered.
     if (Atomics.load(s.i32, BACKUP.STATE) === BackupState.PENDING)
       throw new CopyFailure('ERR_BACKUP', 'the copier was started before the start instant');
+    this.pacer.restart();
     for (let c = 0; c < s.chunks; ) {
       await this.drainJournal();
       this.check();
@@ -495,9 +500,7 @@ class Copier {
     // (journal full), so it is never held back, and while the disk pass waits for its pace the
     // journal is drained as entries arrive (the first bench run slept through a full journal).
     if (this.init.speed <= 0 || buffer === JOURNAL) return;
-    this.paced += length;
-    for (;;) {
-      const ahead = (this.paced / this.init.speed) * 1000 - (performance.now() - this.started);
+    for (let ahead = this.pacer.add(length); ; ahead = this.pacer.aheadMs()) {
       if (ahead <= 1) return;
       const w = waitAsync(this.s.i32, BACKUP.READY_HEAD, this.readyTail, ahead);
       if (w.async) await w.value;

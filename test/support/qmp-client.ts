@@ -53,8 +53,11 @@ export class QmpClient {
     return client;
   }
 
-  /** Waits for the next message (after those already taken) that `match` accepts. */
-  async next(match: (m: Json) => boolean, what: string): Promise<Json> {
+  /**
+   * Waits for the next message (after those already taken) that `match` accepts, at most
+   * `timeoutMs` (waitFor's default unless given).
+   */
+  async next(match: (m: Json) => boolean, what: string, timeoutMs?: number): Promise<Json> {
     return waitFor(
       () => {
         for (let i = this.seen; i < this.messages.length; i++) {
@@ -66,18 +69,19 @@ export class QmpClient {
         return undefined;
       },
       () => `${what}; got ${JSON.stringify(this.messages.slice(this.seen))}`,
+      timeoutMs,
     );
   }
 
   private ids = 0;
 
-  /** Sends a command with a fresh id and resolves with its reply. */
-  execute(command: string, args?: Json): Promise<Json> {
+  /** Sends a command with a fresh id and resolves with its reply (waited for at most `timeoutMs`). */
+  execute(command: string, args?: Json, timeoutMs?: number): Promise<Json> {
     const id = `c${++this.ids}`;
     const msg: Json = { execute: command, id };
     if (args !== undefined) msg.arguments = args;
     this.socket.write(`${JSON.stringify(msg)}\n`);
-    return this.next((m) => m.id === id, `the reply to ${command}`);
+    return this.next((m) => m.id === id, `the reply to ${command}`, timeoutMs);
   }
 
   /** Sends raw bytes and resolves with the next reply that is not an event. */

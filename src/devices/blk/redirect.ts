@@ -45,6 +45,7 @@
 import { type IoEngine, IoFile, IoOp } from '../../io/engine.js';
 import { closeImage, type OpenImage, openImage } from '../../io/image.js';
 import { IoprioClass, ioprioValue } from '../../io/ioprio.js';
+import { RatePacer } from '../../io/rate-pacer.js';
 import {
   createRedirectFile,
   REDIRECT_BITMAP_PAGE,
@@ -259,10 +260,8 @@ export class WriteRedirect {
   /** Lowest and one-past-highest unit copied this epoch. */
   private epochLo = 0;
   private epochHi = 0;
-  /** The merge's pace (bytes/s, 0: none): the backup's `speed`; and where this pace started. */
-  private mergeSpeed = 0;
-  private paceStart = 0;
-  private paceBytes = 0;
+  /** The merge's pace (the backup's `speed`; 0: unpaced), set when the merge begins. */
+  private mergePacer = new RatePacer(0);
   /** Units a guest wrote while merging since their run's copy started (see touch()). */
   private readonly touched: Int32Array;
   private epochBytes = 0;
@@ -759,9 +758,9 @@ export class WriteRedirect {
     if (this.phase !== RedirectPhase.REDIRECT && this.phase !== RedirectPhase.PREPARING) return;
     this.phase = RedirectPhase.MERGING;
     this.mergeCursor = 0;
-    this.mergeSpeed = speed;
-    this.paceStart = performance.now();
-    this.paceBytes = 0;
+    // Bounded credit: the pauses of a merge (an epoch's fdatasync, a retry after a failed step)
+    // must not become an unpaced burst after them.
+    this.mergePacer = new RatePacer(speed);
     this.epochLo = this.layout.units;
     this.epochHi = 0;
     this.mergeStep();
@@ -896,18 +895,14 @@ export class WriteRedirect {
     if (u0 < this.epochLo) this.epochLo = u0;
     if (u1 > this.epochHi) this.epochHi = u1;
     this.epochBytes += len;
-    this.paceBytes += len;
     this.mergeCursor = u1;
     this.mergeState = 0;
+    // Paced at the backup's speed: ahead of it, the next copy waits (one timer, not per run).
+    const ahead = this.mergePacer.add(len);
     if (this.epochBytes >= MERGE_EPOCH_BYTES) {
       this.flushEpoch();
       return;
     }
-    // Paced at the backup's speed: ahead of it, the next copy waits (one timer, not per run).
-    const ahead =
-      this.mergeSpeed > 0
-        ? (this.paceBytes / this.mergeSpeed) * 1000 - (performance.now() - this.paceStart)
-        : 0;
     if (ahead < MERGE_PACE_SLACK_MS) {
       this.mergeStep();
       return;
