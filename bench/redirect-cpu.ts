@@ -129,6 +129,16 @@ async function measure(
   };
 }
 
+/** The table's figures after the overlay and the window: what each column picks, and its decimals. */
+const COLUMNS: readonly [(w: Window) => number, number][] = [
+  [(w) => w.iops, 0],
+  [(w) => w.p50Us, 0],
+  [(w) => w.p999Us, 0],
+  [(w) => w.daemonUsPerWrite, 1],
+  [(w) => w.busiestUsPerWrite, 1],
+  [(w) => w.kworkerUsPerWrite, 1],
+];
+
 function median(v: number[]): number {
   const s = [...v].sort((a, b) => a - b);
   const m = s.length >> 1;
@@ -231,34 +241,7 @@ async function main(): Promise<void> {
   for (const variant of variants)
     for (const phase of ['idle', 'backup'] as const) {
       const xs = windows.filter((w) => w.variant === variant && w.phase === phase);
-      rows.push([
-        variant,
-        phase,
-        cell(
-          xs.map((x) => x.iops),
-          0,
-        ),
-        cell(
-          xs.map((x) => x.p50Us),
-          0,
-        ),
-        cell(
-          xs.map((x) => x.p999Us),
-          0,
-        ),
-        cell(
-          xs.map((x) => x.daemonUsPerWrite),
-          1,
-        ),
-        cell(
-          xs.map((x) => x.busiestUsPerWrite),
-          1,
-        ),
-        cell(
-          xs.map((x) => x.kworkerUsPerWrite),
-          1,
-        ),
-      ]);
+      rows.push([variant, phase, ...COLUMNS.map(([pick, digits]) => cell(xs.map(pick), digits))]);
     }
   const table = `${markdownTable(
     [
