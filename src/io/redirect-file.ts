@@ -28,7 +28,7 @@
  * convert an extent, a metadata transaction in the guest's write path
  * (bench/overlay-alloc.sh: the "written" rows are what a prefilled overlay gives).
  * The price: the image's size in space, and one pass of writes before the first
- * backup with it starts (paced at the backup's speed).
+ * backup with it starts (paced at the backup's speed by a RatePacer).
  *
  * KEEP (`keep-overlay`): once merged the file is not removed but kept, its bitmap
  * clear, and the next redirect backup of the image reuses it. Why: the data area
@@ -57,6 +57,7 @@ import {
 import { open, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { VhostRtError } from '../errors.js';
+import { RatePacer } from './rate-pacer.js';
 
 /** "VHRTROW1": vhost-rt redirect-on-write, format 1. */
 const MAGIC = Buffer.from('VHRTROW1', 'latin1');
@@ -247,15 +248,13 @@ async function prefillRedirectFile(
   try {
     f = await open(path, 'r+');
     const zeros = Buffer.alloc(PREFILL_CHUNK);
-    const began = performance.now();
+    const pacer = new RatePacer(prefill.bytesPerSecond);
     for (let done = 0; done < l.diskBytes; ) {
       const n = Math.min(PREFILL_CHUNK, l.diskBytes - done);
       await f.write(zeros, 0, n, l.dataOffset + done);
       done += n;
-      if (prefill.bytesPerSecond > 0) {
-        const ahead = (done / prefill.bytesPerSecond) * 1000 - (performance.now() - began);
-        if (ahead > 1) await new Promise((resolve) => setTimeout(resolve, ahead));
-      }
+      const ahead = pacer.add(n);
+      if (ahead > 1) await new Promise((resolve) => setTimeout(resolve, ahead));
     }
     await f.datasync();
     await f.write(encodeHeader({ ...l, flags: l.flags | REDIRECT_FLAG_PREFILLED }), 0, 64, 0);

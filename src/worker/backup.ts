@@ -29,7 +29,7 @@
  * saying why in the reply (`method-reason`).
  */
 import { constants, copyFile, open, rm, stat, truncate } from 'node:fs/promises';
-import type { BackupStarted } from '../devices/blk/device.js';
+import type { BackupStarted, RedirectBackupRequest } from '../devices/blk/device.js';
 import { VhostRtError } from '../errors.js';
 import {
   BACKUP_CHUNK_BYTES,
@@ -271,7 +271,7 @@ export class DeviceBackups {
     journalBytes: number,
     device: {
       readAround?: boolean;
-      redirect?: { image: string; keep: boolean; prefillBytesPerSecond?: number };
+      redirect?: RedirectBackupRequest;
     },
   ): Promise<{ share: BackupShare; copier: Copier; started: BackupStarted }> {
     const share = BackupShare.create(size, journalBytes);

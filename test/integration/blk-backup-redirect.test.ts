@@ -122,30 +122,18 @@ describe.each(['linux-aio', 'io_uring'])('blockdev-backup method redirect (%s)',
           expect(readFileSync(overlay).readUInt32LE(48)).toBe(3);
         }
       }
-      const refused = await c.execute('blockdev-backup', {
-        device: 0,
-        target,
-        'keep-overlay': true,
-      });
-      expect((refused.error as Json).desc).toMatch(
-        /'keep-overlay' needs method redirect, not auto/,
-      );
-      const refused2 = await c.execute('blockdev-backup', {
-        device: 0,
-        target,
-        method: 'journal',
-        'prefill-overlay': true,
-      });
-      expect((refused2.error as Json).desc).toMatch(
-        /'prefill-overlay' needs method redirect, not journal/,
-      );
-      const garbage = await c.execute('blockdev-backup', {
-        device: 0,
-        target,
-        method: 'redirect',
-        'prefill-overlay': 'yes',
-      });
-      expect((garbage.error as Json).desc).toMatch(/prefill-overlay/);
+      // Refused by name, each: a redirect-only parameter with another method, a wrong type.
+      for (const [args, desc] of [
+        [{ 'keep-overlay': true }, /'keep-overlay' needs method redirect, not auto/],
+        [
+          { method: 'journal', 'prefill-overlay': true },
+          /'prefill-overlay' needs method redirect, not journal/,
+        ],
+        [{ method: 'redirect', 'prefill-overlay': 'yes' }, /prefill-overlay/],
+      ] as const) {
+        const refused = await c.execute('blockdev-backup', { device: 0, target, ...args });
+        expect((refused.error as Json).desc).toMatch(desc);
+      }
       // The daemon lives on and answers.
       expect((await c.execute('query-backups', { device: 0 })).return).toBeDefined();
     } finally {

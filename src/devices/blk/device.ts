@@ -110,6 +110,17 @@ export interface BackupStarted {
 }
 
 /**
+ * A redirect backup as the device starts it: the overlay goes next to `image`
+ * (RedirectInit); `keep` is keep-overlay, `prefillBytesPerSecond` the pace of
+ * a prefill-overlay pass (undefined: no prefill).
+ */
+export interface RedirectBackupRequest {
+  image: string;
+  keep?: boolean;
+  prefillBytesPerSecond?: number;
+}
+
+/**
  * Run-time commands of a blk device. `resize`: the capacity becomes `bytes`
  * (whole sectors); the driver is told. Resolves once no request in flight
  * reaches past the new end (each of those completes with IOERR), so the
@@ -142,7 +153,7 @@ export type BlkCommand =
        * next to this image path and the copier reads the untouched image; merged back
        * after `backup-end`.
        */
-      redirect?: { image: string; keep?: boolean; prefillBytesPerSecond?: number };
+      redirect?: RedirectBackupRequest;
     }
   /** Resolves once a redirect backup's overlay is merged back (or the device closed first). */
   | { type: 'redirect-merged' }
@@ -528,7 +539,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     sync: 'full' | 'incremental',
     clone: boolean,
     readAround = false,
-    redirect?: { image: string; keep?: boolean; prefillBytesPerSecond?: number },
+    redirect?: RedirectBackupRequest,
   ): Promise<BackupStarted> {
     if (this.backup !== null || this.cloneBackup || this.overlayStarting)
       throw new VhostRtError(
