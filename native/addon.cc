@@ -2,6 +2,7 @@
 // fills its exports. See src/native.ts for the contract.
 #include "addon.h"
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -33,7 +34,22 @@ static Napi::Object Constants(Napi::Env env) {
   return c;
 }
 
+/**
+ * Keeps this shared object mapped for the life of the process. Node dlclose()s an addon when
+ * the last environment that loaded it is torn down, yet a worker's teardown still runs libuv
+ * close callbacks (FdWatcher::OnClosed) after that: in a process whose main thread never
+ * loaded the addon they jumped into unmapped code (SIGSEGV; test/unit/native-worker.test.ts).
+ */
+static void PinAddon() {
+  Dl_info info;
+  if (dladdr(reinterpret_cast<void*>(&PinAddon), &info) != 0 && info.dli_fname != nullptr) {
+    // NOLOAD: only marks the already loaded object NODELETE; the extra count is never dropped.
+    dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+  }
+}
+
 Addon::Addon(Napi::Env env, Napi::Object exports) {
+  PinAddon();
   DefineAddon(exports, {InstanceMethod<&Addon::SetErrorClass>("setErrorClass")});
   InitSockets(env, exports);
   InitMemory(env, exports);

@@ -12,6 +12,7 @@
         'buffers.cc',
         'aio.cc',
         'fileio.cc',
+        'loop-callback.cc',
         'rt.cc',
         'uring.cc',
         'net.cc',

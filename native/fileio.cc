@@ -16,6 +16,7 @@
 #include "args.h"
 #include "buffers.h"
 #include "errors.h"
+#include "loop-callback.h"
 #include "modules.h"
 
 namespace vhost_rt {
@@ -67,8 +68,8 @@ static Napi::Value Pwritev(const Napi::CallbackInfo& info) {
  * Raw napi_async_work, not Napi::AsyncWorker: node-addon-api opens the completion's handle
  * scope with a constructor that throws, outside any try. A completion arriving while a
  * worker thread was torn down threw a Napi::Error past every frame, and std::terminate killed
- * a CI test process (twice). Here a completion the env cannot take any more is dropped, as
- * FdWatcher::Dispatch does.
+ * a CI test process (twice). The completion calls back through CallFromLoop, which drops what
+ * the env cannot take any more, as FdWatcher::Dispatch does.
  */
 class PoolCall {
  public:
@@ -130,23 +131,19 @@ class PoolCall {
   static void Complete(napi_env env, napi_status status, void* data) {
     std::unique_ptr<PoolCall> c(static_cast<PoolCall*>(data));
     napi_delete_async_work(env, c->work_);
-    // Cancelled (the env is going away), or no scope to be had: nothing can be delivered.
-    napi_handle_scope scope;
-    if (status != napi_ok || napi_open_handle_scope(env, &scope) != napi_ok) return;
-    try {
-      Napi::Env e(env);
-      Napi::Value err = c->err_ != 0 ? ErrnoError(e, c->Syscall(), c->err_).Value() : e.Null();
-      c->callback_.Call({err, Napi::Number::New(e, c->value_)});
-    } catch (const Napi::Error& error) {
-      // No JS frame to return to: report it as uncaught, when there is a value to report.
-      try {
-        napi_value v = error.Value();
-        if (v != nullptr) napi_fatal_exception(env, v);
-      } catch (const Napi::Error&) {
-        // The env cannot even give the error's value: it is being torn down.
-      }
-    }
-    napi_close_handle_scope(env, scope);
+    if (status != napi_ok) return;  // Cancelled: the env is going away.
+    // The C API only (loop-callback.h): a terminating worker's env refuses calls, and
+    // node-addon-api's error path is fatal there.
+    CallFromLoop(env, nullptr, static_cast<napi_ref>(c->callback_), nullptr,
+                 [&c](napi_env e, napi_value* argv) {
+                   if (c->err_ != 0) {
+                     argv[0] = TryErrnoError(e, c->Syscall(), c->err_);
+                   } else if (napi_get_null(e, &argv[0]) != napi_ok) {
+                     argv[0] = nullptr;
+                   }
+                   if (argv[0] == nullptr) return -1;
+                   return napi_create_double(e, c->value_, &argv[1]) == napi_ok ? 2 : -1;
+                 });
   }
 
   Op op_;

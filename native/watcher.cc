@@ -2,6 +2,7 @@
 
 #include "args.h"
 #include "errors.h"
+#include "loop-callback.h"
 
 namespace vhost_rt {
 
@@ -58,10 +59,13 @@ void FdWatcher::OnClosed(uv_handle_t* handle) {
 void FdWatcher::SetStarted(bool started) {
   if (started == started_) return;
   started_ = started;
+  // The C API, not Ref()/Unref(): those throw through Napi::Error::New, which is fatal on a
+  // terminating worker (see loop-callback.h); a refused count change there is moot.
+  napi_ref self = static_cast<napi_ref>(*this);
   if (started) {
-    Ref();
+    napi_reference_ref(Env(), self, nullptr);
   } else {
-    Unref();
+    napi_reference_unref(Env(), self, nullptr);
   }
 }
 
@@ -95,27 +99,15 @@ void FdWatcher::OnPoll(uv_poll_t* handle, int status, int events) {
 }
 
 void FdWatcher::Dispatch(int status, int events) {
-  Napi::Env env = Env();
-  // A libuv callback has no C++ frame to throw to. On a worker thread being torn down even
-  // opening a handle scope fails (a Napi::Error escaping here was std::terminate in a CI test
-  // process, and without a scope not even the error's value can be read): then nothing is
-  // delivered.
-  napi_handle_scope scope;
-  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
-  try {
-    // The local handle keeps the object alive through the callback, even if the
-    // callback closes the watcher and drops its last reference.
-    Napi::Object self = Value();
-    if (!self.IsEmpty()) {
-      Napi::Number arg = Napi::Number::New(env, status < 0 ? status : (events & kPollMask));
-      callback_.MakeCallback(self, {arg}, *async_);
-    }
-  } catch (const Napi::Error& e) {
-    // No JS frame to return to: report it as uncaught, when there is a value to report.
-    napi_value v = e.Value();
-    if (v != nullptr) napi_fatal_exception(env, v);
-  }
-  napi_close_handle_scope(env, scope);
+  // A libuv callback has no C++ frame to throw to, and on a worker thread being torn down the
+  // env refuses calls: CallFromLoop uses only the C API and then delivers nothing. The
+  // receiver is this object's own reference: held while started, so it outlives the callback
+  // even if the callback closes the watcher.
+  int value = status < 0 ? status : (events & kPollMask);
+  CallFromLoop(Env(), static_cast<napi_ref>(*this), static_cast<napi_ref>(callback_),
+               static_cast<napi_async_context>(*async_), [value](napi_env env, napi_value* argv) {
+                 return napi_create_int32(env, value, &argv[0]) == napi_ok ? 1 : -1;
+               });
   // On error libuv has already stopped the handle.
   if (status < 0) SetStarted(false);
 }

@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -91,6 +92,32 @@ describe('addon inside worker_threads', () => {
       await worker.terminate();
       expect(await exited).toBe(1);
     }
+  });
+
+  it.each([
+    ['while the main thread holds the addon too', ['main-loads']],
+    ['when the workers alone hold the addon', []],
+  ])('terminates workers while their native callbacks stream in, %s', (_, extra) => {
+    // Before native/loop-callback.cc, a completion on a terminating worker went through
+    // node-addon-api's error path and aborted the process ("Error::Error
+    // napi_define_properties", 5 of 6 runs of 20-60 workers); before the addon pinned itself,
+    // a worker's close callbacks ran after Node unloaded it (SIGSEGV, 6 of 6).
+    const path = join(dir, 'stream.img');
+    const fd = openSync(path, 'w');
+    const block = Buffer.alloc(4096, 1);
+    for (let i = 0; i < 4000; i += 2) writeSync(fd, block, 0, block.length, i * 4096);
+    closeSync(fd);
+    const script = join(projectRoot, 'test', 'fixtures', 'native-terminate.mjs');
+    const run = spawnSync(process.execPath, [script, path, '60', ...extra], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    expect({ status: run.status, signal: run.signal, stderr: run.stderr }).toEqual({
+      status: 0,
+      signal: null,
+      stderr: '',
+    });
+    expect(run.stdout.trim()).toBe('survived 60');
   });
 
   it('reports an exception thrown by a watcher callback as the worker error', async () => {
