@@ -92,7 +92,7 @@ export interface BackupRequest {
   /** Method redirect: keep the merged overlay for the next backup (default false). */
   keepOverlay?: boolean;
   /**
-   * Method redirect: write the overlay's whole data area once (zeros, at `speed`)
+   * Method redirect: write the overlay's whole data area once (a random pattern, at `speed`)
    * before the start instant, unless a kept overlay was prefilled already; implies
    * keepOverlay (default false). See src/io/redirect-file.ts PREFILLED.
    */

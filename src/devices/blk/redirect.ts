@@ -131,7 +131,7 @@ export interface RedirectInit {
   /** `keep-overlay`: the merged file is kept for the next backup (see redirect-file.ts KEEP). */
   keep?: boolean;
   /**
-   * `prefill-overlay` (implies keep): the data area is written once with zeros
+   * `prefill-overlay` (implies keep): the data area is written once (a random pattern)
    * before the start instant, paced at this many bytes/s (0: unpaced), so no
    * redirected write allocates (redirect-file.ts PREFILLED). Undefined: no prefill.
    */
