@@ -561,11 +561,14 @@ async function main(): Promise<void> {
   if (values.xfs && values.dir !== undefined) throw new Error('--xfs and --dir exclude each other');
   const fs = values.xfs ? await mountXfs(work, imageMiB) : null;
   const data = fs?.mountpoint ?? values.dir ?? work;
+  // Made in 4 KiB O_DIRECT writes, as a prefilled overlay is (ensureImage says why); the
+  // name says so, so an image made otherwise by an older version is not reused.
+  const imageName = `backup-${imageMiB}m-w4k.raw`;
   const image =
     fs === null && values.dir === undefined
-      ? join(REPO_ROOT, '.cache', 'bench', `backup-${imageMiB}m.raw`)
-      : join(data, `backup-${imageMiB}m.raw`);
-  ensureImage(image, imageBytes);
+      ? join(REPO_ROOT, '.cache', 'bench', imageName)
+      : join(data, imageName);
+  ensureImage(image, imageBytes, 4096);
   const vTarget = join(data, 'vhost-rt-target.raw');
   const qTarget = join(data, 'qsd-target.raw');
   await truncate(qTarget, imageBytes).catch(async () => {
