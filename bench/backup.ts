@@ -122,6 +122,11 @@ interface VhostRtBackupArgs {
   maxChunk?: number;
   keepOverlay?: boolean;
   prefillOverlay?: boolean;
+  /**
+   * How long blockdev-backup may take to answer (ms). A first prefill-overlay backup answers
+   * only after its pass over the whole disk, paced at `speed`.
+   */
+  answerMs?: number;
 }
 
 interface Sample {
@@ -189,12 +194,12 @@ class Qmp {
     }
   }
 
-  async execute(command: string, args?: Record<string, unknown>) {
+  async execute(command: string, args?: Record<string, unknown>, timeoutMs?: number) {
     const id = `b${++this.id}`;
     this.socket.write(
       `${JSON.stringify({ execute: command, id, ...(args ? { arguments: args } : {}) })}\n`,
     );
-    const r = await this.next((m) => m.id === id);
+    const r = await this.next((m) => m.id === id, 0, timeoutMs);
     if ('error' in r) throw new BackendError('BENCH_QMP', `${command}: ${JSON.stringify(r.error)}`);
     return r.return;
   }
@@ -255,19 +260,23 @@ async function startBackup(
     extra;
   const from = q.messages.length;
   if (label !== 'qsd') {
-    const started = (await q.execute('blockdev-backup', {
-      device: 0,
-      target,
-      sync: 'full',
-      speed,
-      ...(journalBytes === undefined ? {} : { 'journal-size': journalBytes }),
-      ...(method === undefined ? {} : { method }),
-      ...(yieldMs === undefined ? {} : { 'yield-ms': yieldMs }),
-      ...(readAround ? { 'read-around': true } : {}),
-      ...(maxChunk === undefined ? {} : { 'max-chunk': maxChunk }),
-      ...(keepOverlay ? { 'keep-overlay': true } : {}),
-      ...(prefillOverlay ? { 'prefill-overlay': true } : {}),
-    })) as Record<string, unknown>;
+    const started = (await q.execute(
+      'blockdev-backup',
+      {
+        device: 0,
+        target,
+        sync: 'full',
+        speed,
+        ...(journalBytes === undefined ? {} : { 'journal-size': journalBytes }),
+        ...(method === undefined ? {} : { method }),
+        ...(yieldMs === undefined ? {} : { 'yield-ms': yieldMs }),
+        ...(readAround ? { 'read-around': true } : {}),
+        ...(maxChunk === undefined ? {} : { 'max-chunk': maxChunk }),
+        ...(keepOverlay ? { 'keep-overlay': true } : {}),
+        ...(prefillOverlay ? { 'prefill-overlay': true } : {}),
+      },
+      extra.answerMs,
+    )) as Record<string, unknown>;
     process.stderr.write(
       `vhost-rt backup: method ${String(started.method)}${started['method-reason'] === undefined ? '' : ` (${String(started['method-reason'])})`}, writes held ${String(started['start-held-us'])} µs at the start\n`,
     );
@@ -707,6 +716,10 @@ async function main(): Promise<void> {
                     maxChunk: side.maxChunk,
                     keepOverlay: side.keepOverlay,
                     prefillOverlay: side.prefillOverlay,
+                    // The prefill pass at `speed` (about 37 MiB/s at most here), twice over.
+                    answerMs: side.prefillOverlay
+                      ? 120_000 + (2000 * imageBytes) / Math.min(speed || 37 * MiB, 37 * MiB)
+                      : undefined,
                   })
                 : null;
             const result = await runLoad({
