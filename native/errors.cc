@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "addon.h"
+#include "loop-callback.h"
 
 namespace vhost_rt {
 
@@ -11,21 +12,10 @@ const char* ErrnoName(int err) {
   return name != nullptr ? name : "UNKNOWN";
 }
 
-static std::string Describe(int err) {
-  char buf[128];
-  // GNU strerror_r returns a pointer to the text (in buf or a static table).
-  return std::string(strerror_r(err, buf, sizeof buf));
-}
-
 Napi::Error ErrnoError(Napi::Env env, const char* syscall, int err, const char* detail) {
-  std::string message = std::string(syscall) + ": " + (detail ? detail : Describe(err));
-  Addon& addon = Addon::Of(env);
-  Napi::Object error = addon.errorClass.IsEmpty()
-                           ? Napi::Error::New(env, message).Value()
-                           : addon.errorClass.New({Napi::String::New(env, message)});
-  error.Set("code", Napi::String::New(env, ErrnoName(err)));
-  error.Set("errno", Napi::Number::New(env, err));
-  error.Set("syscall", Napi::String::New(env, syscall));
+  napi_value error = TryErrnoError(env, syscall, err, detail);
+  // Only an env that refuses calls gives no value; its own pending error says why.
+  if (error == nullptr) return Napi::Error::New(env);
   return Napi::Error(env, error);
 }
 

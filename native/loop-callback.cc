@@ -18,10 +18,11 @@ static napi_value String(napi_env env, const char* text) {
   return napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &v) == napi_ok ? v : nullptr;
 }
 
-napi_value TryErrnoError(napi_env env, const char* syscall, int err) {
+napi_value TryErrnoError(napi_env env, const char* syscall, int err, const char* detail) {
   char buf[128];
   // GNU strerror_r returns a pointer to the text (in buf or a static table).
-  std::string text = std::string(syscall) + ": " + strerror_r(err, buf, sizeof buf);
+  std::string text =
+      std::string(syscall) + ": " + (detail != nullptr ? detail : strerror_r(err, buf, sizeof buf));
   napi_value message = String(env, text.c_str());
   if (message == nullptr) return nullptr;
   void* data = nullptr;

@@ -16,10 +16,12 @@ namespace vhost_rt {
 
 /**
  * Builds `new cls("<syscall>: <strerror>")` (cls as given to setErrorClass, else Error) with
- * code, errno and syscall set, like ErrnoError. Returns nullptr when the env refuses, as a
- * terminating worker's does.
+ * code, errno and syscall set; `detail` replaces the strerror text when given. Returns nullptr
+ * when the env refuses, as a terminating worker's does. ErrnoError wraps it for the paths
+ * that throw to a JS caller.
  */
-napi_value TryErrnoError(napi_env env, const char* syscall, int err);
+napi_value TryErrnoError(napi_env env, const char* syscall, int err,
+                         const char* detail = nullptr);
 
 /**
  * Calls `fn` (held by `fn_ref`) with `argv`, `recv` as this (the global object when null),
