@@ -23,24 +23,21 @@ namespace vhost_rt {
 napi_value TryErrnoError(napi_env env, const char* syscall, int err,
                          const char* detail = nullptr);
 
+/** The non-template part of CallFromLoop, run inside its handle scope. */
+void CallInScope(napi_env env, napi_ref recv_ref, napi_ref fn_ref, napi_async_context context,
+                 size_t argc, const napi_value* argv);
+
 /**
  * Calls `fn` (held by `fn_ref`) with `argv`, `recv` as this (the global object when null),
  * inside `context` (napi_make_callback: async hooks and the microtask queue run as for any
- * callback from the loop). Opens its own handle scope. An exception the callback throws is
+ * callback from the loop; null: a plain call, for threadpool completions, which Node already
+ * runs in a callback scope). Opens its own handle scope. An exception the callback throws is
  * reported as uncaught (the thread's 'error'); when the env can no longer run JS, nothing is
  * delivered and nothing is fatal.
  *
  * `make_args(env, argv)` fills argv (up to 4 values) inside that scope and returns their
  * count, or -1 if it could not build them; it may not throw.
  */
-template <typename MakeArgs>
-void CallFromLoop(napi_env env, napi_ref recv_ref, napi_ref fn_ref, napi_async_context context,
-                  MakeArgs make_args);
-
-/** The non-template part of CallFromLoop, run inside its handle scope. */
-void CallInScope(napi_env env, napi_ref recv_ref, napi_ref fn_ref, napi_async_context context,
-                 size_t argc, const napi_value* argv);
-
 template <typename MakeArgs>
 void CallFromLoop(napi_env env, napi_ref recv_ref, napi_ref fn_ref, napi_async_context context,
                   MakeArgs make_args) {
