@@ -233,7 +233,8 @@ export async function startQsd(
  * this machine's disk: it later takes 4k random writes into a file first written in 4 KiB
  * writes at 1.6-1.9x the rate of one written in 1 MiB writes (bench/file-write-spread.sh), so
  * a bench that compares against another file made in 4 KiB writes (a prefilled redirect
- * overlay) makes its image the same way.
+ * overlay) makes its image the same way (bench/results/backup-redirect.md §5; a rerun on
+ * another region of the disk did not show the buffered/direct difference).
  */
 export function ensureImage(path: string, bytes: number, writeBytes = 1024 * 1024): void {
   if (existsSync(path) && statSync(path).size === bytes) return;

@@ -251,8 +251,10 @@ export interface RedirectPrefill {
  *   files written with O_DIRECT in 1 MiB writes at 82–106k, in 64 KiB writes at
  *   131–154k, in 4 KiB writes at 165–174k: storage below that maps a block as
  *   it was first written (copy-on-write host files do) pays for a small
- *   overwrite inside a large first write. Where O_DIRECT is refused (tmpfs) the
- *   pass writes through the page cache.
+ *   overwrite inside a large first write. (Three runs in a row showed it; a
+ *   fourth, on another region of the disk, did not: a hypothesis, and O_DIRECT
+ *   also keeps the pass out of the page cache.) Where O_DIRECT is refused
+ *   (tmpfs) the pass writes through the page cache.
  * - Not zeros: zram keeps a zero page as no page (and thin storage may keep a
  *   zero block unallocated), so a guest's first write there would allocate.
  *   One random block, repeated: content did not change the rates above.
