@@ -24,6 +24,7 @@
       'defines': [
         'NAPI_VERSION=8',
         'NAPI_CPP_EXCEPTIONS',
+        'NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS',
         'NODE_ADDON_API_DISABLE_DEPRECATED',
         '_GNU_SOURCE',
       ],
