@@ -41,6 +41,9 @@
  *     [--redirect-keep] (with --redirect-ab: its backups with keep-overlay, so that from the
  *                        second round on the overlay's blocks are allocated already; the
  *                        overlay is removed at the end)
+ *     [--redirect-max-chunk-ab BYTES] (with --redirect-ab: one more back end in the same
+ *                        rounds, vhost-rt's daemon with the redirect row's backups and
+ *                        max-chunk BYTES; both rows share the kept overlay)
  *     [--redirect-prefill] (with --redirect-ab: its backups with prefill-overlay: the first
  *                        one writes the kept overlay's whole data area before its start
  *                        instant, so no redirected write allocates; removed at the end)
@@ -77,7 +80,8 @@ const DEFAULT_IMAGE_MIB = 256;
 /**
  * The back ends; 'vhost-rt yield' is vhost-rt's daemon with `yield-ms` (--yield-ab);
  * 'vhost-rt read-around' its backups with `read-around` (--read-around-ab); 'vhost-rt max-chunk' with
- * `max-chunk` (--max-chunk-ab); 'vhost-rt baseline'
+ * `max-chunk` (--max-chunk-ab); 'vhost-rt redirect' with method redirect (--redirect-ab), and
+ * 'vhost-rt redirect max-chunk' with it and `max-chunk` (--redirect-max-chunk-ab); 'vhost-rt baseline'
  * another build's daemon (--baseline) on the same image.
  */
 type Label =
@@ -86,6 +90,7 @@ type Label =
   | 'vhost-rt read-around'
   | 'vhost-rt max-chunk'
   | 'vhost-rt redirect'
+  | 'vhost-rt redirect max-chunk'
   | 'vhost-rt baseline'
   | 'qsd';
 /** 'merge': a redirect backup's overlay merging back after the backup (--redirect-ab). */
@@ -530,6 +535,7 @@ async function main(): Promise<void> {
       'baseline-read-around': { type: 'boolean', default: false },
       'max-chunk-ab': { type: 'string' },
       'redirect-ab': { type: 'boolean', default: false },
+      'redirect-max-chunk-ab': { type: 'string' },
       'redirect-keep': { type: 'boolean', default: false },
       'redirect-prefill': { type: 'boolean', default: false },
       'probe-rounds': { type: 'string', default: '3' },
@@ -672,6 +678,21 @@ async function main(): Promise<void> {
             method: 'redirect',
             keepOverlay: values['redirect-keep'],
             prefillOverlay: values['redirect-prefill'],
+          },
+        ]
+      : []),
+    ...(values['redirect-ab'] && values['redirect-max-chunk-ab'] !== undefined
+      ? [
+          {
+            label: 'vhost-rt redirect max-chunk' as const,
+            backend: v,
+            qmp: vq,
+            target: vTarget,
+            yieldMs,
+            method: 'redirect',
+            keepOverlay: values['redirect-keep'],
+            prefillOverlay: values['redirect-prefill'],
+            maxChunk: Number(values['redirect-max-chunk-ab']),
           },
         ]
       : []),
