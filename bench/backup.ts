@@ -128,8 +128,10 @@ interface VhostRtBackupArgs {
   keepOverlay?: boolean;
   prefillOverlay?: boolean;
   /**
-   * How long blockdev-backup may take to answer (ms). A first prefill-overlay backup answers
-   * only after its pass over the whole disk, paced at `speed`.
+   * How long a backup may take to reach its start instant (ms): a first prefill-overlay backup
+   * reaches it only after its pass over the whole disk, paced at `speed` (BACKUP_STARTED; the
+   * command answers at once since the pass became a phase of the backup, and before that only
+   * after the pass).
    */
   answerMs?: number;
 }
@@ -282,6 +284,12 @@ async function startBackup(
       },
       extra.answerMs,
     )) as Record<string, unknown>;
+    // A prefill pass answers at once; the window starts at the instant, after the pass.
+    if (started.prefilling === true)
+      Object.assign(
+        started,
+        (await q.next((m) => m.event === 'BACKUP_STARTED', from, extra.answerMs)).data,
+      );
     process.stderr.write(
       `vhost-rt backup: method ${String(started.method)}${started['method-reason'] === undefined ? '' : ` (${String(started['method-reason'])})`}, writes held ${String(started['start-held-us'])} µs at the start\n`,
     );

@@ -308,8 +308,10 @@ function oneOf<T extends string>(args: CommandArguments, name: string, values: r
  * `target` (a raw file, or an NBD URI), `sync` full or incremental (the
  * changed blocks since the last completed backup), `speed` in bytes/s (0:
  * none), `method` how the old contents are kept (see src/worker/backup.ts).
- * Replies once the start instant passed; BACKUP_PROGRESS,
- * BACKUP_COMPLETED / BACKUP_FAILED / BACKUP_CANCELLED follow.
+ * Replies once the start instant passed (BACKUP_STARTED); a `prefill-overlay`
+ * backup whose overlay needs its pass replies at once (`prefilling: true`) and
+ * sends BACKUP_STARTED after the pass. BACKUP_PROGRESS, BACKUP_COMPLETED /
+ * BACKUP_FAILED / BACKUP_CANCELLED follow.
  */
 async function blockdevBackup(args: CommandArguments, ctx: CommandContext): Promise<unknown> {
   const { backups, emit } = backupsOf('blockdev-backup', args, ctx);
@@ -517,7 +519,7 @@ export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, Comman
     'blockdev-backup',
     {
       summary:
-        "live point-in-time backup of blk 'device' to 'target' (raw file or NBD URI); 'sync' full|incremental, 'speed' bytes/s, 'journal-size' bytes, 'priority' idle|batch, 'method' auto|clone|journal|redirect (auto: a reflink clone where the file system has it, else the journal; redirect: guest writes go to an overlay next to the image while the copier reads the untouched image, merged back afterwards, BACKUP_MERGED; 'keep-overlay' keeps the merged overlay's allocated blocks for the next redirect backup; 'prefill-overlay' writes the kept overlay's whole data area once, at 'speed', before the start instant, so that no redirected write allocates), 'yield-ms' the guest's quiet time each disk-pass read waits for (0: none), 'read-around' a chunk's second write saves the rest of the chunk (default false), 'max-chunk' the copier's largest read or write in bytes (a multiple of 65536 up to 1 MiB, default 256 KiB); events BACKUP_PROGRESS, BACKUP_COMPLETED, BACKUP_FAILED, BACKUP_MERGED (redirect)",
+        "live point-in-time backup of blk 'device' to 'target' (raw file or NBD URI); 'sync' full|incremental, 'speed' bytes/s, 'journal-size' bytes, 'priority' idle|batch, 'method' auto|clone|journal|redirect (auto: a reflink clone where the file system has it, else the journal; redirect: guest writes go to an overlay next to the image while the copier reads the untouched image, merged back afterwards, BACKUP_MERGED; 'keep-overlay' keeps the merged overlay's allocated blocks for the next redirect backup; 'prefill-overlay' writes the kept overlay's whole data area once, at 'speed', before the start instant, so that no redirected write allocates; the reply then comes at once with 'prefilling': true, and BACKUP_STARTED marks the instant), 'yield-ms' the guest's quiet time each disk-pass read waits for (0: none), 'read-around' a chunk's second write saves the rest of the chunk (default false), 'max-chunk' the copier's largest read or write in bytes (a multiple of 65536 up to 1 MiB, default 256 KiB); events BACKUP_STARTED, BACKUP_PROGRESS, BACKUP_COMPLETED, BACKUP_FAILED, BACKUP_CANCELLED, BACKUP_MERGED (redirect)",
       args: {
         device: { type: 'integer', required: true },
         target: { type: 'string', required: true },

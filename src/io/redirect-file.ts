@@ -76,7 +76,8 @@ const RECOVER_CHUNK = 1024 * 1024;
 
 /**
  * An overlay file is missing, malformed, or does not fit the disk; `code`:
- * ERR_REDIRECT_EXISTS, ERR_REDIRECT_FORMAT, ERR_REDIRECT_IO.
+ * ERR_REDIRECT_EXISTS, ERR_REDIRECT_FORMAT, ERR_REDIRECT_IO, ERR_REDIRECT_CANCELLED (a
+ * prefill pass stopped by its caller).
  */
 export class RedirectFileError extends VhostRtError {}
 
@@ -234,6 +235,10 @@ export async function createRedirectFile(
 export interface RedirectPrefill {
   /** Pace of the pass in bytes per second (the backup's `speed`); 0: as fast as the disk goes. */
   bytesPerSecond: number;
+  /** Told the bytes of the data area written so far, after each write. */
+  progress?: (bytes: number) => void;
+  /** Asked before each write: true stops the pass (ERR_REDIRECT_CANCELLED), the file unflagged. */
+  cancelled?: () => boolean;
 }
 
 /**
@@ -258,7 +263,8 @@ export interface RedirectPrefill {
  * - Not zeros: zram keeps a zero page as no page (and thin storage may keep a
  *   zero block unallocated), so a guest's first write there would allocate.
  *   One random block, repeated: content did not change the rates above.
- * @throws RedirectFileError ERR_REDIRECT_IO naming the file and errno.
+ * @throws RedirectFileError ERR_REDIRECT_IO naming the file and errno; ERR_REDIRECT_CANCELLED
+ *   when `prefill.cancelled` said so.
  */
 async function prefillRedirectFile(
   path: string,
@@ -271,6 +277,8 @@ async function prefillRedirectFile(
     const block = alignedRandomBlock();
     const pacer = new RatePacer(prefill.bytesPerSecond);
     for (let done = 0; done < l.diskBytes; ) {
+      if (prefill.cancelled?.() === true)
+        throw new RedirectFileError('ERR_REDIRECT_CANCELLED', `overlay ${path}: prefill cancelled`);
       const n = Math.min(PREFILL_WRITE, l.diskBytes - done);
       try {
         await f.write(block, 0, n, l.dataOffset + done);
@@ -283,6 +291,7 @@ async function prefillRedirectFile(
         continue;
       }
       done += n;
+      prefill.progress?.(done);
       const ahead = pacer.add(n);
       if (ahead > 1) await new Promise((resolve) => setTimeout(resolve, ahead));
     }
@@ -293,6 +302,7 @@ async function prefillRedirectFile(
     await f.write(encodeHeader({ ...l, flags: l.flags | REDIRECT_FLAG_PREFILLED }), 0, 64, 0);
     await f.datasync();
   } catch (err) {
+    if (err instanceof RedirectFileError) throw err;
     const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
     throw new RedirectFileError('ERR_REDIRECT_IO', `overlay ${path}: cannot prefill (${code})`, {
       cause: err,
@@ -354,6 +364,27 @@ async function inspectExisting(
   } finally {
     await f.close();
   }
+}
+
+/**
+ * Whether the overlay at `path` is merged, kept and prefilled for a disk of `diskBytes`, so a
+ * `prefill-overlay` backup starts without a pass (its unit size is the device's and is not
+ * checked here: a device whose block size changed recreates and prefills it regardless).
+ * False when there is none or it is unreadable.
+ */
+export async function redirectPrefilled(path: string, diskBytes: number): Promise<boolean> {
+  let existing: Awaited<ReturnType<typeof inspectExisting>>;
+  try {
+    existing = await inspectExisting(path);
+  } catch {
+    return false;
+  }
+  return (
+    existing !== null &&
+    !existing.pending &&
+    existing.layout.diskBytes === diskBytes &&
+    (existing.layout.flags & REDIRECT_FLAG_PREFILLED) !== 0
+  );
 }
 
 /** fsync of the directory holding `path`: its creation or removal survives a crash. */

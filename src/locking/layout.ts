@@ -250,6 +250,11 @@ export const BACKUP = {
   GUEST_IO: LINE + 10,
   /** Line 1, device-written once per batch: guest requests in flight at the batch's end. */
   GUEST_IN_FLIGHT: LINE + 11,
+  /**
+   * Line 1, device-written: KiB of the overlay's data area a `prefill-overlay` pass has
+   * written so far (before the start instant; query-backups shows it while it runs).
+   */
+  PREFILL_KIB: LINE + 12,
   /** Line 2, copier-written: free-running count of READY entries consumed. */
   READY_TAIL: 2 * LINE,
   /** Line 2, copier-written: free-running count of entries handed back through the FREE ring. */
@@ -271,7 +276,10 @@ export const BACKUP = {
   YIELDS: 2 * LINE + 7,
   /** Line 2, copier-written: disk-pass reads made after the longest wait although the guest was busy. */
   FORCED_READS: 2 * LINE + 8,
-  /** Line 3, main-thread-written: 1 asks the copier to stop (backup-cancel). Also a futex word. */
+  /**
+   * Line 3, main-thread-written: 1 asks the copier to stop (backup-cancel), and a device's
+   * `prefill-overlay` pass that is still running before the start instant. Also a futex word.
+   */
   CANCEL: 3 * LINE,
   /** First array (ENTRY_BLOCK); see backupLayout(). */
   ARRAYS: 4 * LINE,

@@ -42,6 +42,7 @@ import {
   MIN_JOURNAL_BYTES,
 } from '../io/backup-share.js';
 import { checkNbdUri, looksLikeNbdUri } from '../io/index.js';
+import { redirectPath, redirectPrefilled } from '../io/redirect-file.js';
 import { BACKUP } from '../locking/layout.js';
 import type { Logger } from '../log.js';
 import { native } from '../native.js';
@@ -149,6 +150,32 @@ export interface BackupStatus {
   code?: string;
 }
 
+/**
+ * A `prefill-overlay` backup whose overlay is being prefilled: blockdev-backup has answered
+ * (`prefilling: true`), the start instant comes after the pass (BACKUP_STARTED).
+ */
+export interface PrefillStatus {
+  status: 'prefilling';
+  method: 'redirect';
+  target: string;
+  'total-bytes': number;
+  /** Bytes of the overlay's data area written so far. */
+  'prefill-bytes': number;
+  'started-ms': number;
+}
+
+/** A backup between its command and its start instant: no other may start meanwhile. */
+interface Starting {
+  req: BackupRequest;
+  /** The reply went out before the instant (a prefill pass); the rest runs on its own. */
+  prefill: boolean;
+  status: PrefillStatus;
+  /** Once created: backup-cancel sets its CANCEL, which stops a prefill pass. */
+  share: BackupShare | null;
+  /** Settles once the start reached its instant or failed (events sent). */
+  done: Promise<void>;
+}
+
 /** Where a device's backups come from. */
 export interface BackupSource {
   host: DeviceHost;
@@ -185,6 +212,7 @@ interface Job {
 /** The backups of one blk device: at most one at a time, and the last one finished. */
 export class DeviceBackups {
   private current: Job | null = null;
+  private starting: Starting | null = null;
   private last: BackupStatus | null = null;
   /** A redirect backup ended and its overlay is merging back into the image. */
   private merging = false;
@@ -200,8 +228,8 @@ export class DeviceBackups {
    * image file is truncated, so a refused resize leaves the file alone.
    */
   resizeRefusal(): BackupError | null {
-    if (this.current !== null)
-      return new BackupError('ERR_BACKUP_RUNNING', 'a backup of this device is running');
+    const busy = this.busy();
+    if (busy !== null) return busy;
     if (this.merging)
       return new BackupError(
         'ERR_BACKUP_MERGING',
@@ -210,18 +238,73 @@ export class DeviceBackups {
     return null;
   }
 
-  /** The running backup and the last finished one, newest first. */
-  query(): BackupStatus[] {
-    const out: BackupStatus[] = [];
+  /** Why no backup may start now (null: one may): one runs, or one is on its way to its instant. */
+  private busy(): BackupError | null {
+    if (this.current !== null)
+      return new BackupError('ERR_BACKUP_RUNNING', 'a backup of this device is running');
+    if (this.starting?.prefill === true)
+      return new BackupError(
+        'ERR_BACKUP_RUNNING',
+        'a backup of this device is prefilling its overlay (query-backups shows how far; backup-cancel stops it)',
+      );
+    if (this.starting !== null)
+      return new BackupError('ERR_BACKUP_RUNNING', 'a backup of this device is starting');
+    return null;
+  }
+
+  /** The running (or prefilling) backup and the last finished one, newest first. */
+  query(): (BackupStatus | PrefillStatus)[] {
+    const out: (BackupStatus | PrefillStatus)[] = [];
+    const st = this.starting;
+    if (st?.prefill === true) {
+      const kib = st.share === null ? 0 : Atomics.load(st.share.i32, BACKUP.PREFILL_KIB);
+      st.status['prefill-bytes'] = Math.min(kib * 1024, st.status['total-bytes']);
+      out.push({ ...st.status });
+    }
     if (this.current !== null) out.push(this.refresh(this.current));
     if (this.last !== null) out.push(this.last);
     return out;
   }
 
-  /** Starts a backup; resolves once its start instant passed (the reply), events follow. */
+  /**
+   * Starts a backup; resolves once its start instant passed (the reply), events follow. A
+   * `prefill-overlay` backup whose overlay has no pass yet answers once its copier has the
+   * target open, with `prefilling: true`; its instant follows the pass (BACKUP_STARTED, or
+   * BACKUP_FAILED / BACKUP_CANCELLED). Every backup sends BACKUP_STARTED at its instant.
+   */
   async start(req: BackupRequest, emit: BackupEmit): Promise<Record<string, unknown>> {
-    if (this.current !== null)
-      throw new BackupError('ERR_BACKUP_RUNNING', 'a backup of this device is running');
+    const busy = this.busy();
+    if (busy !== null) throw busy;
+    const starting: Starting = {
+      req,
+      prefill: false,
+      share: null,
+      done: Promise.resolve(),
+      status: {
+        status: 'prefilling',
+        method: 'redirect',
+        target: req.target,
+        'total-bytes': this.source.sizeBytes(),
+        'prefill-bytes': 0,
+        'started-ms': Date.now(),
+      },
+    };
+    this.starting = starting;
+    try {
+      const reply = await this.begin(req, emit, starting);
+      if (!starting.prefill) emit('BACKUP_STARTED', reply);
+      return reply;
+    } finally {
+      // A prefill's start goes on after the reply, and lets go itself.
+      if (!starting.prefill) this.starting = null;
+    }
+  }
+
+  private async begin(
+    req: BackupRequest,
+    emit: BackupEmit,
+    starting: Starting,
+  ): Promise<Record<string, unknown>> {
     const journalBytes = checkJournal(req.journalBytes ?? DEFAULT_JOURNAL_BYTES);
     checkMaxChunk(req.maxChunk ?? DEFAULT_COPY_MAX_CHUNK);
     const size = this.source.sizeBytes();
@@ -238,7 +321,7 @@ export class DeviceBackups {
           'ERR_BACKUP_METHOD',
           `Parameter '${name}' needs method redirect, not ${method}`,
         );
-    if (method === 'redirect') return this.startRedirect(req, size, nbd, emit);
+    if (method === 'redirect') return this.startRedirect(req, size, nbd, emit, starting);
     let cloneRefused = '';
     // `auto` does not clone an image so fragmented that the clone would hold the writes long.
     if (method === 'auto') cloneRefused = await this.cloneTooSlow();
@@ -274,10 +357,20 @@ export class DeviceBackups {
       redirect?: RedirectBackupRequest;
     },
   ): Promise<{ share: BackupShare; copier: Copier; started: BackupStarted }> {
+    const { share, copier } = await this.openCopier(req, size, nbd, journalBytes);
+    return { share, copier, started: await this.startDevice(req, share, copier, device) };
+  }
+
+  /** The share and a copier with the target open (ERR_BACKUP_TARGET when it cannot be). */
+  private async openCopier(
+    req: BackupRequest,
+    size: number,
+    nbd: boolean,
+    journalBytes: number,
+  ): Promise<{ share: BackupShare; copier: Copier }> {
     const share = BackupShare.create(size, journalBytes);
-    let copier: Copier;
     try {
-      copier = await this.startCopier(req, share, size, nbd, this.source.image);
+      return { share, copier: await this.startCopier(req, share, size, nbd, this.source.image) };
     } catch (err) {
       share.release();
       throw new BackupError(
@@ -286,6 +379,15 @@ export class DeviceBackups {
         { cause: err },
       );
     }
+  }
+
+  /** The device's start instant; the copier and share go again when it fails. */
+  private async startDevice(
+    req: BackupRequest,
+    share: BackupShare,
+    copier: Copier,
+    device: { readAround?: boolean; redirect?: RedirectBackupRequest },
+  ): Promise<BackupStarted> {
     try {
       const started = (await this.source.host.command({
         type: 'backup-start',
@@ -293,7 +395,7 @@ export class DeviceBackups {
         sync: req.sync,
         ...device,
       })) as BackupStarted;
-      return { share, copier, started };
+      return started;
     } catch (err) {
       await copier.shutdown();
       share.release();
@@ -310,24 +412,85 @@ export class DeviceBackups {
     size: number,
     nbd: boolean,
     emit: BackupEmit,
+    starting: Starting,
   ): Promise<Record<string, unknown>> {
     if (this.source.engine === 'nbd' || this.source.engine === 'null')
       throw new BackupError(
         'ERR_BACKUP_METHOD',
         `method redirect needs a local image file; this device uses the ${this.source.engine} engine`,
       );
+    const redirect: RedirectBackupRequest = {
+      image: this.source.image,
+      keep: req.keepOverlay === true || req.prefillOverlay === true,
+      prefillBytesPerSecond: req.prefillOverlay === true ? req.speed : undefined,
+    };
+    // A pass over the whole disk at `speed` (minutes) before the instant: no reply waits for it.
+    const prefill =
+      req.prefillOverlay === true &&
+      !(await redirectPrefilled(redirectPath(this.source.image), size));
     // The journal is not used: the smallest one the share takes.
-    const { share, copier, started } = await this.startOnDevice(req, size, nbd, MIN_JOURNAL_BYTES, {
-      redirect: {
-        image: this.source.image,
-        keep: req.keepOverlay === true || req.prefillOverlay === true,
-        prefillBytesPerSecond: req.prefillOverlay === true ? req.speed : undefined,
+    const { share, copier } = await this.openCopier(req, size, nbd, MIN_JOURNAL_BYTES);
+    starting.share = share;
+    const toInstant = async (): Promise<Record<string, unknown>> => {
+      const started = await this.startDevice(req, share, copier, { redirect });
+      const job = this.newJob(req, share, copier, emit, started, size, null);
+      job.status.method = 'redirect';
+      job.redirect = true;
+      return this.run(job, started, started.heldUs, {});
+    };
+    if (!prefill) return toInstant();
+    starting.prefill = true;
+    starting.done = toInstant().then(
+      (reply) => {
+        this.starting = null;
+        emit('BACKUP_STARTED', reply);
       },
+      (err: unknown) => {
+        this.starting = null;
+        this.prefillFailed(starting, Atomics.load(share.i32, BACKUP.CANCEL) !== 0, err, emit);
+      },
+    );
+    return { method: 'redirect', prefilling: true, 'total-bytes': size };
+  }
+
+  /** A prefill-overlay start that ended before its instant: the last backup, and its event. */
+  private prefillFailed(
+    starting: Starting,
+    cancelled: boolean,
+    err: unknown,
+    emit: BackupEmit,
+  ): void {
+    const st = starting.status;
+    const code = cancelled
+      ? 'ERR_BACKUP_CANCELLED'
+      : ((err as { code?: string }).code ?? 'ERR_BACKUP_FAILED');
+    const reason = cancelled
+      ? 'cancelled while the overlay was being prefilled'
+      : `prefilling the overlay failed: ${(err as Error).message}`;
+    const status: BackupStatus['status'] = cancelled ? 'cancelled' : 'failed';
+    this.log('warn', `backup to ${st.target} ${status}: ${reason}`);
+    this.last = {
+      ...zeroCounters(starting.req, 0),
+      status,
+      method: 'redirect',
+      target: st.target,
+      sync: starting.req.sync,
+      'sync-reason': '',
+      speed: starting.req.speed,
+      'total-bytes': st['total-bytes'],
+      'started-ms': st['started-ms'],
+      'finished-ms': Date.now(),
+      error: reason,
+      code,
+    };
+    emit(cancelled ? 'BACKUP_CANCELLED' : 'BACKUP_FAILED', {
+      target: st.target,
+      method: 'redirect',
+      'copied-bytes': 0,
+      'total-bytes': st['total-bytes'],
+      code,
+      reason,
     });
-    const job = this.newJob(req, share, copier, emit, started, size, null);
-    job.status.method = 'redirect';
-    job.redirect = true;
-    return this.run(job, started, started.heldUs, {});
   }
 
   /**
@@ -502,18 +665,7 @@ export class DeviceBackups {
         'sync-reason': started.reason,
         speed: req.speed,
         'total-bytes': started.sync === 'full' ? size : Math.min(started.chunks * chunkBytes, size),
-        'copied-bytes': 0,
-        journaled: 0,
-        'journal-reads': 0,
-        'journal-full-waits': 0,
-        'journal-entries': share.entries,
-        'journal-high-water': 0,
-        'copier-boosts': 0,
-        'yield-ms': req.yieldMs ?? 0,
-        'read-around': req.readAround === true,
-        'max-chunk': req.maxChunk ?? DEFAULT_COPY_MAX_CHUNK,
-        'copier-yields': 0,
-        'copier-forced-reads': 0,
+        ...zeroCounters(req, share.entries),
         'started-ms': Date.now(),
       },
     };
@@ -651,6 +803,17 @@ export class DeviceBackups {
 
   /** `backup-cancel`: the copier stops at its next step; resolves once the backup ended (BACKUP_CANCELLED). */
   async cancel(): Promise<boolean> {
+    const s = this.starting;
+    if (this.current === null && s?.prefill === true && s.share !== null) {
+      // Stops the pass between two writes (the device reads CANCEL); a start that reached its
+      // instant meanwhile is a running backup, which the copier then cancels at once.
+      Atomics.store(s.share.i32, BACKUP.CANCEL, 1);
+      await s.done;
+      // (Read again: TypeScript keeps the null it saw before the await.)
+      const now = this.current as Job | null;
+      if (now?.share === s.share) await now.done;
+      return true;
+    }
     const job = this.current;
     if (job === null) return false;
     // The main thread is CANCEL's only writer; the notify wakes a copier waiting on the journal.
@@ -667,8 +830,8 @@ export class DeviceBackups {
    * falls back to a full backup to `target` (the reply says which).
    */
   async snapshot(target: string, emit: BackupEmit): Promise<Record<string, unknown>> {
-    if (this.current !== null)
-      throw new BackupError('ERR_BACKUP_RUNNING', 'a backup of this device is running');
+    const busy = this.busy();
+    if (busy !== null) throw busy;
     if (this.source.engine === 'nbd' || looksLikeNbdUri(target))
       return {
         ...(await this.start({ target, sync: 'full', speed: 0, method: 'journal' }, emit)),
@@ -708,6 +871,41 @@ export class DeviceBackups {
   async close(): Promise<void> {
     await this.cancel();
   }
+}
+
+/** A backup's counters before it copied anything, with the settings `req` gave. */
+function zeroCounters(
+  req: BackupRequest,
+  entries: number,
+): Pick<
+  BackupStatus,
+  | 'copied-bytes'
+  | 'journaled'
+  | 'journal-reads'
+  | 'journal-full-waits'
+  | 'journal-entries'
+  | 'journal-high-water'
+  | 'copier-boosts'
+  | 'yield-ms'
+  | 'read-around'
+  | 'max-chunk'
+  | 'copier-yields'
+  | 'copier-forced-reads'
+> {
+  return {
+    'copied-bytes': 0,
+    journaled: 0,
+    'journal-reads': 0,
+    'journal-full-waits': 0,
+    'journal-entries': entries,
+    'journal-high-water': 0,
+    'copier-boosts': 0,
+    'yield-ms': req.yieldMs ?? 0,
+    'read-around': req.readAround === true,
+    'max-chunk': req.maxChunk ?? DEFAULT_COPY_MAX_CHUNK,
+    'copier-yields': 0,
+    'copier-forced-reads': 0,
+  };
 }
 
 /** FIEMAP's extent count of the file under `fd`, off this thread (see native extentCountAsync). */

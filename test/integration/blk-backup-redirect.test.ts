@@ -108,6 +108,10 @@ describe.each(['linux-aio', 'io_uring'])('blockdev-backup method redirect (%s)',
             ? { 'prefill-overlay': true, speed: 64 * MiB }
             : { 'keep-overlay': true }),
         });
+        // A prefill pass answers at once; the instant is BACKUP_STARTED, after the pass.
+        const prefilling = (r2.return as Json).prefilling === true;
+        expect(prefilling, `backup ${round} answered before a pass`).toBe(round === 3);
+        await event(c, from2, /^BACKUP_STARTED$/, `backup ${round}'s instant`);
         model.closeWindow(w2);
         expect(r2.return, `backup ${round}`).toMatchObject({ method: 'redirect' });
         const end2 = await event(c, from2, /^BACKUP_(COMPLETED|FAILED|CANCELLED)$/, 'backup 2');
@@ -145,6 +149,109 @@ describe.each(['linux-aio', 'io_uring'])('blockdev-backup method redirect (%s)',
     }
     expect(model.errors).toEqual([]);
     expect(model.checkLive(readFileSync(image))).toBe('ok');
+  });
+});
+
+describe('a prefill-overlay backup before its instant', () => {
+  it('answers at once, shows the pass, refuses another start, stops on backup-cancel; the next one prefills and completes', async () => {
+    const image = join(dir, 'prefill.img');
+    writeFileSync(image, Buffer.alloc(SIZE));
+    const overlay = `${image}.vhost-rt-redirect`;
+    const daemon = await startBlk(image, 'prefill');
+    const c = await QmpClient.connect(join(dir, 'prefill.qmp'));
+    const driver = await BlkDriver.create({ socketPath: join(dir, 'prefill.sock') });
+    const model = new WriteModel(SIZE / BLOCK, 13);
+    let stop = false;
+    const writes = model.run(driver, 8, () => stop);
+    const target = join(dir, 'prefill.backup');
+    const args = { device: 0, target, sync: 'full', method: 'redirect', 'prefill-overlay': true };
+    try {
+      await waitFor(() => model.completed >= 200, 'the first writes');
+      // 32 MiB at 2 MiB/s: a pass of some 16 s, cancelled long before its end.
+      const from = c.messages.length;
+      const slow = await c.execute('blockdev-backup', { ...args, speed: 2 * MiB });
+      expect(slow.return).toEqual({ method: 'redirect', prefilling: true, 'total-bytes': SIZE });
+      const progress = await waitFor(async () => {
+        const [b] = (await c.execute('query-backups', { device: 0 })).return as Json[];
+        return (b['prefill-bytes'] as number) > 0 ? b : undefined;
+      }, 'the pass to show progress');
+      expect(progress).toMatchObject({ status: 'prefilling', method: 'redirect', target });
+      expect(progress['prefill-bytes'] as number).toBeLessThan(SIZE);
+      for (const [command, more] of [
+        ['blockdev-backup', args],
+        ['blockdev-snapshot', { device: 0, target: join(dir, 'prefill.snap') }],
+        ['block-resize', { device: 0, size: 2 * SIZE }],
+      ] as const) {
+        const refused = await c.execute(command, more);
+        expect((refused.error as Json).desc, command).toMatch(/prefilling its overlay/);
+      }
+      expect(statSync(image).size).toBe(SIZE);
+      expect((await c.execute('backup-cancel', { device: 0 })).return).toEqual({ cancelled: true });
+      const end = await event(c, from, /^BACKUP_(COMPLETED|FAILED|CANCELLED)$/, 'the end');
+      expect(end.event).toBe('BACKUP_CANCELLED');
+      expect(end.data).toMatchObject({ code: 'ERR_BACKUP_CANCELLED', method: 'redirect' });
+      expect(c.messages.slice(from).some((m) => m.event === 'BACKUP_STARTED')).toBe(false);
+      const [last] = (await c.execute('query-backups', { device: 0 })).return as Json[];
+      expect(last).toMatchObject({ status: 'cancelled', code: 'ERR_BACKUP_CANCELLED' });
+      // The kept overlay stays, not flagged prefilled (KEEP only): the next pass starts over.
+      expect(readFileSync(overlay).readUInt32LE(48)).toBe(1);
+
+      // Again, at a pace that ends: the instant comes after the pass, and the target is it.
+      const from2 = c.messages.length;
+      const window = model.openWindow();
+      const again = await c.execute('blockdev-backup', { ...args, speed: 64 * MiB });
+      expect(again.return).toMatchObject({ prefilling: true });
+      const started = await event(c, from2, /^BACKUP_STARTED$/, 'the instant after the pass');
+      model.closeWindow(window);
+      expect(started.data).toMatchObject({ method: 'redirect', 'total-bytes': SIZE });
+      const end2 = await event(c, from2, /^BACKUP_(COMPLETED|FAILED|CANCELLED)$/, 'the end');
+      expect(end2.event).toBe('BACKUP_COMPLETED');
+      expect(model.check(readFileSync(target), window)).toBe('ok');
+      await event(c, from2, /^BACKUP_MERGED$/, 'the merge');
+      expect(readFileSync(overlay).readUInt32LE(48)).toBe(3);
+    } finally {
+      stop = true;
+      await writes;
+      await driver.close();
+      c.close();
+      await daemon.stop();
+    }
+    expect(model.errors).toEqual([]);
+    expect(model.checkLive(readFileSync(image))).toBe('ok');
+  });
+});
+
+describe('a daemon stopped while a prefill pass runs', () => {
+  it('SIGTERM stops the pass, and the daemon exits 0 without waiting for it', async () => {
+    const image = join(dir, 'prefill-stop.img');
+    writeFileSync(image, Buffer.alloc(SIZE));
+    const daemon = await startBlk(image, 'prefill-stop');
+    const c = await QmpClient.connect(join(dir, 'prefill-stop.qmp'));
+    try {
+      // 32 MiB at 256 KiB/s: a pass of 128 s, far longer than the wait for the exit below.
+      const r = await c.execute('blockdev-backup', {
+        device: 0,
+        target: join(dir, 'prefill-stop.backup'),
+        sync: 'full',
+        method: 'redirect',
+        'prefill-overlay': true,
+        speed: 256 * 1024,
+      });
+      expect(r.return).toMatchObject({ prefilling: true });
+      await waitFor(async () => {
+        const [b] = (await c.execute('query-backups', { device: 0 })).return as Json[];
+        return (b['prefill-bytes'] as number) > 0;
+      }, 'the pass to start');
+    } finally {
+      c.close();
+    }
+    let exit: { code: number | null; log: string } | undefined;
+    void daemon.stop('SIGTERM').then((e) => {
+      exit = e;
+    });
+    const { code, log } = await waitFor(() => exit, 'the daemon to exit', 15_000);
+    expect(code).toBe(0);
+    expect(log).toMatch(/cancelled while the overlay was being prefilled/);
   });
 });
 

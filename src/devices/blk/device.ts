@@ -551,6 +551,10 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
       throw new RangeError('a redirect backup needs a share and no clone');
     if (redirect !== undefined) {
       this.overlayStarting = true;
+      // A prefill pass runs before the instant: its progress for query-backups, and
+      // backup-cancel (CANCEL, the main thread's) stops it between two writes.
+      // (share is not null: checked just above.)
+      const i32 = BackupShare.attach(share as BackupShareInit).i32;
       try {
         this.overlay = await WriteRedirect.create({
           image: redirect.image,
@@ -562,6 +566,10 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
           maxIovs: this.chain.capacity,
           keep: redirect.keep === true,
           prefillBytesPerSecond: redirect.prefillBytesPerSecond,
+          prefillHooks: {
+            progress: (bytes) => Atomics.store(i32, BACKUP.PREFILL_KIB, Math.floor(bytes / 1024)),
+            cancelled: () => Atomics.load(i32, BACKUP.CANCEL) !== 0,
+          },
           hooks: {
             complete: (id, result) => this.complete(id, result),
             endBatch: () => this.endBackupBatch(),

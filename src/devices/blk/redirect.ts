@@ -51,6 +51,7 @@ import {
   REDIRECT_BITMAP_PAGE,
   REDIRECT_FLAG_KEEP,
   type RedirectLayout,
+  type RedirectPrefill,
   redirectPath,
   removeRedirectFile,
 } from '../../io/redirect-file.js';
@@ -136,6 +137,8 @@ export interface RedirectInit {
    * redirected write allocates (redirect-file.ts PREFILLED). Undefined: no prefill.
    */
   prefillBytesPerSecond?: number;
+  /** The prefill pass's progress (bytes written) and whether to stop it (backup-cancel). */
+  prefillHooks?: Pick<RedirectPrefill, 'progress' | 'cancelled'>;
   hooks: RedirectHooks;
 }
 
@@ -321,7 +324,7 @@ export class WriteRedirect {
     const prefill =
       init.prefillBytesPerSecond === undefined
         ? undefined
-        : { bytesPerSecond: init.prefillBytesPerSecond };
+        : { bytesPerSecond: init.prefillBytesPerSecond, ...init.prefillHooks };
     const layout = await createRedirectFile(
       path,
       init.diskBytes,
