@@ -44,6 +44,9 @@
  *     [--redirect-max-chunk-ab BYTES] (with --redirect-ab: one more back end in the same
  *                        rounds, vhost-rt's daemon with the redirect row's backups and
  *                        max-chunk BYTES; both rows share the kept overlay)
+ *     [--redirect-merge-speed-ab MiB/s] (with --redirect-ab: one more back end in the same
+ *                        rounds, vhost-rt's daemon with the redirect row's backups and
+ *                        merge-speed MiB/s: the merge window at another pace than the copy)
  *     [--redirect-prefill] (with --redirect-ab: its backups with prefill-overlay: the first
  *                        one writes the kept overlay's whole data area before its start
  *                        instant, so no redirected write allocates; removed at the end)
@@ -81,7 +84,8 @@ const DEFAULT_IMAGE_MIB = 256;
  * The back ends; 'vhost-rt yield' is vhost-rt's daemon with `yield-ms` (--yield-ab);
  * 'vhost-rt read-around' its backups with `read-around` (--read-around-ab); 'vhost-rt max-chunk' with
  * `max-chunk` (--max-chunk-ab); 'vhost-rt redirect' with method redirect (--redirect-ab), and
- * 'vhost-rt redirect max-chunk' with it and `max-chunk` (--redirect-max-chunk-ab); 'vhost-rt baseline'
+ * 'vhost-rt redirect max-chunk' with it and `max-chunk` (--redirect-max-chunk-ab), 'vhost-rt redirect
+ * merge-speed' with `merge-speed` (--redirect-merge-speed-ab); 'vhost-rt baseline'
  * another build's daemon (--baseline) on the same image.
  */
 type Label =
@@ -91,6 +95,7 @@ type Label =
   | 'vhost-rt max-chunk'
   | 'vhost-rt redirect'
   | 'vhost-rt redirect max-chunk'
+  | 'vhost-rt redirect merge-speed'
   | 'vhost-rt baseline'
   | 'qsd';
 /** 'merge': a redirect backup's overlay merging back after the backup (--redirect-ab). */
@@ -127,6 +132,10 @@ interface VhostRtBackupArgs {
   maxChunk?: number;
   keepOverlay?: boolean;
   prefillOverlay?: boolean;
+  /** merge-speed in bytes/s (undefined: the daemon's default, `speed`). */
+  mergeSpeed?: number;
+  /** How long a redirect backup's merge may take (ms): up to the whole disk at its pace. */
+  mergeWaitMs?: number;
   /**
    * How long a backup may take to reach its start instant (ms): a first prefill-overlay backup
    * reaches it only after its pass over the whole disk, paced at `speed` (BACKUP_STARTED; the
@@ -263,8 +272,16 @@ async function startBackup(
   speed: number,
   extra: VhostRtBackupArgs,
 ): Promise<() => Promise<Stopped>> {
-  const { journalBytes, method, yieldMs, readAround, maxChunk, keepOverlay, prefillOverlay } =
-    extra;
+  const {
+    journalBytes,
+    method,
+    yieldMs,
+    readAround,
+    maxChunk,
+    keepOverlay,
+    prefillOverlay,
+    mergeSpeed,
+  } = extra;
   const from = q.messages.length;
   if (label !== 'qsd') {
     const started = (await q.execute(
@@ -281,6 +298,7 @@ async function startBackup(
         ...(maxChunk === undefined ? {} : { 'max-chunk': maxChunk }),
         ...(keepOverlay ? { 'keep-overlay': true } : {}),
         ...(prefillOverlay ? { 'prefill-overlay': true } : {}),
+        ...(mergeSpeed === undefined ? {} : { 'merge-speed': mergeSpeed }),
       },
       extra.answerMs,
     )) as Record<string, unknown>;
@@ -302,7 +320,7 @@ async function startBackup(
       const merged =
         method === 'redirect'
           ? q
-              .next((m) => m.event === 'BACKUP_MERGED', from)
+              .next((m) => m.event === 'BACKUP_MERGED', from, extra.mergeWaitMs)
               .then((m) => ({
                 bytes: (m.data as Record<string, number>)['merged-bytes'],
                 ms: Math.round(performance.now() - t0),
@@ -544,6 +562,7 @@ async function main(): Promise<void> {
       'max-chunk-ab': { type: 'string' },
       'redirect-ab': { type: 'boolean', default: false },
       'redirect-max-chunk-ab': { type: 'string' },
+      'redirect-merge-speed-ab': { type: 'string' },
       'redirect-keep': { type: 'boolean', default: false },
       'redirect-prefill': { type: 'boolean', default: false },
       'probe-rounds': { type: 'string', default: '3' },
@@ -626,6 +645,19 @@ async function main(): Promise<void> {
     join(work, 'qsd.sock'),
     join(work, 'qsd.qmp'),
   );
+  /** A row of vhost-rt's daemon whose backups use method redirect (--redirect-ab). */
+  const redirectRow = (
+    label: 'vhost-rt redirect' | 'vhost-rt redirect max-chunk' | 'vhost-rt redirect merge-speed',
+  ) => ({
+    label,
+    backend: v,
+    qmp: vq,
+    target: vTarget,
+    yieldMs,
+    method: 'redirect',
+    keepOverlay: values['redirect-keep'],
+    prefillOverlay: values['redirect-prefill'],
+  });
   const sides: {
     label: Label;
     backend: Backend;
@@ -637,6 +669,7 @@ async function main(): Promise<void> {
     method?: string;
     keepOverlay?: boolean;
     prefillOverlay?: boolean;
+    mergeSpeed?: number;
   }[] = [
     { label: 'vhost-rt', backend: v, qmp: vq, target: vTarget, yieldMs },
     ...(yieldAb === undefined
@@ -675,32 +708,20 @@ async function main(): Promise<void> {
             maxChunk: Number(values['max-chunk-ab']),
           },
         ]),
-    ...(values['redirect-ab']
-      ? [
-          {
-            label: 'vhost-rt redirect' as const,
-            backend: v,
-            qmp: vq,
-            target: vTarget,
-            yieldMs,
-            method: 'redirect',
-            keepOverlay: values['redirect-keep'],
-            prefillOverlay: values['redirect-prefill'],
-          },
-        ]
-      : []),
+    ...(values['redirect-ab'] ? [redirectRow('vhost-rt redirect')] : []),
     ...(values['redirect-ab'] && values['redirect-max-chunk-ab'] !== undefined
       ? [
           {
-            label: 'vhost-rt redirect max-chunk' as const,
-            backend: v,
-            qmp: vq,
-            target: vTarget,
-            yieldMs,
-            method: 'redirect',
-            keepOverlay: values['redirect-keep'],
-            prefillOverlay: values['redirect-prefill'],
+            ...redirectRow('vhost-rt redirect max-chunk'),
             maxChunk: Number(values['redirect-max-chunk-ab']),
+          },
+        ]
+      : []),
+    ...(values['redirect-ab'] && values['redirect-merge-speed-ab'] !== undefined
+      ? [
+          {
+            ...redirectRow('vhost-rt redirect merge-speed'),
+            mergeSpeed: Number(values['redirect-merge-speed-ab']) * MiB,
           },
         ]
       : []),
@@ -745,10 +766,13 @@ async function main(): Promise<void> {
                     maxChunk: side.maxChunk,
                     keepOverlay: side.keepOverlay,
                     prefillOverlay: side.prefillOverlay,
+                    mergeSpeed: side.mergeSpeed,
                     // The prefill pass at `speed` (about 37 MiB/s at most here), twice over.
                     answerMs: side.prefillOverlay
                       ? 120_000 + (2000 * imageBytes) / Math.min(speed || 37 * MiB, 37 * MiB)
                       : undefined,
+                    mergeWaitMs:
+                      120_000 + (1000 * imageBytes) / ((side.mergeSpeed ?? speed) || 37 * MiB),
                   })
                 : null;
             const result = await runLoad({

@@ -321,6 +321,12 @@ async function blockdevBackup(args: CommandArguments, ctx: CommandContext): Prom
   const speed = (args.speed as number | undefined) ?? 0;
   if (speed < 0)
     throw new QmpCommandError('GenericError', `Parameter 'speed' must be >= 0, not ${speed}`);
+  const mergeSpeed = args['merge-speed'] as number | undefined;
+  if (mergeSpeed !== undefined && mergeSpeed < 0)
+    throw new QmpCommandError(
+      'GenericError',
+      `Parameter 'merge-speed' must be >= 0, not ${mergeSpeed}`,
+    );
   const yieldMs = (args['yield-ms'] as number | undefined) ?? 0;
   if (yieldMs < 0 || yieldMs > YIELD_MAX_MS)
     throw new QmpCommandError(
@@ -341,6 +347,7 @@ async function blockdevBackup(args: CommandArguments, ctx: CommandContext): Prom
         maxChunk: args['max-chunk'] as number | undefined,
         keepOverlay: args['keep-overlay'] === true,
         prefillOverlay: args['prefill-overlay'] === true,
+        mergeSpeed,
       },
       emit,
     );
@@ -519,7 +526,7 @@ export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, Comman
     'blockdev-backup',
     {
       summary:
-        "live point-in-time backup of blk 'device' to 'target' (raw file or NBD URI); 'sync' full|incremental, 'speed' bytes/s, 'journal-size' bytes, 'priority' idle|batch, 'method' auto|clone|journal|redirect (auto: a reflink clone where the file system has it, else the journal; redirect: guest writes go to an overlay next to the image while the copier reads the untouched image, merged back afterwards, BACKUP_MERGED; 'keep-overlay' keeps the merged overlay's allocated blocks for the next redirect backup; 'prefill-overlay' writes the kept overlay's whole data area once, at 'speed', before the start instant, so that no redirected write allocates; the reply then comes at once with 'prefilling': true, and BACKUP_STARTED marks the instant), 'yield-ms' the guest's quiet time each disk-pass read waits for (0: none), 'read-around' a chunk's second write saves the rest of the chunk (default false), 'max-chunk' the copier's largest read or write in bytes (a multiple of 65536 up to 1 MiB, default 256 KiB); events BACKUP_STARTED, BACKUP_PROGRESS, BACKUP_COMPLETED, BACKUP_FAILED, BACKUP_CANCELLED, BACKUP_MERGED (redirect)",
+        "live point-in-time backup of blk 'device' to 'target' (raw file or NBD URI); 'sync' full|incremental, 'speed' bytes/s, 'journal-size' bytes, 'priority' idle|batch, 'method' auto|clone|journal|redirect (auto: a reflink clone where the file system has it, else the journal; redirect: guest writes go to an overlay next to the image while the copier reads the untouched image, merged back afterwards, BACKUP_MERGED; 'keep-overlay' keeps the merged overlay's allocated blocks for the next redirect backup; 'prefill-overlay' writes the kept overlay's whole data area once, at 'speed', before the start instant, so that no redirected write allocates; the reply then comes at once with 'prefilling': true, and BACKUP_STARTED marks the instant; 'merge-speed' bytes/s the merge after a redirect backup goes at, default 'speed'), 'yield-ms' the guest's quiet time each disk-pass read waits for (0: none), 'read-around' a chunk's second write saves the rest of the chunk (default false), 'max-chunk' the copier's largest read or write in bytes (a multiple of 65536 up to 1 MiB, default 256 KiB); events BACKUP_STARTED, BACKUP_PROGRESS, BACKUP_COMPLETED, BACKUP_FAILED, BACKUP_CANCELLED, BACKUP_MERGED (redirect)",
       args: {
         device: { type: 'integer', required: true },
         target: { type: 'string', required: true },
@@ -533,6 +540,7 @@ export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, Comman
         'max-chunk': { type: 'integer', required: false },
         'keep-overlay': { type: 'boolean', required: false },
         'prefill-overlay': { type: 'boolean', required: false },
+        'merge-speed': { type: 'integer', required: false },
       },
       run: blockdevBackup,
     },

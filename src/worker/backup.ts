@@ -98,6 +98,12 @@ export interface BackupRequest {
    * keepOverlay (default false). See src/io/redirect-file.ts PREFILLED.
    */
   prefillOverlay?: boolean;
+  /**
+   * Method redirect: the pace of the merge after the backup (bytes/s; 0: unpaced); default
+   * `speed`. The merge copies the guest's scattered writes back a few KiB at a time, and its
+   * rate is what the guest's tail pays for meanwhile (bench/results/backup-redirect.md).
+   */
+  mergeSpeed?: number;
 }
 
 /** Sends a control-socket event (the device's index and socket are added by the caller). */
@@ -142,6 +148,8 @@ export interface BackupStatus {
    * left for the next open of the image because the device closed first ('left').
    */
   merge?: 'running' | 'done' | 'left';
+  /** Redirect backups: the merge's pace (bytes/s; 0: unpaced). */
+  'merge-speed'?: number;
   /** Redirect backups: the overlay was merged back into the image (BACKUP_MERGED). */
   'merged-ms'?: number;
   /** Redirect backups: bytes merged back into the image. */
@@ -315,6 +323,7 @@ export class DeviceBackups {
     for (const [given, name] of [
       [req.keepOverlay, 'keep-overlay'],
       [req.prefillOverlay, 'prefill-overlay'],
+      [req.mergeSpeed !== undefined, 'merge-speed'],
     ] as const)
       if (given === true && method !== 'redirect')
         throw new BackupError(
@@ -435,6 +444,7 @@ export class DeviceBackups {
       const started = await this.startDevice(req, share, copier, { redirect });
       const job = this.newJob(req, share, copier, emit, started, size, null);
       job.status.method = 'redirect';
+      job.status['merge-speed'] = req.mergeSpeed ?? req.speed;
       job.redirect = true;
       return this.run(job, started, started.heldUs, {});
     };
@@ -718,7 +728,7 @@ export class DeviceBackups {
       generation = (await this.source.host.command({
         type: 'backup-end',
         ok,
-        mergeSpeed: job.status.speed,
+        mergeSpeed: job.status['merge-speed'],
       })) as number;
     } catch (err) {
       this.log(

@@ -134,6 +134,11 @@ describe.each(['linux-aio', 'io_uring'])('blockdev-backup method redirect (%s)',
           /'prefill-overlay' needs method redirect, not journal/,
         ],
         [{ method: 'redirect', 'prefill-overlay': 'yes' }, /prefill-overlay/],
+        [
+          { method: 'journal', 'merge-speed': MiB },
+          /'merge-speed' needs method redirect, not journal/,
+        ],
+        [{ method: 'redirect', 'merge-speed': -1 }, /'merge-speed' must be >= 0, not -1/],
       ] as const) {
         const refused = await c.execute('blockdev-backup', { device: 0, target, ...args });
         expect((refused.error as Json).desc).toMatch(desc);
@@ -199,7 +204,11 @@ describe('a prefill-overlay backup before its instant', () => {
       // Again, at a pace that ends: the instant comes after the pass, and the target is it.
       const from2 = c.messages.length;
       const window = model.openWindow();
-      const again = await c.execute('blockdev-backup', { ...args, speed: 64 * MiB });
+      const again = await c.execute('blockdev-backup', {
+        ...args,
+        speed: 64 * MiB,
+        'merge-speed': 48 * MiB,
+      });
       expect(again.return).toMatchObject({ prefilling: true });
       const started = await event(c, from2, /^BACKUP_STARTED$/, 'the instant after the pass');
       model.closeWindow(window);
@@ -209,6 +218,8 @@ describe('a prefill-overlay backup before its instant', () => {
       expect(model.check(readFileSync(target), window)).toBe('ok');
       await event(c, from2, /^BACKUP_MERGED$/, 'the merge');
       expect(readFileSync(overlay).readUInt32LE(48)).toBe(3);
+      const [merged] = (await c.execute('query-backups', { device: 0 })).return as Json[];
+      expect(merged).toMatchObject({ status: 'completed', merge: 'done', 'merge-speed': 48 * MiB });
     } finally {
       stop = true;
       await writes;
