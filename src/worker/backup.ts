@@ -186,7 +186,8 @@ interface Starting {
   req: BackupRequest;
   /** The reply went out before the instant (a prefill pass); the rest runs on its own. */
   prefill: boolean;
-  status: PrefillStatus;
+  totalBytes: number;
+  startedMs: number;
   /** Once created: backup-cancel sets its CANCEL, which stops a prefill pass. */
   share: BackupShare | null;
   /** Settles once the start reached its instant or failed (events sent). */
@@ -275,8 +276,14 @@ export class DeviceBackups {
     const st = this.starting;
     if (st?.prefill === true) {
       const kib = st.share === null ? 0 : Atomics.load(st.share.i32, BACKUP.PREFILL_KIB);
-      st.status['prefill-bytes'] = Math.min(kib * 1024, st.status['total-bytes']);
-      out.push({ ...st.status });
+      out.push({
+        status: 'prefilling',
+        method: 'redirect',
+        target: st.req.target,
+        'total-bytes': st.totalBytes,
+        'prefill-bytes': Math.min(kib * 1024, st.totalBytes),
+        'started-ms': st.startedMs,
+      });
     }
     if (this.current !== null) out.push(this.refresh(this.current));
     if (this.last !== null) out.push(this.last);
@@ -297,14 +304,8 @@ export class DeviceBackups {
       prefill: false,
       share: null,
       done: Promise.resolve(),
-      status: {
-        status: 'prefilling',
-        method: 'redirect',
-        target: req.target,
-        'total-bytes': this.source.sizeBytes(),
-        'prefill-bytes': 0,
-        'started-ms': Date.now(),
-      },
+      totalBytes: this.source.sizeBytes(),
+      startedMs: Date.now(),
     };
     this.starting = starting;
     try {
@@ -481,7 +482,7 @@ export class DeviceBackups {
     err: unknown,
     emit: BackupEmit,
   ): void {
-    const st = starting.status;
+    const { req, totalBytes } = starting;
     const code = cancelled
       ? 'ERR_BACKUP_CANCELLED'
       : ((err as { code?: string }).code ?? 'ERR_BACKUP_FAILED');
@@ -489,26 +490,26 @@ export class DeviceBackups {
       ? 'cancelled while the overlay was being prefilled'
       : `prefilling the overlay failed: ${(err as Error).message}`;
     const status: BackupStatus['status'] = cancelled ? 'cancelled' : 'failed';
-    this.log('warn', `backup to ${st.target} ${status}: ${reason}`);
+    this.log('warn', `backup to ${req.target} ${status}: ${reason}`);
     this.last = {
-      ...zeroCounters(starting.req, 0),
+      ...zeroCounters(req, 0),
       status,
       method: 'redirect',
-      target: st.target,
-      sync: starting.req.sync,
+      target: req.target,
+      sync: req.sync,
       'sync-reason': '',
-      speed: starting.req.speed,
-      'total-bytes': st['total-bytes'],
-      'started-ms': st['started-ms'],
+      speed: req.speed,
+      'total-bytes': totalBytes,
+      'started-ms': starting.startedMs,
       'finished-ms': Date.now(),
       error: reason,
       code,
     };
     emit(cancelled ? 'BACKUP_CANCELLED' : 'BACKUP_FAILED', {
-      target: st.target,
+      target: req.target,
       method: 'redirect',
       'copied-bytes': 0,
-      'total-bytes': st['total-bytes'],
+      'total-bytes': totalBytes,
       code,
       reason,
     });

@@ -547,14 +547,15 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
         'a backup or snapshot of this device is running',
       );
     if (this.overlay !== null) throw this.mergingError();
-    if (redirect !== undefined && (share === null || clone))
-      throw new RangeError('a redirect backup needs a share and no clone');
+    // Attached once: the prefill's hooks, the activity counters and NEEDED all use it.
+    const shared = share === null ? null : BackupShare.attach(share);
     if (redirect !== undefined) {
+      if (shared === null || clone)
+        throw new RangeError('a redirect backup needs a share and no clone');
       this.overlayStarting = true;
       // A prefill pass runs before the instant: its progress for query-backups, and
       // backup-cancel (CANCEL, the main thread's) stops it between two writes.
-      // (share is not null: checked just above.)
-      const i32 = BackupShare.attach(share as BackupShareInit).i32;
+      const i32 = shared.i32;
       try {
         this.overlay = await WriteRedirect.create({
           image: redirect.image,
@@ -614,8 +615,8 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     }
     const heldUs = Math.round((performance.now() - t0) * 1000);
     const generation = cbt?.generation ?? 0;
-    if (share === null) return { sync, reason, chunks: 0, generation, heldUs };
-    this.activityShare = BackupShare.attach(share);
+    if (shared === null) return { sync, reason, chunks: 0, generation, heldUs };
+    this.activityShare = shared;
     this.publishActivity(this.activityShare);
     this.cbtTaken = cbt?.take() ?? null;
     // The writes held since the tracker went in come after the instant: the new record has them.
@@ -623,7 +624,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
     const needed = sync === 'incremental' ? this.cbtTaken : null;
     if (clone) {
       this.cloneBackup = true;
-      const chunks = countBits(publishNeeded(BackupShare.attach(share), needed));
+      const chunks = countBits(publishNeeded(shared, needed));
       return { sync, reason, chunks, generation, heldUs };
     }
     // Writes go to the overlay from here; the held ones too, as activate lets them go.
