@@ -152,14 +152,17 @@ interface Sample {
   phase: Phase;
   result: LoadResult;
   counters?: BackupCounters;
-  /** Phase 'merge': bytes merged, ms from the cancel to BACKUP_MERGED. */
-  merge?: { bytes: number; ms: number };
+  /**
+   * Phase 'merge': bytes merged, of them copied unpaced while the guest was quiet (after the
+   * window: merge-quiet-ms), ms from the cancel to BACKUP_MERGED.
+   */
+  merge?: { bytes: number; quietBytes: number; ms: number };
 }
 
 /** What stopping a backup gives: vhost-rt's counters, and for a redirect backup its merge's end. */
 interface Stopped {
   counters?: BackupCounters;
-  merged?: Promise<{ bytes: number; ms: number }>;
+  merged?: Promise<{ bytes: number; quietBytes: number; ms: number }>;
 }
 
 /** A line-JSON QMP client (greeting, qmp_capabilities, execute, events). */
@@ -323,6 +326,7 @@ async function startBackup(
               .next((m) => m.event === 'BACKUP_MERGED', from, extra.mergeWaitMs)
               .then((m) => ({
                 bytes: (m.data as Record<string, number>)['merged-bytes'],
+                quietBytes: (m.data as Record<string, number>)['merge-quiet-bytes'],
                 ms: Math.round(performance.now() - t0),
               }))
           : undefined;
@@ -752,7 +756,7 @@ async function main(): Promise<void> {
       const order = round % 2 === 0 ? sides : [...sides].reverse();
       for (const depth of depths) {
         for (const side of order) {
-          let merged: Promise<{ bytes: number; ms: number }> | undefined;
+          let merged: Promise<{ bytes: number; quietBytes: number; ms: number }> | undefined;
           const phases: Phase[] =
             side.method === 'redirect' ? ['idle', 'backup', 'merge'] : ['idle', 'backup'];
           for (const phase of phases) {
@@ -801,7 +805,7 @@ async function main(): Promise<void> {
             const m =
               merge === undefined
                 ? ''
-                : ` [merged ${(merge.bytes / MiB).toFixed(0)} MiB in ${merge.ms} ms from the cancel]`;
+                : ` [merged ${(merge.bytes / MiB).toFixed(0)} MiB (${(merge.quietBytes / MiB).toFixed(0)} MiB unpaced, the guest quiet) in ${merge.ms} ms from the cancel]`;
             process.stderr.write(
               `round ${round + 1}/${rounds} QD${depth} ${side.label} ${phase}: ${Math.round(result.iops)} IOPS p50 ${l.p50Us.toFixed(0)} p99 ${l.p99Us.toFixed(0)} p99.9 ${l.p999Us.toFixed(0)} µs${k}${m}\n`,
             );

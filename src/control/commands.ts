@@ -12,7 +12,12 @@ import {
   percentileNs,
 } from '../locking/index.js';
 import { RT_FLAGS, type RtOptions, type RtPolicy, validateRtOptions } from '../rt/options.js';
-import { type BackupEmit, type DeviceBackups, YIELD_MAX_MS } from '../worker/backup.js';
+import {
+  type BackupEmit,
+  type DeviceBackups,
+  MERGE_QUIET_MAX_MS,
+  YIELD_MAX_MS,
+} from '../worker/backup.js';
 import { QmpCommandError } from './errors.js';
 import type { ControlledDevice, ControlVersion, DeviceChanges } from './types.js';
 
@@ -327,6 +332,12 @@ async function blockdevBackup(args: CommandArguments, ctx: CommandContext): Prom
       'GenericError',
       `Parameter 'merge-speed' must be >= 0, not ${mergeSpeed}`,
     );
+  const mergeQuietMs = args['merge-quiet-ms'] as number | undefined;
+  if (mergeQuietMs !== undefined && (mergeQuietMs < 0 || mergeQuietMs > MERGE_QUIET_MAX_MS))
+    throw new QmpCommandError(
+      'GenericError',
+      `Parameter 'merge-quiet-ms' must be in 0..${MERGE_QUIET_MAX_MS}, not ${mergeQuietMs}`,
+    );
   const yieldMs = (args['yield-ms'] as number | undefined) ?? 0;
   if (yieldMs < 0 || yieldMs > YIELD_MAX_MS)
     throw new QmpCommandError(
@@ -348,6 +359,7 @@ async function blockdevBackup(args: CommandArguments, ctx: CommandContext): Prom
         keepOverlay: args['keep-overlay'] === true,
         prefillOverlay: args['prefill-overlay'] === true,
         mergeSpeed,
+        mergeQuietMs,
       },
       emit,
     );
@@ -526,7 +538,7 @@ export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, Comman
     'blockdev-backup',
     {
       summary:
-        "live point-in-time backup of blk 'device' to 'target' (raw file or NBD URI); 'sync' full|incremental, 'speed' bytes/s, 'journal-size' bytes, 'priority' idle|batch, 'method' auto|clone|journal|redirect (auto: a reflink clone where the file system has it, else the journal; redirect: guest writes go to an overlay next to the image while the copier reads the untouched image, merged back afterwards, BACKUP_MERGED; 'keep-overlay' keeps the merged overlay's allocated blocks for the next redirect backup; 'prefill-overlay' writes the kept overlay's whole data area once, at 'speed', before the start instant, so that no redirected write allocates; the reply then comes at once with 'prefilling': true, and BACKUP_STARTED marks the instant; 'merge-speed' bytes/s the merge after a redirect backup goes at, default 'speed' up to 8 MiB/s, 0 unpaced), 'yield-ms' the guest's quiet time each disk-pass read waits for (0: none), 'read-around' a chunk's second write saves the rest of the chunk (default false), 'max-chunk' the copier's largest read or write in bytes (a multiple of 65536 up to 1 MiB, default 256 KiB); events BACKUP_STARTED, BACKUP_PROGRESS, BACKUP_COMPLETED, BACKUP_FAILED, BACKUP_CANCELLED, BACKUP_MERGED (redirect)",
+        "live point-in-time backup of blk 'device' to 'target' (raw file or NBD URI); 'sync' full|incremental, 'speed' bytes/s, 'journal-size' bytes, 'priority' idle|batch, 'method' auto|clone|journal|redirect (auto: a reflink clone where the file system has it, else the journal; redirect: guest writes go to an overlay next to the image while the copier reads the untouched image, merged back afterwards, BACKUP_MERGED; 'keep-overlay' keeps the merged overlay's allocated blocks for the next redirect backup; 'prefill-overlay' writes the kept overlay's whole data area once, at 'speed', before the start instant, so that no redirected write allocates; the reply then comes at once with 'prefilling': true, and BACKUP_STARTED marks the instant; 'merge-speed' bytes/s the merge after a redirect backup goes at while the guest does I/O, default 'speed' up to 4 MiB/s, 0 unpaced; 'merge-quiet-ms' the merge goes unpaced once the guest has started no request for this long, default 1000, 0 never), 'yield-ms' the guest's quiet time each disk-pass read waits for (0: none), 'read-around' a chunk's second write saves the rest of the chunk (default false), 'max-chunk' the copier's largest read or write in bytes (a multiple of 65536 up to 1 MiB, default 256 KiB); events BACKUP_STARTED, BACKUP_PROGRESS, BACKUP_COMPLETED, BACKUP_FAILED, BACKUP_CANCELLED, BACKUP_MERGED (redirect)",
       args: {
         device: { type: 'integer', required: true },
         target: { type: 'string', required: true },
@@ -541,6 +553,7 @@ export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, Comman
         'keep-overlay': { type: 'boolean', required: false },
         'prefill-overlay': { type: 'boolean', required: false },
         'merge-speed': { type: 'integer', required: false },
+        'merge-quiet-ms': { type: 'integer', required: false },
       },
       run: blockdevBackup,
     },

@@ -61,3 +61,29 @@ export class RatePacer {
     return Math.max(0, (this.bytes / this.bytesPerSecond) * 1000 - (now - this.origin));
   }
 }
+
+/**
+ * How long a device's guest has done nothing, from two counters the device keeps:
+ * requests started (free-running, wrapping) and requests in flight. A background copy
+ * reads it to keep out of the guest's way: the backup copier's `yield-ms` waits for a
+ * quiet guest, a redirect overlay's merge goes unpaced while the guest is quiet
+ * (`merge-quiet-ms`). Sampled, not signalled: a guest that started and finished a
+ * request between two samples is seen by its count.
+ */
+export class QuietWatch {
+  private seenStarted = 0;
+  /** When the guest was last seen busy (ms); -Infinity: never, quiet since forever. */
+  private busyAt = Number.NEGATIVE_INFINITY;
+
+  /**
+   * Takes a sample at `now` (the device's counters as read now) and returns for how long
+   * the guest has been quiet (ms; 0 when it is busy now).
+   */
+  quietFor(started: number, inFlight: number, now = performance.now()): number {
+    if (started !== this.seenStarted || inFlight > 0) {
+      this.seenStarted = started;
+      this.busyAt = now;
+    }
+    return now - this.busyAt;
+  }
+}

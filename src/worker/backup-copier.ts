@@ -27,6 +27,7 @@ import {
   type IoOpCode,
   IoprioClass,
   ioprioValue,
+  QuietWatch,
   RatePacer,
 } from '../io/index.js';
 import { BACKUP, BackupState } from '../locking/layout.js';
@@ -198,9 +199,8 @@ class Copier {
    */
   private readonly pacer: RatePacer;
   private lastProgress = 0;
-  /** GUEST_IO as last seen, and when the guest was last seen busy (yieldToGuest). */
-  private seenGuestIo = 0;
-  private guestBusyAt = Number.NEGATIVE_INFINITY;
+  /** The guest's activity as last sampled (yieldToGuest). */
+  private readonly guest = new QuietWatch();
   private yields = 0;
   private forcedReads = 0;
 
@@ -340,12 +340,11 @@ class Copier {
     for (;;) {
       const now = performance.now();
       // Plain values the device stores once per batch (publishActivity); they order nothing.
-      const io = Atomics.load(s.i32, BACKUP.GUEST_IO);
-      if (io !== this.seenGuestIo || Atomics.load(s.i32, BACKUP.GUEST_IN_FLIGHT) > 0) {
-        this.seenGuestIo = io;
-        this.guestBusyAt = now;
-      }
-      const quietFor = now - this.guestBusyAt;
+      const quietFor = this.guest.quietFor(
+        Atomics.load(s.i32, BACKUP.GUEST_IO),
+        Atomics.load(s.i32, BACKUP.GUEST_IN_FLIGHT),
+        now,
+      );
       if (quietFor >= quietMs) break;
       if (now - since >= YIELD_MAX_WAIT_MS) {
         // Statistics only (query-backups); orders nothing.

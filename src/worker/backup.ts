@@ -103,17 +103,36 @@ export interface BackupRequest {
    * `speed`, at most {@link MAX_DEFAULT_MERGE_SPEED}.
    */
   mergeSpeed?: number;
+  /**
+   * Method redirect: the merge goes unpaced once the guest has started no request for this
+   * long (ms; 0: always paced); default {@link DEFAULT_MERGE_QUIET_MS}.
+   */
+  mergeQuietMs?: number;
 }
 
 /**
- * The default pace of a redirect backup's merge at most (bytes/s): the backup's `speed` when
- * lower. The merge copies the guest's scattered writes back a few KiB at a time, one copy in
- * flight, and the guest's tail pays for its rate: on this machine's disk, 4k randwrite p99.9
- * while merging was 6.9x idle at QD1 and 2.7x at QD32 at 32 MiB/s, 2.3x and 1.7x at 8 MiB/s
- * (bench/results/backup-redirect.md, session 3). The price is a longer merge (~4 min for
- * 2 GiB), during which no other backup, snapshot or resize of the device starts.
+ * The default pace of a redirect backup's merge while the guest does I/O, at most (bytes/s):
+ * the backup's `speed` when lower. The merge copies the guest's scattered writes back, one
+ * copy in flight, and the guest's tail pays for its rate: on this machine's disk, 4k
+ * randwrite p99.9 while merging was 6.9x idle at QD1 and 2.7x at QD32 at 32 MiB/s, 1.7-2.3x
+ * and 1.7x at 8 MiB/s, 1.2-1.3x at QD1 at 4 MiB/s (bench/results/backup-redirect.md, session
+ * 3). The price, a long merge under steady writes (~8 min for 2 GiB) during which no other
+ * backup, snapshot or resize of the device starts, is what {@link DEFAULT_MERGE_QUIET_MS}
+ * takes back whenever the guest pauses.
  */
-export const MAX_DEFAULT_MERGE_SPEED = 8 * 1024 * 1024;
+export const MAX_DEFAULT_MERGE_SPEED = 4 * 1024 * 1024;
+
+/**
+ * The default `merge-quiet-ms`: a guest that has started no request for a second lets the
+ * merge go unpaced (one 1 MiB copy after another, at the idle I/O class) until its next
+ * request. Why a second and not less: a guest doing periodic I/O finds a merge copy in the
+ * disk's queue each time it comes back from a pause the merge used, so a shorter wait would
+ * trade the tail of guests with sub-second periods for merge time; 0 keeps the merge paced.
+ */
+export const DEFAULT_MERGE_QUIET_MS = 1000;
+
+/** Most `merge-quiet-ms` a backup accepts (ms). */
+export const MERGE_QUIET_MAX_MS = 60_000;
 
 /** Sends a control-socket event (the device's index and socket are added by the caller). */
 export type BackupEmit = (name: string, data: Record<string, unknown>) => void;
@@ -157,8 +176,12 @@ export interface BackupStatus {
    * left for the next open of the image because the device closed first ('left').
    */
   merge?: 'running' | 'done' | 'left';
-  /** Redirect backups: the merge's pace (bytes/s; 0: unpaced). */
+  /** Redirect backups: the merge's pace while the guest does I/O (bytes/s; 0: unpaced). */
   'merge-speed'?: number;
+  /** Redirect backups: the guest's quiet time after which the merge goes unpaced (0: never). */
+  'merge-quiet-ms'?: number;
+  /** Redirect backups: bytes the merge copied unpaced because the guest was quiet. */
+  'merge-quiet-bytes'?: number;
   /** Redirect backups: the overlay was merged back into the image (BACKUP_MERGED). */
   'merged-ms'?: number;
   /** Redirect backups: bytes merged back into the image. */
@@ -334,6 +357,7 @@ export class DeviceBackups {
       [req.keepOverlay, 'keep-overlay'],
       [req.prefillOverlay, 'prefill-overlay'],
       [req.mergeSpeed !== undefined, 'merge-speed'],
+      [req.mergeQuietMs !== undefined, 'merge-quiet-ms'],
     ] as const)
       if (given === true && method !== 'redirect')
         throw new BackupError(
@@ -457,6 +481,7 @@ export class DeviceBackups {
       job.status['merge-speed'] =
         req.mergeSpeed ??
         (req.speed > 0 ? Math.min(req.speed, MAX_DEFAULT_MERGE_SPEED) : MAX_DEFAULT_MERGE_SPEED);
+      job.status['merge-quiet-ms'] = req.mergeQuietMs ?? DEFAULT_MERGE_QUIET_MS;
       job.redirect = true;
       return this.run(job, started, started.heldUs, {});
     };
@@ -736,11 +761,12 @@ export class DeviceBackups {
     const ok = e.type === 'completed';
     let generation = 0;
     try {
-      // A redirect backup's merge goes at the backup's own speed limit.
+      // A redirect backup's merge: paced while the guest does I/O, unpaced while it is quiet.
       generation = (await this.source.host.command({
         type: 'backup-end',
         ok,
         mergeSpeed: job.status['merge-speed'],
+        mergeQuietMs: job.status['merge-quiet-ms'],
       })) as number;
     } catch (err) {
       this.log(
@@ -803,8 +829,10 @@ export class DeviceBackups {
         merged: boolean;
         bytes: number;
         remainingBytes: number;
+        quietBytes: number;
       };
       s['merged-bytes'] = r.bytes;
+      s['merge-quiet-bytes'] = r.quietBytes;
       s.merge = r.merged ? 'done' : 'left';
       if (r.merged) s['merged-ms'] = Date.now();
       job.emit('BACKUP_MERGED', {
@@ -812,6 +840,7 @@ export class DeviceBackups {
         merged: r.merged,
         'merged-bytes': r.bytes,
         'remaining-bytes': r.remainingBytes,
+        'merge-quiet-bytes': r.quietBytes,
         'merge-ms': Date.now() - t0,
       });
     } catch (err) {

@@ -60,8 +60,11 @@ describe.each(['linux-aio', 'io_uring'])('blockdev-backup method redirect (%s)',
     const driver = await BlkDriver.create({ socketPath: join(dir, `${aio}.sock`) });
     const model = new WriteModel(SIZE / BLOCK, 5);
     let stop = false;
-    const writes = model.run(driver, 8, () => stop);
-    const reads = model.runReads(driver, 2, 16, () => stop);
+    // The front end pauses once while the overlay merges (`pause`), then goes on.
+    let pause = false;
+    const halted = () => stop || pause;
+    let writes = model.run(driver, 8, halted);
+    let reads = model.runReads(driver, 2, 16, halted);
     try {
       await waitFor(() => model.completed >= 300, 'the first writes');
       const target = join(dir, `${aio}.backup`);
@@ -85,19 +88,31 @@ describe.each(['linux-aio', 'io_uring'])('blockdev-backup method redirect (%s)',
       // Nothing journaled: no guest write waited for a read of old blocks.
       expect((end.data as Json).journaled).toBe(0);
       expect(model.check(readFileSync(target), window)).toBe('ok');
+      // The merge goes at its pace while the front end writes and reads (units it writes
+      // meanwhile are copied again), and unpaced once the front end has been quiet a second.
+      const merging = model.completed + 500;
+      await waitFor(() => model.completed >= merging, 'writes during the merge');
+      pause = true;
+      await Promise.all([writes, reads]);
       const merged = await event(c, from, /^BACKUP_MERGED$/, 'the merge');
+      pause = false;
+      writes = model.run(driver, 8, halted);
+      reads = model.runReads(driver, 2, 16, halted);
       expect(merged.data).toMatchObject({ merged: true, 'remaining-bytes': 0 });
       expect((merged.data as Json)['merged-bytes'] as number).toBeGreaterThan(0);
       expect(existsSync(`${image}.vhost-rt-redirect`)).toBe(false);
       expect(model.verifiedReads).toBeGreaterThan(readsAtStart);
       const after = (await c.execute('query-backups', { device: 0 })).return as Json[];
-      // The merge went at the default pace: the backup's speed (16 MiB/s), at most 8 MiB/s.
+      // The default pace while the guest does I/O: the backup's speed (16 MiB/s), at most
+      // 4 MiB/s; unpaced after a second of quiet, as the front end's pause gave.
       expect(after[0]).toMatchObject({
         status: 'completed',
         method: 'redirect',
         merge: 'done',
-        'merge-speed': 8 * MiB,
+        'merge-speed': 4 * MiB,
+        'merge-quiet-ms': 1000,
       });
+      expect((merged.data as Json)['merge-quiet-bytes']).toBe(after[0]['merge-quiet-bytes']);
       expect(after[0]['merged-bytes']).toBe((merged.data as Json)['merged-bytes']);
       // The device redirects nothing now: another backup may start (and completes), three
       // times with keep-overlay: the merged file stays (its blocks allocated) and the next one
@@ -147,6 +162,22 @@ describe.each(['linux-aio', 'io_uring'])('blockdev-backup method redirect (%s)',
           /'merge-speed' needs method redirect, not journal/,
         ],
         [{ method: 'redirect', 'merge-speed': -1 }, /'merge-speed' must be >= 0, not -1/],
+        [
+          { method: 'journal', 'merge-quiet-ms': 10 },
+          /'merge-quiet-ms' needs method redirect, not journal/,
+        ],
+        [
+          { method: 'redirect', 'merge-quiet-ms': -1 },
+          /'merge-quiet-ms' must be in 0\.\.60000, not -1/,
+        ],
+        [
+          { method: 'redirect', 'merge-quiet-ms': 60_001 },
+          /'merge-quiet-ms' must be in 0\.\.60000, not 60001/,
+        ],
+        [
+          { method: 'redirect', 'merge-quiet-ms': 0.5 },
+          /Invalid parameter type for 'merge-quiet-ms', expected: integer/,
+        ],
       ] as const) {
         const refused = await c.execute('blockdev-backup', { device: 0, target, ...args });
         expect((refused.error as Json).desc).toMatch(desc);
@@ -228,6 +259,72 @@ describe('a prefill-overlay backup before its instant', () => {
       expect(readFileSync(overlay).readUInt32LE(48)).toBe(3);
       const [merged] = (await c.execute('query-backups', { device: 0 })).return as Json[];
       expect(merged).toMatchObject({ status: 'completed', merge: 'done', 'merge-speed': 48 * MiB });
+    } finally {
+      stop = true;
+      await writes;
+      await driver.close();
+      c.close();
+      await daemon.stop();
+    }
+    expect(model.errors).toEqual([]);
+    expect(model.checkLive(readFileSync(image))).toBe('ok');
+  });
+});
+
+describe('the merge, paced while the guest writes and unpaced once it is quiet', () => {
+  it('keeps merge-speed under writes, then merges the rest when the front end stops', async () => {
+    const image = join(dir, 'quiet.img');
+    writeFileSync(image, Buffer.alloc(SIZE));
+    const daemon = await startBlk(image, 'quiet');
+    const c = await QmpClient.connect(join(dir, 'quiet.qmp'));
+    const driver = await BlkDriver.create({ socketPath: join(dir, 'quiet.sock') });
+    const model = new WriteModel(SIZE / BLOCK, 5);
+    let stop = false;
+    let writes: Promise<void> | null = model.run(driver, 8, () => stop);
+    const PACE = 64 * 1024;
+    try {
+      await waitFor(() => model.completed >= 300, 'the first writes');
+      const from = c.messages.length;
+      const window = model.openWindow();
+      const reply = await c.execute('blockdev-backup', {
+        device: 0,
+        target: join(dir, 'quiet.backup'),
+        sync: 'full',
+        method: 'redirect',
+        speed: 16 * MiB,
+        'merge-speed': PACE,
+        'merge-quiet-ms': 100,
+      });
+      model.closeWindow(window);
+      expect(reply.error).toBeUndefined();
+      await event(c, from, /^BACKUP_COMPLETED$/, 'the backup');
+      const mergeFrom = performance.now();
+      // The front end writes on for 1000 more requests while the merge goes at 64 KiB/s.
+      const more = model.completed + 1000;
+      await waitFor(() => model.completed >= more, 'writes during the merge');
+      const [during] = (await c.execute('query-backups', { device: 0 })).return as Json[];
+      expect(during).toMatchObject({
+        merge: 'running',
+        'merge-speed': PACE,
+        'merge-quiet-ms': 100,
+      });
+      stop = true;
+      await writes;
+      writes = null;
+      const pacedFor = performance.now() - mergeFrom;
+      // Quiet now: the rest of the overlay goes unpaced (at 64 KiB/s it would take minutes).
+      const merged = await event(c, from, /^BACKUP_MERGED$/, 'the merge', 30_000);
+      const d = merged.data as Json;
+      expect(d).toMatchObject({ merged: true, 'remaining-bytes': 0 });
+      const total = d['merged-bytes'] as number;
+      const quiet = d['merge-quiet-bytes'] as number;
+      expect(total).toBeGreaterThan(MiB);
+      expect(quiet).toBeGreaterThan(0);
+      // What went paced (while writing) stayed within the pace, plus a copy (1 MiB) and a
+      // second of slack.
+      expect(total - quiet).toBeLessThanOrEqual((PACE * (pacedFor + 1000)) / 1000 + MiB);
+      const [after] = (await c.execute('query-backups', { device: 0 })).return as Json[];
+      expect(after).toMatchObject({ merge: 'done', 'merge-quiet-bytes': quiet });
     } finally {
       stop = true;
       await writes;

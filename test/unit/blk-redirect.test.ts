@@ -69,12 +69,15 @@ interface Rig {
   results: Map<number, number>;
   detached: boolean;
   warnings: string[];
+  /** The device's guest counters the merge samples (requests started, in flight). */
+  guestStarted: number;
+  guestInFlight: number;
 }
 
-async function rig(name: string): Promise<Rig> {
+async function rig(name: string, kind: 'linux-aio' | 'io_uring' = 'linux-aio'): Promise<Rig> {
   const image = join(dir, `${name}.img`);
   writeFileSync(image, pattern(SIZE));
-  const engine = createEngine('linux-aio', {
+  const engine = createEngine(kind, {
     path: image,
     readonly: false,
     direct: true,
@@ -82,9 +85,15 @@ async function rig(name: string): Promise<Rig> {
     maxIovs: 64,
     warn: () => {},
   });
-  const r = { image, engine, results: new Map<number, number>(), detached: false, warnings: [] } as
-    | Rig
-    | Omit<Rig, 'ov' | 'guest'>;
+  const r = {
+    image,
+    engine,
+    results: new Map<number, number>(),
+    detached: false,
+    warnings: [],
+    guestStarted: 0,
+    guestInFlight: 0,
+  } as Rig | Omit<Rig, 'ov' | 'guest'>;
   const results = r.results;
   const ov = await WriteRedirect.create({
     image,
@@ -107,6 +116,8 @@ async function rig(name: string): Promise<Rig> {
         (r as Rig).detached = true;
       },
       warn: (m) => r.warnings.push(m),
+      guestStarted: () => r.guestStarted,
+      guestInFlight: () => r.guestInFlight,
     },
   });
   engine.onComplete(
@@ -227,6 +238,68 @@ describe('WriteRedirect', () => {
     expect(r.warnings).toEqual([]);
     r.engine.close();
   });
+
+  it('merge-quiet-ms: the merge keeps its pace while the guest does I/O and goes unpaced once it is quiet', async () => {
+    const r = await rig('quiet');
+    const { ov } = r;
+    ov.startRedirect();
+    // 32 runs of one sector each (every other 4 KiB block): 32 copies of 512 bytes.
+    const RUNS = 32;
+    for (let i = 0; i < RUNS; i++) await write(r, 0, i * 8192, 512, 0x60 + i);
+    // The guest is busy when the merge begins (the device's counters are past the start).
+    r.guestStarted = 1;
+    r.guestInFlight = 1;
+    // 512 bytes/s: paced, each copy after the first waits a second; quiet after 40 ms.
+    ov.beginMerge(512, 40);
+    // The device ends its batch after beginMerge: the first copy's read goes.
+    r.engine.submit();
+    let done = false;
+    const merged = ov.merged().then((m) => {
+      done = true;
+      return m;
+    });
+    // The guest starts a request every few ms (its counter moves, one is in flight at times).
+    let ticks = 0;
+    const busy = setInterval(() => {
+      r.guestStarted = (r.guestStarted + 1) | 0;
+      r.guestInFlight = ticks++ % 2;
+    }, 5);
+    try {
+      // 100 of the guest's requests (~0.5 s): at 512 bytes/s the merge made one or two of its
+      // 32 copies (unpaced, the pass would have ended in a few ms).
+      await waitFor(() => ticks >= 100, "the guest's requests");
+      expect(done).toBe(false);
+    } finally {
+      clearInterval(busy);
+    }
+    // Quiet: the other 30 copies go unpaced, not in 30 s.
+    r.guestInFlight = 0;
+    const m = await merged;
+    expect(m).toMatchObject({ merged: true, remainingBytes: 0 });
+    expect(m.quietBytes).toBeGreaterThanOrEqual((RUNS - 2) * 512);
+    expect(m.quietBytes).toBeLessThan(RUNS * 512);
+    const img = readFileSync(r.image);
+    for (let i = 0; i < RUNS; i++) expect(img[i * 8192], `sector ${i * 16}`).toBe(0x60 + i);
+    expect(r.warnings).toEqual([]);
+    r.engine.close();
+  });
+
+  it.each(['linux-aio', 'io_uring'] as const)(
+    'merge-quiet-ms 0: a quiet guest leaves the pace as it is; the merge ends with no guest I/O (%s)',
+    async (kind) => {
+      // io_uring stages the merge's fdatasyncs: they must be submitted without a guest batch.
+      const r = await rig(`quiet-off-${kind}`, kind);
+      const { ov } = r;
+      ov.startRedirect();
+      for (let i = 0; i < 4; i++) await write(r, 0, i * 8192, 512, 0x70 + i);
+      // 4 copies at 2 KiB/s: ~0.75 s paced; nothing is counted as quiet.
+      ov.beginMerge(2048, 0);
+      r.engine.submit();
+      const m = await ov.merged();
+      expect(m).toMatchObject({ merged: true, remainingBytes: 0, quietBytes: 0 });
+      r.engine.close();
+    },
+  );
 
   it('a read the guest fragmented sector by sector (64 runs) goes in bounded waves and is exact', async () => {
     const r = await rig('waves');
@@ -376,7 +449,14 @@ describe('WriteRedirect', () => {
         direct: false,
         slots: 1,
         maxIovs: 4,
-        hooks: { complete: () => {}, endBatch: () => {}, detached: () => {}, warn: () => {} },
+        hooks: {
+          complete: () => {},
+          endBatch: () => {},
+          detached: () => {},
+          warn: () => {},
+          guestStarted: () => 0,
+          guestInFlight: () => 0,
+        },
       }),
     ).rejects.toThrow(
       /the nbd engine cannot redirect writes: method redirect needs a local image file/,

@@ -6,7 +6,7 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_PACE_BURST_MS, RatePacer } from '../../src/io/rate-pacer.js';
+import { DEFAULT_PACE_BURST_MS, QuietWatch, RatePacer } from '../../src/io/rate-pacer.js';
 
 const MiB = 1024 * 1024;
 
@@ -76,5 +76,22 @@ describe('RatePacer', () => {
       ),
       { numRuns: 300 },
     );
+  });
+});
+
+describe('QuietWatch', () => {
+  it('counts quiet time from the last sample that saw a new request or one in flight', () => {
+    const w = new QuietWatch();
+    // Never seen busy: quiet since forever.
+    expect(w.quietFor(0, 0, 100)).toBe(Number.POSITIVE_INFINITY);
+    // A request started (the counter moved): busy now.
+    expect(w.quietFor(1, 0, 200)).toBe(0);
+    expect(w.quietFor(1, 0, 250)).toBe(50);
+    // One in flight keeps it busy although no new one started.
+    expect(w.quietFor(1, 1, 300)).toBe(0);
+    expect(w.quietFor(1, 0, 340)).toBe(40);
+    // The counter wraps (Int32) and is compared, not ordered.
+    expect(w.quietFor(-2147483648, 0, 400)).toBe(0);
+    expect(w.quietFor(-2147483648, 0, 1400)).toBe(1000);
   });
 });

@@ -159,9 +159,10 @@ export type BlkCommand =
   | { type: 'redirect-merged' }
   /**
    * The backup is over: `ok` clears the changed blocks it copied, else they stay changed. A
-   * redirect backup's overlay starts merging back, at most `mergeSpeed` bytes/s (0: unpaced).
+   * redirect backup's overlay starts merging back, at most `mergeSpeed` bytes/s (0: unpaced)
+   * while the guest does I/O, unpaced once it has been quiet for `mergeQuietMs` (0: never).
    */
-  | { type: 'backup-end'; ok: boolean; mergeSpeed?: number }
+  | { type: 'backup-end'; ok: boolean; mergeSpeed?: number; mergeQuietMs?: number }
   /** A snapshot's instant: hold new writes, resolve once none is in flight; `release-writes` lets them go. */
   | { type: 'hold-writes' }
   | { type: 'release-writes' };
@@ -425,10 +426,15 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
         );
       case 'redirect-merged':
         return this.overlay === null
-          ? Promise.resolve<MergeResult>({ merged: true, bytes: 0, remainingBytes: 0 })
+          ? Promise.resolve<MergeResult>({
+              merged: true,
+              bytes: 0,
+              remainingBytes: 0,
+              quietBytes: 0,
+            })
           : this.overlay.merged();
       case 'backup-end':
-        return this.backupEnd(cmd.ok, cmd.mergeSpeed ?? 0);
+        return this.backupEnd(cmd.ok, cmd.mergeSpeed ?? 0, cmd.mergeQuietMs ?? 0);
       case 'hold-writes':
         return this.backupStart(null, 'full', false);
       case 'release-writes':
@@ -579,6 +585,8 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
               this.installBuffers();
             },
             warn: this.warn,
+            guestStarted: () => this.guestStarted,
+            guestInFlight: () => this.inFlight,
           },
         });
       } finally {
@@ -645,11 +653,11 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   }
 
   /** `backup-end`: held writes go; the changed blocks are settled. */
-  private async backupEnd(ok: boolean, mergeSpeed = 0): Promise<number> {
+  private async backupEnd(ok: boolean, mergeSpeed = 0, mergeQuietMs = 0): Promise<number> {
     const t = await this.dropTracker();
     // A redirect backup's image is free again: the overlay merges back from now on.
     if (this.overlay !== null) {
-      this.overlay.beginMerge(mergeSpeed);
+      this.overlay.beginMerge(mergeSpeed, mergeQuietMs);
       this.endBackupBatch();
     }
     this.cloneBackup = false;
