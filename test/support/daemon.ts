@@ -11,12 +11,19 @@ const root = join(fileURLToPath(new URL('.', import.meta.url)), '..', '..');
 /** Compiled CLI entry, wherever this helper runs from (src under vitest, dist when compiled). */
 export const CLI = join(root.replace(/\/dist$/, ''), 'dist', 'src', 'cli', 'main.js');
 
+/** How long {@link Daemon.stop} waits for the exit by default (ms). */
+export const STOP_TIMEOUT_MS = 30_000;
+
 export interface Daemon {
   proc: ChildProcess;
   /** Everything the daemon wrote to stderr so far. */
   log(): string;
-  /** Sends `signal` and resolves with the exit code and the whole log. */
-  stop(signal?: NodeJS.Signals): Promise<{ code: number | null; log: string }>;
+  /**
+   * Sends `signal` and resolves with the exit code and the whole log; a daemon that has not
+   * exited after `timeoutMs` is killed (SIGKILL) and the call rejects with its log, so a hung
+   * shutdown fails the test by name and leaves no process behind.
+   */
+  stop(signal?: NodeJS.Signals, timeoutMs?: number): Promise<{ code: number | null; log: string }>;
 }
 
 export interface RunResult {
@@ -68,10 +75,25 @@ export function startDaemon(
   const daemon: Daemon = {
     proc,
     log: () => text,
-    stop: async (signal = 'SIGTERM') => {
+    stop: async (signal = 'SIGTERM', timeoutMs = STOP_TIMEOUT_MS) => {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
-      const code = await exited;
-      return { code, log: text };
+      let timer: NodeJS.Timeout | undefined;
+      const hung = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          proc.kill('SIGKILL');
+          reject(
+            new Error(
+              `vhost-rt (pid ${proc.pid}) did not exit within ${timeoutMs} ms of ${signal}; killed. Its log:\n${text}`,
+            ),
+          );
+        }, timeoutMs);
+      });
+      try {
+        const code = await Promise.race([exited, hung]);
+        return { code, log: text };
+      } finally {
+        clearTimeout(timer);
+      }
     },
   };
   return new Promise((resolve, reject) => {
