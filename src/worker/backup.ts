@@ -104,8 +104,8 @@ export interface BackupRequest {
    */
   mergeSpeed?: number;
   /**
-   * Method redirect: the merge goes unpaced once the guest has started no request for this
-   * long (ms; 0: always paced); default {@link DEFAULT_MERGE_QUIET_MS}.
+   * Method redirect: the merge goes at `speed` instead of `mergeSpeed` once the guest has
+   * started no request for this long (ms; 0: never); default {@link DEFAULT_MERGE_QUIET_MS}.
    */
   mergeQuietMs?: number;
 }
@@ -123,11 +123,11 @@ export interface BackupRequest {
 export const MAX_DEFAULT_MERGE_SPEED = 4 * 1024 * 1024;
 
 /**
- * The default `merge-quiet-ms`: a guest that has started no request for a second lets the
- * merge go unpaced (one 1 MiB copy after another, at the idle I/O class) until its next
- * request. Why a second and not less: a guest doing periodic I/O finds a merge copy in the
- * disk's queue each time it comes back from a pause the merge used, so a shorter wait would
- * trade the tail of guests with sub-second periods for merge time; 0 keeps the merge paced.
+ * The default `merge-quiet-ms`: a guest that has started no request for a second moves the
+ * merge to the backup's `speed` (unpaced when 0) until its next request. Why a second and not
+ * less: a guest doing periodic I/O finds a merge copy in the disk's queue each time it comes
+ * back from a pause the merge used, so a shorter wait would trade the tail of guests with
+ * sub-second periods for merge time; 0 keeps the merge at `merge-speed`.
  */
 export const DEFAULT_MERGE_QUIET_MS = 1000;
 
@@ -178,9 +178,9 @@ export interface BackupStatus {
   merge?: 'running' | 'done' | 'left';
   /** Redirect backups: the merge's pace while the guest does I/O (bytes/s; 0: unpaced). */
   'merge-speed'?: number;
-  /** Redirect backups: the guest's quiet time after which the merge goes unpaced (0: never). */
+  /** Redirect backups: the guest's quiet time after which the merge goes at `speed` (0: never). */
   'merge-quiet-ms'?: number;
-  /** Redirect backups: bytes the merge copied unpaced because the guest was quiet. */
+  /** Redirect backups: bytes the merge copied at `speed` because the guest was quiet. */
   'merge-quiet-bytes'?: number;
   /** Redirect backups: the overlay was merged back into the image (BACKUP_MERGED). */
   'merged-ms'?: number;
@@ -761,12 +761,14 @@ export class DeviceBackups {
     const ok = e.type === 'completed';
     let generation = 0;
     try {
-      // A redirect backup's merge: paced while the guest does I/O, unpaced while it is quiet.
+      // A redirect backup's merge: at merge-speed while the guest does I/O, at the backup's
+      // own speed while it is quiet.
       generation = (await this.source.host.command({
         type: 'backup-end',
         ok,
         mergeSpeed: job.status['merge-speed'],
         mergeQuietMs: job.status['merge-quiet-ms'],
+        mergeQuietSpeed: job.status.speed,
       })) as number;
     } catch (err) {
       this.log(

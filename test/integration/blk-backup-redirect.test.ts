@@ -89,7 +89,8 @@ describe.each(['linux-aio', 'io_uring'])('blockdev-backup method redirect (%s)',
       expect((end.data as Json).journaled).toBe(0);
       expect(model.check(readFileSync(target), window)).toBe('ok');
       // The merge goes at its pace while the front end writes and reads (units it writes
-      // meanwhile are copied again), and unpaced once the front end has been quiet a second.
+      // meanwhile are copied again), and at the backup's speed once the front end has been
+      // quiet a second.
       const merging = model.completed + 500;
       await waitFor(() => model.completed >= merging, 'writes during the merge');
       pause = true;
@@ -104,7 +105,7 @@ describe.each(['linux-aio', 'io_uring'])('blockdev-backup method redirect (%s)',
       expect(model.verifiedReads).toBeGreaterThan(readsAtStart);
       const after = (await c.execute('query-backups', { device: 0 })).return as Json[];
       // The default pace while the guest does I/O: the backup's speed (16 MiB/s), at most
-      // 4 MiB/s; unpaced after a second of quiet, as the front end's pause gave.
+      // 4 MiB/s; the backup's speed after a second of quiet, as the front end's pause gave.
       expect(after[0]).toMatchObject({
         status: 'completed',
         method: 'redirect',
@@ -312,7 +313,8 @@ describe('the merge, paced while the guest writes and unpaced once it is quiet',
       await writes;
       writes = null;
       const pacedFor = performance.now() - mergeFrom;
-      // Quiet now: the rest of the overlay goes unpaced (at 64 KiB/s it would take minutes).
+      // Quiet now: the rest of the overlay goes at the backup's speed, 16 MiB/s (at 64 KiB/s
+      // it would take minutes).
       const merged = await event(c, from, /^BACKUP_MERGED$/, 'the merge', 30_000);
       const d = merged.data as Json;
       expect(d).toMatchObject({ merged: true, 'remaining-bytes': 0 });

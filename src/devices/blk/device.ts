@@ -160,9 +160,16 @@ export type BlkCommand =
   /**
    * The backup is over: `ok` clears the changed blocks it copied, else they stay changed. A
    * redirect backup's overlay starts merging back, at most `mergeSpeed` bytes/s (0: unpaced)
-   * while the guest does I/O, unpaced once it has been quiet for `mergeQuietMs` (0: never).
+   * while the guest does I/O, at most `mergeQuietSpeed` once it has been quiet for
+   * `mergeQuietMs` (0: never).
    */
-  | { type: 'backup-end'; ok: boolean; mergeSpeed?: number; mergeQuietMs?: number }
+  | {
+      type: 'backup-end';
+      ok: boolean;
+      mergeSpeed?: number;
+      mergeQuietMs?: number;
+      mergeQuietSpeed?: number;
+    }
   /** A snapshot's instant: hold new writes, resolve once none is in flight; `release-writes` lets them go. */
   | { type: 'hold-writes' }
   | { type: 'release-writes' };
@@ -434,7 +441,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
             })
           : this.overlay.merged();
       case 'backup-end':
-        return this.backupEnd(cmd.ok, cmd.mergeSpeed ?? 0, cmd.mergeQuietMs ?? 0);
+        return this.backupEnd(cmd.ok, cmd);
       case 'hold-writes':
         return this.backupStart(null, 'full', false);
       case 'release-writes':
@@ -653,11 +660,18 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   }
 
   /** `backup-end`: held writes go; the changed blocks are settled. */
-  private async backupEnd(ok: boolean, mergeSpeed = 0, mergeQuietMs = 0): Promise<number> {
+  private async backupEnd(
+    ok: boolean,
+    merge: { mergeSpeed?: number; mergeQuietMs?: number; mergeQuietSpeed?: number } = {},
+  ): Promise<number> {
     const t = await this.dropTracker();
     // A redirect backup's image is free again: the overlay merges back from now on.
     if (this.overlay !== null) {
-      this.overlay.beginMerge(mergeSpeed, mergeQuietMs);
+      this.overlay.beginMerge(
+        merge.mergeSpeed ?? 0,
+        merge.mergeQuietMs ?? 0,
+        merge.mergeQuietSpeed ?? 0,
+      );
       this.endBackupBatch();
     }
     this.cloneBackup = false;

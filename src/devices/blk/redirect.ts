@@ -154,7 +154,7 @@ export interface MergeResult {
   bytes: number;
   /** Units left redirected (0 once merged). */
   remainingBytes: number;
-  /** Bytes of the copies that went unpaced because the guest was quiet (`merge-quiet-ms`). */
+  /** Bytes of the copies made at the quiet pace, the guest being quiet (`merge-quiet-ms`). */
   quietBytes: number;
 }
 
@@ -271,12 +271,14 @@ export class WriteRedirect {
   private epochHi = 0;
   /** The merge's pace (the backup's `speed`; 0: unpaced), set when the merge begins. */
   private mergePacer = new RatePacer(0);
-  /** `merge-quiet-ms`: a guest quiet this long lets the merge go unpaced (0: never). */
+  /** The merge's pace while the guest is quiet (the backup's `speed`; 0: unpaced). */
+  private mergeQuietPacer = new RatePacer(0);
+  /** `merge-quiet-ms`: a guest quiet this long moves the merge to its quiet pace (0: never). */
   private mergeQuietMs = 0;
   private readonly guest = new QuietWatch();
-  /** Bytes the merge copied unpaced, the guest being quiet. */
+  /** Bytes the merge copied at its quiet pace. */
   private mergeQuietBytes = 0;
-  /** The copy in flight started unpaced, the guest being quiet. */
+  /** The copy in flight started at the quiet pace, the guest being quiet. */
   private mergeCopyQuiet = false;
   /** Units a guest wrote while merging since their run's copy started (see touch()). */
   private readonly touched: Int32Array;
@@ -770,19 +772,22 @@ export class WriteRedirect {
   /**
    * The backup is over: merge the overlay back into the image (see the module comment), at
    * most `speed` bytes a second while the guest does I/O (0: as fast as one copy at a time
-   * goes), and unpaced once the guest has started no request for `quietMs` (0: always paced).
-   * Why both: the pace is what the guest's tail pays while it writes (bench/results/
-   * backup-redirect.md: QD1 p99.9 while merging 1.2x idle at 4 MiB/s, 1.7x at 8, 6.9x at 32),
-   * and a guest that pauses costs nothing, so its pauses shorten the merge, during which no
-   * other backup, snapshot or resize of the device starts.
+   * goes), and at `quietSpeed` (0: unpaced) once the guest has started no request for
+   * `quietMs` (0: never), until its next request. Why two paces: the busy pace is what the
+   * guest's tail pays while it writes (bench/results/backup-redirect.md: QD1 p99.9 while
+   * merging 1.2x idle at 4 MiB/s, 1.7x at 8, 6.9x at 32), and a quiet guest pays nothing, so
+   * its pauses shorten the merge, during which no other backup, snapshot or resize of the
+   * device starts. Why not unpaced when quiet: a burst of hundreds of MiB leaves the disk
+   * writing back after the guest has come back (bench/results/backup-redirect.md, session 4).
    */
-  beginMerge(speed = 0, quietMs = 0): void {
+  beginMerge(speed = 0, quietMs = 0, quietSpeed = 0): void {
     if (this.phase !== RedirectPhase.REDIRECT && this.phase !== RedirectPhase.PREPARING) return;
     this.phase = RedirectPhase.MERGING;
     this.mergeCursor = 0;
     // Bounded credit: the pauses of a merge (an epoch's fdatasync, a retry after a failed step)
     // must not become an unpaced burst after them.
     this.mergePacer = new RatePacer(speed);
+    this.mergeQuietPacer = new RatePacer(quietSpeed);
     this.mergeQuietMs = quietMs;
     this.mergeQuietBytes = 0;
     this.mergeCopyQuiet = false;
@@ -927,8 +932,10 @@ export class WriteRedirect {
     this.epochBytes += len;
     this.mergeCursor = u1;
     this.mergeState = 0;
-    if (this.mergeCopyQuiet) this.mergeQuietBytes += len;
-    this.mergePacer.add(len);
+    if (this.mergeCopyQuiet) {
+      this.mergeQuietBytes += len;
+      this.mergeQuietPacer.add(len);
+    } else this.mergePacer.add(len);
     if (this.epochBytes >= MERGE_EPOCH_BYTES) {
       this.flushEpoch();
       return;
@@ -938,9 +945,10 @@ export class WriteRedirect {
 
   /**
    * The next copy now, or after a wait (one timer, not one per run): ahead of its pace the
-   * merge waits, unless the guest has been quiet for `merge-quiet-ms`. While waiting it looks
-   * again at least every `merge-quiet-ms`, so a guest that goes quiet does not leave the
-   * merge asleep for the rest of a long pace (1 MiB at 4 MiB/s: 250 ms).
+   * merge waits, the busy pace or, once the guest has been quiet for `merge-quiet-ms`, the
+   * quiet one. While waiting at the busy pace it looks again at least every `merge-quiet-ms`,
+   * so a guest that goes quiet does not leave the merge asleep for the rest of a long pace
+   * (1 MiB at 4 MiB/s: 250 ms).
    */
   private pacedMergeStep(): void {
     const wait = this.mergeWaitMs();
@@ -957,17 +965,24 @@ export class WriteRedirect {
 
   /** How long the merge waits before its next copy (ms; 0: go now). */
   private mergeWaitMs(): number {
+    const q = this.mergeQuietMs;
+    if (q > 0) {
+      const quiet = this.guest.quietFor(this.hooks.guestStarted(), this.hooks.guestInFlight());
+      if (quiet >= q) {
+        // Each pace starts over, with no credit, when the merge moves to it.
+        if (!this.mergeCopyQuiet) this.mergeQuietPacer.restart();
+        this.mergePacer.restart();
+        this.mergeCopyQuiet = true;
+        const ahead = this.mergeQuietPacer.aheadMs();
+        return ahead < MERGE_PACE_SLACK_MS ? 0 : ahead;
+      }
+      this.mergeCopyQuiet = false;
+      const ahead = this.mergePacer.aheadMs();
+      return ahead < MERGE_PACE_SLACK_MS ? 0 : Math.min(ahead, q - quiet);
+    }
     this.mergeCopyQuiet = false;
     const ahead = this.mergePacer.aheadMs();
-    if (ahead < MERGE_PACE_SLACK_MS) return 0;
-    const q = this.mergeQuietMs;
-    if (!(q > 0)) return ahead;
-    const quiet = this.guest.quietFor(this.hooks.guestStarted(), this.hooks.guestInFlight());
-    if (quiet < q) return Math.min(ahead, q - quiet);
-    // Quiet: no credit either for when the guest comes back; the pace starts over then.
-    this.mergePacer.restart();
-    this.mergeCopyQuiet = true;
-    return 0;
+    return ahead < MERGE_PACE_SLACK_MS ? 0 : ahead;
   }
 
   /** Sets the bits of [u0, u1) in `b` (a mark bitmap: nothing counted, no page dirtied). */
