@@ -153,8 +153,8 @@ interface Sample {
   result: LoadResult;
   counters?: BackupCounters;
   /**
-   * Phase 'merge': bytes merged, of them copied unpaced while the guest was quiet (after the
-   * window: merge-quiet-ms), ms from the cancel to BACKUP_MERGED.
+   * Phase 'merge': bytes merged, of them copied at the quiet pace (the guest quiet: after the
+   * window, merge-quiet-ms), ms from the cancel to BACKUP_MERGED.
    */
   merge?: { bytes: number; quietBytes: number; ms: number };
 }
@@ -805,7 +805,7 @@ async function main(): Promise<void> {
             const m =
               merge === undefined
                 ? ''
-                : ` [merged ${(merge.bytes / MiB).toFixed(0)} MiB (${(merge.quietBytes / MiB).toFixed(0)} MiB unpaced, the guest quiet) in ${merge.ms} ms from the cancel]`;
+                : ` [merged ${(merge.bytes / MiB).toFixed(0)} MiB (${(merge.quietBytes / MiB).toFixed(0)} MiB at the quiet pace) in ${merge.ms} ms from the cancel]`;
             process.stderr.write(
               `round ${round + 1}/${rounds} QD${depth} ${side.label} ${phase}: ${Math.round(result.iops)} IOPS p50 ${l.p50Us.toFixed(0)} p99 ${l.p99Us.toFixed(0)} p99.9 ${l.p999Us.toFixed(0)} µs${k}${m}\n`,
             );
