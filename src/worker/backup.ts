@@ -104,8 +104,9 @@ export interface BackupRequest {
    */
   mergeSpeed?: number;
   /**
-   * Method redirect: the merge goes at `speed` instead of `mergeSpeed` once the guest has
-   * started no request for this long (ms; 0: never); default {@link DEFAULT_MERGE_QUIET_MS}.
+   * Method redirect: the merge goes at `speed` instead of `mergeSpeed` (the faster of the two;
+   * unpaced if either is 0) once the guest has started no request for this long (ms; 0:
+   * never); default {@link DEFAULT_MERGE_QUIET_MS}.
    */
   mergeQuietMs?: number;
 }
@@ -133,6 +134,15 @@ export const DEFAULT_MERGE_QUIET_MS = 1000;
 
 /** Most `merge-quiet-ms` a backup accepts (ms). */
 export const MERGE_QUIET_MAX_MS = 60_000;
+
+/**
+ * The pace of a redirect backup's merge while the guest is quiet (bytes/s; 0: unpaced): the
+ * backup's `speed`, the rate the user gave background I/O, but never slower than the busy
+ * pace `mergeSpeed` (a quiet guest must not slow the merge down), and unpaced if either is.
+ */
+export function quietMergePace(mergeSpeed: number, speed: number): number {
+  return mergeSpeed === 0 || speed === 0 ? 0 : Math.max(mergeSpeed, speed);
+}
 
 /** Sends a control-socket event (the device's index and socket are added by the caller). */
 export type BackupEmit = (name: string, data: Record<string, unknown>) => void;
@@ -762,13 +772,14 @@ export class DeviceBackups {
     let generation = 0;
     try {
       // A redirect backup's merge: at merge-speed while the guest does I/O, at the backup's
-      // own speed while it is quiet.
+      // own speed while it is quiet (never slower than merge-speed: 0 is unpaced for both).
+      const busyPace = job.status['merge-speed'] ?? 0;
       generation = (await this.source.host.command({
         type: 'backup-end',
         ok,
-        mergeSpeed: job.status['merge-speed'],
+        mergeSpeed: busyPace,
         mergeQuietMs: job.status['merge-quiet-ms'],
-        mergeQuietSpeed: job.status.speed,
+        mergeQuietSpeed: quietMergePace(busyPace, job.status.speed),
       })) as number;
     } catch (err) {
       this.log(
