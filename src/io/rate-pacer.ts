@@ -66,8 +66,8 @@ export class RatePacer {
  * How long a device's guest has done nothing, from two counters the device keeps:
  * requests started (free-running, wrapping) and requests in flight. A background copy
  * reads it to keep out of the guest's way: the backup copier's `yield-ms` waits for a
- * quiet guest, a redirect overlay's merge goes unpaced while the guest is quiet
- * (`merge-quiet-ms`). Sampled, not signalled: a guest that started and finished a
+ * quiet guest, a redirect overlay's merge goes at its quiet pace while the guest is
+ * quiet (`merge-quiet-ms`). Sampled, not signalled: a guest that started and finished a
  * request between two samples is seen by its count.
  */
 export class QuietWatch {

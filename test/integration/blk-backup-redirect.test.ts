@@ -272,7 +272,7 @@ describe('a prefill-overlay backup before its instant', () => {
   });
 });
 
-describe('the merge, paced while the guest writes and unpaced once it is quiet', () => {
+describe("the merge, paced while the guest writes and at the backup's speed once it is quiet", () => {
   it('keeps merge-speed under writes, then merges the rest when the front end stops', async () => {
     const image = join(dir, 'quiet.img');
     writeFileSync(image, Buffer.alloc(SIZE));

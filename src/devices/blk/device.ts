@@ -174,6 +174,9 @@ export type BlkCommand =
   | { type: 'hold-writes' }
   | { type: 'release-writes' };
 
+/** The merge's paces a `backup-end` command carries (absent: 0). */
+type MergePaces = Omit<Extract<BlkCommand, { type: 'backup-end' }>, 'type' | 'ok'>;
+
 /** slotType of a write that completed and now waits for its writethrough flush. */
 const WRITE_FLUSHING = 0xf0;
 
@@ -660,10 +663,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   }
 
   /** `backup-end`: held writes go; the changed blocks are settled. */
-  private async backupEnd(
-    ok: boolean,
-    merge: { mergeSpeed?: number; mergeQuietMs?: number; mergeQuietSpeed?: number } = {},
-  ): Promise<number> {
+  private async backupEnd(ok: boolean, merge: MergePaces = {}): Promise<number> {
     const t = await this.dropTracker();
     // A redirect backup's image is free again: the overlay merges back from now on.
     if (this.overlay !== null) {

@@ -966,23 +966,19 @@ export class WriteRedirect {
   /** How long the merge waits before its next copy (ms; 0: go now). */
   private mergeWaitMs(): number {
     const q = this.mergeQuietMs;
-    if (q > 0) {
-      const quiet = this.guest.quietFor(this.hooks.guestStarted(), this.hooks.guestInFlight());
-      if (quiet >= q) {
-        // Each pace starts over, with no credit, when the merge moves to it.
-        if (!this.mergeCopyQuiet) this.mergeQuietPacer.restart();
-        this.mergePacer.restart();
-        this.mergeCopyQuiet = true;
-        const ahead = this.mergeQuietPacer.aheadMs();
-        return ahead < MERGE_PACE_SLACK_MS ? 0 : ahead;
-      }
-      this.mergeCopyQuiet = false;
-      const ahead = this.mergePacer.aheadMs();
-      return ahead < MERGE_PACE_SLACK_MS ? 0 : Math.min(ahead, q - quiet);
+    const quiet =
+      q > 0 ? this.guest.quietFor(this.hooks.guestStarted(), this.hooks.guestInFlight()) : 0;
+    const wasQuiet = this.mergeCopyQuiet;
+    this.mergeCopyQuiet = q > 0 && quiet >= q;
+    if (this.mergeCopyQuiet) {
+      // Each pace starts over, with no credit, when the merge moves to it.
+      if (!wasQuiet) this.mergeQuietPacer.restart();
+      this.mergePacer.restart();
     }
-    this.mergeCopyQuiet = false;
-    const ahead = this.mergePacer.aheadMs();
-    return ahead < MERGE_PACE_SLACK_MS ? 0 : ahead;
+    const ahead = (this.mergeCopyQuiet ? this.mergeQuietPacer : this.mergePacer).aheadMs();
+    if (ahead < MERGE_PACE_SLACK_MS) return 0;
+    // Busy: looked at again within merge-quiet-ms, in case the guest goes quiet meanwhile.
+    return this.mergeCopyQuiet || !(q > 0) ? ahead : Math.min(ahead, q - quiet);
   }
 
   /** Sets the bits of [u0, u1) in `b` (a mark bitmap: nothing counted, no page dirtied). */
