@@ -297,6 +297,14 @@ function backupsOf(
   return { backups: d.backup, emit };
 }
 
+/** An integer argument that must not be negative (undefined when absent). */
+function nonNegative(args: CommandArguments, name: string): number | undefined {
+  const v = args[name] as number | undefined;
+  if (v !== undefined && v < 0)
+    throw new QmpCommandError('GenericError', `Parameter '${name}' must be >= 0, not ${v}`);
+  return v;
+}
+
 /** A string argument that must be one of `values` (the first is the default). */
 function oneOf<T extends string>(args: CommandArguments, name: string, values: readonly T[]): T {
   const v = (args[name] as string | undefined) ?? values[0];
@@ -323,15 +331,8 @@ async function blockdevBackup(args: CommandArguments, ctx: CommandContext): Prom
   const sync = oneOf(args, 'sync', ['full', 'incremental'] as const);
   const priority = oneOf(args, 'priority', ['idle', 'batch'] as const);
   const method = oneOf(args, 'method', ['auto', 'clone', 'journal', 'redirect'] as const);
-  const speed = (args.speed as number | undefined) ?? 0;
-  if (speed < 0)
-    throw new QmpCommandError('GenericError', `Parameter 'speed' must be >= 0, not ${speed}`);
-  const mergeSpeed = args['merge-speed'] as number | undefined;
-  if (mergeSpeed !== undefined && mergeSpeed < 0)
-    throw new QmpCommandError(
-      'GenericError',
-      `Parameter 'merge-speed' must be >= 0, not ${mergeSpeed}`,
-    );
+  const speed = nonNegative(args, 'speed') ?? 0;
+  const mergeSpeed = nonNegative(args, 'merge-speed');
   const mergeQuietMs = args['merge-quiet-ms'] as number | undefined;
   if (mergeQuietMs !== undefined && (mergeQuietMs < 0 || mergeQuietMs > MERGE_QUIET_MAX_MS))
     throw new QmpCommandError(
@@ -577,6 +578,45 @@ export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, Comman
       run: async (args, ctx) => ({
         cancelled: await backupsOf('backup-cancel', args, ctx).backups.cancel(),
       }),
+    },
+  ],
+  [
+    'backup-pause',
+    {
+      summary:
+        "pause the disk pass of the running backup of 'device' before its next read; the journal is still drained, so the guest is never held (BACKUP_PAUSED; 'paused': false if it was paused already)",
+      args: { device: { type: 'integer', required: true } },
+      run: (args, ctx) => {
+        const { backups } = backupsOf('backup-pause', args, ctx);
+        return { paused: backups.setPaused(true) };
+      },
+    },
+  ],
+  [
+    'backup-resume',
+    {
+      summary:
+        "resume the paused disk pass of the running backup of 'device' (BACKUP_RESUMED; 'resumed': false if it was not paused)",
+      args: { device: { type: 'integer', required: true } },
+      run: (args, ctx) => {
+        const { backups } = backupsOf('backup-resume', args, ctx);
+        return { resumed: backups.setPaused(false) };
+      },
+    },
+  ],
+  [
+    'backup-set-speed',
+    {
+      summary:
+        "change the running backup of 'device''s 'speed' (bytes/s, 0: unpaced) from the copier's next write; a redirect backup's quiet merge pace follows",
+      args: {
+        device: { type: 'integer', required: true },
+        speed: { type: 'integer', required: true },
+      },
+      run: (args, ctx) => {
+        const { backups } = backupsOf('backup-set-speed', args, ctx);
+        return { speed: backups.setSpeed(nonNegative(args, 'speed') ?? 0) };
+      },
     },
   ],
   [

@@ -281,6 +281,20 @@ export const BACKUP = {
    * `prefill-overlay` pass that is still running before the start instant. Also a futex word.
    */
   CANCEL: 3 * LINE,
+  /**
+   * Line 3, main-thread-written: 1 while the backup is paused (backup-pause): the copier's disk
+   * pass reads nothing until it is 0 again (backup-resume); the journal is still drained.
+   * The main thread notifies READY_HEAD after each change, which wakes a waiting copier.
+   */
+  PAUSED: 3 * LINE + 1,
+  /**
+   * Line 3, main-thread-written: `speed` as changed by backup-set-speed, a seqlock: SPEED_SEQ
+   * is odd while SPEED_HI / SPEED_LO (bytes/s = HI * 2^32 + LO as unsigned) are being stored,
+   * and even after; 0 while the speed is the one the copier started with.
+   */
+  SPEED_SEQ: 3 * LINE + 2,
+  SPEED_HI: 3 * LINE + 3,
+  SPEED_LO: 3 * LINE + 4,
   /** First array (ENTRY_BLOCK); see backupLayout(). */
   ARRAYS: 4 * LINE,
 } as const;

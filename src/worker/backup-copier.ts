@@ -9,7 +9,8 @@
  * the journal is full (the THROTTLE policy, src/devices/blk/backup.ts).
  * With `yield-ms` it also keeps its disk-pass reads off the disk while the
  * guest has I/O going (yieldToGuest): the idle I/O class, which the `none`
- * scheduler of virtio and NVMe disks does not give it.
+ * scheduler of virtio and NVMe disks does not give it. `backup-pause` stops
+ * the disk pass (not the journal's drain) until `backup-resume`.
  *
  * Exactness (see src/io/backup-share.ts): of a chunk read from disk, only
  * the blocks not CLAIMED when the read had completed are written to the
@@ -195,9 +196,14 @@ class Copier {
   private written = 0;
   /**
    * The disk pass's pace (`speed`), restarted when `run` begins: the thread starts before the
-   * start instant, which may be a prefill pass of the whole image later.
+   * start instant, which may be a prefill pass of the whole image later. Replaced when
+   * backup-set-speed changes the speed (followSpeed).
    */
-  private readonly pacer: RatePacer;
+  private pacer: RatePacer;
+  /** The disk pass's speed now (bytes/s; 0: none): init.speed until backup-set-speed. */
+  private speed: number;
+  /** SPEED_SEQ as last applied. */
+  private speedSeq = 0;
   private lastProgress = 0;
   /** The guest's activity as last sampled (yieldToGuest). */
   private readonly guest = new QuietWatch();
@@ -207,6 +213,7 @@ class Copier {
   constructor(private readonly init: BackupCopierInit) {
     this.s = BackupShare.attach(init.share);
     this.pacer = new RatePacer(init.speed);
+    this.speed = init.speed;
     this.owed = new Uint16Array(this.s.chunks);
     this.drained = new Uint16Array(this.s.chunks);
     this.batchChunks = Math.max(1, Math.floor(init.maxChunk / this.s.chunkBytes));
@@ -361,8 +368,27 @@ class Copier {
     if (waited) Atomics.store(s.i32, BACKUP.YIELDS, ++this.yields);
   }
 
+  /**
+   * `backup-pause`: the disk pass waits here, before its next read, until `backup-resume` or a
+   * cancel. The journal is drained meanwhile: a guest write may be waiting for a free entry,
+   * and a pause must never hold the guest. The pace starts again with no credit, so the pass
+   * does not make up for the pause in a burst.
+   */
+  private async waitWhilePaused(): Promise<void> {
+    const s = this.s;
+    // PAUSED: the main thread's plain flag, notified on READY_HEAD after each change (which
+    // ends waitReady early); it orders nothing else.
+    if (Atomics.load(s.i32, BACKUP.PAUSED) === 0) return;
+    while (Atomics.load(s.i32, BACKUP.PAUSED) !== 0) {
+      if (!(await this.drainJournal())) await this.waitReady();
+      this.check();
+    }
+    this.pacer.restart();
+  }
+
   /** Reads chunks [c, c + n) from disk, then writes the blocks not claimed after the read. */
   private async copyFromDisk(c: number, n: number): Promise<void> {
+    await this.waitWhilePaused();
     await this.yieldToGuest();
     const s = this.s;
     const offset = c * s.chunkBytes;
@@ -498,14 +524,36 @@ class Copier {
     // `speed` paces the disk pass only: a journal entry may have a guest write waiting on it
     // (journal full), so it is never held back, and while the disk pass waits for its pace the
     // journal is drained as entries arrive (the first bench run slept through a full journal).
-    if (this.init.speed <= 0 || buffer === JOURNAL) return;
-    for (let ahead = this.pacer.add(length); ; ahead = this.pacer.aheadMs()) {
-      if (ahead <= 1) return;
+    if (buffer === JOURNAL) return;
+    this.followSpeed();
+    if (this.speed <= 0) return;
+    for (let ahead = this.pacer.add(length); ahead > 1; ahead = this.pacer.aheadMs()) {
       const w = waitAsync(this.s.i32, BACKUP.READY_HEAD, this.readyTail, ahead);
       if (w.async) await w.value;
       await this.drainJournal();
       this.check();
+      // backup-set-speed notifies READY_HEAD: a new speed ends this wait (a fresh pacer owes
+      // nothing), and speed 0 ends pacing.
+      this.followSpeed();
+      if (this.speed <= 0) return;
     }
+  }
+
+  /**
+   * backup-set-speed: a new speed from the share (a seqlock the main thread writes) replaces
+   * the pace, with no credit; read once per disk-pass write. A read that overlapped a store
+   * is dropped and taken at the next write.
+   */
+  private followSpeed(): void {
+    const i32 = this.s.i32;
+    const seq = Atomics.load(i32, BACKUP.SPEED_SEQ);
+    if (seq === this.speedSeq || (seq & 1) !== 0) return;
+    const hi = Atomics.load(i32, BACKUP.SPEED_HI);
+    const lo = Atomics.load(i32, BACKUP.SPEED_LO);
+    if (Atomics.load(i32, BACKUP.SPEED_SEQ) !== seq) return;
+    this.speedSeq = seq;
+    this.speed = hi * 2 ** 32 + (lo >>> 0);
+    this.pacer = new RatePacer(this.speed);
   }
 
   /** Sleeps until the device publishes journal entries (or the wait times out, or a cancel wakes it). */

@@ -156,6 +156,7 @@ export interface BackupStatus {
   sync: 'full' | 'incremental';
   /** Why an incremental was done as a full one ('' when it was not). */
   'sync-reason': string;
+  /** The disk pass's pace (bytes/s, 0: unpaced), as started or changed by backup-set-speed. */
   speed: number;
   'total-bytes': number;
   'copied-bytes': number;
@@ -179,6 +180,8 @@ export interface BackupStatus {
   'copier-yields': number;
   /** Disk-pass reads made after the longest wait although the guest was still busy. */
   'copier-forced-reads': number;
+  /** The disk pass is paused (backup-pause); false once the backup has ended. */
+  paused: boolean;
   'started-ms': number;
   'finished-ms'?: number;
   /**
@@ -822,6 +825,7 @@ export class DeviceBackups {
         reason: e.reason,
       });
     }
+    s.paused = false;
     this.last = s;
     this.current = null;
     job.finish();
@@ -863,6 +867,78 @@ export class DeviceBackups {
         `backup: the redirect overlay's merge was not seen to end: ${(err as Error).message}`,
       );
     }
+  }
+
+  /**
+   * The running backup, for a command that changes it (`what` it would do, for the error);
+   * throws ERR_BACKUP_NOT_RUNNING naming why there is none to change: none started, its
+   * overlay still prefilling, or the last one's overlay merging back.
+   */
+  private running(what: string): Job {
+    const job = this.current;
+    if (job !== null) return job;
+    const why =
+      this.starting?.prefill === true
+        ? ' (its overlay is being prefilled: the disk pass starts after that)'
+        : this.merging
+          ? " (the last redirect backup's overlay is merging back, at merge-speed)"
+          : '';
+    throw new BackupError(
+      'ERR_BACKUP_NOT_RUNNING',
+      `no backup of this device is running to ${what}${why}`,
+    );
+  }
+
+  /**
+   * `backup-pause` (`paused` true) and `backup-resume` (false): the running backup's disk pass
+   * stops before its next read, or goes on. Only the disk pass: the journal is still drained
+   * (a guest write may wait for a free entry), so a paused backup never holds the guest, and
+   * a redirect backup's guest writes still go to its overlay. Why an operator pauses: a
+   * latency-critical stretch of the guest's work, during which the backup's reads should
+   * not share the disk; the backup stays exact and resumes where it stopped. Returns whether
+   * the state changed (pausing a paused backup is not an error); BACKUP_PAUSED or
+   * BACKUP_RESUMED is sent when it did. Refused (ERR_BACKUP_NOT_RUNNING) with no running
+   * backup, including one still prefilling its overlay or one whose overlay is merging back.
+   */
+  setPaused(paused: boolean): boolean {
+    const job = this.running(paused ? 'pause' : 'resume');
+    if (job.status.paused === paused) return false;
+    job.status.paused = paused;
+    // The main thread is PAUSED's only writer; the notify wakes a copier waiting on the journal.
+    Atomics.store(job.share.i32, BACKUP.PAUSED, paused ? 1 : 0);
+    Atomics.notify(job.share.i32, BACKUP.READY_HEAD);
+    const st = this.refresh(job);
+    job.emit(paused ? 'BACKUP_PAUSED' : 'BACKUP_RESUMED', {
+      target: st.target,
+      'copied-bytes': st['copied-bytes'],
+      'total-bytes': st['total-bytes'],
+    });
+    return true;
+  }
+
+  /**
+   * `backup-set-speed`: the running backup's disk pass goes at `speed` bytes/s (0: unpaced)
+   * from its next write, without credit for the time it went slower; a redirect backup's
+   * quiet merge pace follows (quietMergePace). The copier reads it from the share (a seqlock:
+   * SPEED_SEQ odd while HI/LO are stored), woken through READY_HEAD when it waits for its
+   * pace. Refused (ERR_BACKUP_NOT_RUNNING) as setPaused is, and for a speed that is not a
+   * safe non-negative integer (ERR_BACKUP_ARGS).
+   */
+  setSpeed(speed: number): number {
+    if (!Number.isSafeInteger(speed) || speed < 0)
+      throw new BackupError('ERR_BACKUP_ARGS', `speed must be an integer >= 0, not ${speed}`);
+    const job = this.running('set its speed');
+    job.status.speed = speed;
+    const i32 = job.share.i32;
+    // The main thread is the only writer of SPEED_*: the odd SEQ tells the copier a store is
+    // under way, so it never takes HI of one speed with LO of another.
+    const seq = Atomics.load(i32, BACKUP.SPEED_SEQ);
+    Atomics.store(i32, BACKUP.SPEED_SEQ, seq + 1);
+    Atomics.store(i32, BACKUP.SPEED_HI, Math.floor(speed / 2 ** 32));
+    Atomics.store(i32, BACKUP.SPEED_LO, speed % 2 ** 32);
+    Atomics.store(i32, BACKUP.SPEED_SEQ, seq + 2);
+    Atomics.notify(i32, BACKUP.READY_HEAD);
+    return speed;
   }
 
   /** `backup-cancel`: the copier stops at its next step; resolves once the backup ended (BACKUP_CANCELLED). */
@@ -955,6 +1031,7 @@ function zeroCounters(
   | 'max-chunk'
   | 'copier-yields'
   | 'copier-forced-reads'
+  | 'paused'
 > {
   return {
     'copied-bytes': 0,
@@ -969,6 +1046,7 @@ function zeroCounters(
     'max-chunk': req.maxChunk ?? DEFAULT_COPY_MAX_CHUNK,
     'copier-yields': 0,
     'copier-forced-reads': 0,
+    paused: false,
   };
 }
 

@@ -231,6 +231,11 @@ describe('a prefill-overlay backup before its instant', () => {
         expect((refused.error as Json).desc, command).toMatch(/prefilling its overlay/);
       }
       expect(statSync(image).size).toBe(SIZE);
+      // No disk pass to pause before the instant.
+      const early = await c.execute('backup-pause', { device: 0 });
+      expect((early.error as Json).desc).toBe(
+        'backup-pause failed: no backup of this device is running to pause (its overlay is being prefilled: the disk pass starts after that)',
+      );
       expect((await c.execute('backup-cancel', { device: 0 })).return).toEqual({ cancelled: true });
       const end = await event(c, from, /^BACKUP_(COMPLETED|FAILED|CANCELLED)$/, 'the end');
       expect(end.event).toBe('BACKUP_CANCELLED');
@@ -309,6 +314,9 @@ describe("the merge, paced while the guest writes and at the backup's speed once
         'merge-speed': PACE,
         'merge-quiet-ms': 100,
       });
+      // The merge is not the backup's disk pass: backup-pause says so.
+      const pause = await c.execute('backup-pause', { device: 0 });
+      expect((pause.error as Json).desc).toMatch(/merging back, at merge-speed/);
       stop = true;
       await writes;
       writes = null;

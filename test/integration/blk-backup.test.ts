@@ -382,6 +382,118 @@ describe.each(['io_uring', 'threads', 'sync'])('a full backup on the %s engine',
   });
 });
 
+describe('backup-pause and backup-resume', () => {
+  it('a paused disk pass reads nothing while the journal drains and the guest writes on; resumed, the target is exact', async () => {
+    const image = join(dir, 'pause.img');
+    writeFileSync(image, Buffer.alloc(SIZE));
+    const socket = join(dir, 'pause.sock');
+    const control = join(dir, 'pause.qmp');
+    const daemon = await startBlk(image, socket, control);
+    const c = await QmpClient.connect(control);
+    const driver = await BlkDriver.create({ socketPath: socket });
+    const model = new WriteModel(SIZE / BLOCK, 9);
+    let stop = false;
+    let load: Promise<void> | null = model.run(driver, 8, () => stop);
+    const status = async () =>
+      ((await c.execute('query-backups', { device: 0 })).return as Json[])[0];
+    const event = (name: string, from: number) =>
+      waitFor(() => c.messages.slice(from).find((m) => m.event === name), name);
+    try {
+      await waitFor(() => model.completed >= 200, 'the first writes');
+      const target = join(dir, 'pause.backup');
+      // Paced (4 s for the disk) with single-chunk reads: the pause lands mid-pass.
+      const b = await backup(c, model, {
+        target,
+        sync: 'full',
+        speed: 8 * MiB,
+        'max-chunk': 64 * 1024,
+        'journal-size': 16 * 1024,
+      });
+      await waitFor(async () => ((await status())['copied-bytes'] as number) > 0, 'a first copy');
+      const fromPause = c.messages.length;
+      expect((await c.execute('backup-pause', { device: 0 })).return).toEqual({ paused: true });
+      const paused = await event('BACKUP_PAUSED', fromPause);
+      expect(paused.data as Json).toMatchObject({ device: 0, target, 'total-bytes': SIZE });
+      const atPause = await status();
+      expect(atPause).toMatchObject({ status: 'running', paused: true });
+      expect(atPause['copied-bytes'] as number).toBeLessThan(SIZE);
+      // Pausing a paused backup changes nothing and is not an error.
+      expect((await c.execute('backup-pause', { device: 0 })).return).toEqual({ paused: false });
+      // The guest writes on: its first writes to uncopied blocks go through the 4-entry
+      // journal, so far more of them than 4 means the paused copier kept draining it.
+      const journaledAtPause = atPause.journaled as number;
+      await waitFor(
+        async () => ((await status()).journaled as number) >= journaledAtPause + 200,
+        'the journal drained while paused',
+        20_000,
+      );
+      const later = await status();
+      // At most the one read that was in flight when the pause came (one 64 KiB chunk).
+      expect(later['copied-bytes'] as number).toBeLessThanOrEqual(
+        (atPause['copied-bytes'] as number) + 64 * 1024,
+      );
+      expect(later.paused).toBe(true);
+      // backup-set-speed to 1 byte/s before the resume: the copier, once resumed, copies at
+      // most the chunk it is on and then waits (for 64 Ki seconds) on its pace.
+      expect((await c.execute('backup-set-speed', { device: 0, speed: 1 })).return).toEqual({
+        speed: 1,
+      });
+      const fromResume = c.messages.length;
+      expect((await c.execute('backup-resume', { device: 0 })).return).toEqual({ resumed: true });
+      await event('BACKUP_RESUMED', fromResume);
+      const atResume = await status();
+      expect(atResume).toMatchObject({ paused: false, speed: 1 });
+      await waitFor(
+        async () => ((await status()).journaled as number) >= (atResume.journaled as number) + 200,
+        'more guest writes at 1 byte/s',
+        20_000,
+      );
+      expect((await status())['copied-bytes'] as number).toBeLessThanOrEqual(
+        (later['copied-bytes'] as number) + 2 * 64 * 1024,
+      );
+      const bad = await c.execute('backup-set-speed', { device: 0, speed: -1 });
+      expect((bad.error as Json).desc).toBe("Parameter 'speed' must be >= 0, not -1");
+      // Unpaced: the copier's wait ends at once, and the rest of the disk (at 1 byte/s, years)
+      // is copied now.
+      expect((await c.execute('backup-set-speed', { device: 0, speed: 0 })).return).toEqual({
+        speed: 0,
+      });
+      const end = await backupEnd(c, b.from, 30_000);
+      expect(end.event).toBe('BACKUP_COMPLETED');
+      expect(end.data as Json).toMatchObject({ 'copied-bytes': SIZE });
+      expect(model.check(readFileSync(target), b.window)).toBe('ok');
+      expect(await status()).toMatchObject({ status: 'completed', paused: false });
+      // Nothing runs now: both are refused with the reason, and the daemon serves on.
+      for (const [name, what] of [
+        ['backup-pause', 'pause'],
+        ['backup-resume', 'resume'],
+        ['backup-set-speed', 'set its speed'],
+      ]) {
+        const r = await c.execute(
+          name,
+          name === 'backup-set-speed' ? { device: 0, speed: 0 } : { device: 0 },
+        );
+        expect((r.error as Json).desc).toBe(
+          `${name} failed: no backup of this device is running to ${what}`,
+        );
+      }
+      const noDevice = await c.execute('backup-pause', {});
+      expect((noDevice.error as Json).desc).toMatch(/device/);
+      stop = true;
+      await load;
+      load = null;
+    } finally {
+      stop = true;
+      await load;
+      await driver.close();
+      c.close();
+      await daemon.stop();
+    }
+    expect(model.errors).toEqual([]);
+    expect(model.checkLive(readFileSync(image))).toBe('ok');
+  });
+});
+
 describe('blockdev-backup with yield-ms (the idle I/O class kept by the copier)', () => {
   it('the disk pass waits while the front end writes, goes on once it stops, and the target is exact', async () => {
     const image = join(dir, 'yield.img');
