@@ -55,6 +55,14 @@
  *                        overlay's data area, interleaved (--probe-rounds, default 3, of
  *                        --probe-seconds, default 5): how fast this disk takes writes where
  *                        the overlay's blocks are against where the image's are
+ *     [--pause-slices N] (the backup window becomes 2N slices of --runtime/N seconds each,
+ *                        the backup's disk pass running and paused in turn (ABBA: run, pause,
+ *                        pause, run, ...; vhost-rt's backup-pause / backup-resume, qsd's
+ *                        block-job-pause / -resume), each change followed by --slice-settle
+ *                        seconds unmeasured (default 0.2). Phase 'backup' is then the running
+ *                        slices pooled, phase 'paused' the paused ones: the copy's own cost,
+ *                        measured within seconds of its reference, where this disk's tail
+ *                        changes mode between the separate idle and backup windows)
  *     [--dir PATH]      (image and targets in PATH, e.g. a file system on a zram device: a
  *                        device whose own tail is steady, unlike this machine's disk; see
  *                        bench/zram-fs.sh)
@@ -73,7 +81,7 @@ import {
   REPO_ROOT,
   startVhostRt,
 } from './loadgen/backends.js';
-import { type LoadResult, runLoad } from './loadgen/generator.js';
+import { type LoadOptions, type LoadResult, runLoad, runLoadWindows } from './loadgen/generator.js';
 import { LatencyHistogram } from './loadgen/histogram.js';
 import { fmtRatio, fmtUs, markdownTable, writeText } from './report.js';
 
@@ -98,8 +106,11 @@ type Label =
   | 'vhost-rt redirect merge-speed'
   | 'vhost-rt baseline'
   | 'qsd';
-/** 'merge': a redirect backup's overlay merging back after the backup (--redirect-ab). */
-type Phase = 'idle' | 'backup' | 'merge';
+/**
+ * 'merge': a redirect backup's overlay merging back after the backup (--redirect-ab);
+ * 'paused': with --pause-slices, the backup window's slices with its disk pass paused.
+ */
+type Phase = 'idle' | 'backup' | 'merge' | 'paused';
 
 /** vhost-rt's backup counters over one cell (query-backups just before the cancel). */
 interface BackupCounters {
@@ -352,6 +363,11 @@ async function startBackup(
     speed,
   });
   return async () => {
+    const completedMs = qsdJobCompletedMs(q, from);
+    if (completedMs !== undefined)
+      process.stderr.write(
+        `qsd: the backup job completed by itself ${completedMs} ms after its start\n`,
+      );
     await q.execute('block-job-cancel', { device: 'b0', force: true }).catch(() => undefined);
     await q.next((m) => /^BLOCK_JOB_(CANCELLED|COMPLETED)$/.test(String(m.event)), from);
     // The job is gone only after its JOB_STATUS_CHANGE to null; dismiss is automatic (auto-dismiss).
@@ -360,6 +376,129 @@ async function startBackup(
       from,
     );
     return {};
+  };
+}
+
+/**
+ * Pauses (or resumes) the running backup's disk pass: vhost-rt's backup-pause, qsd's job
+ * pause. False when qsd's job has completed by itself since message `from` (under random
+ * writes at QD32 its copy-before-write copies every cluster within seconds, and the job's
+ * own pass finds nothing left); any other refusal throws.
+ */
+async function setBackupPaused(
+  label: Label,
+  q: Qmp,
+  paused: boolean,
+  from: number,
+): Promise<boolean> {
+  if (label !== 'qsd') {
+    await q.execute(paused ? 'backup-pause' : 'backup-resume', { device: 0 });
+    return true;
+  }
+  try {
+    await q.execute(paused ? 'block-job-pause' : 'block-job-resume', { device: 'b0' });
+    return true;
+  } catch (err) {
+    if (qsdJobCompletedMs(q, from) !== undefined) return false;
+    throw err;
+  }
+}
+
+/**
+ * When qsd's backup job completed by itself (BLOCK_JOB_COMPLETED without a cancel), in ms
+ * after the QMP message `from` (its `blockdev-backup`), by QMP's event timestamps; undefined
+ * if it has not.
+ */
+function qsdJobCompletedMs(q: Qmp, from: number): number | undefined {
+  const ms = (m: Record<string, unknown>) => {
+    const t = m.timestamp as { seconds: number; microseconds: number } | undefined;
+    return t === undefined ? undefined : t.seconds * 1000 + t.microseconds / 1000;
+  };
+  const events = q.messages.slice(from);
+  const done = events.find((m) => m.event === 'BLOCK_JOB_COMPLETED');
+  const started = events.find((m) => m.event === 'JOB_STATUS_CHANGE');
+  const end = done && ms(done);
+  const start = started && ms(started);
+  return end === undefined || start === undefined ? undefined : Math.round(end - start);
+}
+
+/**
+ * The backup window as 2n slices of `sliceSec`, its disk pass running and paused in turn
+ * (ABBA, so that a drift over the window weighs on both alike), one connection and one
+ * steady load throughout; each change of state is followed by `settleSec` unmeasured (the
+ * read in flight at a pause completes; qsd's job stops at its next pause point). Ends
+ * running, so that the backup is stopped as in an unsliced window. Returns the running
+ * slices and the paused ones, each pooled.
+ */
+async function runPauseSlices(
+  o: LoadOptions,
+  label: Label,
+  q: Qmp,
+  from: number,
+  n: number,
+  sliceSec: number,
+  settleSec: number,
+): Promise<{ running: LoadResult; paused: LoadResult | undefined; endedAtSlice?: number }> {
+  const running: LoadResult[] = [];
+  const paused: LoadResult[] = [];
+  let was = false;
+  // The slice before which the backup was found to have ended (qsd): it and the later ones
+  // measure no backup, and are left out of both pools.
+  let endedAtSlice: number | undefined;
+  const windows = Array.from({ length: 2 * n }, (_, k) => {
+    const pause = ((k + 1) >> 1) % 2 === 1;
+    const change = pause !== was;
+    was = pause;
+    return {
+      before: change
+        ? async () => {
+            if (endedAtSlice === undefined && !(await setBackupPaused(label, q, pause, from)))
+              endedAtSlice = k;
+          }
+        : undefined,
+      rampSec: k === 0 ? (o.rampSec ?? 0) : change ? settleSec : 0,
+      runtimeSec: sliceSec,
+      onResult: (r: LoadResult) => {
+        if (endedAtSlice === undefined) (pause ? paused : running).push(r);
+      },
+    };
+  });
+  await runLoadWindows(o, windows);
+  if (was && endedAtSlice === undefined) await setBackupPaused(label, q, false, from);
+  return {
+    running: poolResults(running),
+    paused: paused.length > 0 ? poolResults(paused) : undefined,
+    endedAtSlice,
+  };
+}
+
+/** Windows of one load as one result: their histograms merged, counts and times summed. */
+function poolResults(rs: LoadResult[]): LoadResult {
+  const h = new LatencyHistogram();
+  for (const r of rs) if (r.histogram) h.merge(LatencyHistogram.fromSparse(r.histogram));
+  const sum = (f: (r: LoadResult) => number) => rs.reduce((n, r) => n + f(r), 0);
+  const seconds = sum((r) => r.seconds);
+  const ios = sum((r) => r.ios);
+  const bytes = sum((r) => r.bytes);
+  // Per-I/O figures weighted by I/Os, percentages by time.
+  const perIo = (f: (r: LoadResult) => number | null) =>
+    rs.some((r) => f(r) === null) ? null : sum((r) => (f(r) as number) * r.ios) / ios;
+  const perSec = (f: (r: LoadResult) => number | null) =>
+    rs.some((r) => f(r) === null) ? null : sum((r) => (f(r) as number) * r.seconds) / seconds;
+  return {
+    ...rs[0],
+    seconds,
+    ios,
+    bytes,
+    iops: ios / seconds,
+    mbPerSec: bytes / seconds / 1e6,
+    errors: sum((r) => r.errors),
+    latency: h.summary(),
+    histogram: h.toSparse(),
+    backendCpuUsPerIo: perIo((r) => r.backendCpuUsPerIo),
+    backendCpuPercent: perSec((r) => r.backendCpuPercent),
+    generatorCpuUsPerIo: perIo((r) => r.generatorCpuUsPerIo) as number,
+    generatorCpuPercent: perSec((r) => r.generatorCpuPercent) as number,
   };
 }
 
@@ -416,8 +555,13 @@ function pooledReport(samples: Sample[], depths: readonly number[]): string {
     for (const b of labels) {
       const of = (p: Phase) =>
         pooled(samples.filter((s) => s.backend === b && s.depth === depth && s.phase === p));
-      const idle = of('idle');
-      for (const p of ['backup', 'merge'] as const) {
+      const pairs = [
+        ['idle', 'backup', b],
+        ['idle', 'merge', `${b} (merging)`],
+        ['paused', 'backup', `${b} (slices: paused → running)`],
+      ] as const;
+      for (const [ref, p, label] of pairs) {
+        const idle = of(ref);
         const during = of(p);
         if (idle.count === 0 || during.count === 0) continue;
         const cells = POOLED_PCTS.map((pct) => {
@@ -425,7 +569,6 @@ function pooledReport(samples: Sample[], depths: readonly number[]): string {
           const d = during.percentile(pct);
           return `${fmtUs(i / 1000)} → ${fmtUs(d / 1000)} (${fmtRatio(d / i)})`;
         });
-        const label = p === 'merge' ? `${b} (merging)` : b;
         rows.push([`4k randwrite QD${depth}`, label, `${idle.count} / ${during.count}`, ...cells]);
       }
     }
@@ -453,7 +596,7 @@ function report(samples: Sample[], rounds: number, depths: readonly number[]): s
         (s) => s.backend === b && s.depth === depth && s.phase === p && s.round === round,
       )?.result;
     for (const b of labels) {
-      for (const p of ['idle', 'backup', 'merge'] as const) {
+      for (const p of ['idle', 'backup', 'paused', 'merge'] as const) {
         const xs = samples.filter((s) => s.backend === b && s.depth === depth && s.phase === p);
         if (xs.length === 0) continue;
         rows.push([
@@ -572,8 +715,16 @@ async function main(): Promise<void> {
       'probe-rounds': { type: 'string', default: '3' },
       'probe-seconds': { type: 'string', default: '5' },
       'hot-mib': { type: 'string' },
+      'pause-slices': { type: 'string', default: '0' },
+      'slice-settle': { type: 'string', default: '0.2' },
     },
   });
+  const pauseSlices = Number(values['pause-slices']);
+  const sliceSettle = Number(values['slice-settle']);
+  if (!(Number.isInteger(pauseSlices) && pauseSlices >= 0 && sliceSettle >= 0))
+    throw new Error(
+      `--pause-slices must be a whole number from 0 and --slice-settle 0 or more seconds, not ${values['pause-slices']} and ${values['slice-settle']}`,
+    );
   const imageMiB = Number(values['image-mib']);
   if (!Number.isInteger(imageMiB) || imageMiB < 16)
     throw new Error(
@@ -760,6 +911,7 @@ async function main(): Promise<void> {
           const phases: Phase[] =
             side.method === 'redirect' ? ['idle', 'backup', 'merge'] : ['idle', 'backup'];
           for (const phase of phases) {
+            const jobFrom = side.qmp.messages.length;
             const stop =
               phase === 'backup'
                 ? await startBackup(side.label, side.qmp, side.target, speed, {
@@ -779,7 +931,7 @@ async function main(): Promise<void> {
                       120_000 + (1000 * imageBytes) / ((side.mergeSpeed ?? speed) || 37 * MiB),
                   })
                 : null;
-            const result = await runLoad({
+            const load: LoadOptions = {
               keepHistogram: true,
               socketPath: side.backend.sockets[0],
               backendPid: side.backend.pid,
@@ -791,12 +943,45 @@ async function main(): Promise<void> {
               iodepth: depth,
               runtimeSec,
               rampSec,
-            });
+            };
+            let result: LoadResult;
+            let pausedResult: LoadResult | undefined;
+            if (phase === 'backup' && pauseSlices > 0) {
+              // 2N slices of runtime/N: the running ones add up to one unsliced window.
+              const sliced = await runPauseSlices(
+                load,
+                side.label,
+                side.qmp,
+                jobFrom,
+                pauseSlices,
+                runtimeSec / pauseSlices,
+                sliceSettle,
+              );
+              result = sliced.running;
+              pausedResult = sliced.paused;
+              if (sliced.endedAtSlice !== undefined)
+                process.stderr.write(
+                  `round ${round + 1}/${rounds} QD${depth} ${side.label}: the backup had ended before slice ${sliced.endedAtSlice + 1} of ${2 * pauseSlices}; only the slices before it are pooled\n`,
+                );
+            } else result = await runLoad(load);
             const stopped = await stop?.();
             const counters = stopped?.counters;
             if (stopped?.merged !== undefined) merged = stopped.merged;
             const merge = phase === 'merge' ? await merged : undefined;
             samples.push({ round, backend: side.label, depth, phase, result, counters, merge });
+            if (pausedResult !== undefined) {
+              samples.push({
+                round,
+                backend: side.label,
+                depth,
+                phase: 'paused',
+                result: pausedResult,
+              });
+              const pl = pausedResult.latency;
+              process.stderr.write(
+                `round ${round + 1}/${rounds} QD${depth} ${side.label} paused slices: ${Math.round(pausedResult.iops)} IOPS p50 ${pl.p50Us.toFixed(0)} p99 ${pl.p99Us.toFixed(0)} p99.9 ${pl.p999Us.toFixed(0)} µs\n`,
+              );
+            }
             const l = result.latency;
             const k =
               counters === undefined
@@ -849,6 +1034,8 @@ async function main(): Promise<void> {
     speed,
     journalBytes: journalBytes ?? null,
     hotMiB: hotMiB ?? null,
+    pauseSlices,
+    sliceSettle,
     placement,
     samples,
   });
