@@ -442,7 +442,7 @@ async function runPauseSlices(
   const running: LoadResult[] = [];
   const paused: LoadResult[] = [];
   let was = false;
-  // The slice before which the backup was found to have ended (qsd): it and the later ones
+  // The slice in or before which the backup was found to have ended (qsd): it and the later ones
   // measure no backup, and are left out of both pools.
   let endedAtSlice: number | undefined;
   const windows = Array.from({ length: 2 * n }, (_, k) => {
@@ -459,6 +459,15 @@ async function runPauseSlices(
       rampSec: k === 0 ? (o.rampSec ?? 0) : change ? settleSec : 0,
       runtimeSec: sliceSec,
       onResult: (r: LoadResult) => {
+        // A qsd job can also complete inside a slice (at a resume, its pass finds the
+        // clusters all copied by copy-before-write): its event has arrived by the slice's
+        // end, and that slice measured partly no backup, so it is left out too.
+        if (
+          endedAtSlice === undefined &&
+          label === 'qsd' &&
+          qsdJobCompletedMs(q, from) !== undefined
+        )
+          endedAtSlice = k;
         if (endedAtSlice === undefined) (pause ? paused : running).push(r);
       },
     };
@@ -961,7 +970,7 @@ async function main(): Promise<void> {
               pausedResult = sliced.paused;
               if (sliced.endedAtSlice !== undefined)
                 process.stderr.write(
-                  `round ${round + 1}/${rounds} QD${depth} ${side.label}: the backup had ended before slice ${sliced.endedAtSlice + 1} of ${2 * pauseSlices}; only the slices before it are pooled\n`,
+                  `round ${round + 1}/${rounds} QD${depth} ${side.label}: the backup ended in or before slice ${sliced.endedAtSlice + 1} of ${2 * pauseSlices}; only the slices before it are pooled\n`,
                 );
             } else result = await runLoad(load);
             const stopped = await stop?.();
