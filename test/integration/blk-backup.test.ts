@@ -54,6 +54,36 @@ async function backup(c: QmpClient, model: WriteModel, args: Json) {
   return { window, reply, from };
 }
 
+/**
+ * A blk daemon on a zeroed image of SIZE named `name` in the test directory, a control
+ * client, and a front end whose write model (seeded by `seed`) keeps 8 writes in flight.
+ * `stopWrites` ends the load and waits for its last write; `close` also closes the front
+ * end, the client and the daemon.
+ */
+async function writingDisk(name: string, seed: number) {
+  const image = join(dir, `${name}.img`);
+  writeFileSync(image, Buffer.alloc(SIZE));
+  const socket = join(dir, `${name}.sock`);
+  const control = join(dir, `${name}.qmp`);
+  const daemon = await startBlk(image, socket, control);
+  const c = await QmpClient.connect(control);
+  const driver = await BlkDriver.create({ socketPath: socket });
+  const model = new WriteModel(SIZE / BLOCK, seed);
+  let stop = false;
+  const load = model.run(driver, 8, () => stop);
+  const stopWrites = async () => {
+    stop = true;
+    await load;
+  };
+  const close = async () => {
+    await stopWrites();
+    await driver.close();
+    c.close();
+    await daemon.stop();
+  };
+  return { image, c, model, stopWrites, close };
+}
+
 function startBlk(image: string, socket: string, control: string): Promise<Daemon> {
   return startDaemon([
     'blk',
@@ -384,16 +414,7 @@ describe.each(['io_uring', 'threads', 'sync'])('a full backup on the %s engine',
 
 describe('backup-pause and backup-resume', () => {
   it('a paused disk pass reads nothing while the journal drains and the guest writes on; resumed, the target is exact', async () => {
-    const image = join(dir, 'pause.img');
-    writeFileSync(image, Buffer.alloc(SIZE));
-    const socket = join(dir, 'pause.sock');
-    const control = join(dir, 'pause.qmp');
-    const daemon = await startBlk(image, socket, control);
-    const c = await QmpClient.connect(control);
-    const driver = await BlkDriver.create({ socketPath: socket });
-    const model = new WriteModel(SIZE / BLOCK, 9);
-    let stop = false;
-    let load: Promise<void> | null = model.run(driver, 8, () => stop);
+    const { image, c, model, stopWrites, close } = await writingDisk('pause', 9);
     const status = async () =>
       ((await c.execute('query-backups', { device: 0 })).return as Json[])[0];
     const event = (name: string, from: number) =>
@@ -479,15 +500,9 @@ describe('backup-pause and backup-resume', () => {
       }
       const noDevice = await c.execute('backup-pause', {});
       expect((noDevice.error as Json).desc).toMatch(/device/);
-      stop = true;
-      await load;
-      load = null;
+      await stopWrites();
     } finally {
-      stop = true;
-      await load;
-      await driver.close();
-      c.close();
-      await daemon.stop();
+      await close();
     }
     expect(model.errors).toEqual([]);
     expect(model.checkLive(readFileSync(image))).toBe('ok');
@@ -496,16 +511,7 @@ describe('backup-pause and backup-resume', () => {
 
 describe('blockdev-backup with yield-ms (the idle I/O class kept by the copier)', () => {
   it('the disk pass waits while the front end writes, goes on once it stops, and the target is exact', async () => {
-    const image = join(dir, 'yield.img');
-    writeFileSync(image, Buffer.alloc(SIZE));
-    const socket = join(dir, 'yield.sock');
-    const control = join(dir, 'yield.qmp');
-    const daemon = await startBlk(image, socket, control);
-    const c = await QmpClient.connect(control);
-    const driver = await BlkDriver.create({ socketPath: socket });
-    const model = new WriteModel(SIZE / BLOCK, 5);
-    let stop = false;
-    let load: Promise<void> | null = model.run(driver, 8, () => stop);
+    const { c, model, stopWrites, close } = await writingDisk('yield', 5);
     // The front end runs on this process's event loop: a stall of it (a loaded CI machine)
     // is a pause the copier rightly uses, so how far the pass got depends on them.
     const stalls = monitorEventLoopDelay({ resolution: 10 });
@@ -539,20 +545,14 @@ describe('blockdev-backup with yield-ms (the idle I/O class kept by the copier)'
       // How many reads went at the longest wait depends on whether the front end ever paused.
       expect(typeof busy['copier-forced-reads']).toBe('number');
       // The front end stops: the guest is quiet, the rest goes at once.
-      stop = true;
-      await load;
-      load = null;
+      await stopWrites();
       const end = await backupEnd(c, b.from, 30_000);
       expect(end.event).toBe('BACKUP_COMPLETED');
       expect(end.data as Json).toMatchObject({ 'copied-bytes': SIZE });
       expect(model.check(readFileSync(target), b.window)).toBe('ok');
     } finally {
       stalls.disable();
-      stop = true;
-      await load;
-      await driver.close();
-      c.close();
-      await daemon.stop();
+      await close();
     }
     expect(model.errors).toEqual([]);
   });
