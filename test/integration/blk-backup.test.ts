@@ -55,17 +55,22 @@ async function backup(c: QmpClient, model: WriteModel, args: Json) {
 }
 
 /**
- * A blk daemon on a zeroed image of SIZE named `name` in the test directory, a control
- * client, and a front end whose write model (seeded by `seed`) keeps 8 writes in flight.
+ * A blk daemon (`startBlk` with `extra` arguments) named `name` in the test directory, on
+ * `image` if given (an NBD URI, say), else on a new zeroed file of SIZE; a control client,
+ * and a front end whose write model (seeded by `seed`) keeps 8 writes in flight.
  * `stopWrites` ends the load and waits for its last write; `close` also closes the front
  * end, the client and the daemon.
  */
-async function writingDisk(name: string, seed: number) {
-  const image = join(dir, `${name}.img`);
-  writeFileSync(image, Buffer.alloc(SIZE));
+async function writingDisk(
+  name: string,
+  seed: number,
+  opts: { image?: string; extra?: string[] } = {},
+) {
+  const image = opts.image ?? join(dir, `${name}.img`);
+  if (opts.image === undefined) writeFileSync(image, Buffer.alloc(SIZE));
   const socket = join(dir, `${name}.sock`);
   const control = join(dir, `${name}.qmp`);
-  const daemon = await startBlk(image, socket, control);
+  const daemon = await startBlk(image, socket, control, opts.extra);
   const c = await QmpClient.connect(control);
   const driver = await BlkDriver.create({ socketPath: socket });
   const model = new WriteModel(SIZE / BLOCK, seed);
@@ -84,7 +89,12 @@ async function writingDisk(name: string, seed: number) {
   return { image, c, model, stopWrites, close };
 }
 
-function startBlk(image: string, socket: string, control: string): Promise<Daemon> {
+function startBlk(
+  image: string,
+  socket: string,
+  control: string,
+  extra: string[] = [],
+): Promise<Daemon> {
   return startDaemon([
     'blk',
     '--socket-path',
@@ -95,6 +105,7 @@ function startBlk(image: string, socket: string, control: string): Promise<Daemo
     '1',
     '--control-socket',
     control,
+    ...extra,
   ]);
 }
 
@@ -333,14 +344,7 @@ describe('blockdev-backup of a disk on an NBD export', () => {
       socket: join(dir, 'nbd-source.sock'),
       extra: ['--shared=4'],
     });
-    const socket = join(dir, 'nbd-blk.sock');
-    const control = join(dir, 'nbd-blk.qmp');
-    const daemon = await startBlk(server.uri, socket, control);
-    const c = await QmpClient.connect(control);
-    const driver = await BlkDriver.create({ socketPath: socket });
-    const model = new WriteModel(SIZE / BLOCK, 3);
-    let stop = false;
-    const load = model.run(driver, 8, () => stop);
+    const { c, model, close } = await writingDisk('nbd-blk', 3, { image: server.uri });
     try {
       await waitFor(() => model.completed >= 200, 'the first writes');
       const target = join(dir, 'from-nbd.img');
@@ -353,11 +357,7 @@ describe('blockdev-backup of a disk on an NBD export', () => {
       expect((end.data as Json).journaled as number).toBeGreaterThan(0);
       expect(model.check(readFileSync(target), b.window)).toBe('ok');
     } finally {
-      stop = true;
-      await load;
-      await driver.close();
-      c.close();
-      await daemon.stop();
+      await close();
       await server.stop();
     }
     expect(model.errors).toEqual([]);
@@ -366,28 +366,7 @@ describe('blockdev-backup of a disk on an NBD export', () => {
 
 describe.each(['io_uring', 'threads', 'sync'])('a full backup on the %s engine', (aio) => {
   it('equals the disk at its start instant while the front end writes', async () => {
-    const image = join(dir, `${aio}.img`);
-    writeFileSync(image, Buffer.alloc(SIZE));
-    const socket = join(dir, `${aio}.sock`);
-    const control = join(dir, `${aio}.qmp`);
-    const daemon = await startDaemon([
-      'blk',
-      '--socket-path',
-      socket,
-      '--image',
-      image,
-      '--aio',
-      aio,
-      '--queues',
-      '1',
-      '--control-socket',
-      control,
-    ]);
-    const c = await QmpClient.connect(control);
-    const driver = await BlkDriver.create({ socketPath: socket });
-    const model = new WriteModel(SIZE / BLOCK, 11);
-    let stop = false;
-    const load = model.run(driver, 8, () => stop);
+    const { c, model, close } = await writingDisk(aio, 11, { extra: ['--aio', aio] });
     try {
       await waitFor(() => model.completed >= 200, 'the first writes');
       const target = join(dir, `${aio}.backup`);
@@ -402,11 +381,7 @@ describe.each(['io_uring', 'threads', 'sync'])('a full backup on the %s engine',
       expect((end.data as Json).journaled as number).toBeGreaterThan(0);
       expect(model.check(readFileSync(target), b.window)).toBe('ok');
     } finally {
-      stop = true;
-      await load;
-      await driver.close();
-      c.close();
-      await daemon.stop();
+      await close();
     }
     expect(model.errors).toEqual([]);
   });
