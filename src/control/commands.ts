@@ -584,11 +584,11 @@ export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, Comman
     'backup-pause',
     {
       summary:
-        "pause the disk pass of the running backup of 'device' before its next read; the journal is still drained, so the guest is never held (BACKUP_PAUSED; 'paused': false if it was paused already)",
+        "pause the disk pass of the running backup of 'device' before its next read (the journal is still drained, so the guest is never held), or a redirect backup's merge after its copy in flight (BACKUP_PAUSED; 'paused': false if it was paused already)",
       args: { device: { type: 'integer', required: true } },
-      run: (args, ctx) => {
+      run: async (args, ctx) => {
         const { backups } = backupsOf('backup-pause', args, ctx);
-        return { paused: backups.setPaused(true) };
+        return { paused: await backups.setPaused(true) };
       },
     },
   ],
@@ -596,11 +596,11 @@ export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, Comman
     'backup-resume',
     {
       summary:
-        "resume the paused disk pass of the running backup of 'device' (BACKUP_RESUMED; 'resumed': false if it was not paused)",
+        "resume the paused disk pass of the running backup of 'device', or its paused merge (BACKUP_RESUMED; 'resumed': false if it was not paused)",
       args: { device: { type: 'integer', required: true } },
-      run: (args, ctx) => {
+      run: async (args, ctx) => {
         const { backups } = backupsOf('backup-resume', args, ctx);
-        return { resumed: backups.setPaused(false) };
+        return { resumed: await backups.setPaused(false) };
       },
     },
   ],
@@ -608,14 +608,14 @@ export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, Comman
     'backup-set-speed',
     {
       summary:
-        "change the running backup of 'device''s 'speed' (bytes/s, 0: unpaced) from the copier's next write; a redirect backup's quiet merge pace follows",
+        "change the running backup of 'device''s 'speed' (bytes/s, 0: unpaced) from the copier's next write (a redirect backup's quiet merge pace follows), or, once a redirect backup has ended, its merge's 'merge-speed' from its next copy; answers which it set",
       args: {
         device: { type: 'integer', required: true },
         speed: { type: 'integer', required: true },
       },
       run: (args, ctx) => {
         const { backups } = backupsOf('backup-set-speed', args, ctx);
-        return { speed: backups.setSpeed(nonNegative(args, 'speed') ?? 0) };
+        return backups.setSpeed(nonNegative(args, 'speed') ?? 0);
       },
     },
   ],

@@ -29,7 +29,11 @@
  * saying why in the reply (`method-reason`).
  */
 import { constants, copyFile, open, rm, stat, truncate } from 'node:fs/promises';
-import type { BackupStarted, RedirectBackupRequest } from '../devices/blk/device.js';
+import type {
+  BackupStarted,
+  MergeControlResult,
+  RedirectBackupRequest,
+} from '../devices/blk/device.js';
 import { VhostRtError } from '../errors.js';
 import {
   BACKUP_CHUNK_BYTES,
@@ -180,7 +184,10 @@ export interface BackupStatus {
   'copier-yields': number;
   /** Disk-pass reads made after the longest wait although the guest was still busy. */
   'copier-forced-reads': number;
-  /** The disk pass is paused (backup-pause); false once the backup has ended. */
+  /**
+   * The disk pass is paused (backup-pause); once the backup has ended, a redirect backup's
+   * merge is (false when no merge runs).
+   */
   paused: boolean;
   'started-ms': number;
   'finished-ms'?: number;
@@ -268,8 +275,8 @@ export class DeviceBackups {
   private current: Job | null = null;
   private starting: Starting | null = null;
   private last: BackupStatus | null = null;
-  /** A redirect backup ended and its overlay is merging back into the image. */
-  private merging = false;
+  /** A redirect backup ended and its overlay is merging back into the image (null: none). */
+  private merge: Job | null = null;
 
   constructor(
     private readonly source: BackupSource,
@@ -284,7 +291,7 @@ export class DeviceBackups {
   resizeRefusal(): BackupError | null {
     const busy = this.busy();
     if (busy !== null) return busy;
-    if (this.merging)
+    if (this.merge !== null)
       return new BackupError(
         'ERR_BACKUP_MERGING',
         "the last redirect backup's writes are being merged back into the image",
@@ -831,9 +838,12 @@ export class DeviceBackups {
     job.finish();
     if (job.redirect) {
       s.merge = 'running';
-      this.merging = true;
+      // The merge's commands change what query-backups shows of it: the last status.
+      job.status = s;
+      this.merge = job;
       void this.awaitMerge(job, s).finally(() => {
-        this.merging = false;
+        this.merge = null;
+        s.paused = false;
       });
     }
   }
@@ -871,8 +881,8 @@ export class DeviceBackups {
 
   /**
    * The running backup, for a command that changes it (`what` it would do, for the error);
-   * throws ERR_BACKUP_NOT_RUNNING naming why there is none to change: none started, its
-   * overlay still prefilling, or the last one's overlay merging back.
+   * throws ERR_BACKUP_NOT_RUNNING naming why there is none to change: none started, or its
+   * overlay still prefilling.
    */
   private running(what: string): Job {
     const job = this.current;
@@ -880,9 +890,7 @@ export class DeviceBackups {
     const why =
       this.starting?.prefill === true
         ? ' (its overlay is being prefilled: the disk pass starts after that)'
-        : this.merging
-          ? " (the last redirect backup's overlay is merging back, at merge-speed)"
-          : '';
+        : '';
     throw new BackupError(
       'ERR_BACKUP_NOT_RUNNING',
       `no backup of this device is running to ${what}${why}`,
@@ -895,12 +903,15 @@ export class DeviceBackups {
    * (a guest write may wait for a free entry), so a paused backup never holds the guest, and
    * a redirect backup's guest writes still go to its overlay. Why an operator pauses: a
    * latency-critical stretch of the guest's work, during which the backup's reads should
-   * not share the disk; the backup stays exact and resumes where it stopped. Returns whether
-   * the state changed (pausing a paused backup is not an error); BACKUP_PAUSED or
-   * BACKUP_RESUMED is sent when it did. Refused (ERR_BACKUP_NOT_RUNNING) with no running
-   * backup, including one still prefilling its overlay or one whose overlay is merging back.
+   * not share the disk; the backup stays exact and resumes where it stopped. After a redirect
+   * backup, its overlay's merge is what pauses (setMergePaused). Returns whether the state
+   * changed (pausing a paused backup is not an error); BACKUP_PAUSED or BACKUP_RESUMED is sent
+   * when it did. Refused (ERR_BACKUP_NOT_RUNNING) with no running backup and no merge,
+   * including a backup still prefilling its overlay.
    */
-  setPaused(paused: boolean): boolean {
+  async setPaused(paused: boolean): Promise<boolean> {
+    const merge = this.current === null ? this.merge : null;
+    if (merge !== null) return this.setMergePaused(merge, paused);
     const job = this.running(paused ? 'pause' : 'resume');
     if (job.status.paused === paused) return false;
     job.status.paused = paused;
@@ -910,6 +921,7 @@ export class DeviceBackups {
     const st = this.refresh(job);
     job.emit(paused ? 'BACKUP_PAUSED' : 'BACKUP_RESUMED', {
       target: st.target,
+      phase: 'copy',
       'copied-bytes': st['copied-bytes'],
       'total-bytes': st['total-bytes'],
     });
@@ -917,16 +929,68 @@ export class DeviceBackups {
   }
 
   /**
+   * A redirect backup's merge (`merge`, ended) is paused or resumed: the copy in flight ends
+   * and no other starts until resumed (WriteRedirect.setMergePaused); the guest's requests go
+   * on as before. `paused` in the backup's status shows it, and BACKUP_PAUSED / BACKUP_RESUMED
+   * say `phase: merge` with how far the merge is. A merge that ends as it is asked is
+   * refused as no merge at all would be.
+   */
+  private async setMergePaused(merge: Job, paused: boolean): Promise<boolean> {
+    const s = merge.status;
+    if (s.paused === paused) return false;
+    // Set before the device answers: a second pause meanwhile is then a no-op, not a second event.
+    s.paused = paused;
+    const r = await this.controlMerge({ paused });
+    if (!r.merging) {
+      s.paused = false;
+      this.running(paused ? 'pause' : 'resume');
+    }
+    merge.emit(paused ? 'BACKUP_PAUSED' : 'BACKUP_RESUMED', {
+      target: s.target,
+      phase: 'merge',
+      'merged-bytes': r.mergedBytes,
+      'merge-copied-bytes': r.copiedBytes,
+      'remaining-bytes': r.remainingBytes,
+    });
+    return true;
+  }
+
+  /** Sends `redirect-merge-set` to the device. */
+  private async controlMerge(set: {
+    paused?: boolean;
+    mergeSpeed?: number;
+    mergeQuietSpeed?: number;
+  }): Promise<MergeControlResult> {
+    return (await this.source.host.command({
+      type: 'redirect-merge-set',
+      ...set,
+    })) as MergeControlResult;
+  }
+
+  /**
    * `backup-set-speed`: the running backup's disk pass goes at `speed` bytes/s (0: unpaced)
    * from its next write, without credit for the time it went slower; a redirect backup's
    * quiet merge pace follows (quietMergePace). The copier reads it from the share (a seqlock:
    * SPEED_SEQ odd while HI/LO are stored), woken through READY_HEAD when it waits for its
-   * pace. Refused (ERR_BACKUP_NOT_RUNNING) as setPaused is, and for a speed that is not a
-   * safe non-negative integer (ERR_BACKUP_ARGS).
+   * pace. Once a redirect backup has ended, its merge is what runs: `speed` becomes its
+   * `merge-speed` (the pace while the guest does I/O; the quiet pace follows), from its next
+   * copy. Answers which of the two it set. Refused (ERR_BACKUP_NOT_RUNNING) as setPaused is,
+   * and for a speed that is not a safe non-negative integer (ERR_BACKUP_ARGS).
    */
-  setSpeed(speed: number): number {
+  async setSpeed(speed: number): Promise<{ speed: number } | { 'merge-speed': number }> {
     if (!Number.isSafeInteger(speed) || speed < 0)
       throw new BackupError('ERR_BACKUP_ARGS', `speed must be an integer >= 0, not ${speed}`);
+    const merge = this.current === null ? this.merge : null;
+    if (merge !== null) {
+      const s = merge.status;
+      const r = await this.controlMerge({
+        mergeSpeed: speed,
+        mergeQuietSpeed: quietMergePace(speed, s.speed),
+      });
+      if (!r.merging) this.running('set its speed');
+      s['merge-speed'] = speed;
+      return { 'merge-speed': speed };
+    }
     const job = this.running('set its speed');
     job.status.speed = speed;
     const i32 = job.share.i32;
@@ -938,7 +1002,7 @@ export class DeviceBackups {
     Atomics.store(i32, BACKUP.SPEED_LO, speed % 2 ** 32);
     Atomics.store(i32, BACKUP.SPEED_SEQ, seq + 2);
     Atomics.notify(i32, BACKUP.READY_HEAD);
-    return speed;
+    return { speed };
   }
 
   /** `backup-cancel`: the copier stops at its next step; resolves once the backup ended (BACKUP_CANCELLED). */

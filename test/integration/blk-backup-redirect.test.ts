@@ -314,9 +314,6 @@ describe("the merge, paced while the guest writes and at the backup's speed once
         'merge-speed': PACE,
         'merge-quiet-ms': 100,
       });
-      // The merge is not the backup's disk pass: backup-pause says so.
-      const pause = await c.execute('backup-pause', { device: 0 });
-      expect((pause.error as Json).desc).toMatch(/merging back, at merge-speed/);
       stop = true;
       await writes;
       writes = null;
@@ -344,6 +341,140 @@ describe("the merge, paced while the guest writes and at the backup's speed once
     }
     expect(model.errors).toEqual([]);
     expect(model.checkLive(readFileSync(image))).toBe('ok');
+  });
+});
+
+describe('backup-pause, backup-resume and backup-set-speed during the merge', () => {
+  it('a paused merge copies nothing while the guest writes on, refuses a new backup, and merges once resumed', async () => {
+    const image = join(dir, 'mpause.img');
+    writeFileSync(image, Buffer.alloc(SIZE));
+    const daemon = await startBlk(image, 'mpause');
+    const c = await QmpClient.connect(join(dir, 'mpause.qmp'));
+    const driver = await BlkDriver.create({ socketPath: join(dir, 'mpause.sock') });
+    const model = new WriteModel(SIZE / BLOCK, 13);
+    let stop = false;
+    let writes: Promise<void> | null = model.run(driver, 8, () => stop);
+    const status = async () =>
+      ((await c.execute('query-backups', { device: 0 })).return as Json[])[0];
+    try {
+      await waitFor(() => model.completed >= 300, 'the first writes');
+      const from = c.messages.length;
+      const window = model.openWindow();
+      const reply = await c.execute('blockdev-backup', {
+        device: 0,
+        target: join(dir, 'mpause.backup'),
+        sync: 'full',
+        method: 'redirect',
+        // 64 KiB/s under writes, never the quiet pace: the merge is still running when paused.
+        'merge-speed': 64 * 1024,
+        'merge-quiet-ms': 0,
+      });
+      model.closeWindow(window);
+      expect(reply.error).toBeUndefined();
+      await event(c, from, /^BACKUP_COMPLETED$/, 'the backup');
+      await waitFor(() => model.completed >= 1000, 'writes into the overlay');
+      const pauseFrom = c.messages.length;
+      expect((await c.execute('backup-pause', { device: 0 })).return).toEqual({ paused: true });
+      const paused = (await event(c, pauseFrom, /^BACKUP_PAUSED$/, 'BACKUP_PAUSED')).data as Json;
+      expect(paused).toMatchObject({ device: 0, phase: 'merge' });
+      expect(paused['remaining-bytes'] as number).toBeGreaterThan(0);
+      expect((await c.execute('backup-pause', { device: 0 })).return).toEqual({ paused: false });
+      expect(await status()).toMatchObject({ merge: 'running', paused: true });
+      // Unpaced from here on: a merge that ignored the pause would now copy the rest of the
+      // overlay (32 MiB at most) in well under the time the next 1000 writes take.
+      expect((await c.execute('backup-set-speed', { device: 0, speed: 0 })).return).toEqual({
+        'merge-speed': 0,
+      });
+      const more = model.completed + 1000;
+      await waitFor(() => model.completed >= more, 'writes while the merge is paused');
+      // No other backup while the overlay is there; the refusal says it is paused.
+      const refused = await c.execute('blockdev-backup', {
+        device: 0,
+        target: join(dir, 'mpause2.backup'),
+        sync: 'full',
+      });
+      expect((refused.error as Json).desc).toMatch(/merged back .*paused: backup-resume goes on/);
+      const resumeFrom = c.messages.length;
+      expect((await c.execute('backup-resume', { device: 0 })).return).toEqual({ resumed: true });
+      const resumed = (await event(c, resumeFrom, /^BACKUP_RESUMED$/, 'BACKUP_RESUMED'))
+        .data as Json;
+      expect(resumed).toMatchObject({ phase: 'merge' });
+      // At most the one copy in flight when the pause came (1 MiB) was made while paused.
+      expect(resumed['merge-copied-bytes'] as number).toBeLessThanOrEqual(
+        (paused['merge-copied-bytes'] as number) + MiB,
+      );
+      expect(c.messages.slice(from).some((m) => m.event === 'BACKUP_MERGED')).toBe(false);
+      stop = true;
+      await writes;
+      writes = null;
+      const merged = (await event(c, from, /^BACKUP_MERGED$/, 'the merge', 30_000)).data as Json;
+      expect(merged).toMatchObject({ merged: true, 'remaining-bytes': 0 });
+      expect(await status()).toMatchObject({ merge: 'done', paused: false, 'merge-speed': 0 });
+      expect(existsSync(`${image}.vhost-rt-redirect`)).toBe(false);
+      // Nothing runs now: pause is refused again, with the reason.
+      const none = await c.execute('backup-pause', { device: 0 });
+      expect((none.error as Json).desc).toBe(
+        'backup-pause failed: no backup of this device is running to pause',
+      );
+    } finally {
+      stop = true;
+      await writes;
+      await driver.close();
+      c.close();
+      await daemon.stop();
+    }
+    expect(model.errors).toEqual([]);
+    expect(model.checkLive(readFileSync(image))).toBe('ok');
+  });
+});
+
+describe('a daemon stopped with its merge paused', () => {
+  it('SIGTERM leaves the overlay in place; the next start merges it and the image holds every write', async () => {
+    const image = join(dir, 'mstop.img');
+    writeFileSync(image, Buffer.alloc(SIZE));
+    let daemon = await startBlk(image, 'mstop');
+    const c = await QmpClient.connect(join(dir, 'mstop.qmp'));
+    const driver = await BlkDriver.create({ socketPath: join(dir, 'mstop.sock') });
+    const model = new WriteModel(SIZE / BLOCK, 17);
+    let stop = false;
+    const writes = model.run(driver, 8, () => stop);
+    try {
+      await waitFor(() => model.completed >= 200, 'the first writes');
+      const from = c.messages.length;
+      await c.execute('blockdev-backup', {
+        device: 0,
+        target: join(dir, 'mstop.backup'),
+        sync: 'full',
+        method: 'redirect',
+        'merge-speed': 64 * 1024,
+        'merge-quiet-ms': 0,
+      });
+      await event(c, from, /^BACKUP_COMPLETED$/, 'the backup');
+      const more = model.completed + 500;
+      await waitFor(() => model.completed >= more, 'writes during the merge');
+      expect((await c.execute('backup-pause', { device: 0 })).return).toEqual({ paused: true });
+      stop = true;
+      await writes;
+      expect((await driver.flush()).status).toBe(BlkStatus.OK);
+    } finally {
+      stop = true;
+      await writes;
+      await driver.close();
+      c.close();
+    }
+    await daemon.stop('SIGTERM');
+    // Paused, the merge made no copy after the writes stopped: the overlay is still there.
+    expect(existsSync(`${image}.vhost-rt-redirect`)).toBe(true);
+    expect(model.checkLive(readFileSync(image))).not.toBe('ok');
+    daemon = await startBlk(image, 'mstop');
+    try {
+      expect(existsSync(`${image}.vhost-rt-redirect`)).toBe(false);
+      expect(daemon.log()).toMatch(/merged \d+ bytes \(\d+ runs\) left in/);
+      expect(model.checkLive(readFileSync(image))).toBe('ok');
+    } finally {
+      await daemon.stop();
+    }
+    expect(model.errors).toEqual([]);
   });
 });
 

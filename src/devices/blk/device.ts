@@ -158,6 +158,17 @@ export type BlkCommand =
   /** Resolves once a redirect backup's overlay is merged back (or the device closed first). */
   | { type: 'redirect-merged' }
   /**
+   * The running merge of a redirect backup's overlay: paused or resumed (`paused`), and/or
+   * paced anew (`mergeSpeed` while the guest does I/O, `mergeQuietSpeed` once it is quiet);
+   * answers {@link MergeControlResult}.
+   */
+  | {
+      type: 'redirect-merge-set';
+      paused?: boolean;
+      mergeSpeed?: number;
+      mergeQuietSpeed?: number;
+    }
+  /**
    * The backup is over: `ok` clears the changed blocks it copied, else they stay changed. A
    * redirect backup's overlay starts merging back, at most `mergeSpeed` bytes/s (0: unpaced)
    * while the guest does I/O, at most `mergeQuietSpeed` once it has been quiet for
@@ -173,6 +184,18 @@ export type BlkCommand =
   /** A snapshot's instant: hold new writes, resolve once none is in flight; `release-writes` lets them go. */
   | { type: 'hold-writes' }
   | { type: 'release-writes' };
+
+/** The answer to `redirect-merge-set`: whether a merge ran to change, and how far it is. */
+export interface MergeControlResult {
+  /** False: no merge runs (none started, or it ended); nothing was changed. */
+  merging: boolean;
+  /** Bytes merged back into the image so far. */
+  mergedBytes: number;
+  /** Bytes the merge has written into the image so far, copy by copy (WriteRedirect.mergeCopiedBytes). */
+  copiedBytes: number;
+  /** Bytes whose contents are still in the overlay. */
+  remainingBytes: number;
+}
 
 /** The merge's paces a `backup-end` command carries (absent: 0). */
 type MergePaces = Omit<Extract<BlkCommand, { type: 'backup-end' }>, 'type' | 'ok'>;
@@ -443,6 +466,8 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
               quietBytes: 0,
             })
           : this.overlay.merged();
+      case 'redirect-merge-set':
+        return Promise.resolve(this.setMerge(cmd));
       case 'backup-end':
         return this.backupEnd(cmd.ok, cmd);
       case 'hold-writes':
@@ -539,10 +564,28 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   /** A backup, snapshot or resize refused while a redirect overlay is being merged. */
   private mergingError(): VhostRtError {
     const left = this.overlay?.remainingBytes ?? 0;
+    const paused = this.overlay?.mergeIsPaused === true ? '; paused: backup-resume goes on' : '';
     return new VhostRtError(
       'ERR_BACKUP_MERGING',
-      `the last redirect backup's writes are being merged back into the image (${left} bytes left)`,
+      `the last redirect backup's writes are being merged back into the image (${left} bytes left${paused})`,
     );
+  }
+
+  /** `redirect-merge-set`: pauses, resumes or re-paces the overlay's merge, if one runs. */
+  private setMerge(cmd: Extract<BlkCommand, { type: 'redirect-merge-set' }>): MergeControlResult {
+    const ov = this.overlay;
+    const merging = ov?.merging === true;
+    if (ov !== null && merging && cmd.mergeSpeed !== undefined)
+      ov.setMergePace(cmd.mergeSpeed, cmd.mergeQuietSpeed ?? cmd.mergeSpeed);
+    if (ov !== null && merging && cmd.paused !== undefined) ov.setMergePaused(cmd.paused);
+    // A resumed or re-paced merge may have staged its next read.
+    this.endBackupBatch();
+    return {
+      merging,
+      mergedBytes: ov?.mergedBytes ?? 0,
+      copiedBytes: ov?.mergeCopiedBytes ?? 0,
+      remainingBytes: ov?.remainingBytes ?? 0,
+    };
   }
 
   /**

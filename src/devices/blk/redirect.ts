@@ -285,7 +285,16 @@ export class WriteRedirect {
   private epochBytes = 0;
   /** Bytes merged back into the image so far. */
   mergedBytes = 0;
+  /**
+   * Bytes the merge has written into the image so far, a unit written again counted again:
+   * its progress copy by copy (mergedBytes moves only when an epoch is made durable).
+   */
+  mergeCopiedBytes = 0;
   private mergeTimer: ReturnType<typeof setTimeout> | null = null;
+  /** `mergeTimer` is the wait before a failed step is tried again, not a pace wait. */
+  private mergeRetrying = false;
+  /** `backup-pause` after the backup: no copy starts until `backup-resume` (setMergePaused). */
+  private mergePaused = false;
   private mergeWaiters: ((r: MergeResult) => void)[] = [];
   /** The device is closing: no new merge step. */
   private stopping = false;
@@ -365,6 +374,16 @@ export class WriteRedirect {
   /** Bytes whose current contents are in the overlay. */
   get remainingBytes(): number {
     return this.setUnits * this.layout.unitBytes;
+  }
+
+  /** Whether the overlay is merging back (the backup ended), paused or not. */
+  get merging(): boolean {
+    return this.phase === RedirectPhase.MERGING;
+  }
+
+  /** Whether the merge runs but is paused (backup-pause after the backup). */
+  get mergeIsPaused(): boolean {
+    return this.phase === RedirectPhase.MERGING && this.mergePaused;
   }
 
   // ---- routing ---------------------------------------------------------------------------
@@ -796,6 +815,53 @@ export class WriteRedirect {
     this.mergeStep();
   }
 
+  /**
+   * `backup-pause` / `backup-resume` once the backup has ended: the merge stops, or goes on.
+   * Paused, the copy in flight (at most {@link MERGE_CHUNK_BYTES} read and written, then its
+   * epoch's fdatasync and bitmap persist if it closes one) completes and no other starts, at
+   * either pace: the guest's writes still go where the routing says and its reads still see
+   * them, so a paused merge costs the guest nothing but the overlay staying. Why: the same
+   * latency-critical stretch of the guest's work that pauses a disk pass; the merge's copies
+   * are the backup's cost too. Resumed, both paces start over with no credit (no burst for the
+   * time paused). Returns false when no merge runs (the caller submits what this staged).
+   */
+  setMergePaused(paused: boolean): boolean {
+    if (this.phase !== RedirectPhase.MERGING) return false;
+    if (this.mergePaused === paused) return true;
+    this.mergePaused = paused;
+    if (!paused) {
+      this.mergePacer.restart();
+      this.mergeQuietPacer.restart();
+      this.wakeMerge();
+    }
+    return true;
+  }
+
+  /**
+   * `backup-set-speed` once the backup has ended: the merge goes at `speed` while the guest
+   * does I/O and at `quietSpeed` once it is quiet (bytes/s; 0: unpaced), from its next copy,
+   * with no credit for the time it went slower; a merge waiting on its old pace looks again
+   * now. Returns false when no merge runs.
+   */
+  setMergePace(speed: number, quietSpeed: number): boolean {
+    if (this.phase !== RedirectPhase.MERGING) return false;
+    this.mergePacer = new RatePacer(speed);
+    this.mergeQuietPacer = new RatePacer(quietSpeed);
+    this.wakeMerge();
+    return true;
+  }
+
+  /**
+   * A merge that is not paused and not copying goes on now, at its pace: a pace wait is
+   * ended early (it is taken again if still due); a retry wait after a failed step is kept.
+   */
+  private wakeMerge(): void {
+    if (this.mergePaused || this.mergeState !== 0 || this.mergeRetrying) return;
+    if (this.mergeTimer !== null) clearTimeout(this.mergeTimer);
+    this.mergeTimer = null;
+    this.pacedMergeStep();
+  }
+
   /** Resolves when the overlay is merged (or the device closed first). */
   merged(): Promise<MergeResult> {
     if (this.phase === RedirectPhase.DETACHED)
@@ -810,7 +876,13 @@ export class WriteRedirect {
 
   /** Copies the next run of redirected units, or ends the epoch / the merge. */
   private mergeStep(): void {
-    if (this.phase !== RedirectPhase.MERGING || this.mergeState !== 0 || this.stopping) return;
+    if (
+      this.phase !== RedirectPhase.MERGING ||
+      this.mergeState !== 0 ||
+      this.mergePaused ||
+      this.stopping
+    )
+      return;
     const run = this.nextRun();
     if (run < 0) {
       if (this.epochBytes > 0) this.flushEpoch();
@@ -930,6 +1002,7 @@ export class WriteRedirect {
     if (u0 < this.epochLo) this.epochLo = u0;
     if (u1 > this.epochHi) this.epochHi = u1;
     this.epochBytes += len;
+    this.mergeCopiedBytes += len;
     this.mergeCursor = u1;
     this.mergeState = 0;
     if (this.mergeCopyQuiet) {
@@ -951,6 +1024,7 @@ export class WriteRedirect {
    * (1 MiB at 4 MiB/s: 250 ms).
    */
   private pacedMergeStep(): void {
+    if (this.mergePaused) return;
     const wait = this.mergeWaitMs();
     if (wait === 0) {
       this.mergeStep();
@@ -1049,8 +1123,10 @@ export class WriteRedirect {
     this.epochLo = this.layout.units;
     this.epochHi = 0;
     this.epochBytes = 0;
+    this.mergeRetrying = true;
     this.mergeTimer = setTimeout(() => {
       this.mergeTimer = null;
+      this.mergeRetrying = false;
       this.mergeCursor = 0;
       this.mergeStep();
       this.hooks.endBatch();
