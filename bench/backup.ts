@@ -62,7 +62,9 @@
  *                        seconds unmeasured (default 0.2). Phase 'backup' is then the running
  *                        slices pooled, phase 'paused' the paused ones: the copy's own cost,
  *                        measured within seconds of its reference, where this disk's tail
- *                        changes mode between the separate idle and backup windows)
+ *                        changes mode between the separate idle and backup windows. A redirect
+ *                        backup's merge window is sliced the same way (backup-pause pauses the
+ *                        merge once the backup ended): phases 'merge' and 'merge-paused')
  *     [--dir PATH]      (image and targets in PATH, e.g. a file system on a zram device: a
  *                        device whose own tail is steady, unlike this machine's disk; see
  *                        bench/zram-fs.sh)
@@ -108,9 +110,10 @@ type Label =
   | 'qsd';
 /**
  * 'merge': a redirect backup's overlay merging back after the backup (--redirect-ab);
- * 'paused': with --pause-slices, the backup window's slices with its disk pass paused.
+ * 'paused': with --pause-slices, the backup window's slices with its disk pass paused;
+ * 'merge-paused': the merge window's slices with the merge paused.
  */
-type Phase = 'idle' | 'backup' | 'merge' | 'paused';
+type Phase = 'idle' | 'backup' | 'merge' | 'paused' | 'merge-paused';
 
 /** vhost-rt's backup counters over one cell (query-backups just before the cancel). */
 interface BackupCounters {
@@ -380,10 +383,11 @@ async function startBackup(
 }
 
 /**
- * Pauses (or resumes) the running backup's disk pass: vhost-rt's backup-pause, qsd's job
- * pause. False when qsd's job has completed by itself since message `from` (under random
- * writes at QD32 its copy-before-write copies every cluster within seconds, and the job's
- * own pass finds nothing left); any other refusal throws.
+ * Pauses (or resumes) the running backup's disk pass, or a redirect backup's merge once the
+ * backup ended: vhost-rt's backup-pause, qsd's job pause. False when the job has ended by
+ * itself since message `from` (jobEnded: qsd's job completed, under random writes at QD32
+ * its copy-before-write copies every cluster within seconds and its own pass finds nothing
+ * left; vhost-rt's merge is done); any other refusal throws.
  */
 async function setBackupPaused(
   label: Label,
@@ -391,17 +395,26 @@ async function setBackupPaused(
   paused: boolean,
   from: number,
 ): Promise<boolean> {
-  if (label !== 'qsd') {
-    await q.execute(paused ? 'backup-pause' : 'backup-resume', { device: 0 });
-    return true;
-  }
   try {
-    await q.execute(paused ? 'block-job-pause' : 'block-job-resume', { device: 'b0' });
+    if (label === 'qsd')
+      await q.execute(paused ? 'block-job-pause' : 'block-job-resume', { device: 'b0' });
+    else await q.execute(paused ? 'backup-pause' : 'backup-resume', { device: 0 });
     return true;
   } catch (err) {
-    if (qsdJobCompletedMs(q, from) !== undefined) return false;
+    if (jobEnded(label, q, from)) return false;
     throw err;
   }
+}
+
+/**
+ * Whether the job of a sliced window ended by itself since message `from`: qsd's backup
+ * job completed, or vhost-rt's backup completed or its redirect overlay merged.
+ */
+function jobEnded(label: Label, q: Qmp, from: number): boolean {
+  if (label === 'qsd') return qsdJobCompletedMs(q, from) !== undefined;
+  return q.messages
+    .slice(from)
+    .some((m) => m.event === 'BACKUP_COMPLETED' || m.event === 'BACKUP_MERGED');
 }
 
 /**
@@ -459,15 +472,11 @@ async function runPauseSlices(
       rampSec: k === 0 ? (o.rampSec ?? 0) : change ? settleSec : 0,
       runtimeSec: sliceSec,
       onResult: (r: LoadResult) => {
-        // A qsd job can also complete inside a slice (at a resume, its pass finds the
-        // clusters all copied by copy-before-write): its event has arrived by the slice's
-        // end, and that slice measured partly no backup, so it is left out too.
-        if (
-          endedAtSlice === undefined &&
-          label === 'qsd' &&
-          qsdJobCompletedMs(q, from) !== undefined
-        )
-          endedAtSlice = k;
+        // A job can also end inside a slice (a qsd job at a resume, its pass finding the
+        // clusters all copied by copy-before-write; a merge copying its last run): its event
+        // has arrived by the slice's end, and that slice measured partly no job, so it is left
+        // out too.
+        if (endedAtSlice === undefined && jobEnded(label, q, from)) endedAtSlice = k;
         if (endedAtSlice === undefined) (pause ? paused : running).push(r);
       },
     };
@@ -568,6 +577,7 @@ function pooledReport(samples: Sample[], depths: readonly number[]): string {
         ['idle', 'backup', b],
         ['idle', 'merge', `${b} (merging)`],
         ['paused', 'backup', `${b} (slices: paused → running)`],
+        ['merge-paused', 'merge', `${b} (merge slices: paused → running)`],
       ] as const;
       for (const [ref, p, label] of pairs) {
         const idle = of(ref);
@@ -605,7 +615,7 @@ function report(samples: Sample[], rounds: number, depths: readonly number[]): s
         (s) => s.backend === b && s.depth === depth && s.phase === p && s.round === round,
       )?.result;
     for (const b of labels) {
-      for (const p of ['idle', 'backup', 'paused', 'merge'] as const) {
+      for (const p of ['idle', 'backup', 'paused', 'merge', 'merge-paused'] as const) {
         const xs = samples.filter((s) => s.backend === b && s.depth === depth && s.phase === p);
         if (xs.length === 0) continue;
         rows.push([
@@ -955,7 +965,7 @@ async function main(): Promise<void> {
             };
             let result: LoadResult;
             let pausedResult: LoadResult | undefined;
-            if (phase === 'backup' && pauseSlices > 0) {
+            if ((phase === 'backup' || phase === 'merge') && pauseSlices > 0) {
               // 2N slices of runtime/N: the running ones add up to one unsliced window.
               const sliced = await runPauseSlices(
                 load,
@@ -970,7 +980,7 @@ async function main(): Promise<void> {
               pausedResult = sliced.paused;
               if (sliced.endedAtSlice !== undefined)
                 process.stderr.write(
-                  `round ${round + 1}/${rounds} QD${depth} ${side.label}: the backup ended in or before slice ${sliced.endedAtSlice + 1} of ${2 * pauseSlices}; only the slices before it are pooled\n`,
+                  `round ${round + 1}/${rounds} QD${depth} ${side.label}: the ${phase === 'merge' ? 'merge' : 'backup'} ended in or before slice ${sliced.endedAtSlice + 1} of ${2 * pauseSlices}; only the slices before it are pooled\n`,
                 );
             } else result = await runLoad(load);
             const stopped = await stop?.();
@@ -983,12 +993,12 @@ async function main(): Promise<void> {
                 round,
                 backend: side.label,
                 depth,
-                phase: 'paused',
+                phase: phase === 'merge' ? 'merge-paused' : 'paused',
                 result: pausedResult,
               });
               const pl = pausedResult.latency;
               process.stderr.write(
-                `round ${round + 1}/${rounds} QD${depth} ${side.label} paused slices: ${Math.round(pausedResult.iops)} IOPS p50 ${pl.p50Us.toFixed(0)} p99 ${pl.p99Us.toFixed(0)} p99.9 ${pl.p999Us.toFixed(0)} µs\n`,
+                `round ${round + 1}/${rounds} QD${depth} ${side.label} ${phase === 'merge' ? 'merge ' : ''}paused slices: ${Math.round(pausedResult.iops)} IOPS p50 ${pl.p50Us.toFixed(0)} p99 ${pl.p99Us.toFixed(0)} p99.9 ${pl.p999Us.toFixed(0)} µs\n`,
               );
             }
             const l = result.latency;
