@@ -940,7 +940,13 @@ export class DeviceBackups {
     if (s.paused === paused) return false;
     // Set before the device answers: a second pause meanwhile is then a no-op, not a second event.
     s.paused = paused;
-    const r = await this.controlMerge({ paused });
+    let r: MergeControlResult;
+    try {
+      r = await this.controlMerge({ paused });
+    } catch (err) {
+      s.paused = !paused;
+      throw err;
+    }
     if (!r.merging) {
       s.paused = false;
       this.running(paused ? 'pause' : 'resume');

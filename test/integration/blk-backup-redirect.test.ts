@@ -17,6 +17,7 @@ import { BLOCK, WriteModel } from '../support/backup-model.js';
 import { type Daemon, runCli, startDaemon } from '../support/daemon.js';
 import { type Json, QmpClient } from '../support/qmp-client.js';
 import { waitFor } from '../support/wait.js';
+import { writingDisk as sharedWritingDisk } from '../support/writing-disk.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
@@ -33,6 +34,11 @@ function event(c: QmpClient, from: number, name: RegExp, what: string, timeoutMs
     what,
     timeoutMs,
   );
+}
+
+/** {@link sharedWritingDisk} named `name` in the test directory, on a disk of SIZE. */
+function writingDisk(name: string, seed: number) {
+  return sharedWritingDisk({ dir, name, seed, size: SIZE, extra: ['--aio', 'linux-aio'] });
 }
 
 function startBlk(image: string, name: string, aio = 'linux-aio'): Promise<Daemon> {
@@ -199,15 +205,8 @@ describe.each(['linux-aio', 'io_uring'])('blockdev-backup method redirect (%s)',
 
 describe('a prefill-overlay backup before its instant', () => {
   it('answers at once, shows the pass, refuses another start, stops on backup-cancel; the next one prefills and completes', async () => {
-    const image = join(dir, 'prefill.img');
-    writeFileSync(image, Buffer.alloc(SIZE));
+    const { image, c, model, close } = await writingDisk('prefill', 13);
     const overlay = `${image}.vhost-rt-redirect`;
-    const daemon = await startBlk(image, 'prefill');
-    const c = await QmpClient.connect(join(dir, 'prefill.qmp'));
-    const driver = await BlkDriver.create({ socketPath: join(dir, 'prefill.sock') });
-    const model = new WriteModel(SIZE / BLOCK, 13);
-    let stop = false;
-    const writes = model.run(driver, 8, () => stop);
     const target = join(dir, 'prefill.backup');
     const args = { device: 0, target, sync: 'full', method: 'redirect', 'prefill-overlay': true };
     try {
@@ -266,11 +265,7 @@ describe('a prefill-overlay backup before its instant', () => {
       const [merged] = (await c.execute('query-backups', { device: 0 })).return as Json[];
       expect(merged).toMatchObject({ status: 'completed', merge: 'done', 'merge-speed': 48 * MiB });
     } finally {
-      stop = true;
-      await writes;
-      await driver.close();
-      c.close();
-      await daemon.stop();
+      await close();
     }
     expect(model.errors).toEqual([]);
     expect(model.checkLive(readFileSync(image))).toBe('ok');
@@ -279,14 +274,7 @@ describe('a prefill-overlay backup before its instant', () => {
 
 describe("the merge, paced while the guest writes and at the backup's speed once it is quiet", () => {
   it('keeps merge-speed under writes, then merges the rest when the front end stops', async () => {
-    const image = join(dir, 'quiet.img');
-    writeFileSync(image, Buffer.alloc(SIZE));
-    const daemon = await startBlk(image, 'quiet');
-    const c = await QmpClient.connect(join(dir, 'quiet.qmp'));
-    const driver = await BlkDriver.create({ socketPath: join(dir, 'quiet.sock') });
-    const model = new WriteModel(SIZE / BLOCK, 5);
-    let stop = false;
-    let writes: Promise<void> | null = model.run(driver, 8, () => stop);
+    const { image, c, model, stopWrites, close } = await writingDisk('quiet', 5);
     const PACE = 64 * 1024;
     try {
       await waitFor(() => model.completed >= 300, 'the first writes');
@@ -314,9 +302,7 @@ describe("the merge, paced while the guest writes and at the backup's speed once
         'merge-speed': PACE,
         'merge-quiet-ms': 100,
       });
-      stop = true;
-      await writes;
-      writes = null;
+      await stopWrites();
       const pacedFor = performance.now() - mergeFrom;
       // Quiet now: the rest of the overlay goes at the backup's speed, 16 MiB/s (at 64 KiB/s
       // it would take minutes).
@@ -333,11 +319,7 @@ describe("the merge, paced while the guest writes and at the backup's speed once
       const [after] = (await c.execute('query-backups', { device: 0 })).return as Json[];
       expect(after).toMatchObject({ merge: 'done', 'merge-quiet-bytes': quiet });
     } finally {
-      stop = true;
-      await writes;
-      await driver.close();
-      c.close();
-      await daemon.stop();
+      await close();
     }
     expect(model.errors).toEqual([]);
     expect(model.checkLive(readFileSync(image))).toBe('ok');
@@ -346,14 +328,7 @@ describe("the merge, paced while the guest writes and at the backup's speed once
 
 describe('backup-pause, backup-resume and backup-set-speed during the merge', () => {
   it('a paused merge copies nothing while the guest writes on, refuses a new backup, and merges once resumed', async () => {
-    const image = join(dir, 'mpause.img');
-    writeFileSync(image, Buffer.alloc(SIZE));
-    const daemon = await startBlk(image, 'mpause');
-    const c = await QmpClient.connect(join(dir, 'mpause.qmp'));
-    const driver = await BlkDriver.create({ socketPath: join(dir, 'mpause.sock') });
-    const model = new WriteModel(SIZE / BLOCK, 13);
-    let stop = false;
-    let writes: Promise<void> | null = model.run(driver, 8, () => stop);
+    const { image, c, model, stopWrites, close } = await writingDisk('mpause', 13);
     const status = async () =>
       ((await c.execute('query-backups', { device: 0 })).return as Json[])[0];
     try {
@@ -404,9 +379,7 @@ describe('backup-pause, backup-resume and backup-set-speed during the merge', ()
         (paused['merge-copied-bytes'] as number) + MiB,
       );
       expect(c.messages.slice(from).some((m) => m.event === 'BACKUP_MERGED')).toBe(false);
-      stop = true;
-      await writes;
-      writes = null;
+      await stopWrites();
       const merged = (await event(c, from, /^BACKUP_MERGED$/, 'the merge', 30_000)).data as Json;
       expect(merged).toMatchObject({ merged: true, 'remaining-bytes': 0 });
       expect(await status()).toMatchObject({ merge: 'done', paused: false, 'merge-speed': 0 });
@@ -417,11 +390,7 @@ describe('backup-pause, backup-resume and backup-set-speed during the merge', ()
         'backup-pause failed: no backup of this device is running to pause',
       );
     } finally {
-      stop = true;
-      await writes;
-      await driver.close();
-      c.close();
-      await daemon.stop();
+      await close();
     }
     expect(model.errors).toEqual([]);
     expect(model.checkLive(readFileSync(image))).toBe('ok');
@@ -430,14 +399,8 @@ describe('backup-pause, backup-resume and backup-set-speed during the merge', ()
 
 describe('a daemon stopped with its merge paused', () => {
   it('SIGTERM leaves the overlay in place; the next start merges it and the image holds every write', async () => {
-    const image = join(dir, 'mstop.img');
-    writeFileSync(image, Buffer.alloc(SIZE));
-    let daemon = await startBlk(image, 'mstop');
-    const c = await QmpClient.connect(join(dir, 'mstop.qmp'));
-    const driver = await BlkDriver.create({ socketPath: join(dir, 'mstop.sock') });
-    const model = new WriteModel(SIZE / BLOCK, 17);
-    let stop = false;
-    const writes = model.run(driver, 8, () => stop);
+    const disk = await writingDisk('mstop', 17);
+    const { image, c, driver, model, stopWrites } = disk;
     try {
       await waitFor(() => model.completed >= 200, 'the first writes');
       const from = c.messages.length;
@@ -453,20 +416,16 @@ describe('a daemon stopped with its merge paused', () => {
       const more = model.completed + 500;
       await waitFor(() => model.completed >= more, 'writes during the merge');
       expect((await c.execute('backup-pause', { device: 0 })).return).toEqual({ paused: true });
-      stop = true;
-      await writes;
+      await stopWrites();
       expect((await driver.flush()).status).toBe(BlkStatus.OK);
     } finally {
-      stop = true;
-      await writes;
-      await driver.close();
-      c.close();
+      await disk.closeClients();
     }
-    await daemon.stop('SIGTERM');
+    await disk.daemon.stop('SIGTERM');
     // Paused, the merge made no copy after the writes stopped: the overlay is still there.
     expect(existsSync(`${image}.vhost-rt-redirect`)).toBe(true);
     expect(model.checkLive(readFileSync(image))).not.toBe('ok');
-    daemon = await startBlk(image, 'mstop');
+    const daemon = await startBlk(image, 'mstop');
     try {
       expect(existsSync(`${image}.vhost-rt-redirect`)).toBe(false);
       expect(daemon.log()).toMatch(/merged \d+ bytes \(\d+ runs\) left in/);
@@ -516,15 +475,9 @@ describe('a redirect backup interrupted by the daemon stopping', () => {
   it.each(['SIGTERM', 'SIGKILL'] as const)(
     'after %s the next start merges the overlay: every completed write is in the image',
     async (signal) => {
-      const image = join(dir, `stop-${signal}.img`);
-      writeFileSync(image, Buffer.alloc(SIZE));
       const name = `stop-${signal}`;
-      let daemon = await startBlk(image, name);
-      const c = await QmpClient.connect(join(dir, `${name}.qmp`));
-      const driver = await BlkDriver.create({ socketPath: join(dir, `${name}.sock`) });
-      const model = new WriteModel(SIZE / BLOCK, 9);
-      let stop = false;
-      let writes = model.run(driver, 8, () => stop);
+      const disk = await writingDisk(name, 9);
+      const { image, c, driver, model, stopWrites } = disk;
       try {
         await waitFor(() => model.completed >= 200, 'the first writes');
         const from = c.messages.length;
@@ -543,38 +496,32 @@ describe('a redirect backup interrupted by the daemon stopping', () => {
         expect((grow.error as Json).desc).toMatch(/a backup of this device is running/);
         expect(statSync(image).size).toBe(SIZE);
         expect(c.messages.slice(from).some((m) => m.event === 'BACKUP_COMPLETED')).toBe(false);
-        stop = true;
-        await writes;
+        await stopWrites();
         // A crash keeps only what was flushed: the front end flushes, as a guest's fsync does.
         expect((await driver.flush()).status).toBe(BlkStatus.OK);
       } finally {
-        stop = true;
-        await writes;
-        await driver.close();
-        c.close();
+        await disk.closeClients();
       }
-      await daemon.stop(signal);
+      await disk.daemon.stop(signal);
       // SIGTERM cancels the backup first, and the merge it starts may finish before the device
       // closes (it stops after its current step otherwise); a crash always leaves the overlay.
       const left = existsSync(`${image}.vhost-rt-redirect`);
       if (signal === 'SIGKILL') expect(left).toBe(true);
       // Not merged: the image alone lacks the writes since the backup's start.
       if (left) expect(model.checkLive(readFileSync(image))).not.toBe('ok');
-      daemon = await startBlk(image, name);
+      const daemon = await startBlk(image, name);
       try {
         expect(existsSync(`${image}.vhost-rt-redirect`)).toBe(false);
         if (left) expect(daemon.log()).toMatch(/merged \d+ bytes \(\d+ runs\) left in/);
         expect(model.checkLive(readFileSync(image))).toBe('ok');
         // And the device serves what it merged.
         const d2 = await BlkDriver.create({ socketPath: join(dir, `${name}.sock`) });
-        stop = false;
         const reads = model.runReads(d2, 2, 16, () => model.verifiedReads >= 50);
         await reads;
         await d2.close();
       } finally {
         await daemon.stop();
       }
-      writes = Promise.resolve();
       expect(model.errors).toEqual([]);
     },
   );

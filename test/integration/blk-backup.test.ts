@@ -20,6 +20,7 @@ import { type Daemon, startDaemon } from '../support/daemon.js';
 import { startNbdServer } from '../support/nbd-server.js';
 import { type Json, QmpClient } from '../support/qmp-client.js';
 import { waitFor } from '../support/wait.js';
+import { writingDisk as sharedWritingDisk } from '../support/writing-disk.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
@@ -54,39 +55,9 @@ async function backup(c: QmpClient, model: WriteModel, args: Json) {
   return { window, reply, from };
 }
 
-/**
- * A blk daemon (`startBlk` with `extra` arguments) named `name` in the test directory, on
- * `image` if given (an NBD URI, say), else on a new zeroed file of SIZE; a control client,
- * and a front end whose write model (seeded by `seed`) keeps 8 writes in flight.
- * `stopWrites` ends the load and waits for its last write; `close` also closes the front
- * end, the client and the daemon.
- */
-async function writingDisk(
-  name: string,
-  seed: number,
-  opts: { image?: string; extra?: string[] } = {},
-) {
-  const image = opts.image ?? join(dir, `${name}.img`);
-  if (opts.image === undefined) writeFileSync(image, Buffer.alloc(SIZE));
-  const socket = join(dir, `${name}.sock`);
-  const control = join(dir, `${name}.qmp`);
-  const daemon = await startBlk(image, socket, control, opts.extra);
-  const c = await QmpClient.connect(control);
-  const driver = await BlkDriver.create({ socketPath: socket });
-  const model = new WriteModel(SIZE / BLOCK, seed);
-  let stop = false;
-  const load = model.run(driver, 8, () => stop);
-  const stopWrites = async () => {
-    stop = true;
-    await load;
-  };
-  const close = async () => {
-    await stopWrites();
-    await driver.close();
-    c.close();
-    await daemon.stop();
-  };
-  return { image, c, model, stopWrites, close };
+/** {@link sharedWritingDisk} named `name` in the test directory, on a disk of SIZE. */
+function writingDisk(name: string, seed: number, opts: { image?: string; extra?: string[] } = {}) {
+  return sharedWritingDisk({ dir, name, seed, size: SIZE, ...opts });
 }
 
 function startBlk(
