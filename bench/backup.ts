@@ -65,6 +65,9 @@
  *                        changes mode between the separate idle and backup windows. A redirect
  *                        backup's merge window is sliced the same way (backup-pause pauses the
  *                        merge once the backup ended): phases 'merge' and 'merge-paused')
+ *     [--only LABELS]   (only these rows, a comma-separated list of their labels, e.g.
+ *                        'vhost-rt redirect,vhost-rt redirect merge-speed': a shorter run
+ *                        that compares two of them; the rest's daemons still start, idle)
  *     [--dir PATH]      (image and targets in PATH, e.g. a file system on a zram device: a
  *                        device whose own tail is steady, unlike this machine's disk; see
  *                        bench/zram-fs.sh)
@@ -527,7 +530,9 @@ function median(v: number[]): number {
 }
 
 const fmtRange = (xs: number[]) =>
-  `${fmtRatio(median(xs))} (${fmtRatio(Math.min(...xs))}..${fmtRatio(Math.max(...xs))})`;
+  xs.length === 0
+    ? 'n/a'
+    : `${fmtRatio(median(xs))} (${fmtRatio(Math.min(...xs))}..${fmtRatio(Math.max(...xs))})`;
 
 /**
  * The back end's CPU per write over windows (its process's user + system time, the copier's
@@ -736,8 +741,10 @@ async function main(): Promise<void> {
       'hot-mib': { type: 'string' },
       'pause-slices': { type: 'string', default: '0' },
       'slice-settle': { type: 'string', default: '0.2' },
+      only: { type: 'string' },
     },
   });
+  const only = values.only === undefined ? null : values.only.split(',').map((l) => l.trim());
   const pauseSlices = Number(values['pause-slices']);
   const sliceSettle = Number(values['slice-settle']);
   if (!(Number.isInteger(pauseSlices) && pauseSlices >= 0 && sliceSettle >= 0))
@@ -832,7 +839,7 @@ async function main(): Promise<void> {
     keepOverlay: values['redirect-keep'],
     prefillOverlay: values['redirect-prefill'],
   });
-  const sides: {
+  const allSides: {
     label: Label;
     backend: Backend;
     qmp: Qmp;
@@ -913,6 +920,9 @@ async function main(): Promise<void> {
         ]),
     { label: 'qsd', backend: q.backend, qmp: q.qmp, target: qTarget },
   ];
+  const sides = allSides.filter((side) => only === null || only.includes(side.label));
+  if (sides.length === 0)
+    throw new Error(`--only ${values.only} names no back end of this run's rows`);
   const probeRounds = Number(values['probe-rounds']);
   const probeSeconds = Number(values['probe-seconds']);
   if (!(Number.isInteger(probeRounds) && probeRounds >= 1 && probeSeconds > 0))
