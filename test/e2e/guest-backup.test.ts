@@ -26,7 +26,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { onDisk } from '../support/bytes.js';
-import { type Daemon, startDaemon } from '../support/daemon.js';
+import { type Daemon, startBlkDaemon } from '../support/daemon.js';
 import { ensureGuestImage, runGuest } from '../support/qemu.js';
 import { type Json, QmpClient } from '../support/qmp-client.js';
 import { waitFor } from '../support/wait.js';
@@ -80,17 +80,7 @@ describe('live backup with a QEMU guest writing', () => {
     control = join(dir, 'blk.qmp');
     qmpPath = join(dir, 'qemu.qmp');
     writeFileSync(image, Buffer.alloc(IMAGE_BYTES));
-    daemon = await startDaemon([
-      'blk',
-      '--socket-path',
-      socket,
-      '--image',
-      image,
-      '--queues',
-      '1',
-      '--control-socket',
-      control,
-    ]);
+    daemon = await startBlkDaemon(image, socket, control);
   });
 
   afterAll(async () => {

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { onDisk } from '../support/bytes.js';
-import { type Daemon, startDaemon } from '../support/daemon.js';
+import { type Daemon, startBlkDaemon } from '../support/daemon.js';
 import { ensureGuestImage, runGuest } from '../support/qemu.js';
 import { QmpClient } from '../support/qmp-client.js';
 import { waitFor } from '../support/wait.js';
@@ -61,17 +61,7 @@ describe('vhost-rt blk resized under a running QEMU guest', () => {
     socket = join(dir, 'blk.sock');
     control = join(dir, 'blk.qmp');
     writeFileSync(image, Buffer.alloc(32 * MiB));
-    daemon = await startDaemon([
-      'blk',
-      '--socket-path',
-      socket,
-      '--image',
-      image,
-      '--queues',
-      '1',
-      '--control-socket',
-      control,
-    ]);
+    daemon = await startBlkDaemon(image, socket, control);
   });
 
   afterAll(async () => {

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlkDriver, BlkStatus } from '../frontend/index.js';
 import { BLOCK, WriteModel } from '../support/backup-model.js';
-import { type Daemon, runCli, startDaemon } from '../support/daemon.js';
+import { type Daemon, runCli, startBlkDaemon } from '../support/daemon.js';
 import { type Json, QmpClient } from '../support/qmp-client.js';
 import { waitFor } from '../support/wait.js';
 import { writingDisk as sharedWritingDisk } from '../support/writing-disk.js';
@@ -42,19 +42,7 @@ function writingDisk(name: string, seed: number) {
 }
 
 function startBlk(image: string, name: string, aio = 'linux-aio'): Promise<Daemon> {
-  return startDaemon([
-    'blk',
-    '--socket-path',
-    join(dir, `${name}.sock`),
-    '--image',
-    image,
-    '--aio',
-    aio,
-    '--queues',
-    '1',
-    '--control-socket',
-    join(dir, `${name}.qmp`),
-  ]);
+  return startBlkDaemon(image, join(dir, `${name}.sock`), join(dir, `${name}.qmp`), ['--aio', aio]);
 }
 
 describe.each(['linux-aio', 'io_uring'])('blockdev-backup method redirect (%s)', (aio) => {

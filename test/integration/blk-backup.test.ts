@@ -16,7 +16,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlkDriver } from '../frontend/index.js';
 import { BLOCK, WriteModel } from '../support/backup-model.js';
-import { type Daemon, startDaemon } from '../support/daemon.js';
+import { type Daemon, startBlkDaemon } from '../support/daemon.js';
 import { startNbdServer } from '../support/nbd-server.js';
 import { type Json, QmpClient } from '../support/qmp-client.js';
 import { waitFor } from '../support/wait.js';
@@ -60,26 +60,6 @@ function writingDisk(name: string, seed: number, opts: { image?: string; extra?:
   return sharedWritingDisk({ dir, name, seed, size: SIZE, ...opts });
 }
 
-function startBlk(
-  image: string,
-  socket: string,
-  control: string,
-  extra: string[] = [],
-): Promise<Daemon> {
-  return startDaemon([
-    'blk',
-    '--socket-path',
-    socket,
-    '--image',
-    image,
-    '--queues',
-    '1',
-    '--control-socket',
-    control,
-    ...extra,
-  ]);
-}
-
 describe('blockdev-backup under verified writes', () => {
   const image = () => join(dir, 'disk.img');
   const socket = () => join(dir, 'blk.sock');
@@ -88,7 +68,7 @@ describe('blockdev-backup under verified writes', () => {
 
   beforeAll(async () => {
     writeFileSync(image(), Buffer.alloc(SIZE));
-    daemon = await startBlk(image(), socket(), control());
+    daemon = await startBlkDaemon(image(), socket(), control());
   });
   afterAll(async () => {
     await daemon.stop();
@@ -285,14 +265,14 @@ describe('blockdev-backup under verified writes', () => {
     c.close();
     await daemon.stop('SIGTERM');
     expect(existsSync(`${image()}.vhost-rt-cbt`)).toBe(true);
-    daemon = await startBlk(image(), socket(), control());
+    daemon = await startBlkDaemon(image(), socket(), control());
     c = await QmpClient.connect(control());
     const inc = await c.execute('blockdev-backup', { device: 0, target, sync: 'incremental' });
     expect(inc.return).toMatchObject({ sync: 'incremental', 'total-bytes': 0 });
     expect((await backupEnd(c, 0)).event).toBe('BACKUP_COMPLETED');
     c.close();
     await daemon.stop('SIGKILL');
-    daemon = await startBlk(image(), socket(), control());
+    daemon = await startBlkDaemon(image(), socket(), control());
     c = await QmpClient.connect(control());
     const after = await c.execute('blockdev-backup', { device: 0, target, sync: 'incremental' });
     expect(after.return).toMatchObject({
@@ -507,7 +487,7 @@ describe('blockdev-backup with yield-ms (the idle I/O class kept by the copier)'
     const image = join(dir, 'yield-bad.img');
     writeFileSync(image, Buffer.alloc(MiB));
     const control = join(dir, 'yield-bad.qmp');
-    const daemon = await startBlk(image, join(dir, 'yield-bad.sock'), control);
+    const daemon = await startBlkDaemon(image, join(dir, 'yield-bad.sock'), control);
     const c = await QmpClient.connect(control);
     try {
       for (const bad of [-1, 1001]) {

@@ -20,7 +20,7 @@ import {
 } from '../../src/index.js';
 import { BlkDriver, BlkFeature } from '../frontend/index.js';
 import { blkTraffic } from '../support/blk-traffic.js';
-import { type Daemon, startDaemon } from '../support/daemon.js';
+import { type Daemon, startBlkDaemon, startDaemon } from '../support/daemon.js';
 import { DriverQueue } from '../support/driver-queue.js';
 import { GuestRam } from '../support/guest-ram.js';
 import { type Json, QmpClient } from '../support/qmp-client.js';
@@ -198,17 +198,7 @@ describe('vhost-rt blk at run time (daemon, control socket)', () => {
     socket = join(dir, 'blk.sock');
     control = join(dir, 'blk.qmp');
     writeFileSync(image, Buffer.alloc(4 * MiB));
-    daemon = await startDaemon([
-      'blk',
-      '--socket-path',
-      socket,
-      '--image',
-      image,
-      '--queues',
-      '1',
-      '--control-socket',
-      control,
-    ]);
+    daemon = await startBlkDaemon(image, socket, control);
   });
   afterAll(async () => {
     await daemon.stop();
@@ -355,17 +345,7 @@ describe('vhost-rt blk shrunk under load (daemon, front end)', () => {
     socket = join(dir, 'load.sock');
     control = join(dir, 'load.qmp');
     writeFileSync(image, Buffer.alloc(8 * MiB));
-    daemon = await startDaemon([
-      'blk',
-      '--socket-path',
-      socket,
-      '--image',
-      image,
-      '--queues',
-      '1',
-      '--control-socket',
-      control,
-    ]);
+    daemon = await startBlkDaemon(image, socket, control);
   });
   afterAll(async () => {
     await daemon.stop();

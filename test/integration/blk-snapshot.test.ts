@@ -28,7 +28,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AUTO_CLONE_MAX_EXTENTS, extentCount } from '../../src/worker/backup.js';
 import { BlkDriver } from '../frontend/index.js';
 import { BLOCK, WriteModel } from '../support/backup-model.js';
-import { type Daemon, startDaemon } from '../support/daemon.js';
+import { type Daemon, startBlkDaemon } from '../support/daemon.js';
 import { type Json, QmpClient } from '../support/qmp-client.js';
 import { waitFor } from '../support/wait.js';
 
@@ -71,17 +71,7 @@ async function serve(image: string, name: string, create = true) {
   const socket = join(dir, `${name}.sock`);
   const control = join(dir, `${name}.qmp`);
   if (create) writeFileSync(image, Buffer.alloc(SIZE));
-  const daemon: Daemon = await startDaemon([
-    'blk',
-    '--socket-path',
-    socket,
-    '--image',
-    image,
-    '--queues',
-    '1',
-    '--control-socket',
-    control,
-  ]);
+  const daemon: Daemon = await startBlkDaemon(image, socket, control);
   return { daemon, c: await QmpClient.connect(control), socket };
 }
 

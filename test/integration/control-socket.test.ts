@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlkDriver } from '../frontend/index.js';
-import { type Daemon, startDaemon } from '../support/daemon.js';
+import { type Daemon, startBlkDaemon, startDaemon } from '../support/daemon.js';
 import { type Json, QmpClient } from '../support/qmp-client.js';
 import { waitFor } from '../support/wait.js';
 
@@ -33,17 +33,7 @@ async function blkDaemon(
   const socket = join(dir, `${name}.sock`);
   const control = join(dir, `${name}.qmp`);
   writeFileSync(image, Buffer.alloc(4 * 1024 * 1024));
-  const daemon = await startDaemon([
-    'blk',
-    '--socket-path',
-    socket,
-    '--image',
-    image,
-    '--queues',
-    '1',
-    '--control-socket',
-    control,
-  ]);
+  const daemon = await startBlkDaemon(image, socket, control);
   daemons.push(daemon);
   return { socket, control, daemon };
 }

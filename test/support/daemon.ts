@@ -58,6 +58,30 @@ export function runCli(args: string[], timeoutMs = 20_000): Promise<RunResult> {
 }
 
 /**
+ * `vhost-rt blk` serving `image` on the vhost-user `socket` with one queue and a control
+ * socket at `control`, plus `extra` arguments: the daemon most blk tests start.
+ */
+export function startBlkDaemon(
+  image: string,
+  socket: string,
+  control: string,
+  extra: string[] = [],
+): Promise<Daemon> {
+  return startDaemon([
+    'blk',
+    '--socket-path',
+    socket,
+    '--image',
+    image,
+    '--queues',
+    '1',
+    '--control-socket',
+    control,
+    ...extra,
+  ]);
+}
+
+/**
  * Starts `vhost-rt ARGS` and resolves once it logged "ready". `env` is added
  * to this process's environment for the daemon only (e.g. VHOST_RT_INFLIGHT=off).
  */

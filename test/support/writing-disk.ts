@@ -7,7 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BlkDriver } from '../frontend/index.js';
 import { BLOCK, WriteModel } from './backup-model.js';
-import { type Daemon, startDaemon } from './daemon.js';
+import { type Daemon, startBlkDaemon } from './daemon.js';
 import { QmpClient } from './qmp-client.js';
 
 /** Where and how {@link writingDisk} sets up its disk. */
@@ -53,18 +53,7 @@ export async function writingDisk(o: WritingDiskOptions): Promise<WritingDisk> {
   if (o.image === undefined) writeFileSync(image, Buffer.alloc(o.size));
   const socket = join(o.dir, `${o.name}.sock`);
   const control = join(o.dir, `${o.name}.qmp`);
-  const daemon = await startDaemon([
-    'blk',
-    '--socket-path',
-    socket,
-    '--image',
-    image,
-    '--queues',
-    '1',
-    '--control-socket',
-    control,
-    ...(o.extra ?? []),
-  ]);
+  const daemon = await startBlkDaemon(image, socket, control, o.extra);
   const c = await QmpClient.connect(control);
   const driver = await BlkDriver.create({ socketPath: socket });
   const model = new WriteModel(o.size / BLOCK, o.seed);
