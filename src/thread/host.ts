@@ -61,6 +61,12 @@ export class WorkerHost<Init, Ready, Command extends ThreadCommandBase, Event = 
   private exited = false;
   /** Set once shutdown or terminate was asked for: an exit is then expected. */
   private stopping = false;
+  /**
+   * Set once the worker reported ready. Only a started worker's unasked exit is a failure of
+   * the daemon's: one whose start failed is its starter's to handle, through `ready` (a
+   * device-add of a locked image, say), and must not stop the devices already serving.
+   */
+  private started = false;
   private readonly name: string;
   private readonly log: Logger;
   private readonly onEvent: ((event: Event) => void) | undefined;
@@ -92,6 +98,7 @@ export class WorkerHost<Init, Ready, Command extends ThreadCommandBase, Event = 
   ): void {
     switch (m.kind) {
       case 'ready':
+        this.started = true;
         resolve({ thread: m.thread, ready: m.ready });
         return;
       case 'failed':
@@ -116,7 +123,11 @@ export class WorkerHost<Init, Ready, Command extends ThreadCommandBase, Event = 
     this.exited = true;
     const err = new VhostRtError('ERR_WORKER_EXITED', `${this.name} worker exited (code ${code})`);
     reject(err);
-    if (!this.stopping) for (const listener of failureListeners) listener(err);
+    // Why not `stopping` alone: the worker ends on its own after reporting a failed start,
+    // and when this thread's loop was busy, the failure and the exit arrive in one turn
+    // (Node drains the worker's port, then emits 'exit'), before the starter's reaction to
+    // the rejected `ready` (terminate) has run.
+    if (this.started && !this.stopping) for (const listener of failureListeners) listener(err);
     for (const w of this.waiting.values()) w.reject(err);
     this.waiting.clear();
   }
