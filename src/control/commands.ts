@@ -564,10 +564,14 @@ export const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map<string, Comman
     {
       summary: "the running and the last finished backup of each blk device (or of 'device')",
       args: DEVICE_ARG,
-      run: (args, ctx) =>
-        selected(args, ctx).flatMap((i) =>
-          (ctx.devices[i].backup?.query() ?? []).map((b) => ({ device: i, ...b })),
-        ),
+      run: async (args, ctx) =>
+        (
+          await Promise.all(
+            selected(args, ctx).map(async (i) =>
+              ((await ctx.devices[i].backup?.query()) ?? []).map((b) => ({ device: i, ...b })),
+            ),
+          )
+        ).flat(),
     },
   ],
   [

@@ -204,8 +204,15 @@ export interface BackupStatus {
   'merge-quiet-bytes'?: number;
   /** Redirect backups: the overlay was merged back into the image (BACKUP_MERGED). */
   'merged-ms'?: number;
-  /** Redirect backups: bytes merged back into the image. */
+  /**
+   * Redirect backups: bytes merged back into the image (while merging: so far, made durable;
+   * it moves once per pass over the overlay's bitmap).
+   */
   'merged-bytes'?: number;
+  /** Redirect backups, while merging: bytes the merge has written into the image, copy by copy. */
+  'merge-copied-bytes'?: number;
+  /** Redirect backups, while merging: bytes whose contents are still in the overlay. */
+  'merge-remaining-bytes'?: number;
   error?: string;
   code?: string;
 }
@@ -313,8 +320,21 @@ export class DeviceBackups {
     return null;
   }
 
-  /** The running (or prefilling) backup and the last finished one, newest first. */
-  query(): (BackupStatus | PrefillStatus)[] {
+  /**
+   * The running (or prefilling) backup and the last finished one, newest first. A redirect
+   * backup's merge in progress is asked (the device answers) how far it is.
+   */
+  async query(): Promise<(BackupStatus | PrefillStatus)[]> {
+    const merge = this.merge;
+    if (merge !== null) {
+      const r = await this.controlMerge({});
+      if (r.merging) {
+        const s = merge.status;
+        s['merged-bytes'] = r.mergedBytes;
+        s['merge-copied-bytes'] = r.copiedBytes;
+        s['merge-remaining-bytes'] = r.remainingBytes;
+      }
+    }
     const out: (BackupStatus | PrefillStatus)[] = [];
     const st = this.starting;
     if (st?.prefill === true) {
@@ -857,8 +877,11 @@ export class DeviceBackups {
         bytes: number;
         remainingBytes: number;
         quietBytes: number;
+        copiedBytes: number;
       };
       s['merged-bytes'] = r.bytes;
+      s['merge-copied-bytes'] = r.copiedBytes;
+      s['merge-remaining-bytes'] = r.remainingBytes;
       s['merge-quiet-bytes'] = r.quietBytes;
       s.merge = r.merged ? 'done' : 'left';
       if (r.merged) s['merged-ms'] = Date.now();
@@ -868,6 +891,7 @@ export class DeviceBackups {
         'merged-bytes': r.bytes,
         'remaining-bytes': r.remainingBytes,
         'merge-quiet-bytes': r.quietBytes,
+        'merge-copied-bytes': r.copiedBytes,
         'merge-ms': Date.now() - t0,
       });
     } catch (err) {

@@ -342,7 +342,13 @@ describe('backup-pause, backup-resume and backup-set-speed during the merge', ()
       expect(paused).toMatchObject({ device: 0, phase: 'merge' });
       expect(paused['remaining-bytes'] as number).toBeGreaterThan(0);
       expect((await c.execute('backup-pause', { device: 0 })).return).toEqual({ paused: false });
-      expect(await status()).toMatchObject({ merge: 'running', paused: true });
+      const whilePaused = await status();
+      expect(whilePaused).toMatchObject({ merge: 'running', paused: true });
+      // query-backups asks the device how far the merge is.
+      expect(whilePaused['merge-remaining-bytes'] as number).toBeGreaterThan(0);
+      expect(whilePaused['merge-copied-bytes'] as number).toBeGreaterThanOrEqual(
+        paused['merge-copied-bytes'] as number,
+      );
       // Unpaced from here on: a merge that ignored the pause would now copy the rest of the
       // overlay (32 MiB at most) in well under the time the next 1000 writes take.
       expect((await c.execute('backup-set-speed', { device: 0, speed: 0 })).return).toEqual({
@@ -370,7 +376,12 @@ describe('backup-pause, backup-resume and backup-set-speed during the merge', ()
       await stopWrites();
       const merged = (await event(c, from, /^BACKUP_MERGED$/, 'the merge', 30_000)).data as Json;
       expect(merged).toMatchObject({ merged: true, 'remaining-bytes': 0 });
-      expect(await status()).toMatchObject({ merge: 'done', paused: false, 'merge-speed': 0 });
+      expect(await status()).toMatchObject({
+        merge: 'done',
+        paused: false,
+        'merge-speed': 0,
+        'merge-remaining-bytes': 0,
+      });
       expect(existsSync(`${image}.vhost-rt-redirect`)).toBe(false);
       // Nothing runs now: pause is refused again, with the reason.
       const none = await c.execute('backup-pause', { device: 0 });

@@ -464,6 +464,7 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
               bytes: 0,
               remainingBytes: 0,
               quietBytes: 0,
+              copiedBytes: 0,
             })
           : this.overlay.merged();
       case 'redirect-merge-set':

@@ -156,6 +156,8 @@ export interface MergeResult {
   remainingBytes: number;
   /** Bytes of the copies made at the quiet pace, the guest being quiet (`merge-quiet-ms`). */
   quietBytes: number;
+  /** Bytes the merge wrote into the image, a unit copied again counted again. */
+  copiedBytes: number;
 }
 
 /**
@@ -870,6 +872,7 @@ export class WriteRedirect {
         bytes: this.mergedBytes,
         remainingBytes: 0,
         quietBytes: this.mergeQuietBytes,
+        copiedBytes: this.mergeCopiedBytes,
       });
     return new Promise((resolve) => this.mergeWaiters.push(resolve));
   }
@@ -1170,6 +1173,7 @@ export class WriteRedirect {
       bytes: this.mergedBytes,
       remainingBytes: this.remainingBytes,
       quietBytes: this.mergeQuietBytes,
+      copiedBytes: this.mergeCopiedBytes,
     };
     const w = this.mergeWaiters;
     this.mergeWaiters = [];
