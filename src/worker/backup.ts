@@ -326,14 +326,13 @@ export class DeviceBackups {
    */
   async query(): Promise<(BackupStatus | PrefillStatus)[]> {
     const merge = this.merge;
-    if (merge !== null) {
-      const r = await this.controlMerge({});
-      if (r.merging) {
-        const s = merge.status;
-        s['merged-bytes'] = r.mergedBytes;
-        s['merge-copied-bytes'] = r.copiedBytes;
-        s['merge-remaining-bytes'] = r.remainingBytes;
-      }
+    // A device that went away answers nothing: its status stays as last seen.
+    const r = merge === null ? null : await this.controlMerge({}).catch(() => null);
+    if (merge !== null && r?.merging === true) {
+      const s = merge.status;
+      s['merged-bytes'] = r.mergedBytes;
+      s['merge-copied-bytes'] = r.copiedBytes;
+      s['merge-remaining-bytes'] = r.remainingBytes;
     }
     const out: (BackupStatus | PrefillStatus)[] = [];
     const st = this.starting;
