@@ -417,6 +417,7 @@ async function run(argv: string[]): Promise<number> {
         )
         .join(' | '),
     close: async () => {
+      set.stopAdding();
       await servers.close(log);
       await set.shutdown();
     },

@@ -317,6 +317,7 @@ async function run(argv: string[]): Promise<number> {
       ),
     statsLine: () => statsLine(sw),
     close: async () => {
+      sw.stopAdding();
       await servers.close(log);
       await sw.shutdown();
     },

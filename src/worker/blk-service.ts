@@ -80,6 +80,8 @@ export async function imageSizeBytes(
 export class BlkDeviceSet {
   /** Devices added at run time so far (names their workers). */
   private added = 0;
+  /** The daemon is stopping ({@link stopAdding}): `device-add` is refused. */
+  private closing = false;
 
   private constructor(
     readonly devices: BlkDeviceHandle[],
@@ -128,10 +130,31 @@ export class BlkDeviceSet {
    * {@link devices} at the end, under the name `blk-N`.
    */
   async add(spec: BlkDeviceSpec): Promise<BlkDeviceHandle> {
+    this.refuseWhileClosing();
     validateBlkOptions(spec.options);
     const [handle] = await startGroup([spec], `blk-${++this.added}`, this.log);
+    if (this.closing) {
+      // The stop began while this device started: the shutdown does not know it, so it would
+      // keep the daemon from exiting.
+      await handle.workers.shutdown();
+      this.refuseWhileClosing();
+    }
     this.devices.push(handle);
     return handle;
+  }
+
+  /**
+   * The daemon begins to stop: from now on `device-add` is refused (ERR_DAEMON_STOPPING), and a
+   * device still starting is ended instead of added. Called before the vhost-user servers
+   * close, so that no device is added after them.
+   */
+  stopAdding(): void {
+    this.closing = true;
+  }
+
+  private refuseWhileClosing(): void {
+    if (this.closing)
+      throw new BlkChangeError('ERR_DAEMON_STOPPING', 'the daemon is stopping: no device is added');
   }
 
   /**
@@ -185,6 +208,7 @@ export class BlkDeviceSet {
 
   /** Completes in-flight I/O, closes the images and ends the worker threads. */
   async shutdown(): Promise<void> {
+    this.stopAdding();
     // A running backup is cancelled first (BACKUP_CANCELLED): its device then lets go of it.
     await Promise.all(this.devices.map((d) => d.backups.close()));
     const sets = new Set(this.devices.map((d) => d.workers));

@@ -8,6 +8,7 @@
 
 import type { NetOptions, NetPortSpec } from '../devices/net/options.js';
 import { DEFAULT_HOLD_MS, validateNetOptions } from '../devices/net/options.js';
+import { VhostRtError } from '../errors.js';
 import { StatCounters } from '../locking/index.js';
 import type { Logger } from '../log.js';
 import { native } from '../native.js';
@@ -38,6 +39,8 @@ export interface NetPort {
 export class NetSwitch {
   /** The device workers of the vhost-user ports, by port index (one worker set each). */
   private readonly workerOf = new Map<number, DeviceWorkerSet>();
+  /** The daemon is stopping ({@link stopAdding}): `device-add` is refused. */
+  private closing = false;
 
   private constructor(
     /** The ports that run, in order (device-add appends, device-del takes out). */
@@ -177,6 +180,7 @@ export class NetSwitch {
    * is discarded first: the new port starts with empty rings.
    */
   async add(slot: number, spec: NetPortSpec & { kind: 'vhost-user' }): Promise<NetPort> {
+    this.refuseWhileClosing();
     if (!this.freeSlots().includes(slot)) throw new RangeError(`port slot ${slot} is not free`);
     // No worker consumes these rings while the slot is free: the main thread
     // may, and the worker started next takes over (its start orders after this).
@@ -197,8 +201,28 @@ export class NetSwitch {
     };
     this.stats[slot] = p.stats;
     await this.startPort(p, spec.mac);
+    if (this.closing) {
+      // The stop began while this port started: the shutdown may not know its worker.
+      const workers = this.workerOf.get(slot);
+      this.workerOf.delete(slot);
+      await workers?.shutdown();
+      this.refuseWhileClosing();
+    }
     this.ports.push(p);
     return p;
+  }
+
+  /**
+   * The daemon begins to stop: from now on `device-add` is refused (ERR_DAEMON_STOPPING), and a
+   * port still starting is ended instead of added. Called before the vhost-user servers close.
+   */
+  stopAdding(): void {
+    this.closing = true;
+  }
+
+  private refuseWhileClosing(): void {
+    if (this.closing)
+      throw new VhostRtError('ERR_DAEMON_STOPPING', 'the daemon is stopping: no port is added');
   }
 
   /**
@@ -231,6 +255,7 @@ export class NetSwitch {
 
   /** Ends every port's worker, then closes the doorbells. */
   async shutdown(): Promise<void> {
+    this.stopAdding();
     await Promise.all([
       ...[...this.workerOf.values()].map((w) => w.shutdown()),
       ...this.taps.map((w) => w.shutdown()),
