@@ -14,6 +14,7 @@ import { DEFAULT_RT_GUARD, diskGuards } from '../io/disk-guard.js';
 import { type LatencyHistograms, StatCounters } from '../locking/index.js';
 import type { Logger } from '../log.js';
 import type { RtOptions } from '../rt/index.js';
+import { AddGate } from './add-gate.js';
 import { DeviceBackups } from './backup.js';
 import { type DeviceHost, DeviceWorkerSet } from './device-host.js';
 
@@ -80,8 +81,8 @@ export async function imageSizeBytes(
 export class BlkDeviceSet {
   /** Devices added at run time so far (names their workers). */
   private added = 0;
-  /** The daemon is stopping ({@link stopAdding}): `device-add` is refused. */
-  private closing = false;
+  /** Closed when the daemon begins to stop ({@link stopAdding}): `device-add` is refused. */
+  private readonly adding = new AddGate('device');
 
   private constructor(
     readonly devices: BlkDeviceHandle[],
@@ -130,15 +131,10 @@ export class BlkDeviceSet {
    * {@link devices} at the end, under the name `blk-N`.
    */
   async add(spec: BlkDeviceSpec): Promise<BlkDeviceHandle> {
-    this.refuseWhileClosing();
+    this.adding.check();
     validateBlkOptions(spec.options);
     const [handle] = await startGroup([spec], `blk-${++this.added}`, this.log);
-    if (this.closing) {
-      // The stop began while this device started: the shutdown does not know it, so it would
-      // keep the daemon from exiting.
-      await handle.workers.shutdown();
-      this.refuseWhileClosing();
-    }
+    await this.adding.admit(() => handle.workers.shutdown());
     this.devices.push(handle);
     return handle;
   }
@@ -149,12 +145,7 @@ export class BlkDeviceSet {
    * close, so that no device is added after them.
    */
   stopAdding(): void {
-    this.closing = true;
-  }
-
-  private refuseWhileClosing(): void {
-    if (this.closing)
-      throw new BlkChangeError('ERR_DAEMON_STOPPING', 'the daemon is stopping: no device is added');
+    this.adding.close();
   }
 
   /**

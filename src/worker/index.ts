@@ -7,6 +7,7 @@
 
 export { SerialService, type SerialSpec } from '../chardev/uart-service.js';
 export { onWorkerFailure } from '../thread/index.js';
+export { AddGate, DaemonStoppingError } from './add-gate.js';
 export { type BlkDeviceHandle, BlkDeviceSet, type BlkDeviceSpec } from './blk-service.js';
 export { ConsoleService, type ConsoleSpec } from './console-service.js';
 export {

@@ -8,7 +8,6 @@
 
 import type { NetOptions, NetPortSpec } from '../devices/net/options.js';
 import { DEFAULT_HOLD_MS, validateNetOptions } from '../devices/net/options.js';
-import { VhostRtError } from '../errors.js';
 import { StatCounters } from '../locking/index.js';
 import type { Logger } from '../log.js';
 import { native } from '../native.js';
@@ -19,6 +18,7 @@ import { createSwitchRings, type SwitchPortInit } from '../net/switch-port.js';
 import type { TapWorkerInit, TapWorkerReady } from '../net/tap-worker.js';
 import type { ThreadRtState } from '../rt/index.js';
 import { WorkerHost } from '../thread/index.js';
+import { AddGate } from './add-gate.js';
 import { type DeviceHost, DeviceWorkerSet } from './device-host.js';
 
 type TapWorker = WorkerHost<TapWorkerInit, TapWorkerReady, never>;
@@ -39,8 +39,8 @@ export interface NetPort {
 export class NetSwitch {
   /** The device workers of the vhost-user ports, by port index (one worker set each). */
   private readonly workerOf = new Map<number, DeviceWorkerSet>();
-  /** The daemon is stopping ({@link stopAdding}): `device-add` is refused. */
-  private closing = false;
+  /** Closed when the daemon begins to stop ({@link stopAdding}): `device-add` is refused. */
+  private readonly adding = new AddGate('port');
 
   private constructor(
     /** The ports that run, in order (device-add appends, device-del takes out). */
@@ -180,7 +180,7 @@ export class NetSwitch {
    * is discarded first: the new port starts with empty rings.
    */
   async add(slot: number, spec: NetPortSpec & { kind: 'vhost-user' }): Promise<NetPort> {
-    this.refuseWhileClosing();
+    this.adding.check();
     if (!this.freeSlots().includes(slot)) throw new RangeError(`port slot ${slot} is not free`);
     // No worker consumes these rings while the slot is free: the main thread
     // may, and the worker started next takes over (its start orders after this).
@@ -201,13 +201,11 @@ export class NetSwitch {
     };
     this.stats[slot] = p.stats;
     await this.startPort(p, spec.mac);
-    if (this.closing) {
-      // The stop began while this port started: the shutdown may not know its worker.
+    await this.adding.admit(async () => {
       const workers = this.workerOf.get(slot);
       this.workerOf.delete(slot);
       await workers?.shutdown();
-      this.refuseWhileClosing();
-    }
+    });
     this.ports.push(p);
     return p;
   }
@@ -217,12 +215,7 @@ export class NetSwitch {
    * port still starting is ended instead of added. Called before the vhost-user servers close.
    */
   stopAdding(): void {
-    this.closing = true;
-  }
-
-  private refuseWhileClosing(): void {
-    if (this.closing)
-      throw new VhostRtError('ERR_DAEMON_STOPPING', 'the daemon is stopping: no port is added');
+    this.adding.close();
   }
 
   /**

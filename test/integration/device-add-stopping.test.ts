@@ -1,5 +1,5 @@
 /**
- * A daemon that has begun to stop adds no device: `device-add` is refused with
+ * A daemon that has begun to stop adds no device, blk or net port: `device-add` is refused with
  * ERR_DAEMON_STOPPING, and a device whose worker was still starting when the stop began is
  * ended rather than added, so that no worker outlives the shutdown and keeps the daemon from
  * exiting (seen once in CI: a device-add accepted after "exiting" left the daemon running past
@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Logger } from '../../src/log.js';
 import { BlkDeviceSet, type BlkDeviceSpec } from '../../src/worker/blk-service.js';
+import { NetSwitch } from '../../src/worker/net-service.js';
 
 const MiB = 1024 * 1024;
 let dir: string;
@@ -38,7 +39,7 @@ function spec(name: string): BlkDeviceSpec {
   };
 }
 
-describe('device-add while the daemon stops', () => {
+describe('blk device-add while the daemon stops', () => {
   it('is refused once the stop began, naming why; the set shuts down', async () => {
     const set = await BlkDeviceSet.start([spec('first')], false, log);
     set.stopAdding();
@@ -60,5 +61,52 @@ describe('device-add while the daemon stops', () => {
     expect(set.devices.length).toBe(1);
     // The shutdown ends (only) the set's own device; the racing one's worker is gone already.
     await set.shutdown();
+  });
+});
+
+/** A switch of one vhost-user port and one spare slot (`--spare-ports 1`). */
+function startSwitch(): Promise<NetSwitch> {
+  return NetSwitch.start(
+    [{ kind: 'vhost-user', socketPath: join(dir, 'port0.sock'), mac: port(1).mac }],
+    {
+      queuePairs: 1,
+      queueSize: 256,
+      ringBytes: 1 << 20,
+      ageingMs: 300_000,
+      macCapacity: 64,
+      rt: {},
+    },
+    log,
+    1,
+  );
+}
+
+function port(n: number) {
+  return {
+    kind: 'vhost-user' as const,
+    socketPath: join(dir, `port${n}.sock`),
+    mac: Uint8Array.of(0x52, 0x54, 0, 0, 0, n),
+  };
+}
+
+describe('net device-add while the daemon stops', () => {
+  it('is refused once the stop began, naming why; the switch shuts down', async () => {
+    const sw = await startSwitch();
+    sw.stopAdding();
+    await expect(sw.add(1, port(2))).rejects.toMatchObject({
+      code: 'ERR_DAEMON_STOPPING',
+      message: 'the daemon is stopping: no port is added',
+    });
+    expect(sw.ports.length).toBe(1);
+    await sw.shutdown();
+  });
+
+  it('ends a port whose worker was starting when the stop began, instead of adding it', async () => {
+    const sw = await startSwitch();
+    const adding = sw.add(1, port(2));
+    sw.stopAdding();
+    await expect(adding).rejects.toMatchObject({ code: 'ERR_DAEMON_STOPPING' });
+    expect(sw.ports.length).toBe(1);
+    await sw.shutdown();
   });
 });
