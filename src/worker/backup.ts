@@ -904,17 +904,23 @@ export class DeviceBackups {
 
   /**
    * The running backup, for a command that changes it (`what` it would do, for the error);
-   * throws ERR_BACKUP_NOT_RUNNING naming why there is none to change: none started, or its
-   * overlay still prefilling.
+   * throws {@link notRunning} when there is none.
    */
   private running(what: string): Job {
-    const job = this.current;
-    if (job !== null) return job;
+    if (this.current === null) throw this.notRunning(what);
+    return this.current;
+  }
+
+  /**
+   * ERR_BACKUP_NOT_RUNNING for a command that would `what` with nothing to change, naming
+   * why: none started, its overlay still prefilling, or (asked of a merge) the merge ended.
+   */
+  private notRunning(what: string): BackupError {
     const why =
       this.starting?.prefill === true
         ? ' (its overlay is being prefilled: the disk pass starts after that)'
         : '';
-    throw new BackupError(
+    return new BackupError(
       'ERR_BACKUP_NOT_RUNNING',
       `no backup of this device is running to ${what}${why}`,
     );
@@ -972,7 +978,7 @@ export class DeviceBackups {
     }
     if (!r.merging) {
       s.paused = false;
-      this.running(paused ? 'pause' : 'resume');
+      throw this.notRunning(paused ? 'pause' : 'resume');
     }
     merge.emit(paused ? 'BACKUP_PAUSED' : 'BACKUP_RESUMED', {
       target: s.target,
@@ -1016,7 +1022,7 @@ export class DeviceBackups {
         mergeSpeed: speed,
         mergeQuietSpeed: quietMergePace(speed, s.speed),
       });
-      if (!r.merging) this.running('set its speed');
+      if (!r.merging) throw this.notRunning('set its speed');
       s['merge-speed'] = speed;
       return { 'merge-speed': speed };
     }

@@ -576,9 +576,11 @@ export class BlkDevice implements VirtioDeviceModel<BlkCommand> {
   private setMerge(cmd: Extract<BlkCommand, { type: 'redirect-merge-set' }>): MergeControlResult {
     const ov = this.overlay;
     const merging = ov?.merging === true;
-    if (ov !== null && merging && cmd.mergeSpeed !== undefined)
-      ov.setMergePace(cmd.mergeSpeed, cmd.mergeQuietSpeed ?? cmd.mergeSpeed);
-    if (ov !== null && merging && cmd.paused !== undefined) ov.setMergePaused(cmd.paused);
+    if (ov !== null && merging) {
+      if (cmd.mergeSpeed !== undefined)
+        ov.setMergePace(cmd.mergeSpeed, cmd.mergeQuietSpeed ?? cmd.mergeSpeed);
+      if (cmd.paused !== undefined) ov.setMergePaused(cmd.paused);
+    }
     // A resumed or re-paced merge may have staged its next read.
     this.endBackupBatch();
     return {
