@@ -181,7 +181,10 @@ async function killDuring(phase: 'F' | 'D'): Promise<number> {
     const before = await served(d);
     await waitFor(
       async () => (await served(d)) >= before + 4,
-      `requests on the daemon in phase ${phase}`,
+      // The daemon's own account of the reconnect tells a stuck QEMU from a stuck daemon.
+      () =>
+        `requests on the daemon in phase ${phase} (attempt ${attempt}, marker ` +
+        `${JSON.stringify(blockText(MARKER))}); its log ends:\n${d.log().slice(-2000)}`,
       30_000,
     );
     if (restarted.includes(d) && resubmitted(d) > 0) return restarted.length;
@@ -196,6 +199,9 @@ async function killDuring(phase: 'F' | 'D'): Promise<number> {
 describe('vhost-rt blk: SIGKILL and restart under a running guest (INFLIGHT_SHMFD, reconnect=1)', () => {
   it('loses and repeats no write across 6+ kills, and survives kills during FLUSH and DISCARD', async () => {
     daemon = await start();
+    // Ends the guest when the test fails before it finished: it would otherwise go on
+    // reconnecting to a dead socket until its timeout, or past it if the test process is killed.
+    const stopGuest = new AbortController();
     const guest = runGuest({
       script: `wait_dev /dev/vda 20 || exit 9\n/bin/blkcrash /dev/vda ${BLOCKS} ${GENS} ${DEPTH}\n`,
       extraArgs: [
@@ -206,77 +212,83 @@ describe('vhost-rt blk: SIGKILL and restart under a running guest (INFLIGHT_SHMF
       ],
       files: [{ source: program, path: '/bin/blkcrash' }],
       timeoutMs: 150_000,
+      signal: stopGuest.signal,
     });
-    const failed = guest.then(
-      () => 'the guest finished',
-      (err: Error) => `the guest failed: ${err.message}`,
-    );
-
-    // Kill points: random gaps of 2-6 % of the writes (a fresh seed each run, logged).
-    const seed = Date.now() >>> 0;
-    let x = seed;
-    const random = () => {
-      x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
-      return x / 2 ** 32;
-    };
-    const total = BLOCKS * GENS;
-    const writeKills: { at: number; resubmitted: number }[] = [];
-    const resubmitting = () => writeKills.filter((k) => k.resubmitted > 0).length;
-    let target = Math.floor(total * (0.02 + 0.04 * random()));
-    while (
-      writeKills.length < MAX_WRITE_KILLS &&
-      target < total * 0.92 &&
-      (writeKills.length < WRITE_KILLS || resubmitting() < MIN_RESUBMITTING)
-    ) {
-      const at = await waitFor(
-        async () => {
-          const p = progress();
-          if (p >= target) return p;
-          const g = await Promise.race([failed, Promise.resolve('')]);
-          if (g !== '') throw new Error(`${g} before write ${target} (seed ${seed})`);
-          return 0;
-        },
-        () => `the guest's write ${target} of ${total} (seed ${seed})`,
-        60_000,
-      );
-      const next = await crashAndRestart();
-      await waitFor(() => progress() > at, 'the guest writing again after the restart', 60_000);
-      writeKills.push({ at, resubmitted: resubmitted(next) });
-      target = at + Math.floor(total * (0.02 + 0.04 * random()));
-    }
-    const flushAttempts = await killDuring('F');
-    writeControl('STOP F');
-    const discardAttempts = await killDuring('D');
-    writeControl('STOP D');
-
-    const result = await guest;
-    const out = result.output;
-    const summary = `seed ${seed}, write kills ${JSON.stringify(writeKills)}, flush attempts ${flushAttempts}, discard attempts ${discardAttempts}`;
-    console.log(`blk-crash-reconnect: ${summary}`);
-    expect(result.exitCode, `${summary}\n${out.slice(-3000)}`).toBe(0);
-    // No I/O error, no wrong read-back: nothing lost, nothing replayed over a later write.
-    expect(out.match(/^(E|BAD) .*$/gm) ?? []).toEqual([]);
-    expect(out).toMatch(/PHASE W DONE failures=0/);
-    expect(out).toMatch(/PHASE F DONE flushes=\d+ failures=0/);
-    expect(out).toMatch(/PHASE D DONE discards=\d+ failures=0/);
-    expect(out).toMatch(/VERIFY OK/);
-    // Every write acknowledged exactly once, in generation order per block.
-    const acks = [...out.matchAll(/^A (\d+) (\d+)$/gm)].map((m) => [Number(m[1]), Number(m[2])]);
-    expect(acks).toHaveLength(total);
-    const last = new Array<number>(BLOCKS).fill(0);
-    for (const [b, g] of acks) {
-      expect(g, `block ${b}`).toBe(last[b] + 1);
-      last[b] = g;
-    }
-    // The image holds the last acknowledged generation of every block, intact.
-    const fd = openSync(image, 'r');
     try {
-      for (let b = 0; b < BLOCKS; b++)
-        expect(generationOf(readBlock(fd, b), b), `block ${b}`).toBe(GENS);
+      const failed = guest.then(
+        () => 'the guest finished',
+        (err: Error) => `the guest failed: ${err.message}`,
+      );
+
+      // Kill points: random gaps of 2-6 % of the writes (a fresh seed each run, logged).
+      const seed = Date.now() >>> 0;
+      let x = seed;
+      const random = () => {
+        x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
+        return x / 2 ** 32;
+      };
+      const total = BLOCKS * GENS;
+      const writeKills: { at: number; resubmitted: number }[] = [];
+      const resubmitting = () => writeKills.filter((k) => k.resubmitted > 0).length;
+      let target = Math.floor(total * (0.02 + 0.04 * random()));
+      while (
+        writeKills.length < MAX_WRITE_KILLS &&
+        target < total * 0.92 &&
+        (writeKills.length < WRITE_KILLS || resubmitting() < MIN_RESUBMITTING)
+      ) {
+        const at = await waitFor(
+          async () => {
+            const p = progress();
+            if (p >= target) return p;
+            const g = await Promise.race([failed, Promise.resolve('')]);
+            if (g !== '') throw new Error(`${g} before write ${target} (seed ${seed})`);
+            return 0;
+          },
+          () => `the guest's write ${target} of ${total} (seed ${seed})`,
+          60_000,
+        );
+        const next = await crashAndRestart();
+        await waitFor(() => progress() > at, 'the guest writing again after the restart', 60_000);
+        writeKills.push({ at, resubmitted: resubmitted(next) });
+        target = at + Math.floor(total * (0.02 + 0.04 * random()));
+      }
+      const flushAttempts = await killDuring('F');
+      writeControl('STOP F');
+      const discardAttempts = await killDuring('D');
+      writeControl('STOP D');
+
+      const result = await guest;
+      const out = result.output;
+      const summary = `seed ${seed}, write kills ${JSON.stringify(writeKills)}, flush attempts ${flushAttempts}, discard attempts ${discardAttempts}`;
+      console.log(`blk-crash-reconnect: ${summary}`);
+      expect(result.exitCode, `${summary}\n${out.slice(-3000)}`).toBe(0);
+      // No I/O error, no wrong read-back: nothing lost, nothing replayed over a later write.
+      expect(out.match(/^(E|BAD) .*$/gm) ?? []).toEqual([]);
+      expect(out).toMatch(/PHASE W DONE failures=0/);
+      expect(out).toMatch(/PHASE F DONE flushes=\d+ failures=0/);
+      expect(out).toMatch(/PHASE D DONE discards=\d+ failures=0/);
+      expect(out).toMatch(/VERIFY OK/);
+      // Every write acknowledged exactly once, in generation order per block.
+      const acks = [...out.matchAll(/^A (\d+) (\d+)$/gm)].map((m) => [Number(m[1]), Number(m[2])]);
+      expect(acks).toHaveLength(total);
+      const last = new Array<number>(BLOCKS).fill(0);
+      for (const [b, g] of acks) {
+        expect(g, `block ${b}`).toBe(last[b] + 1);
+        last[b] = g;
+      }
+      // The image holds the last acknowledged generation of every block, intact.
+      const fd = openSync(image, 'r');
+      try {
+        for (let b = 0; b < BLOCKS; b++)
+          expect(generationOf(readBlock(fd, b), b), `block ${b}`).toBe(GENS);
+      } finally {
+        closeSync(fd);
+      }
+      expect(writeKills.length).toBeGreaterThanOrEqual(WRITE_KILLS);
+      expect(resubmitting(), summary).toBeGreaterThanOrEqual(MIN_RESUBMITTING);
     } finally {
-      closeSync(fd);
+      stopGuest.abort();
+      await guest.catch(() => undefined);
     }
-    expect(writeKills.length).toBeGreaterThanOrEqual(WRITE_KILLS);
-    expect(resubmitting(), summary).toBeGreaterThanOrEqual(MIN_RESUBMITTING);
   }, 200_000);
 });

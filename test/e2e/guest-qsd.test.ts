@@ -4,10 +4,13 @@
  * guest writes with O_DIRECT lands at the right offset of the image, with 1 and 2 queues.
  */
 
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, open, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   ensureGuestImage,
@@ -18,6 +21,9 @@ import {
   runGuest,
   startStorageDaemon,
 } from '../support/qemu.js';
+import { waitFor } from '../support/wait.js';
+
+const ROOT = join(fileURLToPath(new URL('.', import.meta.url)), '..', '..');
 
 const MiB = 1024 * 1024;
 const IMAGE_SIZE = 64 * MiB;
@@ -133,6 +139,56 @@ describe('harness', () => {
     await expect(run).rejects.toBeInstanceOf(GuestTimeoutError);
     await expect(run).rejects.toThrow(/sleeping-now/);
   }, 120_000);
+
+  it('kills QEMU when its abort signal fires, and rejects', async () => {
+    const stop = new AbortController();
+    const run = runGuest({ script: 'sleep 600\n', timeoutMs: 100_000, signal: stop.signal });
+    stop.abort();
+    await expect(run).rejects.toBeInstanceOf(GuestNoExitMarkerError);
+    await expect(run).rejects.toThrow(/QEMU exited \(SIGKILL\)/);
+  }, 60_000);
+
+  it('QEMU dies with the process that started it, even one killed with SIGKILL', async () => {
+    // A process that starts QEMU as the harness does, prints its pid, and is then killed.
+    const support = pathToFileURL(join(ROOT, 'dist', 'test', 'support', 'qemu.js')).href;
+    const starter = spawn(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        `const { qemuCommand } = await import(${JSON.stringify(support)});
+         const { spawn } = await import('node:child_process');
+         const q = spawn(...qemuCommand(['-accel', 'tcg', '-display', 'none', '-nodefaults', '-S']), { stdio: 'ignore' });
+         console.log(q.pid);
+         setInterval(() => {}, 1000);`,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    let out = '';
+    starter.stdout.on('data', (b: Buffer) => {
+      out += b.toString();
+    });
+    const pid = await waitFor(() => Number(/^(\d+)\n/.exec(out)?.[1] ?? 0), 'the QEMU pid');
+    const alive = () => {
+      try {
+        // A zombie (state Z) has ended: nobody here reaps a reparented child.
+        return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+      } catch {
+        return false;
+      }
+    };
+    const cmdline = () => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'latin1');
+      } catch {
+        return '';
+      }
+    };
+    await waitFor(() => cmdline().startsWith('qemu-system'), 'setpriv to exec QEMU');
+    expect(alive()).toBe(true);
+    starter.kill('SIGKILL');
+    await waitFor(() => !alive(), `QEMU (pid ${pid}) ending after its starter was killed`, 10_000);
+  }, 60_000);
 
   it('rejects when QEMU exits without the marker, with its stderr', async () => {
     const blk = [{ socket: join(dir, 'nobody-listens.sock') }];

@@ -48,6 +48,7 @@ import {
   guestQemuArgs,
   newcArchive,
   parseGuestExit,
+  qemuCommand,
   type StorageDaemon,
   startStorageDaemon,
 } from '../support/qemu.js';
@@ -103,13 +104,9 @@ function writeInitrd(path: string, script: string): void {
 /** Starts QEMU with `args` plus a QMP socket of its own; resolves once QMP answers. */
 async function launch(name: string, args: string[]): Promise<Qemu> {
   const qmpPath = join(dir, `${name}.qmp`);
-  const proc = spawn(
-    'qemu-system-x86_64',
-    [...args, '-qmp', `unix:${qmpPath},server=on,wait=off`],
-    {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  );
+  const proc = spawn(...qemuCommand([...args, '-qmp', `unix:${qmpPath},server=on,wait=off`]), {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   children.push(proc);
   let text = '';
   const onData = (b: Buffer) => {

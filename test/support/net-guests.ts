@@ -10,7 +10,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { appendFileSync, copyFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { guestImageDir, guestQemuArgs, newcArchive } from './qemu.js';
+import { guestImageDir, guestQemuArgs, newcArchive, qemuCommand } from './qemu.js';
 
 /** A running guest whose console can be waited on. */
 export interface NetGuest {
@@ -85,7 +85,7 @@ export function bootNetGuest(
   const initrd = join(dir, `${name}.initrd`);
   writeInitrd(initrd, script);
   const args = guestQemuArgs({ script, memMb, cpus, extraArgs: nic }, initrd);
-  const proc = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(...qemuCommand(args), { stdio: ['ignore', 'pipe', 'pipe'] });
   let text = '';
   const waiters = new Set<() => void>();
   const onData = (b: Buffer) => {

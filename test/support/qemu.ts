@@ -47,6 +47,11 @@ export interface GuestOptions {
   memTailKiB?: number;
   /** Kill QEMU and reject after this long; default 60 000 ms. */
   timeoutMs?: number;
+  /**
+   * Kills QEMU when aborted (the run then rejects): a test that failed before its guest
+   * finished ends the guest in its `finally` instead of leaving it to the timeout.
+   */
+  signal?: AbortSignal;
   /** Extra QEMU arguments appended to the command line (e.g. a vhost-user net device). */
   extraArgs?: string[];
   /** Virtual CPUs; default 1. */
@@ -329,11 +334,24 @@ interface Reaped {
   signal: NodeJS.Signals | null;
 }
 
+/**
+ * The command that starts QEMU: under `setpriv --pdeathsig KILL`, so that QEMU dies with the
+ * test process however that ends. A vitest fork that is killed runs no 'exit' handler, and a
+ * guest left running after its test failed was seen in CI still reconnecting 23 minutes later.
+ */
+export function qemuCommand(args: string[]): [string, string[]] {
+  return ['setpriv', ['--pdeathsig', 'KILL', '--', 'qemu-system-x86_64', ...args]];
+}
+
 /** Spawns QEMU, collects stdout/stderr, enforces the timeout, always reaps the process. */
-function spawnQemu(args: string[], timeoutMs: number) {
+function spawnQemu(args: string[], timeoutMs: number, signal: AbortSignal | undefined) {
   const started = performance.now();
-  const child = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const [command, argv] = qemuCommand(args);
+  const child = spawn(command, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
   liveChildren.add(child);
+  const abort = () => child.kill('SIGKILL');
+  signal?.addEventListener('abort', abort, { once: true });
+  if (signal?.aborted === true) abort();
   const out: Buffer[] = [];
   const err: Buffer[] = [];
   let bootMs = -1;
@@ -360,10 +378,11 @@ function spawnQemu(args: string[], timeoutMs: number) {
       reject(new GuestSpawnError(`cannot run qemu-system-x86_64: ${e.message}`, { cause: e }));
     });
     // 'close' fires after exit *and* after stdio has drained, so the output is complete.
-    child.once('close', (status, signal) => {
+    child.once('close', (status, signalCode) => {
       clearTimeout(timer);
       liveChildren.delete(child);
-      resolve({ status, signal });
+      signal?.removeEventListener('abort', abort);
+      resolve({ status, signal: signalCode });
     });
   });
   const collected = () => ({
@@ -392,7 +411,7 @@ export async function runGuest(options: GuestOptions): Promise<GuestResult> {
     const initrd = join(tmp, 'initrd');
     await writeInitrd(initrd, options.script, options.files);
     const timeoutMs = options.timeoutMs ?? 60_000;
-    const run = spawnQemu(guestQemuArgs(options, initrd), timeoutMs);
+    const run = spawnQemu(guestQemuArgs(options, initrd), timeoutMs, options.signal);
     const reaped = await run.reaped;
     const c = run.collected();
     const exitCode = parseGuestExit(c.stdout);
