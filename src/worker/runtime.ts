@@ -543,7 +543,17 @@ export class DeviceRuntime {
   private setEnabled(index: number, enabled: boolean): number {
     const v = this.vring(index);
     v.enabled = enabled;
-    if (enabled) this.kick(index);
+    if (!enabled) return 0;
+    // Requests the driver made while no back end was there (their kicks went to the front end
+    // alone), and what a previous back end left in flight: handled now, not at the next kick,
+    // which a driver waiting for them would never send.
+    this.kick(index);
+    // A previous back end killed after it published completions but before their interrupt
+    // leaves a driver that waits for one request (a flush, say) waiting for ever: nothing new
+    // comes to prompt another. A ring that has completed anything therefore gets one interrupt
+    // as it is enabled; a driver that had it already finds nothing new (a spurious interrupt,
+    // which virtio drivers ignore). Seen as a guest hung after a SIGKILL and restart.
+    if ((v.queue?.usedIdx ?? 0) !== 0) this.notify(v);
     return 0;
   }
 

@@ -210,6 +210,25 @@ describe('vhost-rt blk: inflight I/O tracking', () => {
     expect(line).toContain(`resuming at avail index ${used + 3}`);
   });
 
+  it('interrupts once when a ring that completed requests starts again, so a driver that lost the last interrupt goes on', async () => {
+    // A back end killed after it published a completion but before its interrupt leaves a
+    // driver waiting for that one request with nothing more to send (seen in
+    // test/e2e/blk-crash-reconnect.test.ts: a guest hung on a flush after a restart). The
+    // next back end's ring therefore interrupts once as it is enabled, unasked.
+    const { socket } = await serve('restart-interrupt');
+    const driver = await connect(socket);
+    const q = driver.vmm.queues[0];
+    await driver.write(0, pattern(7, 4096));
+    await driver.vmm.stop();
+    const before = q.interrupts;
+    await driver.vmm.start();
+    await waitFor(() => q.interrupts === before + 1, 'the interrupt of the restarted ring');
+    // The driver finds nothing new behind it, and the ring serves on.
+    expect(usedIdxOf(driver)).toBe(1);
+    const r = await driver.write(8, pattern(8, 4096));
+    expect(r.status).toBe(BlkStatus.OK);
+  });
+
   it('gives every queue its own region of the area', async () => {
     const { socket } = await serve('mq', ['--queues', '2']);
     const driver = await connect(socket, 2);
