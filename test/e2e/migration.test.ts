@@ -692,7 +692,15 @@ sleep 600
     // The pings reach the guest on its new port: the TAP port's table moved to it.
     await waitFor(
       () => replies().filter((s) => s > lastBefore).length >= AFTER,
-      () => `${AFTER} ping replies after the migration; ping output:\n${pingOut.slice(-1500)}`,
+      () =>
+        `${AFTER} ping replies after the migration; ping output:\n${pingOut.slice(-1500)}\n` +
+        `destination console and QEMU:\n${dst.output().slice(-1500)}\n` +
+        `daemon log, stats lines left out:\n${daemon
+          .log()
+          .split('\n')
+          .filter((l) => !l.includes(' stats: '))
+          .slice(-25)
+          .join('\n')}`,
       60_000,
     );
     ping.kill('SIGINT');

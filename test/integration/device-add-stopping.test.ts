@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Logger } from '../../src/log.js';
 import { BlkDeviceSet, type BlkDeviceSpec } from '../../src/worker/blk-service.js';
 import { NetSwitch } from '../../src/worker/net-service.js';
+import { TEST_SWITCH_OPTIONS } from '../support/net-options.js';
 
 const MiB = 1024 * 1024;
 let dir: string;
@@ -68,14 +69,7 @@ describe('blk device-add while the daemon stops', () => {
 function startSwitch(): Promise<NetSwitch> {
   return NetSwitch.start(
     [{ kind: 'vhost-user', socketPath: join(dir, 'port0.sock'), mac: port(1).mac }],
-    {
-      queuePairs: 1,
-      queueSize: 256,
-      ringBytes: 1 << 20,
-      ageingMs: 300_000,
-      macCapacity: 64,
-      rt: {},
-    },
+    TEST_SWITCH_OPTIONS,
     log,
     1,
   );

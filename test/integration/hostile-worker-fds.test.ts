@@ -41,6 +41,7 @@ import { BlkDriver } from '../frontend/index.js';
 import { ethFrame, NetDriver } from '../frontend/net-driver.js';
 import { blkTraffic } from '../support/blk-traffic.js';
 import { pattern } from '../support/bytes.js';
+import { TEST_SWITCH_OPTIONS } from '../support/net-options.js';
 import { waitFor } from '../support/wait.js';
 
 const KiB = 1024;
@@ -330,14 +331,7 @@ describe('net: a switch of two ports, the first handed a failing call fd', () =>
         socketPath,
         mac: Uint8Array.from(MACS[i].split(':'), (h) => Number.parseInt(h, 16)),
       })),
-      {
-        queuePairs: 1,
-        queueSize: 256,
-        ringBytes: 1 << 20,
-        ageingMs: 300_000,
-        macCapacity: 64,
-        rt: {},
-      },
+      TEST_SWITCH_OPTIONS,
       log,
     );
     const [p0, p1] = sw.ports.map((p) => p.device as DeviceHost);
