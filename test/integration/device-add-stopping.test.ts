@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Logger } from '../../src/log.js';
 import { BlkDeviceSet, type BlkDeviceSpec } from '../../src/worker/blk-service.js';
 import { NetSwitch } from '../../src/worker/net-service.js';
-import { TEST_SWITCH_OPTIONS } from '../support/net-options.js';
+import { TEST_SWITCH_OPTIONS, testBlkSpec } from '../support/service-specs.js';
 
 const MiB = 1024 * 1024;
 let dir: string;
@@ -26,18 +26,7 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 function spec(name: string): BlkDeviceSpec {
   const image = join(dir, `${name}.img`);
   writeFileSync(image, Buffer.alloc(4 * MiB));
-  return {
-    options: {
-      image,
-      readonly: false,
-      queues: 1,
-      queueSize: 128,
-      aio: 'linux-aio',
-      direct: false,
-      serial: name,
-    },
-    rt: {},
-  };
+  return testBlkSpec(image, name);
 }
 
 describe('blk device-add while the daemon stops', () => {

@@ -41,7 +41,7 @@ import { BlkDriver } from '../frontend/index.js';
 import { ethFrame, NetDriver } from '../frontend/net-driver.js';
 import { blkTraffic } from '../support/blk-traffic.js';
 import { pattern } from '../support/bytes.js';
-import { TEST_SWITCH_OPTIONS } from '../support/net-options.js';
+import { TEST_SWITCH_OPTIONS, testBlkSpec } from '../support/service-specs.js';
 import { waitFor } from '../support/wait.js';
 
 const KiB = 1024;
@@ -219,18 +219,7 @@ describe('blk: two devices on two workers, the first handed failing fds', () => 
       const image = join(dir, `${name}.img`);
       writeFileSync(image, Buffer.alloc(8 * MiB));
       sockets.push(join(dir, `${name}.sock`));
-      return {
-        options: {
-          image,
-          readonly: false,
-          queues: 1,
-          queueSize: 128,
-          aio: 'linux-aio' as const,
-          direct: false,
-          serial: name,
-        },
-        rt: {},
-      };
+      return testBlkSpec(image, name);
     });
     blk = await BlkDeviceSet.start(specs, false, log);
     victim = new SabotagedDevice(blk.devices[0].host);
